@@ -1,0 +1,10 @@
+"""Random-weight checkpoints with the real Phi-3-vision architecture, for tests and benchmarks.
+
+Real weights cannot be downloaded everywhere this project is developed; these checkpoints let the real
+download-free parts (conversion, loading, generation, the bot) run on the real architecture and file layout.
+Needs the conversion dependencies (torch, transformers, tokenizers).
+"""
+
+from model_store.synthetic.builder import SIZES, SyntheticSpec, build_synthetic_checkpoint
+
+__all__ = ["SIZES", "SyntheticSpec", "build_synthetic_checkpoint"]
