@@ -156,7 +156,9 @@ def _language_config(spec: SyntheticSpec, clip_dir: Path, token_ids: dict[str, i
     )
 
 
-def _init_tensor(name: str, shape: torch.Size, dtype: torch.dtype, std: float, generator: torch.Generator) -> torch.Tensor:
+def _init_tensor(
+    name: str, shape: torch.Size, dtype: torch.dtype, std: float, generator: torch.Generator
+) -> torch.Tensor:
     """Normalisation weights at one and biases at zero keep activations sane through 32 random layers."""
     leaf = name.rsplit(".", 1)[-1]
     is_norm = any(part in name for part in ("norm", "layrnorm", "layer_norm"))
@@ -168,14 +170,8 @@ def _init_tensor(name: str, shape: torch.Size, dtype: torch.dtype, std: float, g
 
 
 def _write_weights(
-    directory: Path, config: Phi3VConfig, spec: SyntheticSpec, seed: int, plan: PhasePlan
+    directory: Path, shapes: dict[str, torch.Size], spec: SyntheticSpec, seed: int, plan: PhasePlan
 ) -> int:
-    from model_store.synthetic.remote_code.modeling_phi3_v import Phi3VForCausalLM
-
-    with torch.device("meta"):
-        skeleton = Phi3VForCausalLM(config)
-    shapes = {name: tensor.shape for name, tensor in skeleton.state_dict().items() if tensor.is_floating_point()}
-    del skeleton
     dtype = getattr(torch, spec.dtype)
     element = torch.empty((), dtype=dtype).element_size()
     total_bytes = sum(shape.numel() for shape in shapes.values()) * element
@@ -201,13 +197,52 @@ def _write_weights(
             shard[name] = _init_tensor(name, shapes[name], dtype, spec.init_std, generator)
             written += shard[name].numel() * element
             weight_map[name] = file_name
-            plan.report("weights", written / total_bytes, f"{written / 1e9:.1f} of {total_bytes / 1e9:.1f} GB")
+            plan.report("weights", written / total_bytes, f"{written / 1e6:,.0f} of {total_bytes / 1e6:,.0f} MB")
         save_file(shard, str(directory / file_name), metadata={"format": "pt"})
         shard.clear()
     if count > 1:
         index_json = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         (directory / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
     return sum(shape.numel() for shape in shapes.values())
+
+
+def write_configs(directory: Path, spec: SyntheticSpec) -> tuple[Phi3VConfig, dict[str, int]]:
+    """Everything but the weights: tokenizer, configs, modeling code, generation and preprocessor settings."""
+    tokenizer = train_tokenizer(spec.base_vocab_size, spec.tokenizer_corpus_chars)
+    token_ids = write_tokenizer(directory, tokenizer, model_max_length=131072)
+    vocab = spec.vocab_size or tokenizer.get_vocab_size()
+    clip_dir = directory / CLIP_DIR_NAME
+    clip_dir.mkdir()
+    (clip_dir / "config.json").write_text(json.dumps(_clip_config(spec), indent=2) + "\n")
+    config = _language_config(spec, clip_dir, token_ids, vocab)
+    config.save_pretrained(directory)
+    for file_name in REMOTE_CODE_FILES:
+        shutil.copyfile(REMOTE_CODE_DIR / file_name, directory / file_name)
+    stop_ids = [token_ids["<|end|>"], token_ids["<|assistant|>"], token_ids["<|endoftext|>"]]
+    generation = {
+        "bos_token_id": token_ids["<s>"],
+        "eos_token_id": stop_ids,
+        "pad_token_id": token_ids["<|endoftext|>"],
+    }
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    preprocessor = {
+        "do_convert_rgb": True,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "num_crops": 4,
+        "num_img_tokens": 144,
+    }
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    return config, token_ids
+
+
+def parameter_shapes(config: Phi3VConfig) -> dict[str, torch.Size]:
+    """Names and shapes of every floating-point tensor, from a model built on the meta device (no memory)."""
+    from model_store.synthetic.remote_code.modeling_phi3_v import Phi3VForCausalLM
+
+    with torch.device("meta"):
+        skeleton = Phi3VForCausalLM(config)
+    return {name: tensor.shape for name, tensor in skeleton.state_dict().items() if tensor.is_floating_point()}
 
 
 def build_synthetic_checkpoint(
@@ -225,34 +260,10 @@ def build_synthetic_checkpoint(
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} is not empty; choose a new directory for the synthetic checkpoint")
     directory.mkdir(parents=True, exist_ok=True)
-    plan = PhasePlan([("tokenizer", 1), ("config", 1), ("weights", 20 if size == "full" else 2)], progress)
-
-    plan.report("tokenizer", 0.0, "training the tokenizer")
-    tokenizer = train_tokenizer(spec.base_vocab_size, spec.tokenizer_corpus_chars)
-    token_ids = write_tokenizer(directory, tokenizer, model_max_length=131072)
-    vocab = spec.vocab_size or tokenizer.get_vocab_size()
-
-    plan.report("config", 0.0, "writing configuration")
-    clip_dir = directory / CLIP_DIR_NAME
-    clip_dir.mkdir()
-    (clip_dir / "config.json").write_text(json.dumps(_clip_config(spec), indent=2) + "\n")
-    config = _language_config(spec, clip_dir, token_ids, vocab)
-    config.save_pretrained(directory)
-    for file_name in REMOTE_CODE_FILES:
-        shutil.copyfile(REMOTE_CODE_DIR / file_name, directory / file_name)
-    stop_ids = [token_ids["<|end|>"], token_ids["<|assistant|>"], token_ids["<|endoftext|>"]]
-    generation = {"bos_token_id": token_ids["<s>"], "eos_token_id": stop_ids, "pad_token_id": token_ids["<|endoftext|>"]}
-    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    preprocessor = {
-        "do_convert_rgb": True,
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
-        "num_crops": 4,
-        "num_img_tokens": 144,
-    }
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
-
-    parameters = _write_weights(directory, config, spec, seed, plan)
+    plan = PhasePlan([("configure", 1), ("weights", 20 if size == "full" else 2)], progress)
+    plan.report("configure", 0.0, "training the tokenizer and writing configuration")
+    config, token_ids = write_configs(directory, spec)
+    parameters = _write_weights(directory, parameter_shapes(config), spec, seed, plan)
     marker = {"synthetic": True, "size": size, "seed": seed, "parameters": parameters, "spec": asdict(spec)}
     marker["chat_tokens"] = {token: token_ids[token] for token in CHAT_TOKENS}
     (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")

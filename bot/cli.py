@@ -1,0 +1,130 @@
+"""The ``phi3bot`` command: run the bot, convert models, build synthetic checkpoints.
+
+Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.settings import Settings, SettingsError, load_settings
+from bot.terminal_progress import TerminalProgress
+from model_store.errors import ConversionInterruptedError, ModelStoreError
+from model_store.sources import PRECISIONS
+
+log = logging.getLogger("phi3bot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phi3bot", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("run", help="start the Telegram bot (settings from the environment and .env)")
+
+    convert = commands.add_parser("convert", help="convert a Phi-3-vision checkpoint into the model store")
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="Hugging Face id (microsoft/Phi-3.5-vision-instruct) or checkpoint directory")
+    source.add_argument("--from-ir", metavar="REPO_OR_DIR", help="take an already converted OpenVINO model")
+    convert.add_argument("--precision", choices=PRECISIONS, help="weight format (default int4; detected for --from-ir)")
+    convert.add_argument("--group-size", type=int, default=64, help="INT4 group size (default 64)")
+    convert.add_argument(
+        "--ratio", type=float, default=0.6, help="share of layers in INT4, the rest INT8 (default 0.6)"
+    )
+    convert.add_argument("--no-activate", action="store_true", help="do not make the bot use the new model")
+    convert.add_argument("--no-validate", action="store_true", help="skip the test generation (not recommended)")
+
+    commands.add_parser("models", help="list the converted models and the one in use")
+
+    synthetic = commands.add_parser(
+        "synthetic", help="build a random-weight Phi-3-vision checkpoint (tests, benchmarks)"
+    )
+    synthetic.add_argument("size", choices=("tiny", "full"))
+    synthetic.add_argument("directory", type=Path)
+    synthetic.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _convert(args: argparse.Namespace, settings: Settings) -> int:
+    from model_store.convert import ConversionRequest, convert_in_subprocess
+
+    request = ConversionRequest(
+        source=args.model or args.from_ir,
+        store_root=str(settings.store_dir),
+        precision=args.precision or (None if args.from_ir else "int4"),
+        from_ir=bool(args.from_ir),
+        activate=not args.no_activate,
+        validate=not args.no_validate,
+        device=settings.device,
+        group_size=args.group_size,
+        ratio=args.ratio,
+    )
+    entry = convert_in_subprocess(request, TerminalProgress())
+    print(f"Converted {entry.source} ({entry.precision}) into {entry.path}")
+    if request.activate:
+        print("The bot will use this model (a running bot switches at once after /convert; otherwise on restart).")
+    return 0
+
+
+def _models(settings: Settings) -> int:
+    from model_store.store import ModelStore
+
+    store = ModelStore(settings.store_dir)
+    active = store.active()
+    entries = store.entries()
+    if not entries:
+        print(f"No converted models in {settings.store_dir}. Try: phi3bot convert --model {settings.model}")
+        return 0
+    for entry in entries:
+        mark = "*" if active and (active.slug, active.precision) == (entry.slug, entry.precision) else " "
+        note = " (synthetic)" if entry.synthetic else ""
+        print(f"{mark} {entry.source:45} {entry.precision:5} {entry.size_bytes / 1e9:6.2f} GB{note}")
+    return 0
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from model_store.synthetic import build_synthetic_checkpoint
+
+    build_synthetic_checkpoint(args.directory, args.size, seed=args.seed, progress=TerminalProgress())
+    print(f"Built a synthetic {args.size} Phi-3-vision checkpoint in {args.directory}")
+    return 0
+
+
+def _run(settings: Settings) -> int:
+    from bot.app import run_bot
+
+    return run_bot(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "convert":
+            return _convert(args, settings)
+        if args.command == "models":
+            return _models(settings)
+        if args.command == "synthetic":
+            return _synthetic(args)
+        return _run(settings)
+    except ConversionInterruptedError as error:
+        print(f"\n{error}", file=sys.stderr)
+        return 130
+    except (ModelStoreError, FileExistsError, ValueError) as error:
+        print(f"\nError: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""All configuration, from the environment and ``.env``, checked once at start-up.
+
+A self-hosted bot is configured by someone editing a file at 2 a.m.; every mistake should come back as one
+message that names the variable and says what is expected, never as a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IdList = Annotated[frozenset[int], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Telegram
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str | None = None
+    telegram_file_base_url: str | None = None
+    webhook_url: str | None = None
+    webhook_listen: str = "0.0.0.0"  # noqa: S104 - a webhook must accept connections from outside
+    webhook_port: int = Field(default=8443, ge=1, le=65535)
+    webhook_secret_token: SecretStr | None = None
+
+    # Who may use the bot
+    admin_user_ids: IdList = frozenset()
+    allowed_user_ids: IdList = frozenset()
+    allowed_chat_ids: IdList = frozenset()
+
+    # Storage
+    data_dir: Path = Path("data")
+    database_path: Path | None = None
+    model_store_dir: Path | None = None
+    ov_cache_dir: Path | None = None
+
+    # Model
+    model: str = "microsoft/Phi-3.5-vision-instruct"
+    precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
+    device: str = "CPU"
+
+    # Generation
+    max_new_tokens: int = Field(default=512, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, ge=0.5, le=2.0)
+    system_prompt: str = "You are a helpful assistant that answers questions about images clearly and concisely."
+    request_timeout_seconds: float = Field(default=600.0, gt=0)
+    num_crops: int = Field(default=4, ge=1, le=16)
+    history_messages: int = Field(default=20, ge=0, le=200)
+    max_images_per_turn: int = Field(default=4, ge=1, le=10)
+
+    # Streaming and load
+    edit_interval_seconds: float = Field(default=1.0, ge=0.2, le=30.0)
+    group_edit_interval_seconds: float = Field(default=3.0, ge=0.5, le=60.0)
+    queue_max: int = Field(default=20, ge=1, le=1000)
+    user_requests_per_minute: int = Field(default=6, ge=1, le=600)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("admin_user_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        """Comma- or space-separated ids, the way people write them in a .env file."""
+        if isinstance(value, str):
+            parts = value.replace(",", " ").split()
+            try:
+                return frozenset(int(part) for part in parts)
+            except ValueError as error:
+                raise ValueError(f"expected numeric Telegram ids separated by commas, got {value!r}") from error
+        if isinstance(value, int):
+            return frozenset({value})
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        from model_store.loader import normalise_device
+
+        return normalise_device(value)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.database_path = self.database_path or self.data_dir / "history.sqlite3"
+        self.model_store_dir = self.model_store_dir or self.data_dir / "models"
+        self.ov_cache_dir = self.ov_cache_dir or self.data_dir / "ov-cache"
+        return self
+
+    @property
+    def store_dir(self) -> Path:
+        assert self.model_store_dir is not None
+        return self.model_store_dir
+
+    @property
+    def cache_dir(self) -> Path:
+        assert self.ov_cache_dir is not None
+        return self.ov_cache_dir
+
+
+class SettingsError(Exception):
+    """Raised with a message that lists every bad setting by its environment variable name."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = "_".join(str(part) for part in problem["loc"] if isinstance(part, str)).upper() or "settings"
+            lines.append(f"  {name}: {problem['msg']}")
+        raise SettingsError("Invalid configuration (check your environment and .env):\n" + "\n".join(lines)) from None

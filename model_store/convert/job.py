@@ -1,0 +1,192 @@
+"""One conversion from start to installed store entry, in phases that report progress.
+
+Order matters for safety: check resources, build everything in a staging directory, validate it with
+OpenVINO GenAI, and only then swap it in atomically.  Any failure or kill before the swap leaves the model
+that was serving untouched; the staging directory is removed now or by the next conversion.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from model_store.convert import hub, preflight
+from model_store.convert.validate import validate_model
+from model_store.errors import CorruptModelError, MissingModelError
+from model_store.layout import check_ir_directory, detect_weight_precision, read_json
+from model_store.progress import PhasePlan, ProgressCallback, ignore_progress
+from model_store.sources import ModelSource, parse_precision, parse_source
+from model_store.store import ModelEntry, ModelStore
+
+log = logging.getLogger(__name__)
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    """Everything the child process needs; plain values so it pickles across ``spawn``."""
+
+    source: str
+    store_root: str
+    precision: str | None = "int4"
+    from_ir: bool = False
+    activate: bool = False
+    validate: bool = True
+    device: str = "CPU"
+    group_size: int = 64
+    ratio: float = 0.6
+
+
+def _checkpoint_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in directory.glob(pattern))
+
+
+def _check_checkpoint(directory: Path) -> dict[str, Any]:
+    config = read_json(directory / "config.json")
+    if config.get("model_type") != "phi3_v":
+        raise CorruptModelError(
+            f"{directory} holds a {config.get('model_type')!r} model; this bot converts Phi-3-vision (phi3_v) "
+            "checkpoints such as microsoft/Phi-3.5-vision-instruct."
+        )
+    if _checkpoint_bytes(directory) == 0:
+        raise MissingModelError(f"{directory} has a config.json but no weights (*.safetensors).")
+    return config
+
+
+def _manifest(source: ModelSource, precision: str, files: Path, **extra: Any) -> dict[str, Any]:
+    """``files``: where the model's side files are; a synthetic.json there marks a synthetic model."""
+    synthetic = (files / "synthetic.json").is_file()
+    return {
+        "source": source.display,
+        "precision": precision,
+        "converted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "synthetic": synthetic,
+        **extra,
+    }
+
+
+def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: Path, plan: PhasePlan) -> ModelEntry:
+    from model_store.convert.export import compress, export_checkpoint
+
+    source = parse_source(request.source)
+    precision = parse_precision(request.precision or "int4")
+    plan.report("check", 0.0, f"checking {source.display}")
+    if source.local_dir is not None:
+        checkpoint: Path | None = source.local_dir
+        config = _check_checkpoint(source.local_dir)
+        download_bytes = 0
+        checkpoint_bytes = _checkpoint_bytes(source.local_dir)
+    else:
+        assert source.repo_id is not None
+        checkpoint = None
+        checkpoint_bytes = download_bytes = hub.remote_size(source.repo_id, hub.CHECKPOINT_PATTERNS)
+        config = {"torch_dtype": "bfloat16"}
+    stored = DTYPE_BYTES.get(str(config.get("torch_dtype", "bfloat16")), 2)
+    preflight.check(preflight.estimate(checkpoint_bytes, stored, precision, download_bytes), store.root)
+
+    if checkpoint is None:
+        assert source.repo_id is not None
+        checkpoint = hub.download(source.repo_id, hub.CHECKPOINT_PATTERNS, lambda f, d: plan.report("download", f, d))
+        _check_checkpoint(checkpoint)
+    plan.report("export", 0.0, "loading the checkpoint")
+    export_checkpoint(checkpoint, staging, precision, lambda f, d: plan.report("export", f, d))
+    plan.report("compress", 0.0, f"compressing weights to {precision}")
+    compress(
+        staging,
+        precision,
+        lambda f, d: plan.report("compress", f, d),
+        group_size=request.group_size,
+        ratio=request.ratio,
+    )
+    compression = (
+        {"mode": "INT4_SYM", "group_size": request.group_size, "ratio": request.ratio, "backup": "INT8_ASYM"}
+        if precision == "int4"
+        else {"mode": "INT8_ASYM"}
+        if precision == "int8"
+        else {"mode": precision.upper()}
+    )
+    return _validate_and_install(
+        request,
+        store,
+        staging,
+        source,
+        precision,
+        plan,
+        _manifest(source, precision, checkpoint, compression=compression),
+    )
+
+
+def _take_ir(request: ConversionRequest, store: ModelStore, staging: Path, plan: PhasePlan) -> ModelEntry:
+    source = parse_source(request.source)
+    plan.report("check", 0.0, f"checking {source.display}")
+    if source.local_dir is not None:
+        origin = source.local_dir
+        check_ir_directory(origin)
+        size = sum(p.stat().st_size for p in origin.iterdir() if p.is_file())
+        preflight.check(preflight.Requirements(disk_bytes=size + preflight.DISK_MARGIN, memory_bytes=0), store.root)
+    else:
+        assert source.repo_id is not None
+        size = hub.remote_size(source.repo_id, hub.IR_PATTERNS)
+        preflight.check(preflight.Requirements(disk_bytes=2 * size + preflight.DISK_MARGIN, memory_bytes=0), store.root)
+        origin = hub.download(source.repo_id, hub.IR_PATTERNS, lambda f, d: plan.report("download", f, d))
+        check_ir_directory(origin)
+    plan.report("copy", 0.0, "copying the model into the store")
+    for item in origin.iterdir():
+        if item.is_file():
+            shutil.copyfile(item, staging / item.name)
+    precision = parse_precision(request.precision) if request.precision else detect_weight_precision(staging)
+    plan.report("copy", 1.0, "copied")
+    manifest = _manifest(source, precision, staging, from_ir=True)
+    return _validate_and_install(request, store, staging, source, precision, plan, manifest)
+
+
+def _validate_and_install(
+    request: ConversionRequest,
+    store: ModelStore,
+    staging: Path,
+    source: ModelSource,
+    precision: str,
+    plan: PhasePlan,
+    manifest: dict[str, Any],
+) -> ModelEntry:
+    if request.validate:
+        plan.report("validate", 0.0, "loading the new model and asking it about an image")
+        manifest["validation"] = validate_model(staging, request.device)
+    plan.report("install", 0.0, "switching to the new model")
+    entry = store.install(staging, source.slug, precision, manifest)
+    if request.activate:
+        store.set_active(entry)
+    plan.report("install", 1.0, "done")
+    return entry
+
+
+def _phases(request: ConversionRequest) -> list[tuple[str, float]]:
+    """Phase weights roughly follow measured durations; a local source has nothing to download."""
+    remote = parse_source(request.source).repo_id is not None
+    download = [("download", 40 if request.from_ir else 30)] if remote else []
+    work = [("copy", 5)] if request.from_ir else [("export", 40), ("compress", 20)]
+    validate = [("validate", 8)] if request.validate else []
+    return [("check", 1), *download, *work, *validate, ("install", 1)]
+
+
+def run_conversion(request: ConversionRequest, progress: ProgressCallback = ignore_progress) -> ModelEntry:
+    """Convert (or take) a model into the store, in this process; see process.py for the isolated variant."""
+    store = ModelStore(Path(request.store_root))
+    plan = PhasePlan(_phases(request), progress)
+    with store.conversion_lock():
+        staging = store.new_staging_dir()
+        try:
+            if request.from_ir:
+                entry = _take_ir(request, store, staging, plan)
+            else:
+                entry = _convert_checkpoint(request, store, staging, plan)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    log.info("model ready: %s (%s) at %s", entry.source, entry.precision, entry.path)
+    return entry

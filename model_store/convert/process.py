@@ -1,0 +1,117 @@
+"""Running a conversion in its own process.
+
+A conversion holds gigabytes of torch and OpenVINO memory; in a child process the bot stays responsive and
+gets every byte back when the child exits, and a crash or an out-of-memory kill of the child cannot take the
+bot down.  Progress, the result and errors come back over a pipe as plain values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from model_store.convert.job import ConversionRequest, run_conversion
+from model_store.errors import (
+    ConversionFailedError,
+    ConversionInterruptedError,
+    ModelStoreError,
+    error_from_kind,
+)
+from model_store.progress import Progress, ProgressCallback, ignore_progress
+from model_store.store import ModelEntry
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+
+
+def _child_main(request: ConversionRequest, connection: Connection) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s conversion: %(message)s")
+    try:
+        entry = run_conversion(request, lambda p: connection.send(("progress", p.phase, p.percent, p.detail)))
+        connection.send(("done", entry.slug, entry.precision, str(entry.path), entry.manifest))
+    except ModelStoreError as error:
+        connection.send(("error", error.kind, str(error)))
+    except MemoryError:
+        connection.send(("error", "memory", "The conversion ran out of memory. The previous model keeps serving."))
+    except Exception as error:
+        log.exception("conversion failed")
+        message = f"The conversion failed: {type(error).__name__}: {error}. The previous model keeps serving."
+        connection.send(("error", "failed", message))
+    finally:
+        connection.close()
+
+
+def _exit_message(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        signal_number = -exitcode
+        hint = " (the system may have run out of memory)" if signal_number == 9 else ""
+        return f"The conversion process was killed by signal {signal_number}{hint}. The previous model keeps serving."
+    return f"The conversion process exited unexpectedly (code {exitcode}). The previous model keeps serving."
+
+
+def convert_in_subprocess(
+    request: ConversionRequest,
+    progress: ProgressCallback = ignore_progress,
+    cancel: threading.Event | None = None,
+) -> ModelEntry:
+    """Block until the child finishes; ``cancel`` (or Ctrl-C) stops it, leaving the serving model as it was."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(request, sender), name="phi3bot-convert", daemon=True)
+    child.start()
+    sender.close()
+    outcome: tuple[Any, ...] | None = None
+    try:
+        while outcome is None:
+            if cancel is not None and cancel.is_set():
+                raise ConversionInterruptedError("The conversion was cancelled. The previous model keeps serving.")
+            if receiver.poll(POLL_SECONDS):
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    child.join()
+                    raise ConversionFailedError(_exit_message(child.exitcode)) from None
+                if message[0] == "progress":
+                    progress(Progress(phase=message[1], percent=message[2], detail=message[3]))
+                else:
+                    outcome = message
+            elif not child.is_alive() and not receiver.poll(0):
+                raise ConversionFailedError(_exit_message(child.exitcode))
+    except KeyboardInterrupt:
+        raise ConversionInterruptedError("The conversion was interrupted. The previous model keeps serving.") from None
+    finally:
+        if child.is_alive() and outcome is None:
+            child.terminate()
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        child.join()
+        receiver.close()
+    if outcome[0] == "error":
+        raise error_from_kind(outcome[1], outcome[2])
+    return ModelEntry(slug=outcome[1], precision=outcome[2], path=Path(outcome[3]), manifest=outcome[4])
+
+
+async def convert_async(request: ConversionRequest, progress: ProgressCallback = ignore_progress) -> ModelEntry:
+    """The same, for the bot: progress is delivered on the event loop; cancelling the task stops the child."""
+    loop = asyncio.get_running_loop()
+    cancel = threading.Event()
+
+    def on_progress(update: Progress) -> None:
+        loop.call_soon_threadsafe(progress, update)
+
+    worker = asyncio.ensure_future(asyncio.to_thread(convert_in_subprocess, request, on_progress, cancel))
+    try:
+        return await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        cancel.set()
+        with contextlib.suppress(ConversionInterruptedError):
+            await worker
+        raise

@@ -1,0 +1,64 @@
+"""Proof that a converted model really runs before it replaces the one serving: load it, ask about an image."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model_store.errors import ValidationFailedError
+from model_store.layout import check_ir_directory
+
+log = logging.getLogger(__name__)
+
+VALIDATION_TOKENS = 3
+
+
+def sample_image(width: int = 448, height: int = 336) -> np.ndarray:
+    """A deterministic picture (gradients and a square) in HWC uint8, the layout GenAI takes."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
+    image[height // 4 : height // 2, width // 4 : width // 2] = (255, 255, 255)
+    return image.astype(np.uint8)
+
+
+def validate_model(directory: Path, device: str = "CPU") -> dict[str, float | int]:
+    """Load ``directory`` with VLMPipeline and generate a few tokens about an image; raise if anything fails."""
+    check_ir_directory(directory)
+    try:
+        import openvino as ov
+        import openvino_genai as genai
+
+        started = time.monotonic()
+        pipeline = genai.VLMPipeline(str(directory), device)
+        loaded = time.monotonic()
+        config = genai.GenerationConfig()
+        config.max_new_tokens = VALIDATION_TOKENS
+        config.ignore_eos = True
+        chunks: list[str] = []
+
+        def collect(chunk: str) -> bool:
+            chunks.append(chunk)
+            return False
+
+        result = pipeline.generate(
+            "What is in this image?", images=[ov.Tensor(sample_image())], generation_config=config, streamer=collect
+        )
+        generated = int(result.perf_metrics.get_num_generated_tokens())
+        input_tokens = int(result.perf_metrics.get_num_input_tokens())
+    except Exception as error:
+        raise ValidationFailedError(
+            f"The converted model did not run in OpenVINO GenAI: {error}. The previous model keeps serving."
+        ) from error
+    if generated < 1:
+        raise ValidationFailedError("The converted model generated no tokens. The previous model keeps serving.")
+    finished = time.monotonic()
+    log.info("validated %s: %d input tokens, %d generated", directory, input_tokens, generated)
+    return {
+        "load_seconds": round(loaded - started, 2),
+        "generate_seconds": round(finished - loaded, 2),
+        "input_tokens": input_tokens,
+        "generated_tokens": generated,
+    }

@@ -1,0 +1,82 @@
+"""Hands the bot a ready OpenVINO GenAI pipeline for the configured (or admin-chosen) model.
+
+OpenVINO's model cache (``CACHE_DIR``) keeps compiled blobs, so a restart loads in seconds instead of
+recompiling; the cache is keyed by the model's content, so a replaced model never reuses stale blobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_store.errors import MissingModelError, ModelStoreError
+from model_store.layout import check_ir_directory
+from model_store.sources import parse_source
+from model_store.store import ModelEntry, ModelStore, Selection
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("CPU", "GPU", "AUTO")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pipeline: Any  # openvino_genai.VLMPipeline; typed loosely so importing this module stays cheap
+    entry: ModelEntry
+    device: str
+    load_seconds: float
+
+
+def normalise_device(device: str) -> str:
+    """Accept ``CPU``, ``GPU``, ``GPU.1``, ``AUTO`` and ``AUTO:GPU,CPU``, in any case."""
+    value = device.strip().upper()
+    if value.split(".", 1)[0].split(":", 1)[0] not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; use CPU, GPU or AUTO")
+    return value
+
+
+def select_entry(store: ModelStore, model: str, precision: str) -> ModelEntry:
+    """The admin's last choice (active.json) wins over the configured default, so /convert survives restarts."""
+    chosen: Selection | None = store.active()
+    if chosen is not None:
+        entry = store.entry(chosen.slug, chosen.precision)
+        if entry is not None:
+            return entry
+        log.warning(
+            "the model chosen earlier (%s, %s) is gone; using the configured one", chosen.source, chosen.precision
+        )
+    slug = parse_source(model).slug if Path(model).expanduser().is_dir() or "/" in model else model
+    entry = store.entry(slug, precision)
+    if entry is None:
+        available = ", ".join(f"{e.source} ({e.precision})" for e in store.entries()) or "none"
+        raise MissingModelError(
+            f"No converted model for {model} in {precision} in {store.root} (available: {available}). "
+            f"Convert it with `phi3bot convert --model {model} --precision {precision}`, or ask the bot with /convert."
+        )
+    return entry
+
+
+def load_pipeline(entry: ModelEntry, device: str = "CPU", cache_dir: Path | None = None) -> LoadedModel:
+    """Compile the model for ``device``; errors name the model and what to do about it."""
+    check_ir_directory(entry.path)
+    import openvino_genai as genai
+
+    properties: dict[str, Any] = {}
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        properties["CACHE_DIR"] = str(cache_dir)
+    target = normalise_device(device)
+    started = time.monotonic()
+    try:
+        pipeline = genai.VLMPipeline(str(entry.path), target, **properties)
+    except RuntimeError as error:
+        hint = " Is the device's driver installed? Try DEVICE=CPU." if target != "CPU" else ""
+        raise ModelStoreError(
+            f"OpenVINO could not load {entry.source} ({entry.precision}) on {target}: {error}.{hint}"
+        ) from error
+    seconds = time.monotonic() - started
+    log.info("loaded %s (%s) on %s in %.1f s", entry.source, entry.precision, target, seconds)
+    return LoadedModel(pipeline=pipeline, entry=entry, device=target, load_seconds=seconds)

@@ -1,0 +1,64 @@
+"""What a person can name as a model: a Hugging Face repository id or a local checkpoint directory."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_store.errors import MissingModelError
+
+PRECISIONS = ("int4", "int8", "fp16", "fp32")
+KNOWN_MODELS = {
+    "phi-3.5-vision": "microsoft/Phi-3.5-vision-instruct",
+    "phi-3-vision-128k": "microsoft/Phi-3-vision-128k-instruct",
+}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from; ``slug`` names the model's folder in the store."""
+
+    ref: str
+    repo_id: str | None = None
+    local_dir: Path | None = None
+
+    @property
+    def slug(self) -> str:
+        if self.repo_id is not None:
+            return self.repo_id.replace("/", "--")
+        assert self.local_dir is not None
+        digest = hashlib.sha256(str(self.local_dir).encode()).hexdigest()[:8]
+        return f"local--{self.local_dir.name}-{digest}"
+
+    @property
+    def display(self) -> str:
+        return self.repo_id or str(self.local_dir)
+
+
+def parse_source(ref: str) -> ModelSource:
+    """An existing directory wins over a repository id with the same spelling, as in transformers."""
+    ref = ref.strip()
+    if not ref:
+        raise MissingModelError(
+            "No model given. Name a Hugging Face repository such as microsoft/Phi-3.5-vision-instruct or a directory."
+        )
+    ref = KNOWN_MODELS.get(ref.lower(), ref)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return ModelSource(ref=ref, local_dir=path.resolve())
+    if _REPO_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        return ModelSource(ref=ref, repo_id=ref)
+    raise MissingModelError(
+        f"{ref!r} is neither an existing directory nor a Hugging Face repository id (owner/name). "
+        "Check the path, or use e.g. microsoft/Phi-3.5-vision-instruct."
+    )
+
+
+def parse_precision(value: str) -> str:
+    precision = value.strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision

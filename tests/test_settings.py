@@ -1,0 +1,73 @@
+"""Configuration is validated once, with messages that name the variable to fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.settings import SettingsError, load_settings
+
+
+def test_defaults_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    settings = load_settings()
+    assert settings.precision == "int4"
+    assert settings.device == "CPU"
+    assert settings.database_path == Path("data") / "history.sqlite3"
+    assert settings.store_dir == Path("data") / "models"
+    assert settings.admin_user_ids == frozenset()
+
+
+def test_ids_are_read_as_people_write_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADMIN_USER_IDS", "123, 456")
+    monkeypatch.setenv("ALLOWED_CHAT_IDS", "-1001 -1002")
+    monkeypatch.setenv("PRECISION", "INT8")
+    monkeypatch.setenv("DEVICE", "gpu")
+    settings = load_settings()
+    assert settings.admin_user_ids == frozenset({123, 456})
+    assert settings.allowed_chat_ids == frozenset({-1001, -1002})
+    assert settings.precision == "int8"
+    assert settings.device == "GPU"
+
+
+def test_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TELEGRAM_BOT_TOKEN=123:ZZtokenZZ\nMAX_NEW_TOKENS=64\n")
+    settings = load_settings()
+    assert settings.telegram_bot_token is not None
+    assert settings.telegram_bot_token.get_secret_value() == "123:ZZtokenZZ"
+    assert "ZZtokenZZ" not in repr(settings), "the token must never show up in logs or tracebacks"
+    assert settings.max_new_tokens == 64
+
+
+def test_every_bad_value_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADMIN_USER_IDS", "alice")
+    monkeypatch.setenv("PRECISION", "int3")
+    monkeypatch.setenv("DEVICE", "TPU")
+    monkeypatch.setenv("MAX_NEW_TOKENS", "0")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    for name in ("ADMIN_USER_IDS", "PRECISION", "DEVICE", "MAX_NEW_TOKENS"):
+        assert name in message
+    assert "Traceback" not in message
+
+
+def test_cli_exits_2_with_one_clear_message(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "models"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PRECISION": "int3", "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "PRECISION" in done.stderr
+    assert "Traceback" not in done.stderr
