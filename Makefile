@@ -1,0 +1,36 @@
+# Two commands for a fresh clone:  `make run` starts the bot, `make test` runs the tests.
+# Both create .venv and install what is needed the first time (and again when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install run test test-all lint bench-convert clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
+	$(VENV)/bin/pip install --quiet -e ".[convert,dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/phi3bot run
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+test-all: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench-convert: $(STAMP)
+	$(VENV)/bin/python benchmarks/convert_full.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,55 @@
+"""Where benchmark inputs live and how results are written: outside git, built once, reused by every script."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH_DIR = Path(os.environ.get("PHI3BOT_BENCH_DIR", Path.home() / ".cache" / "phi3bot-bench"))
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def full_checkpoint() -> Path:
+    """The full-size synthetic Phi-3.5-vision, built on first use (about a minute, 8.3 GB)."""
+    from bot.terminal_progress import TerminalProgress
+    from model_store.synthetic import build_synthetic_checkpoint
+
+    path = BENCH_DIR / "full-checkpoint"
+    if not (path / "synthetic.json").is_file():
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        build_synthetic_checkpoint(path, "full", progress=TerminalProgress())
+    return path
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
