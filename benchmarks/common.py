@@ -7,7 +7,10 @@ import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 import psutil
 
@@ -53,3 +56,26 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
     return path
+
+
+def full_int4_model() -> Path:
+    """The full synthetic checkpoint converted to INT4 (built and converted on first use, about 3.5 minutes)."""
+    from bot.terminal_progress import TerminalProgress
+    from model_store.convert import ConversionRequest, convert_in_subprocess
+    from model_store.store import ModelStore
+
+    checkpoint = full_checkpoint()
+    store = ModelStore(BENCH_DIR / "store")
+    for entry in store.entries():
+        if entry.precision == "int4" and entry.source == str(checkpoint):
+            return entry.path
+    request = ConversionRequest(source=str(checkpoint), store_root=str(store.root), precision="int4", activate=True)
+    return convert_in_subprocess(request, TerminalProgress()).path
+
+
+def synthetic_photo(seed: int, width: int = 640, height: int = 480) -> np.ndarray:
+    """A deterministic 'photo' (HWC uint8); content does not matter to a random-weight model, size does."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * seed) % 256, (y * 3) % 256, ((x + y) * seed) % 256], axis=-1).astype(np.uint8)

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     num_crops: int = Field(default=4, ge=1, le=16)
     history_messages: int = Field(default=20, ge=0, le=200)
     max_images_per_turn: int = Field(default=4, ge=1, le=10)
+    # KV cache kept for continuous batching with prefix caching; 0 = plain pipeline (one conversation's cache).
+    kv_cache_gb: float = Field(default=4.0, ge=0.0, le=256.0)
 
     # Streaming and load
     edit_interval_seconds: float = Field(default=1.0, ge=0.2, le=30.0)

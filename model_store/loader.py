@@ -6,14 +6,16 @@ recompiling; the cache is keyed by the model's content, so a replaced model neve
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model_store.errors import MissingModelError, ModelStoreError
-from model_store.layout import check_ir_directory
+from model_store.layout import check_ir_directory, read_json
 from model_store.sources import parse_source
 from model_store.store import ModelEntry, ModelStore, Selection
 
@@ -59,19 +61,62 @@ def select_entry(store: ModelStore, model: str, precision: str) -> ModelEntry:
     return entry
 
 
-def load_pipeline(entry: ModelEntry, device: str = "CPU", cache_dir: Path | None = None) -> LoadedModel:
-    """Compile the model for ``device``; errors name the model and what to do about it."""
+def crops_view(entry: ModelEntry, num_crops: int, views_dir: Path) -> Path:
+    """The model as GenAI should see it with ``num_crops`` image crops.
+
+    GenAI reads ``num_crops`` only from preprocessor_config.json, and store entries are immutable, so a
+    different setting gets a view: a directory of symlinks to the model's files with its own copy of that
+    one file.  Views are cheap and rebuilt whenever the entry changes.
+    """
+    config = read_json(entry.path / "preprocessor_config.json")
+    if int(config.get("num_crops", 4)) == num_crops:
+        return entry.path
+    view = views_dir / f"{entry.path.parent.name}-{entry.path.name.lstrip('.')}-crops{num_crops}"
+    if not (view / "preprocessor_config.json").is_file():
+        staging = view.with_name(view.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for item in entry.path.iterdir():
+            if item.name != "preprocessor_config.json":
+                (staging / item.name).symlink_to(item)
+        (staging / "preprocessor_config.json").write_text(json.dumps({**config, "num_crops": num_crops}, indent=2))
+        shutil.rmtree(view, ignore_errors=True)
+        staging.rename(view)
+    return view
+
+
+def load_pipeline(
+    entry: ModelEntry,
+    device: str = "CPU",
+    cache_dir: Path | None = None,
+    *,
+    num_crops: int | None = None,
+    kv_cache_gb: float | None = None,
+) -> LoadedModel:
+    """Compile the model for ``device``; errors name the model and what to do about it.
+
+    ``kv_cache_gb`` switches on continuous batching with prefix caching (KV blocks of that total size), which
+    keeps each conversation's KV cache while other chats are answered.
+    """
     check_ir_directory(entry.path)
     import openvino_genai as genai
 
     properties: dict[str, Any] = {}
+    path = entry.path
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         properties["CACHE_DIR"] = str(cache_dir)
+        if num_crops is not None:
+            path = crops_view(entry, num_crops, cache_dir / "views")
+    if kv_cache_gb:
+        scheduler = genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = True
+        scheduler.cache_size = max(1, round(kv_cache_gb))
+        properties["scheduler_config"] = scheduler
     target = normalise_device(device)
     started = time.monotonic()
     try:
-        pipeline = genai.VLMPipeline(str(entry.path), target, **properties)
+        pipeline = genai.VLMPipeline(str(path), target, **properties)
     except RuntimeError as error:
         hint = " Is the device's driver installed? Try DEVICE=CPU." if target != "CPU" else ""
         raise ModelStoreError(

@@ -1,0 +1,49 @@
+"""Builds the engine from settings: pick the model, load it, wrap it; shared by the bot and the terminal modes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bot.settings import Settings
+from engine.engine import Engine
+from engine.generation import GenerationSettings
+from model_store.loader import LoadedModel, load_pipeline, select_entry
+from model_store.store import ModelEntry, ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def generation_settings(settings: Settings) -> GenerationSettings:
+    return GenerationSettings(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        repetition_penalty=settings.repetition_penalty,
+        system_prompt=settings.system_prompt,
+        timeout_seconds=settings.request_timeout_seconds,
+    )
+
+
+def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
+    """Blocking: compiles the model (seconds with a warm OpenVINO cache, longer the first time)."""
+    chosen = entry or select_entry(ModelStore(settings.store_dir), settings.model, settings.precision)
+    return load_pipeline(
+        chosen,
+        settings.device,
+        settings.cache_dir,
+        num_crops=settings.num_crops,
+        kv_cache_gb=settings.kv_cache_gb,
+    )
+
+
+async def build_engine(settings: Settings) -> Engine:
+    model = await asyncio.to_thread(load_model, settings)
+    return Engine(model, generation_settings(settings), queue_max=settings.queue_max)
+
+
+async def load_and_swap(engine: Engine, settings: Settings, entry: ModelEntry) -> None:
+    """Hot swap: load the new model beside the old one, switch at a request boundary; a failure keeps the old."""
+    model = await asyncio.to_thread(load_model, settings, entry)
+    previous = await engine.swap(model)
+    del previous

@@ -1,0 +1,182 @@
+"""A fair line for one model shared by many chats.
+
+Each conversation may have one request in the system (waiting or running): a chat UI where a second
+question silently queues behind the first is confusing, so the caller is told (``AlreadyQueued``) and can
+offer /stop instead.  Conversations are served first come, first served, ``slots`` at a time; the line is
+bounded so a flood gets a clear "busy" (``QueueFull``) instead of an hour-long wait.  Positions are
+observable so the bot can show "you are #3 in line" and update it as the line moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Hashable
+from types import TracebackType
+from typing import Generic, Literal, TypeVar
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+State = Literal["waiting", "running", "done", "cancelled"]
+
+
+class AlreadyQueued(Exception):
+    """This conversation already has a request waiting or running."""
+
+
+class QueueFull(Exception):
+    """Too many requests are waiting; try again later."""
+
+
+class TicketCancelled(Exception):
+    """The ticket was cancelled before its turn came."""
+
+
+class Ticket(Generic[K]):
+    """A place in line; ``async with ticket:`` waits for the turn and always gives the slot back."""
+
+    def __init__(self, queue: FairQueue[K], key: K) -> None:
+        self.key = key
+        self.state: State = "waiting"
+        self._queue = queue
+        self._granted = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    @property
+    def position(self) -> int | None:
+        return self._queue.position_of(self)
+
+    def notify(self) -> None:
+        self._changed.set()
+
+    async def positions(self) -> AsyncIterator[int]:
+        """Each new position until the turn comes (0) or the ticket leaves the line."""
+        last: int | None = None
+        while True:
+            self._changed.clear()
+            position = self.position
+            if position is None:
+                return
+            if position != last:
+                last = position
+                yield position
+            if position == 0:
+                return
+            await self._changed.wait()
+
+    def cancel(self) -> bool:
+        return self._queue.withdraw(self)
+
+    async def __aenter__(self) -> Ticket[K]:
+        try:
+            await self._granted.wait()
+        except asyncio.CancelledError:
+            self._queue.release(self)
+            raise
+        if self.state != "running":
+            raise TicketCancelled(f"request for {self.key!r} was cancelled")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._queue.release(self)
+
+
+class FairQueue(Generic[K]):
+    def __init__(self, max_waiting: int = 20, slots: int = 1) -> None:
+        self.max_waiting = max_waiting
+        self.slots = slots
+        self._waiting: deque[Ticket[K]] = deque()
+        self._running: list[Ticket[K]] = []
+        self._by_key: dict[K, Ticket[K]] = {}
+        self.served = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting) + len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def snapshot(self) -> list[K]:
+        """Keys in service order: running first, then waiting."""
+        return [ticket.key for ticket in (*self._running, *self._waiting)]
+
+    def enqueue(self, key: K) -> Ticket[K]:
+        if key in self._by_key:
+            raise AlreadyQueued(f"{key!r} already has a request in the queue")
+        if len(self._waiting) >= self.max_waiting and len(self._running) >= self.slots:
+            raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+        ticket = Ticket(self, key)
+        self._by_key[key] = ticket
+        self._waiting.append(ticket)
+        self._grant()
+        return ticket
+
+    def position(self, key: K) -> int | None:
+        ticket = self._by_key.get(key)
+        return None if ticket is None else self.position_of(ticket)
+
+    def position_of(self, ticket: Ticket[K]) -> int | None:
+        if ticket.state == "running":
+            return 0
+        if ticket.state != "waiting":
+            return None
+        return self._waiting.index(ticket) + 1
+
+    def cancel(self, key: K) -> bool:
+        """Withdraw a waiting request; a running one is stopped by its owner, not here."""
+        ticket = self._by_key.get(key)
+        return ticket is not None and self.withdraw(ticket)
+
+    def withdraw(self, ticket: Ticket[K]) -> bool:
+        if ticket.state != "waiting":
+            return False
+        self._waiting.remove(ticket)
+        self._finish(ticket, "cancelled")
+        ticket._granted.set()  # wake the owner, who then sees the cancellation
+        self._notify_waiting()
+        return True
+
+    def release(self, ticket: Ticket[K]) -> None:
+        """Give back the slot (or the place in line); safe to call more than once."""
+        if ticket.state == "waiting":
+            self.withdraw(ticket)
+            return
+        if ticket.state == "running":
+            self._running.remove(ticket)
+            self.served += 1
+            self._finish(ticket, "done")
+            self._grant()
+
+    def _finish(self, ticket: Ticket[K], state: State) -> None:
+        ticket.state = state
+        if self._by_key.get(ticket.key) is ticket:
+            del self._by_key[ticket.key]
+        ticket.notify()
+
+    def _grant(self) -> None:
+        moved = False
+        while self._waiting and len(self._running) < self.slots:
+            ticket = self._waiting.popleft()
+            ticket.state = "running"
+            self._running.append(ticket)
+            ticket._granted.set()
+            ticket.notify()
+            moved = True
+        if moved:
+            self._notify_waiting()
+
+    def _notify_waiting(self) -> None:
+        for ticket in self._waiting:
+            ticket.notify()

@@ -1,0 +1,32 @@
+"""How answers are generated: the settings a self-hoster controls, turned into a GenAI GenerationConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy: the same question gets the same answer
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    system_prompt: str = ""
+    timeout_seconds: float = 600.0
+    ignore_eos: bool = False  # benchmarks only: a fixed number of tokens, whatever the model says
+
+    def to_genai(self) -> Any:
+        import openvino_genai as genai
+
+        config = genai.GenerationConfig()
+        config.max_new_tokens = self.max_new_tokens
+        config.repetition_penalty = self.repetition_penalty
+        config.ignore_eos = self.ignore_eos
+        if self.temperature > 0:
+            config.do_sample = True
+            config.temperature = self.temperature
+            config.top_p = self.top_p
+        else:
+            config.do_sample = False
+        return config

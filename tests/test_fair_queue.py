@@ -1,0 +1,137 @@
+"""The fair queue: one request per conversation, first come first served, bounded, observable positions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.fair_queue import AlreadyQueued, FairQueue, QueueFull, TicketCancelled
+
+
+async def test_fifo_across_conversations_and_positions() -> None:
+    queue: FairQueue[str] = FairQueue(max_waiting=10)
+    tickets = [queue.enqueue(key) for key in "abcd"]
+    assert [queue.position(key) for key in "abcd"] == [0, 1, 2, 3]
+    assert queue.snapshot() == list("abcd")
+    order: list[str] = []
+
+    async def serve(ticket: object, key: str) -> None:
+        async with ticket:  # type: ignore[attr-defined]
+            order.append(key)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(serve(t, k) for t, k in zip(reversed(tickets), "dcba", strict=True)))
+    assert order == list("abcd")
+    assert len(queue) == 0 and queue.running == 0 and queue.served == 4
+
+
+async def test_one_request_per_conversation_and_a_bounded_line() -> None:
+    queue: FairQueue[str] = FairQueue(max_waiting=2)
+    first = queue.enqueue("a")
+    with pytest.raises(AlreadyQueued):
+        queue.enqueue("a")
+    queue.enqueue("b")
+    queue.enqueue("c")
+    with pytest.raises(QueueFull):
+        queue.enqueue("d")  # "a" runs, "b" and "c" wait: the running one does not count
+    async with first:
+        pass
+    assert queue.position("a") is None
+    queue.enqueue("d")
+    with pytest.raises(QueueFull):
+        queue.enqueue("a")  # allowed again once finished, but now the line is full again
+
+
+async def test_positions_update_as_the_line_moves() -> None:
+    queue: FairQueue[str] = FairQueue()
+    first = queue.enqueue("a")
+    second = queue.enqueue("b")
+    third = queue.enqueue("c")
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for position in third.positions():
+            seen.append(position)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0)
+    async with first:
+        pass
+    await asyncio.sleep(0)
+    async with second:
+        pass
+    await asyncio.wait_for(follower, 1)
+    assert seen == [2, 1, 0]
+
+
+async def test_cancelled_waiting_tickets_never_run_and_free_their_place() -> None:
+    queue: FairQueue[str] = FairQueue()
+    running = queue.enqueue("a")
+    withdrawn = queue.enqueue("b")
+    abandoned = queue.enqueue("c")
+    last = queue.enqueue("d")
+    assert queue.cancel("b") is True
+    assert queue.position("d") == 2
+
+    async def wait_then_run() -> None:
+        async with abandoned:
+            pytest.fail("an abandoned ticket must not run")
+
+    task = asyncio.create_task(wait_then_run())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.position("d") == 1
+    with pytest.raises(TicketCancelled):
+        async with withdrawn:
+            pass
+    async with running:
+        pass
+    assert queue.position("d") == 0
+    async with last:
+        pass
+    assert len(queue) == 0
+
+
+async def test_an_exception_in_the_holder_releases_the_slot() -> None:
+    queue: FairQueue[str] = FairQueue()
+    failing = queue.enqueue("a")
+    after = queue.enqueue("b")
+    with pytest.raises(RuntimeError):
+        async with failing:
+            raise RuntimeError("generation failed")
+    assert queue.position("b") == 0
+    async with after:
+        pass
+
+
+async def test_two_slots_run_two_at_once() -> None:
+    queue: FairQueue[str] = FairQueue(slots=2)
+    queue.enqueue("a")
+    queue.enqueue("b")
+    queue.enqueue("c")
+    assert [queue.position(k) for k in "abc"] == [0, 0, 1]
+
+
+async def test_fifty_chats_three_turns_each_stay_in_order_and_fair() -> None:
+    queue: FairQueue[int] = FairQueue(max_waiting=100)
+    grants: list[int] = []
+    waits: list[int] = []
+
+    async def chat(key: int) -> None:
+        for turn in range(3):
+            ticket = queue.enqueue(key)
+            granted_before = len(grants)
+            async with ticket:
+                waits.append(len(grants) - granted_before)
+                grants.append(key * 10 + turn)
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(chat(key) for key in range(50)))
+    assert len(grants) == 150
+    for key in range(50):
+        assert [g % 10 for g in grants if g // 10 == key] == [0, 1, 2]
+    assert max(waits) <= 50, "nobody waits more than one round of the others"
+    assert len(queue) == 0 and queue.running == 0
