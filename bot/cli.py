@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bot.settings import Settings, SettingsError, load_settings
 from bot.terminal_progress import TerminalProgress
+from engine.images import ImageRejected
 from model_store.errors import ConversionInterruptedError, ModelStoreError
 from model_store.sources import PRECISIONS
 
@@ -39,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-validate", action="store_true", help="skip the test generation (not recommended)")
 
     commands.add_parser("models", help="list the converted models and the one in use")
+
+    ask = commands.add_parser("ask", help="answer one question about an image in the terminal")
+    ask.add_argument("image", type=Path, help="a photo (JPEG, PNG, WebP, ...)")
+    ask.add_argument("question", nargs="?", default="", help='what to ask (default: "Describe this image.")')
+
+    chat = commands.add_parser("chat", help="a small chat in the terminal, with the same engine as the bot")
+    chat.add_argument("image", type=Path, nargs="?", help="a photo to start with")
 
     synthetic = commands.add_parser(
         "synthetic", help="build a random-weight Phi-3-vision checkpoint (tests, benchmarks)"
@@ -94,6 +102,16 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from bot.terminal_chat import ask_once, chat
+
+    if args.command == "ask":
+        return asyncio.run(ask_once(settings, args.image, args.question))
+    return asyncio.run(chat(settings, args.image))
+
+
 def _run(settings: Settings) -> int:
     from bot.app import run_bot
 
@@ -115,11 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models(settings)
         if args.command == "synthetic":
             return _synthetic(args)
+        if args.command in ("ask", "chat"):
+            return _terminal(args, settings)
         return _run(settings)
     except ConversionInterruptedError as error:
         print(f"\n{error}", file=sys.stderr)
         return 130
-    except (ModelStoreError, FileExistsError, ValueError) as error:
+    except ImageRejected as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    except (ModelStoreError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"\nError: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,59 @@
+"""`phi3bot ask` and `phi3bot chat` drive the same engine from a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from model_store.store import ModelEntry, ModelStore
+
+
+def _run(args: list[str], store: ModelStore, tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MODEL_STORE_DIR": str(store.root),
+        "DATA_DIR": str(tmp_path / "data"),
+        "MAX_NEW_TOKENS": "6",
+        "LOG_LEVEL": "WARNING",
+    }
+    phi3bot = Path(sys.executable).with_name("phi3bot")
+    return subprocess.run(
+        [str(phi3bot), *args],
+        input=stdin,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_ask_streams_an_answer_about_an_image(int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> None:
+    image = tmp_path / "photo.jpg"
+    Image.new("RGB", (320, 240), (10, 120, 200)).save(image)
+    done = _run(["ask", str(image), "What is in this photo?"], int4_store[0], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip(), "an answer was printed"
+
+
+def test_ask_refuses_a_broken_image_kindly(int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> None:
+    broken = tmp_path / "photo.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    done = _run(["ask", str(broken), "What?"], int4_store[0], tmp_path)
+    assert done.returncode == 1
+    assert "not an image" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_chat_keeps_a_conversation(int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (100, 100), (200, 0, 0)).save(image)
+    script = f"Hello\n/image {image}\nWhat is it?\n/reset\n/quit\n"
+    done = _run(["chat"], int4_store[0], tmp_path, stdin=script)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("bot> ") == 2
+    assert "Image attached" in done.stdout and "History cleared" in done.stdout
