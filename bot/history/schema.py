@@ -1,0 +1,50 @@
+"""Schema migrations, applied in order; ``PRAGMA user_version`` records how many have run.
+
+Each migration runs in one transaction, so a crash during an upgrade leaves the previous version intact.
+Never edit a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: conversations, messages, images
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (chat_id, thread_id)
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        text TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'complete'
+            CHECK (status IN ('complete', 'streaming', 'cancelled', 'failed', 'timeout')),
+        user_id INTEGER,
+        telegram_message_ids TEXT NOT NULL DEFAULT '[]',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
+    CREATE TABLE images (
+        sha256 TEXT PRIMARY KEY,
+        file_unique_id TEXT UNIQUE,
+        data BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        mime_type TEXT,
+        width INTEGER,
+        height INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE message_images (
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+        position INTEGER NOT NULL,
+        PRIMARY KEY (message_id, position)
+    );
+    CREATE INDEX message_images_by_image ON message_images (image_sha256);
+    """,
+]

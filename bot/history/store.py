@@ -1,0 +1,358 @@
+"""Per-chat conversation history in SQLite: the source of truth for what the model sees.
+
+WAL mode lets readers proceed while a write commits; every multi-row write happens inside one
+``BEGIN IMMEDIATE`` transaction, so a crash or ``kill -9`` leaves either the whole message (with its image
+links) or nothing.  Images are stored once, by content hash, as BLOBs in the same database: one file to back
+up, no paths built from user input, and the same atomicity as the messages that use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import aiosqlite
+
+from bot.history.schema import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("complete", "streaming", "cancelled", "failed", "timeout")
+
+
+class HistoryError(Exception):
+    """The database cannot be used; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class ConversationKey:
+    chat_id: int
+    thread_id: int = 0
+
+
+@dataclass(frozen=True)
+class NewImage:
+    data: bytes
+    sha256: str
+    file_unique_id: str | None = None
+    mime_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    sha256: str
+    data: bytes
+    file_unique_id: str | None
+    mime_type: str | None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    role: str
+    text: str
+    status: str
+    user_id: int | None
+    telegram_message_ids: tuple[int, ...]
+    created_at: float
+    images: tuple[StoredImage, ...]
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    conversations: int
+    messages: int
+    images: int
+    image_bytes: int
+    database_bytes: int
+
+
+class HistoryStore:
+    def __init__(self, path: Path, connection: aiosqlite.Connection) -> None:
+        self.path = path
+        self._db = connection
+        # One connection serves every chat: a transaction must not interleave with another task's statements,
+        # and a read must not see another task's uncommitted rows.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> HistoryStore:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise HistoryError(f"Cannot open the history database {path}: {error}. Check DATABASE_PATH.") from error
+        store = cls(path, connection)
+        try:
+            await store._prepare()
+        except BaseException:
+            await connection.close()
+            raise
+        return store
+
+    async def _prepare(self) -> None:
+        try:
+            await self._db.execute("PRAGMA busy_timeout = 5000")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = NORMAL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            async with self._db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.DatabaseError as error:
+            raise HistoryError(
+                f"{self.path} is not a usable SQLite database ({error}). Move it away to start a new history."
+            ) from error
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise HistoryError(
+                f"{self.path} was written by a newer phi3bot (schema {version}, this one knows {len(MIGRATIONS)}). "
+                "Upgrade phi3bot or use another DATABASE_PATH."
+            )
+        for number in range(version, len(MIGRATIONS)):
+            async with self._transaction():
+                for statement in _statements(MIGRATIONS[number]):
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {number + 1}")
+            log.info("history database %s migrated to schema %d", self.path, number + 1)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> HistoryStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        async with self._lock:
+            yield
+
+    async def _conversation_id(self, key: ConversationKey, now: float) -> int:
+        await self._db.execute(
+            "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (chat_id, thread_id) DO UPDATE SET updated_at = excluded.updated_at",
+            (key.chat_id, key.thread_id, now, now),
+        )
+        async with self._db.execute(
+            "SELECT id FROM conversations WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id)
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    async def add_user_message(
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        images: Sequence[NewImage] = (),
+        telegram_message_id: int | None = None,
+        user_id: int | None = None,
+    ) -> int:
+        now = time.time()
+        async with self._transaction():
+            conversation = await self._conversation_id(key, now)
+            for image in images:
+                await self._db.execute(
+                    "INSERT INTO images (sha256, file_unique_id, data, size, mime_type, width, height, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+                    "file_unique_id = COALESCE(images.file_unique_id, excluded.file_unique_id)",
+                    (
+                        image.sha256,
+                        image.file_unique_id,
+                        image.data,
+                        len(image.data),
+                        image.mime_type,
+                        image.width,
+                        image.height,
+                        now,
+                    ),
+                )
+            ids = [telegram_message_id] if telegram_message_id is not None else []
+            cursor = await self._db.execute(
+                "INSERT INTO messages (conversation_id, role, text, user_id, telegram_message_ids, created_at) "
+                "VALUES (?, 'user', ?, ?, ?, ?)",
+                (conversation, text, user_id, json.dumps(ids), now),
+            )
+            message_id = int(cursor.lastrowid or 0)
+            for position, image in enumerate(images):
+                await self._db.execute(
+                    "INSERT INTO message_images (message_id, image_sha256, position) VALUES (?, ?, ?)",
+                    (message_id, image.sha256, position),
+                )
+        return message_id
+
+    async def add_assistant_message(
+        self, key: ConversationKey, text: str, *, telegram_message_ids: Sequence[int] = (), status: str = "streaming"
+    ) -> int:
+        _check_status(status)
+        now = time.time()
+        async with self._transaction():
+            conversation = await self._conversation_id(key, now)
+            cursor = await self._db.execute(
+                "INSERT INTO messages (conversation_id, role, text, status, telegram_message_ids, created_at) "
+                "VALUES (?, 'assistant', ?, ?, ?, ?)",
+                (conversation, text, status, json.dumps(list(telegram_message_ids)), now),
+            )
+        return int(cursor.lastrowid or 0)
+
+    async def update_assistant_message(
+        self, message_id: int, text: str, *, telegram_message_ids: Sequence[int], status: str
+    ) -> None:
+        _check_status(status)
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE messages SET text = ?, status = ?, telegram_message_ids = ? "
+                "WHERE id = ? AND role = 'assistant'",
+                (text, status, json.dumps(list(telegram_message_ids)), message_id),
+            )
+
+    async def reset(self, key: ConversationKey) -> int:
+        """Forget a conversation; images no other message uses go with it."""
+        async with self._transaction():
+            async with self._db.execute(
+                "SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE c.chat_id = ? AND c.thread_id = ?",
+                (key.chat_id, key.thread_id),
+            ) as cursor:
+                row = await cursor.fetchone()
+            await self._db.execute(
+                "DELETE FROM conversations WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id)
+            )
+            await self._db.execute(
+                "DELETE FROM images WHERE sha256 NOT IN (SELECT DISTINCT image_sha256 FROM message_images)"
+            )
+        return int(row[0]) if row else 0
+
+    async def mark_interrupted(self) -> int:
+        """After a crash, answers that were still streaming are marked cancelled (their text is kept)."""
+        async with self._transaction():
+            cursor = await self._db.execute("UPDATE messages SET status = 'cancelled' WHERE status = 'streaming'")
+        return cursor.rowcount
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    async def window(self, key: ConversationKey, max_messages: int) -> list[StoredMessage]:
+        """The newest ``max_messages`` messages, oldest first, with their images."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT m.id, m.role, m.text, m.status, m.user_id, m.telegram_message_ids, m.created_at "
+                "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE c.chat_id = ? AND c.thread_id = ? ORDER BY m.id DESC LIMIT ?",
+                (key.chat_id, key.thread_id, max_messages),
+            ) as cursor,
+        ):
+            rows = list(await cursor.fetchall())
+            rows.reverse()
+            images = await self._images_for([int(row[0]) for row in rows])
+        return [
+            StoredMessage(
+                id=int(row[0]),
+                role=str(row[1]),
+                text=str(row[2]),
+                status=str(row[3]),
+                user_id=row[4],
+                telegram_message_ids=tuple(json.loads(row[5])),
+                created_at=float(row[6]),
+                images=tuple(images.get(int(row[0]), [])),
+            )
+            for row in rows
+        ]
+
+    async def _images_for(self, message_ids: list[int]) -> dict[int, list[StoredImage]]:
+        if not message_ids:
+            return {}
+        marks = ",".join("?" * len(message_ids))
+        found: dict[int, list[StoredImage]] = {}
+        async with self._db.execute(
+            f"SELECT mi.message_id, i.sha256, i.data, i.file_unique_id, i.mime_type FROM message_images mi "  # noqa: S608
+            f"JOIN images i ON i.sha256 = mi.image_sha256 WHERE mi.message_id IN ({marks}) "
+            "ORDER BY mi.message_id, mi.position",
+            message_ids,
+        ) as cursor:
+            async for row in cursor:
+                found.setdefault(int(row[0]), []).append(StoredImage(row[1], bytes(row[2]), row[3], row[4]))
+        return found
+
+    async def latest_images(self, key: ConversationKey) -> list[StoredImage]:
+        async with self._reading():
+            return await self._latest_images(key)
+
+    async def _latest_images(self, key: ConversationKey) -> list[StoredImage]:
+        async with self._db.execute(
+            "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.chat_id = ? AND c.thread_id = ? AND EXISTS "
+            "(SELECT 1 FROM message_images mi WHERE mi.message_id = m.id) ORDER BY m.id DESC LIMIT 1",
+            (key.chat_id, key.thread_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return []
+        return (await self._images_for([int(row[0])]))[int(row[0])]
+
+    async def image_by_file_unique_id(self, file_unique_id: str) -> StoredImage | None:
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT sha256, data, file_unique_id, mime_type FROM images WHERE file_unique_id = ?",
+                (file_unique_id,),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return None if row is None else StoredImage(row[0], bytes(row[1]), row[2], row[3])
+
+    async def stats(self) -> StoreStats:
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM conversations), (SELECT COUNT(*) FROM messages), "
+                "(SELECT COUNT(*) FROM images), (SELECT COALESCE(SUM(size), 0) FROM images)"
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        assert row is not None
+        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        return StoreStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), size)
+
+    async def integrity_ok(self) -> bool:
+        async with self._reading(), self._db.execute("PRAGMA integrity_check") as cursor:
+            row = await cursor.fetchone()
+        return row is not None and row[0] == "ok"
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown message status {status!r}")
+
+
+def _statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]

@@ -1,0 +1,172 @@
+"""History in SQLite: migrations, isolation between chats and topics, images stored once, nothing half-written."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.history import ConversationKey, HistoryError, HistoryStore, NewImage
+from bot.history.schema import MIGRATIONS
+
+
+def image(payload: bytes, unique: str | None = None) -> NewImage:
+    return NewImage(
+        data=payload, sha256=hashlib.sha256(payload).hexdigest(), file_unique_id=unique, mime_type="image/png"
+    )
+
+
+async def test_migrates_reopens_and_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "history.sqlite3"
+    store = await HistoryStore.open(path)
+    key = ConversationKey(1)
+    await store.add_user_message(key, "hello", images=[image(b"png-1", "u1")], telegram_message_id=10, user_id=7)
+    answer = await store.add_assistant_message(key, "", telegram_message_ids=[11])
+    await store.update_assistant_message(answer, "hi there", telegram_message_ids=[11, 12], status="complete")
+    await store.close()
+    async with await HistoryStore.open(path) as reopened:
+        messages = await reopened.window(key, 10)
+        assert [(m.role, m.text, m.status) for m in messages] == [
+            ("user", "hello", "complete"),
+            ("assistant", "hi there", "complete"),
+        ]
+        assert messages[0].images[0].data == b"png-1" and messages[1].telegram_message_ids == (11, 12)
+        assert await reopened.integrity_ok()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_refuses_newer_schema_and_non_databases(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.sqlite3"
+    with sqlite3.connect(newer) as raw:
+        raw.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(HistoryError, match="newer phi3bot"):
+        await HistoryStore.open(newer)
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database, just text " * 100)
+    with pytest.raises(HistoryError, match="not a usable SQLite database"):
+        await HistoryStore.open(garbage)
+
+
+async def test_window_order_and_isolation_between_chats_and_topics(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        main, topic, other = ConversationKey(-100, 0), ConversationKey(-100, 42), ConversationKey(5)
+        for index in range(6):
+            await store.add_user_message(main, f"main {index}")
+        await store.add_user_message(topic, "topic only", images=[image(b"topic-image")])
+        await store.add_user_message(other, "other chat")
+        assert [m.text for m in await store.window(main, 3)] == ["main 3", "main 4", "main 5"]
+        assert [m.text for m in await store.window(topic, 10)] == ["topic only"]
+        assert [m.text for m in await store.window(other, 10)] == ["other chat"]
+        assert await store.latest_images(main) == []
+        assert [i.data for i in await store.latest_images(topic)] == [b"topic-image"]
+
+
+async def test_images_are_stored_once_and_found_by_file_unique_id(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        shared = image(b"same bytes", "AQAD-unique")
+        await store.add_user_message(ConversationKey(1), "a", images=[shared])
+        await store.add_user_message(ConversationKey(2), "b", images=[shared, image(b"other")])
+        stats = await store.stats()
+        assert stats.images == 2 and stats.messages == 2
+        found = await store.image_by_file_unique_id("AQAD-unique")
+        assert found is not None and found.data == b"same bytes"
+        assert await store.image_by_file_unique_id("missing") is None
+
+
+async def test_reset_deletes_one_conversation_and_orphan_images_only(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        shared, own = image(b"shared"), image(b"own")
+        await store.add_user_message(ConversationKey(1), "a", images=[shared, own])
+        await store.add_assistant_message(ConversationKey(1), "answer", status="complete")
+        await store.add_user_message(ConversationKey(2), "b", images=[shared])
+        assert await store.reset(ConversationKey(1)) == 2
+        assert await store.window(ConversationKey(1), 10) == []
+        assert [i.data for i in await store.latest_images(ConversationKey(2))] == [b"shared"]
+        assert (await store.stats()).images == 1
+
+
+async def test_a_failing_write_leaves_no_half_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        real_execute = store._db.execute
+
+        def failing_execute(sql: str, *args: object) -> object:
+            if sql.startswith("INSERT INTO message_images"):  # after the image and message rows went in
+                raise sqlite3.OperationalError("disk I/O error")
+            return real_execute(sql, *args)
+
+        monkeypatch.setattr(store._db, "execute", failing_execute)
+        with pytest.raises(sqlite3.OperationalError):
+            await store.add_user_message(ConversationKey(1), "half", images=[image(b"x")])
+        monkeypatch.undo()
+        assert await store.window(ConversationKey(1), 10) == []
+        assert (await store.stats()).images == 0
+        with pytest.raises(ValueError, match="status"):
+            await store.add_assistant_message(ConversationKey(1), "x", status="weird")
+
+
+async def test_fifty_concurrent_conversations_all_land(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+
+        async def chat(number: int) -> None:
+            for turn in range(3):
+                await store.add_user_message(ConversationKey(number), f"q{turn}", images=[image(f"{number}".encode())])
+                await store.add_assistant_message(ConversationKey(number), f"a{turn}", status="complete")
+
+        await asyncio.gather(*(chat(number) for number in range(50)))
+        for number in range(50):
+            texts = [m.text for m in await store.window(ConversationKey(number), 10)]
+            assert texts == ["q0", "a0", "q1", "a1", "q2", "a2"]
+        assert (await store.stats()).messages == 300
+
+
+WRITER = """
+import asyncio, hashlib, sys
+from pathlib import Path
+from bot.history import ConversationKey, HistoryStore, NewImage
+
+async def main():
+    store = await HistoryStore.open(Path(sys.argv[1]))
+    print("ready", flush=True)
+    n = 0
+    while True:
+        data = b"img-%d" % n + bytes(50_000)
+        img = NewImage(data=data, sha256=hashlib.sha256(data).hexdigest())
+        other = NewImage(data=data + b"2", sha256=hashlib.sha256(data + b"2").hexdigest())
+        await store.add_user_message(ConversationKey(n % 7), "q%d" % n, images=[img, other])
+        n += 1
+
+asyncio.run(main())
+"""
+
+
+def test_kill_9_during_writes_leaves_a_consistent_database(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        messages = raw.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        assert messages > 5, "the writer got some work done before the kill"
+        links = raw.execute("SELECT COUNT(*) FROM message_images").fetchone()[0]
+        assert links == 2 * messages, "every message has both of its images or does not exist"
+        orphans = raw.execute(
+            "SELECT COUNT(*) FROM message_images WHERE image_sha256 NOT IN (SELECT sha256 FROM images)"
+        ).fetchone()[0]
+        assert orphans == 0
