@@ -12,10 +12,12 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatAction
@@ -48,6 +50,11 @@ def _message_gone(error: BadRequest) -> bool:
     return "message to edit not found" in text or "message can't be edited" in text
 
 
+def _seconds(retry_after: object) -> float:
+    """PTB gives retry_after as int seconds or, with PTB_TIMEDELTA, as a timedelta."""
+    return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)  # type: ignore[arg-type]
+
+
 def _temporary(error: BaseException) -> bool:
     """Flood control and transport trouble pass; a Bad Request (a subclass of NetworkError in PTB) does not."""
     return isinstance(error, RetryAfter) or (isinstance(error, NetworkError) and not isinstance(error, BadRequest))
@@ -58,9 +65,7 @@ def _wait_for(state: object) -> float:
     outcome = state.outcome  # type: ignore[attr-defined]
     error = outcome.exception() if outcome is not None else None
     if isinstance(error, RetryAfter):
-        retry_after = error.retry_after
-        seconds = retry_after.total_seconds() if hasattr(retry_after, "total_seconds") else float(retry_after)
-        return seconds + 0.1
+        return _seconds(error.retry_after) + 0.1
     return wait_exponential(multiplier=0.5, max=10)(state)  # type: ignore[arg-type]
 
 
@@ -74,6 +79,7 @@ class ReplyStream:
     messages: list[Message] = field(default_factory=list)
     _shown: list[str] = field(default_factory=list)
     _next_edit: float = 0.0
+    _flood_until: float = 0.0
     _closed: bool = False
 
     @property
@@ -90,12 +96,13 @@ class ReplyStream:
 
     async def status(self, text: str) -> None:
         """Queue position and the like: shown only while no answer text has arrived yet."""
-        if len(self.messages) == 1 and not self._closed:
+        if len(self.messages) == 1 and not self._closed and time.monotonic() >= self._flood_until:
             await self._edit_streaming(0, text, with_button=True)
 
     async def update(self, text: str) -> None:
         """Show the answer so far, if the interval allows; cheap to call on every chunk."""
-        if self._closed or time.monotonic() < self._next_edit or not text.strip():
+        now = time.monotonic()
+        if self._closed or now < max(self._next_edit, self._flood_until) or not text.strip():
             return
         parts = plain_parts(text + CURSOR, TELEGRAM_TEXT_LIMIT)
         for index, part in enumerate(parts):
@@ -110,6 +117,9 @@ class ReplyStream:
     async def finish(self, text: str, footer: str = "") -> list[int]:
         """The final, formatted answer; returns the ids of every message it occupies."""
         self._closed = True
+        flood_wait = self._flood_until - time.monotonic()
+        if flood_wait > 0:  # Telegram said when it would accept more; asking earlier only earns another 429
+            await asyncio.sleep(flood_wait)
         parts = formatted_parts(text) if text.strip() else [FormattedPart(footer.strip() or "…")]
         if footer and text.strip():
             parts = [*parts[:-1], FormattedPart(parts[-1].text + footer, parts[-1].entities)]
@@ -149,7 +159,8 @@ class ReplyStream:
             await self._edit_streaming(len(self.messages) - 1, self._shown[-1].removesuffix(CURSOR), with_button=False)
         try:
             message = await self._send(text, (), stop_keyboard() if with_button else None, previous.message_id)
-        except RetryAfter:
+        except RetryAfter as error:
+            self._flood_until = time.monotonic() + _seconds(error.retry_after)
             return
         self.messages.append(message)
         self._shown.append(text)
@@ -163,10 +174,7 @@ class ReplyStream:
             )
             self._shown[index] = text
         except RetryAfter as error:
-            retry = error.retry_after
-            self._next_edit = time.monotonic() + (
-                retry.total_seconds() if hasattr(retry, "total_seconds") else float(retry)
-            )
+            self._flood_until = time.monotonic() + _seconds(error.retry_after)
         except BadRequest as error:
             if _not_modified(error):
                 self._shown[index] = text

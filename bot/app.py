@@ -1,0 +1,151 @@
+"""The Telegram application: wiring, start-up and shutdown, long polling or a webhook.
+
+Updates are processed concurrently (one slow answer must not hold up other chats); python-telegram-bot's
+AIORateLimiter spaces requests within Telegram's global and per-group limits, while flood-control errors
+(429) come back to the streaming code, which knows whether a message can wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from telegram import BotCommand, Update
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    filters,
+)
+
+from bot import texts
+from bot.access import AccessPolicy, UserRateLimiter
+from bot.commands import Commands
+from bot.handlers import Handlers, Services
+from bot.history import HistoryError, HistoryStore
+from bot.reply_stream import STOP_CALLBACK
+from bot.runtime import build_engine
+from bot.settings import Settings
+from model_store.errors import ModelStoreError
+from model_store.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+class _RedactToken(logging.Filter):
+    """httpx logs request URLs, and the Bot API puts the token in the URL."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._token and self._token in record.getMessage():
+            record.msg = record.getMessage().replace(self._token, "<token>")
+            record.args = ()
+        return True
+
+
+def install_token_redaction(token: str) -> None:
+    redactor = _RedactToken(token)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redactor)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def build_application(settings: Settings) -> Application:
+    assert settings.telegram_bot_token is not None
+    builder = (
+        ApplicationBuilder()
+        .token(settings.telegram_bot_token.get_secret_value())
+        .rate_limiter(AIORateLimiter(max_retries=0))
+        .concurrent_updates(64)
+        .post_init(setup)
+        .post_shutdown(teardown)
+    )
+    if settings.telegram_api_base_url:
+        builder = builder.base_url(settings.telegram_api_base_url)
+    if settings.telegram_file_base_url:
+        builder = builder.base_file_url(settings.telegram_file_base_url)
+    application = builder.build()
+    application.bot_data["settings"] = settings
+    return application
+
+
+async def setup(application: Application) -> None:
+    """Open the history, load the model, register handlers; run by PTB before polling (and by tests)."""
+    settings: Settings = application.bot_data["settings"]
+    history = await HistoryStore.open(settings.database_path)  # type: ignore[arg-type]
+    interrupted = await history.mark_interrupted()
+    if interrupted:
+        log.info("%d answers were interrupted by the last shutdown; their text is kept", interrupted)
+    services = Services(
+        settings=settings,
+        history=history,
+        access=AccessPolicy(settings.admin_user_ids, settings.allowed_user_ids, settings.allowed_chat_ids),
+        limiter=UserRateLimiter(settings.user_requests_per_minute),
+        bot_username=application.bot.username,
+    )
+    ModelStore(settings.store_dir).ensure()
+    try:
+        services.engine = await build_engine(settings)
+    except ModelStoreError as error:
+        log.warning("no model loaded: %s", error)
+    application.bot_data["services"] = services
+    register_handlers(application, services)
+    await application.bot.set_my_commands([BotCommand(name, description) for name, description in texts.COMMANDS])
+    if not settings.admin_user_ids:
+        log.warning("ADMIN_USER_IDS is empty: nobody can use /convert, and with no allowlist nobody gets answers")
+
+
+async def teardown(application: Application) -> None:
+    services: Services | None = application.bot_data.get("services")
+    if services is None:
+        return
+    if services.engine is not None:
+        await services.engine.aclose()
+    await services.history.close()
+
+
+def register_handlers(application: Application, services: Services) -> None:
+    commands = Commands(services)
+    messages = Handlers(services)
+    application.add_handler(CommandHandler(["start", "help"], commands.help))
+    application.add_handler(CommandHandler("reset", commands.reset))
+    application.add_handler(CommandHandler("stop", commands.stop))
+    application.add_handler(CommandHandler("model", commands.model))
+    application.add_handler(CommandHandler("stats", commands.stats))
+    application.add_handler(CommandHandler("convert", commands.convert))
+    application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
+    application.add_handler(MessageHandler(~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))
+
+
+def run_bot(settings: Settings) -> int:
+    if settings.telegram_bot_token is None or not settings.telegram_bot_token.get_secret_value().strip():
+        print(
+            "TELEGRAM_BOT_TOKEN is not set. Create a bot with @BotFather, then put its token in .env "
+            "(copy .env.example to start).",
+            file=sys.stderr,
+        )
+        return 2
+    install_token_redaction(settings.telegram_bot_token.get_secret_value())
+    try:
+        application = build_application(settings)
+        if settings.webhook_url:
+            secret = settings.webhook_secret_token.get_secret_value() if settings.webhook_secret_token else None
+            application.run_webhook(
+                listen=settings.webhook_listen,
+                port=settings.webhook_port,
+                webhook_url=settings.webhook_url,
+                secret_token=secret,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            application.run_polling(allowed_updates=Update.ALL_TYPES)
+    except HistoryError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,259 @@
+"""Telegram updates to engine requests, and streamed answers back: the bot's behaviour lives here.
+
+The flow for a question: access and rate checks, images fetched once and prepared, the engine asked (which
+fails fast when the chat is already being answered or the line is full), then the question is stored, a
+placeholder shown, and the answer streamed into it and stored when it ends.  Nothing is written to the
+history for a question that was refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from telegram import Message, Update
+from telegram.constants import ChatType, MessageEntityType
+from telegram.error import TelegramError
+from telegram.ext import ContextTypes
+
+from bot import texts
+from bot.access import AccessPolicy, UserRateLimiter
+from bot.albums import AlbumCollector
+from bot.history import ConversationKey, HistoryStore, NewImage, StoredMessage
+from bot.intake import IntakeError, fetch, images_in, unsupported_kind
+from bot.reply_stream import ReplyStream, Undeliverable
+from bot.settings import Settings
+from engine.conversation import Turn
+from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
+from engine.fair_queue import AlreadyQueued, QueueFull
+from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
+
+log = logging.getLogger(__name__)
+
+PREPARED_CACHE = 128
+
+
+def conversation_key(message: Message) -> ConversationKey:
+    thread = message.message_thread_id if message.is_topic_message and message.message_thread_id else 0
+    return ConversationKey(message.chat_id, thread)
+
+
+def is_private(message: Message) -> bool:
+    return message.chat.type == ChatType.PRIVATE
+
+
+@dataclass
+class Services:
+    """What the handlers need, created at start-up (the engine may arrive later, after /convert)."""
+
+    settings: Settings
+    history: HistoryStore
+    access: AccessPolicy
+    limiter: UserRateLimiter
+    engine: Engine | None = None
+    bot_username: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    conversion: asyncio.Task[None] | None = None
+    askers: dict[ConversationKey, int] = field(default_factory=dict)
+    _prepared: OrderedDict[str, PreparedImage] = field(default_factory=OrderedDict)
+
+    def prepared(self, data: bytes, sha256: str) -> PreparedImage:
+        """Decoding a 12-megapixel JPEG costs time; follow-ups reuse the result."""
+        if sha256 in self._prepared:
+            self._prepared.move_to_end(sha256)
+            return self._prepared[sha256]
+        image = prepare_image(data, ImageLimits())
+        self._prepared[sha256] = image
+        while len(self._prepared) > PREPARED_CACHE:
+            self._prepared.popitem(last=False)
+        return image
+
+
+class Handlers:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.albums = AlbumCollector(self._answer)
+
+    # --- addressing ----------------------------------------------------------------------------------------
+
+    def _mentions_bot(self, message: Message) -> bool:
+        username = self.services.bot_username.lower()
+        text = message.text or message.caption or ""
+        entities = message.entities or message.caption_entities or ()
+        for entity in entities:
+            if entity.type == MessageEntityType.MENTION:
+                mention = text.encode("utf-16-le")[entity.offset * 2 : (entity.offset + entity.length) * 2]
+                if mention.decode("utf-16-le").lower() == f"@{username}":
+                    return True
+        return False
+
+    def _addressed(self, message: Message) -> bool:
+        """In groups: only mentions, replies to the bot and commands (commands have their own handlers)."""
+        if is_private(message):
+            return True
+        reply = message.reply_to_message
+        if reply is not None and reply.from_user is not None and reply.from_user.username == self.services.bot_username:
+            return True
+        return self._mentions_bot(message)
+
+    def _question_text(self, message: Message) -> str:
+        text = message.text or message.caption or ""
+        if self.services.bot_username:
+            for variant in (f"@{self.services.bot_username}", f"@{self.services.bot_username.lower()}"):
+                text = text.replace(variant, " ")
+        return " ".join(text.split()) if text.strip() else ""
+
+    # --- messages ------------------------------------------------------------------------------------------
+
+    async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or message.from_user is None or message.from_user.is_bot:
+            return
+        if message.media_group_id:
+            self.albums.add(message)
+            return
+        if not self._addressed(message):
+            return
+        await self._answer([message])
+
+    async def _reply(self, message: Message, text: str) -> None:
+        try:
+            await message.reply_text(text, do_quote=not is_private(message))
+        except TelegramError as error:
+            log.info("could not reply in chat %s: %s", message.chat_id, error)
+
+    async def _answer(self, messages: list[Message]) -> None:
+        """One question (an album is several messages); refusals are answered and leave no trace in history."""
+        services = self.services
+        first = next((m for m in messages if m.caption or m.text), messages[0])
+        if not is_private(first) and not any(self._addressed(m) for m in messages):
+            return
+        user = first.from_user
+        user_id = user.id if user else None
+        if not services.access.may_ask(user_id, first.chat_id):
+            log.info("refused user %s in chat %s: not on the allowlist", user_id, first.chat_id)
+            if is_private(first) or self._mentions_bot(first):
+                await self._reply(first, texts.NOT_ALLOWED)
+            return
+        attachments = [attachment for message in messages for attachment in images_in(message)]
+        if not attachments and first.reply_to_message is not None:
+            attachments = images_in(first.reply_to_message)
+        text = self._question_text(first)
+        if not attachments and not text:
+            kind = unsupported_kind(first)
+            await self._reply(first, texts.unsupported(kind) if kind else texts.EMPTY)
+            return
+        if services.engine is None:
+            await self._reply(first, texts.NO_MODEL)
+            return
+        engine = services.engine
+        key = conversation_key(first)
+        if engine.is_busy(key):
+            await self._reply(first, texts.STILL_ANSWERING)
+            return
+        if user_id is not None and not services.access.is_admin(user_id) and not await services.limiter.allow(user_id):
+            await self._reply(first, texts.TOO_FAST)
+            return
+        if len(attachments) > services.settings.max_images_per_turn:
+            limit = services.settings.max_images_per_turn
+            await self._reply(first, f"I can look at up to {limit} images per question; you sent {len(attachments)}.")
+            return
+        try:
+            new_images = [await fetch(first.get_bot(), services.history, attachment) for attachment in attachments]
+            prepared = [await asyncio.to_thread(services.prepared, image.data, image.sha256) for image in new_images]
+        except (IntakeError, ImageRejected) as error:
+            await self._reply(first, str(error))
+            return
+        question = Turn("user", text or texts.DESCRIBE, tuple(prepared))
+        past = await self._past(key)
+        events = engine.ask(key, past, question)
+        try:
+            first_event = await anext(events)
+        except AlreadyQueued:
+            await self._reply(first, texts.STILL_ANSWERING)
+            return
+        except QueueFull:
+            await self._reply(first, texts.BUSY)
+            return
+        await self._stream(first, key, user_id, question, new_images, first_event, events)
+
+    async def _past(self, key: ConversationKey) -> list[Turn]:
+        stored = await self.services.history.window(key, self.services.settings.history_messages)
+        return [await self._turn(message) for message in stored if message.status != "streaming"]
+
+    async def _turn(self, message: StoredMessage) -> Turn:
+        images = [await asyncio.to_thread(self.services.prepared, i.data, i.sha256) for i in message.images]
+        return Turn("user" if message.role == "user" else "assistant", message.text, tuple(images))
+
+    async def _stream(
+        self,
+        message: Message,
+        key: ConversationKey,
+        user_id: int | None,
+        question: Turn,
+        new_images: list[NewImage],
+        first_event: Event,
+        events: object,
+    ) -> None:
+        services = self.services
+        history = services.history
+        interval = (
+            services.settings.edit_interval_seconds
+            if is_private(message)
+            else services.settings.group_edit_interval_seconds
+        )
+        stream = ReplyStream(
+            message.get_bot(),
+            message.chat_id,
+            reply_to=message.message_id,
+            thread_id=key.thread_id or None,
+            interval=interval,
+        )
+        await history.add_user_message(
+            key, question.text, images=new_images, telegram_message_id=message.message_id, user_id=user_id
+        )
+        answer_id: int | None = None
+        text = ""
+        finished: Finished | None = None
+        services.askers[key] = user_id or 0
+        try:
+            await stream.start(texts.PLACEHOLDER)
+            answer_id = await history.add_assistant_message(key, "", telegram_message_ids=stream.message_ids)
+            event: Event | None = first_event
+            while event is not None:
+                if isinstance(event, Waiting):
+                    await stream.status(texts.waiting(event.position))
+                elif isinstance(event, Started):
+                    await stream.status(texts.THINKING)
+                elif isinstance(event, Chunk):
+                    text += event.text
+                    await stream.update(text)
+                elif isinstance(event, Finished):
+                    finished = event
+                event = await anext(events, None)  # type: ignore[call-overload]
+            assert finished is not None
+            final = finished.text or text
+            ids = await stream.finish(final, texts.footer(finished.status))
+            await history.update_assistant_message(answer_id, final, telegram_message_ids=ids, status=finished.status)
+        except Undeliverable as error:
+            log.info("chat %s cannot receive messages (%s); answer stopped", message.chat_id, error)
+            if services.engine is not None:
+                services.engine.cancel(key)
+            if answer_id is not None:
+                await history.update_assistant_message(
+                    answer_id, text, telegram_message_ids=stream.message_ids, status="cancelled"
+                )
+        except Exception:
+            log.exception("answering in chat %s failed", message.chat_id)
+            if services.engine is not None:
+                services.engine.cancel(key)
+            if answer_id is not None:
+                await history.update_assistant_message(
+                    answer_id, text, telegram_message_ids=stream.message_ids, status="failed"
+                )
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+            services.askers.pop(key, None)

@@ -1,0 +1,95 @@
+"""What a Telegram message carries that the model can read, and getting those images exactly once.
+
+Photos come as several sizes (the last is the largest); images sent "as a file" are documents with an image
+MIME type or file name; a question may reply to a message that holds the photo.  Files over Telegram's 20 MB
+bot download limit are refused from their announced size, before any download, and an image seen before
+(same ``file_unique_id``) is taken from the history database instead of Telegram.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from telegram import Bot, Message
+from telegram.error import BadRequest, TelegramError
+
+from bot.history import HistoryStore, NewImage
+
+log = logging.getLogger(__name__)
+
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+class IntakeError(Exception):
+    """A friendly, user-facing reason why an attachment could not be used."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    file_id: str
+    file_unique_id: str
+    file_size: int | None
+    mime_type: str | None
+
+
+def images_in(message: Message) -> list[Attachment]:
+    if message.photo:
+        largest = message.photo[-1]
+        return [Attachment(largest.file_id, largest.file_unique_id, largest.file_size, "image/jpeg")]
+    document = message.document
+    if document is not None:
+        name = (document.file_name or "").lower()
+        if (document.mime_type or "").startswith("image/") or name.endswith(IMAGE_EXTENSIONS):
+            return [Attachment(document.file_id, document.file_unique_id, document.file_size, document.mime_type)]
+    return []
+
+
+def unsupported_kind(message: Message) -> str | None:
+    """A name for media the bot cannot read, so the reply can say what it got."""
+    for attribute, name in (
+        ("sticker", "stickers"),
+        ("voice", "voice messages"),
+        ("audio", "audio files"),
+        ("video", "videos"),
+        ("video_note", "video messages"),
+        ("animation", "GIFs sent as animations"),
+        ("location", "locations"),
+        ("contact", "contacts"),
+        ("poll", "polls"),
+    ):
+        if getattr(message, attribute, None):
+            return name
+    if message.document is not None and not images_in(message):
+        return "this kind of file"
+    return None
+
+
+async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment) -> NewImage:
+    known = await history.image_by_file_unique_id(attachment.file_unique_id)
+    if known is not None:
+        return NewImage(known.data, known.sha256, known.file_unique_id, known.mime_type)
+    if attachment.file_size is not None and attachment.file_size > MAX_DOWNLOAD_BYTES:
+        raise IntakeError("That file is larger than 20 MB, which is as much as Telegram lets bots download.")
+    try:
+        file = await bot.get_file(attachment.file_id)
+        if file.file_size is not None and file.file_size > MAX_DOWNLOAD_BYTES:
+            raise IntakeError("That file is larger than 20 MB, which is as much as Telegram lets bots download.")
+        data = bytes(await file.download_as_bytearray())
+    except BadRequest as error:
+        if "too big" in error.message.lower():
+            raise IntakeError(
+                "That file is larger than 20 MB, which is as much as Telegram lets bots download."
+            ) from error
+        raise IntakeError("I could not download that image from Telegram. Please send it again.") from error
+    except TelegramError as error:
+        log.warning("download failed: %s", error)
+        raise IntakeError("I could not download that image from Telegram. Please send it again.") from error
+    return NewImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        file_unique_id=attachment.file_unique_id,
+        mime_type=attachment.mime_type,
+    )

@@ -1,0 +1,62 @@
+"""Everything the bot says that is not the model's answer, in one place."""
+
+from __future__ import annotations
+
+HELP = """I answer questions about photos, running Phi-3.5-vision on this server's own CPU.
+
+• Send a photo with a question as its caption.
+• A photo without a caption: I describe it.
+• Then just keep asking — follow-up questions are about the same photo.
+• Reply to a photo with a question to ask about that one.
+• Albums: I look at all the photos together. Images sent as files work too.
+
+Commands:
+/reset — forget this chat's conversation
+/stop — stop the answer being written
+/model — which model is running and how busy it is
+/help — this message
+
+In groups, mention me or reply to me."""
+
+ADMIN_HELP = """
+Admin:
+/convert [model] [int4|int8|fp16] — convert and switch the model (e.g. /convert microsoft/Phi-3.5-vision-instruct int4)
+/stats — usage and load"""
+
+COMMANDS = [
+    ("help", "How to use this bot"),
+    ("reset", "Forget this conversation"),
+    ("stop", "Stop the current answer"),
+    ("model", "Which model is running"),
+]
+
+DESCRIBE = "Describe this image."
+NOT_ALLOWED = "Sorry, this is a private bot. Ask its owner to add you."
+TOO_FAST = "You're sending questions faster than I can answer. Please wait a minute and try again."
+STILL_ANSWERING = "I'm still answering your previous question. Send /stop to cancel it."
+BUSY = "I'm very busy right now. Please try again in a few minutes."
+NO_MODEL = "No model is loaded yet. An admin can set one up with /convert."
+PLACEHOLDER = "…"
+THINKING = "✍️ Looking at it…"
+EMPTY = "Please send a photo, or a question about one."
+RESET_DONE = "Done — I've forgotten this conversation."
+NOTHING_TO_STOP = "There's nothing to stop."
+STOPPING = "Stopping."
+ADMINS_ONLY = "Only the bot's admins can do that."
+FAILED = "Sorry, something went wrong while answering. Please try again."
+
+
+def waiting(position: int) -> str:
+    return f"⏳ You're #{position} in line."
+
+
+def unsupported(kind: str) -> str:
+    return f"I can't read {kind}. Send me a photo (JPEG, PNG or WebP) with a question."
+
+
+def footer(status: str) -> str:
+    return {
+        "cancelled": "\n\n⏹ Stopped.",
+        "timeout": "\n\n⏱ Stopped: this answer took too long.",
+        "failed": "\n\n⚠️ " + FAILED,
+    }.get(status, "")

@@ -1,0 +1,503 @@
+"""A stand-in Telegram Bot API server on 127.0.0.1, for driving the real python-telegram-bot over HTTP.
+
+It keeps what a user would see (each chat's messages with their current text and edit history), records
+every call, and injects the failures the bot must survive: flood control (429 with retry_after), "message
+is not modified", 5xx, slow answers, a blocked bot (403), a migrated group, a message deleted mid-stream.
+Shapes follow the official server: ``{"ok": false, "error_code": N, "description": ..., "parameters": ...}``
+with the HTTP status equal to the error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from telegram import Update
+
+BOT_USER = {"id": 999000, "is_bot": True, "first_name": "Phi3Bot", "username": "phi3_test_bot"}
+TEXT_LIMIT = 4096
+FILE_LIMIT = 20 * 1024 * 1024
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    status: int
+    at: float
+
+
+@dataclass
+class SentMessage:
+    chat_id: int
+    message_id: int
+    text: str
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    reply_markup: dict[str, Any] | None = None
+    reply_to: int | None = None
+    thread_id: int | None = None
+    edits: list[str] = field(default_factory=list)
+    deleted: bool = False
+
+
+@dataclass
+class Fault:
+    kind: str  # "429", "400", "403", "5xx", "slow", "migrate"
+    times: int
+    chat_id: int | None = None
+    retry_after: int = 1
+    description: str = ""
+    delay: float = 0.0
+    migrate_to: int = 0
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, description: str, parameters: dict[str, Any] | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.parameters = parameters
+
+
+class FakeBotApi:
+    def __init__(self, token: str = "123456:TEST-TOKEN") -> None:
+        self.token = token
+        self.calls: list[Call] = []
+        self.chats: dict[int, list[SentMessage]] = defaultdict(list)
+        self.commands: list[dict[str, Any]] = []
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self._sizes: dict[str, int] = {}
+        self.chat_types: dict[int, str] = {}
+        self.forums: set[int] = set()
+        self._updates: list[dict[str, Any]] = []
+        self._update_ids = itertools.count(1)
+        self._user_message_ids = itertools.count(1)
+        self._bot_message_ids = itertools.count(100_000)
+        self._new_update = asyncio.Event()
+        self._faults: dict[str, list[Fault]] = defaultdict(list)
+        self._storms: dict[str, float] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeBotApi:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    @property
+    def base_file_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/file/bot"
+
+    # --- what users see ------------------------------------------------------------------------------------
+
+    def messages(self, chat_id: int) -> list[SentMessage]:
+        return [message for message in self.chats[chat_id] if not message.deleted]
+
+    def visible_text(self, chat_id: int) -> list[str]:
+        return [message.text for message in self.messages(chat_id)]
+
+    def calls_of(self, method: str, chat_id: int | None = None) -> list[Call]:
+        return [
+            call
+            for call in self.calls
+            if call.method == method and (chat_id is None or int(call.params.get("chat_id", 0)) == chat_id)
+        ]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                recent = "\n".join(f"  {c.method} {c.status} {json.dumps(c.params)[:200]}" for c in self.calls[-15:])
+                raise AssertionError(f"timed out waiting for {what}; recent calls:\n{recent}")
+            await asyncio.sleep(0.02)
+
+    # --- faults --------------------------------------------------------------------------------------------
+
+    def fail_next(self, method: str, times: int = 1, kind: str = "429", **options: Any) -> None:
+        self._faults[method].append(Fault(kind=kind, times=times, **options))
+
+    def storm(self, method: str, seconds: float) -> None:
+        """Every call of ``method`` gets 429 until the storm passes."""
+        self._storms[method] = time.monotonic() + seconds
+
+    def delete_message_as_user(self, chat_id: int, message_id: int) -> None:
+        for message in self.chats[chat_id]:
+            if message.message_id == message_id:
+                message.deleted = True
+
+    # --- injecting updates ---------------------------------------------------------------------------------
+
+    def _chat(self, chat_id: int, chat_type: str | None) -> dict[str, Any]:
+        kind = chat_type or self.chat_types.get(chat_id) or ("private" if chat_id > 0 else "supergroup")
+        self.chat_types[chat_id] = kind
+        chat: dict[str, Any] = {"id": chat_id, "type": kind}
+        if kind == "private":
+            chat["first_name"] = "User"
+        else:
+            chat["title"] = f"Group {chat_id}"
+            if chat_id in self.forums:
+                chat["is_forum"] = True
+        return chat
+
+    def add_file(self, data: bytes, file_size: int | None = None) -> tuple[str, str]:
+        file_id = f"file-{uuid.uuid4().hex}"
+        unique = f"uniq-{uuid.uuid4().hex[:12]}"
+        self.files[file_id] = (data, unique)
+        self._sizes[file_id] = len(data) if file_size is None else file_size
+        return file_id, unique
+
+    def push_message(
+        self,
+        chat_id: int,
+        text: str | None = None,
+        *,
+        user_id: int = 1,
+        chat_type: str | None = None,
+        photo: bytes | None = None,
+        document: tuple[bytes, str, str] | None = None,
+        caption: str | None = None,
+        reply_to: dict[str, Any] | None = None,
+        media_group_id: str | None = None,
+        thread_id: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Queue a message from a user; returns it (as a dict) so tests can reply to it."""
+        message: dict[str, Any] = {
+            "message_id": next(self._user_message_ids),
+            "date": int(time.time()),
+            "chat": self._chat(chat_id, chat_type),
+            "from": {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"},
+        }
+        if text is not None:
+            message["text"] = text
+            entities = []
+            for word in text.split():
+                offset = text.index(word)
+                if word.startswith("/") and offset == 0:
+                    entities.append({"type": "bot_command", "offset": 0, "length": utf16_len(word)})
+                elif word.startswith("@"):
+                    entities.append({"type": "mention", "offset": utf16_len(text[:offset]), "length": utf16_len(word)})
+            if entities:
+                message["entities"] = entities
+        if photo is not None:
+            file_id, unique = self.add_file(photo)
+            message["photo"] = [
+                {
+                    "file_id": f"{file_id}-thumb",
+                    "file_unique_id": f"{unique}-t",
+                    "width": 90,
+                    "height": 67,
+                    "file_size": 100,
+                },
+                {"file_id": file_id, "file_unique_id": unique, "width": 1280, "height": 960, "file_size": len(photo)},
+            ]
+            self.files[f"{file_id}-thumb"] = (b"thumb", f"{unique}-t")
+        if document is not None:
+            data, file_name, mime = document
+            file_id, unique = self.add_file(data)
+            message["document"] = {
+                "file_id": file_id,
+                "file_unique_id": unique,
+                "file_name": file_name,
+                "mime_type": mime,
+                "file_size": len(data),
+            }
+        if caption is not None:
+            message["caption"] = caption
+            if "@" in caption:
+                word = next(w for w in caption.split() if w.startswith("@"))
+                offset = utf16_len(caption[: caption.index(word)])
+                message["caption_entities"] = [{"type": "mention", "offset": offset, "length": utf16_len(word)}]
+        if reply_to is not None:
+            message["reply_to_message"] = reply_to
+        if media_group_id is not None:
+            message["media_group_id"] = media_group_id
+        if thread_id is not None:
+            message["message_thread_id"] = thread_id
+            message["is_topic_message"] = True
+        message.update(extra or {})
+        self._push({"message": message})
+        return message
+
+    def bot_message_dict(self, chat_id: int, message_id: int) -> dict[str, Any]:
+        for message in self.chats[chat_id]:
+            if message.message_id == message_id:
+                return self._message_json(message)
+        raise KeyError(message_id)
+
+    def push_callback(self, chat_id: int, message_id: int, data: str, user_id: int = 1) -> None:
+        self._push(
+            {
+                "callback_query": {
+                    "id": uuid.uuid4().hex,
+                    "from": {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"},
+                    "chat_instance": str(chat_id),
+                    "message": self.bot_message_dict(chat_id, message_id),
+                    "data": data,
+                }
+            }
+        )
+
+    def _push(self, update: dict[str, Any]) -> None:
+        update = {"update_id": next(self._update_ids), **update}
+        parsed = Update.de_json(update, None)  # a malformed update would otherwise be fetched forever
+        assert parsed is not None
+        self._updates.append(update)
+        self._new_update.set()
+
+    # --- HTTP ----------------------------------------------------------------------------------------------
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type == "application/json":
+            raw = await request.json()
+        elif request.content_type.startswith("multipart/"):
+            raw = {}
+            async for part in await request.multipart():
+                raw[part.name] = await part.text()  # type: ignore[union-attr]
+        else:
+            raw = dict(await request.post())
+        params: dict[str, Any] = {}
+        for key, value in raw.items():
+            if isinstance(value, str):
+                try:
+                    params[key] = json.loads(value) if value[:1] in "[{" or value in ("true", "false") else value
+                except json.JSONDecodeError:
+                    params[key] = value
+            else:
+                params[key] = value
+        params.update(request.query)
+        return params
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.match_info["token"] != self.token:
+            return self._error(method, {}, ApiError(401, "Unauthorized"))
+        params = await self._params(request)
+        try:
+            await self._inject(method, params)
+            handler = getattr(self, f"_api_{method}", None)
+            if handler is None:
+                raise ApiError(404, "Not Found: method not found")
+            result = await handler(params)
+        except ApiError as error:
+            return self._error(method, params, error)
+        self.calls.append(Call(method, params, 200, time.monotonic()))
+        return web.json_response({"ok": True, "result": result})
+
+    def _error(self, method: str, params: dict[str, Any], error: ApiError) -> web.Response:
+        self.calls.append(Call(method, params, error.code, time.monotonic()))
+        body: dict[str, Any] = {"ok": False, "error_code": error.code, "description": error.description}
+        if error.parameters:
+            body["parameters"] = error.parameters
+        return web.json_response(body, status=error.code)
+
+    async def _inject(self, method: str, params: dict[str, Any]) -> None:
+        if time.monotonic() < self._storms.get(method, 0.0):
+            raise ApiError(429, "Too Many Requests: retry after 1", {"retry_after": 1})
+        chat = params.get("chat_id")
+        for fault in self._faults[method]:
+            if fault.times <= 0 or (fault.chat_id is not None and chat is not None and int(chat) != fault.chat_id):
+                continue
+            fault.times -= 1
+            if fault.kind == "slow":
+                await asyncio.sleep(fault.delay)
+                return
+            if fault.kind == "429":
+                raise ApiError(
+                    429, f"Too Many Requests: retry after {fault.retry_after}", {"retry_after": fault.retry_after}
+                )
+            if fault.kind == "403":
+                raise ApiError(403, fault.description or "Forbidden: bot was blocked by the user")
+            if fault.kind == "5xx":
+                raise ApiError(502, "Bad Gateway")
+            if fault.kind == "migrate":
+                raise ApiError(
+                    400,
+                    "Bad Request: group chat was upgraded to a supergroup chat",
+                    {"migrate_to_chat_id": fault.migrate_to},
+                )
+            raise ApiError(400, fault.description or "Bad Request: injected")
+
+    async def _download(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        file_id = path.rsplit("/", 1)[-1]
+        if request.match_info["token"] != self.token or file_id not in self.files:
+            return web.Response(status=404)
+        return web.Response(body=self.files[file_id][0])
+
+    # --- methods -------------------------------------------------------------------------------------------
+
+    async def _api_getMe(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **BOT_USER,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    async def _api_deleteWebhook(self, params: dict[str, Any]) -> bool:
+        if params.get("drop_pending_updates") in (True, "true"):
+            self._updates.clear()
+        return True
+
+    async def _api_setWebhook(self, params: dict[str, Any]) -> bool:
+        return True
+
+    async def _api_logOut(self, params: dict[str, Any]) -> bool:
+        return True
+
+    async def _api_close(self, params: dict[str, Any]) -> bool:
+        return True
+
+    async def _api_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        offset = int(params.get("offset", 0) or 0)
+        timeout = float(params.get("timeout", 0) or 0)
+        if offset:
+            self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        deadline = time.monotonic() + timeout
+        while not self._updates and time.monotonic() < deadline:
+            self._new_update.clear()
+            try:
+                await asyncio.wait_for(self._new_update.wait(), max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                break
+        return list(self._updates[:100])
+
+    def _check_text(self, text: str, entities: list[dict[str, Any]] | None) -> None:
+        if not text or not text.strip():
+            raise ApiError(400, "Bad Request: message text is empty")
+        length = utf16_len(text)
+        if length > TEXT_LIMIT:
+            raise ApiError(400, "Bad Request: message is too long")
+        for entity in entities or []:
+            if entity["offset"] < 0 or entity["length"] <= 0 or entity["offset"] + entity["length"] > length:
+                raise ApiError(400, "Bad Request: can't parse entities: entity beyond the end of the text")
+
+    def _find(self, chat_id: int, message_id: int) -> SentMessage:
+        for message in self.chats[chat_id]:
+            if message.message_id == message_id and not message.deleted:
+                return message
+        raise ApiError(400, "Bad Request: message to edit not found")
+
+    def _message_json(self, message: SentMessage) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "message_id": message.message_id,
+            "date": int(time.time()),
+            "chat": self._chat(message.chat_id, None),
+            "from": BOT_USER,
+            "text": message.text,
+        }
+        if message.entities:
+            data["entities"] = message.entities
+        if message.reply_markup:
+            data["reply_markup"] = message.reply_markup
+        if message.thread_id:
+            data["message_thread_id"] = message.thread_id
+            data["is_topic_message"] = True
+        return data
+
+    async def _api_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = int(params["chat_id"])
+        text = str(params.get("text", ""))
+        if params.get("parse_mode"):
+            raise ApiError(400, "Bad Request: this stand-in expects entities, not parse_mode")
+        entities = params.get("entities")
+        self._check_text(text, entities)
+        reply = params.get("reply_parameters") or {}
+        message = SentMessage(
+            chat_id=chat_id,
+            message_id=next(self._bot_message_ids),
+            text=text,
+            entities=entities or [],
+            reply_markup=params.get("reply_markup"),
+            reply_to=reply.get("message_id") if isinstance(reply, dict) else None,
+            thread_id=int(params["message_thread_id"]) if params.get("message_thread_id") else None,
+            edits=[text],
+        )
+        self.chats[chat_id].append(message)
+        return self._message_json(message)
+
+    async def _api_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = int(params["chat_id"])
+        message = self._find(chat_id, int(params["message_id"]))
+        text = str(params.get("text", ""))
+        entities = params.get("entities") or []
+        self._check_text(text, entities)
+        markup = params.get("reply_markup")
+        if text == message.text and entities == message.entities and markup == message.reply_markup:
+            raise ApiError(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply markup are exactly "
+                "the same as a current content and reply markup of the message",
+            )
+        message.text, message.entities, message.reply_markup = text, entities, markup
+        message.edits.append(text)
+        return self._message_json(message)
+
+    async def _api_editMessageReplyMarkup(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._find(int(params["chat_id"]), int(params["message_id"]))
+        message.reply_markup = params.get("reply_markup")
+        return self._message_json(message)
+
+    async def _api_deleteMessage(self, params: dict[str, Any]) -> bool:
+        self._find(int(params["chat_id"]), int(params["message_id"])).deleted = True
+        return True
+
+    async def _api_sendChatAction(self, params: dict[str, Any]) -> bool:
+        return True
+
+    async def _api_sendMessageDraft(self, params: dict[str, Any]) -> bool:
+        return True
+
+    async def _api_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
+        return True
+
+    async def _api_setMyCommands(self, params: dict[str, Any]) -> bool:
+        self.commands = list(params.get("commands", []))
+        return True
+
+    async def _api_getMyCommands(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.commands
+
+    async def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
+        file_id = str(params["file_id"])
+        if file_id not in self.files:
+            raise ApiError(400, "Bad Request: invalid file_id")
+        size = self._sizes.get(file_id, len(self.files[file_id][0]))
+        if size > FILE_LIMIT:
+            raise ApiError(400, "Bad Request: file is too big")
+        # A path that never exists locally: PTB reads existing local paths instead of downloading.
+        return {
+            "file_id": file_id,
+            "file_unique_id": self.files[file_id][1],
+            "file_size": size,
+            "file_path": f"photos/{uuid.uuid4().hex}/{file_id}",
+        }

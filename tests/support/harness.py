@@ -1,0 +1,78 @@
+"""Runs the real bot Application against the stand-in Bot API server, as a test sees it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from telegram.ext import Application
+
+from bot.app import build_application, setup, teardown
+from bot.handlers import Services
+from bot.settings import Settings, load_settings
+from tests.support.bot_api_server import FakeBotApi
+
+ADMIN = 42
+USER = 7
+STRANGER = 666
+
+
+@dataclass
+class RunningBot:
+    api: FakeBotApi
+    application: Application
+    settings: Settings
+
+    @property
+    def services(self) -> Services:
+        return self.application.bot_data["services"]
+
+
+def bot_settings(api: FakeBotApi, store_root: Path, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "telegram_bot_token": api.token,
+        "telegram_api_base_url": api.base_url,
+        "telegram_file_base_url": api.base_file_url,
+        "admin_user_ids": str(ADMIN),
+        "allowed_user_ids": str(USER),
+        "data_dir": data_dir,
+        "model_store_dir": store_root,
+        "max_new_tokens": 40,
+        "edit_interval_seconds": 0.2,
+        "group_edit_interval_seconds": 0.5,
+        "kv_cache_gb": 1,
+        "system_prompt": "You are a test assistant.",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@asynccontextmanager
+async def running_bot(api: FakeBotApi, settings: Settings) -> AsyncIterator[RunningBot]:
+    application = build_application(settings)
+    async with application:
+        await setup(application)
+        await application.start()
+        assert application.updater is not None
+        await application.updater.start_polling(poll_interval=0.0, timeout=1)
+        try:
+            yield RunningBot(api, application, settings)
+        finally:
+            await application.updater.stop()
+            await application.stop()
+            await teardown(application)
+
+
+def photo_bytes(
+    colour: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (640, 480), fmt: str = "JPEG"
+) -> bytes:
+    image = Image.new("RGB", size, colour)
+    image.paste((255 - colour[0], 255 - colour[1], 255 - colour[2]), (60, 60, 220, 220))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()

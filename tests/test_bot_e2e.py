@@ -1,0 +1,224 @@
+"""The real python-telegram-bot Application, over HTTP against the stand-in Bot API, with the tiny model."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot import texts
+from bot.history import ConversationKey
+from model_store.store import ModelEntry, ModelStore
+from tests.support.bot_api_server import FakeBotApi
+from tests.support.harness import ADMIN, STRANGER, USER, RunningBot, bot_settings, photo_bytes, running_bot
+
+CHAT = USER  # a private chat's id is the user's id
+GROUP = -100123
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotApi]:
+    async with FakeBotApi() as server:
+        yield server
+
+
+@pytest.fixture
+async def bot(api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> AsyncIterator[RunningBot]:
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as running:
+        yield running
+
+
+def final_texts(api: FakeBotApi, chat: int) -> list[str]:
+    return [m.text for m in api.messages(chat) if m.reply_markup is None]
+
+
+async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 60) -> None:
+    """An answer is done when its message lost the Stop button."""
+    await api.wait_for(
+        lambda: (
+            len([m for m in api.messages(chat) if m.edits and m.reply_markup is None and m.text != texts.PLACEHOLDER])
+            >= count
+        ),
+        timeout,
+        f"{count} finished answers in chat {chat}",
+    )
+
+
+async def test_commands_are_registered(bot: RunningBot) -> None:
+    names = [command["command"] for command in bot.api.commands]
+    assert names == ["help", "reset", "stop", "model"]
+
+
+async def test_photo_question_is_streamed_then_finalised(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
+    await wait_answers(api, CHAT, 1)
+    [answer] = api.messages(CHAT)
+    assert answer.edits[0] == texts.PLACEHOLDER
+    assert len(answer.edits) >= 3, f"placeholder, status, streamed text, final: {answer.edits}"
+    assert any(edit.endswith("▌") for edit in answer.edits), "partial text was shown while streaming"
+    assert not answer.text.endswith("▌") and answer.text.strip()
+    assert api.calls_of("sendChatAction", CHAT), "typing indicator at once"
+    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert stored[0].text == "What is in this picture?" and len(stored[0].images) == 1
+    assert stored[1].telegram_message_ids == (answer.message_id,)
+
+
+async def test_follow_up_uses_the_history(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(CHAT, photo=photo_bytes(), caption="What is this?", user_id=USER)
+    await wait_answers(api, CHAT, 1)
+    api.push_message(CHAT, "And what colour is the square?", user_id=USER)
+    await wait_answers(api, CHAT, 2)
+    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert bot.services.engine is not None and bot.services.engine.stats.answered == 2
+
+
+async def test_photo_without_caption_is_described(bot: RunningBot) -> None:
+    bot.api.push_message(CHAT, photo=photo_bytes(), user_id=USER)
+    await wait_answers(bot.api, CHAT, 1)
+    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    assert stored[0].text == texts.DESCRIBE
+
+
+async def test_reset_forgets_the_conversation(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(CHAT, "Hello there", user_id=USER)
+    await wait_answers(api, CHAT, 1)
+    api.push_message(CHAT, "/reset", user_id=USER)
+    await api.wait_for(lambda: texts.RESET_DONE in api.visible_text(CHAT), 20, "reset confirmation")
+    assert await bot.services.history.window(ConversationKey(CHAT), 10) == []
+
+
+async def test_group_rules_mention_reply_and_command(bot: RunningBot) -> None:
+    api = bot.api
+    username = bot.application.bot.username
+    api.push_message(GROUP, "just chatting among ourselves", user_id=USER)
+    question = api.push_message(GROUP, f"@{username} what is a photo?", user_id=USER)
+    await wait_answers(api, GROUP, 1)
+    [answer] = api.messages(GROUP)
+    assert answer.reply_to == question["message_id"], "answers reply to the asking message"
+    reply = api.push_message(
+        GROUP, "tell me more", user_id=USER, reply_to=api.bot_message_dict(GROUP, answer.message_id)
+    )
+    await wait_answers(api, GROUP, 2)
+    assert api.messages(GROUP)[1].reply_to == reply["message_id"]
+    api.push_message(GROUP, "/model", user_id=USER)
+    await api.wait_for(lambda: any("Precision: int4" in t for t in api.visible_text(GROUP)), 20, "/model answer")
+    stored = await bot.services.history.window(ConversationKey(GROUP), 10)
+    assert [m.text for m in stored if m.role == "user"] == ["what is a photo?", "tell me more"]
+
+
+async def test_forum_topics_have_separate_histories(bot: RunningBot) -> None:
+    api = bot.api
+    api.forums.add(GROUP)
+    username = bot.application.bot.username
+    api.push_message(GROUP, f"@{username} topic one question", user_id=USER, thread_id=11)
+    await wait_answers(api, GROUP, 1)
+    api.push_message(GROUP, f"@{username} topic two question", user_id=USER, thread_id=22)
+    await wait_answers(api, GROUP, 2)
+    one = await bot.services.history.window(ConversationKey(GROUP, 11), 10)
+    two = await bot.services.history.window(ConversationKey(GROUP, 22), 10)
+    assert one[0].text == "topic one question"
+    assert two[0].text == "topic two question"
+    assert {m.thread_id for m in api.messages(GROUP)} == {11, 22}
+
+
+async def test_an_album_gets_one_answer_about_all_photos(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(CHAT, photo=photo_bytes((200, 0, 0)), caption="Compare these", media_group_id="alb1", user_id=USER)
+    api.push_message(CHAT, photo=photo_bytes((0, 200, 0)), media_group_id="alb1", user_id=USER)
+    await wait_answers(api, CHAT, 1)
+    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    assert len(stored) == 2 and len(stored[0].images) == 2 and stored[0].text == "Compare these"
+    assert len(api.messages(CHAT)) == 1
+
+
+async def test_image_sent_as_a_file_and_unsupported_media(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(
+        CHAT, document=(photo_bytes(fmt="PNG"), "scan.png", "image/png"), caption="Read this", user_id=USER
+    )
+    await wait_answers(api, CHAT, 1)
+    api.push_message(CHAT, document=(b"%PDF-1.7", "report.pdf", "application/pdf"), user_id=USER)
+    await api.wait_for(lambda: any("can't read" in t for t in api.visible_text(CHAT)), 20, "unsupported reply")
+    api.push_message(CHAT, document=(b"not really a png", "fake.png", "image/png"), caption="?", user_id=USER)
+    await api.wait_for(lambda: any("not an image" in t for t in api.visible_text(CHAT)), 20, "broken image reply")
+    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    assert len(stored) == 2, "refused inputs leave no trace in the history"
+
+
+async def test_strangers_get_no_model_time(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(STRANGER, "hello?", user_id=STRANGER)
+    await api.wait_for(lambda: texts.NOT_ALLOWED in api.visible_text(STRANGER), 20, "refusal")
+    assert bot.services.engine is not None and bot.services.engine.queue.served == 0
+    api.push_message(STRANGER, "/convert", user_id=STRANGER)
+    await api.wait_for(lambda: texts.ADMINS_ONLY in api.visible_text(STRANGER), 20, "admin refusal")
+
+
+async def test_stop_button_keeps_the_partial_answer(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=4000)
+    async with running_bot(api, settings) as bot:
+        api.push_message(CHAT, "Write a very long story.", user_id=USER)
+        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(CHAT)), 30, "streaming started")
+        [answer] = api.messages(CHAT)
+        api.push_callback(CHAT, answer.message_id, "stop", user_id=USER)
+        await wait_answers(api, CHAT, 1)
+        assert answer.text.endswith("Stopped.")
+        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+        assert stored[1].status == "cancelled" and stored[1].text.strip()
+        assert stored[1].text.split()[0] in answer.text
+
+
+async def test_flood_control_storm_loses_no_text(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=200)
+    async with running_bot(api, settings) as bot:
+        api.storm("editMessageText", 2.5)
+        api.push_message(CHAT, photo=photo_bytes(), caption="Describe in detail.", user_id=USER)
+        await wait_answers(api, CHAT, 1, timeout=90)
+        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+        assert stored[1].status == "complete"
+        [answer] = api.messages(CHAT)
+        shown = answer.text.replace("\n", "").replace(" ", "")
+        assert shown == stored[1].text.replace("\n", "").replace(" ", "")[: len(shown)] and len(shown) > 0
+        refused = [c for c in api.calls_of("editMessageText") if c.status == 429]
+        assert refused, "the storm really happened"
+        gaps = [b.at - a.at for a, b in itertools.pairwise(refused)]
+        assert min(gaps, default=1.0) > 0.5, "no tight retry loop against flood control"
+
+
+async def test_history_survives_a_restart(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path)
+    async with running_bot(api, settings):
+        api.push_message(CHAT, photo=photo_bytes(), caption="What is this?", user_id=USER)
+        await wait_answers(api, CHAT, 1)
+    async with running_bot(api, settings) as bot:
+        api.push_message(CHAT, "And the colour?", user_id=USER)
+        await wait_answers(api, CHAT, 2)
+        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+        assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
+        assert bot.services.engine is not None
+        assert bot.services.engine._sessions.replays == 1, "the photo from before the restart was replayed"
+
+
+async def test_admin_converts_and_the_new_model_goes_live(bot: RunningBot, tiny_checkpoint: Path) -> None:
+    api = bot.api
+    api.push_message(ADMIN, f"/convert {tiny_checkpoint} int8", user_id=ADMIN)
+    await api.wait_for(lambda: any(t.startswith("✅") for t in api.visible_text(ADMIN)), 240, "conversion done")
+    [status] = api.messages(ADMIN)
+    assert len(status.edits) >= 3, f"progress was shown: {status.edits}"
+    assert "int8" in status.text
+    assert bot.services.engine is not None and bot.services.engine.model.entry.precision == "int8"
+    api.push_message(ADMIN, "Hello on the new model", user_id=ADMIN)
+    await wait_answers(api, ADMIN, 2)
