@@ -139,10 +139,11 @@ class Commands:
         self.services.conversion = asyncio.create_task(self._convert(status, model, precision))
 
     async def _convert(self, status: Message, model: str, precision: str) -> None:
+        """Runs as a task: progress is shown by editing one message every few seconds, whatever the pace."""
         settings = self.services.settings
         started = time.monotonic()
-        last_edit = 0.0
         header = f"🔧 Converting {model} to {precision}"
+        latest: list[Progress] = []
 
         async def show(text: str) -> None:
             try:
@@ -150,21 +151,21 @@ class Commands:
             except TelegramError as error:
                 log.info("conversion progress edit failed: %s", error)
 
-        def on_progress(update: Progress) -> None:
-            nonlocal last_edit
-            now = time.monotonic()
-            if now - last_edit < PROGRESS_EDIT_SECONDS and update.percent < 100:
-                return
-            last_edit = now
-            asyncio.get_running_loop().create_task(
-                show(f"{header}\n{update.percent:.0f}% — {update.phase}: {update.detail}")
-            )
+        async def report() -> None:
+            shown: Progress | None = None
+            while True:
+                await asyncio.sleep(PROGRESS_EDIT_SECONDS)
+                if latest and latest[-1] != shown:
+                    shown = latest[-1]
+                    await show(f"{header}\n{shown.percent:.0f}% — {shown.phase}: {shown.detail}")
 
         request = ConversionRequest(
             source=model, store_root=str(settings.store_dir), precision=precision, activate=True, device=settings.device
         )
+        reporter = asyncio.create_task(report())
         try:
-            entry = await convert_async(request, on_progress)
+            entry = await convert_async(request, lambda update: latest.__setitem__(slice(None), [update]))
+            reporter.cancel()
             await show(f"{header}\nLoading the new model…")
             if self.services.engine is None:
                 self.services.engine = await build_engine(settings)
@@ -177,5 +178,7 @@ class Commands:
             log.exception("conversion or loading failed")
             await show(f"❌ The new model could not be loaded ({error}). The previous model keeps serving.")
             return
+        finally:
+            reporter.cancel()
         elapsed = format_elapsed(time.monotonic() - started)
         await show(f"✅ Now serving {entry.source} ({entry.precision}). Took {elapsed}.")

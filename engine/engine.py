@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.conversation import Sessions, Turn
-from engine.fair_queue import FairQueue
+from engine.fair_queue import FairQueue, TicketCancelled
 from engine.generation import GenerationSettings
 from model_store.loader import LoadedModel
 
@@ -111,11 +111,12 @@ class Engine:
     def cancel(self, key: Hashable) -> bool:
         """Stop the answer for ``key`` within one token (or drop it from the queue); True if there was one."""
         running = self._running.get(key)
-        if running is not None:
-            running.reason = "cancelled"
-            running.cancel.set()
-            return True
-        return self.queue.cancel(key)
+        if running is None:
+            return False
+        running.reason = "cancelled"
+        running.cancel.set()
+        self.queue.cancel(key)  # a waiting request leaves the line at once
+        return True
 
     async def ask(self, key: Hashable, past: Sequence[Turn], question: Turn) -> AsyncIterator[Event]:
         """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything."""
@@ -126,13 +127,14 @@ class Engine:
             async for position in ticket.positions():
                 if position > 0:
                     yield Waiting(position)
-            async with ticket:
-                if running.cancel.is_set():
-                    yield Finished(text="", status="cancelled")
-                    return
-                yield Started()
-                async for event in self._generate(key, past, question, running):
-                    yield event
+            try:
+                async with ticket:
+                    yield Started()
+                    async for event in self._generate(key, past, question, running):
+                        yield event
+            except TicketCancelled:
+                self.stats.cancelled += 1
+                yield Finished(text="", status="cancelled")
         finally:
             running.cancel.set()
             self._running.pop(key, None)

@@ -152,6 +152,25 @@ async def test_cancel_stops_within_a_token_and_frees_the_slot(engine: Engine) ->
     await engine.aclose()
 
 
+async def test_cancelling_a_waiting_question_frees_its_place_at_once(engine: Engine) -> None:
+    engine.settings = replace(SETTINGS, max_new_tokens=80)
+    first = asyncio.create_task(collect(engine, "a", [], Turn("user", "Describe.", (photo((3, 3, 3)),))))
+    await asyncio.sleep(0.05)
+    waiting: list[Event] = []
+
+    async def second() -> None:
+        async for event in engine.ask("b", [], Turn("user", "Hi")):
+            waiting.append(event)
+            if isinstance(event, Waiting):
+                assert engine.cancel("b") is True
+
+    await asyncio.wait_for(second(), 5)
+    assert finished(waiting).status == "cancelled"
+    assert engine.queue.position("b") is None
+    assert finished(await first).status == "complete"
+    await engine.aclose()
+
+
 async def test_time_limit_ends_an_answer_cleanly(engine: Engine) -> None:
     engine.settings = replace(SETTINGS, max_new_tokens=5000, timeout_seconds=0.3)
     done = finished(await collect(engine, "a", [], Turn("user", "Go on forever.")))

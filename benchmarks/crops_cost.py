@@ -1,0 +1,74 @@
+"""What the NUM_CROPS setting costs: image tokens and cold time to first token, full synthetic INT4 model.
+
+Usage: python benchmarks/crops_cost.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import full_int4_model, synthetic_photo, write_results
+
+SIZES = ((640, 480), (1344, 1008))
+CROPS = (4, 16)
+
+
+def main() -> None:
+    import openvino as ov
+    import openvino_genai as genai
+
+    from model_store.loader import crops_view
+    from model_store.store import ModelEntry
+
+    model = full_int4_model()
+    entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as views:
+        for crops in CROPS:
+            pipeline = genai.VLMPipeline(str(crops_view(entry, crops, Path(views))), "CPU")
+            config = genai.GenerationConfig()
+            config.max_new_tokens = 4
+            config.ignore_eos = True
+            pipeline.generate("Hello", generation_config=config)  # first-call compilation is not the image's cost
+            for width, height in SIZES:
+                first: list[float] = []
+                started = time.monotonic()
+
+                def streamer(_: str, first: list[float] = first, started: float = started) -> bool:
+                    if not first:
+                        first.append(time.monotonic() - started)
+                    return False
+
+                image = ov.Tensor(synthetic_photo(5, width, height))
+                result = pipeline.generate(
+                    "What is in this image?", images=[image], generation_config=config, streamer=streamer
+                )
+                metrics = result.perf_metrics
+                rows.append(
+                    {
+                        "num_crops": crops,
+                        "image": f"{width}x{height}",
+                        "input_tokens": int(metrics.get_num_input_tokens()),
+                        "ttft_seconds": round(first[0], 1),
+                        "vision_seconds": round(sum(metrics.vlm_raw_metrics.prepare_embeddings_durations) / 1e6, 1),
+                    }
+                )
+                print(rows[-1], flush=True)
+            del pipeline
+    print(f"\n{'num_crops':>9} {'image':>10} {'input tokens':>13} {'TTFT s':>7} {'vision s':>9}")
+    for row in rows:
+        print(
+            f"{row['num_crops']:>9} {row['image']:>10} {row['input_tokens']:>13} {row['ttft_seconds']:>7} "
+            f"{row['vision_seconds']:>9}"
+        )
+    print(f"results: {write_results('crops_cost', {'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
