@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -212,13 +213,17 @@ async def test_history_survives_a_restart(
         assert bot.services.engine._sessions.replays == 1, "the photo from before the restart was replayed"
 
 
-async def test_admin_converts_and_the_new_model_goes_live(bot: RunningBot, tiny_checkpoint: Path) -> None:
-    api = bot.api
-    api.push_message(ADMIN, f"/convert {tiny_checkpoint} int8", user_id=ADMIN)
-    await api.wait_for(lambda: any(t.startswith("✅") for t in api.visible_text(ADMIN)), 240, "conversion done")
-    [status] = api.messages(ADMIN)
-    assert len(status.edits) >= 3, f"progress was shown: {status.edits}"
-    assert "int8" in status.text
-    assert bot.services.engine is not None and bot.services.engine.model.entry.precision == "int8"
-    api.push_message(ADMIN, "Hello on the new model", user_id=ADMIN)
-    await wait_answers(api, ADMIN, 2)
+async def test_admin_converts_and_the_new_model_goes_live(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(int4_store[0].root, store, symlinks=True)  # the shared store stays as it is
+    async with running_bot(api, bot_settings(api, store, tmp_path)) as bot:
+        api.push_message(ADMIN, f"/convert {tiny_checkpoint} int8", user_id=ADMIN)
+        await api.wait_for(lambda: any(t.startswith("✅") for t in api.visible_text(ADMIN)), 240, "conversion done")
+        [status] = api.messages(ADMIN)
+        assert len(status.edits) >= 3, f"progress was shown: {status.edits}"
+        assert "int8" in status.text
+        assert bot.services.engine is not None and bot.services.engine.model.entry.precision == "int8"
+        api.push_message(ADMIN, "Hello on the new model", user_id=ADMIN)
+        await wait_answers(api, ADMIN, 2)
