@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,3 +80,20 @@ def synthetic_photo(seed: int, width: int = 640, height: int = 480) -> np.ndarra
 
     y, x = np.mgrid[0:height, 0:width]
     return np.stack([(x * seed) % 256, (y * 3) % 256, ((x + y) * seed) % 256], axis=-1).astype(np.uint8)
+
+
+class FirstChunkTimer:
+    """A GenAI streamer callback that notes when the first text arrives (time to first token)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.first: float | None = None
+
+    def __call__(self, _: str) -> bool:
+        if self.first is None:
+            self.first = time.monotonic() - self.started
+        return False
+
+    @property
+    def ttft(self) -> float:
+        return self.first if self.first is not None else float("nan")

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import full_int4_model, synthetic_photo, write_results
+from benchmarks.common import FirstChunkTimer, full_int4_model, synthetic_photo, write_results
 
 SIZES = ((640, 480), (1344, 1008))
 CROPS = (4, 16)
@@ -37,17 +36,10 @@ def main() -> None:
             config.ignore_eos = True
             pipeline.generate("Hello", generation_config=config)  # first-call compilation is not the image's cost
             for width, height in SIZES:
-                first: list[float] = []
-                started = time.monotonic()
-
-                def streamer(_: str, first: list[float] = first, started: float = started) -> bool:
-                    if not first:
-                        first.append(time.monotonic() - started)
-                    return False
-
+                timer = FirstChunkTimer()
                 image = ov.Tensor(synthetic_photo(5, width, height))
                 result = pipeline.generate(
-                    "What is in this image?", images=[image], generation_config=config, streamer=streamer
+                    "What is in this image?", images=[image], generation_config=config, streamer=timer
                 )
                 metrics = result.perf_metrics
                 rows.append(
@@ -55,7 +47,7 @@ def main() -> None:
                         "num_crops": crops,
                         "image": f"{width}x{height}",
                         "input_tokens": int(metrics.get_num_input_tokens()),
-                        "ttft_seconds": round(first[0], 1),
+                        "ttft_seconds": round(timer.ttft, 1),
                         "vision_seconds": round(sum(metrics.vlm_raw_metrics.prepare_embeddings_durations) / 1e6, 1),
                     }
                 )

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import full_int4_model, synthetic_photo, write_results
+from benchmarks.common import FirstChunkTimer, full_int4_model, synthetic_photo, write_results
 
 VARIANTS = ("raw-plain", "raw-prefix-cache", "engine")
 STEPS = ("A1 image", "A2 follow-up", "B1 image", "A3 follow-up after B")
@@ -58,22 +58,15 @@ def _raw(model: Path, prefix_cache: bool, tokens: int) -> dict[str, Any]:
     for step in STEPS:
         history = histories[step[0]]
         history.append({"role": "user", "content": QUESTIONS[step]})
-        first: list[float] = []
-        begin = time.monotonic()
-
-        def streamer(_: str, first: list[float] = first, begin: float = begin) -> bool:
-            if not first:
-                first.append(time.monotonic() - begin)
-            return False
-
+        timer = FirstChunkTimer()
         tensors = [ov.Tensor(images[step])] if step in images else []
-        result = pipeline.generate(history, images=tensors, generation_config=config, streamer=streamer)
-        total = time.monotonic() - begin
+        result = pipeline.generate(history, images=tensors, generation_config=config, streamer=timer)
+        total = time.monotonic() - timer.started
         history.append({"role": "assistant", "content": result.texts[0]})
         generated = int(result.perf_metrics.get_num_generated_tokens())
         results[step] = {
-            "ttft": round(first[0], 2),
-            "decode_tps": round((generated - 1) / (total - first[0]), 2),
+            "ttft": round(timer.ttft, 2),
+            "decode_tps": round((generated - 1) / (total - timer.ttft), 2),
             "input_tokens": int(result.perf_metrics.get_num_input_tokens()),
         }
     return results

@@ -227,3 +227,52 @@ async def test_admin_converts_and_the_new_model_goes_live(
         assert bot.services.engine is not None and bot.services.engine.model.entry.precision == "int8"
         api.push_message(ADMIN, "Hello on the new model", user_id=ADMIN)
         await wait_answers(api, ADMIN, 2)
+
+
+async def test_a_question_replying_to_a_photo_is_about_that_photo(bot: RunningBot) -> None:
+    api = bot.api
+    photo_message = api.push_message(GROUP, photo=photo_bytes((10, 10, 200)), user_id=USER)
+    username = bot.application.bot.username
+    api.push_message(GROUP, f"@{username} what colour is this?", user_id=USER, reply_to=photo_message)
+    await wait_answers(api, GROUP, 1)
+    stored = await bot.services.history.window(ConversationKey(GROUP), 10)
+    assert stored[0].text == "what colour is this?" and len(stored[0].images) == 1
+
+
+async def test_stickers_and_voice_get_a_friendly_note(bot: RunningBot) -> None:
+    api = bot.api
+    sticker = {
+        "file_id": "sticker-1",
+        "file_unique_id": "st1",
+        "type": "regular",
+        "width": 512,
+        "height": 512,
+        "is_animated": False,
+        "is_video": False,
+    }
+    api.push_message(CHAT, user_id=USER, extra={"sticker": sticker})
+    api.push_message(CHAT, user_id=USER, extra={"voice": {"file_id": "v1", "file_unique_id": "v1u", "duration": 3}})
+    await api.wait_for(lambda: len(api.visible_text(CHAT)) == 2, 20, "two notes")
+    assert "stickers" in api.visible_text(CHAT)[0] and "voice messages" in api.visible_text(CHAT)[1]
+
+
+async def test_a_second_chat_sees_its_place_in_line(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=600, allowed_user_ids="7,8")
+    async with running_bot(api, settings):
+        api.push_message(CHAT, "Write a long story.", user_id=USER)
+        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(CHAT)), 30, "first answer streaming")
+        api.push_message(8, "Me too, please.", user_id=8)
+        await api.wait_for(
+            lambda: any("#1 in line" in edit for m in api.messages(8) for edit in m.edits), 30, "queue position"
+        )
+        await wait_answers(api, 8, 1, timeout=120)
+
+
+async def test_admin_stats(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(ADMIN, "/stats", user_id=ADMIN)
+    await api.wait_for(lambda: any("History:" in t for t in api.visible_text(ADMIN)), 20, "stats")
+    api.push_message(CHAT, "/stats", user_id=USER)
+    await api.wait_for(lambda: texts.ADMINS_ONLY in api.visible_text(CHAT), 20, "refusal")

@@ -71,3 +71,17 @@ def test_cli_exits_2_with_one_clear_message(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "PRECISION" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_run_without_a_token_exits_2_and_says_what_to_do(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "TELEGRAM_BOT_TOKEN" in done.stderr and "BotFather" in done.stderr
