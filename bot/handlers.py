@@ -236,8 +236,16 @@ class Handlers:
                 event = await anext(events, None)  # type: ignore[call-overload]
             assert finished is not None
             final = finished.text or text
+            # Stored before the final edit: a follow-up sent the moment the answer looks finished has it as context.
+            shown_in = list(stream.message_ids)
+            await history.update_assistant_message(
+                answer_id, final, telegram_message_ids=shown_in, status=finished.status
+            )
             ids = await stream.finish(final, texts.footer(finished.status))
-            await history.update_assistant_message(answer_id, final, telegram_message_ids=ids, status=finished.status)
+            if ids != shown_in:
+                await history.update_assistant_message(
+                    answer_id, final, telegram_message_ids=ids, status=finished.status
+                )
         except Undeliverable as error:
             log.info("chat %s cannot receive messages (%s); answer stopped", message.chat_id, error)
             if services.engine is not None:

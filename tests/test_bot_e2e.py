@@ -166,7 +166,7 @@ async def test_stop_button_keeps_the_partial_answer(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=4000)
-    async with running_bot(api, settings) as bot:
+    async with running_bot(api, settings, long_answers=True) as bot:
         api.push_message(CHAT, "Write a very long story.", user_id=USER)
         await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(CHAT)), 30, "streaming started")
         [answer] = api.messages(CHAT)
@@ -182,7 +182,7 @@ async def test_flood_control_storm_loses_no_text(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=200)
-    async with running_bot(api, settings) as bot:
+    async with running_bot(api, settings, long_answers=True) as bot:
         api.storm("editMessageText", 2.5)
         api.push_message(CHAT, photo=photo_bytes(), caption="Describe in detail.", user_id=USER)
         await wait_answers(api, CHAT, 1, timeout=90)
@@ -260,7 +260,7 @@ async def test_a_second_chat_sees_its_place_in_line(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=600, allowed_user_ids="7,8")
-    async with running_bot(api, settings):
+    async with running_bot(api, settings, long_answers=True):
         api.push_message(CHAT, "Write a long story.", user_id=USER)
         await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(CHAT)), 30, "first answer streaming")
         api.push_message(8, "Me too, please.", user_id=8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,15 @@ def bot_settings(api: FakeBotApi, store_root: Path, data_dir: Path, **overrides:
 
 
 @asynccontextmanager
-async def running_bot(api: FakeBotApi, settings: Settings) -> AsyncIterator[RunningBot]:
+async def running_bot(api: FakeBotApi, settings: Settings, *, long_answers: bool = False) -> AsyncIterator[RunningBot]:
+    """``long_answers``: the random-weight model may say <|end|> at any point; tests that need an answer
+    still running (Stop, queue positions, flood control) make it write all MAX_NEW_TOKENS."""
     application = build_application(settings)
     async with application:
         await setup(application)
+        services: Services = application.bot_data["services"]
+        if long_answers and services.engine is not None:
+            services.engine.settings = replace(services.engine.settings, ignore_eos=True)
         await application.start()
         assert application.updater is not None
         await application.updater.start_polling(poll_interval=0.0, timeout=1)
