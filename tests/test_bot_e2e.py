@@ -52,17 +52,20 @@ async def test_commands_are_registered(bot: RunningBot) -> None:
     assert names == ["help", "reset", "stop", "model"]
 
 
-async def test_photo_question_is_streamed_then_finalised(bot: RunningBot) -> None:
-    api = bot.api
-    api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
-    await wait_answers(api, CHAT, 1)
+async def test_photo_question_is_streamed_then_finalised(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
+        await wait_answers(api, CHAT, 1)
+        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
     [answer] = api.messages(CHAT)
     assert answer.edits[0] == texts.PLACEHOLDER
     assert len(answer.edits) >= 3, f"placeholder, status, streamed text, final: {answer.edits}"
     assert any(edit.endswith("▌") for edit in answer.edits), "partial text was shown while streaming"
     assert not answer.text.endswith("▌") and answer.text.strip()
     assert api.calls_of("sendChatAction", CHAT), "typing indicator at once"
-    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
     assert stored[0].text == "What is in this picture?" and len(stored[0].images) == 1
     assert stored[1].telegram_message_ids == (answer.message_id,)
