@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
 from telegram.ext import (
@@ -139,6 +140,8 @@ def run_bot(settings: Settings) -> int:
             application.run_webhook(
                 listen=settings.webhook_listen,
                 port=settings.webhook_port,
+                # Served at the URL's own path, so a reverse proxy can pass requests through unchanged.
+                url_path=urlsplit(settings.webhook_url).path.strip("/"),
                 webhook_url=settings.webhook_url,
                 secret_token=secret,
                 allowed_updates=Update.ALL_TYPES,

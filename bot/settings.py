@@ -6,8 +6,10 @@ message that names the variable and says what is expected, never as a traceback 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,7 +18,8 @@ IdList = Annotated[frozenset[int], NoDecode]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty line in .env (``WEBHOOK_URL=``) means "not set", as .env.example writes them.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     # Telegram
     telegram_bot_token: SecretStr | None = None
@@ -76,6 +79,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected numeric Telegram ids separated by commas, got {value!r}") from error
         if isinstance(value, int):
             return frozenset({value})
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.netloc:
+                raise ValueError(f"expected the public https:// address Telegram should post updates to, got {value!r}")
+        return value
+
+    @field_validator("webhook_secret_token")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+            raise ValueError("Telegram accepts 1 to 256 characters: letters, digits, _ and -")
         return value
 
     @field_validator("log_level", mode="before")

@@ -1,13 +1,14 @@
-"""Shared fixtures: a tiny synthetic Phi-3-vision checkpoint and a store with it converted to INT4.
+"""Shared fixtures: a tiny synthetic Phi-3-vision checkpoint, a store with it converted to INT4, and a
+stand-in Bot API server.
 
-Both are built once per test session (about 20 s together) and treated as read-only by tests; a test that
-needs to damage a model copies it first.
+The two model fixtures are built once per test session (about 20 s together) and treated as read-only by
+tests; a test that needs to damage a model copies it first.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from model_store.convert import ConversionRequest, convert_in_subprocess
 from model_store.store import ModelEntry, ModelStore
 from model_store.synthetic import build_synthetic_checkpoint
+from tests.support.bot_api_server import FakeBotApi
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,3 +47,9 @@ def int4_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) 
     request = ConversionRequest(source=str(tiny_checkpoint), store_root=str(root), precision="int4", activate=True)
     entry = convert_in_subprocess(request)
     return ModelStore(root), entry
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotApi]:
+    async with FakeBotApi() as server:
+        yield server

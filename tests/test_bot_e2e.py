@@ -20,12 +20,6 @@ GROUP = -100123
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeBotApi]:
-    async with FakeBotApi() as server:
-        yield server
-
-
-@pytest.fixture
 async def bot(api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> AsyncIterator[RunningBot]:
     async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as running:
         yield running

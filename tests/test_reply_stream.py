@@ -16,12 +16,6 @@ CHAT = 501
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeBotApi]:
-    async with FakeBotApi() as server:
-        yield server
-
-
-@pytest.fixture
 async def bot(api: FakeBotApi) -> AsyncIterator[Bot]:
     client = ExtBot(api.token, base_url=api.base_url, base_file_url=api.base_file_url, rate_limiter=AIORateLimiter())
     async with client:

@@ -44,6 +44,29 @@ def test_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert settings.max_new_tokens == 64
 
 
+def test_empty_lines_in_env_mean_not_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("WEBHOOK_URL=\nWEBHOOK_SECRET_TOKEN=\nMAX_NEW_TOKENS=\nADMIN_USER_IDS=\n")
+    settings = load_settings()
+    assert settings.webhook_url is None and settings.webhook_secret_token is None
+    assert settings.max_new_tokens == 512
+    assert settings.admin_user_ids == frozenset()
+
+
+def test_webhook_settings_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEBHOOK_URL", "bot.example.com/hook")
+    monkeypatch.setenv("WEBHOOK_SECRET_TOKEN", "has spaces!")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "WEBHOOK_URL" in message and "https://" in message
+    assert "WEBHOOK_SECRET_TOKEN" in message and "has spaces" not in message, "a secret is not echoed"
+    monkeypatch.setenv("WEBHOOK_URL", "https://bot.example.com/telegram/hook")
+    monkeypatch.setenv("WEBHOOK_SECRET_TOKEN", "s3cret_Value-1")
+    assert load_settings().webhook_url == "https://bot.example.com/telegram/hook"
+
+
 def test_every_bad_value_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ADMIN_USER_IDS", "alice")

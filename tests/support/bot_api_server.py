@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from telegram import Update
 
 BOT_USER = {"id": 999000, "is_bot": True, "first_name": "Phi3Bot", "username": "phi3_test_bot"}
@@ -90,6 +90,13 @@ class FakeBotApi:
         self._storms: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Webhook mode, as the official server does it: updates are POSTed to the bot, in order, until it
+        # answers 200; getUpdates is refused meanwhile.
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+        self.webhook_statuses: list[int] = []
+        self._session: ClientSession | None = None
+        self._delivery: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -102,11 +109,36 @@ class FakeBotApi:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._session = ClientSession(timeout=ClientTimeout(total=10))
+        self._delivery = asyncio.create_task(self._deliver_to_webhook())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
+        assert self._runner is not None and self._session is not None and self._delivery is not None
+        self._delivery.cancel()
+        await asyncio.gather(self._delivery, return_exceptions=True)
+        await self._session.close()
         await self._runner.cleanup()
+
+    async def _deliver_to_webhook(self) -> None:
+        assert self._session is not None
+        while True:
+            if self.webhook_url is None or not self._updates:
+                self._new_update.clear()
+                await self._new_update.wait()
+                continue
+            headers = {"X-Telegram-Bot-Api-Secret-Token": self.webhook_secret} if self.webhook_secret else {}
+            try:
+                async with self._session.post(self.webhook_url, json=self._updates[0], headers=headers) as response:
+                    self.webhook_statuses.append(response.status)
+                    delivered = response.status == 200
+            except (ClientError, TimeoutError):
+                self.webhook_statuses.append(0)
+                delivered = False
+            if delivered:
+                self._updates.pop(0)
+            else:
+                await asyncio.sleep(0.5)
 
     @property
     def base_url(self) -> str:
@@ -366,9 +398,15 @@ class FakeBotApi:
     async def _api_deleteWebhook(self, params: dict[str, Any]) -> bool:
         if params.get("drop_pending_updates") in (True, "true"):
             self._updates.clear()
+        self.webhook_url = self.webhook_secret = None
         return True
 
     async def _api_setWebhook(self, params: dict[str, Any]) -> bool:
+        if params.get("drop_pending_updates") in (True, "true"):
+            self._updates.clear()
+        self.webhook_url = params.get("url") or None
+        self.webhook_secret = params.get("secret_token") or None
+        self._new_update.set()
         return True
 
     async def _api_logOut(self, params: dict[str, Any]) -> bool:
@@ -378,6 +416,12 @@ class FakeBotApi:
         return True
 
     async def _api_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.webhook_url is not None:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook "
+                "to delete the webhook first",
+            )
         offset = int(params.get("offset", 0) or 0)
         timeout = float(params.get("timeout", 0) or 0)
         if offset:
