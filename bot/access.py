@@ -10,11 +10,23 @@ from aiolimiter import AsyncLimiter
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AccessPolicy:
     admins: frozenset[int]
     users: frozenset[int]
     chats: frozenset[int]
+
+    def follow_migration(self, old_chat_id: int, new_chat_id: int) -> None:
+        """An allowed group that became a supergroup stays allowed under its new id (Telegram itself announces
+        the move, so nobody can fake it); the admin is told to update the setting so it survives a restart."""
+        if old_chat_id in self.chats and new_chat_id not in self.chats:
+            self.chats = self.chats | {new_chat_id}
+            log.warning(
+                "allowed chat %s is now supergroup %s: add %s to ALLOWED_CHAT_IDS to keep it after a restart",
+                old_chat_id,
+                new_chat_id,
+                new_chat_id,
+            )
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admins

@@ -7,7 +7,9 @@ AIORateLimiter spaces requests within Telegram's global and per-group limits, wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 from urllib.parse import urlsplit
 
@@ -27,6 +29,7 @@ from bot.access import AccessPolicy, UserRateLimiter
 from bot.commands import Commands
 from bot.handlers import Handlers, Services
 from bot.history import HistoryError, HistoryStore
+from bot.recovery import finish_interrupted
 from bot.reply_stream import STOP_CALLBACK
 from bot.runtime import build_engine
 from bot.settings import Settings
@@ -57,14 +60,16 @@ def install_token_redaction(token: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def build_application(settings: Settings) -> Application:
+def build_application(settings: Settings, *, handle_signals: bool = False) -> Application:
+    """``handle_signals``: SIGTERM and SIGINT stop running answers first (their text is kept), so shutdown
+    takes seconds instead of waiting for every answer to finish; off in tests, which own the signals."""
     assert settings.telegram_bot_token is not None
     builder = (
         ApplicationBuilder()
         .token(settings.telegram_bot_token.get_secret_value())
         .rate_limiter(AIORateLimiter(max_retries=0))
         .concurrent_updates(64)
-        .post_init(setup)
+        .post_init(setup_with_signals if handle_signals else setup)
         .post_shutdown(teardown)
     )
     if settings.telegram_api_base_url:
@@ -82,7 +87,8 @@ async def setup(application: Application) -> None:
     history = await HistoryStore.open(settings.database_path)  # type: ignore[arg-type]
     interrupted = await history.mark_interrupted()
     if interrupted:
-        log.info("%d answers were interrupted by the last shutdown; their text is kept", interrupted)
+        log.info("%d answers were interrupted by the last shutdown; finishing their messages", len(interrupted))
+        await finish_interrupted(application.bot, interrupted)
     services = Services(
         settings=settings,
         history=history,
@@ -100,6 +106,20 @@ async def setup(application: Application) -> None:
     await application.bot.set_my_commands([BotCommand(name, description) for name, description in texts.COMMANDS])
     if not settings.admin_user_ids:
         log.warning("ADMIN_USER_IDS is empty: nobody can use /convert, and with no allowlist nobody gets answers")
+
+
+async def setup_with_signals(application: Application) -> None:
+    await setup(application)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stop, application, signum)
+
+
+def _stop(application: Application, signum: int) -> None:
+    services: Services | None = application.bot_data.get("services")
+    stopped = services.engine.cancel_all() if services is not None and services.engine is not None else 0
+    log.info("%s: stopping %d running answers and shutting down", signal.Signals(signum).name, stopped)
+    application.stop_running()
 
 
 async def teardown(application: Application) -> None:
@@ -121,6 +141,7 @@ def register_handlers(application: Application, services: Services) -> None:
     application.add_handler(CommandHandler("stats", commands.stats))
     application.add_handler(CommandHandler("convert", commands.convert))
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
+    application.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, messages.on_migration))
     application.add_handler(MessageHandler(~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))
 
 
@@ -134,7 +155,7 @@ def run_bot(settings: Settings) -> int:
         return 2
     install_token_redaction(settings.telegram_bot_token.get_secret_value())
     try:
-        application = build_application(settings)
+        application = build_application(settings, handle_signals=True)
         if settings.webhook_url:
             secret = settings.webhook_secret_token.get_secret_value() if settings.webhook_secret_token else None
             application.run_webhook(
@@ -145,9 +166,10 @@ def run_bot(settings: Settings) -> int:
                 webhook_url=settings.webhook_url,
                 secret_token=secret,
                 allowed_updates=Update.ALL_TYPES,
+                stop_signals=None,
             )
         else:
-            application.run_polling(allowed_updates=Update.ALL_TYPES)
+            application.run_polling(allowed_updates=Update.ALL_TYPES, stop_signals=None)
     except HistoryError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

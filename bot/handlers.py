@@ -119,6 +119,21 @@ class Handlers:
             return
         await self._answer([message])
 
+    async def on_migration(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Telegram announces a group's upgrade in both chats; history and access follow the new id."""
+        message = update.effective_message
+        if message is None:
+            return
+        if message.migrate_to_chat_id:
+            old, new = message.chat_id, message.migrate_to_chat_id
+        elif message.migrate_from_chat_id:
+            old, new = message.migrate_from_chat_id, message.chat_id
+        else:
+            return
+        moved = await self.services.history.move_chat(old, new)
+        self.services.access.follow_migration(old, new)
+        log.info("group %s became supergroup %s; %d conversations moved", old, new, moved)
+
     async def _reply(self, message: Message, text: str) -> None:
         try:
             await message.reply_text(text, do_quote=not is_private(message))
@@ -217,6 +232,7 @@ class Handlers:
         )
         answer_id: int | None = None
         text = ""
+        save_at = time.monotonic() + interval
         finished: Finished | None = None
         services.askers[key] = user_id or 0
         try:
@@ -231,6 +247,11 @@ class Handlers:
                 elif isinstance(event, Chunk):
                     text += event.text
                     await stream.update(text)
+                    if time.monotonic() >= save_at:  # what a crash would otherwise take with it
+                        save_at = time.monotonic() + interval
+                        await history.update_assistant_message(
+                            answer_id, text, telegram_message_ids=stream.message_ids, status="streaming"
+                        )
                 elif isinstance(event, Finished):
                     finished = event
                 event = await anext(events, None)  # type: ignore[call-overload]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from telegram import Bot, Message
 from telegram.error import BadRequest, TelegramError
@@ -20,6 +21,8 @@ from bot.history import HistoryStore, NewImage
 log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+TOO_BIG = "That file is larger than 20 MB, which is as much as Telegram lets bots download."
+NOT_DOWNLOADED = "I could not download that image from Telegram. Please send it again."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -67,26 +70,37 @@ def unsupported_kind(message: Message) -> str | None:
     return None
 
 
+def _names_a_local_file(file_path: str | None) -> bool:
+    """python-telegram-bot reads a ``file_path`` that exists on local disk instead of downloading it (meant for
+    a Bot API server in local mode, which this bot does not use); a server answering ``/etc/passwd`` or a
+    path into the data directory must not make the bot read its own files."""
+    if not file_path:
+        return False
+    try:
+        return Path(file_path).exists()
+    except (OSError, ValueError):
+        return True
+
+
 async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment) -> NewImage:
     known = await history.image_by_file_unique_id(attachment.file_unique_id)
     if known is not None:
         return NewImage(known.data, known.sha256, known.file_unique_id, known.mime_type)
     if attachment.file_size is not None and attachment.file_size > MAX_DOWNLOAD_BYTES:
-        raise IntakeError("That file is larger than 20 MB, which is as much as Telegram lets bots download.")
+        raise IntakeError(TOO_BIG)
     try:
         file = await bot.get_file(attachment.file_id)
         if file.file_size is not None and file.file_size > MAX_DOWNLOAD_BYTES:
-            raise IntakeError("That file is larger than 20 MB, which is as much as Telegram lets bots download.")
+            raise IntakeError(TOO_BIG)
+        if _names_a_local_file(file.file_path):
+            log.warning("refused a download whose file_path names a file on this machine")
+            raise IntakeError(NOT_DOWNLOADED)
         data = bytes(await file.download_as_bytearray())
     except BadRequest as error:
-        if "too big" in error.message.lower():
-            raise IntakeError(
-                "That file is larger than 20 MB, which is as much as Telegram lets bots download."
-            ) from error
-        raise IntakeError("I could not download that image from Telegram. Please send it again.") from error
+        raise IntakeError(TOO_BIG if "too big" in error.message.lower() else NOT_DOWNLOADED) from error
     except TelegramError as error:
         log.warning("download failed: %s", error)
-        raise IntakeError("I could not download that image from Telegram. Please send it again.") from error
+        raise IntakeError(NOT_DOWNLOADED) from error
     return NewImage(
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),

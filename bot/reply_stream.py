@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 STOP_CALLBACK = "stop"
 CURSOR = " ▌"
 FINAL_DELIVERY_SECONDS = 300.0
+DELETED = "\0deleted"  # stands in the shown text of a message that can no longer be edited
 
 
 class Undeliverable(Exception):
-    """The chat cannot receive messages any more (bot blocked, chat deleted or migrated)."""
+    """The chat cannot receive messages any more (bot blocked or removed, chat deleted)."""
 
 
 def stop_keyboard() -> InlineKeyboardMarkup:
@@ -108,7 +109,9 @@ class ReplyStream:
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             if index < len(self.messages):
-                if self._shown[index] != part.text:
+                if self._shown[index] == DELETED:
+                    await self._resend(index, part.text, with_button=last)
+                elif self._shown[index] != part.text:
                     await self._edit_streaming(index, part.text, with_button=last)
             else:
                 await self._continue(part.text, with_button=last)
@@ -140,7 +143,24 @@ class ReplyStream:
 
     # --- sending ------------------------------------------------------------------------------------------
 
+    def _follow(self, new_chat_id: int) -> None:
+        """A group became a supergroup: the old chat is read-only, so the answer goes on in the new one, in new
+        messages (the old ones cannot be edited there, and the question is not there to reply to)."""
+        log.info("chat %s moved to %s; the answer continues there", self.chat_id, new_chat_id)
+        self.chat_id = new_chat_id
+        self.reply_to = self.thread_id = None
+        self._shown = [DELETED] * len(self._shown)
+
     async def _send(
+        self, text: str, entities: Sequence[object], markup: InlineKeyboardMarkup | None, reply_to: int | None
+    ) -> Message:
+        try:
+            return await self._send_once(text, entities, markup, reply_to)
+        except ChatMigrated as error:
+            self._follow(error.new_chat_id)
+            return await self._send_once(text, entities, markup, None)
+
+    async def _send_once(
         self, text: str, entities: Sequence[object], markup: InlineKeyboardMarkup | None, reply_to: int | None
     ) -> Message:
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
@@ -165,6 +185,22 @@ class ReplyStream:
         self.messages.append(message)
         self._shown.append(text)
 
+    async def _resend(self, index: int, text: str, *, with_button: bool) -> None:
+        """A message deleted (or left behind in a migrated group) while streaming is sent anew."""
+        try:
+            message = await self._send(text, (), stop_keyboard() if with_button else None, self.reply_to)
+        except RetryAfter as error:
+            self._flood_until = time.monotonic() + _seconds(error.retry_after)
+            return
+        except Forbidden:
+            self._closed = True
+            return
+        except TelegramError as error:
+            log.info("could not resend a streaming message (%s); the final text will carry it", error)
+            return
+        self.messages[index] = message
+        self._shown[index] = text
+
     async def _edit_streaming(self, index: int, text: str, *, with_button: bool) -> None:
         """Best effort: a failed streaming edit is skipped, the next one (or the final) carries the text."""
         message = self.messages[index]
@@ -180,17 +216,19 @@ class ReplyStream:
                 self._shown[index] = text
             elif _message_gone(error):
                 log.info("message %s in chat %s was deleted; continuing in a new one", message.message_id, self.chat_id)
-                self._shown[index] = "\0deleted"
+                self._shown[index] = DELETED
             else:
                 log.warning("streaming edit refused: %s", error.message)
-        except (Forbidden, ChatMigrated):
+        except ChatMigrated as error:
+            self._follow(error.new_chat_id)
+        except Forbidden:
             self._closed = True
         except NetworkError as error:
             log.info("streaming edit failed (%s); will retry with the next chunk", error)
 
     async def _final_edit(self, index: int, part: FormattedPart) -> None:
         message = self.messages[index]
-        if self._shown[index] == "\0deleted":
+        if self._shown[index] == DELETED:
             self.messages[index] = await self._deliver(
                 lambda: self._send(part.text, part.entities, None, self.reply_to)
             )
@@ -202,6 +240,11 @@ class ReplyStream:
                 return await self.bot.edit_message_text(
                     part.text, self.chat_id, message.message_id, entities=list(part.entities) or None, reply_markup=None
                 )
+            except ChatMigrated as error:
+                self._follow(error.new_chat_id)
+                replacement = await self._send(part.text, part.entities, None, self.reply_to)
+                self.messages[index] = replacement
+                return replacement
             except BadRequest as error:
                 if _not_modified(error):
                     return True

@@ -37,6 +37,7 @@ STILL_ANSWERING = "I'm still answering your previous question. Send /stop to can
 BUSY = "I'm very busy right now. Please try again in a few minutes."
 NO_MODEL = "No model is loaded yet. An admin can set one up with /convert."
 PLACEHOLDER = "…"
+INTERRUPTED = "\n\n⚠️ Interrupted: the bot restarted. Ask again for a full answer."
 THINKING = "✍️ Looking at it…"
 EMPTY = "Please send a photo, or a question about one."
 RESET_DONE = "Done — I've forgotten this conversation."

@@ -118,6 +118,13 @@ class Engine:
         self.queue.cancel(key)  # a waiting request leaves the line at once
         return True
 
+    def cancel_all(self) -> int:
+        """Shutdown: every answer stops within a token and keeps its text; waiting ones leave the line."""
+        keys = list(self._running)
+        for key in keys:
+            self.cancel(key)
+        return len(keys)
+
     async def ask(self, key: Hashable, past: Sequence[Turn], question: Turn) -> AsyncIterator[Event]:
         """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything."""
         ticket = self.queue.enqueue(key)

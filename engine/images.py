@@ -74,7 +74,11 @@ def _fit(image: Image.Image, limits: ImageLimits) -> Image.Image:
     width, height = image.size
     if min(width, height) < limits.min_side:
         scale = limits.min_side / min(width, height)
-        image = image.resize((max(limits.min_side, round(width * scale)), max(limits.min_side, round(height * scale))))
+
+        def side(length: int) -> int:  # a 1 x 2000 sliver may not grow past max_side: its aspect gives way
+            return min(limits.max_side, max(limits.min_side, round(length * scale)))
+
+        image = image.resize((side(width), side(height)))
     return image
 
 

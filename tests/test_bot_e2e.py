@@ -13,7 +13,16 @@ from bot import texts
 from bot.history import ConversationKey
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, STRANGER, USER, RunningBot, bot_settings, photo_bytes, running_bot
+from tests.support.harness import (
+    ADMIN,
+    STRANGER,
+    USER,
+    RunningBot,
+    bot_settings,
+    photo_bytes,
+    running_bot,
+    wait_answers,
+)
 
 CHAT = USER  # a private chat's id is the user's id
 GROUP = -100123
@@ -23,22 +32,6 @@ GROUP = -100123
 async def bot(api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> AsyncIterator[RunningBot]:
     async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as running:
         yield running
-
-
-def final_texts(api: FakeBotApi, chat: int) -> list[str]:
-    return [m.text for m in api.messages(chat) if m.reply_markup is None]
-
-
-async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 60) -> None:
-    """An answer is done when its message lost the Stop button."""
-    await api.wait_for(
-        lambda: (
-            len([m for m in api.messages(chat) if m.edits and m.reply_markup is None and m.text != texts.PLACEHOLDER])
-            >= count
-        ),
-        timeout,
-        f"{count} finished answers in chat {chat}",
-    )
 
 
 async def test_commands_are_registered(bot: RunningBot) -> None:

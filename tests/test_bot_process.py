@@ -1,8 +1,8 @@
-"""The bot as its users run it: `phi3bot run` in its own process, here in webhook mode, stopped by SIGTERM.
+"""The bot as its users run it: `phi3bot run` in its own process, stopped by SIGTERM or killed outright.
 
-The stand-in Bot API server posts updates to the bot's webhook the way Telegram does (with the secret token
-header), so this covers the command line, settings from the environment, PTB's webhook server and the
-graceful shutdown path that the in-process tests cannot reach.
+The stand-in Bot API server also posts updates to the bot's webhook the way Telegram does (with the secret
+token header), so this covers the command line, settings from the environment, PTB's webhook server and
+the shutdown paths that the in-process tests cannot reach.
 """
 
 from __future__ import annotations
@@ -11,18 +11,24 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bot.history import ConversationKey, HistoryStore
+from bot import texts
+from bot.history import ConversationKey, HistoryStore, StoredMessage
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, USER
+from tests.support.harness import ADMIN, USER, bot_settings, running_bot, wait_answers
 
 SECRET = "webhook_Secret-42"
+ROOT = Path(__file__).parents[1]
 
 
 def free_port() -> int:
@@ -31,25 +37,62 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def bot_environment(api: FakeBotApi, store_root: Path, data_dir: Path, port: int) -> dict[str, str]:
+def bot_environment(api: FakeBotApi, store_root: Path, data_dir: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
-        "PYTHONPATH": str(Path(__file__).parents[1]),
+        "PYTHONPATH": str(ROOT),
         "TELEGRAM_BOT_TOKEN": api.token,
         "TELEGRAM_API_BASE_URL": api.base_url,
         "TELEGRAM_FILE_BASE_URL": api.base_file_url,
-        "WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram/hook",
-        "WEBHOOK_LISTEN": "127.0.0.1",
-        "WEBHOOK_PORT": str(port),
-        "WEBHOOK_SECRET_TOKEN": SECRET,
         "ADMIN_USER_IDS": str(ADMIN),
         "ALLOWED_USER_IDS": str(USER),
         "DATA_DIR": str(data_dir),
         "MODEL_STORE_DIR": str(store_root),
         "MAX_NEW_TOKENS": "24",
         "KV_CACHE_GB": "1",
+        "EDIT_INTERVAL_SECONDS": "0.2",
         "LOG_LEVEL": "DEBUG",
+        **extra,
     }
+
+
+@dataclass
+class BotProcess:
+    process: asyncio.subprocess.Process
+    stderr: str = ""
+
+
+@asynccontextmanager
+async def bot_process(environment: dict[str, str], workdir: Path, module: str = "bot.cli") -> AsyncIterator[BotProcess]:
+    """Runs ``python -m module run``; on the way out makes sure it is gone and keeps what it logged."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        "run",
+        cwd=workdir,  # no stray .env
+        env=environment,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    logs = asyncio.create_task(process.stderr.read())
+    running = BotProcess(process)
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        running.stderr = (await logs).decode(errors="replace")
+
+
+async def read_history(data_dir: Path, chat: int) -> list[StoredMessage]:
+    history = await HistoryStore.open(data_dir / "history.sqlite3")
+    try:
+        return await history.window(ConversationKey(chat), 10)
+    finally:
+        await history.close()
 
 
 @pytest.mark.timeout(240)
@@ -57,50 +100,83 @@ async def test_webhook_mode_answers_and_sigterm_shuts_down_cleanly(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "run",
-        cwd=tmp_path,  # no stray .env
-        env=bot_environment(api, int4_store[0].root, tmp_path / "data", port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    hook = f"http://127.0.0.1:{port}/telegram/hook"
+    environment = bot_environment(
+        api,
+        int4_store[0].root,
+        tmp_path / "data",
+        WEBHOOK_URL=hook,
+        WEBHOOK_LISTEN="127.0.0.1",
+        WEBHOOK_PORT=str(port),
+        WEBHOOK_SECRET_TOKEN=SECRET,
     )
-    assert process.stderr is not None
-    logs = asyncio.create_task(process.stderr.read())
-    try:
+    async with bot_process(environment, tmp_path) as bot:
         await api.wait_for(lambda: api.webhook_url is not None, 120, "setWebhook")
-        assert api.webhook_url == f"http://127.0.0.1:{port}/telegram/hook"
-        assert api.webhook_secret == SECRET
+        assert api.webhook_url == hook and api.webhook_secret == SECRET
 
         api.push_message(USER, "Hello there, what can you do?", user_id=USER)
-        await api.wait_for(
-            lambda: any(m.edits and m.reply_markup is None for m in api.messages(USER)), 120, "a finished answer"
-        )
+        await wait_answers(api, USER, 1, timeout=120)
         assert 200 in api.webhook_statuses
 
         async with aiohttp.ClientSession() as session:
             forged = {"update_id": 999, "message": {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}}}
-            async with session.post(
-                f"http://127.0.0.1:{port}/telegram/hook",
-                json=forged,
-                headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"},
-            ) as response:
+            headers = {"X-Telegram-Bot-Api-Secret-Token": "wrong"}
+            async with session.post(hook, json=forged, headers=headers) as response:
                 assert response.status == 403, "an update without the secret is refused"
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 60)
-        stderr = (await logs).decode(errors="replace")
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 60)
 
-    assert code == 0, stderr[-3000:]
-    assert api.token not in stderr and api.token.split(":")[1] not in stderr, "the token never reaches the logs"
-    assert " ERROR " not in stderr and " CRITICAL " not in stderr, stderr[-3000:]
-    assert "Application.stop() complete" in stderr, "shut down through PTB's graceful path"
-    history = await HistoryStore.open(tmp_path / "data" / "history.sqlite3")
-    try:
-        stored = await history.window(ConversationKey(USER), 10)
-    finally:
-        await history.close()
+    assert code == 0, bot.stderr[-3000:]
+    assert api.token not in bot.stderr and api.token.split(":")[1] not in bot.stderr, "no token in the logs"
+    assert " ERROR " not in bot.stderr and " CRITICAL " not in bot.stderr, bot.stderr[-3000:]
+    assert "Application.stop() complete" in bot.stderr, "shut down through PTB's graceful path"
+    stored = await read_history(tmp_path / "data", USER)
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+
+
+async def start_a_long_answer(api: FakeBotApi) -> None:
+    api.push_message(USER, "Tell me everything.", user_id=USER)
+    await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(USER)), 120, "an answer streaming")
+
+
+@pytest.mark.timeout(240)
+async def test_sigterm_during_an_answer_stops_it_quickly_and_keeps_its_text(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    environment = bot_environment(api, int4_store[0].root, tmp_path / "data", MAX_NEW_TOKENS="4000")
+    async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
+        await start_a_long_answer(api)
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 30)
+    assert code == 0, bot.stderr[-3000:]
+    [answer] = api.messages(USER)
+    assert answer.reply_markup is None and answer.text.endswith(texts.footer("cancelled").strip())
+    stored = await read_history(tmp_path / "data", USER)
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
+    assert stored[1].text and answer.text.startswith(stored[1].text[:20]), "the partial answer is kept"
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9_during_an_answer_leaves_a_sound_database_and_the_bot_carries_on(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="4000")
+    async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
+        await start_a_long_answer(api)
+        bot.process.send_signal(signal.SIGKILL)
+        assert await bot.process.wait() == -signal.SIGKILL
+
+    with sqlite3.connect(data / "history.sqlite3") as database:
+        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    async with running_bot(api, bot_settings(api, int4_store[0].root, data)) as restarted:
+        [(_, user_status), (_, answer_status)] = [
+            (m.role, m.status) for m in await restarted.services.history.window(ConversationKey(USER), 10)
+        ]
+        assert (user_status, answer_status) == ("complete", "cancelled"), "the interrupted answer is marked"
+        [killed] = api.messages(USER)
+        assert killed.reply_markup is None and killed.text.endswith(texts.INTERRUPTED.strip()), killed.text
+        api.push_message(USER, "Are you back?", user_id=USER)
+        await wait_answers(api, USER, 2, timeout=60)
+        stored = await restarted.services.history.window(ConversationKey(USER), 10)
+        assert [m.status for m in stored] == ["complete", "cancelled", "complete", "complete"]

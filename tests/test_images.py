@@ -138,6 +138,8 @@ def test_tiny_and_huge_images_are_resized_keeping_aspect() -> None:
     big_jpeg = prepare_image(encode(Image.new("RGB", (6000, 4000), (200, 10, 10)), "JPEG"))
     assert max(big_jpeg.width, big_jpeg.height) <= 2688
     assert (big_jpeg.original_width, big_jpeg.original_height) == (6000, 4000)
+    sliver = prepare_image(encode(Image.new("RGB", (1, 2000), (5, 5, 5)), "PNG"))  # found by the hostile corpus
+    assert (sliver.width, sliver.height) == (8, 2688)
 
 
 def test_limit_of_images_per_question_and_hash_identity() -> None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from telegram import Bot
 from telegram.ext import AIORateLimiter, ExtBot
+from telegram.request import HTTPXRequest
 
 from bot.formatting import utf16_len
 from bot.reply_stream import ReplyStream, Undeliverable
@@ -72,7 +73,9 @@ async def test_a_deleted_message_is_replaced_not_lost(api: FakeBotApi, bot: Bot)
     await stream.start("…")
     await stream.update("First words")
     api.delete_message_as_user(CHAT, stream.message_ids[0])
-    await stream.update("First words and more")
+    await stream.update("First words and more")  # finds the message gone
+    await stream.update("First words and more still")
+    assert api.visible_text(CHAT) == ["First words and more still ▌"], "streaming goes on in a new message"
     await stream.finish("First words and more, the end.")
     assert api.visible_text(CHAT) == ["First words and more, the end."]
 
@@ -103,3 +106,35 @@ async def test_server_errors_are_retried_for_the_final_text(api: FakeBotApi, bot
     api.fail_next("editMessageText", times=2, kind="5xx")
     await stream.finish("delivered after two 502s")
     assert api.visible_text(CHAT) == ["delivered after two 502s"]
+
+
+async def test_a_group_migrated_mid_answer_gets_it_in_the_supergroup(api: FakeBotApi, bot: Bot) -> None:
+    group, supergroup = -4242, -1004242
+    stream = ReplyStream(bot, group, reply_to=5, interval=0.0)
+    await stream.start("…")
+    await stream.update("Half of the")
+    api.migrate(group, supergroup)
+    await stream.update("Half of the answer")
+    await stream.update("Half of the answer and")
+    ids = await stream.finish("Half of the answer and the rest.")
+    assert api.visible_text(supergroup) == ["Half of the answer and the rest."]
+    assert ids == [m.message_id for m in api.messages(supergroup)]
+    failed = [c for c in api.calls if c.status != 200]
+    assert 1 <= len(failed) <= 3, f"no retry loop against the old group: {[(c.method, c.status) for c in failed]}"
+
+
+async def test_a_timed_out_edit_is_retried_and_the_final_text_lands(api: FakeBotApi) -> None:
+    impatient = ExtBot(
+        api.token,
+        base_url=api.base_url,
+        base_file_url=api.base_file_url,
+        request=HTTPXRequest(read_timeout=0.3, write_timeout=0.3, connect_timeout=0.3),
+    )
+    async with impatient:
+        stream = ReplyStream(impatient, CHAT, interval=0.0)
+        await stream.start("…")
+        api.fail_next("editMessageText", times=2, kind="slow", delay=1.0)
+        await stream.update("streamed while the server is slow")  # times out, skipped
+        await stream.finish("the final text, after timeouts")
+    assert api.visible_text(CHAT) == ["the final text, after timeouts"]
+    assert len(api.calls_of("editMessageText")) <= 5, "retries are spaced, not a tight loop"

@@ -69,6 +69,14 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class Interrupted:
+    chat_id: int
+    thread_id: int
+    telegram_message_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
 class StoreStats:
     conversations: int
     messages: int
@@ -252,11 +260,26 @@ class HistoryStore:
             )
         return int(row[0]) if row else 0
 
-    async def mark_interrupted(self) -> int:
-        """After a crash, answers that were still streaming are marked cancelled (their text is kept)."""
+    async def move_chat(self, old_chat_id: int, new_chat_id: int) -> int:
+        """A group upgraded to a supergroup gets a new id; its conversations follow it (once: the update that
+        announces it can arrive twice, from the old chat and from the new one)."""
         async with self._transaction():
-            cursor = await self._db.execute("UPDATE messages SET status = 'cancelled' WHERE status = 'streaming'")
+            cursor = await self._db.execute(
+                "UPDATE OR IGNORE conversations SET chat_id = ? WHERE chat_id = ?", (new_chat_id, old_chat_id)
+            )
         return cursor.rowcount
+
+    async def mark_interrupted(self) -> list[Interrupted]:
+        """After a crash, answers that were still streaming are marked cancelled (the text saved so far is kept);
+        returns them so their messages in Telegram can be finished too."""
+        async with self._transaction():
+            async with self._db.execute(
+                "SELECT c.chat_id, c.thread_id, m.telegram_message_ids, m.text FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id WHERE m.status = 'streaming' ORDER BY m.id"
+            ) as cursor:
+                rows = await cursor.fetchall()
+            await self._db.execute("UPDATE messages SET status = 'cancelled' WHERE status = 'streaming'")
+        return [Interrupted(row[0], row[1], tuple(json.loads(row[2] or "[]")), row[3]) for row in rows]
 
     # --- reading -----------------------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ class FakeBotApi:
         self.commands: list[dict[str, Any]] = []
         self.files: dict[str, tuple[bytes, str]] = {}
         self._sizes: dict[str, int] = {}
+        self._paths: dict[str, str] = {}
         self.chat_types: dict[int, str] = {}
         self.forums: set[int] = set()
         self._updates: list[dict[str, Any]] = []
@@ -176,6 +177,11 @@ class FakeBotApi:
     def fail_next(self, method: str, times: int = 1, kind: str = "429", **options: Any) -> None:
         self._faults[method].append(Fault(kind=kind, times=times, **options))
 
+    def migrate(self, old_chat_id: int, new_chat_id: int) -> None:
+        """The group became a supergroup: from now on every call to the old id answers with the new one."""
+        for method in ("sendMessage", "editMessageText", "editMessageReplyMarkup", "sendChatAction"):
+            self._faults[method].append(Fault("migrate", times=10**9, chat_id=old_chat_id, migrate_to=new_chat_id))
+
     def storm(self, method: str, seconds: float) -> None:
         """Every call of ``method`` gets 429 until the storm passes."""
         self._storms[method] = time.monotonic() + seconds
@@ -199,11 +205,14 @@ class FakeBotApi:
                 chat["is_forum"] = True
         return chat
 
-    def add_file(self, data: bytes, file_size: int | None = None) -> tuple[str, str]:
+    def add_file(self, data: bytes, file_size: int | None = None, file_path: str | None = None) -> tuple[str, str]:
+        """``file_path``: what getFile will answer, to play a server that points the bot at local files."""
         file_id = f"file-{uuid.uuid4().hex}"
         unique = f"uniq-{uuid.uuid4().hex[:12]}"
         self.files[file_id] = (data, unique)
         self._sizes[file_id] = len(data) if file_size is None else file_size
+        if file_path is not None:
+            self._paths[file_id] = file_path
         return file_id, unique
 
     def push_message(
@@ -220,6 +229,7 @@ class FakeBotApi:
         media_group_id: str | None = None,
         thread_id: int | None = None,
         extra: dict[str, Any] | None = None,
+        file_path: str | None = None,
     ) -> dict[str, Any]:
         """Queue a message from a user; returns it (as a dict) so tests can reply to it."""
         message: dict[str, Any] = {
@@ -240,7 +250,7 @@ class FakeBotApi:
             if entities:
                 message["entities"] = entities
         if photo is not None:
-            file_id, unique = self.add_file(photo)
+            file_id, unique = self.add_file(photo, file_path=file_path)
             message["photo"] = [
                 {
                     "file_id": f"{file_id}-thumb",
@@ -254,7 +264,7 @@ class FakeBotApi:
             self.files[f"{file_id}-thumb"] = (b"thumb", f"{unique}-t")
         if document is not None:
             data, file_name, mime = document
-            file_id, unique = self.add_file(data)
+            file_id, unique = self.add_file(data, file_path=file_path)
             message["document"] = {
                 "file_id": file_id,
                 "file_unique_id": unique,
@@ -543,5 +553,5 @@ class FakeBotApi:
             "file_id": file_id,
             "file_unique_id": self.files[file_id][1],
             "file_size": size,
-            "file_path": f"photos/{uuid.uuid4().hex}/{file_id}",
+            "file_path": self._paths.get(file_id, f"photos/{uuid.uuid4().hex}/{file_id}"),
         }

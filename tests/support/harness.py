@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image
 from telegram.ext import Application
 
+from bot import texts
 from bot.app import build_application, setup, teardown
 from bot.handlers import Services
 from bot.settings import Settings, load_settings
@@ -81,3 +82,15 @@ def photo_bytes(
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 60) -> None:
+    """An answer is done when its message lost the Stop button."""
+    await api.wait_for(
+        lambda: (
+            len([m for m in api.messages(chat) if m.edits and m.reply_markup is None and m.text != texts.PLACEHOLDER])
+            >= count
+        ),
+        timeout,
+        f"{count} finished answers in chat {chat}",
+    )

@@ -1,0 +1,172 @@
+"""Hostile input, Telegram faults and load, through the real bot over HTTP: it keeps serving every other chat,
+loses nothing it accepted, and gives no model time to anyone it should not."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bot import texts
+from bot.history import ConversationKey
+from bot.intake import NOT_DOWNLOADED
+from model_store.store import ModelEntry, ModelStore
+from tests.support.bot_api_server import FakeBotApi
+from tests.support.harness import USER, bot_settings, photo_bytes, running_bot, wait_answers
+from tests.support.hostile_images import GENERATORS, hostile_images
+
+MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
+BYSTANDER = 8
+
+
+def settled(api: FakeBotApi, chat: int) -> bool:
+    """Something was said in the chat and nothing is still streaming (no Stop button, no placeholder)."""
+    messages = api.messages(chat)
+    return bool(messages) and all(m.reply_markup is None and m.text != texts.PLACEHOLDER for m in messages)
+
+
+async def test_hostile_files_get_a_kind_reply_while_other_chats_are_served(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    cases = list(hostile_images(len(GENERATORS)))  # one of every kind, then the bomb and the 20 MB file
+    users = [2000 + index for index in range(len(cases))]
+    allowed = ",".join(str(user) for user in [*users, BYSTANDER])
+    settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_user_ids=allowed, max_new_tokens=8)
+    async with running_bot(api, settings) as bot:
+        api.push_message(BYSTANDER, "Hello, are you there?", user_id=BYSTANDER)
+        for user, case in zip(users, cases, strict=True):
+            mime = MIME.get(case.name.rsplit(".", 1)[-1], "image/tiff")
+            api.push_message(user, document=(case.data, case.name, mime), caption="What is this?", user_id=user)
+        for user, case in zip(users, cases, strict=True):
+            await api.wait_for(lambda user=user: settled(api, user), 120, f"a reply about {case.kind}")
+        await wait_answers(api, BYSTANDER, 1)
+
+        for user, case in zip(users, cases, strict=True):
+            [reply] = api.messages(user)
+            stored = await bot.services.history.window(ConversationKey(user), 10)
+            answered = reply.edits[0] == texts.PLACEHOLDER  # answers start as a placeholder, refusals do not
+            if case.expect != "either":
+                assert answered == (case.expect == "ok"), f"{case.kind}: {reply.text!r}"
+            if answered:
+                assert [m.status for m in stored] == ["complete", "complete"], case.kind
+            else:
+                assert reply.text.endswith(".") and texts.FAILED not in reply.text, f"{case.kind}: {reply.text!r}"
+                assert stored == [], f"{case.kind}: a refused file leaves no trace"
+        assert bot.services.engine is not None and bot.services.engine.stats.failed == 0
+
+
+async def test_awkward_text_is_answered_and_stored_exactly(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    questions = {
+        3001: "x" * 5000,  # longer than Telegram lets people type; a forwarded or API-made message can be
+        3002: "control \x00\x01\x07\x1b[31m characters \u202e reversed \ufeff",
+        3003: "مرحبا، ما هذا؟ שלום 👋🏽 👨‍👩‍👧 🇺🇦",
+        3004: "<b>not html</b> **not markdown** `code` [x](javascript:alert(1)) & &amp; \\ _ *",
+    }
+    allowed = ",".join(str(user) for user in [*questions, 3005])
+    settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_user_ids=allowed, max_new_tokens=8)
+    async with running_bot(api, settings) as bot:
+        for user, question in questions.items():
+            api.push_message(user, question, user_id=user)
+        api.push_message(3005, " \n\t ", user_id=3005)
+        for user, question in questions.items():
+            await wait_answers(api, user, 1, timeout=120)
+            stored = await bot.services.history.window(ConversationKey(user), 10)
+            assert stored[0].text == question and [m.status for m in stored] == ["complete", "complete"]
+        await api.wait_for(lambda: api.visible_text(3005) == [texts.EMPTY], 30, "a hint for an empty message")
+
+
+async def test_a_file_path_on_this_machine_is_never_read(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """python-telegram-bot reads an existing local file_path instead of downloading: a rogue server could
+    make the bot feed its own files (its database, its .env) to the model."""
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(photo_bytes())
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path / "data")) as bot:
+        api.push_message(USER, photo=photo_bytes(), caption="What is it?", user_id=USER, file_path=str(secret))
+        await api.wait_for(lambda: api.visible_text(USER) == [NOT_DOWNLOADED], 30, "a refusal")
+        assert await bot.services.history.window(ConversationKey(USER), 10) == []
+
+
+async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    group, supergroup, member = -4242, -1004242, 9  # the member is allowed only through the group
+    api.chat_types[group] = "group"
+    settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_chat_ids=str(group), max_new_tokens=3000)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        username = bot.application.bot.username
+        api.push_message(group, f"@{username} tell me a long story", user_id=member)
+        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(group)), 30, "streaming")
+        assert bot.services.engine is not None and bot.services.engine.is_busy(ConversationKey(group))
+        api.migrate(group, supergroup)
+        api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": supergroup})
+        api.push_message(supergroup, None, user_id=member, extra={"migrate_from_chat_id": group})
+        await api.wait_for(lambda: settled(api, supergroup), 90, "the answer finished in the supergroup")
+        assert "".join(api.visible_text(supergroup)).strip()
+        answers_before = len(api.messages(supergroup))
+
+        api.push_message(supergroup, f"@{username} and then?", user_id=member)
+        await api.wait_for(
+            lambda: len(api.messages(supergroup)) > answers_before and settled(api, supergroup), 90, "a follow-up"
+        )
+        stored = await bot.services.history.window(ConversationKey(supergroup), 10)
+        assert [m.text for m in stored if m.role == "user"] == ["tell me a long story", "and then?"]
+        assert all(m.status == "complete" for m in stored)
+        assert await bot.services.history.window(ConversationKey(group), 10) == []
+
+
+async def run_load(api: FakeBotApi, store_root: Path, data_dir: Path, chats: int, turns: int) -> None:
+    users = [5000 + index for index in range(chats)]
+    settings = bot_settings(
+        api,
+        store_root,
+        data_dir,
+        allowed_user_ids=",".join(map(str, users)),
+        max_new_tokens=6,
+        queue_max=chats,
+        user_requests_per_minute=turns,
+        edit_interval_seconds=0.5,
+    )
+    process = psutil.Process(os.getpid())
+    async with running_bot(api, settings) as bot:
+
+        async def conversation(user: int) -> None:
+            for turn in range(turns):
+                api.push_message(user, f"turn {turn} from {user}", user_id=user)
+                await wait_answers(api, user, turn + 1, timeout=60 + chats * turns * 2)
+
+        await conversation(users[0])  # warm-up, so the memory baseline includes the compiled model
+        baseline = process.memory_info().rss
+        await asyncio.gather(*(conversation(user) for user in users[1:]))
+        grown = process.memory_info().rss - baseline
+
+        positions = []
+        for user in users:
+            stored = await bot.services.history.window(ConversationKey(user), 2 * turns)
+            assert [m.text for m in stored if m.role == "user"] == [f"turn {t} from {user}" for t in range(turns)]
+            assert [m.status for m in stored] == ["complete"] * 2 * turns
+            shown = [edit for message in api.messages(user) for edit in message.edits if "in line" in edit]
+            positions += [int(edit.split("#")[1].split()[0]) for edit in shown[:1]]
+        assert positions, "with every chat asking at once, some had to wait and were told their place"
+        assert max(positions) <= chats - 1 and len(set(positions)) > 1
+        assert grown < 400 * 1024 * 1024, f"memory grew by {grown / 2**20:.0f} MB"
+
+
+async def test_eight_chats_at_once_are_all_answered_in_order(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    await run_load(api, int4_store[0].root, tmp_path, chats=8, turns=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_fifty_chats_three_turns_each(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    await run_load(api, int4_store[0].root, tmp_path, chats=50, turns=3)
