@@ -8,7 +8,7 @@ import logging
 from bot.settings import Settings
 from engine.engine import Engine
 from engine.generation import GenerationSettings
-from model_store.loader import LoadedModel, load_pipeline, select_entry
+from model_store.loader import CpuTuning, LoadedModel, load_pipeline, select_entry
 from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,10 @@ def generation_settings(settings: Settings) -> GenerationSettings:
     )
 
 
+def cpu_tuning(settings: Settings) -> CpuTuning:
+    return CpuTuning(settings.dynamic_quantization_group_size, settings.inference_threads)
+
+
 def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
     """Blocking: compiles the model (seconds with a warm OpenVINO cache, longer the first time)."""
     chosen = entry or select_entry(ModelStore(settings.store_dir), settings.model, settings.precision)
@@ -34,6 +38,7 @@ def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedMod
         settings.cache_dir,
         num_crops=settings.num_crops,
         kv_cache_gb=settings.kv_cache_gb,
+        cpu=cpu_tuning(settings),
     )
 
 

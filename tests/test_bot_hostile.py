@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -119,6 +121,40 @@ async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
         assert [m.text for m in stored if m.role == "user"] == ["tell me a long story", "and then?"]
         assert all(m.status == "complete" for m in stored)
         assert await bot.services.history.window(ConversationKey(group), 10) == []
+
+
+class FailsOnce:
+    """The real pipeline, except that the next call dies the way an OpenVINO inference error does."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.armed = True
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("Exception from src/inference/src/infer_request.cpp: inference request failed")
+        return self.pipeline.generate(*args, **kwargs)
+
+
+async def test_an_error_inside_generation_is_told_to_the_user_and_others_go_on(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_user_ids=f"{USER},{BYSTANDER}")
+    async with running_bot(api, settings) as bot:
+        engine = bot.services.engine
+        assert engine is not None
+        await engine.swap(replace(engine.model, pipeline=FailsOnce(engine.model.pipeline)))
+        api.push_message(USER, "This one breaks.", user_id=USER)
+        await wait_answers(api, USER, 1)
+        assert api.visible_text(USER)[0].endswith(texts.FAILED), api.visible_text(USER)
+        assert "infer_request" not in api.visible_text(USER)[0], "no internals shown to users"
+        api.push_message(BYSTANDER, "Are you still there?", user_id=BYSTANDER)
+        await wait_answers(api, BYSTANDER, 1)
+        api.push_message(USER, "Try again?", user_id=USER)
+        await wait_answers(api, USER, 2)
+        stored = await bot.services.history.window(ConversationKey(USER), 10)
+        assert [m.status for m in stored] == ["complete", "failed", "complete", "complete"]
 
 
 async def run_load(api: FakeBotApi, store_root: Path, data_dir: Path, chats: int, turns: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.runtime import cpu_tuning
 from bot.settings import SettingsError, load_settings
 
 
@@ -65,6 +66,17 @@ def test_webhook_settings_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("WEBHOOK_URL", "https://bot.example.com/telegram/hook")
     monkeypatch.setenv("WEBHOOK_SECRET_TOKEN", "s3cret_Value-1")
     assert load_settings().webhook_url == "https://bot.example.com/telegram/hook"
+
+
+def test_cpu_tuning_reaches_openvino_by_its_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cpu_tuning(load_settings()).properties() == {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64}
+    monkeypatch.setenv("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0")
+    monkeypatch.setenv("INFERENCE_THREADS", "1")
+    assert cpu_tuning(load_settings()).properties() == {
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+        "INFERENCE_NUM_THREADS": 1,
+    }
 
 
 def test_every_bad_value_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
