@@ -206,3 +206,21 @@ async def test_fifty_chats_three_turns_each(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     await run_load(api, int4_store[0].root, tmp_path, chats=50, turns=3)
+
+
+async def test_one_users_flood_is_refused_without_starving_others(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(
+        api, int4_store[0].root, tmp_path, allowed_user_ids=f"{USER},{BYSTANDER}", user_requests_per_minute=2
+    )
+    async with running_bot(api, settings) as bot:
+        for turn in range(2):
+            api.push_message(USER, f"question {turn}", user_id=USER)
+            await wait_answers(api, USER, turn + 1)
+        api.push_message(USER, "and another, right now", user_id=USER)
+        await api.wait_for(lambda: texts.TOO_FAST in api.visible_text(USER), 30, "a rate-limit refusal")
+        api.push_message(BYSTANDER, "my turn?", user_id=BYSTANDER)
+        await wait_answers(api, BYSTANDER, 1)
+        stored = await bot.services.history.window(ConversationKey(USER), 10)
+        assert [m.text for m in stored if m.role == "user"] == ["question 0", "question 1"]
