@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from bot.history import ConversationKey
 from bot.intake import NOT_DOWNLOADED
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import USER, bot_settings, photo_bytes, running_bot, wait_answers
+from tests.support.harness import USER, RunningBot, bot_settings, photo_bytes, running_bot, wait_answers
 from tests.support.hostile_images import GENERATORS, hostile_images
 
 MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
@@ -28,6 +29,17 @@ def settled(api: FakeBotApi, chat: int) -> bool:
     """Something was said in the chat and nothing is still streaming (no Stop button, no placeholder)."""
     messages = api.messages(chat)
     return bool(messages) and all(m.reply_markup is None and m.text != texts.PLACEHOLDER for m in messages)
+
+
+async def stored_answers(bot: RunningBot, key: ConversationKey, count: int, timeout: float = 90) -> None:
+    """Long answers span several messages, so their look is no sign of being done; the history is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = await bot.services.history.window(key, 50)
+        if len([m for m in stored if m.role == "assistant" and m.status != "streaming"]) >= count:
+            return
+        assert time.monotonic() < deadline, f"{count} answers in {key} not finished: {[m.status for m in stored]}"
+        await asyncio.sleep(0.1)
 
 
 async def test_hostile_files_get_a_kind_reply_while_other_chats_are_served(
@@ -109,17 +121,15 @@ async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
         api.migrate(group, supergroup)
         api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": supergroup})
         api.push_message(supergroup, None, user_id=member, extra={"migrate_from_chat_id": group})
-        await api.wait_for(lambda: settled(api, supergroup), 90, "the answer finished in the supergroup")
+        await stored_answers(bot, ConversationKey(supergroup), 1)
+        await api.wait_for(lambda: settled(api, supergroup), 30, "the answer's final text in the supergroup")
         assert "".join(api.visible_text(supergroup)).strip()
-        answers_before = len(api.messages(supergroup))
 
         api.push_message(supergroup, f"@{username} and then?", user_id=member)
-        await api.wait_for(
-            lambda: len(api.messages(supergroup)) > answers_before and settled(api, supergroup), 90, "a follow-up"
-        )
+        await stored_answers(bot, ConversationKey(supergroup), 2)
         stored = await bot.services.history.window(ConversationKey(supergroup), 10)
         assert [m.text for m in stored if m.role == "user"] == ["tell me a long story", "and then?"]
-        assert all(m.status == "complete" for m in stored)
+        assert all(m.status == "complete" for m in stored), [(m.role, m.status, m.text[:40]) for m in stored]
         assert await bot.services.history.window(ConversationKey(group), 10) == []
 
 

@@ -1,0 +1,162 @@
+"""What the Telegram layer adds on top of the engine, and how ten chats asking at once are served.
+
+The real bot (python-telegram-bot over HTTP, history in SQLite, streamed edits) runs against the stand-in
+Bot API server on 127.0.0.1 with the full synthetic INT4 model.  Times are taken the way a user sees them:
+from the moment the update is available to the first edit that shows answer text, and to the final edit.
+The same questions are then put to the engine directly, so the difference is the bot's overhead.
+
+Usage: python benchmarks/bot_overhead.py [--tokens 32] [--chats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import BENCH_DIR, full_int4_model, synthetic_photo, write_results
+from bot import texts
+from engine.conversation import Turn
+from engine.engine import Chunk, Engine, Finished
+from engine.images import prepare_image
+from tests.support.bot_api_server import FakeBotApi, SentMessage
+from tests.support.harness import bot_settings, running_bot
+
+FIRST_USER = 10_000
+
+
+def png(seed: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_photo(seed)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def seen(message: SentMessage) -> tuple[bool, bool]:
+    """(answer text is showing, the answer is final)."""
+    showing = any(edit not in (texts.PLACEHOLDER, texts.THINKING) and "in line" not in edit for edit in message.edits)
+    return showing, message.reply_markup is None and message.text != texts.PLACEHOLDER
+
+
+async def watch(api: FakeBotApi, chat: int, started: float) -> dict[str, Any]:
+    first: float | None = None
+    while True:
+        messages = api.messages(chat)
+        if messages:
+            showing, final = seen(messages[0])
+            if showing and first is None:
+                first = time.monotonic() - started
+            if final:
+                return {
+                    "first_text": round(first if first is not None else time.monotonic() - started, 2),
+                    "final": round(time.monotonic() - started, 2),
+                    "edits": len(messages[0].edits) - 1,
+                }
+        await asyncio.sleep(0.02)
+
+
+async def through_bot(tokens: int, chats: int) -> dict[str, Any]:
+    async with FakeBotApi() as api:
+        users = [FIRST_USER + index for index in range(chats)]
+        with tempfile.TemporaryDirectory() as data:
+            settings = bot_settings(
+                api,
+                BENCH_DIR / "store",
+                Path(data),
+                max_new_tokens=tokens,
+                kv_cache_gb=4,
+                edit_interval_seconds=1.0,
+                allowed_user_ids=",".join(map(str, users)),
+                user_requests_per_minute=60,
+                queue_max=chats + 1,
+            )
+            async with running_bot(api, settings, long_answers=True):
+                started = time.monotonic()
+                api.push_message(users[0], "Hello", user_id=users[0])  # warm-up
+                await watch(api, users[0], started)
+                results: dict[str, Any] = {}
+                for name, photo in (("text question", None), ("photo question", png(21))):
+                    user = users[1] if photo is None else users[2]
+                    started = time.monotonic()
+                    api.push_message(user, "What can you tell me about harbours?", photo=photo, user_id=user)
+                    results[name] = await watch(api, user, started)
+                    print(f"bot, {name}: {results[name]}", flush=True)
+                crowd = users[3:]  # chats that have not spoken yet
+                started = time.monotonic()
+                for user in crowd:
+                    api.push_message(user, f"Question from {user}: what is a lighthouse for?", user_id=user)
+                waits = await asyncio.gather(*(watch(api, user, started) for user in crowd))
+                total = max(w["final"] for w in waits)
+                results["chats at once"] = {
+                    "chats": len(crowd),
+                    "total_seconds": round(total, 1),
+                    "tokens_per_second": round(len(crowd) * tokens / total, 2),
+                    "first_text_seconds": sorted(w["first_text"] for w in waits),
+                }
+                print(f"bot, {len(crowd)} chats at once: {results['chats at once']}", flush=True)
+    return results
+
+
+async def through_engine(tokens: int) -> dict[str, Any]:
+    from bot.runtime import load_model
+    from bot.settings import load_settings
+    from engine.generation import GenerationSettings
+
+    settings = load_settings(model_store_dir=BENCH_DIR / "store", data_dir=BENCH_DIR / "engine-data", kv_cache_gb=4)
+    engine = Engine(
+        await asyncio.to_thread(load_model, settings),
+        GenerationSettings(max_new_tokens=tokens, system_prompt="You are a test assistant.", ignore_eos=True),
+    )
+    results: dict[str, Any] = {}
+    async for _ in engine.ask("warm", [], Turn("user", "Hello")):
+        pass
+    for name, photo in (("text question", None), ("photo question", png(22))):
+        images = (prepare_image(photo),) if photo is not None else ()
+        started = time.monotonic()
+        first: float | None = None
+        async for event in engine.ask(name, [], Turn("user", "What can you tell me about harbours?", images)):
+            if isinstance(event, Chunk) and first is None:
+                first = time.monotonic() - started
+            if isinstance(event, Finished):
+                results[name] = {"first_text": round(first or 0.0, 2), "final": round(time.monotonic() - started, 2)}
+        print(f"engine, {name}: {results[name]}", flush=True)
+    await engine.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--chats", type=int, default=10)
+    args = parser.parse_args()
+    full_int4_model()
+    bot = asyncio.run(through_bot(args.tokens, args.chats + 3))
+    engine = asyncio.run(through_engine(args.tokens))
+    print(
+        f"\n{'':<16}{'engine first text':>18}{'bot first text':>16}{'engine done':>13}{'bot final edit':>16}"
+        f"{'edits':>7}"
+    )
+    for name in ("text question", "photo question"):
+        b, e = bot[name], engine[name]
+        print(
+            f"{name:<16}{e['first_text']:>17.2f}s{b['first_text']:>15.2f}s{e['final']:>12.2f}s{b['final']:>15.2f}s"
+            f"{b['edits']:>7}"
+        )
+    crowd = bot["chats at once"]
+    print(
+        f"\n{crowd['chats']} chats at once: all answered in {crowd['total_seconds']} s "
+        f"({crowd['tokens_per_second']} tokens/s); first text after {crowd['first_text_seconds']} s"
+    )
+    print(f"results: {write_results('bot_overhead', {'tokens': args.tokens, 'bot': bot, 'engine': engine})}")
+
+
+if __name__ == "__main__":
+    main()
