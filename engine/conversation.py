@@ -55,13 +55,7 @@ def _signatures(system_prompt: str, turns: Sequence[Turn]) -> list[Signature]:
     return head + [turn.signature for turn in turns]
 
 
-def _tensors(images: Sequence[PreparedImage]) -> list[Any]:
-    import openvino as ov
-
-    return [ov.Tensor(image.pixels) for image in images]
-
-
-Generate = Callable[[Any, list[Any], Any, Any], Any]
+Generate = Callable[[Any, Sequence[PreparedImage], Any, Any], Any]
 
 
 class Sessions:
@@ -103,12 +97,12 @@ class Sessions:
             for index, turn in enumerate(past):
                 if turn.role == "user" and turn.images:
                     session.history.set_messages(_messages(system_prompt, past[: index + 1]))
-                    generate(session.history, _tensors(turn.images), prime_config, None)
+                    generate(session.history, turn.images, prime_config, None)
                     self.replays += 1
             log.debug("rebuilt chat state for %s (%d messages)", key, len(past) + offset + 1)
         session.history.set_messages(_messages(system_prompt, [*past, question]))
         # On an exception the session is dropped: GenAI's state for it may be half-updated.
-        result = generate(session.history, _tensors(question.images), config, streamer)
+        result = generate(session.history, question.images, config, streamer)
         session.known = wanted
         self._sessions[key] = session
         while len(self._sessions) > self._capacity:

@@ -18,14 +18,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.conversation import Sessions, Turn
+from engine.conversation import Generate, Sessions, Turn
 from engine.fair_queue import FairQueue, TicketCancelled
 from engine.generation import GenerationSettings
+from engine.images import PreparedImage, for_genai
 from model_store.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class Engine:
             job = loop.run_in_executor(
                 self._worker,
                 self._sessions.run,
-                _bind_generate(pipeline),
+                _bind_generate(pipeline, self._model.num_crops),
                 key,
                 self.settings.system_prompt,
                 list(past),
@@ -252,8 +253,11 @@ class Engine:
         self._worker.shutdown(wait=True, cancel_futures=True)
 
 
-def _bind_generate(pipeline: Any) -> Callable[[Any, list[Any], Any, Any], Any]:
-    def generate(history: Any, images: list[Any], config: Any, streamer: Any) -> Any:
-        return pipeline.generate(history, images=images, generation_config=config, streamer=streamer)
+def _bind_generate(pipeline: Any, num_crops: int) -> Generate:
+    import openvino as ov
+
+    def generate(history: Any, images: Sequence[PreparedImage], config: Any, streamer: Any) -> Any:
+        tensors = [ov.Tensor(for_genai(image, num_crops)) for image in images]
+        return pipeline.generate(history, images=tensors, generation_config=config, streamer=streamer)
 
     return generate

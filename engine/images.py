@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import struct
 import warnings
 from collections.abc import Sequence
@@ -132,6 +133,44 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
         original_height=height,
         original_format=original_format,
     )
+
+
+CROP = 336  # Phi-3-vision's crop side
+
+
+def crop_grid(width: int, height: int, num_crops: int) -> tuple[int, int]:
+    """Rows and columns of 336-pixel crops Phi-3-vision's HD transform cuts an image into.
+
+    The image is scaled so that the widest grid of at most ``num_crops`` crops covers it, aspect ratio kept;
+    the short side is then padded up to whole crops.
+    """
+    long_side, short_side = max(width, height), min(width, height)
+    ratio = long_side / short_side
+    scale = 1
+    while (scale + 1) * math.ceil((scale + 1) / ratio) <= num_crops:
+        scale += 1
+    across = math.ceil(int(scale * CROP / ratio) / CROP)
+    return (across, scale) if width >= height else (scale, across)
+
+
+def for_genai(image: PreparedImage, num_crops: int) -> np.ndarray:
+    """The pixels to hand OpenVINO GenAI: padded with white to a square when the crop grid is not square.
+
+    openvino-genai 2026.4 records a Phi-3-vision image's size as (width, height) where it expects (height,
+    width), so the crops of a non-square grid (a 4:3 photo at NUM_CROPS=16 is 3 x 4, a phone screenshot at 4
+    is 2 x 1) reach the model in the wrong places and the image takes 12 tokens per missing row too many
+    (tests/test_engine.py checks that this is still so).  A square grid is immune; padding with white is what
+    Phi-3-vision's own processor does to fill a grid, so the model sees the whole picture, correctly laid out,
+    at the cost of a few more crops for long images.
+    """
+    rows, columns = crop_grid(image.width, image.height, num_crops)
+    if rows == columns:
+        return image.pixels
+    side = max(image.width, image.height)
+    canvas = np.full((side, side, 3), 255, dtype=np.uint8)
+    top, left = (side - image.height) // 2, (side - image.width) // 2
+    canvas[top : top + image.height, left : left + image.width] = image.pixels
+    return canvas
 
 
 def prepare_images(items: Sequence[bytes], limits: ImageLimits, max_images: int) -> list[PreparedImage]:

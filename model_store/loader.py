@@ -30,6 +30,7 @@ class LoadedModel:
     entry: ModelEntry
     device: str
     load_seconds: float
+    num_crops: int = 4  # as GenAI was told (preprocessor_config.json): the engine lays images out for it
 
 
 @dataclass(frozen=True)
@@ -145,4 +146,5 @@ def load_pipeline(
         ) from error
     seconds = time.monotonic() - started
     log.info("loaded %s (%s) on %s in %.1f s", entry.source, entry.precision, target, seconds)
-    return LoadedModel(pipeline=pipeline, entry=entry, device=target, load_seconds=seconds)
+    crops = int(read_json(path / "preprocessor_config.json").get("num_crops", 4))
+    return LoadedModel(pipeline=pipeline, entry=entry, device=target, load_seconds=seconds, num_crops=crops)

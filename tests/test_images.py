@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import ImageLimits, ImageRejected, prepare_image, prepare_images
+from engine.images import ImageLimits, ImageRejected, crop_grid, for_genai, prepare_image, prepare_images
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -149,3 +149,31 @@ def test_limit_of_images_per_question_and_hash_identity() -> None:
     assert caught.value.reason == "too_many_images"
     first, second = prepare_images([data, data], ImageLimits(), max_images=4)
     assert first.sha256 == second.sha256
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "num_crops", "grid"),
+    [
+        (640, 480, 4, (2, 2)),
+        (640, 480, 16, (3, 4)),
+        (480, 640, 16, (4, 3)),
+        (1080, 2340, 4, (2, 1)),  # a phone screenshot
+        (2000, 600, 4, (1, 3)),  # a panorama
+        (336, 336, 1, (1, 1)),
+    ],
+)
+def test_crop_grid_follows_phi3_visions_hd_transform(width: int, height: int, num_crops: int, grid: tuple) -> None:
+    assert crop_grid(width, height, num_crops) == grid
+
+
+def test_images_with_a_non_square_crop_grid_are_padded_white_to_a_square() -> None:
+    screenshot = prepare_image(encode(marked(540, 1170), "PNG"))
+    padded = for_genai(screenshot, 4)
+    assert padded.shape == (1170, 1170, 3)
+    assert crop_grid(1170, 1170, 4) == (2, 2)
+    left = (1170 - 540) // 2
+    assert np.array_equal(padded[:, left : left + 540], screenshot.pixels)  # the picture itself, untouched
+    assert (padded[:, :left] == 255).all() and (padded[:, left + 540 :] == 255).all()
+    photo = prepare_image(encode(marked(640, 480), "PNG"))
+    assert for_genai(photo, 4) is photo.pixels  # a square grid goes as it is
+    assert for_genai(photo, 16).shape == (640, 640, 3)
