@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run test test-all lint bench-convert clean
+.PHONY: install run test test-all lint bench-convert bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: $(STAMP)
 
 bench-convert: $(STAMP)
 	$(VENV)/bin/python benchmarks/convert_full.py
+
+# Every benchmark in turn (about 1.5 hours on 2 cores; builds and converts the full synthetic model first).
+BENCHMARKS := convert_full engine_latency alternatives crops_cost cpu_options bandwidth_bound load_time \
+	batching gil_hold bot_overhead
+bench: $(STAMP)
+	set -e; for name in $(BENCHMARKS); do $(VENV)/bin/python benchmarks/$$name.py; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
