@@ -1,5 +1,7 @@
 """What the NUM_CROPS setting costs: image tokens and cold time to first token, full synthetic INT4 model.
 
+Photos go in as the engine hands them to GenAI (engine.images.for_genai: padded to a square crop grid).
+
 Usage: python benchmarks/crops_cost.py [--dynamic-quantization 64]
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import FirstChunkTimer, full_int4_model, synthetic_photo, write_results
+from engine.images import for_genai
 from model_store.loader import CpuTuning, crops_view
 
 SIZES = ((640, 480), (1344, 1008))
@@ -42,7 +45,7 @@ def main() -> None:
             pipeline.generate("Hello", generation_config=config)  # first-call compilation is not the image's cost
             for width, height in SIZES:
                 timer = FirstChunkTimer()
-                image = ov.Tensor(synthetic_photo(5, width, height))
+                image = ov.Tensor(for_genai(synthetic_photo(5, width, height), crops))
                 result = pipeline.generate(
                     "What is in this image?", images=[image], generation_config=config, streamer=timer
                 )

@@ -257,7 +257,7 @@ def _bind_generate(pipeline: Any, num_crops: int) -> Generate:
     import openvino as ov
 
     def generate(history: Any, images: Sequence[PreparedImage], config: Any, streamer: Any) -> Any:
-        tensors = [ov.Tensor(for_genai(image, num_crops)) for image in images]
+        tensors = [ov.Tensor(for_genai(image.pixels, num_crops)) for image in images]
         return pipeline.generate(history, images=tensors, generation_config=config, streamer=streamer)
 
     return generate

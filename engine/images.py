@@ -153,7 +153,7 @@ def crop_grid(width: int, height: int, num_crops: int) -> tuple[int, int]:
     return (across, scale) if width >= height else (scale, across)
 
 
-def for_genai(image: PreparedImage, num_crops: int) -> np.ndarray:
+def for_genai(pixels: np.ndarray, num_crops: int) -> np.ndarray:
     """The pixels to hand OpenVINO GenAI: padded with white to a square when the crop grid is not square.
 
     openvino-genai 2026.4 records a Phi-3-vision image's size as (width, height) where it expects (height,
@@ -163,13 +163,14 @@ def for_genai(image: PreparedImage, num_crops: int) -> np.ndarray:
     Phi-3-vision's own processor does to fill a grid, so the model sees the whole picture, correctly laid out,
     at the cost of a few more crops for long images.
     """
-    rows, columns = crop_grid(image.width, image.height, num_crops)
+    height, width = pixels.shape[:2]
+    rows, columns = crop_grid(width, height, num_crops)
     if rows == columns:
-        return image.pixels
-    side = max(image.width, image.height)
+        return pixels
+    side = max(width, height)
     canvas = np.full((side, side, 3), 255, dtype=np.uint8)
-    top, left = (side - image.height) // 2, (side - image.width) // 2
-    canvas[top : top + image.height, left : left + image.width] = image.pixels
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[top : top + height, left : left + width] = pixels
     return canvas
 
 

@@ -242,7 +242,7 @@ def test_genai_still_counts_a_non_square_crop_grid_sideways(
         return int(result.perf_metrics.get_num_input_tokens())
 
     landscape = photo((10, 120, 200), (640, 480))
-    assert prompt_tokens(for_genai(landscape, 16)) - prompt_tokens(landscape.pixels) == 2509 - 1921 - 12
+    assert prompt_tokens(for_genai(landscape.pixels, 16)) - prompt_tokens(landscape.pixels) == 2509 - 1921 - 12
 
 
 async def test_the_engine_hands_genai_a_square_crop_grid(

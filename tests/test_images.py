@@ -168,12 +168,12 @@ def test_crop_grid_follows_phi3_visions_hd_transform(width: int, height: int, nu
 
 def test_images_with_a_non_square_crop_grid_are_padded_white_to_a_square() -> None:
     screenshot = prepare_image(encode(marked(540, 1170), "PNG"))
-    padded = for_genai(screenshot, 4)
+    padded = for_genai(screenshot.pixels, 4)
     assert padded.shape == (1170, 1170, 3)
     assert crop_grid(1170, 1170, 4) == (2, 2)
     left = (1170 - 540) // 2
     assert np.array_equal(padded[:, left : left + 540], screenshot.pixels)  # the picture itself, untouched
     assert (padded[:, :left] == 255).all() and (padded[:, left + 540 :] == 255).all()
     photo = prepare_image(encode(marked(640, 480), "PNG"))
-    assert for_genai(photo, 4) is photo.pixels  # a square grid goes as it is
-    assert for_genai(photo, 16).shape == (640, 640, 3)
+    assert for_genai(photo.pixels, 4) is photo.pixels  # a square grid goes as it is
+    assert for_genai(photo.pixels, 16).shape == (640, 640, 3)
