@@ -62,11 +62,11 @@ class Commands:
         if query is None or query.message is None or not isinstance(query.message, Message):
             return
         key = conversation_key(query.message)
-        asker = self.services.askers.get(key)
+        engine = self.services.engine
+        asker = self.services.askers.get(engine.running_key(key) if engine is not None else key)
         if asker is not None and asker != query.from_user.id and not self._admin(update):
             await query.answer("Only the person who asked can stop this answer.")
             return
-        engine = self.services.engine
         stopped = engine is not None and engine.cancel(key)
         await query.answer(texts.STOPPING if stopped else texts.NOTHING_TO_STOP)
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from telegram import Message, Update
 from telegram.constants import ChatType, MessageEntityType
@@ -132,6 +132,10 @@ class Handlers:
             return
         moved = await self.services.history.move_chat(old, new)
         self.services.access.follow_migration(old, new)
+        engine = self.services.engine
+        for key in [key for key in self.services.askers if key.chat_id == old]:  # answers running right now
+            if engine is not None:
+                engine.follow_move(key, replace(key, chat_id=new))
         log.info("group %s became supergroup %s; %d conversations moved", old, new, moved)
 
     async def _reply(self, message: Message, text: str) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.conversation import Generate, Sessions, Turn
-from engine.fair_queue import FairQueue, TicketCancelled
+from engine.fair_queue import AlreadyQueued, FairQueue, TicketCancelled
 from engine.generation import GenerationSettings
 from engine.images import PreparedImage, for_genai
 from model_store.loader import LoadedModel
@@ -100,6 +100,7 @@ class Engine:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genai")
         self._model_lock = asyncio.Lock()
         self._running: dict[Hashable, _Running] = {}
+        self._moved: dict[Hashable, Hashable] = {}  # a conversation's new key -> the key its answer runs under
         self.stats = EngineStats()
 
     @property
@@ -107,10 +108,23 @@ class Engine:
         return self._model
 
     def is_busy(self, key: Hashable) -> bool:
-        return self.queue.position(key) is not None
+        return self.queue.position(self.running_key(key)) is not None
+
+    def follow_move(self, old: Hashable, new: Hashable) -> bool:
+        """A conversation got a new key while its answer runs (a group became a supergroup): /stop and the
+        one-question-at-a-time rule follow it to the new key until that answer ends.  False if none runs."""
+        if old not in self._running:
+            return False
+        self._moved[new] = old
+        return True
+
+    def running_key(self, key: Hashable) -> Hashable:
+        """The key the answer for ``key`` runs under: ``key`` itself unless the conversation moved meanwhile."""
+        return self._moved.get(key, key)
 
     def cancel(self, key: Hashable) -> bool:
         """Stop the answer for ``key`` within one token (or drop it from the queue); True if there was one."""
+        key = self.running_key(key)
         running = self._running.get(key)
         if running is None:
             return False
@@ -128,6 +142,8 @@ class Engine:
 
     async def ask(self, key: Hashable, past: Sequence[Turn], question: Turn) -> AsyncIterator[Event]:
         """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything."""
+        if key in self._moved and self.is_busy(key):
+            raise AlreadyQueued(f"{key!r} is still being answered under {self._moved[key]!r}")
         ticket = self.queue.enqueue(key)
         running = _Running()
         self._running[key] = running
@@ -146,6 +162,8 @@ class Engine:
         finally:
             running.cancel.set()
             self._running.pop(key, None)
+            for new in [new for new, old in self._moved.items() if old == key]:
+                del self._moved[new]
 
     async def _generate(
         self, key: Hashable, past: Sequence[Turn], question: Turn, running: _Running

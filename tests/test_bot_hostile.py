@@ -133,6 +133,33 @@ async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
         assert await bot.services.history.window(ConversationKey(group), 10) == []
 
 
+async def test_after_a_group_upgrade_the_running_answer_is_stopped_from_the_supergroup(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """The answer still runs under the old group's id; Stop and the one-question rule must follow the move."""
+    group, supergroup, member = -4343, -1004343, 9
+    api.chat_types[group] = "group"
+    settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_chat_ids=str(group), max_new_tokens=4000)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        username = bot.application.bot.username
+        api.push_message(group, f"@{username} tell me a very long story", user_id=member)
+        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(group)), 30, "streaming")
+        api.migrate(group, supergroup)
+        api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": supergroup})
+        api.push_message(supergroup, None, user_id=member, extra={"migrate_from_chat_id": group})
+        await api.wait_for(
+            lambda: any(m.text.endswith("▌") for m in api.messages(supergroup)), 30, "streaming in the supergroup"
+        )
+        api.push_message(supergroup, f"@{username} and another one", user_id=member)
+        await api.wait_for(lambda: texts.STILL_ANSWERING in api.visible_text(supergroup), 30, "one question at a time")
+        streaming = next(m for m in api.messages(supergroup) if m.text.endswith("▌"))
+        api.push_callback(supergroup, streaming.message_id, "stop", user_id=member)
+        await stored_answers(bot, ConversationKey(supergroup), 1)
+        stored = await bot.services.history.window(ConversationKey(supergroup), 10)
+        assert [m.status for m in stored if m.role == "assistant"] == ["cancelled"]
+        assert bot.services.engine is not None and not bot.services.engine.is_busy(ConversationKey(supergroup))
+
+
 class FailsOnce:
     """The real pipeline, except that the next call dies the way an OpenVINO inference error does."""
 
