@@ -133,8 +133,8 @@ class Handlers:
         moved = await self.services.history.move_chat(old, new)
         self.services.access.follow_migration(old, new)
         engine = self.services.engine
-        for key in [key for key in self.services.askers if key.chat_id == old]:  # answers running right now
-            if engine is not None:
+        if engine is not None:
+            for key in [key for key in self.services.askers if key.chat_id == old]:  # answers running right now
                 engine.follow_move(key, replace(key, chat_id=new))
         log.info("group %s became supergroup %s; %d conversations moved", old, new, moved)
 
