@@ -11,7 +11,6 @@ counts agree with what GenAI reports for the same image (the benchmark prints bo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-CROP = 336
+from engine.images import CROP, crop_grid
+
 TOKENS_PER_CROP = 144
 ROW_TOKENS = 12
 IMAGE_TAG = "<|image_1|>"
@@ -43,20 +43,17 @@ class ModelInputs:
 
 
 def hd_image(image: Image.Image, num_crops: int) -> Image.Image:
-    """Scale to the widest grid of 336-pixel crops that fits ``num_crops``, then pad the short side."""
-    transposed = image.width < image.height
+    """Scale to the widest grid of 336-pixel crops that fits ``num_crops``, then pad the short side with white."""
+    rows, columns = crop_grid(image.width, image.height, num_crops)
+    transposed = image.width < image.height  # worked landscape, as the reference processor does
     if transposed:
         image = image.transpose(Image.Transpose.TRANSPOSE)
-    ratio = image.width / image.height
-    scale = 1
-    while (scale + 1) * math.ceil((scale + 1) / ratio) <= num_crops:
-        scale += 1
-    width = scale * CROP
-    height = int(width / ratio)
+        rows, columns = columns, rows
+    width = columns * CROP
+    height = int(width / (image.width / image.height))
     resized = image.resize((width, height), Image.Resampling.BILINEAR)
-    padded_height = math.ceil(height / CROP) * CROP
-    canvas = Image.new("RGB", (width, padded_height), (255, 255, 255))
-    canvas.paste(resized, (0, (padded_height - height) // 2))
+    canvas = Image.new("RGB", (width, rows * CROP), (255, 255, 255))
+    canvas.paste(resized, (0, (canvas.height - height) // 2))
     return canvas.transpose(Image.Transpose.TRANSPOSE) if transposed else canvas
 
 

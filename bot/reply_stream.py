@@ -235,6 +235,11 @@ class ReplyStream:
             self._shown[index] = part.text
             return
 
+        async def replace_message() -> Message:
+            replacement = await self._send(part.text, part.entities, None, self.reply_to)
+            self.messages[index] = replacement
+            return replacement
+
         async def edit() -> Message | bool:
             try:
                 return await self.bot.edit_message_text(
@@ -242,16 +247,12 @@ class ReplyStream:
                 )
             except ChatMigrated as error:
                 self._follow(error.new_chat_id)
-                replacement = await self._send(part.text, part.entities, None, self.reply_to)
-                self.messages[index] = replacement
-                return replacement
+                return await replace_message()
             except BadRequest as error:
                 if _not_modified(error):
                     return True
                 if _message_gone(error):
-                    replacement = await self._send(part.text, part.entities, None, self.reply_to)
-                    self.messages[index] = replacement
-                    return replacement
+                    return await replace_message()
                 if part.entities:  # entities Telegram refused: the words matter more than the bold
                     log.warning("formatted final text refused (%s); sending it plain", error.message)
                     return await self.bot.edit_message_text(

@@ -107,6 +107,19 @@ async def test_a_file_path_on_this_machine_is_never_read(
         assert await bot.services.history.window(ConversationKey(USER), 10) == []
 
 
+async def upgrade_mid_answer(api: FakeBotApi, bot: RunningBot, group: int, supergroup: int, member: int) -> str:
+    """``member`` asks in ``group`` for a long story; while it streams, Telegram upgrades the group to
+    ``supergroup`` and announces it in both chats.  Returns the bot's username, for mentions."""
+    username = bot.application.bot.username
+    api.push_message(group, f"@{username} tell me a long story", user_id=member)
+    await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(group)), 30, "streaming")
+    assert bot.services.engine is not None and bot.services.engine.is_busy(ConversationKey(group))
+    api.migrate(group, supergroup)
+    api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": supergroup})
+    api.push_message(supergroup, None, user_id=member, extra={"migrate_from_chat_id": group})
+    return username
+
+
 async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
@@ -114,13 +127,7 @@ async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
     api.chat_types[group] = "group"
     settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_chat_ids=str(group), max_new_tokens=3000)
     async with running_bot(api, settings, long_answers=True) as bot:
-        username = bot.application.bot.username
-        api.push_message(group, f"@{username} tell me a long story", user_id=member)
-        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(group)), 30, "streaming")
-        assert bot.services.engine is not None and bot.services.engine.is_busy(ConversationKey(group))
-        api.migrate(group, supergroup)
-        api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": supergroup})
-        api.push_message(supergroup, None, user_id=member, extra={"migrate_from_chat_id": group})
+        username = await upgrade_mid_answer(api, bot, group, supergroup, member)
         await stored_answers(bot, ConversationKey(supergroup), 1)
         await api.wait_for(lambda: settled(api, supergroup), 30, "the answer's final text in the supergroup")
         assert "".join(api.visible_text(supergroup)).strip()
@@ -141,12 +148,7 @@ async def test_after_a_group_upgrade_the_running_answer_is_stopped_from_the_supe
     api.chat_types[group] = "group"
     settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_chat_ids=str(group), max_new_tokens=4000)
     async with running_bot(api, settings, long_answers=True) as bot:
-        username = bot.application.bot.username
-        api.push_message(group, f"@{username} tell me a very long story", user_id=member)
-        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(group)), 30, "streaming")
-        api.migrate(group, supergroup)
-        api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": supergroup})
-        api.push_message(supergroup, None, user_id=member, extra={"migrate_from_chat_id": group})
+        username = await upgrade_mid_answer(api, bot, group, supergroup, member)
         await api.wait_for(
             lambda: any(m.text.endswith("▌") for m in api.messages(supergroup)), 30, "streaming in the supergroup"
         )
