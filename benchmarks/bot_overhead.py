@@ -3,9 +3,10 @@
 The real bot (python-telegram-bot over HTTP, history in SQLite, streamed edits) runs against the stand-in
 Bot API server on 127.0.0.1 with the full synthetic INT4 model.  Times are taken the way a user sees them:
 from the moment the update is available to the first edit that shows answer text, and to the final edit.
-The same questions are then put to the engine directly, so the difference is the bot's overhead.
+The same questions are then put to the engine directly, so the difference is the bot's overhead.  The ten
+chats asking at once are served once per ``--batch-sizes`` entry (BATCH_SIZE: 1 = one after another).
 
-Usage: python benchmarks/bot_overhead.py [--tokens 32] [--chats 10]
+Usage: python benchmarks/bot_overhead.py [--tokens 32] [--chats 10] [--batch-sizes 1,4]
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ async def watch(api: FakeBotApi, chat: int, started: float) -> dict[str, Any]:
         await asyncio.sleep(0.02)
 
 
-async def through_bot(tokens: int, chats: int) -> dict[str, Any]:
+async def through_bot(tokens: int, chats: int, batch_size: int) -> dict[str, Any]:
     async with FakeBotApi() as api:
         users = [FIRST_USER + index for index in range(chats)]
         with tempfile.TemporaryDirectory() as data:
@@ -77,6 +78,7 @@ async def through_bot(tokens: int, chats: int) -> dict[str, Any]:
                 allowed_user_ids=",".join(map(str, users)),
                 user_requests_per_minute=60,
                 queue_max=chats + 1,
+                batch_size=batch_size,
             )
             async with running_bot(api, settings, long_answers=True):
                 started = time.monotonic()
@@ -88,7 +90,7 @@ async def through_bot(tokens: int, chats: int) -> dict[str, Any]:
                     started = time.monotonic()
                     api.push_message(user, "What can you tell me about harbours?", photo=photo, user_id=user)
                     results[name] = await watch(api, user, started)
-                    print(f"bot, {name}: {results[name]}", flush=True)
+                    print(f"bot (BATCH_SIZE={batch_size}), {name}: {results[name]}", flush=True)
                 crowd = users[3:]  # chats that have not spoken yet
                 started = time.monotonic()
                 for user in crowd:
@@ -101,7 +103,9 @@ async def through_bot(tokens: int, chats: int) -> dict[str, Any]:
                     "tokens_per_second": round(len(crowd) * tokens / total, 2),
                     "first_text_seconds": sorted(w["first_text"] for w in waits),
                 }
-                print(f"bot, {len(crowd)} chats at once: {results['chats at once']}", flush=True)
+                print(
+                    f"bot (BATCH_SIZE={batch_size}), {len(crowd)} chats at once: {results['chats at once']}", flush=True
+                )
     return results
 
 
@@ -136,10 +140,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--chats", type=int, default=10)
+    parser.add_argument("--batch-sizes", default="1,4")
     args = parser.parse_args()
     full_int4_model()
-    bot = asyncio.run(through_bot(args.tokens, args.chats + 3))
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    bots = {size: asyncio.run(through_bot(args.tokens, args.chats + 3, size)) for size in sizes}
     engine = asyncio.run(through_engine(args.tokens))
+    bot = bots[sizes[0]]
     print(
         f"\n{'':<16}{'engine first text':>18}{'bot first text':>16}{'engine done':>13}{'bot final edit':>16}"
         f"{'edits':>7}"
@@ -150,12 +157,13 @@ def main() -> None:
             f"{name:<16}{e['first_text']:>17.2f}s{b['first_text']:>15.2f}s{e['final']:>12.2f}s{b['final']:>15.2f}s"
             f"{b['edits']:>7}"
         )
-    crowd = bot["chats at once"]
-    print(
-        f"\n{crowd['chats']} chats at once: all answered in {crowd['total_seconds']} s "
-        f"({crowd['tokens_per_second']} tokens/s); first text after {crowd['first_text_seconds']} s"
-    )
-    print(f"results: {write_results('bot_overhead', {'tokens': args.tokens, 'bot': bot, 'engine': engine})}")
+    for size, results in bots.items():
+        crowd = results["chats at once"]
+        print(
+            f"\n{crowd['chats']} chats at once, BATCH_SIZE={size}: all answered in {crowd['total_seconds']} s "
+            f"({crowd['tokens_per_second']} tokens/s); first text after {crowd['first_text_seconds']} s"
+        )
+    print(f"results: {write_results('bot_overhead', {'tokens': args.tokens, 'bot': bots, 'engine': engine})}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import full_int4_model, write_results
-from model_store.loader import CpuTuning, load_pipeline
+from engine.pipeline_process import load_pipeline
+from model_store.loader import CpuTuning
 from model_store.store import ModelEntry
 
 

@@ -8,7 +8,8 @@ import logging
 from bot.settings import Settings
 from engine.engine import Engine
 from engine.generation import GenerationSettings
-from model_store.loader import CpuTuning, LoadedModel, load_pipeline, select_entry
+from engine.pipeline_process import LoadedModel, load_pipeline
+from model_store.loader import CpuTuning, select_entry
 from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,10 @@ def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedMod
 
 async def build_engine(settings: Settings) -> Engine:
     model = await asyncio.to_thread(load_model, settings)
-    return Engine(model, generation_settings(settings), queue_max=settings.queue_max)
+    return Engine(model, generation_settings(settings), queue_max=settings.queue_max, batch_max=settings.batch_size)
 
 
 async def load_and_swap(engine: Engine, settings: Settings, entry: ModelEntry) -> None:
     """Hot swap: load the new model beside the old one, switch at a request boundary; a failure keeps the old."""
     model = await asyncio.to_thread(load_model, settings, entry)
-    previous = await engine.swap(model)
-    del previous
+    await engine.swap(model)

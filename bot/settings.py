@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     num_crops: int = Field(default=4, ge=1, le=16)
     history_messages: int = Field(default=20, ge=0, le=200)
     max_images_per_turn: int = Field(default=4, ge=1, le=10)
-    # KV cache kept for continuous batching with prefix caching; 0 = plain pipeline (one conversation's cache).
+    # KV cache shared by every conversation (prefix caching keeps each one's blocks); 0 = grow as needed.
     kv_cache_gb: float = Field(default=4.0, ge=0.0, le=256.0)
+    # Answers generated together when several chats are waiting; 1 = strictly one after another.
+    batch_size: int = Field(default=4, ge=1, le=32)
     # CPU tuning; see the README's measurements. 64 brought the first token ~20% sooner on a 2-core machine.
     dynamic_quantization_group_size: int | None = Field(default=64, ge=0, le=4096)
     inference_threads: int | None = Field(default=None, ge=1, le=1024)

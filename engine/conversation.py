@@ -7,8 +7,10 @@ answered, and its vision registry keeps encoded images, so a follow-up only pays
 The engine keeps one ``ChatHistory`` per conversation (least recently used ones are dropped).  When none
 exists, or the stored history no longer extends what GenAI saw (a restart, /reset, a trimmed window), the
 conversation is replayed: each earlier question that carried images is sent once with its own images, so
-every image lands in the message it was sent with.  The prompt is then exactly the one an uninterrupted
-conversation would have produced, and a greedy answer does not depend on what happened to the cache.
+every image lands in the message it was sent with; the same happens when an earlier photo question was
+answered in a batch, which does not go through this state.  The prompt is then exactly the one an
+uninterrupted conversation would have produced, and a greedy answer does not depend on what happened to
+the cache.
 """
 
 from __future__ import annotations
@@ -55,11 +57,25 @@ def _signatures(system_prompt: str, turns: Sequence[Turn]) -> list[Signature]:
     return head + [turn.signature for turn in turns]
 
 
+def tagged_messages(system_prompt: str, turns: Sequence[Turn]) -> tuple[list[dict[str, str]], list[PreparedImage]]:
+    """The whole conversation as one request, for a batch (GenAI's ``add_request`` takes no chat state): each
+    image becomes Phi-3-vision's ``<|image_N|>`` tag at the start of the message it came with, where GenAI's
+    chat state puts it too, so both ways see the same prompt."""
+    messages = _messages(system_prompt, turns)
+    offset = 1 if system_prompt else 0
+    images: list[PreparedImage] = []
+    for index, turn in enumerate(turns):
+        tags = "".join(f"<|image_{len(images) + number}|>\n" for number in range(1, len(turn.images) + 1))
+        messages[offset + index]["content"] = tags + turn.text
+        images.extend(turn.images)
+    return messages, images
+
+
 Generate = Callable[[Any, Sequence[PreparedImage], Any, Any], Any]
 
 
 class Sessions:
-    """Per-conversation GenAI chat state, bounded; all methods run on the engine's worker thread."""
+    """Per-conversation GenAI chat state, bounded; lives in the model's process (engine/pipeline_host.py)."""
 
     def __init__(self, capacity: int = 64) -> None:
         self._capacity = capacity
@@ -91,9 +107,14 @@ class Sessions:
 
         wanted = _signatures(system_prompt, [*past, question])
         session = self._sessions.pop(key, None)
-        if session is None or wanted[: len(session.known)] != session.known:
+        offset = 1 if system_prompt else 0
+        if (
+            session is None
+            or wanted[: len(session.known)] != session.known
+            # turns answered in a batch never passed through this state: their photos must be replayed
+            or any(turn.images for turn in past[len(session.known) - offset :])
+        ):
             session = _Session(history=genai.ChatHistory())
-            offset = 1 if system_prompt else 0
             for index, turn in enumerate(past):
                 if turn.role == "user" and turn.images:
                     session.history.set_messages(_messages(system_prompt, past[: index + 1]))

@@ -1,33 +1,34 @@
 """The inference engine: one OpenVINO GenAI pipeline shared fairly by every chat, streaming into asyncio.
 
 Data flow: ``ask()`` takes a ticket in the fair queue (one request per conversation, FIFO across them),
-reports the queue position while waiting, then runs ``VLMPipeline.generate`` on a worker thread (GenAI
-releases the GIL, so the event loop keeps serving other chats) and yields the streamed text as it arrives.
+reports the queue position while waiting, then sends the job to the model's own process
+(engine/pipeline_host.py) and yields the streamed text as it arrives; the event loop never waits on GenAI.
 
-Design choices, measured on the full-size synthetic Phi-3.5-vision INT4 on 2 cores (benchmarks/engine.py):
-the pipeline runs with continuous batching and prefix caching, because its KV blocks survive while another
-chat is answered (a follow-up after another chat's image question started in 1.1 s, against 13.2 s for the
-plain pipeline, which has to prefill the conversation again); GenAI's vision registry keeps encoded images,
-so follow-ups never re-encode a photo.
+Design choices, measured on the full-size synthetic Phi-3.5-vision INT4 on 2 cores (benchmarks/): the
+pipeline runs with continuous batching and prefix caching, because its KV blocks survive while another chat
+is answered, and a request that runs alone goes through GenAI's chat state, whose vision registry keeps
+encoded photos (a follow-up after another chat's photo question starts in about 1.2 s).  When several
+chats are waiting, up to ``batch_max`` are answered together, which takes 53-60 % of the time of answering
+them one after another (benchmarks/batching.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-from engine.conversation import Generate, Sessions, Turn
+from engine.conversation import Turn
 from engine.fair_queue import AlreadyQueued, FairQueue, TicketCancelled
 from engine.generation import GenerationSettings
-from engine.images import PreparedImage, for_genai
-from model_store.loader import LoadedModel
+from engine.pipeline_process import LoadedModel
+from engine.pipeline_protocol import Done, Job, Reply
+from model_store.errors import ModelStoreError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Finished:
     ttft_seconds: float | None = None
     seconds: float = 0.0
     tokens_per_second: float | None = None
+    replays: int = 0  # earlier photo questions sent again to rebuild the model's chat state
 
 
 Event = Waiting | Started | Chunk | Finished
@@ -68,8 +70,14 @@ Event = Waiting | Started | Chunk | Finished
 
 @dataclass
 class _Running:
-    cancel: threading.Event = field(default_factory=threading.Event)
-    reason: Status = "cancelled"
+    reason: Status | None = None  # why it was stopped, if it was
+    stop: Callable[[], None] | None = None  # cancels the job in the model's process once it is there
+
+    def request_stop(self, reason: Status) -> None:
+        if self.reason is None:
+            self.reason = reason
+            if self.stop is not None:
+                self.stop()
 
 
 @dataclass
@@ -80,10 +88,11 @@ class EngineStats:
     timed_out: int = 0
     generated_tokens: int = 0
     busy_seconds: float = 0.0
+    replays: int = 0
 
 
 class Engine:
-    """Owns the pipeline; everything that touches it runs on one worker thread."""
+    """Owns the loaded model and the line in front of it."""
 
     def __init__(
         self,
@@ -91,16 +100,15 @@ class Engine:
         settings: GenerationSettings,
         *,
         queue_max: int = 20,
-        session_capacity: int = 64,
+        batch_max: int = 1,
     ) -> None:
         self._model = model
         self.settings = settings
-        self.queue: FairQueue[Hashable] = FairQueue(max_waiting=queue_max)
-        self._sessions = Sessions(session_capacity)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genai")
-        self._model_lock = asyncio.Lock()
+        self.queue: FairQueue[Hashable] = FairQueue(max_waiting=queue_max, batch_max=batch_max)
         self._running: dict[Hashable, _Running] = {}
         self._moved: dict[Hashable, Hashable] = {}  # a conversation's new key -> the key its answer runs under
+        self._request_ids = itertools.count(1)
+        self._restarting = asyncio.Lock()
         self.stats = EngineStats()
 
     @property
@@ -128,8 +136,7 @@ class Engine:
         running = self._running.get(key)
         if running is None:
             return False
-        running.reason = "cancelled"
-        running.cancel.set()
+        running.request_stop("cancelled")
         self.queue.cancel(key)  # a waiting request leaves the line at once
         return True
 
@@ -154,128 +161,105 @@ class Engine:
             try:
                 async with ticket:
                     yield Started()
-                    async for event in self._generate(key, past, question, running):
-                        yield event
+                    generation = self._generate(key, past, question, running, ticket.batched)
+                    async with contextlib.aclosing(generation) as events:
+                        async for event in events:
+                            yield event
             except TicketCancelled:
                 self.stats.cancelled += 1
                 yield Finished(text="", status="cancelled")
         finally:
-            running.cancel.set()
             self._running.pop(key, None)
             for new in [new for new, old in self._moved.items() if old == key]:
                 del self._moved[new]
 
     async def _generate(
-        self, key: Hashable, past: Sequence[Turn], question: Turn, running: _Running
+        self, key: Hashable, past: Sequence[Turn], question: Turn, running: _Running, batched: bool
     ) -> AsyncIterator[Event]:
-        import openvino_genai as genai
-
-        loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[str] = asyncio.Queue()
         started = time.monotonic()
-        first_chunk: list[float] = []
+        try:
+            model = await self._live_model()
+        except ModelStoreError as error:
+            self.stats.failed += 1
+            yield Finished(text="", status="failed", error=str(error))
+            return
+        job = Job(next(self._request_ids), key, tuple(past), question, self.settings, batched)
+        replies = model.pipeline.submit(job)
+        running.stop = lambda: model.pipeline.cancel(job.request_id)
+        if running.reason is not None:  # stopped between the ticket and here
+            running.stop()
+        timer = asyncio.get_running_loop().call_later(self.settings.timeout_seconds, running.request_stop, "timeout")
+        parts: list[str] = []
+        ttft: float | None = None
+        done: Done | None = None
+        try:
+            while done is None:
+                reply = await replies.get()
+                if isinstance(reply, Done):
+                    done = reply
+                    continue
+                if ttft is None:
+                    ttft = time.monotonic() - started
+                parts.append(reply.text)
+                yield Chunk(reply.text)
+        finally:
+            timer.cancel()
+            if done is None:  # the caller went away: stop the job, and keep the slot until it has stopped
+                running.request_stop("cancelled")
+                await _until_done(replies)
+        yield self._finish(done, "".join(parts), running, started, ttft)
 
-        def streamer(text: str) -> Any:
-            if not first_chunk:
-                first_chunk.append(time.monotonic() - started)
-            loop.call_soon_threadsafe(chunks.put_nowait, text)
-            return genai.StreamingStatus.CANCEL if running.cancel.is_set() else genai.StreamingStatus.RUNNING
+    async def _live_model(self) -> LoadedModel:
+        """The model, in a fresh process if its process died (one restart shared by the waiting requests)."""
+        async with self._restarting:
+            if not self._model.pipeline.alive:
+                log.warning("restarting the model process")
+                self._model = await asyncio.to_thread(self._model.restarted)
+        return self._model
 
-        def timed_out() -> None:
-            running.reason = "timeout"
-            running.cancel.set()
-
-        async with self._model_lock:
-            pipeline = self._model.pipeline
-            config = self.settings.to_genai()
-            prime = self.settings.to_genai()
-            prime.max_new_tokens = 1
-            job = loop.run_in_executor(
-                self._worker,
-                self._sessions.run,
-                _bind_generate(pipeline, self._model.num_crops),
-                key,
-                self.settings.system_prompt,
-                list(past),
-                question,
-                config,
-                streamer,
-                prime,
-            )
-            timer = loop.call_later(self.settings.timeout_seconds, timed_out)
-            parts: list[str] = []
-            try:
-                while True:
-                    getter = asyncio.ensure_future(chunks.get())
-                    done, _ = await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in done:
-                        parts.append(getter.result())
-                        yield Chunk(parts[-1])
-                        continue
-                    getter.cancel()
-                    while not chunks.empty():
-                        parts.append(chunks.get_nowait())
-                        yield Chunk(parts[-1])
-                    break
-            finally:
-                timer.cancel()
-                if not job.done():
-                    running.cancel.set()
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(job)
-            yield self._finish(job, "".join(parts), running, started, first_chunk)
-
-    def _finish(
-        self, job: asyncio.Future[Any], text: str, running: _Running, started: float, first_chunk: list[float]
-    ) -> Finished:
+    def _finish(self, done: Done, text: str, running: _Running, started: float, ttft: float | None) -> Finished:
         seconds = time.monotonic() - started
         self.stats.busy_seconds += seconds
-        error = job.exception()
-        if error is not None:
-            log.error("generation failed: %s", error, exc_info=error)
+        if done.error is not None:
+            log.error("generation failed: %s", done.error)
             self.stats.failed += 1
-            return Finished(text=text, status="failed", error=str(error), seconds=seconds)
-        metrics = job.result().perf_metrics
-        generated = int(metrics.get_num_generated_tokens())
-        ttft = first_chunk[0] if first_chunk else None
-        status: Status = running.reason if running.cancel.is_set() else "complete"
+            return Finished(text=text, status="failed", error=done.error, seconds=seconds)
+        status: Status = running.reason or "complete"
         if status == "complete":
             self.stats.answered += 1
         elif status == "timeout":
             self.stats.timed_out += 1
         else:
             self.stats.cancelled += 1
+        generated = done.generated_tokens
         self.stats.generated_tokens += generated
+        self.stats.replays += done.replays
         decode_seconds = seconds - ttft if ttft is not None else 0.0
         return Finished(
-            text=job.result().texts[0] if status == "complete" else text,
+            text=done.text if status == "complete" else text,
             status=status,
-            input_tokens=int(metrics.get_num_input_tokens()),
+            input_tokens=done.input_tokens,
             generated_tokens=generated,
             ttft_seconds=ttft,
             seconds=seconds,
             tokens_per_second=(generated - 1) / decode_seconds if decode_seconds > 0 and generated > 1 else None,
+            replays=done.replays,
         )
 
     async def swap(self, model: LoadedModel) -> LoadedModel:
-        """Switch models between two requests; returns the previous one (the caller drops it)."""
-        async with self._model_lock:
+        """Switch models between two requests; the previous one's process is closed and it is returned."""
+        async with self.queue.held():
             previous, self._model = self._model, model
-            await asyncio.get_running_loop().run_in_executor(self._worker, self._sessions.clear)
         log.info("now serving %s (%s)", model.entry.source, model.entry.precision)
+        await asyncio.to_thread(previous.pipeline.close)
         return previous
 
     async def aclose(self) -> None:
         for running in self._running.values():
-            running.cancel.set()
-        self._worker.shutdown(wait=True, cancel_futures=True)
+            running.request_stop("cancelled")
+        await asyncio.to_thread(self._model.pipeline.close)
 
 
-def _bind_generate(pipeline: Any, num_crops: int) -> Generate:
-    import openvino as ov
-
-    def generate(history: Any, images: Sequence[PreparedImage], config: Any, streamer: Any) -> Any:
-        tensors = [ov.Tensor(for_genai(image.pixels, num_crops)) for image in images]
-        return pipeline.generate(history, images=tensors, generation_config=config, streamer=streamer)
-
-    return generate
+async def _until_done(replies: asyncio.Queue[Reply]) -> None:
+    while not isinstance(await replies.get(), Done):
+        pass

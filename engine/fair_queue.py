@@ -2,9 +2,14 @@
 
 Each conversation may have one request in the system (waiting or running): a chat UI where a second
 question silently queues behind the first is confusing, so the caller is told (``AlreadyQueued``) and can
-offer /stop instead.  Conversations are served first come, first served, ``slots`` at a time; the line is
-bounded so a flood gets a clear "busy" (``QueueFull``) instead of an hour-long wait.  Positions are
-observable so the bot can show "you are #3 in line" and update it as the line moves.
+offer /stop instead.  Conversations are served first come, first served; the line is bounded so a flood
+gets a clear "busy" (``QueueFull``) instead of an hour-long wait.  Positions are observable so the bot can
+show "you are #3 in line" and update it as the line moves.
+
+A request that finds the model idle runs alone, the way a follow-up is fastest (GenAI's chat state keeps
+its encoded photos).  When several are waiting as a slot frees, up to ``batch_max`` of them run together as
+a batch, which answers them all sooner in total (benchmarks/batching.py), and newcomers join that batch
+until it has drained.  ``Ticket.batched`` tells the engine which way a request was let in.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Generic, Literal, TypeVar
 
@@ -40,6 +46,7 @@ class Ticket(Generic[K]):
     def __init__(self, queue: FairQueue[K], key: K) -> None:
         self.key = key
         self.state: State = "waiting"
+        self.batched = False
         self._queue = queue
         self._granted = asyncio.Event()
         self._changed = asyncio.Event()
@@ -89,12 +96,15 @@ class Ticket(Generic[K]):
 
 
 class FairQueue(Generic[K]):
-    def __init__(self, max_waiting: int = 20, slots: int = 1) -> None:
+    def __init__(self, max_waiting: int = 20, batch_max: int = 1) -> None:
         self.max_waiting = max_waiting
-        self.slots = slots
+        self.batch_max = batch_max
         self._waiting: deque[Ticket[K]] = deque()
         self._running: list[Ticket[K]] = []
         self._by_key: dict[K, Ticket[K]] = {}
+        self._batching = False
+        self._held = False
+        self._drained = asyncio.Event()
         self.served = 0
 
     def __len__(self) -> int:
@@ -115,7 +125,7 @@ class FairQueue(Generic[K]):
     def enqueue(self, key: K) -> Ticket[K]:
         if key in self._by_key:
             raise AlreadyQueued(f"{key!r} already has a request in the queue")
-        if len(self._waiting) >= self.max_waiting and len(self._running) >= self.slots:
+        if len(self._waiting) >= self.max_waiting and len(self._running) >= self._limit:
             raise QueueFull(f"{len(self._waiting)} requests are already waiting")
         ticket = Ticket(self, key)
         self._by_key[key] = ticket
@@ -157,7 +167,27 @@ class FairQueue(Generic[K]):
             self._running.remove(ticket)
             self.served += 1
             self._finish(ticket, "done")
+            if not self._running:
+                self._drained.set()
             self._grant()
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Nobody is let in while held, and the body starts once every running request has finished: the
+        model can be switched between requests."""
+        self._held = True
+        try:
+            while self._running:
+                self._drained.clear()
+                await self._drained.wait()
+            yield
+        finally:
+            self._held = False
+            self._grant()
+
+    @property
+    def _limit(self) -> int:
+        return self.batch_max if self._batching else 1
 
     def _finish(self, ticket: Ticket[K], state: State) -> None:
         ticket.state = state
@@ -166,10 +196,15 @@ class FairQueue(Generic[K]):
         ticket.notify()
 
     def _grant(self) -> None:
+        if self._held:
+            return
+        if not self._running:
+            self._batching = self.batch_max > 1 and len(self._waiting) > 1
         moved = False
-        while self._waiting and len(self._running) < self.slots:
+        while self._waiting and len(self._running) < self._limit:
             ticket = self._waiting.popleft()
             ticket.state = "running"
+            ticket.batched = self._batching
             self._running.append(ticket)
             ticket._granted.set()
             ticket.notify()

@@ -25,15 +25,6 @@ DEVICES = ("CPU", "GPU", "AUTO")
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    pipeline: Any  # openvino_genai.VLMPipeline; typed loosely so importing this module stays cheap
-    entry: ModelEntry
-    device: str
-    load_seconds: float
-    num_crops: int = 4  # as GenAI was told (preprocessor_config.json): the engine lays images out for it
-
-
-@dataclass(frozen=True)
 class CpuTuning:
     """OpenVINO CPU options worth exposing (benchmarks/cpu_options.py measures them); None = OpenVINO's choice.
 
@@ -106,23 +97,29 @@ def crops_view(entry: ModelEntry, num_crops: int, views_dir: Path) -> Path:
     return view
 
 
-def load_pipeline(
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What to compile and how, as plain values: the model is compiled in the engine's own process."""
+
+    entry: ModelEntry
+    path: Path  # the entry itself, or a view of it with another num_crops
+    device: str
+    properties: dict[str, Any]
+    kv_cache_gb: float
+    num_crops: int
+
+
+def pipeline_spec(
     entry: ModelEntry,
     device: str = "CPU",
     cache_dir: Path | None = None,
     *,
     num_crops: int | None = None,
-    kv_cache_gb: float | None = None,
+    kv_cache_gb: float = 4.0,
     cpu: CpuTuning | None = None,
-) -> LoadedModel:
-    """Compile the model for ``device``; errors name the model and what to do about it.
-
-    ``kv_cache_gb`` switches on continuous batching with prefix caching (KV blocks of that total size), which
-    keeps each conversation's KV cache while other chats are answered.
-    """
+) -> PipelineSpec:
+    """Checks the model's files first, so a damaged entry is named before any process is started."""
     check_ir_directory(entry.path)
-    import openvino_genai as genai
-
     properties: dict[str, Any] = cpu.properties() if cpu is not None else {}
     path = entry.path
     if cache_dir is not None:
@@ -130,21 +127,29 @@ def load_pipeline(
         properties["CACHE_DIR"] = str(cache_dir)
         if num_crops is not None:
             path = crops_view(entry, num_crops, cache_dir / "views")
-    if kv_cache_gb:
-        scheduler = genai.SchedulerConfig()
-        scheduler.enable_prefix_caching = True
-        scheduler.cache_size = max(1, round(kv_cache_gb))
-        properties["scheduler_config"] = scheduler
-    target = normalise_device(device)
+    crops = int(read_json(path / "preprocessor_config.json").get("num_crops", 4))
+    return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, crops)
+
+
+def compile_pipeline(spec: PipelineSpec) -> Any:
+    """An ``openvino_genai.ContinuousBatchingPipeline`` with prefix caching; errors name the model and a fix.
+
+    Prefix caching keeps each conversation's KV blocks while other chats are answered; ``kv_cache_gb`` bounds
+    them (0 lets GenAI grow the cache as needed).
+    """
+    import openvino_genai as genai
+
+    scheduler = genai.SchedulerConfig()
+    scheduler.enable_prefix_caching = True
+    scheduler.cache_size = max(1, round(spec.kv_cache_gb)) if spec.kv_cache_gb else 0
+    entry = spec.entry
     started = time.monotonic()
     try:
-        pipeline = genai.VLMPipeline(str(path), target, **properties)
+        pipeline = genai.ContinuousBatchingPipeline(str(spec.path), scheduler, spec.device, spec.properties)
     except RuntimeError as error:
-        hint = " Is the device's driver installed? Try DEVICE=CPU." if target != "CPU" else ""
+        hint = " Is the device's driver installed? Try DEVICE=CPU." if spec.device != "CPU" else ""
         raise ModelStoreError(
-            f"OpenVINO could not load {entry.source} ({entry.precision}) on {target}: {error}.{hint}"
+            f"OpenVINO could not load {entry.source} ({entry.precision}) on {spec.device}: {error}.{hint}"
         ) from error
-    seconds = time.monotonic() - started
-    log.info("loaded %s (%s) on %s in %.1f s", entry.source, entry.precision, target, seconds)
-    crops = int(read_json(path / "preprocessor_config.json").get("num_crops", 4))
-    return LoadedModel(pipeline=pipeline, entry=entry, device=target, load_seconds=seconds, num_crops=crops)
+    log.info("loaded %s (%s) on %s in %.1f s", entry.source, entry.precision, spec.device, time.monotonic() - started)
+    return pipeline

@@ -200,7 +200,7 @@ async def test_history_survives_a_restart(
         stored = await bot.services.history.window(ConversationKey(CHAT), 10)
         assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
         assert bot.services.engine is not None
-        assert bot.services.engine._sessions.replays == 1, "the photo from before the restart was replayed"
+        assert bot.services.engine.stats.replays == 1, "the photo from before the restart was replayed"
 
 
 async def test_admin_converts_and_the_new_model_goes_live(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import shutil
@@ -11,10 +13,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 import openvino_genai as genai
 import pytest
 
+from engine.conversation import Turn
+from engine.engine import Chunk, Engine, Finished
+from engine.generation import GenerationSettings
+from engine.images import prepare_image
+from engine.pipeline_process import load_pipeline
 from model_store.convert import ConversionRequest, convert_in_subprocess, run_conversion
 from model_store.convert.validate import sample_image
 from model_store.errors import (
@@ -28,9 +34,11 @@ from model_store.errors import (
     ValidationFailedError,
 )
 from model_store.layout import detect_weight_precision
-from model_store.loader import load_pipeline, select_entry
+from model_store.loader import select_entry
 from model_store.progress import Progress
 from model_store.store import ModelEntry, ModelStore
+
+ANSWER_12_TOKENS = GenerationSettings(max_new_tokens=12, ignore_eos=True, system_prompt="")
 
 
 class TokenCollector(genai.StreamerBase):
@@ -49,18 +57,24 @@ class TokenCollector(genai.StreamerBase):
 
 
 def _generate_about_image(entry: ModelEntry, cache_dir: Path | None = None) -> tuple[str, list[str], int]:
-    loaded = load_pipeline(entry, "CPU", cache_dir)
-    config = genai.GenerationConfig()
-    config.max_new_tokens = 12
-    config.ignore_eos = True
-    chunks: list[str] = []
-    result = loaded.pipeline.generate(
-        "What is in this image?",
-        images=[ov.Tensor(sample_image(640, 480))],
-        generation_config=config,
-        streamer=lambda chunk: chunks.append(chunk) or False,
-    )
-    return result.texts[0], chunks, int(result.perf_metrics.get_num_input_tokens())
+    """Twelve tokens about a 640x480 image, through the loader and the engine as the bot runs them."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(sample_image(640, 480)).save(buffer, format="PNG")
+    question = Turn("user", "What is in this image?", (prepare_image(buffer.getvalue()),))
+
+    async def ask() -> tuple[str, list[str], int]:
+        engine = Engine(load_pipeline(entry, "CPU", cache_dir, kv_cache_gb=1), ANSWER_12_TOKENS)
+        try:
+            events = [event async for event in engine.ask("chat", [], question)]
+        finally:
+            await engine.aclose()
+        done = events[-1]
+        assert isinstance(done, Finished) and done.status == "complete", done
+        return done.text, [event.text for event in events if isinstance(event, Chunk)], done.input_tokens
+
+    return asyncio.run(ask())
 
 
 def test_int4_conversion_in_its_own_process_runs_in_genai(int4_store: tuple[ModelStore, ModelEntry]) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,8 +18,9 @@ from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
 from engine.fair_queue import AlreadyQueued
 from engine.generation import GenerationSettings
 from engine.images import PreparedImage, for_genai, prepare_image
+from engine.pipeline_process import LoadedModel, load_pipeline
 from model_store.convert import ConversionRequest, run_conversion
-from model_store.loader import LoadedModel, load_pipeline
+from model_store.loader import pipeline_spec
 from model_store.store import ModelEntry, ModelStore
 
 SETTINGS = GenerationSettings(max_new_tokens=12, system_prompt="You are a test assistant.", ignore_eos=True)
@@ -104,7 +108,7 @@ async def test_follow_up_uses_the_photo_and_survives_a_restart(
     again = finished(await collect(restarted, "a", past, follow_up))
     assert again.input_tokens == second.input_tokens, "the rebuilt prompt is the same prompt"
     assert again.text == second.text, "the KV cache is only a cache: the greedy answer does not change"
-    assert restarted._sessions.replays == 1
+    assert again.replays == 1, "the photo question was sent again, once"
     await restarted.aclose()
 
 
@@ -117,7 +121,7 @@ async def test_interleaved_chats_keep_their_own_history(engine: Engine) -> None:
     a2 = Turn("user", "Tell me more.")
     follow = finished(await collect(engine, "a", [a1, Turn("assistant", a_answer.text)], a2))
     assert follow.status == "complete"
-    assert engine._sessions.replays == 0, "chat A's state survived chat B"
+    assert follow.replays == 0, "chat A's state survived chat B"
     assert b_answer.input_tokens < follow.input_tokens
     await engine.aclose()
 
@@ -197,21 +201,97 @@ async def test_hot_swap_switches_at_a_request_boundary(
     await engine.aclose()
 
 
-class BrokenPipeline:
-    def generate(self, *args: object, **kwargs: object) -> object:
-        raise RuntimeError("inference request failed")
-
-
-async def test_a_failing_generation_is_reported_and_the_queue_continues(
-    int4_store: tuple[ModelStore, ModelEntry],
-) -> None:
-    broken = LoadedModel(pipeline=BrokenPipeline(), entry=int4_store[1], device="CPU", load_seconds=0.0)
-    engine = Engine(broken, SETTINGS)
-    done = finished(await collect(engine, "a", [], Turn("user", "Hi")))
-    assert done.status == "failed" and "inference request failed" in (done.error or "")
+async def test_a_failing_generation_is_reported_and_the_queue_continues(engine: Engine) -> None:
+    image = photo((9, 9, 9))
+    floats = replace(image, pixels=image.pixels.astype(np.float32))  # OpenVINO refuses them deep inside
+    done = finished(await collect(engine, "a", [], Turn("user", "Hi", (floats,))))
+    assert done.status == "failed" and done.error
     assert len(engine.queue) == 0
-    assert finished(await collect(engine, "b", [], Turn("user", "Hi"))).status == "failed"
-    assert engine.stats.failed == 2
+    assert finished(await collect(engine, "b", [], Turn("user", "Hi"))).status == "complete"
+    assert engine.stats.failed == 1 and engine.stats.answered == 1
+    await engine.aclose()
+
+
+async def test_a_crashed_model_process_fails_its_answer_and_is_restarted(engine: Engine) -> None:
+    engine.settings = replace(SETTINGS, max_new_tokens=3000)
+    events: list[Event] = []
+    async for event in engine.ask("a", [], Turn("user", "Write a long story.")):
+        events.append(event)
+        if isinstance(event, Chunk) and len(events) == 3:
+            os.kill(engine.model.pipeline.pid, signal.SIGKILL)
+    done = finished(events)
+    assert done.status == "failed" and "killed by signal 9" in (done.error or "")
+    assert done.text, "what was streamed before the crash is kept"
+    engine.settings = SETTINGS
+    again = finished(await collect(engine, "b", [], Turn("user", "Hi")))
+    assert again.status == "complete", "a fresh process took over"
+    await engine.aclose()
+
+
+async def timed(engine: Engine, key: object, past: list[Turn], question: Turn) -> list[tuple[float, Event]]:
+    loop = asyncio.get_running_loop()
+    return [(loop.time(), event) async for event in engine.ask(key, past, question)]
+
+
+async def test_chats_that_wait_together_are_answered_together_and_follow_ups_still_work(
+    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    engine = Engine(load(int4_store[1], tmp_path), SETTINGS, batch_max=3)
+    first = Turn("user", "Describe this.", (photo((40, 40, 40)),))
+    b_question = Turn("user", "What is in this image?", (photo((200, 10, 10)),))
+    c_question = Turn("user", "Say something nice.")
+    a, b, c = await asyncio.gather(
+        timed(engine, "a", [], first), timed(engine, "b", [], b_question), timed(engine, "c", [], c_question)
+    )
+    assert any(isinstance(event, Waiting) for _, event in b + c), "b and c waited while a ran alone"
+    b_chunks = [at for at, event in b if isinstance(event, Chunk)]
+    c_chunks = [at for at, event in c if isinstance(event, Chunk)]
+    assert min(c_chunks) < max(b_chunks) and min(b_chunks) < max(c_chunks), "b and c were generated together"
+    assert a[-1][0] <= min(b_chunks + c_chunks), "the batch started after the lone answer"
+    b_done, c_done = finished([event for _, event in b]), finished([event for _, event in c])
+    assert b_done.status == c_done.status == "complete"
+    assert b_done.generated_tokens == c_done.generated_tokens == 12
+
+    b_alone = finished(await collect(engine, "b-alone", [], b_question))
+    c_alone = finished(await collect(engine, "c-alone", [], c_question))
+    assert (b_done.input_tokens, c_done.input_tokens) == (b_alone.input_tokens, c_alone.input_tokens), (
+        "a batched request sees the prompt a lone one sees"
+    )
+    assert (b_done.text, c_done.text) == (b_alone.text, c_alone.text)
+
+    follow_up = Turn("user", "And the colour?")
+    b_past = [b_question, Turn("assistant", b_done.text)]
+    after_batch = finished(await collect(engine, "b", b_past, follow_up))
+    assert after_batch.replays == 1, "the photo answered in the batch was sent again to GenAI's chat state"
+    after_alone = finished(await collect(engine, "b-alone", [b_question, Turn("assistant", b_alone.text)], follow_up))
+    assert after_alone.replays == 0
+    assert after_batch.input_tokens == after_alone.input_tokens and after_batch.text == after_alone.text
+    await engine.aclose()
+
+
+async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
+    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    engine = Engine(load(int4_store[1], tmp_path), replace(SETTINGS, max_new_tokens=300), batch_max=3)
+
+    async def cancel_b_after_three_chunks() -> list[Event]:
+        events: list[Event] = []
+        async for event in engine.ask("b", [], Turn("user", "Write a long story.")):
+            events.append(event)
+            if len([e for e in events if isinstance(e, Chunk)]) == 3 and engine.cancel("b"):
+                pass
+        return events
+
+    a_events, b_events, c_events = await asyncio.gather(
+        collect(engine, "a", [], Turn("user", "Hello.")),
+        cancel_b_after_three_chunks(),
+        collect(engine, "c", [], Turn("user", "Tell me about the sea.")),
+    )
+    b_done, c_done = finished(b_events), finished(c_events)
+    assert b_done.status == "cancelled" and 3 <= b_done.generated_tokens < 50 and b_done.text  # ~1 ms a token here
+    assert c_done.status == "complete" and c_done.generated_tokens == 300
+    assert finished(a_events).status == "complete"
+    assert len(engine.queue) == 0
     await engine.aclose()
 
 
@@ -234,7 +314,8 @@ def test_genai_still_counts_a_non_square_crop_grid_sideways(
     import openvino as ov
     import openvino_genai as genai
 
-    pipeline = load_pipeline(int4_store[1], "CPU", tmp_path / "ov-cache", num_crops=16).pipeline
+    spec = pipeline_spec(int4_store[1], "CPU", tmp_path / "ov-cache", num_crops=16)
+    pipeline = genai.VLMPipeline(str(spec.path), "CPU")
     config = genai.GenerationConfig(max_new_tokens=1)
 
     def prompt_tokens(pixels: object) -> int:

@@ -107,12 +107,52 @@ async def test_an_exception_in_the_holder_releases_the_slot() -> None:
         pass
 
 
-async def test_two_slots_run_two_at_once() -> None:
-    queue: FairQueue[str] = FairQueue(slots=2)
-    queue.enqueue("a")
-    queue.enqueue("b")
-    queue.enqueue("c")
-    assert [queue.position(k) for k in "abc"] == [0, 0, 1]
+async def test_a_lone_request_runs_alone_and_waiting_ones_run_together_as_a_batch() -> None:
+    queue: FairQueue[str] = FairQueue(batch_max=3)
+    a = queue.enqueue("a")
+    assert a.state == "running" and not a.batched, "the model was idle: no batch"
+    b, c = queue.enqueue("b"), queue.enqueue("c")
+    assert [b.position, c.position] == [1, 2], "nobody joins a request running alone"
+    queue.release(a)
+    assert [b.position, c.position] == [0, 0] and b.batched and c.batched
+    d, e = queue.enqueue("d"), queue.enqueue("e")
+    assert d.position == 0 and d.batched, "a newcomer joins the running batch"
+    assert e.position == 1, "up to batch_max at once"
+    queue.release(b)
+    assert e.position == 0 and e.batched
+    for ticket in (c, d, e):
+        queue.release(ticket)
+    f = queue.enqueue("f")
+    assert f.position == 0 and not f.batched, "the batch drained: alone again"
+
+
+async def test_without_batching_one_runs_at_a_time() -> None:
+    queue: FairQueue[str] = FairQueue(batch_max=1)
+    a, b, c = queue.enqueue("a"), queue.enqueue("b"), queue.enqueue("c")
+    queue.release(a)
+    assert [b.position, c.position] == [0, 1] and not b.batched
+
+
+async def test_held_waits_for_the_running_requests_and_lets_nobody_in_meanwhile() -> None:
+    queue: FairQueue[str] = FairQueue(batch_max=2)
+    a = queue.enqueue("a")
+    entered = asyncio.Event()
+
+    async def switch() -> None:
+        async with queue.held():
+            assert queue.running == 0
+            entered.set()
+            await asyncio.sleep(0.01)
+
+    switching = asyncio.create_task(switch())
+    await asyncio.sleep(0.01)
+    b = queue.enqueue("b")
+    assert not entered.is_set() and b.position == 1
+    queue.release(a)
+    await asyncio.sleep(0)
+    assert entered.is_set() and b.position == 1, "still held while the model is switched"
+    await switching
+    assert b.position == 0, "let in once the switch is done"
 
 
 async def test_fifty_chats_three_turns_each_stay_in_order_and_fair() -> None:

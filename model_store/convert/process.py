@@ -22,6 +22,7 @@ from model_store.errors import (
     ConversionInterruptedError,
     ModelStoreError,
     error_from_kind,
+    exit_reason,
 )
 from model_store.progress import Progress, ProgressCallback, ignore_progress
 from model_store.store import ModelEntry
@@ -49,11 +50,7 @@ def _child_main(request: ConversionRequest, connection: Connection) -> None:
 
 
 def _exit_message(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        signal_number = -exitcode
-        hint = " (the system may have run out of memory)" if signal_number == 9 else ""
-        return f"The conversion process was killed by signal {signal_number}{hint}. The previous model keeps serving."
-    return f"The conversion process exited unexpectedly (code {exitcode}). The previous model keeps serving."
+    return f"The conversion process {exit_reason(exitcode)}. The previous model keeps serving."
 
 
 def convert_in_subprocess(

@@ -1,0 +1,174 @@
+"""The bot's side of the model's process (engine/pipeline_host.py): starts it, sends it jobs and cancels, and
+hands each job's replies to the event loop that asked.
+
+A reader thread waits on the pipe, so the event loop never blocks on it.  If the process dies (a crash, the
+out-of-memory killer), every open job ends with an error that says so and ``alive`` turns false; the engine
+then starts a fresh process from the same ``PipelineSpec``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.pipeline_host import serve
+from engine.pipeline_protocol import Cancel, Done, Job, LoadFailed, Ready, Reply, Shutdown
+from model_store.errors import ModelStoreError, exit_reason
+from model_store.loader import CpuTuning, PipelineSpec, pipeline_spec
+from model_store.store import ModelEntry
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+Sink = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[Reply]"]
+
+
+class PipelineProcess:
+    """One model loaded in one child process; blocking to create (it waits until the model is loaded)."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+        context = multiprocessing.get_context("spawn")  # OpenVINO's threads do not survive a fork
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(
+            target=serve,
+            args=(spec, child_end, logging.getLogger().getEffectiveLevel()),
+            name="phi3bot-model",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()
+        self._lock = threading.Lock()  # guards sends and the sinks
+        self._sinks: dict[int, Sink] = {}
+        self._dead: str | None = None
+        try:
+            self.load_seconds = self._await_ready()
+        except BaseException:
+            self._stop_process()
+            raise
+        self._reader = threading.Thread(target=self._read, name="model-replies", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None
+
+    def _await_ready(self) -> float:
+        while True:
+            if self._connection.poll(POLL_SECONDS):
+                try:
+                    reply = self._connection.recv()
+                except EOFError:
+                    break
+                if isinstance(reply, Ready):
+                    return reply.load_seconds
+                if isinstance(reply, LoadFailed):
+                    raise ModelStoreError(reply.message)
+            elif not self._process.is_alive():
+                break
+        self._process.join()
+        raise ModelStoreError(f"The model process {exit_reason(self._process.exitcode)} while loading.")
+
+    def submit(self, job: Job) -> asyncio.Queue[Reply]:
+        """The job's replies arrive on the returned queue: ``Text`` chunks, then one ``Done``."""
+        replies: asyncio.Queue[Reply] = asyncio.Queue()
+        with self._lock:
+            if self._dead is not None:
+                replies.put_nowait(Done(job.request_id, error=self._dead))
+                return replies
+            self._sinks[job.request_id] = (asyncio.get_running_loop(), replies)
+            self._connection.send(job)
+        return replies
+
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            if self._dead is None and request_id in self._sinks:
+                self._connection.send(Cancel(request_id))
+
+    def _read(self) -> None:
+        while True:
+            try:
+                reply: Reply = self._connection.recv()
+            except (EOFError, OSError):
+                break
+            assert not isinstance(reply, Ready | LoadFailed)
+            with self._lock:
+                sink = self._sinks.get(reply.request_id)
+                if isinstance(reply, Done):
+                    self._sinks.pop(reply.request_id, None)
+            if sink is not None:
+                _deliver(sink, reply)
+        self._process.join(POLL_SECONDS * 10)
+        reason = f"The model process {exit_reason(self._process.exitcode)}; it is being restarted."
+        with self._lock:
+            self._dead = reason
+            orphans, self._sinks = self._sinks, {}
+        if orphans:
+            log.error("%s (%d answers lost)", reason, len(orphans))
+        for request_id, sink in orphans.items():
+            _deliver(sink, Done(request_id, error=reason))
+
+    def close(self) -> None:
+        """Blocking: open jobs are cancelled and end with what they have, then the process exits."""
+        with self._lock:
+            if self._dead is None:
+                for request_id in self._sinks:
+                    self._connection.send(Cancel(request_id))
+                with contextlib.suppress(OSError):
+                    self._connection.send(Shutdown())
+        self._reader.join(30)
+        self._stop_process()
+
+    def _stop_process(self) -> None:
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._connection.close()
+
+
+def _deliver(sink: Sink, reply: Reply) -> None:
+    loop, replies = sink
+    with contextlib.suppress(RuntimeError):  # that event loop has closed: nobody is listening any more
+        loop.call_soon_threadsafe(replies.put_nowait, reply)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pipeline: PipelineProcess
+    entry: ModelEntry
+    device: str
+    load_seconds: float
+    num_crops: int = 4  # as GenAI was told (preprocessor_config.json)
+
+    def restarted(self) -> LoadedModel:
+        """The same model in a fresh process, after its process died."""
+        process = PipelineProcess(self.pipeline.spec)
+        return replace(self, pipeline=process, load_seconds=process.load_seconds)
+
+
+def load_pipeline(
+    entry: ModelEntry,
+    device: str = "CPU",
+    cache_dir: Path | None = None,
+    *,
+    num_crops: int | None = None,
+    kv_cache_gb: float = 4.0,
+    cpu: CpuTuning | None = None,
+) -> LoadedModel:
+    """Blocking: checks the model's files, then loads it in a process of its own; errors name the model and a fix."""
+    spec = pipeline_spec(entry, device, cache_dir, num_crops=num_crops, kv_cache_gb=kv_cache_gb, cpu=cpu)
+    process = PipelineProcess(spec)
+    return LoadedModel(process, entry, spec.device, process.load_seconds, spec.num_crops)
