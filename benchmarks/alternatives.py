@@ -87,6 +87,7 @@ class EngineVariant:
     def load(self, num_crops: int, *, restart: bool = False) -> float:
         from engine.engine import Engine
         from engine.pipeline_process import load_pipeline
+        from model_store.loader import pipeline_spec
         from model_store.store import ModelEntry
 
         entry = ModelEntry(slug="bench", precision="int4", path=self.models.ir, manifest={})
@@ -94,7 +95,7 @@ class EngineVariant:
             self.loop.run_until_complete(self.engine.aclose())
             self.engine = None
         started = time.monotonic()
-        loaded = load_pipeline(entry, "CPU", self.workdir, num_crops=num_crops, kv_cache_gb=4, cpu=CPU)
+        loaded = load_pipeline(pipeline_spec(entry, "CPU", self.workdir, num_crops=num_crops, kv_cache_gb=4, cpu=CPU))
         self.engine = Engine(loaded, self.settings)
         return time.monotonic() - started
 

@@ -81,12 +81,14 @@ async def _engine(model: Path, tokens: int, cpu: CpuTuning) -> dict[str, Any]:
     from engine.engine import Chunk, Engine, Finished
     from engine.generation import GenerationSettings
     from engine.images import prepare_image
-    from model_store.loader import load_pipeline
+    from engine.pipeline_process import load_pipeline
+    from model_store.loader import pipeline_spec
     from model_store.store import ModelEntry
 
     entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
     started = time.monotonic()
-    loaded = await asyncio.to_thread(load_pipeline, entry, "CPU", None, kv_cache_gb=4, cpu=cpu)
+    spec = pipeline_spec(entry, "CPU", None, kv_cache_gb=4, cpu=cpu)
+    loaded = await asyncio.to_thread(load_pipeline, spec)
     results: dict[str, Any] = {"load_seconds": round(time.monotonic() - started, 2)}
     engine = Engine(loaded, GenerationSettings(max_new_tokens=tokens, system_prompt="", ignore_eos=True))
     histories: dict[str, list[Turn]] = {"A": [], "B": []}

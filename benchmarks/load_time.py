@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import full_int4_model, write_results
 from engine.pipeline_process import load_pipeline
-from model_store.loader import CpuTuning
+from model_store.loader import CpuTuning, pipeline_spec
 from model_store.store import ModelEntry
 
 
@@ -31,7 +31,7 @@ def main() -> None:
             ("model cache warm, 4 GB KV cache, again", Path(cache), 4),
         ):
             started = time.monotonic()
-            loaded = load_pipeline(entry, "CPU", cache_dir, kv_cache_gb=kv_cache_gb, cpu=cpu)
+            loaded = load_pipeline(pipeline_spec(entry, "CPU", cache_dir, kv_cache_gb=kv_cache_gb, cpu=cpu))
             seconds = time.monotonic() - started
             del loaded
             rows.append({"load": name, "seconds": round(seconds, 1)})

@@ -9,7 +9,7 @@ from bot.settings import Settings
 from engine.engine import Engine
 from engine.generation import GenerationSettings
 from engine.pipeline_process import LoadedModel, load_pipeline
-from model_store.loader import CpuTuning, select_entry
+from model_store.loader import CpuTuning, pipeline_spec, select_entry
 from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,9 @@ def cpu_tuning(settings: Settings) -> CpuTuning:
 
 
 def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
-    """Blocking: compiles the model (seconds with a warm OpenVINO cache, longer the first time)."""
+    """Blocking: starts the model's process and compiles the model there (seconds)."""
     chosen = entry or select_entry(ModelStore(settings.store_dir), settings.model, settings.precision)
-    return load_pipeline(
+    spec = pipeline_spec(
         chosen,
         settings.device,
         settings.cache_dir,
@@ -41,6 +41,7 @@ def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedMod
         kv_cache_gb=settings.kv_cache_gb,
         cpu=cpu_tuning(settings),
     )
+    return load_pipeline(spec)
 
 
 async def build_engine(settings: Settings) -> Engine:

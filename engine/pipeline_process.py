@@ -14,12 +14,11 @@ import logging
 import multiprocessing
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from engine.pipeline_host import serve
 from engine.pipeline_protocol import Cancel, Done, Job, LoadFailed, Ready, Reply, Shutdown
 from model_store.errors import ModelStoreError, exit_reason
-from model_store.loader import CpuTuning, PipelineSpec, pipeline_spec
+from model_store.loader import PipelineSpec
 from model_store.store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -159,16 +158,7 @@ class LoadedModel:
         return replace(self, pipeline=process, load_seconds=process.load_seconds)
 
 
-def load_pipeline(
-    entry: ModelEntry,
-    device: str = "CPU",
-    cache_dir: Path | None = None,
-    *,
-    num_crops: int | None = None,
-    kv_cache_gb: float = 4.0,
-    cpu: CpuTuning | None = None,
-) -> LoadedModel:
-    """Blocking: checks the model's files, then loads it in a process of its own; errors name the model and a fix."""
-    spec = pipeline_spec(entry, device, cache_dir, num_crops=num_crops, kv_cache_gb=kv_cache_gb, cpu=cpu)
+def load_pipeline(spec: PipelineSpec) -> LoadedModel:
+    """Blocking: loads the model (``model_store.loader.pipeline_spec`` checked its files) in a process of its own."""
     process = PipelineProcess(spec)
-    return LoadedModel(process, entry, spec.device, process.load_seconds, spec.num_crops)
+    return LoadedModel(process, spec.entry, spec.device, process.load_seconds, spec.num_crops)

@@ -34,7 +34,7 @@ from model_store.errors import (
     ValidationFailedError,
 )
 from model_store.layout import detect_weight_precision
-from model_store.loader import select_entry
+from model_store.loader import pipeline_spec, select_entry
 from model_store.progress import Progress
 from model_store.store import ModelEntry, ModelStore
 
@@ -65,7 +65,7 @@ def _generate_about_image(entry: ModelEntry, cache_dir: Path | None = None) -> t
     question = Turn("user", "What is in this image?", (prepare_image(buffer.getvalue()),))
 
     async def ask() -> tuple[str, list[str], int]:
-        engine = Engine(load_pipeline(entry, "CPU", cache_dir, kv_cache_gb=1), ANSWER_12_TOKENS)
+        engine = Engine(load_pipeline(pipeline_spec(entry, "CPU", cache_dir, kv_cache_gb=1)), ANSWER_12_TOKENS)
         try:
             events = [event async for event in engine.ask("chat", [], question)]
         finally:
@@ -303,10 +303,10 @@ def test_damaged_store_entries_are_reported_not_crashed_on(
     assert entry is not None
     (entry.path / "openvino_vision_projection_model.bin").unlink()
     with pytest.raises(CorruptModelError, match=r"openvino_vision_projection_model\.bin"):
-        load_pipeline(entry)
+        pipeline_spec(entry)
     (entry.path / "config.json").write_text("[]")
     with pytest.raises(CorruptModelError, match="JSON object"):
-        load_pipeline(entry)
+        pipeline_spec(entry)
     (entry.path / "manifest.json").write_text("{")
     with pytest.raises(CorruptModelError, match="Convert it again"):
         store.entry(entry.slug, "int4")

@@ -35,7 +35,7 @@ def photo(colour: tuple[int, int, int], size: tuple[int, int] = (640, 480)) -> P
 
 
 def load(entry: ModelEntry, tmp_path: Path) -> LoadedModel:
-    return load_pipeline(entry, "CPU", tmp_path / "ov-cache", kv_cache_gb=1)
+    return load_pipeline(pipeline_spec(entry, "CPU", tmp_path / "ov-cache", kv_cache_gb=1))
 
 
 @pytest.fixture
@@ -329,7 +329,7 @@ def test_genai_still_counts_a_non_square_crop_grid_sideways(
 async def test_the_engine_hands_genai_a_square_crop_grid(
     int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
-    loaded = load_pipeline(int4_store[1], "CPU", tmp_path / "ov-cache", num_crops=16, kv_cache_gb=1)
+    loaded = load_pipeline(pipeline_spec(int4_store[1], "CPU", tmp_path / "ov-cache", num_crops=16, kv_cache_gb=1))
     assert loaded.num_crops == 16
     engine = Engine(loaded, SETTINGS)
     tokens = []
