@@ -82,15 +82,6 @@ class Sessions:
         self._sessions: OrderedDict[Hashable, _Session] = OrderedDict()
         self.replays = 0
 
-    def clear(self) -> None:
-        self._sessions.clear()
-
-    def drop(self, key: Hashable) -> None:
-        self._sessions.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
     def run(
         self,
         generate: Generate,

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -45,7 +46,9 @@ def serve(spec: PipelineSpec, connection: Connection, log_level: int) -> None:
         log.exception("loading failed")
         connection.send(LoadFailed(f"Loading {spec.entry.source} failed: {type(error).__name__}: {error}"))
         return
-    connection.send(Ready(time.monotonic() - started))
+    seconds = time.monotonic() - started
+    log.info("loaded %s (%s) on %s in %.1f s", spec.entry.source, spec.entry.precision, spec.device, seconds)
+    connection.send(Ready(seconds))
     Host(pipeline, spec.num_crops, connection).run()
 
 
@@ -132,21 +135,26 @@ class Host:
         self._cancelled.discard(done.request_id)
         self._send(done)
 
-    def _tensors(self, images: list[PreparedImage] | tuple[PreparedImage, ...]) -> list[Any]:
+    def _tensors(self, images: Sequence[PreparedImage]) -> list[Any]:
         import openvino as ov
 
         return [ov.Tensor(for_genai(image.pixels, self._num_crops)) for image in images]
 
-    def _answer_alone(self, job: Job) -> None:
+    def _streamer(self, request_id: int) -> Callable[[str], Any]:
+        """Sends a job's text as it comes; tells GenAI to stop once the job is cancelled (a batched job's
+        decoder ignores that: its request is cancelled between steps)."""
         import openvino_genai as genai
-
-        while self._pipeline.has_non_finished_requests():  # a cancelled batch request still being let go
-            self._pipeline.step()
-        request_id = job.request_id
 
         def stream(text: str) -> Any:
             self._send(Text(request_id, text))
             return genai.StreamingStatus.CANCEL if request_id in self._cancelled else genai.StreamingStatus.RUNNING
+
+        return stream
+
+    def _answer_alone(self, job: Job) -> None:
+        while self._pipeline.has_non_finished_requests():  # a cancelled batch request still being let go
+            self._pipeline.step()
+        request_id = job.request_id
 
         def generate(history: Any, images: Any, config: Any, streamer: Any) -> Any:
             return self._pipeline.generate([history], [self._tensors(images)], [config], streamer)[0]
@@ -162,7 +170,7 @@ class Host:
                 job.past,
                 job.question,
                 job.settings.to_genai(),
-                stream,
+                self._streamer(request_id),
                 prime,
             )
         except Exception as error:
@@ -194,12 +202,7 @@ class Host:
             log.exception("could not start a batched generation")
             self._finish(Done(request_id, error=str(error)))
             return
-
-        def stream(text: str) -> Any:
-            self._send(Text(request_id, text))
-            return genai.StreamingStatus.RUNNING
-
-        self._batch[request_id] = _Batched(handle, genai.TextStreamer(self._tokenizer, stream))
+        self._batch[request_id] = _Batched(handle, genai.TextStreamer(self._tokenizer, self._streamer(request_id)))
 
     def _step(self) -> None:
         import openvino_genai as genai

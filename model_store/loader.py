@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,13 +142,10 @@ def compile_pipeline(spec: PipelineSpec) -> Any:
     scheduler.enable_prefix_caching = True
     scheduler.cache_size = max(1, round(spec.kv_cache_gb)) if spec.kv_cache_gb else 0
     entry = spec.entry
-    started = time.monotonic()
     try:
-        pipeline = genai.ContinuousBatchingPipeline(str(spec.path), scheduler, spec.device, spec.properties)
+        return genai.ContinuousBatchingPipeline(str(spec.path), scheduler, spec.device, spec.properties)
     except RuntimeError as error:
         hint = " Is the device's driver installed? Try DEVICE=CPU." if spec.device != "CPU" else ""
         raise ModelStoreError(
             f"OpenVINO could not load {entry.source} ({entry.precision}) on {spec.device}: {error}.{hint}"
         ) from error
-    log.info("loaded %s (%s) on %s in %.1f s", entry.source, entry.precision, spec.device, time.monotonic() - started)
-    return pipeline

@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,6 +46,19 @@ def engine(int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> Engine:
 
 async def collect(engine: Engine, key: object, past: list[Turn], question: Turn) -> list[Event]:
     return [event async for event in engine.ask(key, past, question)]
+
+
+async def interrupted(
+    engine: Engine, key: object, question: Turn, action: Callable[[], object]
+) -> tuple[list[Event], object]:
+    """The answer to ``question``, with ``action`` done once, when the third chunk has arrived; and what it returned."""
+    events: list[Event] = []
+    outcome: object = None
+    async for event in engine.ask(key, [], question):
+        events.append(event)
+        if isinstance(event, Chunk) and sum(isinstance(e, Chunk) for e in events) == 3:
+            outcome = action()
+    return events, outcome
 
 
 def finished(events: list[Event]) -> Finished:
@@ -142,11 +156,8 @@ async def test_second_chat_waits_with_a_position_and_same_chat_is_refused(engine
 
 async def test_cancel_stops_within_a_token_and_frees_the_slot(engine: Engine) -> None:
     engine.settings = replace(SETTINGS, max_new_tokens=3000)
-    events: list[Event] = []
-    async for event in engine.ask("a", [], Turn("user", "Write a long story.")):
-        events.append(event)
-        if isinstance(event, Chunk) and len([e for e in events if isinstance(e, Chunk)]) == 3:
-            assert engine.cancel("a") is True
+    events, cancelled = await interrupted(engine, "a", Turn("user", "Write a long story."), lambda: engine.cancel("a"))
+    assert cancelled is True
     done = finished(events)
     assert done.status == "cancelled"
     assert 3 <= done.generated_tokens < 50
@@ -214,11 +225,11 @@ async def test_a_failing_generation_is_reported_and_the_queue_continues(engine: 
 
 async def test_a_crashed_model_process_fails_its_answer_and_is_restarted(engine: Engine) -> None:
     engine.settings = replace(SETTINGS, max_new_tokens=3000)
-    events: list[Event] = []
-    async for event in engine.ask("a", [], Turn("user", "Write a long story.")):
-        events.append(event)
-        if isinstance(event, Chunk) and len(events) == 3:
-            os.kill(engine.model.pipeline.pid, signal.SIGKILL)
+    pid = engine.model.pipeline.pid
+    assert pid is not None
+    events, _ = await interrupted(
+        engine, "a", Turn("user", "Write a long story."), lambda: os.kill(pid, signal.SIGKILL)
+    )
     done = finished(events)
     assert done.status == "failed" and "killed by signal 9" in (done.error or "")
     assert done.text, "what was streamed before the crash is kept"
@@ -273,20 +284,12 @@ async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
     int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     engine = Engine(load(int4_store[1], tmp_path), replace(SETTINGS, max_new_tokens=300), batch_max=3)
-
-    async def cancel_b_after_three_chunks() -> list[Event]:
-        events: list[Event] = []
-        async for event in engine.ask("b", [], Turn("user", "Write a long story.")):
-            events.append(event)
-            if len([e for e in events if isinstance(e, Chunk)]) == 3 and engine.cancel("b"):
-                pass
-        return events
-
-    a_events, b_events, c_events = await asyncio.gather(
+    a_events, (b_events, b_cancelled), c_events = await asyncio.gather(
         collect(engine, "a", [], Turn("user", "Hello.")),
-        cancel_b_after_three_chunks(),
+        interrupted(engine, "b", Turn("user", "Write a long story."), lambda: engine.cancel("b")),
         collect(engine, "c", [], Turn("user", "Tell me about the sea.")),
     )
+    assert b_cancelled is True
     b_done, c_done = finished(b_events), finished(c_events)
     assert b_done.status == "cancelled" and 3 <= b_done.generated_tokens < 50 and b_done.text  # ~1 ms a token here
     assert c_done.status == "complete" and c_done.generated_tokens == 300
