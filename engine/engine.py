@@ -256,8 +256,9 @@ class Engine:
         return previous
 
     async def aclose(self) -> None:
-        for running in self._running.values():
-            running.request_stop("cancelled")
+        """Running answers stop and keep their text; waiting ones leave the line rather than meet a closed
+        model, whose dead process would otherwise be restarted for them."""
+        self.cancel_all()
         await asyncio.to_thread(self._model.pipeline.close)
 
 
