@@ -33,15 +33,21 @@ from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import FirstChunkTimer, full_checkpoint, full_int4_model, synthetic_photo, write_results
-from model_store.loader import CpuTuning
+from benchmarks.common import (
+    FirstChunkTimer,
+    bot_cpu_tuning,
+    full_checkpoint,
+    full_int4_model,
+    synthetic_photo,
+    write_results,
+)
 
 VARIANTS = ("engine", "genai", "optimum", "pytorch-bf16")
 SIZES = ((640, 480), (1344, 1008))
 CROPS = (4, 16)
 QUESTION = "What is in this image?"
 FOLLOW_UP = "And what colour is it?"
-CPU = CpuTuning(dynamic_quantization_group_size=64)  # the bot's default; the same for every OpenVINO variant
+CPU = bot_cpu_tuning()  # the same for every OpenVINO variant
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,9 @@ class EngineVariant:
             self.loop.run_until_complete(self.engine.aclose())
             self.engine = None
         started = time.monotonic()
-        loaded = load_pipeline(pipeline_spec(entry, "CPU", self.workdir, num_crops=num_crops, kv_cache_gb=4, cpu=CPU))
+        loaded = load_pipeline(
+            pipeline_spec(entry, views_dir=self.workdir / "views", num_crops=num_crops, kv_cache_gb=4, cpu=CPU)
+        )
         self.engine = Engine(loaded, self.settings)
         return time.monotonic() - started
 

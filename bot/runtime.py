@@ -36,7 +36,8 @@ def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedMod
     spec = pipeline_spec(
         chosen,
         settings.device,
-        settings.cache_dir,
+        views_dir=settings.views_dir,
+        compile_cache_dir=settings.compile_cache_dir,
         num_crops=settings.num_crops,
         kv_cache_gb=settings.kv_cache_gb,
         cpu=cpu_tuning(settings),

@@ -123,7 +123,6 @@ class Settings(BaseSettings):
     def _derive_paths(self) -> Settings:
         self.database_path = self.database_path or self.data_dir / "history.sqlite3"
         self.model_store_dir = self.model_store_dir or self.data_dir / "models"
-        self.ov_cache_dir = self.ov_cache_dir or self.data_dir / "ov-cache"
         return self
 
     @property
@@ -132,9 +131,18 @@ class Settings(BaseSettings):
         return self.model_store_dir
 
     @property
-    def cache_dir(self) -> Path:
-        assert self.ov_cache_dir is not None
-        return self.ov_cache_dir
+    def compile_cache_dir(self) -> Path | None:
+        """OpenVINO's compiled-model cache: by default only off the CPU, where compiling is slow.
+
+        On a 2-core CPU a warm cache loaded in 4.0 s against 3.0 s without it (10.3 s while being written).
+        """
+        if self.ov_cache_dir is not None:
+            return self.ov_cache_dir
+        return None if self.device == "CPU" else self.data_dir / "ov-cache"
+
+    @property
+    def views_dir(self) -> Path:
+        return self.data_dir / "model-views"
 
 
 class SettingsError(Exception):

@@ -1,7 +1,8 @@
 """Hands the bot a ready OpenVINO GenAI pipeline for the configured (or admin-chosen) model.
 
-OpenVINO's model cache (``CACHE_DIR``) keeps compiled blobs, so a restart loads in seconds instead of
-recompiling; the cache is keyed by the model's content, so a replaced model never reuses stale blobs.
+OpenVINO's model cache (``CACHE_DIR``) keeps compiled blobs, keyed by the model's content, so a restart need not
+compile again.  That pays on GPUs; on a CPU compiling is quick and reading the blobs back measured slower
+(benchmarks/load_time.py), so the bot turns the cache on by device (bot.settings).
 """
 
 from __future__ import annotations
@@ -111,21 +112,27 @@ class PipelineSpec:
 def pipeline_spec(
     entry: ModelEntry,
     device: str = "CPU",
-    cache_dir: Path | None = None,
     *,
+    views_dir: Path | None = None,
+    compile_cache_dir: Path | None = None,
     num_crops: int | None = None,
     kv_cache_gb: float = 4.0,
     cpu: CpuTuning | None = None,
 ) -> PipelineSpec:
-    """Checks the model's files first, so a damaged entry is named before any process is started."""
+    """Checks the model's files first, so a damaged entry is named before any process is started.
+
+    ``views_dir`` is where a view for another ``num_crops`` than the model's own is made (see crops_view).
+    """
     check_ir_directory(entry.path)
     properties: dict[str, Any] = cpu.properties() if cpu is not None else {}
+    if compile_cache_dir is not None:
+        compile_cache_dir.mkdir(parents=True, exist_ok=True)
+        properties["CACHE_DIR"] = str(compile_cache_dir)
     path = entry.path
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        properties["CACHE_DIR"] = str(cache_dir)
-        if num_crops is not None:
-            path = crops_view(entry, num_crops, cache_dir / "views")
+    if num_crops is not None:
+        if views_dir is None:
+            raise ValueError("a views_dir is needed to choose num_crops")
+        path = crops_view(entry, num_crops, views_dir)
     crops = int(read_json(path / "preprocessor_config.json").get("num_crops", 4))
     return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, crops)
 

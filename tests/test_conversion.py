@@ -65,7 +65,9 @@ def _generate_about_image(entry: ModelEntry, cache_dir: Path | None = None) -> t
     question = Turn("user", "What is in this image?", (prepare_image(buffer.getvalue()),))
 
     async def ask() -> tuple[str, list[str], int]:
-        engine = Engine(load_pipeline(pipeline_spec(entry, "CPU", cache_dir, kv_cache_gb=1)), ANSWER_12_TOKENS)
+        engine = Engine(
+            load_pipeline(pipeline_spec(entry, compile_cache_dir=cache_dir, kv_cache_gb=1)), ANSWER_12_TOKENS
+        )
         try:
             events = [event async for event in engine.ask("chat", [], question)]
         finally:

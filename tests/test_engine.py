@@ -35,13 +35,13 @@ def photo(colour: tuple[int, int, int], size: tuple[int, int] = (640, 480)) -> P
     return prepare_image(buffer.getvalue())
 
 
-def load(entry: ModelEntry, tmp_path: Path) -> LoadedModel:
-    return load_pipeline(pipeline_spec(entry, "CPU", tmp_path / "ov-cache", kv_cache_gb=1))
+def load(entry: ModelEntry) -> LoadedModel:
+    return load_pipeline(pipeline_spec(entry, kv_cache_gb=1))
 
 
 @pytest.fixture
-def engine(int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> Engine:
-    return Engine(load(int4_store[1], tmp_path), SETTINGS)
+def engine(int4_store: tuple[ModelStore, ModelEntry]) -> Engine:
+    return Engine(load(int4_store[1]), SETTINGS)
 
 
 async def collect(engine: Engine, key: object, past: list[Turn], question: Turn) -> list[Event]:
@@ -104,12 +104,10 @@ async def test_event_loop_keeps_serving_during_generation(engine: Engine) -> Non
     await engine.aclose()
 
 
-async def test_follow_up_uses_the_photo_and_survives_a_restart(
-    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
-) -> None:
+async def test_follow_up_uses_the_photo_and_survives_a_restart(int4_store: tuple[ModelStore, ModelEntry]) -> None:
     image = photo((30, 30, 220))
     first_question = Turn("user", "What is in this image?", (image,))
-    engine = Engine(load(int4_store[1], tmp_path), SETTINGS)
+    engine = Engine(load(int4_store[1]), SETTINGS)
     first = finished(await collect(engine, "a", [], first_question))
     past = [first_question, Turn("assistant", first.text)]
     follow_up = Turn("user", "And what colour is the square?")
@@ -118,7 +116,7 @@ async def test_follow_up_uses_the_photo_and_survives_a_restart(
     assert second.input_tokens > first.input_tokens + 5, "the follow-up carries the photo and the first answer"
     await engine.aclose()
 
-    restarted = Engine(load(int4_store[1], tmp_path), SETTINGS)  # nothing cached: rebuilt from history
+    restarted = Engine(load(int4_store[1]), SETTINGS)  # nothing cached: rebuilt from history
     again = finished(await collect(restarted, "a", past, follow_up))
     assert again.input_tokens == second.input_tokens, "the rebuilt prompt is the same prompt"
     assert again.text == second.text, "the KV cache is only a cache: the greedy answer does not change"
@@ -197,13 +195,13 @@ async def test_time_limit_ends_an_answer_cleanly(engine: Engine) -> None:
 async def test_hot_swap_switches_at_a_request_boundary(
     int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    engine = Engine(load(int4_store[1], tmp_path), replace(SETTINGS, max_new_tokens=40))
+    engine = Engine(load(int4_store[1]), replace(SETTINGS, max_new_tokens=40))
     int8 = run_conversion(
         ConversionRequest(source=str(tiny_checkpoint), store_root=str(tmp_path / "s"), precision="int8")
     )
     running = asyncio.create_task(collect(engine, "a", [], Turn("user", "Describe.", (photo((5, 5, 5)),))))
     await asyncio.sleep(0.05)
-    swapping = asyncio.create_task(engine.swap(load(int8, tmp_path)))
+    swapping = asyncio.create_task(engine.swap(load(int8)))
     first = finished(await running)
     previous = await swapping
     assert first.status == "complete", "the running answer finished on the old model"
@@ -245,9 +243,9 @@ async def timed(engine: Engine, key: object, past: list[Turn], question: Turn) -
 
 
 async def test_chats_that_wait_together_are_answered_together_and_follow_ups_still_work(
-    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+    int4_store: tuple[ModelStore, ModelEntry],
 ) -> None:
-    engine = Engine(load(int4_store[1], tmp_path), SETTINGS, batch_max=3)
+    engine = Engine(load(int4_store[1]), SETTINGS, batch_max=3)
     first = Turn("user", "Describe this.", (photo((40, 40, 40)),))
     b_question = Turn("user", "What is in this image?", (photo((200, 10, 10)),))
     c_question = Turn("user", "Say something nice.")
@@ -281,9 +279,9 @@ async def test_chats_that_wait_together_are_answered_together_and_follow_ups_sti
 
 
 async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
-    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+    int4_store: tuple[ModelStore, ModelEntry],
 ) -> None:
-    engine = Engine(load(int4_store[1], tmp_path), replace(SETTINGS, max_new_tokens=300), batch_max=3)
+    engine = Engine(load(int4_store[1]), replace(SETTINGS, max_new_tokens=300), batch_max=3)
     a_events, (b_events, b_cancelled), c_events = await asyncio.gather(
         collect(engine, "a", [], Turn("user", "Hello.")),
         interrupted(engine, "b", Turn("user", "Write a long story."), lambda: engine.cancel("b")),
@@ -317,7 +315,7 @@ def test_genai_still_counts_a_non_square_crop_grid_sideways(
     import openvino as ov
     import openvino_genai as genai
 
-    spec = pipeline_spec(int4_store[1], "CPU", tmp_path / "ov-cache", num_crops=16)
+    spec = pipeline_spec(int4_store[1], views_dir=tmp_path / "views", num_crops=16)
     pipeline = genai.VLMPipeline(str(spec.path), "CPU")
     config = genai.GenerationConfig(max_new_tokens=1)
 
@@ -332,7 +330,7 @@ def test_genai_still_counts_a_non_square_crop_grid_sideways(
 async def test_the_engine_hands_genai_a_square_crop_grid(
     int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
-    loaded = load_pipeline(pipeline_spec(int4_store[1], "CPU", tmp_path / "ov-cache", num_crops=16, kv_cache_gb=1))
+    loaded = load_pipeline(pipeline_spec(int4_store[1], views_dir=tmp_path / "views", num_crops=16, kv_cache_gb=1))
     assert loaded.num_crops == 16
     engine = Engine(loaded, SETTINGS)
     tokens = []

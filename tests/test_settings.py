@@ -79,6 +79,18 @@ def test_cpu_tuning_reaches_openvino_by_its_names(monkeypatch: pytest.MonkeyPatc
     }
 
 
+def test_compiled_model_cache_is_used_off_the_cpu_or_when_asked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().compile_cache_dir is None, "on a CPU the cache measured slower than compiling"
+    monkeypatch.setenv("DEVICE", "GPU")
+    assert load_settings().compile_cache_dir == Path("data") / "ov-cache"
+    monkeypatch.setenv("DEVICE", "CPU")
+    monkeypatch.setenv("OV_CACHE_DIR", str(tmp_path / "blobs"))
+    assert load_settings().compile_cache_dir == tmp_path / "blobs"
+
+
 def test_every_bad_value_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ADMIN_USER_IDS", "alice")
