@@ -25,8 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import full_int4_model, synthetic_photo, write_results
-from model_store.loader import CpuTuning
+from benchmarks.common import bot_cpu_tuning, full_int4_model, synthetic_photo, write_results
 
 PROMPT = "Chat {chat}: describe a quiet harbour at dawn, with boats, gulls and a lighthouse, in a few words."
 
@@ -59,9 +58,7 @@ def scheduler() -> Any:
 def vlm_modes(model: Path, config: Any) -> dict[str, Callable[[list[Request]], Answers]]:
     import openvino_genai as genai
 
-    pipeline = genai.VLMPipeline(
-        str(model), "CPU", scheduler_config=scheduler(), **CpuTuning(dynamic_quantization_group_size=64).properties()
-    )
+    pipeline = genai.VLMPipeline(str(model), "CPU", scheduler_config=scheduler(), **bot_cpu_tuning().properties())
     pipeline.generate("Hello", generation_config=config)
     started = [0.0]
 
@@ -86,9 +83,7 @@ def vlm_modes(model: Path, config: Any) -> dict[str, Callable[[list[Request]], A
 def batching_modes(model: Path, config: Any) -> dict[str, Callable[[list[Request]], Answers]]:
     import openvino_genai as genai
 
-    pipeline = genai.ContinuousBatchingPipeline(
-        str(model), scheduler(), "CPU", CpuTuning(dynamic_quantization_group_size=64).properties()
-    )
+    pipeline = genai.ContinuousBatchingPipeline(str(model), scheduler(), "CPU", bot_cpu_tuning().properties())
     ids = iter(range(1_000_000))
 
     def run(batch: list[Request]) -> Answers:
@@ -129,9 +124,7 @@ def follow_up_through_batching(model: Path, config: Any) -> dict[str, float]:
     import openvino as ov
     import openvino_genai as genai
 
-    pipeline = genai.ContinuousBatchingPipeline(
-        str(model), scheduler(), "CPU", CpuTuning(dynamic_quantization_group_size=64).properties()
-    )
+    pipeline = genai.ContinuousBatchingPipeline(str(model), scheduler(), "CPU", bot_cpu_tuning().properties())
     tokenizer = pipeline.get_tokenizer()
     raw = genai.GenerationConfig(max_new_tokens=config.max_new_tokens, ignore_eos=True, apply_chat_template=False)
     ids = iter(range(1_000_000))

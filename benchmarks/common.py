@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from model_store.loader import CpuTuning
 
 import psutil
 
@@ -50,6 +54,29 @@ def full_checkpoint() -> Path:
             shutil.rmtree(path)
         build_synthetic_checkpoint(path, "full", progress=TerminalProgress())
     return path
+
+
+def bot_cpu_tuning() -> CpuTuning:
+    """The CPU options the bot ships with (its settings' defaults), so benchmarks time what users run."""
+    from bot.settings import Settings
+    from model_store.loader import CpuTuning
+
+    fields = Settings.model_fields
+    return CpuTuning(fields["dynamic_quantization_group_size"].default, fields["inference_threads"].default)
+
+
+def add_dynamic_quantization_option(parser: argparse.ArgumentParser) -> None:
+    default = bot_cpu_tuning().dynamic_quantization_group_size
+    parser.add_argument(
+        "--dynamic-quantization",
+        type=int,
+        default=default,
+        help=f"DYNAMIC_QUANTIZATION_GROUP_SIZE, 0 = off (default: the bot's, {default})",
+    )
+
+
+def chosen_cpu_tuning(args: argparse.Namespace) -> CpuTuning:
+    return dataclasses.replace(bot_cpu_tuning(), dynamic_quantization_group_size=args.dynamic_quantization)
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:

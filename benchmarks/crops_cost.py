@@ -2,7 +2,7 @@
 
 Photos go in as the engine hands them to GenAI (engine.images.for_genai: padded to a square crop grid).
 
-Usage: python benchmarks/crops_cost.py [--dynamic-quantization 64]
+Usage: python benchmarks/crops_cost.py [--dynamic-quantization N]
 """
 
 from __future__ import annotations
@@ -15,9 +15,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import FirstChunkTimer, full_int4_model, synthetic_photo, write_results
+from benchmarks.common import (
+    FirstChunkTimer,
+    add_dynamic_quantization_option,
+    chosen_cpu_tuning,
+    full_int4_model,
+    synthetic_photo,
+    write_results,
+)
 from engine.images import for_genai
-from model_store.loader import CpuTuning, crops_view
+from model_store.loader import crops_view
 
 SIZES = ((640, 480), (1344, 1008))
 CROPS = (4, 16)
@@ -25,9 +32,9 @@ CROPS = (4, 16)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dynamic-quantization", type=int, default=64, help="as the bot's default setting")
+    add_dynamic_quantization_option(parser)
     args = parser.parse_args()
-    properties = CpuTuning(dynamic_quantization_group_size=args.dynamic_quantization).properties()
+    properties = chosen_cpu_tuning(args).properties()
     import openvino as ov
     import openvino_genai as genai
 

@@ -19,8 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import full_int4_model, synthetic_photo, write_results
-from model_store.loader import CpuTuning
+from benchmarks.common import bot_cpu_tuning, full_int4_model, synthetic_photo, write_results
 
 
 class Ticker:
@@ -78,7 +77,7 @@ def main() -> None:
     import openvino_genai as genai
 
     model = str(full_int4_model())
-    properties = CpuTuning(dynamic_quantization_group_size=64).properties()
+    properties = bot_cpu_tuning().properties()
     config = genai.GenerationConfig()
     config.max_new_tokens = 8
     config.ignore_eos = True
