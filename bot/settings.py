@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     def compile_cache_dir(self) -> Path | None:
         """OpenVINO's compiled-model cache: by default only off the CPU, where compiling is slow.
 
-        On a 2-core CPU a warm cache loaded in 4.0 s against 3.0 s without it (10.3 s while being written).
+        On a 2-core CPU a warm cache loaded in 5.2-7.2 s against 3.2 s without it (11.2 s while being written).
         """
         if self.ov_cache_dir is not None:
             return self.ov_cache_dir
