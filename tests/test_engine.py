@@ -281,7 +281,7 @@ async def test_chats_that_wait_together_are_answered_together_and_follow_ups_sti
 async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
     int4_store: tuple[ModelStore, ModelEntry],
 ) -> None:
-    engine = Engine(load(int4_store[1]), replace(SETTINGS, max_new_tokens=300), batch_max=3)
+    engine = Engine(load(int4_store[1]), replace(SETTINGS, max_new_tokens=3000), batch_max=3)
     a_events, (b_events, b_cancelled), c_events = await asyncio.gather(
         collect(engine, "a", [], Turn("user", "Hello.")),
         interrupted(engine, "b", Turn("user", "Write a long story."), lambda: engine.cancel("b")),
@@ -289,8 +289,9 @@ async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
     )
     assert b_cancelled is True
     b_done, c_done = finished(b_events), finished(c_events)
-    assert b_done.status == "cancelled" and 3 <= b_done.generated_tokens < 50 and b_done.text  # ~1 ms a token here
-    assert c_done.status == "complete" and c_done.generated_tokens == 300
+    # A token takes about a millisecond here, so the bound leaves room for a busy machine (a CI run once saw 67).
+    assert b_done.status == "cancelled" and 3 <= b_done.generated_tokens < 300 and b_done.text
+    assert c_done.status == "complete" and c_done.generated_tokens == 3000
     assert finished(a_events).status == "complete"
     assert len(engine.queue) == 0
     await engine.aclose()
