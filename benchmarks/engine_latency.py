@@ -126,9 +126,10 @@ def _raw(model: Path, prefix_cache: bool, tokens: int, cpu: CpuTuning, steps: li
 
 
 def _not_round_tripping(tokenizer: Any, text: str, ids: list[int]) -> int:
-    """How many of an answer's tokens come back different once its text is tokenised again in the chat template.
+    """How many of an answer's tokens there are from the first that comes back different once the answer's text
+    is tokenised again in the chat template.
 
-    The next prompt's prefix-cache match ends where they differ, so these tokens (and all after) are read again.
+    The next prompt's prefix-cache match ends there, so the next follow-up reads these tokens again.
     Random weights emit lone UTF-8 byte tokens whose text does not survive; a real model's answers do.
     """
     before = tokenizer.apply_chat_template([{"role": "user", "content": "q"}], add_generation_prompt=True)
