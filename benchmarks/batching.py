@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import bot_cpu_tuning, full_int4_model, synthetic_photo, write_results
+from model_store.loader import prefix_caching_scheduler
 
 PROMPT = "Chat {chat}: describe a quiet harbour at dawn, with boats, gulls and a lighthouse, in a few words."
 
@@ -46,19 +47,12 @@ def requests(chats: int, round_: str, salt: int) -> list[Request]:
     ]
 
 
-def scheduler() -> Any:
-    import openvino_genai as genai
-
-    config = genai.SchedulerConfig()
-    config.enable_prefix_caching = True
-    config.cache_size = 4
-    return config
-
-
 def vlm_modes(model: Path, config: Any) -> dict[str, Callable[[list[Request]], Answers]]:
     import openvino_genai as genai
 
-    pipeline = genai.VLMPipeline(str(model), "CPU", scheduler_config=scheduler(), **bot_cpu_tuning().properties())
+    pipeline = genai.VLMPipeline(
+        str(model), "CPU", scheduler_config=prefix_caching_scheduler(4), **bot_cpu_tuning().properties()
+    )
     pipeline.generate("Hello", generation_config=config)
     started = [0.0]
 
@@ -83,7 +77,9 @@ def vlm_modes(model: Path, config: Any) -> dict[str, Callable[[list[Request]], A
 def batching_modes(model: Path, config: Any) -> dict[str, Callable[[list[Request]], Answers]]:
     import openvino_genai as genai
 
-    pipeline = genai.ContinuousBatchingPipeline(str(model), scheduler(), "CPU", bot_cpu_tuning().properties())
+    pipeline = genai.ContinuousBatchingPipeline(
+        str(model), prefix_caching_scheduler(4), "CPU", bot_cpu_tuning().properties()
+    )
     ids = iter(range(1_000_000))
 
     def run(batch: list[Request]) -> Answers:
@@ -124,7 +120,9 @@ def follow_up_through_batching(model: Path, config: Any) -> dict[str, float]:
     import openvino as ov
     import openvino_genai as genai
 
-    pipeline = genai.ContinuousBatchingPipeline(str(model), scheduler(), "CPU", bot_cpu_tuning().properties())
+    pipeline = genai.ContinuousBatchingPipeline(
+        str(model), prefix_caching_scheduler(4), "CPU", bot_cpu_tuning().properties()
+    )
     tokenizer = pipeline.get_tokenizer()
     raw = genai.GenerationConfig(max_new_tokens=config.max_new_tokens, ignore_eos=True, apply_chat_template=False)
     ids = iter(range(1_000_000))

@@ -34,7 +34,7 @@ from benchmarks.common import (
     synthetic_photo,
     write_results,
 )
-from model_store.loader import CpuTuning
+from model_store.loader import CpuTuning, prefix_caching_scheduler
 
 VARIANTS = ("raw-plain", "raw-prefix-cache", "engine")
 OPENING = ("A1 image", "A2 follow-up", "B1 image")
@@ -89,10 +89,7 @@ def _raw(model: Path, prefix_cache: bool, tokens: int, cpu: CpuTuning, steps: li
 
     properties: dict[str, Any] = cpu.properties()
     if prefix_cache:
-        scheduler = genai.SchedulerConfig()
-        scheduler.enable_prefix_caching = True
-        scheduler.cache_size = 4
-        properties["scheduler_config"] = scheduler
+        properties["scheduler_config"] = prefix_caching_scheduler(4)
     started = time.monotonic()
     pipeline = genai.VLMPipeline(str(model), "CPU", **properties)
     tokenizer = pipeline.get_tokenizer()

@@ -20,6 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import bot_cpu_tuning, full_int4_model, synthetic_photo, write_results
+from model_store.loader import prefix_caching_scheduler
 
 
 class Ticker:
@@ -53,10 +54,7 @@ class Ticker:
 def batching_rows(model: str, properties: dict[str, Any], config: Any, image: Any, ticker: Ticker) -> list[dict]:
     import openvino_genai as genai
 
-    scheduler = genai.SchedulerConfig()
-    scheduler.enable_prefix_caching = True
-    scheduler.cache_size = 2
-    pipeline = genai.ContinuousBatchingPipeline(model, scheduler, "CPU", properties)
+    pipeline = genai.ContinuousBatchingPipeline(model, prefix_caching_scheduler(2), "CPU", properties)
     handles = []  # a handle that is dropped stops its request
 
     def add() -> None:

@@ -137,6 +137,16 @@ def pipeline_spec(
     return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, crops)
 
 
+def prefix_caching_scheduler(kv_cache_gb: float) -> Any:
+    """GenAI's scheduler with prefix caching, KV blocks bounded by ``kv_cache_gb`` (0: grown as needed)."""
+    import openvino_genai as genai
+
+    scheduler = genai.SchedulerConfig()
+    scheduler.enable_prefix_caching = True
+    scheduler.cache_size = max(1, round(kv_cache_gb)) if kv_cache_gb else 0
+    return scheduler
+
+
 def compile_pipeline(spec: PipelineSpec) -> Any:
     """An ``openvino_genai.ContinuousBatchingPipeline`` with prefix caching; errors name the model and a fix.
 
@@ -145,9 +155,7 @@ def compile_pipeline(spec: PipelineSpec) -> Any:
     """
     import openvino_genai as genai
 
-    scheduler = genai.SchedulerConfig()
-    scheduler.enable_prefix_caching = True
-    scheduler.cache_size = max(1, round(spec.kv_cache_gb)) if spec.kv_cache_gb else 0
+    scheduler = prefix_caching_scheduler(spec.kv_cache_gb)
     entry = spec.entry
     try:
         return genai.ContinuousBatchingPipeline(str(spec.path), scheduler, spec.device, spec.properties)
