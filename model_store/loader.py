@@ -129,12 +129,13 @@ def pipeline_spec(
         compile_cache_dir.mkdir(parents=True, exist_ok=True)
         properties["CACHE_DIR"] = str(compile_cache_dir)
     path = entry.path
-    if num_crops is not None:
-        if views_dir is None:
-            raise ValueError("a views_dir is needed to choose num_crops")
+    if num_crops is None:
+        num_crops = int(read_json(path / "preprocessor_config.json").get("num_crops", 4))
+    elif views_dir is None:
+        raise ValueError("a views_dir is needed to choose num_crops")
+    else:
         path = crops_view(entry, num_crops, views_dir)
-    crops = int(read_json(path / "preprocessor_config.json").get("num_crops", 4))
-    return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, crops)
+    return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, num_crops)
 
 
 def prefix_caching_scheduler(kv_cache_gb: float) -> Any:
