@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 from engine.pipeline_host import serve
 from engine.pipeline_protocol import Cancel, Done, Job, LoadFailed, Ready, Reply, Shutdown
-from model_store.errors import ModelStoreError, exit_reason
+from model_store.child_process import exit_reason, stop_process
+from model_store.errors import ModelStoreError
 from model_store.loader import PipelineSpec
 from model_store.store import ModelEntry
 
@@ -128,13 +129,7 @@ class PipelineProcess:
         self._stop_process()
 
     def _stop_process(self) -> None:
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        stop_process(self._process, grace=10, terminate_wait=5)
         self._connection.close()
 
 

@@ -83,11 +83,3 @@ _KINDS: dict[str, type[ModelStoreError]] = {
 
 def error_from_kind(kind: str, message: str) -> ModelStoreError:
     return _KINDS.get(kind, ModelStoreError)(message)
-
-
-def exit_reason(exitcode: int | None) -> str:
-    """How a child process ended, for a message: a kill by signal 9 is usually the out-of-memory killer."""
-    if exitcode is not None and exitcode < 0:
-        hint = " (the system may have run out of memory)" if exitcode == -9 else ""
-        return f"was killed by signal {-exitcode}{hint}"
-    return f"exited unexpectedly (code {exitcode})"

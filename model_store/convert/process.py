@@ -16,13 +16,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from model_store.child_process import exit_reason, stop_process
 from model_store.convert.job import ConversionRequest, run_conversion
 from model_store.errors import (
     ConversionFailedError,
     ConversionInterruptedError,
     ModelStoreError,
     error_from_kind,
-    exit_reason,
 )
 from model_store.progress import Progress, ProgressCallback, ignore_progress
 from model_store.store import ModelEntry
@@ -84,11 +84,8 @@ def convert_in_subprocess(
     except KeyboardInterrupt:
         raise ConversionInterruptedError("The conversion was interrupted. The previous model keeps serving.") from None
     finally:
-        if child.is_alive() and outcome is None:
-            child.terminate()
-            child.join(10)
-            if child.is_alive():
-                child.kill()
+        if outcome is None:
+            stop_process(child, grace=0, terminate_wait=10)
         child.join()
         receiver.close()
     if outcome[0] == "error":

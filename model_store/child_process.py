@@ -1,0 +1,24 @@
+"""Ending the bot's child processes (model conversion, the model itself) and saying how they ended."""
+
+from __future__ import annotations
+
+from multiprocessing.process import BaseProcess
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a child process ended, for a message: a kill by signal 9 is usually the out-of-memory killer."""
+    if exitcode is not None and exitcode < 0:
+        hint = " (the system may have run out of memory)" if exitcode == -9 else ""
+        return f"was killed by signal {-exitcode}{hint}"
+    return f"exited unexpectedly (code {exitcode})"
+
+
+def stop_process(process: BaseProcess, *, grace: float, terminate_wait: float) -> None:
+    """Gives the child ``grace`` seconds to exit on its own, then asks it to stop (SIGTERM), then kills it."""
+    process.join(grace)
+    if process.is_alive():
+        process.terminate()
+        process.join(terminate_wait)
+    if process.is_alive():
+        process.kill()
+    process.join()
