@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import resource
 import subprocess
@@ -38,7 +37,9 @@ from benchmarks.common import (
     bot_cpu_tuning,
     full_checkpoint,
     full_int4_model,
+    png,
     synthetic_photo,
+    timed_answer,
     write_results,
 )
 
@@ -111,33 +112,20 @@ class EngineVariant:
         return self.loop.run_until_complete(self._ask(question, image, new_conversation))
 
     async def _ask(self, question: str, image: Any | None, new_conversation: bool) -> Measured:
-        from PIL import Image
-
         from engine.conversation import Turn
-        from engine.engine import Chunk, Finished
         from engine.images import prepare_image
 
-        images = ()
-        if image is not None:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="PNG")
-            images = (prepare_image(buffer.getvalue()),)
+        images = (prepare_image(png(image)),) if image is not None else ()
         if new_conversation:
             self.past = []
         turn = Turn(role="user", text=question, images=images)
-        started = time.monotonic()
-        first: float | None = None
-        finished: Finished | None = None
-        async for event in self.engine.ask("bench", self.past, turn):
-            if isinstance(event, Chunk) and first is None:
-                first = time.monotonic() - started
-            if isinstance(event, Finished):
-                finished = event
-        assert finished is not None and finished.status == "complete", finished
+        answer = await timed_answer(self.engine, "bench", self.past, turn)
+        finished = answer.finished
+        assert finished.status == "complete", finished
         self.past += [turn, Turn(role="assistant", text=finished.text)]
         return Measured(
-            first or float("nan"),
-            time.monotonic() - started,
+            answer.first_text or float("nan"),
+            answer.seconds,
             finished.generated_tokens,
             finished.input_tokens,
             finished.text,

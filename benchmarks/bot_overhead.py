@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import sys
 import tempfile
 import time
@@ -22,23 +21,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BENCH_DIR, full_int4_model, synthetic_photo, write_results
+from benchmarks.common import BENCH_DIR, full_int4_model, png, synthetic_photo, timed_answer, write_results
 from bot import texts
 from engine.conversation import Turn
-from engine.engine import Chunk, Engine, Finished
+from engine.engine import Engine
 from engine.images import prepare_image
 from tests.support.bot_api_server import FakeBotApi, SentMessage
 from tests.support.harness import bot_settings, running_bot
 
 FIRST_USER = 10_000
-
-
-def png(seed: int) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(synthetic_photo(seed)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def seen(message: SentMessage) -> tuple[bool, bool]:
@@ -85,7 +76,7 @@ async def through_bot(tokens: int, chats: int, batch_size: int) -> dict[str, Any
                 api.push_message(users[0], "Hello", user_id=users[0])  # warm-up
                 await watch(api, users[0], started)
                 results: dict[str, Any] = {}
-                for name, photo in (("text question", None), ("photo question", png(21))):
+                for name, photo in (("text question", None), ("photo question", png(synthetic_photo(21)))):
                     user = users[1] if photo is None else users[2]
                     started = time.monotonic()
                     api.push_message(user, "What can you tell me about harbours?", photo=photo, user_id=user)
@@ -120,17 +111,11 @@ async def through_engine(tokens: int) -> dict[str, Any]:
         GenerationSettings(max_new_tokens=tokens, system_prompt="You are a test assistant.", ignore_eos=True),
     )
     results: dict[str, Any] = {}
-    async for _ in engine.ask("warm", [], Turn("user", "Hello")):
-        pass
-    for name, photo in (("text question", None), ("photo question", png(22))):
+    await timed_answer(engine, "warm", [], Turn("user", "Hello"))
+    for name, photo in (("text question", None), ("photo question", png(synthetic_photo(22)))):
         images = (prepare_image(photo),) if photo is not None else ()
-        started = time.monotonic()
-        first: float | None = None
-        async for event in engine.ask(name, [], Turn("user", "What can you tell me about harbours?", images)):
-            if isinstance(event, Chunk) and first is None:
-                first = time.monotonic() - started
-            if isinstance(event, Finished):
-                results[name] = {"first_text": round(first or 0.0, 2), "final": round(time.monotonic() - started, 2)}
+        answer = await timed_answer(engine, name, [], Turn("user", "What can you tell me about harbours?", images))
+        results[name] = {"first_text": round(answer.first_text or 0.0, 2), "final": round(answer.seconds, 2)}
         print(f"engine, {name}: {results[name]}", flush=True)
     await engine.aclose()
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -13,8 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable, Sequence
+
     import numpy as np
 
+    from engine.conversation import Turn
+    from engine.engine import Engine, Finished
     from model_store.loader import CpuTuning
 
 import psutil
@@ -107,6 +112,38 @@ def synthetic_photo(seed: int, width: int = 640, height: int = 480) -> np.ndarra
 
     y, x = np.mgrid[0:height, 0:width]
     return np.stack([(x * seed) % 256, (y * 3) % 256, ((x + y) * seed) % 256], axis=-1).astype(np.uint8)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """A photo as a chat sends it: encoded bytes, which the bot (or engine.images.prepare_image) decodes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedAnswer:
+    first_text: float | None  # seconds to the first streamed text
+    seconds: float  # seconds to the end of the answer
+    finished: Finished
+
+
+async def timed_answer(engine: Engine, key: Hashable, past: Sequence[Turn], question: Turn) -> TimedAnswer:
+    """One answer through the engine, timed as a chat sees it."""
+    from engine.engine import Chunk, Finished
+
+    started = time.monotonic()
+    first: float | None = None
+    finished: Finished | None = None
+    async for event in engine.ask(key, past, question):
+        if isinstance(event, Chunk) and first is None:
+            first = time.monotonic() - started
+        if isinstance(event, Finished):
+            finished = event
+    assert finished is not None, "every answer ends with Finished"
+    return TimedAnswer(first, time.monotonic() - started, finished)
 
 
 class FirstChunkTimer:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import statistics
 import subprocess
@@ -31,7 +30,9 @@ from benchmarks.common import (
     add_dynamic_quantization_option,
     chosen_cpu_tuning,
     full_int4_model,
+    png,
     synthetic_photo,
+    timed_answer,
     write_results,
 )
 from model_store.loader import CpuTuning, prefix_caching_scheduler
@@ -144,10 +145,9 @@ def _not_round_tripping(tokenizer: Any, text: str, ids: list[int]) -> int:
 
 
 async def _engine(model: Path, tokens: int, cpu: CpuTuning, steps: list[str]) -> dict[str, Any]:
-    from PIL import Image
 
     from engine.conversation import Turn
-    from engine.engine import Chunk, Engine, Finished
+    from engine.engine import Engine
     from engine.generation import GenerationSettings
     from engine.images import prepare_image
     from engine.pipeline_process import load_pipeline
@@ -161,28 +161,17 @@ async def _engine(model: Path, tokens: int, cpu: CpuTuning, steps: list[str]) ->
     results: dict[str, Any] = {"load_seconds": round(time.monotonic() - started, 2)}
     engine = Engine(loaded, GenerationSettings(max_new_tokens=tokens, system_prompt="", ignore_eos=True))
     histories: dict[str, list[Turn]] = {"A": [], "B": []}
-    encoded = {}
-    for step, seed in PHOTOS.items():
-        buffer = io.BytesIO()
-        Image.fromarray(synthetic_photo(seed)).save(buffer, format="PNG")
-        encoded[step] = prepare_image(buffer.getvalue())
-    async for _ in engine.ask("warm", [], Turn(role="user", text="Hello")):
-        pass
+    encoded = {step: prepare_image(png(synthetic_photo(seed))) for step, seed in PHOTOS.items()}
+    await timed_answer(engine, "warm", [], Turn(role="user", text="Hello"))
     for step in steps:
         chat = step[0]
         question = Turn(role="user", text=_question(step), images=(encoded[step],) if step in encoded else ())
-        begin = time.monotonic()
-        first: float | None = None
-        finished: Finished | None = None
-        async for event in engine.ask(chat, histories[chat], question):
-            if isinstance(event, Chunk) and first is None:
-                first = time.monotonic() - begin
-            if isinstance(event, Finished):
-                finished = event
-        assert finished is not None and finished.status == "complete", finished
+        answer = await timed_answer(engine, chat, histories[chat], question)
+        finished = answer.finished
+        assert finished.status == "complete", finished
         histories[chat] += [question, Turn(role="assistant", text=finished.text)]
         results[step] = {
-            "ttft": round(first or 0.0, 2),
+            "ttft": round(answer.first_text or 0.0, 2),
             "decode_tps": round(finished.tokens_per_second or 0.0, 2),
             "input_tokens": finished.input_tokens,
         }
