@@ -1,16 +1,19 @@
 """Conversation state for OpenVINO GenAI, rebuilt from stored history so the KV cache is only ever a cache.
 
-GenAI keeps, per ``ChatHistory`` object, which images belong to which message and which tokens are already
-in the KV cache; with continuous batching and prefix caching those KV blocks survive while other chats are
-answered, and its vision registry keeps encoded images, so a follow-up only pays for its new tokens.
+GenAI keeps, per ``ChatHistory`` object, which images belong to which message; its vision registry keeps an
+encoded image while any chat state refers to it, and prefix caching keeps the KV blocks of what was read.
+An image can only be attached to the last user message of a call, so a conversation with photos in earlier
+messages is read message by message: each photo message ends a call of its own.
 
-The engine keeps one ``ChatHistory`` per conversation (least recently used ones are dropped).  When none
-exists, or the stored history no longer extends what GenAI saw (a restart, /reset, a trimmed window), the
-conversation is replayed: each earlier question that carried images is sent once with its own images, so
-every image lands in the message it was sent with; the same happens when an earlier photo question was
-answered in a batch, which does not go through this state.  The prompt is then exactly the one an
-uninterrupted conversation would have produced, and a greedy answer does not depend on what happened to
-the cache.
+A ``Session`` records what GenAI has read for one conversation.  Reaching a wanted prompt is a sequence of
+``Piece`` calls, each generating a single token: one per photo message, and (for work done ahead of a
+question) text cut into pieces of a chosen number of tokens, a long message read in parts.  The caller runs
+one piece at a time, so it can stop between pieces for a cancel, a time limit or another chat's question.
+When the conversation changed at its start (a step of the context policy, a restart), a new session is
+built while the old one stays alive, so the photos it holds are found encoded in the vision registry.
+
+The prompt built this way is the one an uninterrupted conversation would have produced, so a greedy answer
+does not depend on what happened to the caches.
 """
 
 from __future__ import annotations
@@ -25,53 +28,89 @@ from engine.images import PreparedImage
 
 log = logging.getLogger(__name__)
 
-Role = Literal["user", "assistant"]
-Signature = tuple[str, str, tuple[str, ...]]
+Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True)
 class Turn:
+    """One message of a conversation, with the images sent with it."""
+
     role: Role
     text: str
     images: tuple[PreparedImage, ...] = ()
 
     @property
-    def signature(self) -> Signature:
-        return (self.role, self.text, tuple(image.sha256 for image in self.images))
+    def message(self) -> Message:
+        return Message(self.role, self.text, tuple(image.sha256 for image in self.images))
 
 
-@dataclass
-class _Session:
-    history: Any  # openvino_genai.ChatHistory
-    known: list[Signature] = field(default_factory=list)
+@dataclass(frozen=True)
+class Message:
+    """A message as the model's process gets it: images by content hash (their pixels travel once)."""
+
+    role: Role
+    text: str
+    images: tuple[str, ...] = ()
+
+    def as_dict(self, text: str | None = None) -> dict[str, str]:
+        return {"role": self.role, "content": self.text if text is None else text}
 
 
-def _messages(system_prompt: str, turns: Sequence[Turn]) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.extend({"role": turn.role, "content": turn.text} for turn in turns)
-    return messages
+def conversation(system_prompt: str, messages: Sequence[Message]) -> list[Message]:
+    """The messages of a prompt: the system prompt (if any) first."""
+    return [Message("system", system_prompt), *messages] if system_prompt else list(messages)
 
 
-def _signatures(system_prompt: str, turns: Sequence[Turn]) -> list[Signature]:
-    head: list[Signature] = [("system", system_prompt, ())] if system_prompt else []
-    return head + [turn.signature for turn in turns]
-
-
-def tagged_messages(system_prompt: str, turns: Sequence[Turn]) -> tuple[list[dict[str, str]], list[PreparedImage]]:
+def tagged_messages(messages: Sequence[Message]) -> tuple[list[dict[str, str]], list[str]]:
     """The whole conversation as one request, for a batch (GenAI's ``add_request`` takes no chat state): each
     image becomes Phi-3-vision's ``<|image_N|>`` tag at the start of the message it came with, where GenAI's
     chat state puts it too, so both ways see the same prompt."""
-    messages = _messages(system_prompt, turns)
-    offset = 1 if system_prompt else 0
-    images: list[PreparedImage] = []
-    for index, turn in enumerate(turns):
-        tags = "".join(f"<|image_{len(images) + number}|>\n" for number in range(1, len(turn.images) + 1))
-        messages[offset + index]["content"] = tags + turn.text
-        images.extend(turn.images)
-    return messages, images
+    images: list[str] = []
+    tagged = []
+    for message in messages:
+        tags = "".join(f"<|image_{len(images) + number}|>\n" for number in range(1, len(message.images) + 1))
+        tagged.append(message.as_dict(tags + message.text))
+        images.extend(message.images)
+    return tagged, images
 
 
-Generate = Callable[[Any, Sequence[PreparedImage], Any, Any], Any]
+class Tokens:
+    """Counting and cutting text as the model's tokenizer does (an ``openvino_genai.Tokenizer``)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def ids(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return [int(token) for token in self._tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
+
+    def cut(self, text: str, tokens: int) -> str:
+        return str(self._tokenizer.decode(self.ids(text)[:tokens]))
+
+
+@dataclass
+class Session:
+    history: Any  # openvino_genai.ChatHistory
+    known: list[Message] = field(default_factory=list)  # read whole, in order
+    partial: int = 0  # tokens of the next message already read (a long message is read in parts)
+    previous: Session | None = None  # kept alive while this one is built, so its encoded images are found again
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One call that reads more of a conversation: ``messages`` (the last one possibly cut short), with
+    ``images`` attached to its last user message."""
+
+    messages: list[dict[str, str]]
+    images: tuple[str, ...]
+    complete: int  # messages of the wanted prompt read whole after this call
+    partial: int  # tokens of the next message read after this call
+    tokens: int  # about how many tokens this call reads that were not read before
+
+
+def _has_images(message: Message) -> bool:
+    return message.role == "user" and bool(message.images)
 
 
 class Sessions:
@@ -79,44 +118,81 @@ class Sessions:
 
     def __init__(self, capacity: int = 64) -> None:
         self._capacity = capacity
-        self._sessions: OrderedDict[Hashable, _Session] = OrderedDict()
-        self.replays = 0
+        self._sessions: OrderedDict[Hashable, Session] = OrderedDict()
 
-    def run(
-        self,
-        generate: Generate,
-        key: Hashable,
-        system_prompt: str,
-        past: Sequence[Turn],
-        question: Turn,
-        config: Any,
-        streamer: Any,
-        prime_config: Any,
-    ) -> Any:
-        """Generate the answer to ``question`` given ``past``, reusing or rebuilding GenAI's chat state."""
+    def session(self, key: Hashable, wanted: Sequence[Message]) -> Session:
+        """The conversation's session, or a new one if what it has read is not where ``wanted`` starts."""
         import openvino_genai as genai
 
-        wanted = _signatures(system_prompt, [*past, question])
         session = self._sessions.pop(key, None)
-        offset = 1 if system_prompt else 0
-        if (
-            session is None
-            or wanted[: len(session.known)] != session.known
-            # turns answered in a batch never passed through this state: their photos must be replayed
-            or any(turn.images for turn in past[len(session.known) - offset :])
-        ):
-            session = _Session(history=genai.ChatHistory())
-            for index, turn in enumerate(past):
-                if turn.role == "user" and turn.images:
-                    session.history.set_messages(_messages(system_prompt, past[: index + 1]))
-                    generate(session.history, turn.images, prime_config, None)
-                    self.replays += 1
-            log.debug("rebuilt chat state for %s (%d messages)", key, len(past) + offset + 1)
-        session.history.set_messages(_messages(system_prompt, [*past, question]))
-        # On an exception the session is dropped: GenAI's state for it may be half-updated.
-        result = generate(session.history, question.images, config, streamer)
-        session.known = wanted
+        if session is None or list(wanted[: len(session.known)]) != session.known:
+            session = Session(genai.ChatHistory(), previous=session)
+            log.debug("rebuilding chat state for %s", key)
         self._sessions[key] = session
         while len(self._sessions) > self._capacity:
             self._sessions.popitem(last=False)
-        return result
+        return session
+
+    def forget(self, key: Hashable) -> None:
+        """On an error GenAI's state for the conversation may be half-updated: it is read again next time."""
+        self._sessions.pop(key, None)
+
+    @staticmethod
+    def next_piece(
+        session: Session,
+        wanted: Sequence[Message],
+        piece_tokens: int | None,
+        count: Callable[[str], int],
+        cut: Callable[[str, int], str],
+    ) -> Piece | None:
+        """The next call towards ``wanted``, or None when what is left can go with the question.
+
+        With ``piece_tokens`` None (a question is waiting) only photo messages get calls of their own, since
+        GenAI attaches images to the last user message only.  Otherwise text is read too, in calls of about
+        ``piece_tokens`` tokens: such work is done ahead of a question, and each piece is the longest another
+        chat's question may have to wait.
+        """
+        start = len(session.known)
+        if start >= len(wanted):
+            return None
+        head = [message.as_dict() for message in wanted[:start]]
+        if piece_tokens is None:
+            photo = next((i for i in range(start, len(wanted)) if _has_images(wanted[i])), None)
+            if photo is None:
+                return None
+            head += [message.as_dict() for message in wanted[start : photo + 1]]
+            return Piece(head, wanted[photo].images, photo + 1, 0, 0)
+        lead = start
+        while lead < len(wanted) - 1 and wanted[lead].role == "system":  # a call needs a user message
+            lead += 1
+        if _has_images(wanted[lead]):
+            head += [message.as_dict() for message in wanted[start : lead + 1]]
+            return Piece(head, wanted[lead].images, lead + 1, 0, 0)
+        room, partial, index = piece_tokens, session.partial, start
+        while index < len(wanted) and room > 0 and not _has_images(wanted[index]):
+            if wanted[index].role == "system":  # never cut: GenAI wants a user message in every call
+                head.append(wanted[index].as_dict())
+                index += 1
+                continue
+            length = count(wanted[index].text)
+            if length - partial > room:
+                text = cut(wanted[index].text, partial + room)
+                return Piece([*head, wanted[index].as_dict(text)], (), index, partial + room, piece_tokens)
+            room -= length - partial
+            head.append(wanted[index].as_dict())
+            partial, index = 0, index + 1
+        return Piece(head, (), index, 0, piece_tokens - room)
+
+    @staticmethod
+    def advance(session: Session, wanted: Sequence[Message], piece: Piece) -> None:
+        session.known = list(wanted[: piece.complete])
+        session.partial = piece.partial
+        if piece.complete == len(wanted):
+            session.previous = None
+
+    @staticmethod
+    def answered(session: Session, messages: Sequence[Message]) -> None:
+        """GenAI has read ``messages`` whole (a question was answered after them)."""
+        session.known = list(messages)
+        session.partial = 0
+        session.previous = None

@@ -10,6 +10,9 @@ is answered, and a request that runs alone goes through GenAI's chat state, whos
 encoded photos (a follow-up after another chat's photo question starts in 1.7 s, median of six, as fast as
 raw GenAI; benchmarks/engine_latency.py).  When several chats are waiting, up to ``batch_max`` are answered
 together, which takes 53-60 % of the time of answering them one after another (benchmarks/batching.py).
+
+Work ahead of questions (``prepare``) does not take a place in line: the model's process reads it only while
+no question waits, in pieces, so another chat's question waits for one piece at most.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, kv_cache_tokens
 from engine.conversation import Turn
 from engine.fair_queue import AlreadyQueued, FairQueue, TicketCancelled
 from engine.generation import GenerationSettings
 from engine.pipeline_process import LoadedModel
-from engine.pipeline_protocol import Done, Job, Reply
+from engine.pipeline_protocol import Done, Reply
 from model_store.errors import ModelStoreError
+from model_store.layout import read_json
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +67,27 @@ class Finished:
     ttft_seconds: float | None = None
     seconds: float = 0.0
     tokens_per_second: float | None = None
-    replays: int = 0  # earlier photo questions sent again to rebuild the model's chat state
+    replays: int = 0  # earlier photo messages read again to rebuild the model's chat state
+    question_tokens: int = 0  # what the question adds to the conversation, counted by the model's tokenizer
+    vision_seconds: float = 0.0  # spent encoding images that were not encoded already
+    waited_seconds: float = 0.0  # in the model's process behind work read ahead (a piece of a preparation)
+
+    @property
+    def answer_tokens(self) -> int:
+        """What the answer adds to the conversation as the context policy counts it; 0 when nothing was counted."""
+        return self.generated_tokens + MESSAGE_OVERHEAD if self.generated_tokens else 0
 
 
 Event = Waiting | Started | Chunk | Finished
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A preparation's end: read whole, replaced by newer work for the conversation, or failed (``error``)."""
+
+    pieces: int
+    seconds: float
+    error: str | None = None
 
 
 @dataclass
@@ -89,6 +111,7 @@ class EngineStats:
     generated_tokens: int = 0
     busy_seconds: float = 0.0
     replays: int = 0
+    prepared: int = 0
 
 
 class Engine:
@@ -101,9 +124,11 @@ class Engine:
         *,
         queue_max: int = 20,
         batch_max: int = 1,
+        history_tokens: int | None = None,
     ) -> None:
         self._model = model
         self.settings = settings
+        self._history_tokens = history_tokens
         self.queue: FairQueue[Hashable] = FairQueue(max_waiting=queue_max, batch_max=batch_max)
         self._running: dict[Hashable, _Running] = {}
         self._moved: dict[Hashable, Hashable] = {}  # a conversation's new key -> the key its answer runs under
@@ -114,6 +139,26 @@ class Engine:
     @property
     def model(self) -> LoadedModel:
         return self._model
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        model = self._model
+        config = read_json(model.entry.path / "config.json")
+        return kv_cache_tokens(config, kv_cache_gb=model.pipeline.spec.kv_cache_gb, device=model.device)
+
+    @property
+    def history_tokens(self) -> int:
+        """The context policy's budget: as configured, or what a full batch of conversations can keep in the
+        KV cache within the model's context (engine.context_policy.default_history_tokens)."""
+        if self._history_tokens is not None:
+            return self._history_tokens
+        config = read_json(self._model.entry.path / "config.json")
+        return default_history_tokens(
+            config,
+            kv_tokens=self.kv_cache_tokens,
+            batch_size=self.queue.batch_max,
+            max_new_tokens=self.settings.max_new_tokens,
+        )
 
     def is_busy(self, key: Hashable) -> bool:
         return self.queue.position(self.running_key(key)) is not None
@@ -183,9 +228,9 @@ class Engine:
             self.stats.failed += 1
             yield Finished(text="", status="failed", error=str(error))
             return
-        job = Job(next(self._request_ids), key, tuple(past), question, self.settings, batched)
-        replies = model.pipeline.submit(job)
-        running.stop = lambda: model.pipeline.cancel(job.request_id)
+        request_id = next(self._request_ids)
+        replies = model.pipeline.ask(request_id, key, past, question, self.settings, batched=batched)
+        running.stop = lambda: model.pipeline.cancel(request_id)
         if running.reason is not None:  # stopped between the ticket and here
             running.stop()
         timer = asyncio.get_running_loop().call_later(self.settings.timeout_seconds, running.request_stop, "timeout")
@@ -223,7 +268,9 @@ class Engine:
         if done.error is not None:
             log.error("generation failed: %s", done.error)
             self.stats.failed += 1
-            return Finished(text=text, status="failed", error=done.error, seconds=seconds)
+            return Finished(
+                text=text, status="failed", error=done.error, seconds=seconds, question_tokens=done.question_tokens
+            )
         status: Status = running.reason or "complete"
         if status == "complete":
             self.stats.answered += 1
@@ -244,7 +291,29 @@ class Engine:
             seconds=seconds,
             tokens_per_second=(generated - 1) / decode_seconds if decode_seconds > 0 and generated > 1 else None,
             replays=done.replays,
+            question_tokens=done.question_tokens,
+            vision_seconds=done.vision_seconds,
+            waited_seconds=done.waited_seconds,
         )
+
+    async def prepare(self, key: Hashable, past: Sequence[Turn]) -> Prepared:
+        """Have the model read ``past`` before the conversation's next question comes (a photo sent without a
+        question, a step of the context policy, a restart); returns once it is read, replaced or failed."""
+        started = time.monotonic()
+        try:
+            model = await self._live_model()
+        except ModelStoreError as error:
+            return Prepared(0, 0.0, str(error))
+        done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, self.settings))
+        if done.error is None:
+            self.stats.prepared += 1
+        else:
+            log.warning("preparing a conversation failed: %s", done.error)
+        return Prepared(done.pieces, time.monotonic() - started, done.error)
+
+    def forget(self, key: Hashable) -> None:
+        """A conversation was reset: the model's process drops what it kept for it."""
+        self._model.pipeline.drop(key)
 
     async def swap(self, model: LoadedModel) -> LoadedModel:
         """Switch models between two requests; the previous one's process is closed and it is returned."""
@@ -261,6 +330,7 @@ class Engine:
         await asyncio.to_thread(self._model.pipeline.close)
 
 
-async def _until_done(replies: asyncio.Queue[Reply]) -> None:
-    while not isinstance(await replies.get(), Done):
+async def _until_done(replies: asyncio.Queue[Reply]) -> Done:
+    while not isinstance(reply := await replies.get(), Done):
         pass
+    return reply

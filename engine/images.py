@@ -174,6 +174,15 @@ def for_genai(pixels: np.ndarray, num_crops: int) -> np.ndarray:
     return canvas
 
 
+def image_tokens(width: int, height: int, num_crops: int) -> int:
+    """Prompt positions an image of this size takes once the engine hands it to GenAI (``for_genai``):
+    Phi-3-vision gives an R x C crop grid (R x C + 1) x 144 features, a separator and R + 1 row breaks of 12."""
+    rows, columns = crop_grid(width, height, num_crops)
+    if rows != columns:
+        rows = columns = crop_grid(max(width, height), max(width, height), num_crops)[0]
+    return (rows * columns + 1) * 144 + 1 + (rows + 1) * 12
+
+
 def prepare_images(items: Sequence[bytes], limits: ImageLimits, max_images: int) -> list[PreparedImage]:
     if len(items) > max_images:
         raise ImageRejected(

@@ -1,7 +1,7 @@
 """The model's own process: compiles the pipeline and answers the jobs the engine sends over a pipe.
 
 Why a process of its own: GenAI's batching calls (``add_request``, ``step``) keep Python's GIL for seconds
-(benchmarks/gil_hold.py: up to 12 s), which would freeze Telegram for every chat if they ran in the bot's
+(measured by benchmarks/gil_hold.py), which would freeze Telegram for every chat if they ran in the bot's
 process; here they freeze nothing but this loop.  An OpenVINO crash or an out-of-memory kill of the model
 also leaves the bot up, and a swapped-out model gives all its memory back when its process exits.
 
@@ -10,6 +10,11 @@ photos and KV blocks, so a follow-up pays only for its new tokens.  Batched jobs
 ``add_request`` as one templated prompt each (their earlier photos are encoded again; prefix caching spares
 the language model's part) and are stepped together, one token each per step; a cancel is seen between
 steps.  The engine never mixes the two: a lone job is sent only when no batch runs.
+
+Preparations (``Prepare``) are read only while no job waits, one piece at a time (see engine/conversation.py):
+a question that arrives meanwhile waits for the piece being read, not for the whole preparation.  Text is
+cut into pieces sized from the reading speed measured here, so that each takes about ``PIECE_SECONDS``; a
+photo message is one piece, because GenAI encodes and reads an image in one call.
 """
 
 from __future__ import annotations
@@ -18,19 +23,37 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from engine.conversation import Sessions, tagged_messages
-from engine.images import PreparedImage, for_genai
-from engine.pipeline_protocol import Cancel, Command, Done, Job, LoadFailed, Ready, Reply, Shutdown, Text
+from engine.context_policy import MESSAGE_OVERHEAD
+from engine.conversation import Message, Piece, Session, Sessions, Tokens, conversation, tagged_messages
+from engine.generation import GenerationSettings
+from engine.images import for_genai, image_tokens
+from engine.pipeline_protocol import (
+    Cancel,
+    Command,
+    Done,
+    Drop,
+    Job,
+    LoadFailed,
+    NewImages,
+    Prepare,
+    Ready,
+    Reply,
+    Shutdown,
+    Text,
+)
 from model_store.errors import ModelStoreError
 from model_store.loader import PipelineSpec, compile_pipeline
 
 log = logging.getLogger(__name__)
+
+PIECE_SECONDS = 1.0  # how long a piece of text read ahead may take: another chat's question waits at most this
+FIRST_PIECE_TOKENS = 64  # until the reading speed has been measured here
 
 
 def serve(spec: PipelineSpec, connection: Connection, log_level: int) -> None:
@@ -56,7 +79,33 @@ def serve(spec: PipelineSpec, connection: Connection, log_level: int) -> None:
 class _Batched:
     handle: Any  # openvino_genai.GenerationHandle
     decoder: Any  # openvino_genai.TextStreamer: turns token ids into text at word boundaries
+    question_tokens: int
     ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Image:
+    tensor: Any  # ov.Tensor of the pixels as GenAI gets them (engine.images.for_genai)
+    tokens: int  # prompt positions it takes
+
+
+@dataclass
+class _ReadingSpeed:
+    """Tokens per second at which text pieces are read, as a running average of the pieces themselves."""
+
+    tokens_per_second: float | None = None
+
+    def piece_tokens(self) -> int:
+        if self.tokens_per_second is None:
+            return FIRST_PIECE_TOKENS
+        return max(16, min(1024, int(self.tokens_per_second * PIECE_SECONDS)))
+
+    def record(self, tokens: int, seconds: float) -> None:
+        if tokens <= 0 or seconds <= 0:
+            return
+        sample = tokens / seconds
+        known = self.tokens_per_second
+        self.tokens_per_second = sample if known is None else 0.7 * known + 0.3 * sample
 
 
 class Host:
@@ -65,18 +114,24 @@ class Host:
         self._num_crops = num_crops
         self._connection = connection
         self._tokenizer = pipeline.get_tokenizer()
+        self._tokens = Tokens(self._tokenizer)
         self._send_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._cancelled: set[int] = set()  # filled by the reader thread, so a running generation sees it at once
+        self._arrived: dict[int, float] = {}  # when each job reached this process (by the reader thread)
         self._waiting: deque[Job] = deque()
         self._batch: dict[int, _Batched] = {}
+        self._preparing: OrderedDict[Hashable, Prepare] = OrderedDict()
+        self._pieces: dict[int, int] = {}  # pieces read so far, by preparation
+        self._images: dict[str, _Image] = {}
         self._sessions = Sessions()
+        self._speed = _ReadingSpeed()
         self._stopping = False
 
     def run(self) -> None:
         threading.Thread(target=self._receive, name="commands", daemon=True).start()
         while True:
-            self._take_commands(block=not self._waiting and not self._batch)
+            self._take_commands(block=not self._waiting and not self._batch and not self._preparing)
             if self._stopping:
                 break
             if self._waiting and not self._waiting[0].batched and not self._batch:
@@ -86,10 +141,14 @@ class Host:
                 self._admit(self._waiting.popleft())
             if self._batch:
                 self._step()
+            elif self._preparing:
+                self._prepare_piece()
         for request_id in list(self._batch):
             self._end_batched(request_id, cancel=True)
         while self._waiting:
             self._send(Done(self._waiting.popleft().request_id))
+        for key in list(self._preparing):
+            self._end_preparation(key)
 
     def _send(self, reply: Reply) -> None:
         with self._send_lock:  # GenAI may call a streamer from a thread of its own
@@ -103,6 +162,8 @@ class Host:
                 command = Shutdown()
             if isinstance(command, Cancel):
                 self._cancelled.add(command.request_id)
+            elif isinstance(command, Job):
+                self._arrived[command.request_id] = time.monotonic()
             self._inbox.put(command)
             if isinstance(command, Shutdown):
                 return
@@ -114,12 +175,31 @@ class Host:
             except queue.Empty:
                 return
             block = False
+            if isinstance(command, Job | Prepare):
+                self._keep_images(command.images, command.forget)
+                self._end_preparation(command.key)  # a newer view of the conversation replaces it
             if isinstance(command, Job):
                 self._waiting.append(command)
+            elif isinstance(command, Prepare):
+                self._preparing[command.key] = command
+            elif isinstance(command, Drop):
+                self._end_preparation(command.key)
+                self._sessions.forget(command.key)
             elif isinstance(command, Shutdown):
                 self._stopping = True
             else:
                 self._forget_cancel(command.request_id)
+
+    def _keep_images(self, images: NewImages, forget: Sequence[str]) -> None:
+        import openvino as ov
+
+        for sha in forget:
+            self._images.pop(sha, None)
+        for sha, pixels in images.items():
+            height, width = pixels.shape[:2]
+            self._images[sha] = _Image(
+                ov.Tensor(for_genai(pixels, self._num_crops)), image_tokens(width, height, self._num_crops)
+            )
 
     def _forget_cancel(self, request_id: int) -> None:
         """A cancelled job that has not started ends here; one that already ended leaves no trace."""
@@ -128,17 +208,25 @@ class Host:
                 self._waiting.remove(job)
                 self._finish(Done(request_id))
                 return
+        for key, preparation in self._preparing.items():
+            if preparation.request_id == request_id:
+                self._end_preparation(key)
+                return
         if request_id not in self._batch:
             self._cancelled.discard(request_id)
 
     def _finish(self, done: Done) -> None:
         self._cancelled.discard(done.request_id)
+        self._arrived.pop(done.request_id, None)
         self._send(done)
 
-    def _tensors(self, images: Sequence[PreparedImage]) -> list[Any]:
-        import openvino as ov
+    def _tensors(self, images: Sequence[str]) -> list[Any]:
+        return [self._images[sha].tensor for sha in images]
 
-        return [ov.Tensor(for_genai(image.pixels, self._num_crops)) for image in images]
+    def _message_tokens(self, message: Message) -> int:
+        """What a message adds to the prompt, as the context policy counts it."""
+        images = sum(self._images[sha].tokens for sha in message.images if sha in self._images)
+        return len(self._tokens.ids(message.text)) + images + MESSAGE_OVERHEAD
 
     def _streamer(self, request_id: int) -> Callable[[str], Any]:
         """Sends a job's text as it comes; tells GenAI to stop once the job is cancelled (a batched job's
@@ -151,32 +239,81 @@ class Host:
 
         return stream
 
+    def _generate(
+        self, session: Session, messages: list[dict[str, str]], images: Sequence[str], config: Any, streamer: Any
+    ) -> Any:
+        session.history.set_messages(messages)
+        return self._pipeline.generate([session.history], [self._tensors(images)], [config], streamer)[0]
+
+    def _read(self, session: Session, wanted: Sequence[Message], piece: Piece, settings: GenerationSettings) -> float:
+        """One piece: GenAI reads it and writes one token; returns the seconds spent encoding images."""
+        config = settings.to_genai()
+        config.max_new_tokens = 1
+        started = time.monotonic()
+        result = self._generate(session, piece.messages, piece.images, config, None)
+        if not piece.images:
+            self._speed.record(piece.tokens, time.monotonic() - started)
+        Sessions.advance(session, wanted, piece)
+        return float(result.perf_metrics.get_vision_encoding_duration().mean) / 1000
+
+    # --- work ahead of questions -----------------------------------------------------------------------------
+
+    def _end_preparation(self, key: Hashable, error: str | None = None) -> None:
+        preparation = self._preparing.pop(key, None)
+        if preparation is not None:
+            pieces = self._pieces.pop(preparation.request_id, 0)
+            self._finish(Done(preparation.request_id, error=error, pieces=pieces))
+
+    def _prepare_piece(self) -> None:
+        key, preparation = next(iter(self._preparing.items()))
+        wanted = conversation(preparation.settings.system_prompt, preparation.past)
+        if any(sha not in self._images for message in wanted for sha in message.images):
+            self._end_preparation(key, error="an image of this conversation is no longer held")
+            return
+        session = self._sessions.session(key, wanted)
+        piece = Sessions.next_piece(session, wanted, self._speed.piece_tokens(), self._count, self._tokens.cut)
+        if piece is None:
+            session.previous = None
+            self._end_preparation(key)
+            return
+        try:
+            self._read(session, wanted, piece, preparation.settings)
+            self._pieces[preparation.request_id] = self._pieces.get(preparation.request_id, 0) + 1
+        except Exception as error:
+            log.exception("preparing a conversation failed")
+            self._sessions.forget(key)
+            self._end_preparation(key, error=str(error))
+
+    def _count(self, text: str) -> int:
+        return len(self._tokens.ids(text))
+
+    # --- questions ---------------------------------------------------------------------------------------------
+
     def _answer_alone(self, job: Job) -> None:
         while self._pipeline.has_non_finished_requests():  # a cancelled batch request still being let go
             self._pipeline.step()
         request_id = job.request_id
-
-        def generate(history: Any, images: Any, config: Any, streamer: Any) -> Any:
-            return self._pipeline.generate([history], [self._tensors(images)], [config], streamer)[0]
-
-        prime = job.settings.to_genai()
-        prime.max_new_tokens = 1
-        replays = self._sessions.replays
+        waited = time.monotonic() - self._arrived.get(request_id, time.monotonic())
+        past = conversation(job.settings.system_prompt, job.past)
+        wanted = [*past, job.question]
+        session = self._sessions.session(job.key, wanted)
+        replays, vision_seconds = 0, 0.0
         try:
-            result = self._sessions.run(
-                generate,
-                job.key,
-                job.settings.system_prompt,
-                job.past,
-                job.question,
-                job.settings.to_genai(),
-                self._streamer(request_id),
-                prime,
-            )
+            while (piece := Sessions.next_piece(session, past, None, self._count, self._tokens.cut)) is not None:
+                if request_id in self._cancelled:  # stopped or out of time while the conversation was read again
+                    self._finish(Done(request_id, replays=replays, vision_seconds=vision_seconds))
+                    return
+                vision_seconds += self._read(session, past, piece, job.settings)
+                replays += 1
+            messages = [message.as_dict() for message in wanted]
+            config = job.settings.to_genai()
+            result = self._generate(session, messages, job.question.images, config, self._streamer(request_id))
         except Exception as error:
             log.exception("generation failed")
+            self._sessions.forget(job.key)
             self._finish(Done(request_id, error=str(error)))
             return
+        Sessions.answered(session, wanted)
         metrics = result.perf_metrics
         self._finish(
             Done(
@@ -184,7 +321,10 @@ class Host:
                 text=result.texts[0],
                 input_tokens=int(metrics.get_num_input_tokens()),
                 generated_tokens=int(metrics.get_num_generated_tokens()),
-                replays=self._sessions.replays - replays,
+                question_tokens=self._message_tokens(job.question),
+                replays=replays,
+                vision_seconds=vision_seconds + float(metrics.get_vision_encoding_duration().mean) / 1000,
+                waited_seconds=waited,
             )
         )
 
@@ -192,7 +332,7 @@ class Host:
         import openvino_genai as genai
 
         request_id = job.request_id
-        messages, images = tagged_messages(job.settings.system_prompt, [*job.past, job.question])
+        messages, images = tagged_messages(conversation(job.settings.system_prompt, [*job.past, job.question]))
         config = job.settings.to_genai()
         config.apply_chat_template = False
         try:
@@ -202,7 +342,8 @@ class Host:
             log.exception("could not start a batched generation")
             self._finish(Done(request_id, error=str(error)))
             return
-        self._batch[request_id] = _Batched(handle, genai.TextStreamer(self._tokenizer, self._streamer(request_id)))
+        decoder = genai.TextStreamer(self._tokenizer, self._streamer(request_id))
+        self._batch[request_id] = _Batched(handle, decoder, self._message_tokens(job.question))
 
     def _step(self) -> None:
         import openvino_genai as genai
@@ -242,5 +383,6 @@ class Host:
                 text=self._tokenizer.decode(item.ids),
                 input_tokens=0 if cancel else int(item.handle.get_vlm_perf_metrics().get_num_input_tokens()),
                 generated_tokens=len(item.ids),
+                question_tokens=item.question_tokens,
             )
         )

@@ -1,9 +1,12 @@
-"""The bot's side of the model's process (engine/pipeline_host.py): starts it, sends it jobs and cancels, and
-hands each job's replies to the event loop that asked.
+"""The bot's side of the model's process (engine/pipeline_host.py): starts it, sends it jobs, preparations and
+cancels, and hands each request's replies to the event loop that asked.
 
 A reader thread waits on the pipe, so the event loop never blocks on it.  If the process dies (a crash, the
-out-of-memory killer), every open job ends with an error that says so and ``alive`` turns false; the engine
-then starts a fresh process from the same ``PipelineSpec``.
+out-of-memory killer), every open request ends with an error that says so and ``alive`` turns false; the
+engine then starts a fresh process from the same ``PipelineSpec``.
+
+Images go to the model's process once: this side keeps the list of what that process holds (least recently
+used first, bounded in bytes) and tells it what to drop, never an image a request still in flight needs.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ import contextlib
 import logging
 import multiprocessing
 import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 
+from engine.conversation import Turn
+from engine.generation import GenerationSettings
+from engine.images import PreparedImage
 from engine.pipeline_host import serve
-from engine.pipeline_protocol import Cancel, Done, Job, LoadFailed, Ready, Reply, Shutdown
+from engine.pipeline_protocol import Cancel, Done, Drop, Job, LoadFailed, NewImages, Prepare, Ready, Reply, Shutdown
 from model_store.child_process import exit_reason, stop_process
 from model_store.errors import ModelStoreError
 from model_store.loader import PipelineSpec
@@ -25,7 +33,45 @@ from model_store.store import ModelEntry
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+HELD_IMAGE_BYTES = 256 * 1024 * 1024  # pixels the model's process keeps for conversations it may read again
 Sink = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[Reply]"]
+
+
+class _HeldImages:
+    """The images the model's process holds, as this side decided; not thread-safe (callers hold a lock)."""
+
+    def __init__(self, capacity: int = HELD_IMAGE_BYTES) -> None:
+        self._capacity = capacity
+        self._held: OrderedDict[str, int] = OrderedDict()  # sha256 -> bytes, least recently used first
+        self._in_flight: dict[int, set[str]] = {}
+
+    def send(self, request_id: int, images: Sequence[PreparedImage]) -> tuple[NewImages, tuple[str, ...]]:
+        """The pixels to send with a request, and what the model's process may drop to make room."""
+        new: NewImages = {}
+        for image in images:
+            if image.sha256 in self._held:
+                self._held.move_to_end(image.sha256)
+            elif image.sha256 not in new:
+                new[image.sha256] = image.pixels
+                self._held[image.sha256] = image.pixels.nbytes
+        self._in_flight[request_id] = {image.sha256 for image in images}
+        busy = set().union(*self._in_flight.values())
+        total = sum(self._held.values())
+        forget = []
+        for sha in list(self._held):
+            if total <= self._capacity:
+                break
+            if sha not in busy:
+                total -= self._held.pop(sha)
+                forget.append(sha)
+        return new, tuple(forget)
+
+    def done(self, request_id: int) -> None:
+        self._in_flight.pop(request_id, None)
+
+
+def _images(turns: Sequence[Turn]) -> list[PreparedImage]:
+    return [image for turn in turns for image in turn.images]
 
 
 class PipelineProcess:
@@ -43,8 +89,9 @@ class PipelineProcess:
         )
         self._process.start()
         child_end.close()
-        self._lock = threading.Lock()  # guards sends and the sinks
+        self._lock = threading.Lock()  # guards sends, the sinks and the held images
         self._sinks: dict[int, Sink] = {}
+        self._held = _HeldImages()
         self._dead: str | None = None
         try:
             self.load_seconds = self._await_ready()
@@ -78,16 +125,54 @@ class PipelineProcess:
         self._process.join()
         raise ModelStoreError(f"The model process {exit_reason(self._process.exitcode)} while loading.")
 
-    def submit(self, job: Job) -> asyncio.Queue[Reply]:
-        """The job's replies arrive on the returned queue: ``Text`` chunks, then one ``Done``."""
+    def ask(
+        self,
+        request_id: int,
+        key: Hashable,
+        past: Sequence[Turn],
+        question: Turn,
+        settings: GenerationSettings,
+        *,
+        batched: bool,
+    ) -> asyncio.Queue[Reply]:
+        """The answer's replies arrive on the returned queue: ``Text`` chunks, then one ``Done``."""
+
+        def job(images: NewImages, forget: tuple[str, ...]) -> Job:
+            messages = tuple(turn.message for turn in past)
+            return Job(request_id, key, messages, question.message, settings, batched, images, forget)
+
+        return self._submit(request_id, _images([*past, question]), job)
+
+    def prepare(
+        self, request_id: int, key: Hashable, past: Sequence[Turn], settings: GenerationSettings
+    ) -> asyncio.Queue[Reply]:
+        """Have ``past`` read ahead of the next question; one ``Done`` arrives when it is (or when replaced)."""
+
+        def preparation(images: NewImages, forget: tuple[str, ...]) -> Prepare:
+            return Prepare(request_id, key, tuple(turn.message for turn in past), settings, images, forget)
+
+        return self._submit(request_id, _images(past), preparation)
+
+    def _submit(
+        self,
+        request_id: int,
+        images: Sequence[PreparedImage],
+        command: Callable[[NewImages, tuple[str, ...]], Job | Prepare],
+    ) -> asyncio.Queue[Reply]:
         replies: asyncio.Queue[Reply] = asyncio.Queue()
         with self._lock:
             if self._dead is not None:
-                replies.put_nowait(Done(job.request_id, error=self._dead))
+                replies.put_nowait(Done(request_id, error=self._dead))
                 return replies
-            self._sinks[job.request_id] = (asyncio.get_running_loop(), replies)
-            self._connection.send(job)
+            self._sinks[request_id] = (asyncio.get_running_loop(), replies)
+            self._connection.send(command(*self._held.send(request_id, images)))
         return replies
+
+    def drop(self, key: Hashable) -> None:
+        """Forget a conversation's chat state in the model's process (it was reset)."""
+        with self._lock:
+            if self._dead is None:
+                self._connection.send(Drop(key))
 
     def cancel(self, request_id: int) -> None:
         with self._lock:
@@ -105,6 +190,7 @@ class PipelineProcess:
                 sink = self._sinks.get(reply.request_id)
                 if isinstance(reply, Done):
                     self._sinks.pop(reply.request_id, None)
+                    self._held.done(reply.request_id)
             if sink is not None:
                 _deliver(sink, reply)
         self._process.join(POLL_SECONDS * 10)

@@ -1,12 +1,21 @@
-"""What the bot's process and the model's process say to each other over their pipe (pickled dataclasses)."""
+"""What the bot's process and the model's process say to each other over their pipe (pickled dataclasses).
+
+Images travel by content hash: a job names the images of its conversation, and carries the pixels only of
+those the model's process does not hold yet (``NewImages``); the bot's side decides what it may drop
+(``forget``), so both sides always agree on what is there.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from engine.conversation import Turn
+import numpy as np
+
+from engine.conversation import Message
 from engine.generation import GenerationSettings
+
+NewImages = dict[str, np.ndarray]  # sha256 -> H x W x 3 uint8 pixels
 
 
 @dataclass(frozen=True)
@@ -15,15 +24,37 @@ class Job:
 
     request_id: int
     key: Hashable
-    past: tuple[Turn, ...]
-    question: Turn
+    past: tuple[Message, ...]
+    question: Message
     settings: GenerationSettings
     batched: bool
+    images: NewImages = field(default_factory=dict)
+    forget: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Read ``past`` ahead of the conversation's next question, when nobody is waiting; a later Prepare or Job
+    for the same conversation replaces it."""
+
+    request_id: int
+    key: Hashable
+    past: tuple[Message, ...]
+    settings: GenerationSettings
+    images: NewImages = field(default_factory=dict)
+    forget: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Cancel:
     request_id: int
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A conversation was reset: its chat state and any preparation for it go."""
+
+    key: Hashable
 
 
 @dataclass(frozen=True)
@@ -49,15 +80,19 @@ class Text:
 
 @dataclass(frozen=True)
 class Done:
-    """The end of a job, whether it completed, was cancelled or failed (``error``)."""
+    """The end of a job or a preparation, whether it completed, was cancelled or replaced, or failed (``error``)."""
 
     request_id: int
     text: str = ""
     error: str | None = None
     input_tokens: int = 0
     generated_tokens: int = 0
-    replays: int = 0  # earlier photo questions sent again to rebuild GenAI's chat state
+    question_tokens: int = 0  # what the question adds to the conversation, as the context policy counts
+    replays: int = 0  # earlier photo messages read again, one call each, to rebuild GenAI's chat state
+    vision_seconds: float = 0.0  # spent encoding images that were not encoded already
+    waited_seconds: float = 0.0  # from reaching the model's process to starting: behind a piece read ahead
+    pieces: int = 0  # calls a preparation took
 
 
-Command = Job | Cancel | Shutdown
+Command = Job | Prepare | Cancel | Drop | Shutdown
 Reply = Ready | LoadFailed | Text | Done

@@ -1,0 +1,149 @@
+"""Long conversations on the tiny model: work read ahead of questions, steps of the context policy, images sent
+once, and reading a conversation again that can be stopped.  Caches must never change an answer: each
+prepared or cached answer is compared with the same prompt computed from nothing in a fresh model process."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+
+from engine.conversation import Turn
+from engine.conversation_memory import ConversationMemory
+from engine.engine import Chunk, Engine, Finished, Started
+from engine.images import PreparedImage
+from engine.pipeline_process import _HeldImages
+from model_store.store import ModelEntry, ModelStore
+from tests.test_engine import SETTINGS, collect, finished, load, photo
+
+
+async def cold(entry: ModelEntry, past: list[Turn], question: Turn) -> Finished:
+    """The answer computed from nothing: a fresh model process that has seen nothing of the conversation."""
+    engine = Engine(load(entry), SETTINGS)
+    try:
+        return finished(await collect(engine, "cold", past, question))
+    finally:
+        await engine.aclose()
+
+
+async def test_a_photo_read_ahead_makes_its_question_start_like_a_follow_up(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    entry = int4_store[1]
+    engine = Engine(load(entry), SETTINGS)
+    sent_alone = Turn("user", "", (photo((250, 120, 10)),))
+    prepared = await engine.prepare("a", [sent_alone])
+    assert prepared.error is None and prepared.pieces == 1
+    question = Turn("user", "What is written on it?")
+    answer = finished(await collect(engine, "a", [sent_alone], question))
+    await engine.aclose()
+    reference = await cold(entry, [sent_alone], question)
+    assert reference.replays == 1 and answer.replays == 0, "the photo was read ahead, not when the question came"
+    assert answer.vision_seconds < reference.vision_seconds / 10, "and encoded then"
+    assert (answer.input_tokens, answer.text) == (reference.input_tokens, reference.text)
+
+
+async def test_steps_of_the_policy_are_prepared_and_the_turn_1_photo_is_seen_at_turn_30(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    entry = int4_store[1]
+    engine = Engine(load(entry), SETTINGS)
+    memory = ConversationMemory(budget=1100, system_prompt=SETTINGS.system_prompt)
+    image = photo((20, 200, 90))
+    steps = 0
+    for turn in range(1, 31):
+        question = Turn("user", f"Question number {turn}: what about the colour?", (image,) if turn == 1 else ())
+        past = memory.view()
+        answer = finished(await collect(engine, "a", past, question))
+        assert answer.status == "complete"
+        if turn > 1:
+            assert answer.replays == 0, f"turn {turn}: the conversation was prepared, not read again"
+        steps += memory.record(question, answer)
+        assert (await engine.prepare("a", memory.view())).error is None
+    assert steps >= 2
+    view = memory.view()
+    assert view[0].images == (image,), "the turn-1 photo is still in view, first, after its turn was dropped"
+    assert len(view) < 58, "older text turns were dropped"
+    last = Turn("user", "And what was in the photo?")
+    answer = finished(await collect(engine, "a", view, last))
+    await engine.aclose()
+    assert answer.replays == 0 and answer.input_tokens > 757, "the photo's 757 positions are in the prompt"
+    reference = await cold(entry, view, last)
+    assert (answer.input_tokens, answer.text) == (reference.input_tokens, reference.text)
+
+
+async def test_another_chats_question_waits_only_for_the_piece_being_read(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    engine = Engine(load(int4_store[1]), SETTINGS)
+    long_past = []
+    for number in range(60):
+        long_past += [
+            Turn("user", f"Tell me about harbour number {number}. " * 20),
+            Turn("assistant", " ".join(f"Ships and cranes and gulls, part {number}, item {i}." for i in range(40))),
+        ]
+    preparing = asyncio.create_task(engine.prepare("a", long_past))
+    await asyncio.sleep(0.3)
+    assert not preparing.done(), "the preparation is long enough to be under way"
+    other = finished(await collect(engine, "b", [], Turn("user", "Hello, other chat here.")))
+    assert other.status == "complete"
+    assert not preparing.done(), "the other chat was answered between two pieces, not after the preparation"
+    prepared = await preparing
+    assert prepared.error is None and prepared.pieces > 10
+    follow_up = finished(await collect(engine, "a", long_past, Turn("user", "Which harbour was first?")))
+    assert follow_up.replays == 0 and follow_up.status == "complete"
+    await engine.aclose()
+
+
+def album_past(count: int) -> list[Turn]:
+    past = []
+    for number in range(count):
+        past += [Turn("user", f"Photo {number}?", (photo((number * 40, 90, 200)),)), Turn("assistant", "A photo.")]
+    return past
+
+
+async def test_reading_a_conversation_again_stops_between_photos_when_cancelled(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    engine = Engine(load(int4_store[1]), SETTINGS)
+    past = album_past(6)
+    events = []
+    async for event in engine.ask("a", past, Turn("user", "Compare them all.")):
+        events.append(event)
+        if isinstance(event, Started):
+            await asyncio.sleep(0.05)
+            engine.cancel("a")
+    done = finished(events)
+    assert done.status == "cancelled" and done.generated_tokens == 0
+    assert not any(isinstance(event, Chunk) for event in events)
+    assert done.replays < 6, "it stopped before reading every photo again"
+    assert finished(await collect(engine, "a", [], Turn("user", "Hi"))).status == "complete", "the slot is free"
+    await engine.aclose()
+
+
+async def test_reading_a_conversation_again_stops_at_the_time_limit(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    engine = Engine(load(int4_store[1]), replace(SETTINGS, timeout_seconds=0.05))
+    done = finished(await collect(engine, "a", album_past(6), Turn("user", "Compare them all.")))
+    assert done.status == "timeout" and done.generated_tokens == 0 and done.replays < 6
+    await engine.aclose()
+
+
+def test_images_go_to_the_model_process_once_and_what_it_drops_is_never_in_use() -> None:
+    def image(sha: str, size: int) -> PreparedImage:
+        return replace(photo((1, 2, 3), (8, 8)), sha256=sha, pixels=np.zeros(size, dtype=np.uint8))
+
+    held = _HeldImages(capacity=300)
+    a, b, c = image("a", 100), image("b", 100), image("c", 150)
+    new, forget = held.send(1, [a])
+    assert list(new) == ["a"] and forget == ()
+    held.done(1)
+    new, forget = held.send(2, [a, b])
+    assert list(new) == ["b"] and forget == (), "a follow-up carries only the new image"
+    new, forget = held.send(3, [c])
+    assert list(new) == ["c"] and forget == (), "a and b are in flight for request 2: nothing may go"
+    held.done(2)
+    new, forget = held.send(4, [c])
+    assert new == {} and forget == ("a",), "once free, the least recently used goes first"
