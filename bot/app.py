@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
@@ -27,7 +28,7 @@ from telegram.ext import (
 from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.commands import Commands
-from bot.handlers import Handlers, Services
+from bot.handlers import DESCRIBE_CALLBACK, Handlers, Services
 from bot.history import HistoryError, HistoryStore
 from bot.recovery import finish_interrupted
 from bot.reply_stream import STOP_CALLBACK
@@ -103,6 +104,8 @@ async def setup(application: Application) -> None:
         log.warning("no model loaded: %s", error)
     application.bot_data["services"] = services
     register_handlers(application, services)
+    if settings.warm_up_hours > 0:
+        services.warm_up(time.time() - settings.warm_up_hours * 3600)
     await application.bot.set_my_commands([BotCommand(name, description) for name, description in texts.COMMANDS])
     if not settings.admin_user_ids:
         log.warning("ADMIN_USER_IDS is empty: nobody can use /convert, and with no allowlist nobody gets answers")
@@ -126,6 +129,9 @@ async def teardown(application: Application) -> None:
     services: Services | None = application.bot_data.get("services")
     if services is None:
         return
+    for task in list(services.background):  # work read ahead: nothing waits for it
+        task.cancel()
+    await asyncio.gather(*services.background, return_exceptions=True)
     if services.engine is not None:
         await services.engine.aclose()
     await services.history.close()
@@ -141,6 +147,7 @@ def register_handlers(application: Application, services: Services) -> None:
     application.add_handler(CommandHandler("stats", commands.stats))
     application.add_handler(CommandHandler("convert", commands.convert))
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
+    application.add_handler(CallbackQueryHandler(messages.describe_button, pattern=f"^{DESCRIBE_CALLBACK}$"))
     application.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, messages.on_migration))
     application.add_handler(MessageHandler(~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))
 

@@ -45,6 +45,7 @@ class Commands:
         key = conversation_key(message)
         if self.services.engine is not None:
             self.services.engine.cancel(key)
+            self.services.engine.forget(key)
         removed = await self.services.history.reset(key)
         log.info("chat %s reset (%d messages)", message.chat_id, removed)
         await message.reply_text(texts.RESET_DONE)
@@ -171,6 +172,8 @@ class Commands:
                 self.services.engine = await build_engine(settings)
             else:
                 await load_and_swap(self.services.engine, settings, entry)
+            if settings.warm_up_hours > 0:  # the new model has read nothing yet
+                self.services.warm_up(time.time() - settings.warm_up_hours * 3600)
         except ModelStoreError as error:
             await show(f"❌ {error}")
             return

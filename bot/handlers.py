@@ -12,9 +12,11 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from telegram import Message, Update
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ChatType, MessageEntityType
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
@@ -22,18 +24,21 @@ from telegram.ext import ContextTypes
 from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.albums import AlbumCollector
-from bot.history import ConversationKey, HistoryStore, NewImage, StoredMessage
+from bot.context_view import View, conversation_view
+from bot.history import ConversationKey, HistoryStore, NewImage
 from bot.intake import IntakeError, fetch, images_in, unsupported_kind
 from bot.reply_stream import ReplyStream, Undeliverable
 from bot.settings import Settings
+from engine.context_policy import MESSAGE_OVERHEAD
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
 from engine.fair_queue import AlreadyQueued, QueueFull
-from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
+from engine.images import ImageLimits, ImageRejected, PreparedImage, image_tokens, prepare_image
 
 log = logging.getLogger(__name__)
 
 PREPARED_CACHE = 128
+DESCRIBE_CALLBACK = "describe"
 
 
 def conversation_key(message: Message) -> ConversationKey:
@@ -58,6 +63,7 @@ class Services:
     started_at: float = field(default_factory=time.monotonic)
     conversion: asyncio.Task[None] | None = None
     askers: dict[ConversationKey, int] = field(default_factory=dict)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
     _prepared: OrderedDict[str, PreparedImage] = field(default_factory=OrderedDict)
 
     def prepared(self, data: bytes, sha256: str) -> PreparedImage:
@@ -70,6 +76,52 @@ class Services:
         while len(self._prepared) > PREPARED_CACHE:
             self._prepared.popitem(last=False)
         return image
+
+    async def view(self, engine: Engine, key: ConversationKey) -> View:
+        """What the model sees of the conversation before its next question (bot/context_view.py)."""
+        return await conversation_view(
+            self.history,
+            key,
+            budget=engine.history_tokens,
+            system_prompt=self.settings.system_prompt,
+            num_crops=engine.model.num_crops,
+            prepare=self.prepared,
+        )
+
+    def prepare_soon(self, key: ConversationKey) -> None:
+        """Have the model read the conversation now, ahead of its next question, unless a question of it is
+        already in line (which reads it anyway)."""
+        engine = self.engine
+        if engine is not None and not engine.is_busy(key):
+            self._in_background(self._prepare(engine, key))
+
+    async def _prepare(self, engine: Engine, key: ConversationKey) -> None:
+        try:
+            await engine.prepare(key, (await self.view(engine, key)).turns)
+        except Exception:
+            log.exception("could not prepare the conversation in chat %s", key.chat_id)
+
+    def warm_up(self, since: float) -> None:
+        """After a start: the conversations active since ``since`` (a Unix time) are read again, the most
+        recent first, one after another, as long as they fit in the KV cache together."""
+        engine = self.engine
+        if engine is not None:
+            self._in_background(self._warm_up(engine, since))
+
+    async def _warm_up(self, engine: Engine, since: float) -> None:
+        room = engine.kv_cache_tokens * 3 // 4  # the rest for the questions that come meanwhile
+        for key in await self.history.recent_conversations(since):
+            view = await self.view(engine, key)
+            room -= view.tokens
+            if room < 0:
+                break
+            prepared = await engine.prepare(key, view.turns)
+            log.info("warmed up chat %s in %.1f s (%d pieces)", key.chat_id, prepared.seconds, prepared.pieces)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 class Handlers:
@@ -138,14 +190,29 @@ class Handlers:
                 engine.follow_move(key, replace(key, chat_id=new))
         log.info("group %s became supergroup %s; %d conversations moved", old, new, moved)
 
-    async def _reply(self, message: Message, text: str) -> None:
+    async def _reply(self, message: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> None:
         try:
-            await message.reply_text(text, do_quote=not is_private(message))
+            await message.reply_text(text, do_quote=not is_private(message), reply_markup=markup)
         except TelegramError as error:
             log.info("could not reply in chat %s: %s", message.chat_id, error)
 
+    async def _may_ask_now(self, message: Message, user_id: int | None) -> Engine | None:
+        """The engine, if this user may put a question to it in this chat now; otherwise the reason is told."""
+        services = self.services
+        if services.engine is None:
+            await self._reply(message, texts.NO_MODEL)
+            return None
+        if user_id is not None and not services.access.is_admin(user_id) and not await services.limiter.allow(user_id):
+            await self._reply(message, texts.TOO_FAST)
+            return None
+        return services.engine
+
     async def _answer(self, messages: list[Message]) -> None:
-        """One question (an album is several messages); refusals are answered and leave no trace in history."""
+        """One question (an album is several messages); refusals are answered and leave no trace in history.
+
+        A photo or album sent without a question in a private chat is kept and read by the model at once, so
+        the question typed next starts like a follow-up; a Describe button asks for a description instead.
+        """
         services = self.services
         first = next((m for m in messages if m.caption or m.text), messages[0])
         if not is_private(first) and not any(self._addressed(m) for m in messages):
@@ -158,6 +225,7 @@ class Handlers:
                 await self._reply(first, texts.NOT_ALLOWED)
             return
         attachments = [attachment for message in messages for attachment in images_in(message)]
+        sent_alone = bool(attachments)  # the images came with these messages, not with a replied-to one
         if not attachments and first.reply_to_message is not None:
             attachments = images_in(first.reply_to_message)
         text = self._question_text(first)
@@ -165,16 +233,14 @@ class Handlers:
             kind = unsupported_kind(first)
             await self._reply(first, texts.unsupported(kind) if kind else texts.EMPTY)
             return
-        if services.engine is None:
-            await self._reply(first, texts.NO_MODEL)
-            return
-        engine = services.engine
         key = conversation_key(first)
-        if engine.is_busy(key):
+        keep_for_later = sent_alone and not text and is_private(first)
+        engine = services.engine
+        if engine is not None and engine.is_busy(key) and not keep_for_later:
             await self._reply(first, texts.STILL_ANSWERING)
             return
-        if user_id is not None and not services.access.is_admin(user_id) and not await services.limiter.allow(user_id):
-            await self._reply(first, texts.TOO_FAST)
+        engine = await self._may_ask_now(first, user_id)
+        if engine is None:
             return
         if len(attachments) > services.settings.max_images_per_turn:
             limit = services.settings.max_images_per_turn
@@ -186,34 +252,89 @@ class Handlers:
         except (IntakeError, ImageRejected) as error:
             await self._reply(first, str(error))
             return
+        if keep_for_later:
+            await self._keep(first, key, user_id, engine, new_images, prepared)
+            return
         question = Turn("user", text or texts.DESCRIBE, tuple(prepared))
-        past = await self._past(key)
-        events = engine.ask(key, past, question)
+        await self._ask(first, key, user_id, question, new_images, first.message_id)
+
+    async def _keep(
+        self,
+        message: Message,
+        key: ConversationKey,
+        user_id: int | None,
+        engine: Engine,
+        new_images: list[NewImage],
+        prepared: list[PreparedImage],
+    ) -> None:
+        tokens = sum(image_tokens(i.width, i.height, engine.model.num_crops) for i in prepared) + MESSAGE_OVERHEAD
+        await self.services.history.add_user_message(
+            key, "", images=new_images, telegram_message_id=message.message_id, user_id=user_id, tokens=tokens
+        )
+        button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=DESCRIBE_CALLBACK)
+        await self._reply(message, texts.photos_kept(len(prepared)), InlineKeyboardMarkup([[button]]))
+        self.services.prepare_soon(key)
+
+    async def describe_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The Describe button under a kept photo: a description is asked for, as if typed."""
+        query = update.callback_query
+        if query is None or not isinstance(query.message, Message):
+            return
+        message, user_id = query.message, query.from_user.id
+        key = conversation_key(message)
+        if not self.services.access.may_ask(user_id, message.chat_id):
+            await query.answer(texts.NOT_ALLOWED)
+            return
+        engine = self.services.engine
+        if engine is not None and engine.is_busy(key):
+            await query.answer(texts.STILL_ANSWERING)
+            return
+        await query.answer()
+        engine = await self._may_ask_now(message, user_id)
+        if engine is None:
+            return
         try:
-            first_event = await anext(events)
-        except AlreadyQueued:
-            await self._reply(first, texts.STILL_ANSWERING)
-            return
-        except QueueFull:
-            await self._reply(first, texts.BUSY)
-            return
-        await self._stream(first, key, user_id, question, new_images, first_event, events)
+            await message.edit_reply_markup(reply_markup=None)
+        except TelegramError as error:
+            log.info("could not remove the Describe button: %s", error)
+        await self._ask(message, key, user_id, Turn("user", texts.DESCRIBE), [], None)
 
-    async def _past(self, key: ConversationKey) -> list[Turn]:
-        stored = await self.services.history.window(key, self.services.settings.history_messages)
-        return [await self._turn(message) for message in stored if message.status != "streaming"]
-
-    async def _turn(self, message: StoredMessage) -> Turn:
-        images = [await asyncio.to_thread(self.services.prepared, i.data, i.sha256) for i in message.images]
-        return Turn("user" if message.role == "user" else "assistant", message.text, tuple(images))
-
-    async def _stream(
+    async def _ask(
         self,
         message: Message,
         key: ConversationKey,
         user_id: int | None,
         question: Turn,
         new_images: list[NewImage],
+        telegram_message_id: int | None,
+    ) -> None:
+        """Put the question to the engine and stream its answer in reply to ``message``."""
+        engine = self.services.engine
+        assert engine is not None
+        past = (await self.services.view(engine, key)).turns
+        events = engine.ask(key, past, question)
+        try:
+            first_event = await anext(events)
+        except AlreadyQueued:
+            await self._reply(message, texts.STILL_ANSWERING)
+            return
+        except QueueFull:
+            await self._reply(message, texts.BUSY)
+            return
+        question_id = await self.services.history.add_user_message(
+            key, question.text, images=new_images, telegram_message_id=telegram_message_id, user_id=user_id
+        )
+        try:
+            await self._stream(message, key, user_id, question_id, first_event, events)
+        finally:
+            self.services.prepare_soon(key)  # the answer is read into the model's view before the next question
+
+    async def _stream(
+        self,
+        message: Message,
+        key: ConversationKey,
+        user_id: int | None,
+        question_id: int,
         first_event: Event,
         events: object,
     ) -> None:
@@ -230,9 +351,6 @@ class Handlers:
             reply_to=message.message_id,
             thread_id=key.thread_id or None,
             interval=interval,
-        )
-        await history.add_user_message(
-            key, question.text, images=new_images, telegram_message_id=message.message_id, user_id=user_id
         )
         answer_id: int | None = None
         text = ""
@@ -266,6 +384,7 @@ class Handlers:
             await history.update_assistant_message(
                 answer_id, final, telegram_message_ids=shown_in, status=finished.status
             )
+            await history.set_tokens(_counts(question_id, answer_id, finished))
             ids = await stream.finish(final, texts.footer(finished.status))
             if ids != shown_in:
                 await history.update_assistant_message(
@@ -290,3 +409,13 @@ class Handlers:
         finally:
             await events.aclose()  # type: ignore[attr-defined]
             services.askers.pop(key, None)
+
+
+def _counts(question_id: int, answer_id: int, finished: Finished) -> dict[int, int]:
+    """The token counts the model reported; a message without one is estimated later (bot/context_view.py)."""
+    counts = {}
+    if finished.question_tokens:
+        counts[question_id] = finished.question_tokens
+    if finished.answer_tokens:
+        counts[answer_id] = finished.answer_tokens
+    return counts

@@ -47,7 +47,13 @@ def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedMod
 
 async def build_engine(settings: Settings) -> Engine:
     model = await asyncio.to_thread(load_model, settings)
-    return Engine(model, generation_settings(settings), queue_max=settings.queue_max, batch_max=settings.batch_size)
+    return Engine(
+        model,
+        generation_settings(settings),
+        queue_max=settings.queue_max,
+        batch_max=settings.batch_size,
+        history_tokens=settings.history_tokens,
+    )
 
 
 async def load_and_swap(engine: Engine, settings: Settings, entry: ModelEntry) -> None:

@@ -54,7 +54,10 @@ class Settings(BaseSettings):
     system_prompt: str = "You are a helpful assistant that answers questions about images clearly and concisely."
     request_timeout_seconds: float = Field(default=600.0, gt=0)
     num_crops: int = Field(default=4, ge=1, le=16)
-    history_messages: int = Field(default=20, ge=0, le=200)
+    # Tokens of a conversation the model sees; unset = derived from the KV cache and the model's context.
+    history_tokens: int | None = Field(default=None, ge=256, le=1_000_000)
+    # After a start, conversations active within this many hours are read again in the background; 0 = off.
+    warm_up_hours: float = Field(default=1.0, ge=0.0, le=720.0)
     max_images_per_turn: int = Field(default=4, ge=1, le=10)
     # KV cache shared by every conversation (prefix caching keeps each one's blocks); 0 = grow as needed.
     kv_cache_gb: float = Field(default=4.0, ge=0.0, le=256.0)

@@ -7,16 +7,16 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
-
 from bot.runtime import build_engine
 from bot.settings import Settings
 from engine.conversation import Turn
-from engine.engine import Chunk, Engine, Finished, Waiting
+from engine.conversation_memory import ConversationMemory
+from engine.engine import Chunk, Engine, Finished, Prepared, Waiting
+from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
 
 TERMINAL = ("terminal", 0)
 DEFAULT_IMAGE_QUESTION = "Describe this image."
-CHAT_HELP = "Commands: /image PATH (attach a photo to your next question), /reset, /quit"
+CHAT_HELP = "Commands: /image PATH (a photo to ask about; it is read while you type), /reset, /quit"
 
 
 def _load_image(path: Path) -> tuple[PreparedImage, ...]:
@@ -52,9 +52,20 @@ async def ask_once(settings: Settings, image: Path | None, question: str, out: T
 
 
 async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
+    """A conversation under the same context policy as a Telegram chat; an image attached with /image is read
+    by the model while the question is typed, as a photo sent alone to the bot is."""
     engine = await build_engine(settings)
-    past: list[Turn] = []
-    pending = await asyncio.to_thread(_load_image, image) if image else ()
+    memory = ConversationMemory(engine.history_tokens, settings.system_prompt, engine.model.num_crops)
+    reading: set[asyncio.Task[Prepared]] = set()
+
+    def keep(images: tuple[PreparedImage, ...]) -> None:
+        memory.add(Turn(role="user", text="", images=images))
+        task = asyncio.create_task(engine.prepare(TERMINAL, memory.view()))
+        reading.add(task)
+        task.add_done_callback(reading.discard)
+
+    if image:
+        keep(await asyncio.to_thread(_load_image, image))
     out.write(f"Model: {engine.model.entry.source} ({engine.model.entry.precision}). {CHAT_HELP}\n")
     try:
         while True:
@@ -67,22 +78,24 @@ async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin
             if text in ("/quit", "/exit"):
                 return 0
             if text == "/reset":
-                past.clear()
+                memory.clear()
+                engine.forget(TERMINAL)
                 out.write("History cleared.\n")
                 continue
             if text.startswith("/image"):
                 try:
-                    pending = await asyncio.to_thread(_load_image, Path(text.removeprefix("/image").strip()))
+                    keep(await asyncio.to_thread(_load_image, Path(text.removeprefix("/image").strip())))
                     out.write("Image attached; ask your question.\n")
                 except (OSError, ImageRejected) as error:
                     out.write(f"Could not use that image: {error}\n")
                 continue
-            if not text and not pending:
+            if not text:
                 continue
-            question = Turn(role="user", text=text or DEFAULT_IMAGE_QUESTION, images=pending)
-            pending = ()
+            question = Turn(role="user", text=text)
             out.write("bot> ")
-            finished = await _answer(engine, past, question, out)
-            past.extend([question, Turn(role="assistant", text=finished.text)])
+            finished = await _answer(engine, memory.view(), question, out)
+            memory.record(question, finished)
     finally:
+        for task in reading:
+            task.cancel()
         await engine.aclose()

@@ -5,8 +5,8 @@ from __future__ import annotations
 HELP = """I answer questions about photos, running Phi-3.5-vision on this server's own CPU.
 
 • Send a photo with a question as its caption.
-• A photo without a caption: I describe it.
-• Then just keep asking — follow-up questions are about the same photo.
+• Or send the photo first: I look at it while you type your question (tap Describe for a description).
+• Then just keep asking — follow-up questions are about the same photo, however long we talk.
 • Reply to a photo with a question to ask about that one.
 • Albums: I look at all the photos together. Images sent as files work too.
 
@@ -31,6 +31,7 @@ COMMANDS = [
 ]
 
 DESCRIBE = "Describe this image."
+DESCRIBE_BUTTON = "🖼 Describe it"
 NOT_ALLOWED = "Sorry, this is a private bot. Ask its owner to add you."
 TOO_FAST = "You're sending questions faster than I can answer. Please wait a minute and try again."
 STILL_ANSWERING = "I'm still answering your previous question. Send /stop to cancel it."
@@ -45,6 +46,12 @@ NOTHING_TO_STOP = "There's nothing to stop."
 STOPPING = "Stopping."
 ADMINS_ONLY = "Only the bot's admins can do that."
 FAILED = "Sorry, something went wrong while answering. Please try again."
+
+
+def photos_kept(count: int) -> str:
+    if count == 1:
+        return "📷 Got it. I'm looking at it — ask me anything about this photo."
+    return f"📷 Got your {count} photos. I'm looking at them — ask me anything about them."
 
 
 def waiting(position: int) -> str:

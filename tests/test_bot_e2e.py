@@ -21,6 +21,7 @@ from tests.support.harness import (
     bot_settings,
     photo_bytes,
     running_bot,
+    stored_messages,
     wait_answers,
 )
 
@@ -46,7 +47,7 @@ async def test_photo_question_is_streamed_then_finalised(
     async with running_bot(api, settings, long_answers=True) as bot:
         api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
         await wait_answers(api, CHAT, 1)
-        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     [answer] = api.messages(CHAT)
     assert answer.edits[0] == texts.PLACEHOLDER
     assert len(answer.edits) >= 3, f"placeholder, status, streamed text, final: {answer.edits}"
@@ -64,16 +65,76 @@ async def test_follow_up_uses_the_history(bot: RunningBot) -> None:
     await wait_answers(api, CHAT, 1)
     api.push_message(CHAT, "And what colour is the square?", user_id=USER)
     await wait_answers(api, CHAT, 2)
-    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
     assert bot.services.engine is not None and bot.services.engine.stats.answered == 2
 
 
-async def test_photo_without_caption_is_described(bot: RunningBot) -> None:
-    bot.api.push_message(CHAT, photo=photo_bytes(), user_id=USER)
-    await wait_answers(bot.api, CHAT, 1)
-    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
-    assert stored[0].text == texts.DESCRIBE
+async def test_a_photo_sent_alone_is_read_while_the_question_is_typed(bot: RunningBot) -> None:
+    api, engine = bot.api, bot.services.engine
+    assert engine is not None
+    api.push_message(CHAT, photo=photo_bytes(), user_id=USER)
+    await api.wait_for(lambda: texts.photos_kept(1) in api.visible_text(CHAT), 20, "the photo is acknowledged")
+    [kept] = api.messages(CHAT)
+    assert kept.reply_markup is not None and "Describe" in str(kept.reply_markup)
+    await api.wait_for(lambda: engine.stats.prepared >= 1, 30, "the photo read ahead")
+    api.push_message(CHAT, "What colour is the square?", user_id=USER)
+    await wait_answers(api, CHAT, 1)
+    stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
+    assert [(m.role, m.text, len(m.images)) for m in stored] == [
+        ("user", "", 1),
+        ("user", "What colour is the square?", 0),
+        ("assistant", stored[2].text, 0),
+    ]
+    assert engine.stats.replays == 0, "the question did not have to read the photo again"
+
+
+async def test_the_describe_button_asks_for_a_description(bot: RunningBot) -> None:
+    api = bot.api
+    api.push_message(CHAT, photo=photo_bytes(), user_id=USER)
+    await api.wait_for(lambda: texts.photos_kept(1) in api.visible_text(CHAT), 20, "the photo is acknowledged")
+    [kept] = api.messages(CHAT)
+    api.push_callback(CHAT, kept.message_id, "describe", user_id=USER)
+    await wait_answers(api, CHAT, 2)  # the acknowledgement without its button, and the description
+    assert kept.reply_markup is None, "the button is used once"
+    answer = api.messages(CHAT)[1]
+    assert answer.reply_to == kept.message_id
+    stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
+    assert [(m.role, m.text) for m in stored][:2] == [("user", ""), ("user", texts.DESCRIBE)]
+
+
+async def test_a_photo_mentioning_the_bot_in_a_group_is_described(bot: RunningBot) -> None:
+    api = bot.api
+    username = bot.application.bot.username
+    api.push_message(GROUP, photo=photo_bytes(), caption=f"@{username}", user_id=USER)
+    await wait_answers(api, GROUP, 1)
+    stored = await stored_messages(bot.services.history, ConversationKey(GROUP))
+    assert stored[0].text == texts.DESCRIBE and len(stored[0].images) == 1
+
+
+async def test_the_turn_1_photo_is_still_seen_at_turn_30(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(
+        api, int4_store[0].root, tmp_path, history_tokens=1100, max_new_tokens=12, user_requests_per_minute=600
+    )
+    async with running_bot(api, settings) as bot:
+        engine = bot.services.engine
+        assert engine is not None
+        api.push_message(CHAT, photo=photo_bytes(), caption="What is in this photo?", user_id=USER)
+        await wait_answers(api, CHAT, 1)
+        for turn in range(2, 31):
+            api.push_message(CHAT, f"Follow-up number {turn}: and the square?", user_id=USER)
+            await wait_answers(api, CHAT, turn)
+        key = ConversationKey(CHAT)
+        outline = await bot.services.history.outline(key)
+        stored = await stored_messages(bot.services.history, key)
+        view = await bot.services.view(engine, key)
+    assert outline.window.start is not None and outline.window.pin == stored[0].id, "the photo's exchange is pinned"
+    assert len(view.turns) < 40, "older text turns left the view"
+    assert len(view.turns[0].images) == 1 and view.turns[0].text == "What is in this photo?"
+    assert view.turns[-1].role == "assistant" and view.turns[-2].text == "Follow-up number 30: and the square?"
+    assert view.tokens <= 1100
 
 
 async def test_reset_forgets_the_conversation(bot: RunningBot) -> None:
@@ -82,7 +143,7 @@ async def test_reset_forgets_the_conversation(bot: RunningBot) -> None:
     await wait_answers(api, CHAT, 1)
     api.push_message(CHAT, "/reset", user_id=USER)
     await api.wait_for(lambda: texts.RESET_DONE in api.visible_text(CHAT), 20, "reset confirmation")
-    assert await bot.services.history.window(ConversationKey(CHAT), 10) == []
+    assert await stored_messages(bot.services.history, ConversationKey(CHAT)) == []
 
 
 async def test_group_rules_mention_reply_and_command(bot: RunningBot) -> None:
@@ -100,7 +161,7 @@ async def test_group_rules_mention_reply_and_command(bot: RunningBot) -> None:
     assert api.messages(GROUP)[1].reply_to == reply["message_id"]
     api.push_message(GROUP, "/model", user_id=USER)
     await api.wait_for(lambda: any("Precision: int4" in t for t in api.visible_text(GROUP)), 20, "/model answer")
-    stored = await bot.services.history.window(ConversationKey(GROUP), 10)
+    stored = await stored_messages(bot.services.history, ConversationKey(GROUP))
     assert [m.text for m in stored if m.role == "user"] == ["what is a photo?", "tell me more"]
 
 
@@ -112,8 +173,8 @@ async def test_forum_topics_have_separate_histories(bot: RunningBot) -> None:
     await wait_answers(api, GROUP, 1)
     api.push_message(GROUP, f"@{username} topic two question", user_id=USER, thread_id=22)
     await wait_answers(api, GROUP, 2)
-    one = await bot.services.history.window(ConversationKey(GROUP, 11), 10)
-    two = await bot.services.history.window(ConversationKey(GROUP, 22), 10)
+    one = await stored_messages(bot.services.history, ConversationKey(GROUP, 11))
+    two = await stored_messages(bot.services.history, ConversationKey(GROUP, 22))
     assert one[0].text == "topic one question"
     assert two[0].text == "topic two question"
     assert {m.thread_id for m in api.messages(GROUP)} == {11, 22}
@@ -124,7 +185,7 @@ async def test_an_album_gets_one_answer_about_all_photos(bot: RunningBot) -> Non
     api.push_message(CHAT, photo=photo_bytes((200, 0, 0)), caption="Compare these", media_group_id="alb1", user_id=USER)
     api.push_message(CHAT, photo=photo_bytes((0, 200, 0)), media_group_id="alb1", user_id=USER)
     await wait_answers(api, CHAT, 1)
-    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     assert len(stored) == 2 and len(stored[0].images) == 2 and stored[0].text == "Compare these"
     assert len(api.messages(CHAT)) == 1
 
@@ -139,7 +200,7 @@ async def test_image_sent_as_a_file_and_unsupported_media(bot: RunningBot) -> No
     await api.wait_for(lambda: any("can't read" in t for t in api.visible_text(CHAT)), 20, "unsupported reply")
     api.push_message(CHAT, document=(b"not really a png", "fake.png", "image/png"), caption="?", user_id=USER)
     await api.wait_for(lambda: any("not an image" in t for t in api.visible_text(CHAT)), 20, "broken image reply")
-    stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+    stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     assert len(stored) == 2, "refused inputs leave no trace in the history"
 
 
@@ -163,7 +224,7 @@ async def test_stop_button_keeps_the_partial_answer(
         api.push_callback(CHAT, answer.message_id, "stop", user_id=USER)
         await wait_answers(api, CHAT, 1)
         assert answer.text.endswith("Stopped.")
-        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
         assert stored[1].status == "cancelled" and stored[1].text.strip()
         assert stored[1].text.split()[0] in answer.text
 
@@ -176,7 +237,7 @@ async def test_flood_control_storm_loses_no_text(
         api.storm("editMessageText", 2.5)
         api.push_message(CHAT, photo=photo_bytes(), caption="Describe in detail.", user_id=USER)
         await wait_answers(api, CHAT, 1, timeout=90)
-        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
         assert stored[1].status == "complete"
         [answer] = api.messages(CHAT)
         shown = answer.text.replace("\n", "").replace(" ", "")
@@ -187,20 +248,24 @@ async def test_flood_control_storm_loses_no_text(
         assert min(gaps, default=1.0) > 0.5, "no tight retry loop against flood control"
 
 
-async def test_history_survives_a_restart(
-    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+@pytest.mark.parametrize("warm_up_hours", [1.0, 0.0])
+async def test_history_survives_a_restart_and_recent_chats_are_read_again_at_start(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, warm_up_hours: float
 ) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path)
+    settings = bot_settings(api, int4_store[0].root, tmp_path, warm_up_hours=warm_up_hours)
     async with running_bot(api, settings):
         api.push_message(CHAT, photo=photo_bytes(), caption="What is this?", user_id=USER)
         await wait_answers(api, CHAT, 1)
     async with running_bot(api, settings) as bot:
+        engine = bot.services.engine
+        assert engine is not None
+        if warm_up_hours:
+            await api.wait_for(lambda: engine.stats.prepared == 1, 30, "the conversation read again after the start")
         api.push_message(CHAT, "And the colour?", user_id=USER)
         await wait_answers(api, CHAT, 2)
-        stored = await bot.services.history.window(ConversationKey(CHAT), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
         assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
-        assert bot.services.engine is not None
-        assert bot.services.engine.stats.replays == 1, "the photo from before the restart was replayed"
+        assert engine.stats.replays == (0 if warm_up_hours else 1), "the photo from before the restart is read again"
 
 
 async def test_admin_converts_and_the_new_model_goes_live(
@@ -225,7 +290,7 @@ async def test_a_question_replying_to_a_photo_is_about_that_photo(bot: RunningBo
     username = bot.application.bot.username
     api.push_message(GROUP, f"@{username} what colour is this?", user_id=USER, reply_to=photo_message)
     await wait_answers(api, GROUP, 1)
-    stored = await bot.services.history.window(ConversationKey(GROUP), 10)
+    stored = await stored_messages(bot.services.history, ConversationKey(GROUP))
     assert stored[0].text == "what colour is this?" and len(stored[0].images) == 1
 
 

@@ -18,7 +18,15 @@ from bot.history import ConversationKey
 from bot.intake import NOT_DOWNLOADED
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import USER, RunningBot, bot_settings, photo_bytes, running_bot, wait_answers
+from tests.support.harness import (
+    USER,
+    RunningBot,
+    bot_settings,
+    photo_bytes,
+    running_bot,
+    stored_messages,
+    wait_answers,
+)
 from tests.support.hostile_images import GENERATORS, hostile_images
 
 MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
@@ -35,7 +43,7 @@ async def stored_answers(bot: RunningBot, key: ConversationKey, count: int, time
     """Long answers span several messages, so their look is no sign of being done; the history is."""
     deadline = time.monotonic() + timeout
     while True:
-        stored = await bot.services.history.window(key, 50)
+        stored = await stored_messages(bot.services.history, key)
         if len([m for m in stored if m.role == "assistant" and m.status != "streaming"]) >= count:
             return
         assert time.monotonic() < deadline, f"{count} answers in {key} not finished: {[m.status for m in stored]}"
@@ -60,7 +68,7 @@ async def test_hostile_files_get_a_kind_reply_while_other_chats_are_served(
 
         for user, case in zip(users, cases, strict=True):
             [reply] = api.messages(user)
-            stored = await bot.services.history.window(ConversationKey(user), 10)
+            stored = await stored_messages(bot.services.history, ConversationKey(user))
             answered = reply.edits[0] == texts.PLACEHOLDER  # answers start as a placeholder, refusals do not
             if case.expect != "either":
                 assert answered == (case.expect == "ok"), f"{case.kind}: {reply.text!r}"
@@ -89,7 +97,7 @@ async def test_awkward_text_is_answered_and_stored_exactly(
         api.push_message(3005, " \n\t ", user_id=3005)
         for user, question in questions.items():
             await wait_answers(api, user, 1, timeout=120)
-            stored = await bot.services.history.window(ConversationKey(user), 10)
+            stored = await stored_messages(bot.services.history, ConversationKey(user))
             assert stored[0].text == question and [m.status for m in stored] == ["complete", "complete"]
         await api.wait_for(lambda: api.visible_text(3005) == [texts.EMPTY], 30, "a hint for an empty message")
 
@@ -104,7 +112,7 @@ async def test_a_file_path_on_this_machine_is_never_read(
     async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path / "data")) as bot:
         api.push_message(USER, photo=photo_bytes(), caption="What is it?", user_id=USER, file_path=str(secret))
         await api.wait_for(lambda: api.visible_text(USER) == [NOT_DOWNLOADED], 30, "a refusal")
-        assert await bot.services.history.window(ConversationKey(USER), 10) == []
+        assert await stored_messages(bot.services.history, ConversationKey(USER)) == []
 
 
 async def upgrade_mid_answer(api: FakeBotApi, bot: RunningBot, group: int, supergroup: int, member: int) -> str:
@@ -134,10 +142,10 @@ async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
 
         api.push_message(supergroup, f"@{username} and then?", user_id=member)
         await stored_answers(bot, ConversationKey(supergroup), 2)
-        stored = await bot.services.history.window(ConversationKey(supergroup), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(supergroup))
         assert [m.text for m in stored if m.role == "user"] == ["tell me a long story", "and then?"]
         assert all(m.status == "complete" for m in stored), [(m.role, m.status, m.text[:40]) for m in stored]
-        assert await bot.services.history.window(ConversationKey(group), 10) == []
+        assert await stored_messages(bot.services.history, ConversationKey(group)) == []
 
 
 async def test_after_a_group_upgrade_the_running_answer_is_stopped_from_the_supergroup(
@@ -157,7 +165,7 @@ async def test_after_a_group_upgrade_the_running_answer_is_stopped_from_the_supe
         streaming = next(m for m in api.messages(supergroup) if m.text.endswith("▌"))
         api.push_callback(supergroup, streaming.message_id, "stop", user_id=member)
         await stored_answers(bot, ConversationKey(supergroup), 1)
-        stored = await bot.services.history.window(ConversationKey(supergroup), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(supergroup))
         assert [m.status for m in stored if m.role == "assistant"] == ["cancelled"]
         assert bot.services.engine is not None and not bot.services.engine.is_busy(ConversationKey(supergroup))
 
@@ -187,7 +195,7 @@ async def test_a_crash_of_the_model_is_told_to_the_user_and_others_go_on(
         await wait_answers(api, BYSTANDER, 1)
         api.push_message(USER, "Try again?", user_id=USER)
         await wait_answers(api, USER, 2)
-        stored = await bot.services.history.window(ConversationKey(USER), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(USER))
         assert [m.status for m in stored] == ["complete", "failed", "complete", "complete"]
         assert stored[1].text, "what was streamed before the crash is kept"
 
@@ -219,7 +227,7 @@ async def run_load(api: FakeBotApi, store_root: Path, data_dir: Path, chats: int
 
         positions = []
         for user in users:
-            stored = await bot.services.history.window(ConversationKey(user), 2 * turns)
+            stored = await stored_messages(bot.services.history, ConversationKey(user))
             assert [m.text for m in stored if m.role == "user"] == [f"turn {t} from {user}" for t in range(turns)]
             assert [m.status for m in stored] == ["complete"] * 2 * turns
             shown = [edit for message in api.messages(user) for edit in message.edits if "in line" in edit]
@@ -257,5 +265,5 @@ async def test_one_users_flood_is_refused_without_starving_others(
         await api.wait_for(lambda: texts.TOO_FAST in api.visible_text(USER), 30, "a rate-limit refusal")
         api.push_message(BYSTANDER, "my turn?", user_id=BYSTANDER)
         await wait_answers(api, BYSTANDER, 1)
-        stored = await bot.services.history.window(ConversationKey(USER), 10)
+        stored = await stored_messages(bot.services.history, ConversationKey(USER))
         assert [m.text for m in stored if m.role == "user"] == ["question 0", "question 1"]

@@ -25,7 +25,7 @@ from bot import texts
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, USER, bot_settings, running_bot, wait_answers
+from tests.support.harness import ADMIN, USER, bot_settings, running_bot, stored_messages, wait_answers
 
 SECRET = "webhook_Secret-42"
 ROOT = Path(__file__).parents[1]
@@ -90,7 +90,7 @@ async def bot_process(environment: dict[str, str], workdir: Path, module: str = 
 async def read_history(data_dir: Path, chat: int) -> list[StoredMessage]:
     history = await HistoryStore.open(data_dir / "history.sqlite3")
     try:
-        return await history.window(ConversationKey(chat), 10)
+        return await stored_messages(history, ConversationKey(chat))
     finally:
         await history.close()
 
@@ -171,12 +171,12 @@ async def test_kill_9_during_an_answer_leaves_a_sound_database_and_the_bot_carri
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     async with running_bot(api, bot_settings(api, int4_store[0].root, data)) as restarted:
         [(_, user_status), (_, answer_status)] = [
-            (m.role, m.status) for m in await restarted.services.history.window(ConversationKey(USER), 10)
+            (m.role, m.status) for m in await stored_messages(restarted.services.history, ConversationKey(USER))
         ]
         assert (user_status, answer_status) == ("complete", "cancelled"), "the interrupted answer is marked"
         [killed] = api.messages(USER)
         assert killed.reply_markup is None and killed.text.endswith(texts.INTERRUPTED.strip()), killed.text
         api.push_message(USER, "Are you back?", user_id=USER)
         await wait_answers(api, USER, 2, timeout=60)
-        stored = await restarted.services.history.window(ConversationKey(USER), 10)
+        stored = await stored_messages(restarted.services.history, ConversationKey(USER))
         assert [m.status for m in stored] == ["complete", "cancelled", "complete", "complete"]

@@ -15,6 +15,8 @@ import pytest
 
 from bot.history import ConversationKey, HistoryError, HistoryStore, NewImage
 from bot.history.schema import MIGRATIONS
+from engine.context_policy import Window
+from tests.support.harness import stored_messages
 
 
 def image(payload: bytes, unique: str | None = None) -> NewImage:
@@ -32,7 +34,7 @@ async def test_migrates_reopens_and_keeps_data(tmp_path: Path) -> None:
     await store.update_assistant_message(answer, "hi there", telegram_message_ids=[11, 12], status="complete")
     await store.close()
     async with await HistoryStore.open(path) as reopened:
-        messages = await reopened.window(key, 10)
+        messages = await stored_messages(reopened, key)
         assert [(m.role, m.text, m.status) for m in messages] == [
             ("user", "hello", "complete"),
             ("assistant", "hi there", "complete"),
@@ -56,18 +58,55 @@ async def test_refuses_newer_schema_and_non_databases(tmp_path: Path) -> None:
         await HistoryStore.open(garbage)
 
 
-async def test_window_order_and_isolation_between_chats_and_topics(tmp_path: Path) -> None:
+async def test_order_and_isolation_between_chats_and_topics(tmp_path: Path) -> None:
     async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
         main, topic, other = ConversationKey(-100, 0), ConversationKey(-100, 42), ConversationKey(5)
         for index in range(6):
             await store.add_user_message(main, f"main {index}")
         await store.add_user_message(topic, "topic only", images=[image(b"topic-image")])
         await store.add_user_message(other, "other chat")
-        assert [m.text for m in await store.window(main, 3)] == ["main 3", "main 4", "main 5"]
-        assert [m.text for m in await store.window(topic, 10)] == ["topic only"]
-        assert [m.text for m in await store.window(other, 10)] == ["other chat"]
-        assert await store.latest_images(main) == []
-        assert [i.data for i in await store.latest_images(topic)] == [b"topic-image"]
+        assert [row.text for row in (await store.outline(main)).rows] == [f"main {i}" for i in range(6)]
+        [only] = await stored_messages(store, topic)
+        assert only.text == "topic only" and [i.data for i in only.images] == [b"topic-image"]
+        assert [m.text for m in await stored_messages(store, other)] == ["other chat"]
+        assert await store.recent_conversations(0) == [other, topic, main], "the most recent first"
+        assert await store.recent_conversations(time.time() + 60) == []
+
+
+async def test_the_models_view_is_stored_and_outlined_without_image_bytes(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        key = ConversationKey(3)
+        ids = [await store.add_user_message(key, "photo?", images=[image(b"p1")], tokens=800)]
+        ids.append(await store.add_assistant_message(key, "a photo", status="complete"))
+        for turn in range(3):
+            ids.append(await store.add_user_message(key, f"q{turn}"))
+            ids.append(await store.add_assistant_message(key, f"a{turn}", status="complete"))
+        writing = await store.add_assistant_message(key, "half")  # being written: not part of any view yet
+        await store.set_tokens({ids[1]: 7, ids[2]: 5})
+        outline = await store.outline(key)
+        assert outline.window == Window() and [row.id for row in outline.rows] == ids
+        assert writing not in [row.id for row in outline.rows]
+        assert [(row.tokens, row.images) for row in outline.rows[:3]] == [(800, 1), (7, 0), (5, 0)]
+        assert outline.rows[3].tokens is None, "not counted yet"
+        await store.set_window(key, Window(start=ids[6], pin=ids[0]))
+        outline = await store.outline(key)
+        assert outline.window == Window(ids[6], ids[0])
+        assert [row.id for row in outline.rows] == ids[:6] + ids[6:], "the pinned exchange onwards, then the start"
+        await store.set_window(key, Window(start=ids[6]))
+        assert [row.id for row in (await store.outline(key)).rows] == ids[6:]
+        assert [m.text for m in await store.messages([ids[0], ids[7]])] == ["photo?", "a2"]
+
+
+async def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.executescript(MIGRATIONS[0])
+        raw.execute("INSERT INTO conversations (chat_id, thread_id, created_at, updated_at) VALUES (9, 0, 1, 1)")
+        raw.execute("INSERT INTO messages (conversation_id, role, text, created_at) VALUES (1, 'user', 'old', 1)")
+        raw.execute("PRAGMA user_version = 1")
+    async with await HistoryStore.open(path) as store:
+        outline = await store.outline(ConversationKey(9))
+        assert outline.window == Window() and [(row.text, row.tokens) for row in outline.rows] == [("old", None)]
 
 
 async def test_images_are_stored_once_and_found_by_file_unique_id(tmp_path: Path) -> None:
@@ -89,8 +128,9 @@ async def test_reset_deletes_one_conversation_and_orphan_images_only(tmp_path: P
         await store.add_assistant_message(ConversationKey(1), "answer", status="complete")
         await store.add_user_message(ConversationKey(2), "b", images=[shared])
         assert await store.reset(ConversationKey(1)) == 2
-        assert await store.window(ConversationKey(1), 10) == []
-        assert [i.data for i in await store.latest_images(ConversationKey(2))] == [b"shared"]
+        assert await stored_messages(store, ConversationKey(1)) == []
+        [kept] = await stored_messages(store, ConversationKey(2))
+        assert [i.data for i in kept.images] == [b"shared"]
         assert (await store.stats()).images == 1
 
 
@@ -107,7 +147,7 @@ async def test_a_failing_write_leaves_no_half_rows(tmp_path: Path, monkeypatch: 
         with pytest.raises(sqlite3.OperationalError):
             await store.add_user_message(ConversationKey(1), "half", images=[image(b"x")])
         monkeypatch.undo()
-        assert await store.window(ConversationKey(1), 10) == []
+        assert await stored_messages(store, ConversationKey(1)) == []
         assert (await store.stats()).images == 0
         with pytest.raises(ValueError, match="status"):
             await store.add_assistant_message(ConversationKey(1), "x", status="weird")
@@ -123,7 +163,7 @@ async def test_fifty_concurrent_conversations_all_land(tmp_path: Path) -> None:
 
         await asyncio.gather(*(chat(number) for number in range(50)))
         for number in range(50):
-            texts = [m.text for m in await store.window(ConversationKey(number), 10)]
+            texts = [m.text for m in await stored_messages(store, ConversationKey(number))]
             assert texts == ["q0", "a0", "q1", "a1", "q2", "a2"]
         assert (await store.stats()).messages == 300
 

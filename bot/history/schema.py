@@ -47,4 +47,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX message_images_by_image ON message_images (image_sha256);
     """,
+    # 2: token counts, and where the model's view of a conversation starts (engine/context_policy.py)
+    """
+    ALTER TABLE messages ADD COLUMN tokens INTEGER;
+    ALTER TABLE conversations ADD COLUMN view_start INTEGER;
+    ALTER TABLE conversations ADD COLUMN view_pin INTEGER;
+    """,
 ]

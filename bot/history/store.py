@@ -22,6 +22,7 @@ from types import TracebackType
 import aiosqlite
 
 from bot.history.schema import MIGRATIONS
+from engine.context_policy import Window
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,23 @@ class StoredMessage:
     telegram_message_ids: tuple[int, ...]
     created_at: float
     images: tuple[StoredImage, ...]
+
+
+@dataclass(frozen=True)
+class OutlineRow:
+    """A message without its images' bytes: what the context policy needs to choose the model's view."""
+
+    id: int
+    role: str
+    text: str
+    tokens: int | None  # as the model's tokenizer counted it; None for messages stored before counts were kept
+    images: int
+
+
+@dataclass(frozen=True)
+class Outline:
+    window: Window
+    rows: list[OutlineRow]  # the pinned exchange's messages and every message from the window's start
 
 
 @dataclass(frozen=True)
@@ -184,6 +202,7 @@ class HistoryStore:
         images: Sequence[NewImage] = (),
         telegram_message_id: int | None = None,
         user_id: int | None = None,
+        tokens: int | None = None,
     ) -> int:
         now = time.time()
         async with self._transaction():
@@ -206,9 +225,9 @@ class HistoryStore:
                 )
             ids = [telegram_message_id] if telegram_message_id is not None else []
             cursor = await self._db.execute(
-                "INSERT INTO messages (conversation_id, role, text, user_id, telegram_message_ids, created_at) "
-                "VALUES (?, 'user', ?, ?, ?, ?)",
-                (conversation, text, user_id, json.dumps(ids), now),
+                "INSERT INTO messages (conversation_id, role, text, user_id, telegram_message_ids, created_at, tokens) "
+                "VALUES (?, 'user', ?, ?, ?, ?, ?)",
+                (conversation, text, user_id, json.dumps(ids), now, tokens),
             )
             message_id = int(cursor.lastrowid or 0)
             for position, image in enumerate(images):
@@ -241,6 +260,20 @@ class HistoryStore:
                 "UPDATE messages SET text = ?, status = ?, telegram_message_ids = ? "
                 "WHERE id = ? AND role = 'assistant'",
                 (text, status, json.dumps(list(telegram_message_ids)), message_id),
+            )
+
+    async def set_tokens(self, counts: dict[int, int]) -> None:
+        """Record messages' token counts (by message id), as the model's tokenizer found them."""
+        async with self._transaction():
+            await self._db.executemany(
+                "UPDATE messages SET tokens = ? WHERE id = ?", [(t, i) for i, t in counts.items()]
+            )
+
+    async def set_window(self, key: ConversationKey, window: Window) -> None:
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE conversations SET view_start = ?, view_pin = ? WHERE chat_id = ? AND thread_id = ?",
+                (window.start, window.pin, key.chat_id, key.thread_id),
             )
 
     async def reset(self, key: ConversationKey) -> int:
@@ -283,19 +316,51 @@ class HistoryStore:
 
     # --- reading -----------------------------------------------------------------------------------------
 
-    async def window(self, key: ConversationKey, max_messages: int) -> list[StoredMessage]:
-        """The newest ``max_messages`` messages, oldest first, with their images."""
+    async def outline(self, key: ConversationKey) -> Outline:
+        """Where the model's view starts, and the messages the context policy chooses from (no image bytes):
+        the pinned exchange (up to 64 messages from the pin, cut by the policy) and all from the start on.
+        Answers still being written are left out."""
+        async with self._reading():
+            async with self._db.execute(
+                "SELECT id, view_start, view_pin FROM conversations WHERE chat_id = ? AND thread_id = ?",
+                (key.chat_id, key.thread_id),
+            ) as cursor:
+                found = await cursor.fetchone()
+            if found is None:
+                return Outline(Window(), [])
+            conversation, start, pin = int(found[0]), found[1], found[2]
+            query = (
+                "SELECT m.id, m.role, m.text, m.tokens, "
+                "(SELECT COUNT(*) FROM message_images mi WHERE mi.message_id = m.id) "
+                "FROM messages m WHERE m.conversation_id = ? AND m.status != 'streaming' "
+            )
+            rows = []
+            if pin is not None and (start is None or pin < start):
+                async with self._db.execute(
+                    query + "AND m.id >= ? AND m.id < ? ORDER BY m.id LIMIT 64", (conversation, pin, start)
+                ) as cursor:
+                    rows += list(await cursor.fetchall())
+            async with self._db.execute(query + "AND m.id >= ? ORDER BY m.id", (conversation, start or 0)) as cursor:
+                rows += list(await cursor.fetchall())
+        return Outline(
+            Window(start, pin),
+            [OutlineRow(int(row[0]), str(row[1]), str(row[2]), row[3], int(row[4])) for row in rows],
+        )
+
+    async def messages(self, message_ids: Sequence[int]) -> list[StoredMessage]:
+        """These messages with their images, oldest first."""
+        if not message_ids:
+            return []
+        marks = ",".join("?" * len(message_ids))
         async with (
             self._reading(),
             self._db.execute(
-                "SELECT m.id, m.role, m.text, m.status, m.user_id, m.telegram_message_ids, m.created_at "
-                "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                "WHERE c.chat_id = ? AND c.thread_id = ? ORDER BY m.id DESC LIMIT ?",
-                (key.chat_id, key.thread_id, max_messages),
+                "SELECT id, role, text, status, user_id, telegram_message_ids, created_at "  # noqa: S608
+                f"FROM messages WHERE id IN ({marks}) ORDER BY id",
+                list(message_ids),
             ) as cursor,
         ):
             rows = list(await cursor.fetchall())
-            rows.reverse()
             images = await self._images_for([int(row[0]) for row in rows])
         return [
             StoredMessage(
@@ -311,6 +376,17 @@ class HistoryStore:
             for row in rows
         ]
 
+    async def recent_conversations(self, since: float) -> list[ConversationKey]:
+        """Conversations with a message since ``since`` (a Unix time), the most recent first."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT chat_id, thread_id FROM conversations WHERE updated_at >= ? ORDER BY updated_at DESC",
+                (since,),
+            ) as cursor,
+        ):
+            return [ConversationKey(int(row[0]), int(row[1])) for row in await cursor.fetchall()]
+
     async def _images_for(self, message_ids: list[int]) -> dict[int, list[StoredImage]]:
         if not message_ids:
             return {}
@@ -325,22 +401,6 @@ class HistoryStore:
             async for row in cursor:
                 found.setdefault(int(row[0]), []).append(StoredImage(row[1], bytes(row[2]), row[3], row[4]))
         return found
-
-    async def latest_images(self, key: ConversationKey) -> list[StoredImage]:
-        async with self._reading():
-            return await self._latest_images(key)
-
-    async def _latest_images(self, key: ConversationKey) -> list[StoredImage]:
-        async with self._db.execute(
-            "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-            "WHERE c.chat_id = ? AND c.thread_id = ? AND EXISTS "
-            "(SELECT 1 FROM message_images mi WHERE mi.message_id = m.id) ORDER BY m.id DESC LIMIT 1",
-            (key.chat_id, key.thread_id),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            return []
-        return (await self._images_for([int(row[0])]))[int(row[0])]
 
     async def image_by_file_unique_id(self, file_unique_id: str) -> StoredImage | None:
         async with (

@@ -9,12 +9,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from PIL import Image
 from telegram.ext import Application
 
 from bot import texts
 from bot.app import build_application, setup, teardown
 from bot.handlers import Services
+from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.settings import Settings, load_settings
 from tests.support.bot_api_server import FakeBotApi
 
@@ -94,3 +96,17 @@ async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 
         timeout,
         f"{count} finished answers in chat {chat}",
     )
+
+
+async def stored_messages(history: HistoryStore, key: ConversationKey) -> list[StoredMessage]:
+    """Every message of a conversation, oldest first, whatever the model sees of it (a reader of its own)."""
+    async with (
+        aiosqlite.connect(history.path) as db,
+        db.execute(
+            "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.chat_id = ? AND c.thread_id = ? ORDER BY m.id",
+            (key.chat_id, key.thread_id),
+        ) as cursor,
+    ):
+        ids = [int(row[0]) for row in await cursor.fetchall()]
+    return await history.messages(ids)
