@@ -26,19 +26,22 @@ import psutil
 
 BENCH_DIR = Path(os.environ.get("PHI3BOT_BENCH_DIR", Path.home() / ".cache" / "phi3bot-bench"))
 RESULTS_DIR = Path(__file__).parent / "results"
+SPEED_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile"}
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
+    cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return {
         "cpu": cpu,
+        "cpu_flags": sorted(flags & SPEED_FLAGS),  # OpenVINO picks its kernels (and BF16 on AVX-512) by these
         "cores": psutil.cpu_count(logical=True),
         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "python": platform.python_version(),

@@ -1,0 +1,337 @@
+"""Long conversations: time to first text at every turn, the engine against raw OpenVINO GenAI (issue 12).
+
+Two chats take turns for ``--turns`` turns each, with a typing pause before every question: chat A asks
+about photos at turns 1, 6 and 25, chat B at turn 1; at A's turn 12 a photo is sent alone, B's question
+comes right after it (while the engine reads the photo ahead) and A's question 15 s after the photo; after
+turn 20 both are restarted (the engine reads the recent conversations again, as the bot does at start, and
+the first follow-up is asked once that is done).  Answers are 32 tokens.
+
+The engine variant keeps each chat's history under the bot's context policy (engine/conversation_memory.py)
+and, as the bot does, has the model read each conversation ahead after every answer.  The raw variant is
+OpenVINO GenAI's ContinuousBatchingPipeline with prefix caching and one ChatHistory per chat, given the very
+prompts the engine run saw (read from its results); when a prompt no longer starts as the previous one did,
+it starts a new ChatHistory and sends the photo messages again, as GenAI attaches images only to the last
+user message.  Each variant runs in its own process.
+
+Goals (full-size synthetic INT4): follow-ups median <= 1.5 s and 95th percentile <= 3 s; the question 15 s
+after a photo sent alone <= 2 s; the first follow-up after a restart <= 3 s.  Also printed: how long a
+question waited in the model's process behind work read ahead (one piece at most).
+
+Usage: python benchmarks/long_conversation.py [--turns 40] [--typing 5] [--history-tokens N] [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import bot_cpu_tuning, full_int4_model, png, synthetic_photo, write_results
+
+TOKENS = 32
+PHOTO_TURNS = {("A", 1): 3, ("A", 6): 5, ("A", 25): 9, ("B", 1): 7}
+ALONE_TURN, ALONE_SEED, ALONE_WAIT = 12, 11, 15.0
+RESTART_AFTER = 20
+
+
+@dataclass(frozen=True)
+class Step:
+    chat: str
+    turn: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.chat}{self.turn}"
+
+    @property
+    def photo(self) -> int | None:
+        return PHOTO_TURNS.get((self.chat, self.turn))
+
+    @property
+    def question(self) -> str:
+        if self.photo is not None:
+            return "What is in this photo? Please describe what you see."
+        return f"Question {self.turn} from chat {self.chat}: what else can you tell me about the colours and shapes?"
+
+
+def plan(turns: int) -> list[Step]:
+    return [Step(chat, turn) for turn in range(1, turns + 1) for chat in "AB"]
+
+
+def _system_prompt() -> str:
+    from bot.settings import Settings
+
+    return str(Settings.model_fields["system_prompt"].default)
+
+
+def _photo(seed: int) -> Any:
+    from engine.images import prepare_image
+
+    return prepare_image(png(synthetic_photo(seed)))
+
+
+# --- the engine, as the bot drives it -----------------------------------------------------------------------
+
+
+async def _engine(model: Path, turns: int, typing: float, history_tokens: int | None) -> dict[str, Any]:
+    from engine.conversation import Turn
+    from engine.conversation_memory import ConversationMemory
+    from engine.engine import Engine
+    from engine.generation import GenerationSettings
+    from engine.pipeline_process import load_pipeline
+    from model_store.loader import pipeline_spec
+    from model_store.store import ModelEntry
+
+    entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
+    spec = pipeline_spec(entry, kv_cache_gb=4, cpu=bot_cpu_tuning())
+    settings = GenerationSettings(max_new_tokens=TOKENS, system_prompt=_system_prompt(), ignore_eos=True)
+
+    async def start() -> Engine:
+        return Engine(
+            await asyncio.to_thread(load_pipeline, spec), settings, batch_max=4, history_tokens=history_tokens
+        )
+
+    engine = await start()
+    budget = engine.history_tokens
+    memories = {chat: ConversationMemory(budget, settings.system_prompt, engine.model.num_crops) for chat in "AB"}
+    reading: set[asyncio.Task[Any]] = set()
+    seeds: dict[str, int] = {}  # image sha256 -> seed, to write prompts down
+    results: dict[str, Any] = {"history_tokens": budget, "turns": {}, "prompts": {}}
+
+    def read_ahead(chat: str) -> None:
+        task = asyncio.create_task(engine.prepare(chat, memories[chat].view()))
+        reading.add(task)
+        task.add_done_callback(reading.discard)
+
+    def written(turns_: list[Any]) -> list[list[Any]]:
+        return [[t.role, t.text, [seeds[i.sha256] for i in t.images]] for t in turns_]
+
+    photo_alone_at = 0.0
+    for step in plan(turns):
+        if step.turn == RESTART_AFTER + 1 and step.chat == "A":
+            await engine.aclose()
+            started = time.monotonic()
+            engine = await start()
+            loaded = time.monotonic() - started
+            warm = {}
+            for chat in "BA":  # the most recent first, as the bot does
+                warm[chat] = round((await engine.prepare(chat, memories[chat].view())).seconds, 2)
+            results["restart"] = {"load_seconds": round(loaded, 2), "warm_up_seconds": warm}
+        if step.chat == "A" and step.turn == ALONE_TURN:
+            await asyncio.sleep(typing)
+            image = _photo(ALONE_SEED)
+            seeds[image.sha256] = ALONE_SEED
+            memories["A"].add(Turn("user", "", (image,)))
+            read_ahead("A")
+            photo_alone_at = time.monotonic()
+            continue  # B asks now, while the photo is read; A's question comes 15 s after the photo
+        if step.chat == "A" and step.turn == ALONE_TURN + 1:
+            await asyncio.sleep(max(0.0, photo_alone_at + ALONE_WAIT - time.monotonic()))
+        else:
+            await asyncio.sleep(typing)
+        images = ()
+        if step.photo is not None:
+            image = _photo(step.photo)
+            seeds[image.sha256] = step.photo
+            images = (image,)
+        question = Turn("user", step.question, images)
+        view = memories[step.chat].view()
+        results["prompts"][step.name] = {"view": written(view), "question": written([question])[0]}
+        timed = await _timed(engine, step.chat, view, question)
+        memories[step.chat].record(question, timed["finished"])
+        read_ahead(step.chat)
+        results["turns"][step.name] = {key: value for key, value in timed.items() if key != "finished"}
+    await engine.aclose()
+    return results
+
+
+async def _timed(engine: Any, chat: str, view: list[Any], question: Any) -> dict[str, Any]:
+    from benchmarks.common import timed_answer
+
+    answer = await timed_answer(engine, chat, view, question)
+    finished = answer.finished
+    assert finished.status == "complete", finished
+    return {
+        "ttft": round(answer.first_text or 0.0, 2),
+        "waited": round(finished.waited_seconds, 2),
+        "replays": finished.replays,
+        "vision_seconds": round(finished.vision_seconds, 2),
+        "input_tokens": finished.input_tokens,
+        "finished": finished,
+    }
+
+
+# --- raw GenAI, given the same prompts ----------------------------------------------------------------------
+
+
+def _raw(model: Path, prompts: dict[str, Any], typing: float) -> dict[str, Any]:
+    import openvino as ov
+    import openvino_genai as genai
+
+    from engine.images import for_genai
+    from model_store.loader import prefix_caching_scheduler
+
+    def load() -> Any:
+        properties = bot_cpu_tuning().properties()
+        return genai.ContinuousBatchingPipeline(str(model), prefix_caching_scheduler(4), "CPU", properties)
+
+    pipeline = load()
+    num_crops = 4
+    tensors = {
+        seed: ov.Tensor(for_genai(synthetic_photo(seed), num_crops)) for seed in {*PHOTO_TURNS.values(), ALONE_SEED}
+    }
+    system = {"role": "system", "content": _system_prompt()}
+    chats: dict[str, tuple[Any, list[Any]]] = {}
+    results: dict[str, Any] = {"turns": {}}
+
+    def generate(history: Any, messages: list[Any], seeds: list[int], tokens: int, on_text: Any) -> Any:
+        history.set_messages([system, *({"role": r, "content": t} for r, t, _ in messages)])
+        config = genai.GenerationConfig()
+        config.max_new_tokens = tokens
+        config.ignore_eos = True
+        return pipeline.generate([history], [[tensors[s] for s in seeds]], [config], on_text)[0]
+
+    for step in plan(max(int(name[1:]) for name in prompts)):
+        if step.name not in prompts:
+            continue
+        if step.turn == RESTART_AFTER + 1 and step.chat == "A":
+            del pipeline
+            chats.clear()
+            started = time.monotonic()
+            pipeline = load()
+            results["restart"] = {"load_seconds": round(time.monotonic() - started, 2)}
+        if not (step.chat == "A" and step.turn == ALONE_TURN + 1):
+            time.sleep(typing)
+        prompt = prompts[step.name]
+        wanted = [*prompt["view"], prompt["question"]]
+        started = time.monotonic()
+        first: list[float] = []
+
+        def on_text(_: str, started: float = started, first: list[float] = first) -> bool:
+            if not first:
+                first.append(time.monotonic() - started)
+            return False
+
+        history, sent = chats.get(step.chat, (None, []))
+        if history is None or wanted[: len(sent)] != sent:  # the prompt's start changed: a new chat state
+            history, sent = genai.ChatHistory(), []
+        replays = 0
+        for index in range(len(sent), len(prompt["view"])):  # photos reach GenAI with the last user message only
+            role, _, seeds = prompt["view"][index]
+            if role == "user" and seeds:
+                generate(history, prompt["view"][: index + 1], seeds, 1, None)
+                replays += 1
+        result = generate(
+            history, wanted, prompt["question"][2], TOKENS, genai.TextStreamer(pipeline.get_tokenizer(), on_text)
+        )
+        chats[step.chat] = (history, wanted)
+        results["turns"][step.name] = {
+            "ttft": round(first[0] if first else float("nan"), 2),
+            "replays": replays,
+            "input_tokens": int(result.perf_metrics.get_num_input_tokens()),
+        }
+    return results
+
+
+# --- running and reporting --------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], percent: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1] if len(values) > 1 else values[0]
+
+
+def _follow_ups(turns: dict[str, Any]) -> list[str]:
+    return [name for name in turns if (name[0], int(name[1:])) not in PHOTO_TURNS]
+
+
+def _summary(turns: dict[str, Any]) -> dict[str, float]:
+    times = [turns[name]["ttft"] for name in _follow_ups(turns)]
+    return {
+        "follow_ups": len(times),
+        "median": round(statistics.median(times), 2),
+        "p95": round(_percentile(times, 95), 2),
+        "max": max(times),
+        "after_photo_alone": turns[f"A{ALONE_TURN + 1}"]["ttft"],
+        "after_restart": turns[f"A{RESTART_AFTER + 1}"]["ttft"],
+    }
+
+
+def _run(arguments: list[str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"variant failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=40, help="turns each chat takes")
+    parser.add_argument("--typing", type=float, default=5.0, help="seconds before each question")
+    parser.add_argument("--history-tokens", type=int, help="HISTORY_TOKENS (default: the bot's, derived)")
+    parser.add_argument("--name", default="long_conversation", help="results file name")
+    parser.add_argument("--variant", choices=("engine", "raw"), help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant == "engine":
+        print(json.dumps(asyncio.run(_engine(full_int4_model(), args.turns, args.typing, args.history_tokens))))
+        return
+    if args.variant == "raw":
+        print(json.dumps(_raw(full_int4_model(), json.loads(args.prompts.read_text()), args.typing)))
+        return
+    full_int4_model()  # build and convert once, before timing anything
+    common = ["--turns", str(args.turns), "--typing", str(args.typing)]
+    if args.history_tokens:
+        common += ["--history-tokens", str(args.history_tokens)]
+    print("running the engine ...", flush=True)
+    engine = _run(["--variant", "engine", *common])
+    prompts = Path(f"/tmp/{args.name}-prompts.json")
+    prompts.write_text(json.dumps(engine.pop("prompts")))
+    print("running raw GenAI with the same prompts ...", flush=True)
+    raw = _run(["--variant", "raw", "--prompts", str(prompts), *common])
+    print(f"\nhistory budget {engine['history_tokens']} tokens; typing pause {args.typing} s; {TOKENS}-token answers")
+    print(f"{'turn':<6}{'prompt':>8}{'engine':>9}{'waited':>8}{'raw':>8}{'raw replays':>13}")
+    for name, cell in engine["turns"].items():
+        other = raw["turns"][name]
+        mark = " photo" if (name[0], int(name[1:])) in PHOTO_TURNS else ""
+        if name == f"A{ALONE_TURN + 1}":
+            mark = " (15 s after a photo sent alone)"
+        if name == f"A{RESTART_AFTER + 1}":
+            mark = " (first after the restart)"
+        print(
+            f"{name:<6}{cell['input_tokens']:>8}{cell['ttft']:>9.2f}{cell['waited']:>8.2f}"
+            f"{other['ttft']:>8.2f}{other['replays']:>13}{mark}"
+        )
+    summaries = {"engine": _summary(engine["turns"]), "raw": _summary(raw["turns"])}
+    goals = {"median": 1.5, "p95": 3.0, "after_photo_alone": 2.0, "after_restart": 3.0}
+    print(f"\n{'':<34}{'engine':>9}{'raw':>9}{'goal':>8}")
+    for key, label in (
+        ("median", "follow-ups, median"),
+        ("p95", "follow-ups, 95th percentile"),
+        ("max", "follow-ups, slowest"),
+        ("after_photo_alone", "15 s after a photo sent alone"),
+        ("after_restart", "first follow-up after the restart"),
+    ):
+        goal = f"{goals[key]:>8.1f}" if key in goals else ""
+        print(f"{label:<34}{summaries['engine'][key]:>9.2f}{summaries['raw'][key]:>9.2f}{goal}")
+    waits = [cell["waited"] for cell in engine["turns"].values()]
+    print(
+        f"longest wait behind work read ahead: {max(waits):.2f} s (B{ALONE_TURN}, asked while A's photo was read: "
+        f"{engine['turns'][f'B{ALONE_TURN}']['waited']:.2f} s)"
+    )
+    print(f"restart: engine {engine['restart']}, raw {raw['restart']}")
+    settings = {"turns": args.turns, "typing": args.typing, "tokens": TOKENS, "cpu": bot_cpu_tuning().properties()}
+    path = write_results(args.name, {**settings, "summary": summaries, "engine": engine, "raw": raw})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
