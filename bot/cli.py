@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace, settings: Settings) -> int:
     from model_store.convert import ConversionRequest, convert_in_subprocess
+    from model_store.convert.extra import require_conversion_extra
+
+    if not args.from_ir:
+        require_conversion_extra()
     request = ConversionRequest(
         source=args.model or args.from_ir,
         store_root=str(settings.store_dir),
