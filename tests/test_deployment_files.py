@@ -63,7 +63,7 @@ def test_compose_restarts_checks_health_and_limits_memory(service: dict) -> None
     assert service["restart"] in ("always", "unless-stopped", "on-failure")
     command = service["healthcheck"]["test"]
     assert command[:2] == ["CMD", "phi3bot"] and _parser().parse_args(command[2:]).command == "health"
-    assert re.fullmatch(r"\d+g", service["mem_limit"])
+    assert re.fullmatch(r"\$\{PHI3BOT_MEMORY_LIMIT:-\d+g\}", service["mem_limit"]), "a limit, with a default"
     assert service["stop_signal"] == "SIGTERM"
 
 
