@@ -22,7 +22,7 @@ from model_store.errors import MissingDependencyError
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import ADMIN, USER, photo_bytes, wait_answers
-from tests.support.processes import ROOT, bot_environment, bot_process
+from tests.support.processes import ROOT, bot_environment, bot_process, run_phi3bot
 from tests.support.runtime_only import conversion_only_modules, runtime_only_pythonpath
 
 INSTALL_ADVICE = "pip install 'phi3bot[convert]'"
@@ -45,20 +45,13 @@ def test_what_is_hidden_is_the_conversion_extra_and_not_the_runtime() -> None:
     assert not hidden & {"openvino", "openvino_genai", "openvino_tokenizers", "telegram", "PIL", "numpy", "pydantic"}
 
 
-def python(environment: dict[str, str], workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
-        env=environment,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-
 def cli(environment: dict[str, str], workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return python(environment, workdir, "-m", "bot.cli", *args)
+    return run_phi3bot(list(args), environment, workdir)
+
+
+def imports_torch(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "import torch"]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60, check=False)
 
 
 def runtime_only(environment: dict[str, str], tmp_path: Path) -> dict[str, str]:
@@ -72,7 +65,7 @@ async def test_the_bot_starts_answers_and_refuses_convert_without_the_conversion
 ) -> None:
     store = int4_store[0]
     environment = runtime_only(bot_environment(api, store.root, tmp_path / "data"), tmp_path)
-    hidden = await asyncio.to_thread(python, environment, tmp_path, "-c", "import torch")
+    hidden = await asyncio.to_thread(imports_torch, environment)
     assert "ModuleNotFoundError" in hidden.stderr, "torch must not be importable in this environment"
     entries = [entry.path for entry in store.entries()]
 

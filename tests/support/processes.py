@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,3 +65,19 @@ async def bot_process(environment: dict[str, str], workdir: Path, module: str = 
             process.kill()
         await process.wait()
         running.stderr = (await logs).decode(errors="replace")
+
+
+def run_phi3bot(
+    args: list[str], environment: dict[str, str], workdir: Path, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``phi3bot`` command, run to its end as a person would (``workdir``: no stray .env)."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("phi3bot")), *args],
+        input=stdin,
+        env=environment,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
