@@ -3,8 +3,8 @@
 From start-up to shutdown the bot's event loop rewrites ``DATA_DIR/heartbeat`` every few seconds, and
 ``phi3bot health`` reads how old it is. A fresh heartbeat says that the process is up and its event loop is not
 stuck, which a restart can fix. It does not say that Telegram is reachable (the bot keeps retrying by itself,
-and a restart would not help) nor that a model is loaded (``/model`` says that); the file holds whether one
-is, for a person reading it.
+and a restart would not help), nor does a bot without a model count as unhealthy (it still answers and can
+/convert one); whether a model is loaded is written in the file and printed, for a person reading it.
 """
 
 from __future__ import annotations
