@@ -1,5 +1,7 @@
 # Two commands for a fresh clone:  `make run` starts the bot, `make test` runs the tests.
 # Both create .venv and install what is needed the first time (and again when pyproject.toml changes).
+# torch and torchvision come as CPU builds from PyTorch's CPU wheel index when it answers within 5 s, else from
+# the default index (scripts/pip_install.py; TORCH_INDEX= skips the CPU index).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,10 +9,10 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 .PHONY: install run test test-all lint bench-convert bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/pip_install.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
-	$(VENV)/bin/pip install --quiet -e ".[convert,dev]"
+	$(VENV)/bin/python scripts/pip_install.py --quiet -e ".[convert,dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -29,6 +29,7 @@ from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.commands import Commands
 from bot.handlers import DESCRIBE_CALLBACK, Handlers, Services
+from bot.health import HeartbeatFile
 from bot.history import HistoryError, HistoryStore
 from bot.recovery import finish_interrupted
 from bot.reply_stream import STOP_CALLBACK
@@ -83,8 +84,13 @@ def build_application(settings: Settings, *, handle_signals: bool = False) -> Ap
 
 
 async def setup(application: Application) -> None:
-    """Open the history, load the model, register handlers; run by PTB before polling (and by tests)."""
+    """Open the history, load the model, register handlers; run by PTB before polling (and by tests).
+
+    The heartbeat starts first: the loop is alive while the model loads, and a health check should say so."""
     settings: Settings = application.bot_data["settings"]
+    heartbeat = HeartbeatFile(settings.heartbeat_path, lambda: {"model_loaded": _model_loaded(application)})
+    heartbeat.start()
+    application.bot_data["heartbeat"] = heartbeat
     history = await HistoryStore.open(settings.database_path)  # type: ignore[arg-type]
     interrupted = await history.mark_interrupted()
     if interrupted:
@@ -103,6 +109,7 @@ async def setup(application: Application) -> None:
     except ModelStoreError as error:
         log.warning("no model loaded: %s", error)
     application.bot_data["services"] = services
+    heartbeat.beat()
     register_handlers(application, services)
     if settings.warm_up_hours > 0:
         services.warm_up(time.time() - settings.warm_up_hours * 3600)
@@ -125,7 +132,15 @@ def _stop(application: Application, signum: int) -> None:
     application.stop_running()
 
 
+def _model_loaded(application: Application) -> bool:
+    services: Services | None = application.bot_data.get("services")
+    return services is not None and services.engine is not None
+
+
 async def teardown(application: Application) -> None:
+    heartbeat: HeartbeatFile | None = application.bot_data.get("heartbeat")
+    if heartbeat is not None:
+        await heartbeat.stop()
     services: Services | None = application.bot_data.get("services")
     if services is None:
         return

@@ -1,4 +1,4 @@
-"""The ``phi3bot`` command: run the bot, convert models, build synthetic checkpoints.
+"""The ``phi3bot`` command: run the bot, convert models, check its health, back up its history.
 
 Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments,
 130 interrupted.
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the converted models and the one in use")
 
+    commands.add_parser("health", help="exit 0 if a running bot wrote its heartbeat lately (for health checks)")
+
+    backup = commands.add_parser("backup", help="copy the history database consistently, also while the bot runs")
+    backup.add_argument("destination", type=Path, help="a new file, e.g. backup-2026-11-25.sqlite3")
+
     ask = commands.add_parser("ask", help="answer one question about an image in the terminal")
     ask.add_argument("image", type=Path, help="a photo (JPEG, PNG, WebP, ...)")
     ask.add_argument("question", nargs="?", default="", help='what to ask (default: "Describe this image.")')
@@ -59,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace, settings: Settings) -> int:
     from model_store.convert import ConversionRequest, convert_in_subprocess
+    from model_store.convert.extra import require_conversion_extra
 
+    if not args.from_ir:
+        require_conversion_extra()
     request = ConversionRequest(
         source=args.model or args.from_ir,
         store_root=str(settings.store_dir),
@@ -91,6 +99,32 @@ def _models(settings: Settings) -> int:
         mark = "*" if active and (active.slug, active.precision) == (entry.slug, entry.precision) else " "
         note = " (synthetic)" if entry.synthetic else ""
         print(f"{mark} {entry.source:45} {entry.precision:5} {entry.size_bytes / 1e9:6.2f} GB{note}")
+    return 0
+
+
+def _health(settings: Settings) -> int:
+    from bot.health import check_heartbeat
+
+    healthy, reason = check_heartbeat(settings.heartbeat_path)
+    print(reason)
+    return 0 if healthy else 1
+
+
+def _backup(settings: Settings, destination: Path) -> int:
+    """SQLite's online backup copies a consistent snapshot even while the bot writes (copying the file of a
+    WAL database can miss what is still in the WAL)."""
+    import sqlite3
+    from contextlib import closing
+
+    source = settings.database_path
+    assert source is not None
+    if not source.is_file():
+        raise FileNotFoundError(f"There is no history database at {source} (check DATA_DIR or DATABASE_PATH).")
+    if destination.exists():
+        raise FileExistsError(f"{destination} exists already; choose a new file name.")
+    with closing(sqlite3.connect(source)) as origin, closing(sqlite3.connect(destination)) as copy:
+        origin.backup(copy)
+    print(f"Backed up {source} to {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -131,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args, settings)
         if args.command == "models":
             return _models(settings)
+        if args.command == "health":
+            return _health(settings)
+        if args.command == "backup":
+            return _backup(settings, args.destination)
         if args.command == "synthetic":
             return _synthetic(args)
         if args.command in ("ask", "chat"):

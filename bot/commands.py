@@ -14,8 +14,9 @@ from bot import texts
 from bot.handlers import Services, conversation_key, is_private
 from bot.runtime import build_engine, load_and_swap
 from model_store.convert import ConversionRequest, convert_async
+from model_store.convert.extra import require_conversion_extra
 from model_store.convert.heartbeat import format_elapsed
-from model_store.errors import ModelStoreError
+from model_store.errors import MissingDependencyError, ModelStoreError
 from model_store.progress import Progress
 from model_store.sources import PRECISIONS
 
@@ -129,6 +130,11 @@ class Commands:
             return
         if self.services.conversion is not None and not self.services.conversion.done():
             await message.reply_text("A conversion is already running; its message shows the progress.")
+            return
+        try:
+            require_conversion_extra()
+        except MissingDependencyError as error:
+            await message.reply_text(f"❌ {error}")
             return
         settings = self.services.settings
         args = list(context.args or [])

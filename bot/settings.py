@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     def views_dir(self) -> Path:
         return self.data_dir / "model-views"
 
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.data_dir / "heartbeat"
+
 
 class SettingsError(Exception):
     """Raised with a message that lists every bad setting by its environment variable name."""

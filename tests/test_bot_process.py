@@ -8,14 +8,9 @@ the shutdown paths that the in-process tests cannot reach.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sqlite3
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -25,66 +20,16 @@ from bot import texts
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, USER, bot_settings, running_bot, stored_messages, wait_answers
+from tests.support.harness import USER, bot_settings, running_bot, stored_messages, wait_answers
+from tests.support.processes import bot_environment, bot_process
 
 SECRET = "webhook_Secret-42"
-ROOT = Path(__file__).parents[1]
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def bot_environment(api: FakeBotApi, store_root: Path, data_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "TELEGRAM_BOT_TOKEN": api.token,
-        "TELEGRAM_API_BASE_URL": api.base_url,
-        "TELEGRAM_FILE_BASE_URL": api.base_file_url,
-        "ADMIN_USER_IDS": str(ADMIN),
-        "ALLOWED_USER_IDS": str(USER),
-        "DATA_DIR": str(data_dir),
-        "MODEL_STORE_DIR": str(store_root),
-        "MAX_NEW_TOKENS": "24",
-        "KV_CACHE_GB": "1",
-        "EDIT_INTERVAL_SECONDS": "0.2",
-        "LOG_LEVEL": "DEBUG",
-        **extra,
-    }
-
-
-@dataclass
-class BotProcess:
-    process: asyncio.subprocess.Process
-    stderr: str = ""
-
-
-@asynccontextmanager
-async def bot_process(environment: dict[str, str], workdir: Path, module: str = "bot.cli") -> AsyncIterator[BotProcess]:
-    """Runs ``python -m module run``; on the way out makes sure it is gone and keeps what it logged."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        "run",
-        cwd=workdir,  # no stray .env
-        env=environment,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    logs = asyncio.create_task(process.stderr.read())
-    running = BotProcess(process)
-    try:
-        yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        running.stderr = (await logs).decode(errors="replace")
 
 
 async def read_history(data_dir: Path, chat: int) -> list[StoredMessage]:

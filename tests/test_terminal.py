@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from PIL import Image
 
 from model_store.store import ModelEntry, ModelStore
+from tests.support.processes import run_phi3bot
 
 
 def _run(args: list[str], store: ModelStore, tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -20,17 +20,7 @@ def _run(args: list[str], store: ModelStore, tmp_path: Path, stdin: str = "") ->
         "MAX_NEW_TOKENS": "6",
         "LOG_LEVEL": "WARNING",
     }
-    phi3bot = Path(sys.executable).with_name("phi3bot")
-    return subprocess.run(
-        [str(phi3bot), *args],
-        input=stdin,
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_phi3bot(args, env, tmp_path, stdin)
 
 
 def test_ask_streams_an_answer_about_an_image(int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path) -> None:

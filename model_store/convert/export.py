@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model_store.convert.heartbeat import Heartbeat, format_elapsed
-from model_store.errors import MissingDependencyError
 from model_store.layout import SIDE_FILES, SUBMODELS
 
 log = logging.getLogger(__name__)
@@ -48,14 +47,9 @@ def _quiet_libraries() -> None:
 
 def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Report) -> None:
     """Write the uncompressed IR (FP16, or FP32 when asked) with tokenizers into ``output``."""
-    try:
-        from optimum.exporters.openvino import main_export
-        from optimum.intel import OVConfig
-    except ImportError as error:
-        raise MissingDependencyError(
-            "Converting a checkpoint needs the conversion dependencies (torch, transformers, optimum-intel, "
-            "nncf): run `pip install 'phi3bot[convert]'`, or take a converted model with --from-ir."
-        ) from error
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
     _quiet_libraries()
     expected = len(SUBMODELS)
 

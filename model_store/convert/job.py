@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.convert import hub, preflight
+from model_store.convert.extra import require_conversion_extra
 from model_store.convert.validate import validate_model
 from model_store.errors import CorruptModelError, MissingModelError
 from model_store.layout import check_ir_directory, detect_weight_precision, read_json
@@ -71,6 +72,7 @@ def _manifest(source: ModelSource, precision: str, files: Path, **extra: Any) ->
 
 
 def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: Path, plan: PhasePlan) -> ModelEntry:
+    require_conversion_extra()
     from model_store.convert.export import compress, export_checkpoint
 
     source = parse_source(request.source)

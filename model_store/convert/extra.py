@@ -1,0 +1,45 @@
+"""Whether this install can convert checkpoints: the conversion extra is optional.
+
+A bot that serves an already converted model, or takes one with ``--from-ir``, never imports torch,
+transformers, optimum-intel or NNCF, so ``pip install phi3bot`` leaves them out (0.4 GB instead of 6.2 GB).
+Asking before a conversion starts turns a missing extra into one message that says what to install and what
+it weighs, instead of an ImportError from a child process, possibly after a 10 GB download.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from model_store.errors import MissingDependencyError
+
+CONVERSION_MODULES = ("torch", "torchvision", "transformers", "optimum.intel", "nncf")
+
+# Measured on top of `pip install phi3bot` (Python 3.11, Linux x86_64): 5.8 GB with PyPI's torch, a CUDA build;
+# about 1.2 GB with PyTorch's CPU wheels, estimated from the CPU wheel of torch 2.13.0 (see the README).
+INSTALL_HINT = (
+    "Install it with `pip install 'phi3bot[convert]'`: about 1.2 GB with PyTorch's CPU wheels (add "
+    "`--extra-index-url https://download.pytorch.org/whl/cpu`), 5.8 GB with the default Linux torch, which brings "
+    "CUDA libraries. Or take an already converted OpenVINO model: "
+    "`phi3bot convert --from-ir OpenVINO/Phi-3.5-vision-instruct-int4-ov`."
+)
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # its parent package (optimum, for optimum.intel) is missing
+        return False
+
+
+def missing_conversion_modules() -> list[str]:
+    return [name for name in CONVERSION_MODULES if not _importable(name)]
+
+
+def require_conversion_extra() -> None:
+    """Raise :class:`MissingDependencyError`, with what to install, unless a checkpoint can be converted here."""
+    missing = missing_conversion_modules()
+    if missing:
+        raise MissingDependencyError(
+            f"Converting a checkpoint needs phi3bot's conversion extra, which this install does not have (missing: "
+            f"{', '.join(missing)}). {INSTALL_HINT}"
+        )

@@ -1,0 +1,83 @@
+"""The bot as its users run it: ``phi3bot run`` in a process of its own, configured by its environment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.bot_api_server import FakeBotApi
+from tests.support.harness import ADMIN, USER
+
+ROOT = Path(__file__).parents[2]
+
+
+def bot_environment(api: FakeBotApi, store_root: Path, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TELEGRAM_BOT_TOKEN": api.token,
+        "TELEGRAM_API_BASE_URL": api.base_url,
+        "TELEGRAM_FILE_BASE_URL": api.base_file_url,
+        "ADMIN_USER_IDS": str(ADMIN),
+        "ALLOWED_USER_IDS": str(USER),
+        "DATA_DIR": str(data_dir),
+        "MODEL_STORE_DIR": str(store_root),
+        "MAX_NEW_TOKENS": "24",
+        "KV_CACHE_GB": "1",
+        "EDIT_INTERVAL_SECONDS": "0.2",
+        "LOG_LEVEL": "DEBUG",
+        **extra,
+    }
+
+
+@dataclass
+class BotProcess:
+    process: asyncio.subprocess.Process
+    stderr: str = ""
+
+
+@asynccontextmanager
+async def bot_process(environment: dict[str, str], workdir: Path, module: str = "bot.cli") -> AsyncIterator[BotProcess]:
+    """Runs ``python -m module run``; on the way out makes sure it is gone and keeps what it logged."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        "run",
+        cwd=workdir,  # no stray .env
+        env=environment,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    logs = asyncio.create_task(process.stderr.read())
+    running = BotProcess(process)
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        running.stderr = (await logs).decode(errors="replace")
+
+
+def run_phi3bot(
+    args: list[str], environment: dict[str, str], workdir: Path, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``phi3bot`` command, run to its end as a person would (``workdir``: no stray .env)."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("phi3bot")), *args],
+        input=stdin,
+        env=environment,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
