@@ -13,6 +13,7 @@ import pytest
 from bot.cli import main
 from bot.health import STALE_SECONDS, HeartbeatFile, check_heartbeat
 from bot.history import ConversationKey, HistoryStore
+from tests.support.harness import stored_messages
 
 
 async def test_the_heartbeat_is_fresh_while_the_loop_runs_and_gone_after_stop(tmp_path: Path) -> None:
@@ -68,7 +69,9 @@ async def test_backup_copies_the_history_while_it_is_open(
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     restored = await HistoryStore.open(copy)
     try:
-        assert [m.text for m in await restored.window(ConversationKey(5), 10)] == [f"question {n}" for n in range(3)]
+        assert [m.text for m in await stored_messages(restored, ConversationKey(5))] == [
+            f"question {n}" for n in range(3)
+        ]
     finally:
         await restored.close()
     assert main(["backup", str(copy)]) == 1, "an existing file is not overwritten"
