@@ -136,6 +136,8 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
 
 
 CROP = 336  # Phi-3-vision's crop side
+TOKENS_PER_CROP = 144  # 24 x 24 CLIP patches, merged 2 x 2
+ROW_TOKENS = 12  # separators per row of crops: one after each of its 12 rows of merged patches
 
 
 def crop_grid(width: int, height: int, num_crops: int) -> tuple[int, int]:
@@ -153,25 +155,55 @@ def crop_grid(width: int, height: int, num_crops: int) -> tuple[int, int]:
     return (across, scale) if width >= height else (scale, across)
 
 
+def grid_tokens(rows: int, columns: int) -> int:
+    """Prompt positions Phi-3-vision gives an image of ``rows`` x ``columns`` crops.
+
+    Each crop and the global view take 144 merged patches; each row of merged patches, in the grid and in the
+    global view, ends in a separator, and one more separator sits between the grid and the global view.
+    """
+    return (rows * columns + 1) * TOKENS_PER_CROP + 1 + (rows + 1) * ROW_TOKENS
+
+
+def _handed_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
+    """Width and height of what the engine hands GenAI: the image when its grid is square, else its square."""
+    rows, columns = crop_grid(width, height, num_crops)
+    if rows == columns:
+        return width, height
+    side = max(width, height)
+    return side, side
+
+
 def for_genai(pixels: np.ndarray, num_crops: int) -> np.ndarray:
     """The pixels to hand OpenVINO GenAI: padded with white to a square when the crop grid is not square.
 
     openvino-genai 2026.4 records a Phi-3-vision image's size as (width, height) where it expects (height,
     width), so the crops of a non-square grid (a 4:3 photo at NUM_CROPS=16 is 3 x 4, a phone screenshot at 4
-    is 2 x 1) reach the model in the wrong places and the image takes 12 tokens per missing row too many
-    (tests/test_engine.py checks that this is still so).  A square grid is immune; padding with white is what
-    Phi-3-vision's own processor does to fill a grid, so the model sees the whole picture, correctly laid out,
-    at the cost of a few more crops for long images.
+    is 2 x 1) reach the model in the wrong places, and the image gets 12 x (columns - rows) prompt positions
+    more than Phi-3-vision gives it: 12 too many for the 3 x 4 photo, 12 too few for the 2 x 1 screenshot
+    (tests/test_preprocessing_fidelity.py checks that this is still so).  Only a square grid is immune, and
+    the only square grid the HD transform makes is the largest within ``num_crops`` (any smaller one would
+    leave room for a wider grid), so keeping the whole picture means this padding: white, as Phi-3-vision's
+    own processor pads, centred.  The README ("Long images are padded to a square crop grid") compares it
+    with shrinking and cropping.
     """
     height, width = pixels.shape[:2]
-    rows, columns = crop_grid(width, height, num_crops)
-    if rows == columns:
+    side_width, side_height = _handed_size(width, height, num_crops)
+    if (side_width, side_height) == (width, height):
         return pixels
-    side = max(width, height)
-    canvas = np.full((side, side, 3), 255, dtype=np.uint8)
-    top, left = (side - height) // 2, (side - width) // 2
+    canvas = np.full((side_height, side_width, 3), 255, dtype=np.uint8)
+    top, left = (side_height - height) // 2, (side_width - width) // 2
     canvas[top : top + height, left : left + width] = pixels
     return canvas
+
+
+def image_tokens(width: int, height: int, num_crops: int) -> int:
+    """Prompt positions GenAI gives an image of ``width`` x ``height`` that the engine hands it through for_genai.
+
+    This is what the ``<|image_N|>`` placeholder expands to.  The grid GenAI then sees is square, so its
+    height/width swap does not change the count.
+    """
+    rows, columns = crop_grid(*_handed_size(width, height, num_crops), num_crops)
+    return grid_tokens(rows, columns)
 
 
 def prepare_images(items: Sequence[bytes], limits: ImageLimits, max_images: int) -> list[PreparedImage]:
