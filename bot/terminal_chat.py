@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
-
 from bot.runtime import build_engine
 from bot.settings import Settings
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Finished, Waiting
+from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
 
 TERMINAL = ("terminal", 0)
 DEFAULT_IMAGE_QUESTION = "Describe this image."
