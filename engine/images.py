@@ -140,18 +140,21 @@ TOKENS_PER_CROP = 144  # 24 x 24 CLIP patches, merged 2 x 2
 ROW_TOKENS = 12  # separators per row of crops: one after each of its 12 rows of merged patches
 
 
-def crop_grid(width: int, height: int, num_crops: int) -> tuple[int, int]:
+def crop_grid(width: int, height: int, num_crops: int, *, single_precision: bool = False) -> tuple[int, int]:
     """Rows and columns of 336-pixel crops Phi-3-vision's HD transform cuts an image into.
 
     The image is scaled so that the widest grid of at most ``num_crops`` crops covers it, aspect ratio kept;
-    the short side is then padded up to whole crops.
+    the short side is then padded up to whole crops.  Phi-3-vision's processor computes this in double
+    precision; ``single_precision`` computes it as openvino-genai 2026.4 does, in float32, which for rare
+    sizes gives another grid (1344 x 1009 at 16 crops: 3 x 4 instead of 4 x 4).
     """
+    real: type[float] | type[np.float32] = np.float32 if single_precision else float
     long_side, short_side = max(width, height), min(width, height)
-    ratio = long_side / short_side
+    ratio = real(long_side) / real(short_side)
     scale = 1
-    while (scale + 1) * math.ceil((scale + 1) / ratio) <= num_crops:
+    while real(scale + 1) * math.ceil(real(scale + 1) / ratio) <= num_crops:
         scale += 1
-    across = math.ceil(int(scale * CROP / ratio) / CROP)
+    across = math.ceil(int(real(scale * CROP) / ratio) / CROP)
     return (across, scale) if width >= height else (scale, across)
 
 
@@ -165,8 +168,8 @@ def grid_tokens(rows: int, columns: int) -> int:
 
 
 def _handed_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
-    """Width and height of what the engine hands GenAI: the image when its grid is square, else its square."""
-    rows, columns = crop_grid(width, height, num_crops)
+    """Width and height of what the engine hands GenAI: the image when GenAI's grid is square, else its square."""
+    rows, columns = crop_grid(width, height, num_crops, single_precision=True)
     if rows == columns:
         return width, height
     side = max(width, height)

@@ -11,14 +11,15 @@ change then:
 2. GenAI's global view is the HD image decimated (benchmarks.genai_probe.genai_global_view), not resized by
    Phi-3-vision's bicubic interpolation.
 
-Everything else, the HD transform's resize and padding, the normalisation and the crops, is Phi-3-vision's to
-within one 8-bit level.
+A third, rare one is followed rather than asserted: GenAI works out the HD transform in float32, so for one
+image size in 1,000 to 2,500 its HD image is a pixel taller or shorter, and very rarely its grid differs
+(engine.images.crop_grid(single_precision=True)).  Everything else, the HD transform's resize and padding, the
+normalisation and the crops, is Phi-3-vision's to within one 8-bit level.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,10 @@ SIZES = {
     "panorama": (2400, 600),
     "tiny image": (12, 9),
 }
+ROUNDED_SIZES = {  # GenAI's float32 HD transform: 476 pixels high where Phi-3-vision has 475, and a 3 x 4 grid at 16
+    "float32 rounding, height": (456, 323),
+    "float32 rounding, grid": (1344, 1009),
+}
 CROPS = (1, 4, 16)
 
 
@@ -60,7 +65,7 @@ def probes(model: ModelEntry, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 @pytest.fixture(scope="module")
 def normalisation(model: ModelEntry) -> tuple[list[float], list[float]]:
-    config = json.loads(Path(model.path / "preprocessor_config.json").read_text())
+    config = json.loads((model.path / "preprocessor_config.json").read_text())
     return config["image_mean"], config["image_std"]
 
 
@@ -69,18 +74,20 @@ def test_genai_counts_phi3_visions_image_tokens_but_transposes_a_non_square_grid
     probes: dict[int, GenaiProbe], num_crops: int
 ) -> None:
     """Known difference 1.  Once GenAI counts ``grid_tokens(rows, columns)``, the square padding can go."""
-    for name, (width, height) in SIZES.items():
-        rows, columns = crop_grid(width, height, num_crops)
+    for name, (width, height) in {**SIZES, **ROUNDED_SIZES}.items():
+        rows, columns = crop_grid(width, height, num_crops, single_precision=True)
         counted = probes[num_crops].image_tokens(picture(width, height))
         assert counted == grid_tokens(columns, rows), name
         assert counted - grid_tokens(rows, columns) == ROW_TOKENS * (columns - rows), name
+        if name in SIZES:
+            assert crop_grid(width, height, num_crops) == (rows, columns), name
 
 
 @pytest.mark.parametrize("num_crops", CROPS)
 def test_image_tokens_is_what_genai_counts_for_the_image_the_engine_hands_it(
     probes: dict[int, GenaiProbe], num_crops: int
 ) -> None:
-    for name, (width, height) in SIZES.items():
+    for name, (width, height) in {**SIZES, **ROUNDED_SIZES}.items():
         handed = for_genai(picture(width, height), num_crops)
         assert probes[num_crops].image_tokens(handed) == image_tokens(width, height, num_crops), name
 
