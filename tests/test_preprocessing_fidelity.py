@@ -27,29 +27,11 @@ from PIL import Image
 
 from benchmarks.genai_probe import GenaiProbe, genai_global_view
 from benchmarks.phi3v_inputs import crops, global_view, hd_image, normalised
+from benchmarks.preprocessing_fidelity import ROUNDED_SIZES, SIZES, random_noise
 from engine.images import ROW_TOKENS, crop_grid, for_genai, grid_tokens, image_tokens
 from model_store.store import ModelEntry, ModelStore
 
-SIZES = {
-    "square photo": (672, 672),
-    "square photo, odd size": (500, 500),
-    "4:3 photo": (640, 480),
-    "3:4 photo": (480, 640),
-    "16:9 photo": (1280, 720),
-    "phone screenshot": (1080, 2340),
-    "small phone screenshot": (390, 844),
-    "panorama": (2400, 600),
-    "tiny image": (12, 9),
-}
-ROUNDED_SIZES = {  # GenAI's float32 HD transform: 476 pixels high where Phi-3-vision has 475, and a 3 x 4 grid at 16
-    "float32 rounding, height": (456, 323),
-    "float32 rounding, grid": (1344, 1009),
-}
 CROPS = (1, 4, 16)
-
-
-def picture(width: int, height: int) -> np.ndarray:
-    return np.random.default_rng(width * 10_000 + height).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +58,7 @@ def test_genai_counts_phi3_visions_image_tokens_but_transposes_a_non_square_grid
     """Known difference 1.  Once GenAI counts ``grid_tokens(rows, columns)``, the square padding can go."""
     for name, (width, height) in {**SIZES, **ROUNDED_SIZES}.items():
         rows, columns = crop_grid(width, height, num_crops, single_precision=True)
-        counted = probes[num_crops].image_tokens(picture(width, height))
+        counted = probes[num_crops].image_tokens(random_noise(width, height))
         assert counted == grid_tokens(columns, rows), name
         assert counted - grid_tokens(rows, columns) == ROW_TOKENS * (columns - rows), name
         if name in SIZES:
@@ -88,7 +70,7 @@ def test_image_tokens_is_what_genai_counts_for_the_image_the_engine_hands_it(
     probes: dict[int, GenaiProbe], num_crops: int
 ) -> None:
     for name, (width, height) in {**SIZES, **ROUNDED_SIZES}.items():
-        handed = for_genai(picture(width, height), num_crops)
+        handed = for_genai(random_noise(width, height), num_crops)
         assert probes[num_crops].image_tokens(handed) == image_tokens(width, height, num_crops), name
 
 
@@ -100,7 +82,7 @@ def test_genai_hands_the_encoder_phi3_visions_crops_and_a_decimated_global_view(
     mean, std = normalisation
     one_level = 1.01 / (255 * min(std))  # one 8-bit level, and the probe's 0.6 % resolution
     for name, (width, height) in SIZES.items():
-        pixels = picture(width, height)
+        pixels = random_noise(width, height)
         hd = normalised(hd_image(Image.fromarray(pixels), num_crops), mean, std)
         genai_views = np.concatenate([genai_global_view(hd)[None], crops(hd)])
         assert probes[num_crops].distance(pixels, genai_views) <= one_level, name
