@@ -1,12 +1,20 @@
-"""Model inputs for the transformers-driven variants (optimum-intel, PyTorch), as Phi-3-vision's processor makes them.
+"""Phi-3-vision's image processor, written here from its published algorithm, and the model inputs it makes.
 
 OpenVINO GenAI preprocesses images itself; optimum-intel's ``OVModelForVisualCausalLM`` and the PyTorch model
 take ``input_ids`` with negative ids where image features go, ``pixel_values`` [images, num_crops + 1, 3, 336,
 336] (the global view first, zero crops as padding) and ``image_sizes`` [[height, width]] of the padded HD image.
-The synthetic checkpoints ship no processor, so this is Phi-3-vision's published HD transform, written here: the
-image is scaled so that at most ``num_crops`` 336-pixel crops cover it (aspect ratio kept, height padded with
-white to a multiple of 336); each image takes (crops + 1) x 144 + 1 + (rows + 1) x 12 positions.  The token
-counts agree with what GenAI reports for the same image (the benchmark prints both).
+The synthetic checkpoints ship no processor, so this is Microsoft's, step by step:
+
+1. the HD transform: the image is scaled, aspect ratio kept (bilinear, as torchvision resizes a PIL image), so
+   that at most ``num_crops`` 336-pixel crops cover it (engine.images.crop_grid), and its short side is
+   padded with white, centred, to whole crops (a portrait image is worked as its transpose);
+2. CLIP normalisation of the HD image, ``(x / 255 - mean) / std`` per channel;
+3. the global view: the whole normalised HD image resized to 336 x 336 by torch's bicubic interpolation
+   (coefficient -0.75, half-pixel centres, no antialiasing);
+4. the crops, row by row, after the global view;
+5. (rows x columns + 1) x 144 + 1 + (rows + 1) x 12 prompt positions (engine.images.grid_tokens).
+
+tests/test_preprocessing_fidelity.py holds OpenVINO GenAI's preprocessing against this.
 """
 
 from __future__ import annotations
@@ -18,10 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.images import CROP, crop_grid
+from engine.images import CROP, crop_grid, grid_tokens
 
-TOKENS_PER_CROP = 144
-ROW_TOKENS = 12
 IMAGE_TAG = "<|image_1|>"
 
 
@@ -43,7 +49,7 @@ class ModelInputs:
 
 
 def hd_image(image: Image.Image, num_crops: int) -> Image.Image:
-    """Scale to the widest grid of 336-pixel crops that fits ``num_crops``, then pad the short side with white."""
+    """Step 1: scaled to the widest grid of 336-pixel crops that fits ``num_crops``, short side padded white."""
     rows, columns = crop_grid(image.width, image.height, num_crops)
     transposed = image.width < image.height  # worked landscape, as the reference processor does
     if transposed:
@@ -57,19 +63,35 @@ def hd_image(image: Image.Image, num_crops: int) -> Image.Image:
     return canvas.transpose(Image.Transpose.TRANSPOSE) if transposed else canvas
 
 
+def normalised(image: Image.Image, mean: list[float], std: list[float]) -> np.ndarray:
+    """Step 2: 3 x H x W float32, CLIP-normalised."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255)
+    array = (array - np.array(mean, np.float32)) / np.array(std, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def global_view(hd: np.ndarray) -> np.ndarray:
+    """Step 3: the normalised HD image (3 x H x W) as one 336 x 336 view, by torch's bicubic resize."""
+    tensor = torch.from_numpy(hd)[None]
+    return torch.nn.functional.interpolate(tensor, size=(CROP, CROP), mode="bicubic", align_corners=False)[0].numpy()
+
+
+def crops(hd: np.ndarray) -> np.ndarray:
+    """Step 4: the normalised HD image cut into [rows x columns, 3, 336, 336], row by row."""
+    rows, columns = hd.shape[1] // CROP, hd.shape[2] // CROP
+    return hd.reshape(3, rows, CROP, columns, CROP).transpose(1, 3, 0, 2, 4).reshape(-1, 3, CROP, CROP)
+
+
 def pixel_inputs(image: Image.Image, num_crops: int, mean: list[float], std: list[float]) -> tuple[Any, Any, int]:
     """``pixel_values`` [1, num_crops + 1, 3, 336, 336], ``image_sizes`` [1, 2] and the image's token count."""
-    hd = hd_image(image.convert("RGB"), num_crops)
-    array = (np.asarray(hd, dtype=np.float32) / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
-    tensor = torch.from_numpy(array).permute(2, 0, 1)  # 3, H, W
-    rows, columns = hd.height // CROP, hd.width // CROP
-    global_view = torch.nn.functional.interpolate(tensor[None], size=(CROP, CROP), mode="bicubic", align_corners=False)
-    crops = tensor.reshape(3, rows, CROP, columns, CROP).permute(1, 3, 0, 2, 4).reshape(-1, 3, CROP, CROP)
-    views = torch.zeros(num_crops + 1, 3, CROP, CROP)
-    views[0] = global_view[0]
-    views[1 : 1 + crops.shape[0]] = crops
-    tokens = (rows * columns + 1) * TOKENS_PER_CROP + 1 + (rows + 1) * ROW_TOKENS
-    return views[None], torch.tensor([[hd.height, hd.width]]), tokens
+    hd = normalised(hd_image(image.convert("RGB"), num_crops), mean, std)
+    height, width = hd.shape[1:]
+    views = np.zeros((num_crops + 1, 3, CROP, CROP), np.float32)
+    cut = crops(hd)
+    views[0] = global_view(hd)
+    views[1 : 1 + len(cut)] = cut
+    tokens = grid_tokens(height // CROP, width // CROP)
+    return torch.from_numpy(views)[None], torch.tensor([[height, width]]), tokens
 
 
 def build_inputs(

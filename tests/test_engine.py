@@ -18,7 +18,7 @@ from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
 from engine.fair_queue import AlreadyQueued
 from engine.generation import GenerationSettings
-from engine.images import PreparedImage, for_genai, prepare_image
+from engine.images import PreparedImage, prepare_image
 from engine.pipeline_process import LoadedModel, load_pipeline
 from model_store.convert import ConversionRequest, run_conversion
 from model_store.loader import pipeline_spec
@@ -302,30 +302,6 @@ async def test_an_album_is_one_question_about_all_photos(engine: Engine) -> None
     two = finished(await collect(engine, "b", [], Turn("user", "Compare.", (photo((9, 9, 9)), photo((99, 9, 9))))))
     assert two.input_tokens > one.input_tokens + 500
     await engine.aclose()
-
-
-def test_genai_still_counts_a_non_square_crop_grid_sideways(
-    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
-) -> None:
-    """Why engine.images.for_genai pads images: GenAI takes a 3 x 4 grid (640x480 at 16 crops) for 4 x 3.
-
-    Phi-3-vision gives an image of R x C crops (R x C + 1) x 144 + 1 + (R + 1) x 12 positions: 1,921 for 3 x 4,
-    2,509 for the 4 x 4 of a square image, 588 more.  GenAI's count differs by 576: 12 (one row of separators)
-    too many for the 4:3 photo.  When this fails, GenAI has been fixed and the padding can go.
-    """
-    import openvino as ov
-    import openvino_genai as genai
-
-    spec = pipeline_spec(int4_store[1], views_dir=tmp_path / "views", num_crops=16)
-    pipeline = genai.VLMPipeline(str(spec.path), "CPU")
-    config = genai.GenerationConfig(max_new_tokens=1)
-
-    def prompt_tokens(pixels: object) -> int:
-        result = pipeline.generate("What is it?", images=[ov.Tensor(pixels)], generation_config=config)
-        return int(result.perf_metrics.get_num_input_tokens())
-
-    landscape = photo((10, 120, 200), (640, 480))
-    assert prompt_tokens(for_genai(landscape.pixels, 16)) - prompt_tokens(landscape.pixels) == 2509 - 1921 - 12
 
 
 async def test_the_engine_hands_genai_a_square_crop_grid(

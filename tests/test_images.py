@@ -166,6 +166,13 @@ def test_crop_grid_follows_phi3_visions_hd_transform(width: int, height: int, nu
     assert crop_grid(width, height, num_crops) == grid
 
 
+def test_genais_single_precision_gives_a_rare_size_another_grid() -> None:
+    assert crop_grid(1344, 1009, 16) == (4, 4)
+    assert crop_grid(1344, 1009, 16, single_precision=True) == (3, 4)  # GenAI's HD image: 1008 pixels high, not 1009
+    assert for_genai(np.zeros((1009, 1344, 3), np.uint8), 16).shape == (1344, 1344, 3)  # so GenAI's grid is square
+    assert crop_grid(640, 480, 16, single_precision=True) == crop_grid(640, 480, 16) == (3, 4)
+
+
 def test_images_with_a_non_square_crop_grid_are_padded_white_to_a_square() -> None:
     screenshot = prepare_image(encode(marked(540, 1170), "PNG"))
     padded = for_genai(screenshot.pixels, 4)
