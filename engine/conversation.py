@@ -133,6 +133,13 @@ class Sessions:
             self._sessions.popitem(last=False)
         return session
 
+    def holds(self, key: Hashable, wanted: Sequence[Message]) -> bool:
+        """GenAI has read ``wanted`` whole already, or more of the same conversation (a later question)."""
+        session = self._sessions.get(key)
+        return (
+            session is not None and session.known[: len(wanted)] == list(wanted) and len(session.known) >= len(wanted)
+        )
+
     def forget(self, key: Hashable) -> None:
         """On an error GenAI's state for the conversation may be half-updated: it is read again next time."""
         self._sessions.pop(key, None)

@@ -270,6 +270,10 @@ class Host:
         if any(sha not in self._images for message in wanted for sha in message.images):
             self._end_preparation(key, error="an image of this conversation is no longer held")
             return
+        nothing_asked = not any(message.role == "user" for message in wanted)  # GenAI needs a user message
+        if nothing_asked or self._sessions.holds(key, wanted):  # or read already, or overtaken by a question
+            self._end_preparation(key)
+            return
         session = self._sessions.session(key, wanted)
         piece = Sessions.next_piece(session, wanted, self._speed.piece_tokens(), self._count, self._tokens.cut)
         if piece is None:

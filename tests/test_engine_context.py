@@ -147,3 +147,16 @@ def test_images_go_to_the_model_process_once_and_what_it_drops_is_never_in_use()
     held.done(2)
     new, forget = held.send(4, [c])
     assert new == {} and forget == ("a",), "once free, the least recently used goes first"
+
+
+async def test_a_preparation_overtaken_by_a_question_reads_nothing_again(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    engine = Engine(load(int4_store[1]), SETTINGS)
+    question = Turn("user", "What is in it?", (photo((90, 90, 250)),))
+    answer = finished(await collect(engine, "a", [], question))
+    stale = await engine.prepare("a", [])  # sent before the question, arriving after it
+    assert stale.error is None and stale.pieces == 0
+    follow_up = finished(await collect(engine, "a", [question, Turn("assistant", answer.text)], Turn("user", "More?")))
+    assert follow_up.replays == 0, "the conversation was not read again from its start"
+    await engine.aclose()
