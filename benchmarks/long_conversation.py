@@ -83,11 +83,14 @@ def _photo(seed: int) -> Any:
 
 
 async def _engine(model: Path, turns: int, typing: float, history_tokens: int | None) -> dict[str, Any]:
+    from bot.settings import Settings
+    from engine.context_policy import default_history_tokens, kv_cache_tokens
     from engine.conversation import Turn
     from engine.conversation_memory import ConversationMemory
     from engine.engine import Engine
     from engine.generation import GenerationSettings
     from engine.pipeline_process import load_pipeline
+    from model_store.layout import read_json
     from model_store.loader import pipeline_spec
     from model_store.store import ModelEntry
 
@@ -95,13 +98,18 @@ async def _engine(model: Path, turns: int, typing: float, history_tokens: int | 
     spec = pipeline_spec(entry, kv_cache_gb=4, cpu=bot_cpu_tuning())
     settings = GenerationSettings(max_new_tokens=TOKENS, system_prompt=_system_prompt(), ignore_eos=True)
 
-    async def start() -> Engine:
-        return Engine(
-            await asyncio.to_thread(load_pipeline, spec), settings, batch_max=4, history_tokens=history_tokens
+    budget = history_tokens
+    if budget is None:  # the bot's own default: derived for its MAX_NEW_TOKENS, not for these short answers
+        bot_answers = int(Settings.model_fields["max_new_tokens"].default)
+        kv_tokens = kv_cache_tokens(read_json(model / "config.json"), kv_cache_gb=4, device="CPU")
+        budget = default_history_tokens(
+            read_json(model / "config.json"), kv_tokens=kv_tokens, batch_size=4, max_new_tokens=bot_answers
         )
 
+    async def start() -> Engine:
+        return Engine(await asyncio.to_thread(load_pipeline, spec), settings, batch_max=4, history_tokens=budget)
+
     engine = await start()
-    budget = engine.history_tokens
     memories = {chat: ConversationMemory(budget, settings.system_prompt, engine.model.num_crops) for chat in "AB"}
     reading: set[asyncio.Task[Any]] = set()
     seeds: dict[str, int] = {}  # image sha256 -> seed, to write prompts down
