@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,6 +25,7 @@ from bot.access import AccessPolicy, UserRateLimiter
 from bot.albums import AlbumCollector
 from bot.context_view import View, conversation_view
 from bot.history import ConversationKey, HistoryStore, NewImage
+from bot.image_cache import PreparedImageCache
 from bot.intake import IntakeError, fetch, images_in, unsupported_kind
 from bot.reply_stream import ReplyStream, Undeliverable
 from bot.settings import Settings
@@ -33,11 +33,10 @@ from engine.context_policy import MESSAGE_OVERHEAD
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
 from engine.fair_queue import AlreadyQueued, QueueFull
-from engine.images import ImageLimits, ImageRejected, PreparedImage, image_tokens, prepare_image
+from engine.images import ImageRejected, PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
 
-PREPARED_CACHE = 128
 DESCRIBE_CALLBACK = "describe"
 
 
@@ -64,18 +63,13 @@ class Services:
     conversion: asyncio.Task[None] | None = None
     askers: dict[ConversationKey, int] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
-    _prepared: OrderedDict[str, PreparedImage] = field(default_factory=OrderedDict)
+    images: PreparedImageCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.images = PreparedImageCache(self.settings.prepared_images_mb * 1024 * 1024)
 
     def prepared(self, data: bytes, sha256: str) -> PreparedImage:
-        """Decoding a 12-megapixel JPEG costs time; follow-ups reuse the result."""
-        if sha256 in self._prepared:
-            self._prepared.move_to_end(sha256)
-            return self._prepared[sha256]
-        image = prepare_image(data, ImageLimits())
-        self._prepared[sha256] = image
-        while len(self._prepared) > PREPARED_CACHE:
-            self._prepared.popitem(last=False)
-        return image
+        return self.images.get(data, sha256)
 
     async def view(self, engine: Engine, key: ConversationKey) -> View:
         """What the model sees of the conversation before its next question (bot/context_view.py)."""

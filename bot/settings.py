@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # After a start, conversations active within this many hours are read again in the background; 0 = off.
     warm_up_hours: float = Field(default=1.0, ge=0.0, le=720.0)
     max_images_per_turn: int = Field(default=4, ge=1, le=10)
+    # Decoded photos kept for follow-ups, in MB of pixels (a 12-megapixel photo decodes to about 21 MB).
+    prepared_images_mb: int = Field(default=256, ge=0, le=65536)
     # KV cache shared by every conversation (prefix caching keeps each one's blocks); 0 = grow as needed.
     kv_cache_gb: float = Field(default=4.0, ge=0.0, le=256.0)
     # Answers generated together when several chats are waiting; 1 = strictly one after another.

@@ -37,6 +37,7 @@ from model_store.layout import read_json
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_SECONDS = 15.0  # longer than the longest single call GenAI makes here (a 16-crop photo read whole)
 Status = Literal["complete", "cancelled", "timeout", "failed"]
 
 
@@ -92,14 +93,34 @@ class Prepared:
 
 @dataclass
 class _Running:
+    grace: float  # seconds the model's process has to confirm a stop before it is replaced
     reason: Status | None = None  # why it was stopped, if it was
     stop: Callable[[], None] | None = None  # cancels the job in the model's process once it is there
+    replace: Callable[[], None] | None = None  # ends that process, for one that does not stop
+    replaced: bool = False
+    _overdue: asyncio.TimerHandle | None = None
 
     def request_stop(self, reason: Status) -> None:
         if self.reason is None:
             self.reason = reason
-            if self.stop is not None:
-                self.stop()
+            self.send_stop()
+
+    def send_stop(self) -> None:
+        """A cancel is honoured within a token or between two pieces of reading; a process that does not
+        confirm it in time (hung, or stuck in one very long call) is replaced, so the answer always ends."""
+        if self.stop is not None:
+            self.stop()
+            self._overdue = asyncio.get_running_loop().call_later(self.grace, self._replace)
+
+    def _replace(self) -> None:
+        if self.replace is not None:
+            log.error("the model's process did not stop within %.0f s; replacing it", self.grace)
+            self.replaced = True
+            self.replace()
+
+    def ended(self) -> None:
+        if self._overdue is not None:
+            self._overdue.cancel()
 
 
 @dataclass
@@ -125,10 +146,12 @@ class Engine:
         queue_max: int = 20,
         batch_max: int = 1,
         history_tokens: int | None = None,
+        stop_grace_seconds: float = STOP_GRACE_SECONDS,
     ) -> None:
         self._model = model
         self.settings = settings
         self._history_tokens = history_tokens
+        self._stop_grace = stop_grace_seconds
         self.queue: FairQueue[Hashable] = FairQueue(max_waiting=queue_max, batch_max=batch_max)
         self._running: dict[Hashable, _Running] = {}
         self._moved: dict[Hashable, Hashable] = {}  # a conversation's new key -> the key its answer runs under
@@ -197,7 +220,7 @@ class Engine:
         if key in self._moved and self.is_busy(key):
             raise AlreadyQueued(f"{key!r} is still being answered under {self._moved[key]!r}")
         ticket = self.queue.enqueue(key)
-        running = _Running()
+        running = _Running(self._stop_grace)
         self._running[key] = running
         try:
             async for position in ticket.positions():
@@ -231,8 +254,9 @@ class Engine:
         request_id = next(self._request_ids)
         replies = model.pipeline.ask(request_id, key, past, question, self.settings, batched=batched)
         running.stop = lambda: model.pipeline.cancel(request_id)
+        running.replace = model.pipeline.kill
         if running.reason is not None:  # stopped between the ticket and here
-            running.stop()
+            running.send_stop()
         timer = asyncio.get_running_loop().call_later(self.settings.timeout_seconds, running.request_stop, "timeout")
         parts: list[str] = []
         ttft: float | None = None
@@ -252,6 +276,7 @@ class Engine:
             if done is None:  # the caller went away: stop the job, and keep the slot until it has stopped
                 running.request_stop("cancelled")
                 await _until_done(replies)
+            running.ended()
         yield self._finish(done, "".join(parts), running, started, ttft)
 
     async def _live_model(self) -> LoadedModel:
@@ -265,7 +290,7 @@ class Engine:
     def _finish(self, done: Done, text: str, running: _Running, started: float, ttft: float | None) -> Finished:
         seconds = time.monotonic() - started
         self.stats.busy_seconds += seconds
-        if done.error is not None:
+        if done.error is not None and not running.replaced:
             log.error("generation failed: %s", done.error)
             self.stats.failed += 1
             return Finished(

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -83,7 +84,7 @@ class PipelineProcess:
         self._connection, child_end = context.Pipe()
         self._process = context.Process(
             target=serve,
-            args=(spec, child_end, logging.getLogger().getEffectiveLevel()),
+            args=(spec, child_end, logging.getLogger().getEffectiveLevel(), os.getpid()),
             name="phi3bot-model",
             daemon=True,
         )
@@ -202,6 +203,12 @@ class PipelineProcess:
             log.error("%s (%d answers lost)", reason, len(orphans))
         for request_id, sink in orphans.items():
             _deliver(sink, Done(request_id, error=reason))
+
+    def kill(self) -> None:
+        """End a process that does not answer; its open requests end with an error saying so, and the
+        engine starts a fresh one for the next question."""
+        with contextlib.suppress(OSError):
+            self._process.kill()
 
     def close(self) -> None:
         """Blocking: open jobs are cancelled and end with what they have, then the process exits."""

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 
 from bot import texts
@@ -125,3 +126,24 @@ async def test_kill_9_during_an_answer_leaves_a_sound_database_and_the_bot_carri
         await wait_answers(api, USER, 2, timeout=60)
         stored = await stored_messages(restarted.services.history, ConversationKey(USER))
         assert [m.status for m in stored] == ["complete", "cancelled", "complete", "complete"]
+
+
+async def test_the_models_process_ends_when_the_bot_is_killed(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    environment = bot_environment(api, int4_store[0].root, tmp_path / "data", MAX_NEW_TOKENS="8000")
+    async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
+        await start_a_long_answer(api)
+        model = psutil.Process(bot.process.pid).children(recursive=True)
+        assert [child.name() for child in model], "the model runs in a process of its own"
+        bot.process.send_signal(signal.SIGKILL)
+        assert await bot.process.wait() == -signal.SIGKILL
+    await api.wait_for(lambda: not any(running(child) for child in model), 3, "the model's process to end with the bot")
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's exit is collected by whoever adopted it, if anyone)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -5,6 +5,8 @@ prepared or cached answer is compared with the same prompt computed from nothing
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +17,7 @@ from engine.engine import Chunk, Engine, Finished, Started
 from engine.images import PreparedImage
 from engine.pipeline_process import _HeldImages
 from model_store.store import ModelEntry, ModelStore
-from tests.test_engine import SETTINGS, collect, finished, load, photo
+from tests.test_engine import SETTINGS, collect, finished, interrupted, load, photo
 
 
 async def cold(entry: ModelEntry, past: list[Turn], question: Turn) -> Finished:
@@ -159,4 +161,24 @@ async def test_a_preparation_overtaken_by_a_question_reads_nothing_again(
     assert stale.error is None and stale.pieces == 0
     follow_up = finished(await collect(engine, "a", [question, Turn("assistant", answer.text)], Turn("user", "More?")))
     assert follow_up.replays == 0, "the conversation was not read again from its start"
+    await engine.aclose()
+
+
+async def test_a_hung_model_process_is_replaced_when_the_time_limit_comes(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    settings = replace(SETTINGS, max_new_tokens=100_000, timeout_seconds=2.0)
+    engine = Engine(load(int4_store[1]), settings, stop_grace_seconds=1.0)
+    pid = engine.model.pipeline.pid
+    assert pid is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    events, _ = await interrupted(engine, "a", Turn("user", "Go on forever."), lambda: os.kill(pid, signal.SIGSTOP))
+    done = finished(events)
+    assert done.status == "timeout" and done.text, "the answer ends as timed out, with what was said before"
+    assert loop.time() - started < 2.0 + 1.0 + 5.0, "within the time limit and the grace, not never"
+    engine.settings = SETTINGS
+    again = finished(await collect(engine, "b", [], Turn("user", "Hi")))
+    assert again.status == "complete", "a fresh process took over"
+    assert engine.model.pipeline.pid != pid
     await engine.aclose()

@@ -210,3 +210,26 @@ def test_kill_9_during_writes_leaves_a_consistent_database(tmp_path: Path) -> No
             "SELECT COUNT(*) FROM message_images WHERE image_sha256 NOT IN (SELECT sha256 FROM images)"
         ).fetchone()[0]
         assert orphans == 0
+
+
+async def test_an_image_goes_with_the_last_message_that_uses_it(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    async with await HistoryStore.open(path) as store:
+        first = await store.add_user_message(ConversationKey(1), "a", images=[image(b"shared"), image(b"own")])
+        await store.add_user_message(ConversationKey(2), "b", images=[image(b"shared")])
+    with sqlite3.connect(path) as raw:  # a message going some other way than /reset
+        raw.execute("PRAGMA foreign_keys = ON")
+        raw.execute("DELETE FROM messages WHERE id = ?", (first,))
+        assert [row[0] for row in raw.execute("SELECT data FROM images")] == [b"shared"]
+        raw.execute("DELETE FROM conversations")
+        assert raw.execute("SELECT COUNT(*) FROM images").fetchone() == (0,)
+
+
+async def test_images_left_without_messages_by_an_older_version_are_removed_on_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+        raw.execute("INSERT INTO images (sha256, data, size, created_at) VALUES ('orphan', x'00', 1, 0)")
+        raw.execute("PRAGMA user_version = 2")
+    async with await HistoryStore.open(path) as store:
+        assert (await store.stats()).images == 0

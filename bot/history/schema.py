@@ -53,4 +53,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE conversations ADD COLUMN view_start INTEGER;
     ALTER TABLE conversations ADD COLUMN view_pin INTEGER;
     """,
+    # 3: an image goes with the last message that uses it, however that message goes
+    """
+    CREATE TRIGGER images_follow_their_messages AFTER DELETE ON message_images BEGIN
+        DELETE FROM images WHERE sha256 = OLD.image_sha256
+            AND NOT EXISTS (SELECT 1 FROM message_images WHERE image_sha256 = OLD.image_sha256);
+    END;
+    DELETE FROM images WHERE sha256 NOT IN (SELECT image_sha256 FROM message_images);
+    """,
 ]

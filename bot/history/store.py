@@ -285,11 +285,8 @@ class HistoryStore:
                 (key.chat_id, key.thread_id),
             ) as cursor:
                 row = await cursor.fetchone()
-            await self._db.execute(
+            await self._db.execute(  # its messages go with it, and their images with the last one (schema 3)
                 "DELETE FROM conversations WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id)
-            )
-            await self._db.execute(
-                "DELETE FROM images WHERE sha256 NOT IN (SELECT DISTINCT image_sha256 FROM message_images)"
             )
         return int(row[0]) if row else 0
 
@@ -438,4 +435,12 @@ def _check_status(status: str) -> None:
 
 
 def _statements(script: str) -> list[str]:
-    return [statement.strip() for statement in script.split(";") if statement.strip()]
+    """A migration's statements, one by one (a trigger's body holds semicolons of its own)."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements

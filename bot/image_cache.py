@@ -1,0 +1,34 @@
+"""Decoded images kept for follow-ups: decoding a 12-megapixel JPEG again for every question of a long
+conversation would cost more than the question itself.  The cache is bounded in bytes of pixels (a photo
+decodes to up to ~21 MB) and is used from worker threads, so it takes a lock."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from cachetools import LRUCache
+
+from engine.images import ImageLimits, PreparedImage, prepare_image
+
+
+class PreparedImageCache:
+    def __init__(self, max_bytes: int) -> None:
+        self._images: LRUCache[str, PreparedImage] = LRUCache(max_bytes, getsizeof=lambda image: image.pixels.nbytes)
+        self._lock = threading.Lock()
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return int(self._images.currsize)
+
+    def get(self, data: bytes, sha256: str) -> PreparedImage:
+        """The decoded image for these bytes (``sha256`` is theirs); raises ImageRejected like prepare_image."""
+        with self._lock:
+            found = self._images.get(sha256)
+        if found is not None:
+            return found
+        image = prepare_image(data, ImageLimits())  # outside the lock: other threads need not wait for it
+        with self._lock, contextlib.suppress(ValueError):  # larger than the whole cache: not kept
+            self._images[sha256] = image
+        return image
