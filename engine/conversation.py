@@ -116,7 +116,7 @@ def _has_images(message: Message) -> bool:
 class Sessions:
     """Per-conversation GenAI chat state, bounded; lives in the model's process (engine/pipeline_host.py)."""
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 16) -> None:  # each keeps its photos encoded; more rarely fit the KV cache
         self._capacity = capacity
         self._sessions: OrderedDict[Hashable, Session] = OrderedDict()
 
@@ -126,6 +126,8 @@ class Sessions:
 
         session = self._sessions.pop(key, None)
         if session is None or list(wanted[: len(session.known)]) != session.known:
+            if session is not None:
+                session.previous = None  # one older state is kept alive, not a chain of them
             session = Session(genai.ChatHistory(), previous=session)
             log.debug("rebuilding chat state for %s", key)
         self._sessions[key] = session
