@@ -53,4 +53,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE conversations ADD COLUMN view_start INTEGER;
     ALTER TABLE conversations ADD COLUMN view_pin INTEGER;
     """,
+    # 3: whether an answer's Telegram messages show its final form (0 while a cursor or a Stop button may be left
+    # in them, which recovery after a crash or a hurried shutdown repairs: bot/recovery.py)
+    """
+    ALTER TABLE messages ADD COLUMN settled INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
