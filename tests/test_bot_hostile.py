@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 from bot import texts
 from bot.history import ConversationKey
 from bot.intake import NOT_DOWNLOADED
+from engine.conversation import Turn
+from engine.engine import Chunk, Event, Finished
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import (
@@ -267,3 +270,29 @@ async def test_one_users_flood_is_refused_without_starving_others(
         await wait_answers(api, BYSTANDER, 1)
         stored = await stored_messages(bot.services.history, ConversationKey(USER))
         assert [m.text for m in stored if m.role == "user"] == ["question 0", "question 1"]
+
+
+
+async def test_an_answer_without_words_says_so_and_is_stored_as_failed(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as bot:
+        engine = bot.services.engine
+        assert engine is not None
+        real_ask = engine.ask
+
+        async def wordless(key: ConversationKey, past: Sequence[Turn], question: Turn) -> AsyncIterator[Event]:
+            """The real model answers; its words are dropped, as if it had written only a line break."""
+            async for event in real_ask(key, past, question):
+                if isinstance(event, Finished):
+                    yield replace(event, text="\n")
+                elif not isinstance(event, Chunk):
+                    yield event
+
+        monkeypatch.setattr(engine, "ask", wordless)
+        api.push_message(USER, "Say nothing at all.", user_id=USER)
+        await wait_answers(api, USER, 1)
+        assert api.visible_text(USER) == ["⚠️ " + texts.NO_ANSWER]
+        stored = await stored_messages(bot.services.history, ConversationKey(USER))
+        assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "failed")]
+
