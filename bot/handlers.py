@@ -26,7 +26,7 @@ from bot.access import AccessPolicy, UserRateLimiter
 from bot.albums import AlbumCollector
 from bot.context_view import View, conversation_view
 from bot.history import ConversationKey, HistoryStore, NewImage
-from bot.intake import IntakeError, fetch, images_in, unsupported_kind
+from bot.intake import IntakeError, fetch, images_in, unreadable
 from bot.recovery import AnswerRecord
 from bot.reply_stream import Postponed, ReplyStream, Undeliverable
 from bot.settings import Settings
@@ -226,14 +226,17 @@ class Handlers:
             if is_private(first) or self._mentions_bot(first):
                 await self._reply(first, texts.NOT_ALLOWED)
             return
+        kind = unreadable(messages)
+        if kind is not None:  # answered without it, the model would make up what the file says
+            await self._reply(first, texts.unsupported(kind))
+            return
         attachments = [attachment for message in messages for attachment in images_in(message)]
         sent_alone = bool(attachments)  # the images came with these messages, not with a replied-to one
         if not attachments and first.reply_to_message is not None:
             attachments = images_in(first.reply_to_message)
         text = self._question_text(first)
         if not attachments and not text:
-            kind = unsupported_kind(first)
-            await self._reply(first, texts.unsupported(kind) if kind else texts.EMPTY)
+            await self._reply(first, texts.EMPTY)
             return
         key = conversation_key(first)
         keep_for_later = sent_alone and not text and is_private(first)
