@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
@@ -273,9 +274,13 @@ class Handlers:
         prepared: list[PreparedImage],
     ) -> None:
         tokens = sum(image_tokens(i.width, i.height, engine.model.num_crops) for i in prepared) + MESSAGE_OVERHEAD
-        await self.services.history.add_user_message(
-            key, "", images=new_images, telegram_message_id=message.message_id, user_id=user_id, tokens=tokens
-        )
+        try:
+            await self.services.history.add_user_message(
+                key, "", images=new_images, telegram_message_id=message.message_id, user_id=user_id, tokens=tokens
+            )
+        except sqlite3.Error as error:
+            await self._storage_failed(message, error)
+            return
         button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=DESCRIBE_CALLBACK)
         await self._reply(message, texts.photos_kept(len(prepared)), InlineKeyboardMarkup([[button]]))
         self.services.prepare_soon(key)
@@ -314,6 +319,24 @@ class Handlers:
         telegram_message_id: int | None,
     ) -> None:
         """Put the question to the engine and stream its answer in reply to ``message``."""
+        try:
+            await self._put(message, key, user_id, question, new_images, telegram_message_id)
+        except sqlite3.Error as error:  # a full disk, a read-only volume: the model's slot is free already
+            await self._storage_failed(message, error)
+
+    async def _storage_failed(self, message: Message, error: sqlite3.Error) -> None:
+        log.error("the history database failed in chat %s: %s", message.chat_id, error)
+        await self._reply(message, texts.NOT_STORED)
+
+    async def _put(
+        self,
+        message: Message,
+        key: ConversationKey,
+        user_id: int | None,
+        question: Turn,
+        new_images: list[NewImage],
+        telegram_message_id: int | None,
+    ) -> None:
         engine = self.services.engine
         assert engine is not None
         past = (await self.services.view(engine, key)).turns

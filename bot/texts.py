@@ -47,6 +47,7 @@ STOPPING = "Stopping."
 ADMINS_ONLY = "Only the bot's admins can do that."
 FAILED = "Sorry, something went wrong while answering. Please try again."
 NO_ANSWER = "The model gave no answer. Please try again, perhaps in other words."
+NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
 
 
 def photos_kept(count: int) -> str:

@@ -318,3 +318,22 @@ async def test_an_answer_without_words_says_so_and_is_stored_as_failed(
         stored = await stored_messages(bot.services.history, ConversationKey(USER))
         assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "failed")]
 
+
+async def test_a_full_disk_before_the_answer_is_told_and_frees_the_model_at_once(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as bot:
+        history, engine = bot.services.history, bot.services.engine
+        assert engine is not None
+        # SQLite's page limit on the bot's own connection: its next growing write fails as on a full disk.
+        async with history._db.execute("PRAGMA page_count") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        await history._db.execute(f"PRAGMA max_page_count = {row[0]}")
+        api.push_message(USER, "A question too long to fit on this disk. " * 200, user_id=USER)
+        await api.wait_for(lambda: api.visible_text(USER) == [texts.NOT_STORED], 30, "a clear reply")
+        assert not engine.is_busy(ConversationKey(USER)), "the model's slot is free at once"
+        assert await stored_messages(history, ConversationKey(USER)) == []
+        await history._db.execute("PRAGMA max_page_count = 1073741823")
+        api.push_message(USER, "And now?", user_id=USER)
+        await wait_answers(api, USER, 2)
