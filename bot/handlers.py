@@ -415,7 +415,7 @@ class Handlers:
             await stream.finish(final, texts.footer(record.status, final))
             await history.settle(answer_id)
         except Postponed as error:
-            log.info("the answer in chat %s is stored; its final text waits for the next start (%s)", key.chat_id, error)
+            log.info("the answer in chat %s is stored; the next start shows its final text (%s)", key.chat_id, error)
         except Undeliverable as error:
             log.info("chat %s cannot receive messages (%s); answer stopped", message.chat_id, error)
             self._cancel(key)

@@ -55,7 +55,7 @@ async def finish_interrupted(bot: Bot, history: HistoryStore, answers: Sequence[
         try:
             await stream.finish(answer.text, texts.INTERRUPTED if cut else texts.footer(answer.status, answer.text))
         except Postponed as error:
-            log.info("interrupted answer %s in chat %s waits for the next start: %s", answer.message_id, answer.chat_id, error)
+            log.info("answer %s in chat %s waits for a later start: %s", answer.message_id, answer.chat_id, error)
             continue
         except (Undeliverable, TelegramError) as error:  # blocked, chat gone, too old: nothing left to repair
             log.info("could not finish interrupted answer %s in chat %s: %s", answer.message_id, answer.chat_id, error)

@@ -142,7 +142,7 @@ async def test_server_errors_are_retried_for_the_final_text(api: FakeBotApi, bot
     assert api.visible_text(CHAT) == ["delivered after two 502s"]
 
 
-async def test_a_group_migrated_mid_answer_gets_it_in_the_supergroup(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+async def test_a_group_migrated_mid_answer_gets_it_in_the_supergroup(api: FakeBotApi, bot: Bot) -> None:
     group, supergroup = -4242, -1004242
     stream = ReplyStream(bot, group, Journal(api, group), reply_to=5, interval=0.0)
     await stream.start("…")
