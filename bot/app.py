@@ -15,6 +15,7 @@ import time
 from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
+from telegram.error import RetryAfter
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -62,10 +63,22 @@ def install_token_redaction(token: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+class _HandledFloodControl(logging.Filter):
+    """python-telegram-bot's rate limiter, allowed no retries, logs every 429 as an error before raising it; the
+    bot handles each one and logs a storm once (bot/reply_stream.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], RetryAfter))
+
+
+_handled_flood_control = _HandledFloodControl()
+
+
 def build_application(settings: Settings, *, handle_signals: bool = False) -> Application:
     """``handle_signals``: SIGTERM and SIGINT stop running answers first (their text is kept), so shutdown
     takes seconds instead of waiting for every answer to finish; off in tests, which own the signals."""
     assert settings.telegram_bot_token is not None
+    logging.getLogger("telegram.ext.AIORateLimiter").addFilter(_handled_flood_control)
     builder = (
         ApplicationBuilder()
         .token(settings.telegram_bot_token.get_secret_value())
@@ -95,7 +108,7 @@ async def setup(application: Application) -> None:
     interrupted = await history.mark_interrupted()
     if interrupted:
         log.info("%d answers were interrupted by the last shutdown; finishing their messages", len(interrupted))
-        await finish_interrupted(application.bot, interrupted)
+        await finish_interrupted(application.bot, history, interrupted)
     services = Services(
         settings=settings,
         history=history,
@@ -126,7 +139,11 @@ async def setup_with_signals(application: Application) -> None:
 
 
 def _stop(application: Application, signum: int) -> None:
+    """Answers stop and their final texts are tried once, not through flood control: recovery at the next start
+    shows what Telegram would not take now, so a shutdown fits in the seconds Docker gives it."""
     services: Services | None = application.bot_data.get("services")
+    if services is not None:
+        services.stopping.set()
     stopped = services.engine.cancel_all() if services is not None and services.engine is not None else 0
     log.info("%s: stopping %d running answers and shutting down", signal.Signals(signum).name, stopped)
     application.stop_running()

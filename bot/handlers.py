@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,8 +27,9 @@ from bot.albums import AlbumCollector
 from bot.context_view import View, conversation_view
 from bot.history import ConversationKey, HistoryStore, NewImage
 from bot.image_cache import PreparedImageCache
-from bot.intake import IntakeError, fetch, images_in, unsupported_kind
-from bot.reply_stream import ReplyStream, Undeliverable
+from bot.intake import IntakeError, fetch, images_in, unreadable
+from bot.recovery import AnswerRecord
+from bot.reply_stream import Postponed, ReplyStream, Undeliverable
 from bot.settings import Settings
 from engine.context_policy import MESSAGE_OVERHEAD
 from engine.conversation import Turn
@@ -60,6 +62,7 @@ class Services:
     engine: Engine | None = None
     bot_username: str = ""
     started_at: float = field(default_factory=time.monotonic)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown (bot/app.py)
     conversion: asyncio.Task[None] | None = None
     askers: dict[ConversationKey, int] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -218,14 +221,17 @@ class Handlers:
             if is_private(first) or self._mentions_bot(first):
                 await self._reply(first, texts.NOT_ALLOWED)
             return
+        kind = unreadable(messages)
+        if kind is not None:  # answered without it, the model would make up what the file says
+            await self._reply(first, texts.unsupported(kind))
+            return
         attachments = [attachment for message in messages for attachment in images_in(message)]
         sent_alone = bool(attachments)  # the images came with these messages, not with a replied-to one
         if not attachments and first.reply_to_message is not None:
             attachments = images_in(first.reply_to_message)
         text = self._question_text(first)
         if not attachments and not text:
-            kind = unsupported_kind(first)
-            await self._reply(first, texts.unsupported(kind) if kind else texts.EMPTY)
+            await self._reply(first, texts.EMPTY)
             return
         key = conversation_key(first)
         keep_for_later = sent_alone and not text and is_private(first)
@@ -262,9 +268,13 @@ class Handlers:
         prepared: list[PreparedImage],
     ) -> None:
         tokens = sum(image_tokens(i.width, i.height, engine.model.num_crops) for i in prepared) + MESSAGE_OVERHEAD
-        await self.services.history.add_user_message(
-            key, "", images=new_images, telegram_message_id=message.message_id, user_id=user_id, tokens=tokens
-        )
+        try:
+            await self.services.history.add_user_message(
+                key, "", images=new_images, telegram_message_id=message.message_id, user_id=user_id, tokens=tokens
+            )
+        except sqlite3.Error as error:
+            await self._storage_failed(message, error)
+            return
         button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=DESCRIBE_CALLBACK)
         await self._reply(message, texts.photos_kept(len(prepared)), InlineKeyboardMarkup([[button]]))
         self.services.prepare_soon(key)
@@ -303,6 +313,24 @@ class Handlers:
         telegram_message_id: int | None,
     ) -> None:
         """Put the question to the engine and stream its answer in reply to ``message``."""
+        try:
+            await self._put(message, key, user_id, question, new_images, telegram_message_id)
+        except sqlite3.Error as error:  # a full disk, a read-only volume: the model's slot is free already
+            await self._storage_failed(message, error)
+
+    async def _storage_failed(self, message: Message, error: sqlite3.Error) -> None:
+        log.error("the history database failed in chat %s: %s", message.chat_id, error)
+        await self._reply(message, texts.NOT_STORED)
+
+    async def _put(
+        self,
+        message: Message,
+        key: ConversationKey,
+        user_id: int | None,
+        question: Turn,
+        new_images: list[NewImage],
+        telegram_message_id: int | None,
+    ) -> None:
         engine = self.services.engine
         assert engine is not None
         past = (await self.services.view(engine, key)).turns
@@ -315,13 +343,14 @@ class Handlers:
         except QueueFull:
             await self._reply(message, texts.BUSY)
             return
-        question_id = await self.services.history.add_user_message(
-            key, question.text, images=new_images, telegram_message_id=telegram_message_id, user_id=user_id
-        )
         try:
-            await self._stream(message, key, user_id, question_id, first_event, events)
+            question_id, answer_id = await self.services.history.start_exchange(
+                key, question.text, images=new_images, telegram_message_id=telegram_message_id, user_id=user_id
+            )
+            await self._stream(message, key, user_id, question_id, answer_id, first_event, events)
         finally:
-            self.services.prepare_soon(key)  # the answer is read into the model's view before the next question
+            await events.aclose()  # type: ignore[attr-defined]  # whatever happened, the model's slot is free at once
+        self.services.prepare_soon(key)  # the answer is read into the model's view before the next question
 
     async def _stream(
         self,
@@ -329,9 +358,12 @@ class Handlers:
         key: ConversationKey,
         user_id: int | None,
         question_id: int,
+        answer_id: int,
         first_event: Event,
-        events: object,
+        events: AsyncIterator[Event],
     ) -> None:
+        """The answer is recorded before each step of it is shown (bot/recovery.py), and settled once its
+        messages show the final text: a crash or a hurried shutdown at any point leaves it repairable."""
         services = self.services
         history = services.history
         interval = (
@@ -339,21 +371,21 @@ class Handlers:
             if is_private(message)
             else services.settings.group_edit_interval_seconds
         )
+        record = AnswerRecord(history, answer_id)
         stream = ReplyStream(
             message.get_bot(),
             message.chat_id,
+            record,
             reply_to=message.message_id,
             thread_id=key.thread_id or None,
             interval=interval,
+            stopping=services.stopping,
         )
-        answer_id: int | None = None
         text = ""
-        save_at = time.monotonic() + interval
         finished: Finished | None = None
         services.askers[key] = user_id or 0
         try:
             await stream.start(texts.PLACEHOLDER)
-            answer_id = await history.add_assistant_message(key, "", telegram_message_ids=stream.message_ids)
             event: Event | None = first_event
             while event is not None:
                 if isinstance(event, Waiting):
@@ -363,46 +395,42 @@ class Handlers:
                 elif isinstance(event, Chunk):
                     text += event.text
                     await stream.update(text)
-                    if time.monotonic() >= save_at:  # what a crash would otherwise take with it
-                        save_at = time.monotonic() + interval
-                        await history.update_assistant_message(
-                            answer_id, text, telegram_message_ids=stream.message_ids, status="streaming"
-                        )
                 elif isinstance(event, Finished):
                     finished = event
-                event = await anext(events, None)  # type: ignore[call-overload]
+                event = await anext(events, None)
             assert finished is not None
             final = finished.text or text
-            # Stored before the final edit: a follow-up sent the moment the answer looks finished has it as context.
-            shown_in = list(stream.message_ids)
-            await history.update_assistant_message(
-                answer_id, final, telegram_message_ids=shown_in, status=finished.status
-            )
+            record.status = finished.status
+            if finished.status == "complete" and not final.strip():
+                log.warning("the model gave no answer in chat %s", message.chat_id)
+                record.status = "failed"
             await history.set_tokens(_counts(question_id, answer_id, finished))
-            ids = await stream.finish(final, texts.footer(finished.status))
-            if ids != shown_in:
-                await history.update_assistant_message(
-                    answer_id, final, telegram_message_ids=ids, status=finished.status
-                )
+            # Recorded before the final edit: a follow-up sent the moment the answer looks finished has it as context.
+            await stream.finish(final, texts.footer(record.status, final))
+            await history.settle(answer_id)
+        except Postponed as error:
+            log.info("the answer in chat %s is stored; the next start shows its final text (%s)", key.chat_id, error)
         except Undeliverable as error:
             log.info("chat %s cannot receive messages (%s); answer stopped", message.chat_id, error)
-            if services.engine is not None:
-                services.engine.cancel(key)
-            if answer_id is not None:
-                await history.update_assistant_message(
-                    answer_id, text, telegram_message_ids=stream.message_ids, status="cancelled"
-                )
+            self._cancel(key)
+            record.status = "cancelled"
+            await record(text, stream.message_ids)
+            await history.settle(answer_id)
         except Exception:
             log.exception("answering in chat %s failed", message.chat_id)
-            if services.engine is not None:
-                services.engine.cancel(key)
-            if answer_id is not None:
-                await history.update_assistant_message(
-                    answer_id, text, telegram_message_ids=stream.message_ids, status="failed"
-                )
+            self._cancel(key)
+            record.status = "failed"
+            try:  # the user is told, unless what failed was the database or Telegram itself
+                await stream.finish(text, texts.footer("failed", text))
+                await history.settle(answer_id)
+            except Exception as error:
+                log.warning("could not show the failure in chat %s: %s", message.chat_id, error)
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
             services.askers.pop(key, None)
+
+    def _cancel(self, key: ConversationKey) -> None:
+        if self.services.engine is not None:
+            self.services.engine.cancel(key)
 
 
 def _counts(question_id: int, answer_id: int, finished: Finished) -> dict[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,23 @@ def unsupported_kind(message: Message) -> str | None:
     if message.document is not None and not images_in(message):
         return "this kind of file"
     return None
+
+
+def unreadable(messages: Sequence[Message]) -> str | None:
+    """What in a question the bot cannot read, named for the reply, or None: the one place that decides which
+    questions are refused for their attachments.
+
+    Anything sent with the question that is not an image counts, caption or not (an album with a video among
+    its photos too), and so does the message a question without images replies to: a question about a file the
+    model never sees would only get an invented answer."""
+    for message in messages:
+        kind = unsupported_kind(message)
+        if kind is not None:
+            return kind
+    if any(images_in(message) for message in messages):
+        return None
+    replied = next((message.reply_to_message for message in messages if message.reply_to_message), None)
+    return unsupported_kind(replied) if replied is not None else None
 
 
 def _names_a_local_file(file_path: str | None) -> bool:

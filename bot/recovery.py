@@ -1,29 +1,62 @@
-"""After a crash or kill -9: answers that were streaming still show a cursor and a Stop button that no longer
-work. Their last saved text (see the handler's periodic save) is put back with a note, the button removed."""
+"""Answers whose Telegram messages must be repairable whatever stops the bot, and their repair at the next start.
+
+While an answer streams, ``AnswerRecord`` saves its text and every message id it occupies before the reply
+stream shows them (bot/reply_stream.py), so the database always covers what the chat shows.  After a crash or
+kill -9, such answers still show a cursor and a Stop button that no longer work, in every part; after a
+shutdown that did not wait for flood control, the final text may not be shown yet.  At the next start each is
+finished the way a reply stream finishes: its saved text, formatted, in every part, with a note
+("Interrupted" for one the crash cut short), and no button left.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from telegram import Bot
 from telegram.error import TelegramError
 
 from bot import texts
-from bot.formatting import plain_parts
-from bot.history import Interrupted
+from bot.history import HistoryStore, Interrupted
+from bot.reply_stream import Postponed, ReplyStream, Undeliverable
 
 log = logging.getLogger(__name__)
 
+RECOVERY_SECONDS = 15.0  # start-up does not wait longer than this for flood control; the rest waits a start more
 
-async def finish_interrupted(bot: Bot, answers: Sequence[Interrupted]) -> None:
+
+@dataclass
+class AnswerRecord:
+    """A reply stream's ``record`` for one stored answer; ``status`` is what the answer is stored with."""
+
+    history: HistoryStore
+    id: int
+    status: str = "streaming"
+
+    async def __call__(self, text: str, message_ids: Sequence[int]) -> None:
+        await self.history.update_assistant_message(self.id, text, telegram_message_ids=message_ids, status=self.status)
+
+
+async def finish_interrupted(bot: Bot, history: HistoryStore, answers: Sequence[Interrupted]) -> None:
+    give_up_at = time.monotonic() + RECOVERY_SECONDS
     for answer in answers:
-        parts = plain_parts(answer.text + texts.INTERRUPTED if answer.text.strip() else texts.INTERRUPTED.strip())
-        for index, message_id in enumerate(answer.telegram_message_ids):
-            try:
-                if index < len(parts):
-                    await bot.edit_message_text(parts[index].text, answer.chat_id, message_id, reply_markup=None)
-                else:  # shown after the last save: its words stay, its dead Stop button goes
-                    await bot.edit_message_reply_markup(answer.chat_id, message_id, reply_markup=None)
-            except TelegramError as error:  # deleted, too old, chat gone: nothing left to repair
-                log.info("could not finish interrupted message %s in chat %s: %s", message_id, answer.chat_id, error)
+        cut = answer.status == "streaming"
+        record = AnswerRecord(history, answer.message_id, "cancelled" if cut else answer.status)
+        stream = ReplyStream(
+            bot,
+            answer.chat_id,
+            record,
+            thread_id=answer.thread_id or None,
+            message_ids=list(answer.telegram_message_ids),
+            patience=max(give_up_at - time.monotonic(), 0.0),
+        )
+        try:
+            await stream.finish(answer.text, texts.INTERRUPTED if cut else texts.footer(answer.status, answer.text))
+        except Postponed as error:
+            log.info("answer %s in chat %s waits for a later start: %s", answer.message_id, answer.chat_id, error)
+            continue
+        except (Undeliverable, TelegramError) as error:  # blocked, chat gone, too old: nothing left to repair
+            log.info("could not finish interrupted answer %s in chat %s: %s", answer.message_id, answer.chat_id, error)
+        await history.settle(answer.message_id)

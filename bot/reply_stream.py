@@ -5,24 +5,34 @@ Rules it keeps:
   and no edit when the visible text did not change;
 * plain text while streaming (a half-written Markdown answer would not parse), entities at the end;
 * past Telegram's 4096-unit limit the answer continues in a new message, replying to the previous part;
+* nothing is shown that is not recorded first: ``record`` gets the answer's text and every message id before
+  an edit or a send shows them, and again as soon as a send gives a new part its id, so that recovery after a
+  crash can repair every part (bot/recovery.py);
 * flood control (429) and network errors never lose text: streaming edits are postponed, the final text is
-  retried with tenacity until it is delivered or clearly undeliverable (blocked, chat gone);
-* if the user deletes the message being edited, the rest goes into a new message.
+  retried with tenacity until it is delivered, clearly undeliverable (blocked, chat gone), or left for the
+  next start (``Postponed``: the bot is shutting down, or ``patience`` ran out); flood control is expected flow
+  control, logged once per storm;
+* a part the user deletes is sent anew, and so is every part after it (the bot deletes its old copies): a chat
+  orders messages by when they were sent, so this is the only way the answer still reads in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from bot.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts, plain_parts
 
@@ -31,11 +41,26 @@ log = logging.getLogger(__name__)
 STOP_CALLBACK = "stop"
 CURSOR = " ▌"
 FINAL_DELIVERY_SECONDS = 300.0
+STORM_GAP_SECONDS = 60.0  # flood control quiet this long: the next 429 starts a new storm
+MOVES = 3  # a chat that moves more often than this while one answer is shown is given up
 DELETED = "\0deleted"  # stands in the shown text of a message that can no longer be edited
+
+T = TypeVar("T")
+Record = Callable[[str, Sequence[int]], Awaitable[None]]
 
 
 class Undeliverable(Exception):
     """The chat cannot receive messages any more (bot blocked or removed, chat deleted)."""
+
+
+class Postponed(Exception):
+    """The final text could not be shown in time (the bot is shutting down, or flood control outlasted the
+    stream's patience); it is recorded, and recovery shows it at the next start."""
+
+
+class _Moved(Exception):
+    """The chat moved (a group became a supergroup) while a part was being shown: every part is to be sent to
+    the new chat anew, from the first."""
 
 
 def stop_keyboard() -> InlineKeyboardMarkup:
@@ -61,232 +86,317 @@ def _temporary(error: BaseException) -> bool:
     return isinstance(error, RetryAfter) or (isinstance(error, NetworkError) and not isinstance(error, BadRequest))
 
 
-def _wait_for(state: object) -> float:
+def _wait_for(state: RetryCallState) -> float:
     """tenacity wait: honour Telegram's retry_after exactly, back off exponentially otherwise."""
-    outcome = state.outcome  # type: ignore[attr-defined]
+    outcome = state.outcome
     error = outcome.exception() if outcome is not None else None
     if isinstance(error, RetryAfter):
         return _seconds(error.retry_after) + 0.1
-    return wait_exponential(multiplier=0.5, max=10)(state)  # type: ignore[arg-type]
+    return wait_exponential(multiplier=0.5, max=10)(state)
+
+
+def _final_parts(text: str, footer: str) -> list[FormattedPart]:
+    """The formatted answer with its footer; the footer alone (or "…") when there are no words."""
+    if not text.strip():
+        return [FormattedPart(footer.strip() or "…")]
+    parts = formatted_parts(text)
+    if footer:
+        parts = [*parts[:-1], FormattedPart(parts[-1].text + footer, parts[-1].entities)]
+        if len(parts[-1].text) > TELEGRAM_TEXT_LIMIT:
+            parts = [
+                *parts[:-1],
+                FormattedPart(parts[-1].text[: -len(footer)], parts[-1].entities),
+                FormattedPart(footer.strip()),
+            ]
+    return parts
+
+
+class _FloodLog:
+    """Flood control (429) is Telegram's ordinary flow control, not an error: the first 429 of a storm is logged
+    as a warning, the rest of the storm at debug level."""
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def note(self, chat_id: int, retry_after: float) -> None:
+        now = time.monotonic()
+        starts = now - self._last > STORM_GAP_SECONDS
+        self._last = now
+        if starts:
+            log.warning(
+                "Telegram's flood control (429) in chat %s: retry after %.0f s; the bot waits, and further 429s "
+                "are logged at debug level until %.0f s pass without one",
+                chat_id,
+                retry_after,
+                STORM_GAP_SECONDS,
+            )
+        else:
+            log.debug("flood control in chat %s: retry after %.0f s", chat_id, retry_after)
+
+
+_floods = _FloodLog()
 
 
 @dataclass
 class ReplyStream:
+    """``message_ids``: given when the stream takes over messages shown before (recovery after a restart)."""
+
     bot: Bot
     chat_id: int
+    record: Record
     reply_to: int | None = None
     thread_id: int | None = None
     interval: float = 1.0
-    messages: list[Message] = field(default_factory=list)
+    message_ids: list[int] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: the final text stops waiting
+    patience: float = FINAL_DELIVERY_SECONDS
+    _text: str = ""
     _shown: list[str] = field(default_factory=list)
     _next_edit: float = 0.0
     _flood_until: float = 0.0
     _closed: bool = False
 
-    @property
-    def message_ids(self) -> list[int]:
-        return [message.message_id for message in self.messages]
+    def __post_init__(self) -> None:
+        self._shown = [""] * len(self.message_ids)  # what messages shown before say is not known
 
     async def start(self, text: str) -> None:
         """Placeholder at once, with the typing indicator, so the user knows the bot heard them."""
         await self._call(self.bot.send_chat_action(self.chat_id, ChatAction.TYPING, message_thread_id=self.thread_id))
-        message = await self._deliver(lambda: self._send(text, (), stop_keyboard(), self.reply_to))
-        self.messages.append(message)
-        self._shown.append(text)
+        place = functools.partial(self._place, 0, FormattedPart(text), stop_keyboard())
+        await self._in_order(functools.partial(self._deliver, place))
         self._next_edit = time.monotonic() + self.interval
 
     async def status(self, text: str) -> None:
         """Queue position and the like: shown only while no answer text has arrived yet."""
-        if len(self.messages) == 1 and not self._closed and time.monotonic() >= self._flood_until:
-            await self._edit_streaming(0, text, with_button=True)
+        if len(self.message_ids) == 1 and not self._closed and not self._flooded():
+            with contextlib.suppress(_Moved):  # the next update sends the answer to the new chat
+                await self._edit_streaming(0, text, with_button=True)
 
     async def update(self, text: str) -> None:
         """Show the answer so far, if the interval allows; cheap to call on every chunk."""
         now = time.monotonic()
-        if self._closed or now < max(self._next_edit, self._flood_until) or not text.strip():
+        if self._closed or now < self._next_edit or self._flooded() or not text.strip():
             return
         parts = plain_parts(text + CURSOR, TELEGRAM_TEXT_LIMIT)
-        for index, part in enumerate(parts):
-            last = index == len(parts) - 1
-            if index < len(self.messages):
-                if self._shown[index] == DELETED:
-                    await self._resend(index, part.text, with_button=last)
-                elif self._shown[index] != part.text:
+        if [part.text for part in parts] == self._shown:
+            return
+        self._text = text
+        await self.record(text, self.message_ids)
+        with contextlib.suppress(_Moved):  # the next update sends every part to the new chat
+            for index, part in enumerate(parts):
+                last = index == len(parts) - 1
+                if self._closed or self._flooded():  # the rest waits for the next update, in order
+                    break
+                if index < len(self._shown) and self._shown[index] not in (DELETED, part.text):
                     await self._edit_streaming(index, part.text, with_button=last)
-            else:
-                await self._continue(part.text, with_button=last)
+                if (index == len(self._shown) or self._shown[index] == DELETED) and not await self._place_streaming(
+                    index, part.text, with_button=last
+                ):
+                    break
         self._next_edit = time.monotonic() + self.interval
 
     async def finish(self, text: str, footer: str = "") -> list[int]:
-        """The final, formatted answer; returns the ids of every message it occupies."""
+        """The final, formatted answer, recorded first; returns the ids of every message it occupies.
+
+        Raises Undeliverable when the chat cannot receive it, Postponed when it has to wait for the next start."""
         self._closed = True
-        flood_wait = self._flood_until - time.monotonic()
-        if flood_wait > 0:  # Telegram said when it would accept more; asking earlier only earns another 429
-            await asyncio.sleep(flood_wait)
-        parts = formatted_parts(text) if text.strip() else [FormattedPart(footer.strip() or "…")]
-        if footer and text.strip():
-            parts = [*parts[:-1], FormattedPart(parts[-1].text + footer, parts[-1].entities)]
-            if len(parts[-1].text) > TELEGRAM_TEXT_LIMIT:
-                parts = [
-                    *parts[:-1],
-                    FormattedPart(parts[-1].text[: -len(footer)], parts[-1].entities),
-                    FormattedPart(footer.strip()),
-                ]
-        for index, part in enumerate(parts):
-            if index < len(self.messages):
-                await self._final_edit(index, part)
-            else:
-                await self._final_send(part)
-        for index in range(len(parts), len(self.messages)):
-            await self._final_edit(index, FormattedPart("…"))
+        self._text = text
+        await self.record(text, self.message_ids)
+        # Telegram said when it would accept more; asking earlier only earns another 429.
+        await self._pause(self._flood_until - time.monotonic())
+        await self._in_order(functools.partial(self._show_final, _final_parts(text, footer)))
         return self.message_ids
+
+    async def _show_final(self, parts: list[FormattedPart]) -> None:
+        for index, part in enumerate(parts):
+            if index < len(self._shown) and self._shown[index] != DELETED:
+                await self._final_edit(index, part)  # may find it deleted
+            if index == len(self._shown) or self._shown[index] == DELETED:
+                await self._deliver(functools.partial(self._place, index, part))
+        for index in range(len(parts), len(self.message_ids)):  # the formatted text needs fewer parts
+            if self._shown[index] != DELETED and not await self._delete(index):
+                await self._final_edit(index, FormattedPart("…"))
+        if DELETED in self._shown[len(parts) :]:  # gone from the chat: the answer no longer occupies them
+            kept = [index for index, shown in enumerate(self._shown) if index < len(parts) or shown != DELETED]
+            self.message_ids = [self.message_ids[index] for index in kept]
+            self._shown = [self._shown[index] for index in kept]
+            await self.record(self._text, self.message_ids)
 
     # --- sending ------------------------------------------------------------------------------------------
 
-    def _follow(self, new_chat_id: int) -> None:
+    def _flooded(self) -> bool:
+        return time.monotonic() < self._flood_until
+
+    def _flood(self, error: RetryAfter) -> None:
+        seconds = _seconds(error.retry_after)
+        self._flood_until = time.monotonic() + seconds
+        _floods.note(self.chat_id, seconds)
+
+    def _follow(self, new_chat_id: int) -> _Moved:
         """A group became a supergroup: the old chat is read-only, so the answer goes on in the new one, in new
         messages (the old ones cannot be edited there, and the question is not there to reply to)."""
         log.info("chat %s moved to %s; the answer continues there", self.chat_id, new_chat_id)
         self.chat_id = new_chat_id
         self.reply_to = self.thread_id = None
         self._shown = [DELETED] * len(self._shown)
+        return _Moved()
 
-    async def _send(
-        self, text: str, entities: Sequence[object], markup: InlineKeyboardMarkup | None, reply_to: int | None
-    ) -> Message:
-        try:
-            return await self._send_once(text, entities, markup, reply_to)
-        except ChatMigrated as error:
-            self._follow(error.new_chat_id)
-            return await self._send_once(text, entities, markup, None)
+    async def _in_order(self, show: Callable[[], Awaitable[None]]) -> None:
+        """Run ``show`` again when the chat moves meanwhile: the new chat gets every part, from the first."""
+        for _ in range(MOVES):
+            try:
+                return await show()
+            except _Moved:
+                continue
+        raise Undeliverable(f"chat {self.chat_id} keeps moving")
 
-    async def _send_once(
-        self, text: str, entities: Sequence[object], markup: InlineKeyboardMarkup | None, reply_to: int | None
-    ) -> Message:
+    async def _place(self, index: int, part: FormattedPart, markup: InlineKeyboardMarkup | None = None) -> None:
+        """Part ``index`` as a new message, replying to the part before it (the first to the question); its id is
+        recorded at once, before anything else is shown."""
+        reply_to = self.message_ids[index - 1] if index > 0 else self.reply_to
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
-        return await self.bot.send_message(
-            self.chat_id,
-            text,
-            entities=list(entities) or None,
-            reply_markup=markup,
-            reply_parameters=reply,
-            message_thread_id=self.thread_id,
-        )
-
-    async def _continue(self, text: str, *, with_button: bool) -> None:
-        previous = self.messages[-1]
-        if len(self.messages) >= 1:
-            await self._edit_streaming(len(self.messages) - 1, self._shown[-1].removesuffix(CURSOR), with_button=False)
         try:
-            message = await self._send(text, (), stop_keyboard() if with_button else None, previous.message_id)
-        except RetryAfter as error:
-            self._flood_until = time.monotonic() + _seconds(error.retry_after)
-            return
-        self.messages.append(message)
-        self._shown.append(text)
+            message = await self.bot.send_message(
+                self.chat_id,
+                part.text,
+                entities=list(part.entities) or None,
+                reply_markup=markup,
+                reply_parameters=reply,
+                message_thread_id=self.thread_id,
+            )
+        except ChatMigrated as error:
+            raise self._follow(error.new_chat_id) from error
+        if index < len(self.message_ids):
+            self.message_ids[index] = message.message_id
+            self._shown[index] = part.text
+        else:
+            self.message_ids.append(message.message_id)
+            self._shown.append(part.text)
+        await self.record(self._text, self.message_ids)
 
-    async def _resend(self, index: int, text: str, *, with_button: bool) -> None:
-        """A message deleted (or left behind in a migrated group) while streaming is sent anew."""
+    async def _place_streaming(self, index: int, text: str, *, with_button: bool) -> bool:
+        """Best effort: a part that cannot be sent now is sent by a later update or by the final text."""
         try:
-            message = await self._send(text, (), stop_keyboard() if with_button else None, self.reply_to)
+            await self._place(index, FormattedPart(text), stop_keyboard() if with_button else None)
         except RetryAfter as error:
-            self._flood_until = time.monotonic() + _seconds(error.retry_after)
-            return
+            self._flood(error)
         except Forbidden:
             self._closed = True
-            return
         except TelegramError as error:
-            log.info("could not resend a streaming message (%s); the final text will carry it", error)
-            return
-        self.messages[index] = message
-        self._shown[index] = text
+            log.info("could not send a streaming message (%s); the final text will carry it", error)
+        else:
+            return True
+        return False
+
+    async def _restart_from(self, index: int) -> None:
+        """Part ``index`` is gone: it and every later part are to be sent anew, and the later parts' old copies
+        are deleted so that no part shows twice."""
+        for later in range(index + 1, len(self.message_ids)):
+            if self._shown[later] != DELETED:
+                await self._delete(later)
+        self._shown[index:] = [DELETED] * (len(self._shown) - index)
+
+    async def _delete(self, index: int) -> bool:
+        """Best effort: the bot deletes its own message, a part the answer no longer needs where it is."""
+        try:
+            await self.bot.delete_message(self.chat_id, self.message_ids[index])
+        except TelegramError as error:
+            log.info("could not delete message %s in chat %s: %s", self.message_ids[index], self.chat_id, error)
+            return False
+        self._shown[index] = DELETED
+        return True
 
     async def _edit_streaming(self, index: int, text: str, *, with_button: bool) -> None:
         """Best effort: a failed streaming edit is skipped, the next one (or the final) carries the text."""
-        message = self.messages[index]
+        message_id = self.message_ids[index]
         try:
             await self.bot.edit_message_text(
-                text, self.chat_id, message.message_id, reply_markup=stop_keyboard() if with_button else None
+                text, self.chat_id, message_id, reply_markup=stop_keyboard() if with_button else None
             )
             self._shown[index] = text
         except RetryAfter as error:
-            self._flood_until = time.monotonic() + _seconds(error.retry_after)
+            self._flood(error)
         except BadRequest as error:
             if _not_modified(error):
                 self._shown[index] = text
             elif _message_gone(error):
-                log.info("message %s in chat %s was deleted; continuing in a new one", message.message_id, self.chat_id)
-                self._shown[index] = DELETED
+                log.info("message %s in chat %s was deleted; the answer is sent anew from it", message_id, self.chat_id)
+                await self._restart_from(index)
             else:
                 log.warning("streaming edit refused: %s", error.message)
         except ChatMigrated as error:
-            self._follow(error.new_chat_id)
+            raise self._follow(error.new_chat_id) from error
         except Forbidden:
             self._closed = True
         except NetworkError as error:
             log.info("streaming edit failed (%s); will retry with the next chunk", error)
 
     async def _final_edit(self, index: int, part: FormattedPart) -> None:
-        message = self.messages[index]
-        if self._shown[index] == DELETED:
-            self.messages[index] = await self._deliver(
-                lambda: self._send(part.text, part.entities, None, self.reply_to)
-            )
-            self._shown[index] = part.text
-            return
+        message_id = self.message_ids[index]
 
-        async def replace_message() -> Message:
-            replacement = await self._send(part.text, part.entities, None, self.reply_to)
-            self.messages[index] = replacement
-            return replacement
-
-        async def edit() -> Message | bool:
+        async def edit() -> None:
             try:
-                return await self.bot.edit_message_text(
-                    part.text, self.chat_id, message.message_id, entities=list(part.entities) or None, reply_markup=None
+                await self.bot.edit_message_text(
+                    part.text, self.chat_id, message_id, entities=list(part.entities) or None, reply_markup=None
                 )
             except ChatMigrated as error:
-                self._follow(error.new_chat_id)
-                return await replace_message()
+                raise self._follow(error.new_chat_id) from error
             except BadRequest as error:
                 if _not_modified(error):
-                    return True
+                    return
                 if _message_gone(error):
-                    return await replace_message()
-                if part.entities:  # entities Telegram refused: the words matter more than the bold
+                    await self._restart_from(index)
+                elif part.entities:  # entities Telegram refused: the words matter more than the bold
                     log.warning("formatted final text refused (%s); sending it plain", error.message)
-                    return await self.bot.edit_message_text(
-                        part.text, self.chat_id, message.message_id, reply_markup=None
-                    )
-                raise
+                    await self.bot.edit_message_text(part.text, self.chat_id, message_id, reply_markup=None)
+                else:
+                    raise
 
         await self._deliver(edit)
-        self._shown[index] = part.text
+        if self._shown[index] != DELETED:
+            self._shown[index] = part.text
 
-    async def _final_send(self, part: FormattedPart) -> None:
-        previous = self.messages[-1].message_id if self.messages else self.reply_to
-        message = await self._deliver(lambda: self._send(part.text, part.entities, None, previous))
-        self.messages.append(message)
-        self._shown.append(part.text)
+    async def _deliver(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry until delivered: flood control and network trouble are temporary, a blocked bot is not. Once
+        the bot is stopping, or after ``patience`` seconds, nothing more is waited for."""
+        give_up_at = time.monotonic() + self.patience
 
-    async def _deliver(self, call: object) -> Message:
-        """Retry until delivered: flood control and network trouble are temporary, a blocked bot is not."""
+        def stop(state: RetryCallState) -> bool:
+            return self.stopping.is_set() or time.monotonic() + state.upcoming_sleep > give_up_at
+
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_temporary),
                 wait=_wait_for,
-                stop=stop_after_delay(FINAL_DELIVERY_SECONDS),
+                stop=stop,
+                sleep=self._pause,
+                before_sleep=self._note_retry,
                 reraise=True,
             ):
                 with attempt:
-                    return await call()  # type: ignore[operator]
-        except (Forbidden, ChatMigrated) as error:
+                    return await call()
+        except Forbidden as error:
             raise Undeliverable(str(error)) from error
+        except TelegramError as error:
+            if _temporary(error):
+                raise Postponed(str(error)) from error
+            raise
         raise AssertionError("unreachable")
 
+    def _note_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, RetryAfter):
+            _floods.note(self.chat_id, _seconds(error.retry_after))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but not past the start of a shutdown."""
+        if seconds > 0 and not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), seconds)
+
     @staticmethod
-    async def _call(coroutine: object) -> None:
+    async def _call(coroutine: Awaitable[object]) -> None:
         try:
-            await coroutine  # type: ignore[misc]
+            await coroutine
         except TelegramError as error:
             log.debug("chat action failed: %s", error)

@@ -46,6 +46,8 @@ NOTHING_TO_STOP = "There's nothing to stop."
 STOPPING = "Stopping."
 ADMINS_ONLY = "Only the bot's admins can do that."
 FAILED = "Sorry, something went wrong while answering. Please try again."
+NO_ANSWER = "The model gave no answer. Please try again, perhaps in other words."
+NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
 
 
 def photos_kept(count: int) -> str:
@@ -62,7 +64,10 @@ def unsupported(kind: str) -> str:
     return f"I can't read {kind}. Send me a photo (JPEG, PNG or WebP) with a question."
 
 
-def footer(status: str) -> str:
+def footer(status: str, text: str) -> str:
+    """The note under an answer that ended with ``status``; one that failed without a word says so."""
+    if status == "failed" and not text.strip():
+        return "\n\n⚠️ " + NO_ANSWER
     return {
         "cancelled": "\n\n⏹ Stopped.",
         "timeout": "\n\n⏱ Stopped: this answer took too long.",

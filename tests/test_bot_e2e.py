@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -230,7 +231,7 @@ async def test_stop_button_keeps_the_partial_answer(
 
 
 async def test_flood_control_storm_loses_no_text(
-    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=200)
     async with running_bot(api, settings, long_answers=True) as bot:
@@ -246,6 +247,9 @@ async def test_flood_control_storm_loses_no_text(
         assert refused, "the storm really happened"
         gaps = [b.at - a.at for a, b in itertools.pairwise(refused)]
         assert min(gaps, default=1.0) > 0.5, "no tight retry loop against flood control"
+    assert len(refused) >= 2 and not [r for r in caplog.records if r.levelno >= logging.ERROR], "429 is no error"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "flood control" in r.getMessage()]
+    assert len(warnings) <= 1, "one warning per storm (none if another test's storm is still fresh)"
 
 
 @pytest.mark.parametrize("warm_up_hours", [1.0, 0.0])

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 from bot import texts
 from bot.history import ConversationKey
 from bot.intake import NOT_DOWNLOADED
+from engine.conversation import Turn
+from engine.engine import Chunk, Event, Finished
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import (
@@ -267,3 +270,69 @@ async def test_one_users_flood_is_refused_without_starving_others(
         await wait_answers(api, BYSTANDER, 1)
         stored = await stored_messages(bot.services.history, ConversationKey(USER))
         assert [m.text for m in stored if m.role == "user"] == ["question 0", "question 1"]
+
+
+async def test_files_sent_with_a_question_get_a_note_and_the_model_never_sees_them(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """Answered as text-only questions, a real model would make up what the file says."""
+    video = {"file_id": "video-1", "file_unique_id": "video-1u", "width": 640, "height": 480, "duration": 5}
+    voice = {"file_id": "voice-1", "file_unique_id": "voice-1u", "duration": 3}
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as bot:
+        pdf = api.push_message(
+            USER, document=(b"%PDF-1.7", "report.pdf", "application/pdf"), caption="What does it say?", user_id=USER
+        )
+        api.push_message(USER, user_id=USER, extra={"voice": voice, "caption": "Transcribe this"})
+        api.push_message(USER, user_id=USER, extra={"video": video, "caption": "What happens here?"})
+        api.push_message(USER, "Summarise it, please.", user_id=USER, reply_to=pdf)
+        api.push_message(USER, photo=photo_bytes(), caption="Compare these", media_group_id="mixed", user_id=USER)
+        api.push_message(USER, user_id=USER, extra={"video": video, "media_group_id": "mixed"})
+        await api.wait_for(lambda: len(api.visible_text(USER)) == 5, 30, "five notes")
+        kinds = ["this kind of file", "voice messages", "videos", "this kind of file", "videos"]
+        assert sorted(api.visible_text(USER)) == sorted(texts.unsupported(kind) for kind in kinds)
+        assert await stored_messages(bot.services.history, ConversationKey(USER)) == []
+        assert bot.services.engine is not None and bot.services.engine.queue.served == 0
+
+
+async def test_an_answer_without_words_says_so_and_is_stored_as_failed(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as bot:
+        engine = bot.services.engine
+        assert engine is not None
+        real_ask = engine.ask
+
+        async def wordless(key: ConversationKey, past: Sequence[Turn], question: Turn) -> AsyncIterator[Event]:
+            """The real model answers; its words are dropped, as if it had written only a line break."""
+            async for event in real_ask(key, past, question):
+                if isinstance(event, Finished):
+                    yield replace(event, text="\n")
+                elif not isinstance(event, Chunk):
+                    yield event
+
+        monkeypatch.setattr(engine, "ask", wordless)
+        api.push_message(USER, "Say nothing at all.", user_id=USER)
+        await wait_answers(api, USER, 1)
+        assert api.visible_text(USER) == ["⚠️ " + texts.NO_ANSWER]
+        stored = await stored_messages(bot.services.history, ConversationKey(USER))
+        assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "failed")]
+
+
+async def test_a_full_disk_before_the_answer_is_told_and_frees_the_model_at_once(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as bot:
+        history, engine = bot.services.history, bot.services.engine
+        assert engine is not None
+        # SQLite's page limit on the bot's own connection: its next growing write fails as on a full disk.
+        async with history._db.execute("PRAGMA page_count") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        await history._db.execute(f"PRAGMA max_page_count = {row[0]}")
+        api.push_message(USER, "A question too long to fit on this disk. " * 200, user_id=USER)
+        await api.wait_for(lambda: api.visible_text(USER) == [texts.NOT_STORED], 30, "a clear reply")
+        assert not engine.is_busy(ConversationKey(USER)), "the model's slot is free at once"
+        assert await stored_messages(history, ConversationKey(USER)) == []
+        await history._db.execute("PRAGMA max_page_count = 1073741823")
+        api.push_message(USER, "And now?", user_id=USER)
+        await wait_answers(api, USER, 2)

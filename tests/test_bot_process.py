@@ -11,6 +11,7 @@ import asyncio
 import signal
 import socket
 import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +20,7 @@ import pytest
 
 from bot import texts
 from bot.history import ConversationKey, HistoryStore, StoredMessage
+from bot.reply_stream import CURSOR
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import USER, bot_settings, running_bot, stored_messages, wait_answers
@@ -96,7 +98,7 @@ async def test_sigterm_during_an_answer_stops_it_quickly_and_keeps_its_text(
         code = await asyncio.wait_for(bot.process.wait(), 30)
     assert code == 0, bot.stderr[-3000:]
     [answer] = api.messages(USER)
-    assert answer.reply_markup is None and answer.text.endswith(texts.footer("cancelled").strip())
+    assert answer.reply_markup is None and answer.text.endswith(texts.footer("cancelled", answer.text).strip())
     stored = await read_history(tmp_path / "data", USER)
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
     assert stored[1].text and answer.text.startswith(stored[1].text[:20]), "the partial answer is kept"
@@ -147,3 +149,68 @@ def running(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def words(text: str) -> str:
+    return "".join(text.removesuffix(CURSOR.strip()).split())
+
+
+@pytest.mark.timeout(400)
+async def test_kill_9_during_a_three_message_answer_repairs_every_part(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="6000")
+    async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
+        api.push_message(USER, "Tell me everything, at length.", user_id=USER)
+        await api.wait_for(
+            lambda: len(api.messages(USER)) == 3 and api.messages(USER)[-1].text.endswith(CURSOR), 240, "a 3rd part"
+        )
+        bot.process.send_signal(signal.SIGKILL)
+        assert await bot.process.wait() == -signal.SIGKILL
+    shown = [(m.message_id, m.text) for m in api.messages(USER)]
+
+    async with running_bot(api, bot_settings(api, int4_store[0].root, data)) as restarted:
+        _, answer = await stored_messages(restarted.services.history, ConversationKey(USER))
+        assert await restarted.services.history.mark_interrupted() == [], "repaired once, and settled"
+    parts = api.messages(USER)
+    assert answer.status == "cancelled"
+    assert [m.message_id for m in parts] == list(answer.telegram_message_ids)
+    assert [m.message_id for m in parts][:3] == [message_id for message_id, _ in shown], "repaired in place"
+    assert words(answer.text).startswith(words("".join(text for _, text in shown))), "no word shown was lost"
+    assert all(m.reply_markup is None and not m.text.endswith(CURSOR) for m in parts), [m.text[-80:] for m in parts]
+    assert parts[-1].text.endswith(texts.INTERRUPTED.strip())
+
+
+@pytest.mark.timeout(300)
+async def test_sigterm_in_a_flood_storm_exits_within_seconds_and_the_next_start_finishes_the_answer(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """Docker kills a container 10 s after SIGTERM; Telegram's retry_after can be longer than that."""
+    data = tmp_path / "data"
+    environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="4000")
+    async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
+        await start_a_long_answer(api)
+        for method in ("editMessageText", "sendMessage"):
+            api.storm(method, 600, retry_after=30)
+        await api.wait_for(lambda: any(c.status == 429 for c in api.calls), 30, "flood control")
+        await asyncio.sleep(1.0)  # a few more 429s: one storm
+        started = time.monotonic()
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 120)
+        took = time.monotonic() - started
+    assert code == 0, bot.stderr[-3000:]
+    assert took < 5.0, f"shutdown took {took:.1f} s"
+    assert " ERROR " not in bot.stderr, bot.stderr[-3000:]
+    assert bot.stderr.count(" WARNING bot.reply_stream: Telegram's flood control") == 1, "one warning per storm"
+    [answer] = api.messages(USER)
+    assert answer.text.endswith(CURSOR), "Telegram refused the final edit"
+
+    for method in ("editMessageText", "sendMessage"):
+        api.storm(method, 0)
+    async with running_bot(api, bot_settings(api, int4_store[0].root, data)) as restarted:
+        _, stored = await stored_messages(restarted.services.history, ConversationKey(USER))
+        assert await restarted.services.history.mark_interrupted() == [], "finished once, and settled"
+    assert stored.status == "cancelled" and stored.telegram_message_ids == (answer.message_id,)
+    assert answer.reply_markup is None and answer.text.endswith(texts.footer("cancelled", stored.text).strip())
+    assert words(answer.text).startswith(words(stored.text)[:20])

@@ -233,3 +233,25 @@ async def test_images_left_without_messages_by_an_older_version_are_removed_on_u
         raw.execute("PRAGMA user_version = 2")
     async with await HistoryStore.open(path) as store:
         assert (await store.stats()).images == 0
+
+
+async def test_answers_to_repair_are_returned_at_each_start_until_settled(tmp_path: Path) -> None:
+    """Cut by a crash (still streaming) or left unfinished by a hurried shutdown (final status, not settled)."""
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        key = ConversationKey(5, 3)
+        _, cut = await store.start_exchange(key, "q1", telegram_message_id=1)
+        await store.update_assistant_message(cut, "half", telegram_message_ids=[10, 11, 12], status="streaming")
+        _, hurried = await store.start_exchange(key, "q2", telegram_message_id=2)
+        await store.update_assistant_message(hurried, "all", telegram_message_ids=[13], status="complete")
+        _, done = await store.start_exchange(key, "q3", telegram_message_id=3)
+        await store.update_assistant_message(done, "shown", telegram_message_ids=[14], status="complete")
+        await store.settle(done)
+
+        first = await store.mark_interrupted()
+        assert [(a.message_id, a.chat_id, a.thread_id, a.telegram_message_ids, a.text, a.status) for a in first] == [
+            (cut, 5, 3, (10, 11, 12), "half", "streaming"),
+            (hurried, 5, 3, (13,), "all", "complete"),
+        ]
+        assert [m.status for m in await stored_messages(store, key)][1::2] == ["cancelled", "complete", "complete"]
+        await store.settle(cut)
+        assert [a.message_id for a in await store.mark_interrupted()] == [hurried], "until settled"

@@ -1,8 +1,12 @@
-"""Streaming replies against the stand-in Bot API: pacing, long answers, deleted messages, blocked bots."""
+"""Streaming replies against the stand-in Bot API: pacing, long answers, deleted messages, blocked bots, and
+the record that lets recovery repair every part."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 import pytest
 from telegram import Bot
@@ -10,10 +14,37 @@ from telegram.ext import AIORateLimiter, ExtBot
 from telegram.request import HTTPXRequest
 
 from bot.formatting import utf16_len
-from bot.reply_stream import ReplyStream, Undeliverable
+from bot.reply_stream import CURSOR, Postponed, ReplyStream, Undeliverable
 from tests.support.bot_api_server import FakeBotApi
 
 CHAT = 501
+LONG = ("Phi-3 looks at the photo 😀 and writes. " * 90 + "\n") * 3  # three messages
+
+
+def words(text: str) -> str:
+    return "".join(text.removesuffix(CURSOR.strip()).split())
+
+
+@dataclass
+class Journal:
+    """A stream's ``record`` that checks, every time it is called, that the chat shows nothing the previous
+    record did not have: no message id (but the one just sent, recorded now) and no word."""
+
+    api: FakeBotApi
+    chat: int = CHAT
+    entries: list[tuple[str, list[int]]] = field(default_factory=list)
+    statuses: tuple[str, ...] = ("…",)  # texts that say what is happening, not words of the answer
+
+    async def __call__(self, text: str, message_ids: Sequence[int]) -> None:
+        self.check(allowed_new=1)
+        self.entries.append((text, list(message_ids)))
+
+    def check(self, allowed_new: int = 0) -> None:
+        recorded_text, recorded_ids = self.entries[-1] if self.entries else ("", [])
+        shown = [m for m in self.api.messages(self.chat) if m.text not in self.statuses]
+        unknown = [m.message_id for m in self.api.messages(self.chat) if m.message_id not in recorded_ids]
+        assert len(unknown) <= allowed_new, f"messages shown before they were recorded: {unknown}"
+        assert words(recorded_text).startswith("".join(words(m.text) for m in shown)), "words shown unrecorded"
 
 
 @pytest.fixture
@@ -23,13 +54,18 @@ async def bot(api: FakeBotApi) -> AsyncIterator[Bot]:
         yield client
 
 
-async def test_edits_are_paced_and_skip_unchanged_text(api: FakeBotApi, bot: Bot) -> None:
-    stream = ReplyStream(bot, CHAT, interval=0.0)
+@pytest.fixture
+def journal(api: FakeBotApi) -> Journal:
+    return Journal(api)
+
+
+async def test_edits_are_paced_and_skip_unchanged_text(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0)
     await stream.start("…")
     await stream.update("Hello")
     await stream.update("Hello")  # unchanged: no request at all
     await stream.update("Hello world")
-    paced = ReplyStream(bot, CHAT + 1, interval=60.0)
+    paced = ReplyStream(bot, CHAT + 1, Journal(api, CHAT + 1), interval=60.0)
     await paced.start("…")
     await paced.update("too soon")
     assert len(api.calls_of("editMessageText", CHAT)) == 2
@@ -42,20 +78,20 @@ async def test_edits_are_paced_and_skip_unchanged_text(api: FakeBotApi, bot: Bot
 
 
 async def test_queue_position_is_shown_until_text_arrives(api: FakeBotApi, bot: Bot) -> None:
-    stream = ReplyStream(bot, CHAT, interval=0.0)
+    place = "⏳ You're #2 in line."
+    stream = ReplyStream(bot, CHAT, Journal(api, statuses=("…", place)), interval=0.0)
     await stream.start("…")
-    await stream.status("⏳ You're #2 in line.")
+    await stream.status(place)
     assert api.visible_text(CHAT) == ["⏳ You're #2 in line."]
     await stream.update("Answer")
     await stream.finish("Answer")
     assert api.visible_text(CHAT) == ["Answer"]
 
 
-async def test_long_answers_continue_in_new_messages(api: FakeBotApi, bot: Bot) -> None:
-    stream = ReplyStream(bot, CHAT, interval=0.0, reply_to=None)
+async def test_long_answers_continue_in_new_messages(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0, reply_to=None)
     await stream.start("…")
-    paragraph = "Phi-3 looks at the photo 😀 and writes. " * 60 + "\n"
-    text = paragraph * 5
+    text = LONG
     for end in range(0, len(text), 1500):
         await stream.update(text[: end + 1500])
     ids = await stream.finish(text)
@@ -68,8 +104,8 @@ async def test_long_answers_continue_in_new_messages(api: FakeBotApi, bot: Bot) 
     assert messages[1].reply_to == messages[0].message_id, "each part replies to the previous one"
 
 
-async def test_a_deleted_message_is_replaced_not_lost(api: FakeBotApi, bot: Bot) -> None:
-    stream = ReplyStream(bot, CHAT, interval=0.0)
+async def test_a_deleted_message_is_replaced_not_lost(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0)
     await stream.start("…")
     await stream.update("First words")
     api.delete_message_as_user(CHAT, stream.message_ids[0])
@@ -80,9 +116,9 @@ async def test_a_deleted_message_is_replaced_not_lost(api: FakeBotApi, bot: Bot)
     assert api.visible_text(CHAT) == ["First words and more, the end."]
 
 
-async def test_markdown_and_html_noise_never_breaks_the_final_text(api: FakeBotApi, bot: Bot) -> None:
+async def test_markdown_and_html_noise_never_breaks_the_final_text(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
     noisy = "**unclosed bold, _half italic, `code, <b>html</b> & <i>, [link](, 1*2=3_4, \\escaped\\, ~~, ||, >quote"
-    stream = ReplyStream(bot, CHAT, interval=0.0)
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0)
     await stream.start("…")
     await stream.finish(noisy)
     [message] = api.messages(CHAT)
@@ -90,8 +126,8 @@ async def test_markdown_and_html_noise_never_breaks_the_final_text(api: FakeBotA
         assert word in message.text
 
 
-async def test_a_blocked_bot_gives_up_cleanly(api: FakeBotApi, bot: Bot) -> None:
-    stream = ReplyStream(bot, CHAT, interval=0.0)
+async def test_a_blocked_bot_gives_up_cleanly(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0)
     await stream.start("…")
     api.fail_next("editMessageText", times=100, kind="403")
     await stream.update("partial")
@@ -100,8 +136,8 @@ async def test_a_blocked_bot_gives_up_cleanly(api: FakeBotApi, bot: Bot) -> None
     assert len(api.calls_of("editMessageText")) <= 2, "no retry loop against a blocked chat"
 
 
-async def test_server_errors_are_retried_for_the_final_text(api: FakeBotApi, bot: Bot) -> None:
-    stream = ReplyStream(bot, CHAT, interval=0.0)
+async def test_server_errors_are_retried_for_the_final_text(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0)
     await stream.start("…")
     api.fail_next("editMessageText", times=2, kind="5xx")
     await stream.finish("delivered after two 502s")
@@ -110,7 +146,7 @@ async def test_server_errors_are_retried_for_the_final_text(api: FakeBotApi, bot
 
 async def test_a_group_migrated_mid_answer_gets_it_in_the_supergroup(api: FakeBotApi, bot: Bot) -> None:
     group, supergroup = -4242, -1004242
-    stream = ReplyStream(bot, group, reply_to=5, interval=0.0)
+    stream = ReplyStream(bot, group, Journal(api, group), reply_to=5, interval=0.0)
     await stream.start("…")
     await stream.update("Half of the")
     api.migrate(group, supergroup)
@@ -131,10 +167,76 @@ async def test_a_timed_out_edit_is_retried_and_the_final_text_lands(api: FakeBot
         request=HTTPXRequest(read_timeout=0.3, write_timeout=0.3, connect_timeout=0.3),
     )
     async with impatient:
-        stream = ReplyStream(impatient, CHAT, interval=0.0)
+        stream = ReplyStream(impatient, CHAT, Journal(api), interval=0.0)
         await stream.start("…")
         api.fail_next("editMessageText", times=2, kind="slow", delay=1.0)
         await stream.update("streamed while the server is slow")  # times out, skipped
         await stream.finish("the final text, after timeouts")
     assert api.visible_text(CHAT) == ["the final text, after timeouts"]
     assert len(api.calls_of("editMessageText")) <= 5, "retries are spaced, not a tight loop"
+
+
+async def stream_in_steps(stream: ReplyStream, text: str, step: int = 700) -> None:
+    for end in range(step, len(text) + step, step):
+        await stream.update(text[:end])
+
+
+async def test_every_message_and_word_is_recorded_before_it_is_shown(
+    api: FakeBotApi, bot: Bot, journal: Journal
+) -> None:
+    """What recovery after kill -9 relies on: the database always covers every part the chat shows."""
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0)
+    await stream.start("…")
+    assert journal.entries == [("", stream.message_ids)], "the placeholder's id is recorded as soon as it exists"
+    await stream_in_steps(stream, LONG)
+    journal.check()
+    ids = await stream.finish(LONG)
+    journal.check()
+    assert len(ids) >= 3 and journal.entries[-1] == (LONG, ids)
+    assert len({tuple(ids) for _, ids in journal.entries}) == len(ids), "each new part recorded once, when sent"
+
+
+async def test_a_part_boundary_costs_no_wasted_edit(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0)
+    await stream.start("…")
+    await stream_in_steps(stream, LONG)
+    await stream.finish(LONG)
+    assert len(api.messages(CHAT)) >= 3
+    refused = [c.status for c in api.calls if c.method == "editMessageText" and c.status != 200]
+    assert refused == [], "no edit Telegram answers with 'message is not modified'"
+
+
+async def test_a_deleted_first_part_comes_back_with_the_later_parts_in_order(
+    api: FakeBotApi, bot: Bot, journal: Journal
+) -> None:
+    question = 77
+    stream = ReplyStream(bot, CHAT, journal, reply_to=question, interval=0.0)
+    await stream.start("…")
+    await stream_in_steps(stream, LONG[:9000])
+    first, *later = stream.message_ids
+    assert len(later) == 2
+    api.delete_message_as_user(CHAT, first)
+    await stream.update(LONG[:10000])  # finds part 1 gone
+    ids = await stream.finish(LONG)
+    shown = api.messages(CHAT)
+    assert [m.message_id for m in shown] == ids and not {first, *later} & set(ids), "every part sent anew"
+    assert words("".join(m.text for m in shown)) == words(LONG), "the parts read in order"
+    assert [m.reply_to for m in shown] == [question, *ids[:-1]], "each part replies to the one before it"
+    assert journal.entries[-1] == (LONG, ids)
+
+
+async def test_a_shutdown_does_not_wait_out_flood_control(api: FakeBotApi, bot: Bot, journal: Journal) -> None:
+    """Docker kills a container 10 s after SIGTERM: the final text is tried, then left to recovery."""
+    stopping = asyncio.Event()
+    stream = ReplyStream(bot, CHAT, journal, interval=0.0, stopping=stopping)
+    await stream.start("…")
+    await stream.update("Half of the answer")
+    api.storm("editMessageText", 120, retry_after=30)
+    await stream.update("Half of the answer and more")  # flood control: the stream waits 30 s
+    started = time.monotonic()
+    asyncio.get_running_loop().call_later(0.5, stopping.set)
+    with pytest.raises(Postponed):
+        await stream.finish("Half of the answer and more, stopped.")
+    assert time.monotonic() - started < 2.0
+    assert journal.entries[-1] == ("Half of the answer and more, stopped.", stream.message_ids), "recorded for recovery"
+    assert api.visible_text(CHAT) == ["Half of the answer ▌"]

@@ -61,4 +61,9 @@ MIGRATIONS: list[str] = [
     END;
     DELETE FROM images WHERE sha256 NOT IN (SELECT image_sha256 FROM message_images);
     """,
+    # 4: whether an answer's Telegram messages show its final form (0 while a cursor or a Stop button may be left
+    # in them, which recovery after a crash or a hurried shutdown repairs: bot/recovery.py)
+    """
+    ALTER TABLE messages ADD COLUMN settled INTEGER NOT NULL DEFAULT 1;
+    """,
 ]

@@ -88,10 +88,15 @@ class Outline:
 
 @dataclass(frozen=True)
 class Interrupted:
+    """An answer whose Telegram messages may not show its final form: cut by a crash (``status`` "streaming", as
+    found) or finished while the bot shut down without waiting for Telegram (its final status)."""
+
+    message_id: int
     chat_id: int
     thread_id: int
     telegram_message_ids: tuple[int, ...]
     text: str
+    status: str
 
 
 @dataclass(frozen=True)
@@ -204,51 +209,84 @@ class HistoryStore:
         user_id: int | None = None,
         tokens: int | None = None,
     ) -> int:
-        now = time.time()
         async with self._transaction():
-            conversation = await self._conversation_id(key, now)
-            for image in images:
-                await self._db.execute(
-                    "INSERT INTO images (sha256, file_unique_id, data, size, mime_type, width, height, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
-                    "file_unique_id = COALESCE(images.file_unique_id, excluded.file_unique_id)",
-                    (
-                        image.sha256,
-                        image.file_unique_id,
-                        image.data,
-                        len(image.data),
-                        image.mime_type,
-                        image.width,
-                        image.height,
-                        now,
-                    ),
-                )
-            ids = [telegram_message_id] if telegram_message_id is not None else []
-            cursor = await self._db.execute(
-                "INSERT INTO messages (conversation_id, role, text, user_id, telegram_message_ids, created_at, tokens) "
-                "VALUES (?, 'user', ?, ?, ?, ?, ?)",
-                (conversation, text, user_id, json.dumps(ids), now, tokens),
+            return await self._insert_user_message(
+                await self._conversation_id(key, time.time()), text, images, telegram_message_id, user_id, tokens
             )
-            message_id = int(cursor.lastrowid or 0)
-            for position, image in enumerate(images):
-                await self._db.execute(
-                    "INSERT INTO message_images (message_id, image_sha256, position) VALUES (?, ?, ?)",
-                    (message_id, image.sha256, position),
-                )
+
+    async def start_exchange(
+        self,
+        key: ConversationKey,
+        question: str,
+        *,
+        images: Sequence[NewImage] = (),
+        telegram_message_id: int | None = None,
+        user_id: int | None = None,
+    ) -> tuple[int, int]:
+        """A question and its answer, empty and streaming, in one write (the question is never stored without
+        the answer that recovery needs); returns both ids."""
+        async with self._transaction():
+            conversation = await self._conversation_id(key, time.time())
+            question_id = await self._insert_user_message(conversation, question, images, telegram_message_id, user_id)
+            return question_id, await self._insert_assistant_message(conversation, "", "streaming", ())
+
+    async def _insert_user_message(
+        self,
+        conversation: int,
+        text: str,
+        images: Sequence[NewImage],
+        telegram_message_id: int | None,
+        user_id: int | None,
+        tokens: int | None = None,
+    ) -> int:
+        now = time.time()
+        for image in images:
+            await self._db.execute(
+                "INSERT INTO images (sha256, file_unique_id, data, size, mime_type, width, height, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+                "file_unique_id = COALESCE(images.file_unique_id, excluded.file_unique_id)",
+                (
+                    image.sha256,
+                    image.file_unique_id,
+                    image.data,
+                    len(image.data),
+                    image.mime_type,
+                    image.width,
+                    image.height,
+                    now,
+                ),
+            )
+        ids = [telegram_message_id] if telegram_message_id is not None else []
+        cursor = await self._db.execute(
+            "INSERT INTO messages (conversation_id, role, text, user_id, telegram_message_ids, created_at, tokens) "
+            "VALUES (?, 'user', ?, ?, ?, ?, ?)",
+            (conversation, text, user_id, json.dumps(ids), now, tokens),
+        )
+        message_id = int(cursor.lastrowid or 0)
+        for position, image in enumerate(images):
+            await self._db.execute(
+                "INSERT INTO message_images (message_id, image_sha256, position) VALUES (?, ?, ?)",
+                (message_id, image.sha256, position),
+            )
         return message_id
 
     async def add_assistant_message(
         self, key: ConversationKey, text: str, *, telegram_message_ids: Sequence[int] = (), status: str = "streaming"
     ) -> int:
         _check_status(status)
-        now = time.time()
         async with self._transaction():
-            conversation = await self._conversation_id(key, now)
-            cursor = await self._db.execute(
-                "INSERT INTO messages (conversation_id, role, text, status, telegram_message_ids, created_at) "
-                "VALUES (?, 'assistant', ?, ?, ?, ?)",
-                (conversation, text, status, json.dumps(list(telegram_message_ids)), now),
-            )
+            conversation = await self._conversation_id(key, time.time())
+            return await self._insert_assistant_message(conversation, text, status, telegram_message_ids)
+
+    async def _insert_assistant_message(
+        self, conversation: int, text: str, status: str, telegram_message_ids: Sequence[int]
+    ) -> int:
+        """A streaming answer is unsettled until its messages show their final form (``settle``)."""
+        cursor = await self._db.execute(
+            "INSERT INTO messages (conversation_id, role, text, status, telegram_message_ids, created_at, settled) "
+            "VALUES (?, 'assistant', ?, ?, ?, ?, ?)",
+            (conversation, text, status, json.dumps(list(telegram_message_ids)), time.time(), status != "streaming"),
+        )
         return int(cursor.lastrowid or 0)
 
     async def update_assistant_message(
@@ -261,6 +299,11 @@ class HistoryStore:
                 "WHERE id = ? AND role = 'assistant'",
                 (text, status, json.dumps(list(telegram_message_ids)), message_id),
             )
+
+    async def settle(self, message_id: int) -> None:
+        """The answer's messages show its final form: nothing for recovery to repair."""
+        async with self._transaction():
+            await self._db.execute("UPDATE messages SET settled = 1 WHERE id = ?", (message_id,))
 
     async def set_tokens(self, counts: dict[int, int]) -> None:
         """Record messages' token counts (by message id), as the model's tokenizer found them."""
@@ -300,16 +343,20 @@ class HistoryStore:
         return cursor.rowcount
 
     async def mark_interrupted(self) -> list[Interrupted]:
-        """After a crash, answers that were still streaming are marked cancelled (the text saved so far is kept);
-        returns them so their messages in Telegram can be finished too."""
+        """At start-up: answers cut by a crash (still streaming) are marked cancelled, keeping the text saved so
+        far; returns them, with the answers whose final edits a shutdown left undone, so that their messages in
+        Telegram can be finished too (each is settled once that is done)."""
         async with self._transaction():
             async with self._db.execute(
-                "SELECT c.chat_id, c.thread_id, m.telegram_message_ids, m.text FROM messages m "
-                "JOIN conversations c ON c.id = m.conversation_id WHERE m.status = 'streaming' ORDER BY m.id"
+                "SELECT m.id, c.chat_id, c.thread_id, m.telegram_message_ids, m.text, m.status FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE m.role = 'assistant' AND (m.status = 'streaming' OR m.settled = 0) ORDER BY m.id"
             ) as cursor:
                 rows = await cursor.fetchall()
             await self._db.execute("UPDATE messages SET status = 'cancelled' WHERE status = 'streaming'")
-        return [Interrupted(row[0], row[1], tuple(json.loads(row[2] or "[]")), row[3]) for row in rows]
+        return [
+            Interrupted(int(row[0]), row[1], row[2], tuple(json.loads(row[3] or "[]")), row[4], row[5]) for row in rows
+        ]
 
     # --- reading -----------------------------------------------------------------------------------------
 

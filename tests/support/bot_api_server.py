@@ -88,7 +88,7 @@ class FakeBotApi:
         self._bot_message_ids = itertools.count(100_000)
         self._new_update = asyncio.Event()
         self._faults: dict[str, list[Fault]] = defaultdict(list)
-        self._storms: dict[str, float] = {}
+        self._storms: dict[str, tuple[float, int]] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
         # Webhook mode, as the official server does it: updates are POSTed to the bot, in order, until it
@@ -182,9 +182,9 @@ class FakeBotApi:
         for method in ("sendMessage", "editMessageText", "editMessageReplyMarkup", "sendChatAction"):
             self._faults[method].append(Fault("migrate", times=10**9, chat_id=old_chat_id, migrate_to=new_chat_id))
 
-    def storm(self, method: str, seconds: float) -> None:
-        """Every call of ``method`` gets 429 until the storm passes."""
-        self._storms[method] = time.monotonic() + seconds
+    def storm(self, method: str, seconds: float, retry_after: int = 1) -> None:
+        """Every call of ``method`` gets 429 until the storm passes (``seconds`` 0 ends it)."""
+        self._storms[method] = (time.monotonic() + seconds, retry_after)
 
     def delete_message_as_user(self, chat_id: int, message_id: int) -> None:
         for message in self.chats[chat_id]:
@@ -362,8 +362,9 @@ class FakeBotApi:
         return web.json_response(body, status=error.code)
 
     async def _inject(self, method: str, params: dict[str, Any]) -> None:
-        if time.monotonic() < self._storms.get(method, 0.0):
-            raise ApiError(429, "Too Many Requests: retry after 1", {"retry_after": 1})
+        until, retry_after = self._storms.get(method, (0.0, 1))
+        if time.monotonic() < until:
+            raise ApiError(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
         chat = params.get("chat_id")
         for fault in self._faults[method]:
             if fault.times <= 0 or (fault.chat_id is not None and chat is not None and int(chat) != fault.chat_id):
@@ -455,11 +456,11 @@ class FakeBotApi:
             if entity["offset"] < 0 or entity["length"] <= 0 or entity["offset"] + entity["length"] > length:
                 raise ApiError(400, "Bad Request: can't parse entities: entity beyond the end of the text")
 
-    def _find(self, chat_id: int, message_id: int) -> SentMessage:
+    def _find(self, chat_id: int, message_id: int, action: str = "edit") -> SentMessage:
         for message in self.chats[chat_id]:
             if message.message_id == message_id and not message.deleted:
                 return message
-        raise ApiError(400, "Bad Request: message to edit not found")
+        raise ApiError(400, f"Bad Request: message to {action} not found")
 
     def _message_json(self, message: SentMessage) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -522,7 +523,7 @@ class FakeBotApi:
         return self._message_json(message)
 
     async def _api_deleteMessage(self, params: dict[str, Any]) -> bool:
-        self._find(int(params["chat_id"]), int(params["message_id"])).deleted = True
+        self._find(int(params["chat_id"]), int(params["message_id"]), "delete").deleted = True
         return True
 
     async def _api_sendChatAction(self, params: dict[str, Any]) -> bool:
