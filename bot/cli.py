@@ -1,7 +1,7 @@
 """The ``phi3bot`` command: run the bot, convert models, check its health, back up its history.
 
-Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments,
-130 interrupted.
+Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (for ``run``
+also a rejected token or an unreachable Bot API server), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.settings import Settings, SettingsError, load_settings
+from bot.settings import Settings, SettingsError, hide_secrets, load_settings
 from bot.terminal_progress import TerminalProgress
 from engine.images import ImageRejected
 from model_store.errors import ConversionInterruptedError, ModelStoreError
@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
+    hide_secrets()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "convert":

@@ -45,6 +45,8 @@ RESET_DONE = "Done — I've forgotten this conversation."
 NOTHING_TO_STOP = "There's nothing to stop."
 STOPPING = "Stopping."
 ADMINS_ONLY = "Only the bot's admins can do that."
+ASKER_ONLY = "Only the person who asked can stop this answer."
+GROUP_ADMINS_ONLY = "Only this group's administrators can reset its conversation."
 FAILED = "Sorry, something went wrong while answering. Please try again."
 
 
