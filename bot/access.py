@@ -17,8 +17,9 @@ class AccessPolicy:
     chats: frozenset[int]
 
     def follow_migration(self, old_chat_id: int, new_chat_id: int) -> None:
-        """An allowed group that became a supergroup stays allowed under its new id (Telegram itself announces
-        the move, so nobody can fake it); the admin is told to update the setting so it survives a restart."""
+        """An allowed group that became a supergroup stays allowed under its new id (called once both of
+        Telegram's announcements of the move arrived); the admin is told to update the setting so it survives
+        a restart."""
         if old_chat_id in self.chats and new_chat_id not in self.chats:
             self.chats = self.chats | {new_chat_id}
             log.warning(

@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import sys
 import time
 from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
-from telegram.error import RetryAfter
+from telegram.error import RetryAfter, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
+    ContextTypes,
     MessageHandler,
     filters,
 )
 
 from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
-from bot.commands import Commands
+from bot.commands import CONFIRM_CALLBACK, Commands
 from bot.handlers import DESCRIBE_CALLBACK, Handlers, Services
 from bot.health import HeartbeatFile
 from bot.history import HistoryError, HistoryStore
@@ -36,28 +38,42 @@ from bot.recovery import finish_interrupted
 from bot.reply_stream import STOP_CALLBACK
 from bot.runtime import build_engine
 from bot.settings import Settings
+from bot.startup import StartupError, connect
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore
 
 log = logging.getLogger(__name__)
 
 
-class _RedactToken(logging.Filter):
-    """httpx logs request URLs, and the Bot API puts the token in the URL."""
+class RedactSecrets(logging.Filter):
+    """httpx logs request URLs, and the Bot API puts the token in the URL; python-telegram-bot logs the
+    parameters of each call at DEBUG (the webhook's secret among them) and a rejected token's exception with
+    the token in its message, so tracebacks are searched as well."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self._token = token
+        self._secrets = [secret for secret in secrets if secret]
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<secret>")
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._token and self._token in record.getMessage():
-            record.msg = record.getMessage().replace(self._token, "<token>")
-            record.args = ()
+        message = record.getMessage()
+        if self._redact(message) != message:
+            record.msg, record.args = self._redact(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
         return True
 
 
-def install_token_redaction(token: str) -> None:
-    redactor = _RedactToken(token)
+def install_redaction(*secrets: str) -> None:
+    redactor = RedactSecrets(list(secrets))
     for handler in logging.getLogger().handlers:
         handler.addFilter(redactor)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -170,33 +186,62 @@ async def teardown(application: Application) -> None:
 
 
 def register_handlers(application: Application, services: Services) -> None:
+    """Only new messages count: an edited caption or an edited old /convert is not a new request."""
     commands = Commands(services)
     messages = Handlers(services)
-    application.add_handler(CommandHandler(["start", "help"], commands.help))
-    application.add_handler(CommandHandler("reset", commands.reset))
-    application.add_handler(CommandHandler("stop", commands.stop))
-    application.add_handler(CommandHandler("model", commands.model))
-    application.add_handler(CommandHandler("stats", commands.stats))
-    application.add_handler(CommandHandler("convert", commands.convert))
+    new = filters.UpdateType.MESSAGE
+    application.add_handler(CommandHandler(["start", "help"], commands.help, filters=new))
+    application.add_handler(CommandHandler("reset", commands.reset, filters=new))
+    application.add_handler(CommandHandler("stop", commands.stop, filters=new))
+    application.add_handler(CommandHandler("model", commands.model, filters=new))
+    application.add_handler(CommandHandler("stats", commands.stats, filters=new))
+    application.add_handler(CommandHandler("convert", commands.convert, filters=new))
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
+    application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=f"^{CONFIRM_CALLBACK}:(yes|no):"))
     application.add_handler(CallbackQueryHandler(messages.describe_button, pattern=f"^{DESCRIBE_CALLBACK}$"))
-    application.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, messages.on_migration))
-    application.add_handler(MessageHandler(~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))
+    application.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, messages.on_migration))
+    application.add_handler(MessageHandler(new & ~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))
+    application.add_error_handler(on_error)
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Whatever a handler did not catch: logged (the log filter keeps secrets out), and the person whose update
+    it was is told, so nobody waits for an answer that is not coming."""
+    log.error("handling an update failed", exc_info=context.error)
+    if not isinstance(update, Update):
+        return
+    try:
+        if update.callback_query is not None:
+            await update.callback_query.answer(texts.FAILED)
+        elif update.effective_message is not None:
+            await update.effective_message.reply_text(texts.FAILED)
+    except TelegramError as error:
+        log.info("could not say that handling an update failed: %s", error)
 
 
 def run_bot(settings: Settings) -> int:
-    if settings.telegram_bot_token is None or not settings.telegram_bot_token.get_secret_value().strip():
+    """Exit codes: 0 after a shutdown by signal, 2 when the bot cannot start (one line on stderr says why)."""
+    if settings.telegram_bot_token is None:
         print(
             "TELEGRAM_BOT_TOKEN is not set. Create a bot with @BotFather, then put its token in .env "
             "(copy .env.example to start).",
             file=sys.stderr,
         )
         return 2
-    install_token_redaction(settings.telegram_bot_token.get_secret_value())
+    secret = _webhook_secret(settings) if settings.webhook_url else ""
+    install_redaction(settings.telegram_bot_token.get_secret_value(), secret)
+    application = build_application(settings, handle_signals=True)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # python-telegram-bot's run_polling and run_webhook go on with this loop
     try:
-        application = build_application(settings, handle_signals=True)
+        loop.run_until_complete(connect(application, settings))
+    except StartupError as error:
+        loop.run_until_complete(application.bot.shutdown())
+        loop.close()
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    try:
         if settings.webhook_url:
-            secret = settings.webhook_secret_token.get_secret_value() if settings.webhook_secret_token else None
             application.run_webhook(
                 listen=settings.webhook_listen,
                 port=settings.webhook_port,
@@ -213,3 +258,12 @@ def run_bot(settings: Settings) -> int:
         print(f"Error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _webhook_secret(settings: Settings) -> str:
+    """Without a secret anyone who can reach the port could post updates as any user, an admin included; when
+    none is set, a random one is made for this run and given to Telegram with setWebhook."""
+    if settings.webhook_secret_token is not None:
+        return settings.webhook_secret_token.get_secret_value()
+    log.info("WEBHOOK_SECRET_TOKEN is not set: Telegram gets a random secret for this run")
+    return secrets.token_urlsafe(32)

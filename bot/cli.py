@@ -1,7 +1,7 @@
 """The ``phi3bot`` command: run the bot, convert models, check its health, back up its history.
 
-Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments,
-130 interrupted.
+Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (for ``run``
+also a rejected token or an unreachable Bot API server), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.settings import Settings, SettingsError, load_settings
+from bot.settings import Settings, SettingsError, hide_secrets, load_settings
 from bot.terminal_progress import TerminalProgress
 from engine.images import ImageRejected
 from model_store.errors import ConversionInterruptedError, ModelStoreError
@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--group-size", type=int, default=64, help="INT4 group size (default 64)")
     convert.add_argument(
         "--ratio", type=float, default=0.6, help="share of layers in INT4, the rest INT8 (default 0.6)"
+    )
+    convert.add_argument("--revision", help="a Hub repository's commit, branch or tag (default: its latest commit)")
+    convert.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="convert a Hub repository other than Microsoft's Phi-3-vision ones, running the Python code it ships",
     )
     convert.add_argument("--no-activate", action="store_true", help="do not make the bot use the new model")
     convert.add_argument("--no-validate", action="store_true", help="skip the test generation (not recommended)")
@@ -78,9 +84,12 @@ def _convert(args: argparse.Namespace, settings: Settings) -> int:
         device=settings.device,
         group_size=args.group_size,
         ratio=args.ratio,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
     )
     entry = convert_in_subprocess(request, TerminalProgress())
-    print(f"Converted {entry.source} ({entry.precision}) into {entry.path}")
+    revision = f" at revision {entry.revision}" if entry.revision else ""
+    print(f"Converted {entry.source}{revision} ({entry.precision}) into {entry.path}")
     if request.activate:
         print("The bot will use this model (a running bot switches at once after /convert; otherwise on restart).")
     return 0
@@ -159,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
+    hide_secrets()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "convert":

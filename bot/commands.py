@@ -4,44 +4,114 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from telegram import Message, Update
+from cachetools import TTLCache
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.constants import ChatMemberStatus
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot import texts
 from bot.handlers import Services, conversation_key, is_private
+from bot.history import ConversationKey
 from bot.runtime import build_engine, load_and_swap
-from model_store.convert import ConversionRequest, convert_async
+from model_store.convert import ConversionRequest, convert_async, hub
 from model_store.convert.extra import require_conversion_extra
 from model_store.convert.heartbeat import format_elapsed
 from model_store.errors import MissingDependencyError, ModelStoreError
 from model_store.progress import Progress
-from model_store.sources import PRECISIONS
+from model_store.sources import PRECISIONS, parse_source
+from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EDIT_SECONDS = 3.0
+# "convert:yes:<id>" and "convert:no:<id>", the buttons under the question whether to run a repository's code
+CONFIRM_CALLBACK = "convert"
+CONFIRM_SECONDS = 15 * 60  # a question left unanswered longer is asked again: the repository may have changed
+
+
+@dataclass(frozen=True)
+class _Confirmation:
+    """A conversion waiting for an admin to accept running the code of one pinned revision."""
+
+    pinned: hub.Snapshot
+    precision: str
 
 
 class Commands:
+    """Every command first checks the allowlists the way questions do: someone not allowed is told so in a
+    private chat and ignored in a group (a group need not hear about each member's access)."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._confirmations: TTLCache[str, _Confirmation] = TTLCache(maxsize=16, ttl=CONFIRM_SECONDS)
 
     def _admin(self, update: Update) -> bool:
         user = update.effective_user
         return self.services.access.is_admin(user.id if user else None)
 
-    async def help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def _allowed(self, update: Update) -> Message | None:
+        """The command's message if its sender may use the bot here; None once a refusal is dealt with."""
         message = update.effective_message
         if message is None:
-            return
-        await message.reply_text(texts.HELP + (texts.ADMIN_HELP if self._admin(update) else ""))
+            return None
+        user_id = update.effective_user.id if update.effective_user else None
+        if self.services.access.may_ask(user_id, message.chat_id):
+            return message
+        log.info("refused %r from user %s in chat %s: not on the allowlist", message.text, user_id, message.chat_id)
+        if is_private(message):
+            await message.reply_text(texts.NOT_ALLOWED)
+        return None
+
+    async def _for_admins(self, update: Update) -> Message | None:
+        message = await self._allowed(update)
+        if message is not None and not self._admin(update):
+            user_id = update.effective_user.id if update.effective_user else None
+            log.info("refused %r from user %s in chat %s: not an admin", message.text, user_id, message.chat_id)
+            await message.reply_text(texts.ADMINS_ONLY)
+            return None
+        return message
+
+    def _may_stop(self, update: Update, key: ConversationKey) -> bool:
+        """The person who asked and the bot's admins may stop an answer, with /stop as with the Stop button."""
+        engine = self.services.engine
+        asker = self.services.askers.get(engine.running_key(key) if engine is not None else key)
+        user = update.effective_user
+        return asker is None or (user is not None and user.id == asker) or self._admin(update)
+
+    async def _may_reset(self, update: Update, message: Message) -> bool:
+        """A group's conversation belongs to all its members: its Telegram administrators (asked of Telegram
+        each time, so a demotion counts at once) and the bot's admins may wipe it; in a private chat, the user."""
+        if is_private(message) or self._admin(update):
+            return True
+        if message.sender_chat is not None and message.sender_chat.id == message.chat_id:
+            return True  # an anonymous administrator, writing as the group itself
+        user = update.effective_user
+        if user is None:
+            return False
+        try:
+            member = await message.chat.get_member(user.id)
+        except TelegramError as error:
+            log.info("could not ask whether user %s administers chat %s: %s", user.id, message.chat_id, error)
+            return False
+        return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
+
+    async def help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = await self._allowed(update)
+        if message is not None:
+            await message.reply_text(texts.HELP + (texts.ADMIN_HELP if self._admin(update) else ""))
 
     async def reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
-        if message is None or not self._may_use(update, message):
+        message = await self._allowed(update)
+        if message is None:
+            return
+        if not await self._may_reset(update, message):
+            await message.reply_text(texts.GROUP_ADMINS_ONLY)
             return
         key = conversation_key(message)
         if self.services.engine is not None:
@@ -52,11 +122,15 @@ class Commands:
         await message.reply_text(texts.RESET_DONE)
 
     async def stop(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
-        if message is None or not self._may_use(update, message):
+        message = await self._allowed(update)
+        if message is None:
+            return
+        key = conversation_key(message)
+        if not self._may_stop(update, key):
+            await message.reply_text(texts.ASKER_ONLY)
             return
         engine = self.services.engine
-        stopped = engine is not None and engine.cancel(conversation_key(message))
+        stopped = engine is not None and engine.cancel(key)
         await message.reply_text(texts.STOPPING if stopped else texts.NOTHING_TO_STOP)
 
     async def stop_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -64,17 +138,16 @@ class Commands:
         if query is None or query.message is None or not isinstance(query.message, Message):
             return
         key = conversation_key(query.message)
-        engine = self.services.engine
-        asker = self.services.askers.get(engine.running_key(key) if engine is not None else key)
-        if asker is not None and asker != query.from_user.id and not self._admin(update):
-            await query.answer("Only the person who asked can stop this answer.")
+        if not self._may_stop(update, key):
+            await query.answer(texts.ASKER_ONLY)
             return
+        engine = self.services.engine
         stopped = engine is not None and engine.cancel(key)
         await query.answer(texts.STOPPING if stopped else texts.NOTHING_TO_STOP)
 
     async def model(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
-        if message is None or not self._may_use(update, message):
+        message = await self._allowed(update)
+        if message is None:
             return
         engine = self.services.engine
         if engine is None:
@@ -82,7 +155,8 @@ class Commands:
             return
         entry = engine.model.entry
         lines = [
-            f"Model: {entry.source}" + (" (synthetic test model)" if entry.synthetic else ""),
+            f"Model: {_model_name(entry, self._admin(update))}"
+            + (" (synthetic test model)" if entry.synthetic else ""),
             f"Precision: {entry.precision}",
             f"Device: {engine.model.device}",
             f"Queue: {engine.queue.running} answering, {engine.queue.waiting} waiting",
@@ -90,11 +164,8 @@ class Commands:
         await message.reply_text("\n".join(lines))
 
     async def stats(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
+        message = await self._for_admins(update)
         if message is None:
-            return
-        if not self._admin(update):
-            await message.reply_text(texts.ADMINS_ONLY)
             return
         history = await self.services.history.stats()
         lines = [f"Uptime: {format_elapsed(time.monotonic() - self.services.started_at)}"]
@@ -113,23 +184,14 @@ class Commands:
         )
         await message.reply_text("\n".join(lines))
 
-    def _may_use(self, update: Update, message: Message) -> bool:
-        user = update.effective_user
-        return self.services.access.may_ask(user.id if user else None, message.chat_id)
-
     # --- conversion ----------------------------------------------------------------------------------------
 
     async def convert(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
+        message = await self._for_admins(update)
         if message is None:
             return
-        user = update.effective_user
-        if not self._admin(update):
-            log.info("refused /convert from user %s in chat %s", user.id if user else None, message.chat_id)
-            await message.reply_text(texts.ADMINS_ONLY)
-            return
-        if self.services.conversion is not None and not self.services.conversion.done():
-            await message.reply_text("A conversion is already running; its message shows the progress.")
+        if self._converting():
+            await message.reply_text(texts.CONVERSION_RUNNING)
             return
         try:
             require_conversion_extra()
@@ -142,11 +204,74 @@ class Commands:
         if args and args[-1].lower() in PRECISIONS:
             precision = args.pop().lower()
         model = args[0] if args else settings.model
+        try:
+            source = parse_source(model)
+            if not source.vouched_for:  # its code would run here: the admin sees which revision and confirms
+                assert source.repo_id is not None
+                pinned = await asyncio.to_thread(hub.snapshot, source.repo_id, hub.CHECKPOINT_PATTERNS)
+                await self._ask_to_trust(message, pinned, precision)
+                return
+        except ModelStoreError as error:
+            await message.reply_text(f"❌ {error}")
+            return
         status = await message.reply_text(f"🔧 Converting {model} to {precision}…", do_quote=not is_private(message))
         self.services.conversion = asyncio.create_task(self._convert(status, model, precision))
 
-    async def _convert(self, status: Message, model: str, precision: str) -> None:
-        """Runs as a task: progress is shown by editing one message every few seconds, whatever the pace."""
+    def _converting(self) -> bool:
+        return self.services.conversion is not None and not self.services.conversion.done()
+
+    async def _ask_to_trust(self, message: Message, pinned: hub.Snapshot, precision: str) -> None:
+        ticket = secrets.token_urlsafe(8)
+        self._confirmations[ticket] = _Confirmation(pinned, precision)
+        buttons = [
+            [
+                InlineKeyboardButton(
+                    texts.trust_button(pinned.repo_id, pinned.revision),
+                    callback_data=f"{CONFIRM_CALLBACK}:yes:{ticket}",
+                )
+            ],
+            [InlineKeyboardButton("Cancel", callback_data=f"{CONFIRM_CALLBACK}:no:{ticket}")],
+        ]
+        await message.reply_text(
+            texts.trust_remote_code(pinned.repo_id, pinned.revision),
+            reply_markup=InlineKeyboardMarkup(buttons),
+            do_quote=not is_private(message),
+            disable_web_page_preview=True,
+        )
+
+    async def confirm_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """An admin's answer to whether a repository's code may run; the question's message then shows the
+        conversion's progress."""
+        query = update.callback_query
+        if query is None or not isinstance(query.message, Message) or query.data is None:
+            return
+        if not self._admin(update):
+            await query.answer(texts.ADMINS_ONLY)
+            return
+        _, choice, ticket = query.data.split(":", 2)
+        confirmation = self._confirmations.pop(ticket, None)
+        if confirmation is None or choice != "yes":
+            await query.answer()
+            await query.message.edit_text(
+                texts.CONFIRMATION_EXPIRED if confirmation is None else texts.CONVERSION_CANCELLED
+            )
+            return
+        if self._converting():
+            self._confirmations[ticket] = confirmation  # still valid once the running one ends
+            await query.answer(texts.CONVERSION_RUNNING)
+            return
+        await query.answer()
+        pinned = confirmation.pinned
+        log.info("admin %s confirmed running the code of %s at %s", query.from_user.id, pinned.repo_id, pinned.revision)
+        model = f"{pinned.repo_id}@{pinned.revision[:12]}"
+        await query.message.edit_text(f"🔧 Converting {model} to {confirmation.precision}…")
+        self.services.conversion = asyncio.create_task(
+            self._convert(query.message, model, confirmation.precision, pinned=pinned)
+        )
+
+    async def _convert(self, status: Message, model: str, precision: str, pinned: hub.Snapshot | None = None) -> None:
+        """Runs as a task: progress is shown by editing one message every few seconds, whatever the pace.
+        ``pinned``: the revision of a repository whose code the admin agreed to run, and only that one."""
         settings = self.services.settings
         started = time.monotonic()
         header = f"🔧 Converting {model} to {precision}"
@@ -166,8 +291,16 @@ class Commands:
                     shown = latest[-1]
                     await show(f"{header}\n{shown.percent:.0f}% — {shown.phase}: {shown.detail}")
 
+        # Chosen for the next start (active.json) only once it has loaded here, so a model that fails to load
+        # is not the one a restart loads.
         request = ConversionRequest(
-            source=model, store_root=str(settings.store_dir), precision=precision, activate=True, device=settings.device
+            source=pinned.repo_id if pinned else model,
+            store_root=str(settings.store_dir),
+            precision=precision,
+            activate=False,
+            device=settings.device,
+            revision=pinned.revision if pinned else None,
+            trust_remote_code=pinned is not None,
         )
         reporter = asyncio.create_task(report())
         try:
@@ -175,9 +308,10 @@ class Commands:
             reporter.cancel()
             await show(f"{header}\nLoading the new model…")
             if self.services.engine is None:
-                self.services.engine = await build_engine(settings)
+                self.services.engine = await build_engine(settings, entry)
             else:
                 await load_and_swap(self.services.engine, settings, entry)
+            ModelStore(settings.store_dir).set_active(entry)
             if settings.warm_up_hours > 0:  # the new model has read nothing yet
                 self.services.warm_up(time.time() - settings.warm_up_hours * 3600)
         except ModelStoreError as error:
@@ -191,3 +325,9 @@ class Commands:
             reporter.cancel()
         elapsed = format_elapsed(time.monotonic() - started)
         await show(f"✅ Now serving {entry.source} ({entry.precision}). Took {elapsed}.")
+
+
+def _model_name(entry: ModelEntry, admin: bool) -> str:
+    """A model converted from a directory is named by its path on this server, which only admins see."""
+    path = Path(entry.source)
+    return entry.source if admin or not path.is_absolute() else f"{path.name} (converted from a local directory)"

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,8 @@ from engine.images import ImageRejected, PreparedImage, image_tokens
 log = logging.getLogger(__name__)
 
 DESCRIBE_CALLBACK = "describe"
+# Upgrades announced in one chat and still waiting for the announcement in the other; the oldest are dropped.
+MIGRATIONS_PENDING = 64
 
 
 def conversation_key(message: Message) -> ConversationKey:
@@ -125,6 +128,7 @@ class Handlers:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.albums = AlbumCollector(self._answer)
+        self._migrations: OrderedDict[tuple[int, int], str] = OrderedDict()
 
     # --- addressing ----------------------------------------------------------------------------------------
 
@@ -169,21 +173,35 @@ class Handlers:
         await self._answer([message])
 
     async def on_migration(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Telegram announces a group's upgrade in both chats; history and access follow the new id."""
+        """Telegram announces a group's upgrade in both chats: ``migrate_to_chat_id`` in the old group and
+        ``migrate_from_chat_id`` in the new supergroup.  History and access follow the new id only once both
+        announcements of the same pair have arrived, and only for a chat the bot knows, so a single forged
+        update moves nothing."""
         message = update.effective_message
         if message is None:
             return
         if message.migrate_to_chat_id:
-            old, new = message.chat_id, message.migrate_to_chat_id
+            pair, half = (message.chat_id, message.migrate_to_chat_id), "to"
         elif message.migrate_from_chat_id:
-            old, new = message.migrate_from_chat_id, message.chat_id
+            pair, half = (message.migrate_from_chat_id, message.chat_id), "from"
         else:
             return
-        moved = await self.services.history.move_chat(old, new)
-        self.services.access.follow_migration(old, new)
-        engine = self.services.engine
+        if self._migrations.get(pair, half) == half:  # the first of the two, or the same one again
+            self._migrations[pair] = half
+            while len(self._migrations) > MIGRATIONS_PENDING:
+                self._migrations.popitem(last=False)
+            return
+        del self._migrations[pair]
+        old, new = pair
+        services = self.services
+        if old not in services.access.chats and not await services.history.has_chat(old):
+            log.info("group %s became supergroup %s; nothing of it is known here", old, new)
+            return
+        moved = await services.history.move_chat(old, new)
+        services.access.follow_migration(old, new)
+        engine = services.engine
         if engine is not None:
-            for key in [key for key in self.services.askers if key.chat_id == old]:  # answers running right now
+            for key in [key for key in services.askers if key.chat_id == old]:  # answers running right now
                 engine.follow_move(key, replace(key, chat_id=new))
         log.info("group %s became supergroup %s; %d conversations moved", old, new, moved)
 

@@ -45,8 +45,9 @@ def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedMod
     return load_pipeline(spec)
 
 
-async def build_engine(settings: Settings) -> Engine:
-    model = await asyncio.to_thread(load_model, settings)
+async def build_engine(settings: Settings, entry: ModelEntry | None = None) -> Engine:
+    """``entry``: a model to serve instead of the one chosen by the store and the settings."""
+    model = await asyncio.to_thread(load_model, settings, entry)
     return Engine(
         model,
         generation_settings(settings),

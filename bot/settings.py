@@ -6,15 +6,22 @@ message that names the variable and says what is expected, never as a traceback 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IdList = Annotated[frozenset[int], NoDecode]
+# What @BotFather hands out: the bot's numeric id, a colon, 35 characters.
+TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
+# Read once into Settings, then kept from the processes the bot starts (bot.settings.hide_secrets).
+SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN")
+# Where python-telegram-bot puts the token: appended to a URL ending in these, or in place of ``{token}``.
+BOT_API_URL_ENDINGS = {"telegram_api_base_url": "/bot", "telegram_file_base_url": "/file/bot"}
 
 
 class Settings(BaseSettings):
@@ -91,6 +98,35 @@ class Settings(BaseSettings):
             return frozenset({value})
         return value
 
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """A mistyped token would otherwise surface as a rejection by Telegram, or as a request to a wrong URL."""
+        if value is not None and not TOKEN_FORMAT.fullmatch(value.get_secret_value().strip()):
+            raise ValueError(
+                "expected the token @BotFather gave: the bot's number, a colon and 35 characters "
+                "(letters, digits, _ and -); check for a missing or extra character"
+            )
+        return SecretStr(value.get_secret_value().strip()) if value is not None else None
+
+    @field_validator("telegram_api_base_url", "telegram_file_base_url")
+    @classmethod
+    def _check_bot_api_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The token is appended to these URLs as they are: ``…/bot/`` or a missing ``/bot`` gives a URL that
+        Bot API servers answer with 404, which looks like a rejected token.  A trailing slash is dropped; the
+        value is not echoed, as people sometimes paste the token into it."""
+        if value is None:
+            return None
+        url = value.strip().rstrip("/")
+        ending = BOT_API_URL_ENDINGS[str(info.field_name)]
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.netloc or not (url.endswith(ending) or "{token}" in url):
+            raise ValueError(
+                f"expected the Bot API server's address ending in {ending}, like http://localhost:8081{ending} "
+                "(the bot adds its token and the method's name)"
+            )
+        return url
+
     @field_validator("webhook_url")
     @classmethod
     def _check_webhook_url(cls, value: str | None) -> str | None:
@@ -159,11 +195,21 @@ class SettingsError(Exception):
 
 
 def load_settings(**overrides: object) -> Settings:
+    """One line per bad setting, each naming its variable; values are never echoed (one may be a secret)."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         lines = []
         for problem in error.errors():
             name = "_".join(str(part) for part in problem["loc"] if isinstance(part, str)).upper() or "settings"
-            lines.append(f"  {name}: {problem['msg']}")
-        raise SettingsError("Invalid configuration (check your environment and .env):\n" + "\n".join(lines)) from None
+            reason = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"Invalid {name} (check your environment and .env): {reason}")
+        raise SettingsError("\n".join(lines)) from None
+
+
+def hide_secrets() -> None:
+    """Takes the secrets out of this process's environment once Settings holds them: every process the bot
+    starts inherits the environment, the model's and a conversion's, which runs the Python code a Hugging Face
+    repository ships (``trust_remote_code``), and neither needs them."""
+    for name in [name for name in os.environ if name.upper() in SECRET_VARIABLES]:
+        del os.environ[name]

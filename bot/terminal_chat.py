@@ -20,7 +20,10 @@ CHAT_HELP = "Commands: /image PATH (a photo to ask about; it is read while you t
 
 
 def _load_image(path: Path) -> tuple[PreparedImage, ...]:
-    return (prepare_image(path.expanduser().read_bytes(), ImageLimits()),)
+    path = path.expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"There is no image file at {path}.")
+    return (prepare_image(path.read_bytes(), ImageLimits()),)
 
 
 async def _answer(engine: Engine, past: list[Turn], question: Turn, out: TextIO) -> Finished:
@@ -41,9 +44,10 @@ async def _answer(engine: Engine, past: list[Turn], question: Turn, out: TextIO)
 
 
 async def ask_once(settings: Settings, image: Path | None, question: str, out: TextIO = sys.stdout) -> int:
+    """The image is read first: a wrong path or a broken file is reported without waiting for the model."""
+    images = await asyncio.to_thread(_load_image, image) if image else ()
     engine = await build_engine(settings)
     try:
-        images = await asyncio.to_thread(_load_image, image) if image else ()
         turn = Turn(role="user", text=question or DEFAULT_IMAGE_QUESTION, images=images)
         finished = await _answer(engine, [], turn, out)
         return 0 if finished.status == "complete" else 1
@@ -54,6 +58,7 @@ async def ask_once(settings: Settings, image: Path | None, question: str, out: T
 async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
     """A conversation under the same context policy as a Telegram chat; an image attached with /image is read
     by the model while the question is typed, as a photo sent alone to the bot is."""
+    first = await asyncio.to_thread(_load_image, image) if image else ()
     engine = await build_engine(settings)
     memory = ConversationMemory(engine.history_tokens, settings.system_prompt, engine.model.num_crops)
     reading: set[asyncio.Task[Prepared]] = set()
@@ -64,8 +69,8 @@ async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin
         reading.add(task)
         task.add_done_callback(reading.discard)
 
-    if image:
-        keep(await asyncio.to_thread(_load_image, image))
+    if first:
+        keep(first)
     out.write(f"Model: {engine.model.entry.source} ({engine.model.entry.precision}). {CHAT_HELP}\n")
     try:
         while True:

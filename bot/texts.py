@@ -45,9 +45,27 @@ RESET_DONE = "Done — I've forgotten this conversation."
 NOTHING_TO_STOP = "There's nothing to stop."
 STOPPING = "Stopping."
 ADMINS_ONLY = "Only the bot's admins can do that."
+ASKER_ONLY = "Only the person who asked can stop this answer."
+GROUP_ADMINS_ONLY = "Only this group's administrators can reset its conversation."
 FAILED = "Sorry, something went wrong while answering. Please try again."
 NO_ANSWER = "The model gave no answer. Please try again, perhaps in other words."
+CONVERSION_CANCELLED = "Conversion cancelled."
+CONFIRMATION_EXPIRED = "That question has expired. Send /convert again."
+CONVERSION_RUNNING = "A conversion is already running; its message shows the progress."
 NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
+
+
+def trust_remote_code(repo_id: str, revision: str) -> str:
+    return (
+        f"⚠️ {repo_id} is not one of the known Phi-3-vision repositories. Converting it runs the Python code it "
+        f"ships on this server, with the bot's rights.\n\nRevision: {revision}\n"
+        f"Read its code first: https://huggingface.co/{repo_id}/tree/{revision}\n\n"
+        "Only that revision is converted, whatever the repository holds later."
+    )
+
+
+def trust_button(repo_id: str, revision: str) -> str:
+    return f"Run its code and convert {repo_id}@{revision[:7]}"
 
 
 def photos_kept(count: int) -> str:

@@ -61,6 +61,12 @@ class BusyError(ModelStoreError):
     kind = "busy"
 
 
+class UntrustedCodeError(ModelStoreError):
+    """A repository nobody vouched for ships Python code that converting it would run (trust_remote_code)."""
+
+    kind = "untrusted"
+
+
 _KINDS: dict[str, type[ModelStoreError]] = {
     cls.kind: cls
     for cls in (
@@ -77,6 +83,7 @@ _KINDS: dict[str, type[ModelStoreError]] = {
         CorruptModelError,
         MissingDependencyError,
         BusyError,
+        UntrustedCodeError,
     )
 }
 

@@ -14,6 +14,9 @@ KNOWN_MODELS = {
     "phi-3.5-vision": "microsoft/Phi-3.5-vision-instruct",
     "phi-3-vision-128k": "microsoft/Phi-3-vision-128k-instruct",
 }
+# Converting a checkpoint runs the Python code it ships (Phi-3-vision's modelling code is not part of
+# transformers); these repositories' code is Microsoft's, any other needs the admin's confirmation.
+TRUSTED_REPOSITORIES = frozenset(repo.lower() for repo in KNOWN_MODELS.values())
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -36,6 +39,12 @@ class ModelSource:
     @property
     def display(self) -> str:
         return self.repo_id or str(self.local_dir)
+
+    @property
+    def vouched_for(self) -> bool:
+        """A directory on the bot's own disk was put there by whoever runs it; of the Hub's repositories only
+        the known Phi-3-vision ones are."""
+        return self.repo_id is None or self.repo_id.lower() in TRUSTED_REPOSITORIES
 
 
 def parse_source(ref: str) -> ModelSource:

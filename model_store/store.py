@@ -50,6 +50,11 @@ class ModelEntry:
         return str(self.manifest.get("source", self.slug))
 
     @property
+    def revision(self) -> str | None:
+        """The Hub commit converted (pinned when the conversion started); None for a local directory."""
+        return self.manifest.get("revision")
+
+    @property
     def synthetic(self) -> bool:
         return bool(self.manifest.get("synthetic", False))
 

@@ -17,6 +17,7 @@ from model_store.convert import ConversionRequest, convert_in_subprocess
 from model_store.store import ModelEntry, ModelStore
 from model_store.synthetic import build_synthetic_checkpoint
 from tests.support.bot_api_server import FakeBotApi
+from tests.support.hub_server import StandInHub, stand_in_hub
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,4 +53,14 @@ def int4_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeBotApi]:
     async with FakeBotApi() as server:
+        yield server
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInHub]:
+    """The stand-in Hugging Face Hub, for this process (read when an HfApi is made) and for the processes it
+    starts (a conversion's, which reads HF_ENDPOINT when it imports huggingface_hub)."""
+    with stand_in_hub() as server:
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         yield server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import shutil
@@ -12,6 +13,10 @@ import pytest
 
 from bot import texts
 from bot.history import ConversationKey
+from bot.runtime import load_model
+from bot.settings import Settings
+from engine.pipeline_process import LoadedModel
+from model_store.loader import select_entry
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import (
@@ -25,6 +30,7 @@ from tests.support.harness import (
     stored_messages,
     wait_answers,
 )
+from tests.support.hub_server import StandInHub
 
 CHAT = USER  # a private chat's id is the user's id
 GROUP = -100123
@@ -210,8 +216,57 @@ async def test_strangers_get_no_model_time(bot: RunningBot) -> None:
     api.push_message(STRANGER, "hello?", user_id=STRANGER)
     await api.wait_for(lambda: texts.NOT_ALLOWED in api.visible_text(STRANGER), 20, "refusal")
     assert bot.services.engine is not None and bot.services.engine.queue.served == 0
-    api.push_message(STRANGER, "/convert", user_id=STRANGER)
-    await api.wait_for(lambda: texts.ADMINS_ONLY in api.visible_text(STRANGER), 20, "admin refusal")
+    api.push_message(CHAT, "/convert", user_id=USER)
+    await api.wait_for(lambda: texts.ADMINS_ONLY in api.visible_text(CHAT), 20, "admin refusal")
+
+
+async def test_every_command_gives_strangers_the_same_answer_in_private_and_silence_in_groups(bot: RunningBot) -> None:
+    api = bot.api
+    commands = ["/start", "/help", "/model", "/reset", "/stop", "/stats", "/convert"]
+    for command in commands:
+        api.push_message(STRANGER, command, user_id=STRANGER)
+        api.push_message(GROUP, command, user_id=STRANGER)
+    await api.wait_for(lambda: len(api.visible_text(STRANGER)) == len(commands), 20, "a reply to each command")
+    assert set(api.visible_text(STRANGER)) == {texts.NOT_ALLOWED}
+    api.push_message(GROUP, "/help", user_id=USER)  # after the stranger's commands: the group heard nothing else
+    await api.wait_for(lambda: bool(api.visible_text(GROUP)), 20, "help for an allowed user")
+    await asyncio.sleep(0.5)
+    assert [text[:30] for text in api.visible_text(GROUP)] == [texts.HELP[:30]]
+
+
+async def test_model_shows_a_local_checkpoints_path_only_to_admins(bot: RunningBot, tiny_checkpoint: Path) -> None:
+    api = bot.api
+    api.push_message(CHAT, "/model", user_id=USER)
+    api.push_message(ADMIN, "/model", user_id=ADMIN)
+    await api.wait_for(lambda: bool(api.visible_text(CHAT) and api.visible_text(ADMIN)), 20, "two answers")
+    [for_user], [for_admin] = api.visible_text(CHAT), api.visible_text(ADMIN)
+    assert str(tiny_checkpoint) not in for_user and str(tiny_checkpoint.parent) not in for_user, for_user
+    assert f"Model: {tiny_checkpoint.name} (converted from a local directory)" in for_user
+    assert f"Model: {tiny_checkpoint}" in for_admin
+
+
+async def test_edited_messages_and_commands_are_not_new_requests(bot: RunningBot) -> None:
+    api = bot.api
+    question = api.push_message(CHAT, photo=photo_bytes(), caption="What is it?", user_id=USER)
+    await wait_answers(api, CHAT, 1)
+    command = api.push_message(ADMIN, "/model", user_id=ADMIN)
+    await api.wait_for(lambda: len(api.visible_text(ADMIN)) == 1, 20, "the command answered once")
+    api.push_edit(question, caption="What colour is it?")
+    api.push_edit(command, text="/stats")
+    api.push_message(ADMIN, "/help", user_id=ADMIN)  # after the edits: once it is answered, they were handled
+    await api.wait_for(lambda: len(api.visible_text(ADMIN)) >= 2, 20, "help")
+    await asyncio.sleep(0.5)
+    assert len(api.visible_text(CHAT)) == 1 and len(api.visible_text(ADMIN)) == 2, "nothing answered an edit"
+    assert api.visible_text(ADMIN)[1].startswith(texts.HELP[:30])
+    assert len(await stored_messages(bot.services.history, ConversationKey(CHAT))) == 2
+    assert bot.services.engine is not None and bot.services.engine.queue.served == 1
+
+
+async def test_a_handler_that_fails_is_reported_to_its_user(bot: RunningBot) -> None:
+    api = bot.api
+    api.fail_next("sendMessage", kind="400", description="Bad Request: injected by the test")
+    api.push_message(CHAT, "/help", user_id=USER)
+    await api.wait_for(lambda: api.visible_text(CHAT) == [texts.FAILED], 20, "a word that something went wrong")
 
 
 async def test_stop_button_keeps_the_partial_answer(
@@ -235,7 +290,7 @@ async def test_flood_control_storm_loses_no_text(
 ) -> None:
     settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=200)
     async with running_bot(api, settings, long_answers=True) as bot:
-        api.storm("editMessageText", 2.5)
+        api.storm("editMessageText", 6.0)  # long enough for several refusals on a slow machine
         api.push_message(CHAT, photo=photo_bytes(), caption="Describe in detail.", user_id=USER)
         await wait_answers(api, CHAT, 1, timeout=90)
         stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
@@ -286,6 +341,73 @@ async def test_admin_converts_and_the_new_model_goes_live(
         assert bot.services.engine is not None and bot.services.engine.model.entry.precision == "int8"
         api.push_message(ADMIN, "Hello on the new model", user_id=ADMIN)
         await wait_answers(api, ADMIN, 2)
+
+
+@pytest.mark.timeout(300)
+async def test_a_repository_nobody_vouched_for_converts_only_the_revision_an_admin_confirmed(
+    api: FakeBotApi, hub: StandInHub, int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Converting it runs its Python code here: the admin is shown the revision, confirms with a button, and
+    that revision is converted even if the repository moves on meanwhile."""
+    store = tmp_path / "store"
+    shutil.copytree(int4_store[0].root, store, symlinks=True)
+    repo = "someone/phi3v-finetune"
+    shown = hub.push_directory(repo, tiny_checkpoint)
+    async with running_bot(api, bot_settings(api, store, tmp_path)) as bot:
+        api.push_message(ADMIN, f"/convert {repo} int8", user_id=ADMIN)
+        await api.wait_for(lambda: any(shown in t for t in api.visible_text(ADMIN)), 30, "the question")
+        [question] = api.messages(ADMIN)
+        assert texts.trust_remote_code(repo, shown) == question.text and hub.files_read() == []
+        assert question.reply_markup is not None
+        yes, no = (row[0]["callback_data"] for row in question.reply_markup["inline_keyboard"])
+
+        api.push_message(ADMIN, f"/convert {repo} int8", user_id=ADMIN)  # asked again: a second question
+        await api.wait_for(lambda: len(api.messages(ADMIN)) == 2, 30, "the second question")
+        second = api.messages(ADMIN)[1]
+        assert second.reply_markup is not None
+        cancel = second.reply_markup["inline_keyboard"][1][0]["callback_data"]
+        api.push_callback(ADMIN, second.message_id, cancel, user_id=ADMIN)
+        await api.wait_for(lambda: second.text == texts.CONVERSION_CANCELLED, 30, "cancelled")
+        assert second.reply_markup is None
+
+        hub.change(repo, {"configuration_phi3_v.py": b"raise SystemExit"})  # after the admin read the code
+        refused = api.push_callback(ADMIN, question.message_id, yes, user_id=USER)
+        await api.wait_for(lambda: api.callback_queries[refused] is not None, 30, "the refusal")
+        assert api.callback_queries[refused] == texts.ADMINS_ONLY and bot.services.conversion is None
+        api.push_callback(ADMIN, question.message_id, yes, user_id=ADMIN)
+        await api.wait_for(lambda: question.text.startswith(("✅", "❌")), 240, "the conversion")
+        assert question.text.startswith(f"✅ Now serving {repo} (int8)"), question.text
+        assert bot.services.engine is not None and bot.services.engine.model.entry.revision == shown
+    read = hub.files_read()
+    assert read and all(path.startswith(f"{repo}/resolve/{shown}/") for path in read), "only the revision shown"
+    assert no != yes
+
+
+async def test_a_model_that_fails_to_load_is_not_chosen_for_the_next_start(
+    api: FakeBotApi,
+    int4_store: tuple[ModelStore, ModelEntry],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The conversion succeeds (and validated the model in its own process), but loading it in the bot fails,
+    as a model too large for the memory left beside the serving one would."""
+    store = tmp_path / "store"
+    shutil.copytree(int4_store[0].root, store, symlinks=True)
+
+    def refuse_int8(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
+        if entry is not None and entry.precision == "int8":
+            raise RuntimeError("not enough memory to load the new model (the test says so)")
+        return load_model(settings, entry)
+
+    monkeypatch.setattr("bot.runtime.load_model", refuse_int8)
+    settings = bot_settings(api, store, tmp_path)
+    async with running_bot(api, settings) as bot:
+        api.push_message(ADMIN, f"/convert {tiny_checkpoint} int8", user_id=ADMIN)
+        await api.wait_for(lambda: any(t.startswith("❌") for t in api.visible_text(ADMIN)), 240, "loading failed")
+        assert bot.services.engine is not None and bot.services.engine.model.entry.precision == "int4"
+    chosen = select_entry(ModelStore(store), settings.model, settings.precision)
+    assert chosen.precision == "int4", "the next start loads the model that was serving"
 
 
 async def test_a_question_replying_to_a_photo_is_about_that_photo(bot: RunningBot) -> None:

@@ -173,6 +173,65 @@ async def test_after_a_group_upgrade_the_running_answer_is_stopped_from_the_supe
         assert bot.services.engine is not None and not bot.services.engine.is_busy(ConversationKey(supergroup))
 
 
+async def test_a_migration_announced_in_one_chat_only_moves_nothing(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """Telegram announces an upgrade in both chats; one announcement alone, in either chat, is a forgery (or
+    half of a move still to be confirmed) and must not hand an allowed group's history and access to another
+    chat."""
+    group, member, forger = -4444, 9, 666
+    forger_chat, elsewhere = -1009999, -1008888
+    api.chat_types[group] = "group"
+    settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_chat_ids=str(group), max_new_tokens=8)
+    async with running_bot(api, settings) as bot:
+        username = bot.application.bot.username
+        api.push_message(group, f"@{username} remember this", user_id=member)
+        await wait_answers(api, group, 1)
+        api.push_message(
+            forger_chat, None, user_id=forger, chat_type="supergroup", extra={"migrate_from_chat_id": group}
+        )
+        api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": elsewhere})
+        api.push_message(forger_chat, f"@{username} what did they say?", user_id=forger)
+        await api.wait_for(lambda: texts.NOT_ALLOWED in api.visible_text(forger_chat), 30, "the forger refused")
+        api.push_message(group, f"@{username} still here?", user_id=member)
+        await wait_answers(api, group, 2)
+        stored = await stored_messages(bot.services.history, ConversationKey(group))
+        assert [m.text for m in stored if m.role == "user"] == ["remember this", "still here?"]
+        for chat in (forger_chat, elsewhere):
+            assert await stored_messages(bot.services.history, ConversationKey(chat)) == []
+            assert chat not in bot.services.access.chats
+
+
+async def test_in_a_group_only_the_asker_stops_and_only_administrators_reset(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    group, member = -1005151, 9  # the member is allowed through the group
+    settings = bot_settings(api, int4_store[0].root, tmp_path, allowed_chat_ids=str(group), max_new_tokens=4000)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        engine = bot.services.engine
+        assert engine is not None
+        key = ConversationKey(group)
+        username = bot.application.bot.username
+        api.push_message(group, f"@{username} tell me a long story", user_id=USER)
+        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(group)), 30, "streaming")
+        api.push_message(group, "/stop", user_id=member)
+        api.push_message(group, "/reset", user_id=member)
+        await api.wait_for(
+            lambda: {texts.ASKER_ONLY, texts.GROUP_ADMINS_ONLY} <= set(api.visible_text(group)), 30, "two refusals"
+        )
+        assert engine.is_busy(key), "another member's /stop and /reset left the answer running"
+        assert api.calls_of("getChatMember", group), "Telegram was asked who administers the group"
+
+        api.push_message(group, "/stop", user_id=USER)
+        await stored_answers(bot, key, 1)
+        assert [m.status for m in await stored_messages(bot.services.history, key)] == ["complete", "cancelled"]
+
+        api.set_member(group, member, "administrator")
+        api.push_message(group, "/reset", user_id=member)
+        await api.wait_for(lambda: texts.RESET_DONE in api.visible_text(group), 30, "an administrator's reset")
+        assert await stored_messages(bot.services.history, key) == []
+
+
 async def test_a_crash_of_the_model_is_told_to_the_user_and_others_go_on(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:

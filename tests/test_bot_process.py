@@ -8,25 +8,33 @@ the shutdown paths that the in-process tests cannot reach.
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
+import re
+import shutil
 import signal
 import socket
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
 import pytest
+from telegram.error import InvalidToken
 
 from bot import texts
+from bot.app import RedactSecrets
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.reply_stream import CURSOR
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import USER, bot_settings, running_bot, stored_messages, wait_answers
-from tests.support.processes import bot_environment, bot_process
+from tests.support.harness import ADMIN, USER, bot_settings, running_bot, stored_messages, wait_answers
+from tests.support.processes import bot_environment, bot_process, run_phi3bot
 
 SECRET = "webhook_Secret-42"
+OTHER_TOKEN = "654321:AAHanotherBotsTokenThatIsNotKnown_0"
 
 
 def free_port() -> int:
@@ -214,3 +222,172 @@ async def test_sigterm_in_a_flood_storm_exits_within_seconds_and_the_next_start_
     assert stored.status == "cancelled" and stored.telegram_message_ids == (answer.message_id,)
     assert answer.reply_markup is None and answer.text.endswith(texts.footer("cancelled", stored.text).strip())
     assert words(answer.text).startswith(words(stored.text)[:20])
+
+
+async def post(url: str, update: dict[str, Any], secret: str | None = None) -> int:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
+    async with aiohttp.ClientSession() as session, session.post(url, json=update, headers=headers) as response:
+        return response.status
+
+
+@pytest.mark.timeout(240)
+async def test_webhook_without_a_secret_setting_uses_a_random_one_and_refuses_forged_updates(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    port = free_port()
+    hook = f"http://127.0.0.1:{port}/telegram/hook"
+    environment = bot_environment(
+        api, int4_store[0].root, tmp_path / "data", WEBHOOK_URL=hook, WEBHOOK_LISTEN="127.0.0.1", WEBHOOK_PORT=str(port)
+    )
+    async with bot_process(environment, tmp_path) as bot:
+        await api.wait_for(lambda: api.webhook_url is not None, 120, "setWebhook")
+        secret = api.webhook_secret
+        assert secret is not None and re.fullmatch(r"[A-Za-z0-9_-]{32,256}", secret), "a secret Telegram accepts"
+
+        admin = {"id": ADMIN, "is_bot": False, "first_name": "Admin"}
+        forged = {
+            "update_id": 999,
+            "message": {
+                "message_id": 1,
+                "date": 0,
+                "chat": {"id": ADMIN, "type": "private", "first_name": "Admin"},
+                "from": admin,
+                "text": "/convert someone/remote-code-repo",
+                "entities": [{"type": "bot_command", "offset": 0, "length": 8}],
+            },
+        }
+        assert await post(hook, forged) == 403, "an update without the secret is refused"
+        assert await post(hook, forged, "guessed") == 403, "an update with a wrong secret is refused"
+        api.push_message(USER, "Hello there, what can you do?", user_id=USER)
+        await wait_answers(api, USER, 1, timeout=120)
+        assert 200 in api.webhook_statuses
+        assert api.visible_text(ADMIN) == [], "the forged /convert reached no handler"
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 60)
+    assert code == 0, bot.stderr[-3000:]
+    assert secret not in bot.stderr, "the secret is redacted from the log, python-telegram-bot's DEBUG lines included"
+
+
+def failed_start(
+    environment: dict[str, str], workdir: Path, *secrets: str, module: str | None = None
+) -> tuple[str, list[str]]:
+    """Runs ``phi3bot run`` to its end; it must fail with exit code 2, print nothing on stdout and keep the
+    secrets out of everything it printed.  Returns its last line on stderr and the lines before it."""
+    done = run_phi3bot(["run"], {**environment, "LOG_LEVEL": "INFO"}, workdir, module=module)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stdout == ""
+    for secret in secrets:
+        assert secret not in done.stderr, f"a secret was printed: {done.stderr[-3000:]}"
+        assert secret.split(":")[-1] not in done.stderr, f"a secret was printed: {done.stderr[-3000:]}"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    *before, last = done.stderr.strip().splitlines()
+    return last, before
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("TELEGRAM_BOT_TOKEN", "notatoken", "Invalid TELEGRAM_BOT_TOKEN"),
+        ("TELEGRAM_BOT_TOKEN", "123456:AAHstandInServerTestToken_0123456-", "Invalid TELEGRAM_BOT_TOKEN"),
+        ("TELEGRAM_BOT_TOKEN", OTHER_TOKEN, "rejected the bot's token (401/404): check TELEGRAM_BOT_TOKEN"),
+        ("TELEGRAM_API_BASE_URL", "http://127.0.0.1:{port}", "Invalid TELEGRAM_API_BASE_URL"),
+        (
+            "TELEGRAM_API_BASE_URL",
+            "http://127.0.0.1:{port}/other/bot",
+            "check TELEGRAM_BOT_TOKEN, and TELEGRAM_API_BASE_URL",
+        ),
+    ],
+    ids=["not-a-token", "token-one-character-short", "token-rejected-401", "url-without-bot", "url-answering-404"],
+)
+async def test_a_bad_token_or_server_address_is_one_line_and_exit_2(
+    api: FakeBotApi, tmp_path: Path, setting: str, value: str, expected: str
+) -> None:
+    environment = bot_environment(api, tmp_path / "store", tmp_path / "data")
+    environment[setting] = value.format(port=api.port)
+    token = environment["TELEGRAM_BOT_TOKEN"]
+    last, before = await asyncio.to_thread(failed_start, environment, tmp_path, token, api.token)
+    assert before == [] and expected in last, (before, last)
+    assert setting in last
+
+
+async def test_an_unreachable_server_is_tried_again_then_one_line_and_exit_2(api: FakeBotApi, tmp_path: Path) -> None:
+    environment = bot_environment(api, tmp_path / "store", tmp_path / "data")
+    environment["TELEGRAM_API_BASE_URL"] = f"http://127.0.0.1:{free_port()}/bot"  # nothing listens there
+    last, before = await asyncio.to_thread(
+        failed_start, environment, tmp_path, api.token, module="tests.support.quick_start_bot"
+    )
+    assert "could not be reached in 5 attempts" in last and "TELEGRAM_API_BASE_URL" in last, last
+    assert len(before) == 4 and all("cannot be reached yet" in line for line in before), before
+
+
+@pytest.mark.timeout(240)
+async def test_a_bot_started_before_its_server_is_up_waits_for_it(
+    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    late = FakeBotApi(port=free_port())
+    environment = bot_environment(late, int4_store[0].root, tmp_path / "data")
+    async with bot_process(environment, tmp_path, "tests.support.quick_start_bot") as bot:
+        await bot.wait_for_log("cannot be reached yet", 60)  # its first attempt found nothing
+        async with late:
+            late.push_message(USER, "Are you up?", user_id=USER)
+            await wait_answers(late, USER, 1, timeout=120)
+            bot.process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(bot.process.wait(), 60) == 0
+
+
+@pytest.mark.timeout(300)
+async def test_a_conversion_runs_without_the_bots_secrets(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A repository's own Python code runs in the conversion's process (trust_remote_code): this checkpoint's
+    code writes down the environment it was given, then ends the conversion."""
+    leaky = tmp_path / "leaky-phi3v"
+    shutil.copytree(tiny_checkpoint, leaky)
+    seen = tmp_path / "conversion-environment"
+    code = leaky / "configuration_phi3_v.py"
+    code.write_text(
+        code.read_text()
+        + f"""
+
+import os as _os
+import pathlib as _pathlib
+
+_given = _pathlib.Path("/proc/self/environ").read_bytes() + repr(dict(_os.environ)).encode()
+_pathlib.Path({str(seen)!r}).write_bytes(_given)
+raise RuntimeError("the test ends the conversion here")
+"""
+    )
+    store = tmp_path / "store"
+    shutil.copytree(int4_store[0].root, store, symlinks=True)
+    environment = bot_environment(api, store, tmp_path / "data", WEBHOOK_SECRET_TOKEN=SECRET)
+    async with bot_process(environment, tmp_path) as bot:
+        await api.wait_for(lambda: bool(api.calls_of("getUpdates")), 120, "polling")
+        api.push_message(ADMIN, f"/convert {leaky} int8", user_id=ADMIN)
+        await api.wait_for(
+            lambda: any(t.startswith("❌") for t in api.visible_text(ADMIN)), 240, "the conversion ended"
+        )
+        bot.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(bot.process.wait(), 60)
+    environment_seen = seen.read_bytes()
+    assert b"MODEL_STORE_DIR" in environment_seen, "the repository's code did run in the conversion's process"
+    for secret in (api.token, SECRET):
+        assert secret.encode() not in environment_seen, "a secret reached the conversion's process"
+
+
+def test_secrets_are_redacted_from_log_lines_and_tracebacks() -> None:
+    """python-telegram-bot's InvalidToken carries the token in its message, httpx logs URLs with the token."""
+    token = "123456789:AAHZZtokenZZ-abcdefghijklmnopqrstuv"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactSecrets([token, SECRET]))
+    logger = logging.getLogger("tests.redaction")
+    logger.addHandler(handler)
+    try:
+        raise InvalidToken(f"The token `{token}` was rejected by the server.")
+    except InvalidToken:
+        logger.exception("POST %s failed (secret %s)", f"https://api.telegram.org/bot{token}/getMe", SECRET)
+    finally:
+        logger.removeHandler(handler)
+    logged = stream.getvalue()
+    assert "InvalidToken" in logged and "Traceback" in logged
+    assert token not in logged and token.split(":")[1] not in logged and SECRET not in logged, logged

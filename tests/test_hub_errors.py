@@ -1,60 +1,29 @@
-"""Hub failures become errors a person can act on; checked over real HTTP against a local stand-in hub."""
+"""Hub failures become errors a person can act on, and what is converted from the Hub is the commit checked
+(and confirmed, for code nobody vouched for); over real HTTP against the stand-in Hub."""
 
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from model_store.convert import ConversionRequest, run_conversion
-from model_store.convert.hub import CHECKPOINT_PATTERNS, remote_size
-from model_store.errors import GatedModelError, ModelNotFoundError, NoNetworkError
+from model_store.convert import ConversionRequest, convert_in_subprocess, run_conversion
+from model_store.convert.hub import CHECKPOINT_PATTERNS, snapshot
+from model_store.errors import GatedModelError, ModelNotFoundError, NoNetworkError, UntrustedCodeError
 from model_store.store import ModelStore
+from tests.support.hub_server import StandInHub
 
 
-class HubErrors(BaseHTTPRequestHandler):
-    """Answers like the Hub does for a missing and for a gated repository."""
-
-    def do_GET(self) -> None:
-        if "/gated" in self.path:
-            self.send_response(403)
-            self.send_header("X-Error-Code", "GatedRepo")
-            self.send_header("X-Error-Message", "Access to model owner/gated is restricted.")
-        else:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "RepoNotFound")
-            self.send_header("X-Error-Message", "Repository not found")
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b'{"error": "nope"}')
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HubErrors)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
-    yield endpoint
-    server.shutdown()
-
-
-def test_unknown_repository(hub: str) -> None:
+def test_unknown_repository(hub: StandInHub) -> None:
     with pytest.raises(ModelNotFoundError, match="owner/no-such-model was not found"):
-        remote_size("owner/no-such-model", CHECKPOINT_PATTERNS)
+        snapshot("owner/no-such-model", CHECKPOINT_PATTERNS)
 
 
-def test_gated_repository(hub: str) -> None:
+def test_gated_repository(hub: StandInHub) -> None:
+    hub.gate("owner/gated")
     with pytest.raises(GatedModelError, match="HF_TOKEN"):
-        remote_size("owner/gated", CHECKPOINT_PATTERNS)
+        snapshot("owner/gated", CHECKPOINT_PATTERNS)
 
 
 def test_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,11 +32,39 @@ def test_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         port = probe.getsockname()[1]
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(NoNetworkError, match="Could not reach the Hugging Face Hub"):
-        remote_size("microsoft/Phi-3.5-vision-instruct", CHECKPOINT_PATTERNS)
+        snapshot("microsoft/Phi-3.5-vision-instruct", CHECKPOINT_PATTERNS)
 
 
-def test_a_conversion_of_an_unknown_model_fails_before_touching_the_store(hub: str, tmp_path: Path) -> None:
+def test_a_conversion_of_an_unknown_model_fails_before_touching_the_store(hub: StandInHub, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
         run_conversion(ConversionRequest(source="owner/no-such-model", store_root=str(tmp_path)))
     assert ModelStore(tmp_path).entries() == []
     assert not any((tmp_path / ".staging").iterdir())
+
+
+def test_a_repository_nobody_vouched_for_is_not_downloaded_without_confirmation(
+    hub: StandInHub, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Its Python code would run in the conversion (trust_remote_code): the refusal names the repository, the
+    revision that would run and how to confirm exactly that one."""
+    sha = hub.push_directory("someone/phi3v-finetune", tiny_checkpoint)
+    with pytest.raises(UntrustedCodeError) as refused:
+        run_conversion(ConversionRequest(source="someone/phi3v-finetune", store_root=str(tmp_path)))
+    message = str(refused.value)
+    assert "someone/phi3v-finetune is not one of the known Phi-3-vision repositories" in message
+    assert f"phi3bot convert someone/phi3v-finetune --revision {sha} --trust-remote-code" in message
+    assert hub.files_read() == [], "nothing was downloaded"
+    assert ModelStore(tmp_path).entries() == []
+
+
+@pytest.mark.timeout(300)
+def test_a_known_repository_converts_without_confirmation_and_its_revision_is_recorded(
+    hub: StandInHub, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    sha = hub.push_directory("microsoft/Phi-3.5-vision-instruct", tiny_checkpoint)
+    request = ConversionRequest(source="phi-3.5-vision", store_root=str(tmp_path), precision="int8", validate=False)
+    entry = convert_in_subprocess(request)
+    assert entry.revision == sha and entry.source == "microsoft/Phi-3.5-vision-instruct"
+    assert ModelStore(tmp_path).entries() == [entry], "recorded in the store's manifest"
+    read = hub.files_read()
+    assert read and all(path.startswith(f"microsoft/Phi-3.5-vision-instruct/resolve/{sha}/") for path in read)

@@ -11,6 +11,8 @@ import pytest
 from bot.runtime import cpu_tuning
 from bot.settings import SettingsError, load_settings
 
+TOKEN = "123456789:AAHZZtokenZZ-abcdefghijklmnopqrstuv"
+
 
 def test_defaults_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no .env here
@@ -37,10 +39,10 @@ def test_ids_are_read_as_people_write_them(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("TELEGRAM_BOT_TOKEN=123:ZZtokenZZ\nMAX_NEW_TOKENS=64\n")
+    (tmp_path / ".env").write_text(f"TELEGRAM_BOT_TOKEN={TOKEN}\nMAX_NEW_TOKENS=64\n")
     settings = load_settings()
     assert settings.telegram_bot_token is not None
-    assert settings.telegram_bot_token.get_secret_value() == "123:ZZtokenZZ"
+    assert settings.telegram_bot_token.get_secret_value() == TOKEN
     assert "ZZtokenZZ" not in repr(settings), "the token must never show up in logs or tracebacks"
     assert settings.max_new_tokens == 64
 
@@ -132,3 +134,39 @@ def test_run_without_a_token_exits_2_and_says_what_to_do(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert "TELEGRAM_BOT_TOKEN" in done.stderr and "BotFather" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "token", ["notatoken", "123456789", ":AAHZZtokenZZ-abcdefghijklmnopqrstuv", TOKEN[:-1], TOKEN + "w", TOKEN + "!"]
+)
+def test_a_token_not_shaped_like_botfathers_is_refused_without_being_echoed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, token: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", token)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    [line] = str(caught.value).splitlines()
+    assert line.startswith("Invalid TELEGRAM_BOT_TOKEN") and "35 characters" in line
+    assert token not in line
+
+
+def test_bot_api_urls_lose_a_trailing_slash_and_must_end_in_bot(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The token is appended to these URLs: ``…/bot/<token>`` and ``…8081<token>`` are both answered with 404."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TELEGRAM_API_BASE_URL", "http://localhost:8081/bot/")
+    monkeypatch.setenv("TELEGRAM_FILE_BASE_URL", "http://localhost:8081/file/bot/")
+    settings = load_settings()
+    assert settings.telegram_api_base_url == "http://localhost:8081/bot"
+    assert settings.telegram_file_base_url == "http://localhost:8081/file/bot"
+    monkeypatch.setenv("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot{token}/test")  # Telegram's test servers
+    assert load_settings().telegram_api_base_url == "https://api.telegram.org/bot{token}/test"
+    monkeypatch.setenv("TELEGRAM_API_BASE_URL", "http://localhost:8081")
+    monkeypatch.setenv("TELEGRAM_FILE_BASE_URL", "http://localhost:8081/file")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    api_line, file_line = str(caught.value).splitlines()
+    assert api_line.startswith("Invalid TELEGRAM_API_BASE_URL") and "ending in /bot" in api_line
+    assert file_line.startswith("Invalid TELEGRAM_FILE_BASE_URL") and "ending in /file/bot" in file_line

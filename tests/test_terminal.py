@@ -47,3 +47,11 @@ def test_chat_keeps_a_conversation(int4_store: tuple[ModelStore, ModelEntry], tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("bot> ") == 2
     assert "Image attached" in done.stdout and "History cleared" in done.stdout
+
+
+def test_ask_says_a_file_is_missing_before_loading_a_model(tmp_path: Path) -> None:
+    empty_store = ModelStore(tmp_path / "no-models")
+    done = _run(["ask", str(tmp_path / "missing.jpg"), "What?"], empty_store, tmp_path)
+    assert done.returncode == 1
+    assert f"There is no image file at {tmp_path / 'missing.jpg'}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

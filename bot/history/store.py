@@ -431,6 +431,14 @@ class HistoryStore:
         ):
             return [ConversationKey(int(row[0]), int(row[1])) for row in await cursor.fetchall()]
 
+    async def has_chat(self, chat_id: int) -> bool:
+        """Whether any conversation of this chat (or of one of its forum topics) is stored."""
+        async with (
+            self._reading(),
+            self._db.execute("SELECT 1 FROM conversations WHERE chat_id = ? LIMIT 1", (chat_id,)) as cursor,
+        ):
+            return await cursor.fetchone() is not None
+
     async def _images_for(self, message_ids: list[int]) -> dict[int, list[StoredImage]]:
         if not message_ids:
             return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -45,14 +46,27 @@ def _translate(repo_id: str, error: Exception) -> ModelStoreError:
     return ModelStoreError(f"Could not get {repo_id}: {error}")
 
 
-def remote_size(repo_id: str, patterns: list[str]) -> int:
-    """Bytes a download of ``patterns`` would fetch, for the disk check before starting."""
+@dataclass(frozen=True)
+class Snapshot:
+    """One commit of a repository: what a download fetches is pinned to ``revision``, so the files converted
+    are the ones checked (and, for code nobody vouched for, confirmed) before, whatever the branch says later."""
+
+    repo_id: str
+    revision: str
+    size: int
+
+
+def snapshot(repo_id: str, patterns: list[str], revision: str | None = None) -> Snapshot:
+    """The commit ``revision`` names (the default branch's latest when None) and the bytes a download of
+    ``patterns`` from it would fetch, for the disk check before starting."""
     from fnmatch import fnmatch
 
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     except Exception as error:
-        raise _translate(repo_id, error) from error
+        raise _translate(f"{repo_id} at revision {revision}" if revision else repo_id, error) from error
+    if not info.sha:
+        raise ModelStoreError(f"The Hugging Face Hub did not say which commit of {repo_id} it serves.")
     siblings = info.siblings or []
     has_safetensors = any(s.rfilename.endswith(".safetensors") for s in siblings)
     total = 0
@@ -62,7 +76,7 @@ def remote_size(repo_id: str, patterns: list[str]) -> int:
             continue
         if any(fnmatch(name, pattern) for pattern in patterns):
             total += sibling.size or 0
-    return total
+    return Snapshot(repo_id, info.sha, total)
 
 
 def _cached_bytes(repo_id: str) -> int:
@@ -72,12 +86,12 @@ def _cached_bytes(repo_id: str) -> int:
     return sum(item.stat().st_size for item in blobs.iterdir() if item.is_file())
 
 
-def download(repo_id: str, patterns: list[str], on_fraction: Callable[[float, str], None]) -> Path:
-    """Fetch (or reuse from the cache) a snapshot of ``repo_id``, reporting the fraction of bytes present.
+def download(pinned: Snapshot, patterns: list[str], on_fraction: Callable[[float, str], None]) -> Path:
+    """Fetch (or reuse from the cache) the files of ``pinned``, reporting the fraction of bytes present.
 
     huggingface_hub reports byte progress only to its own bars, so progress is read from the cache folder.
     """
-    expected = remote_size(repo_id, patterns)
+    repo_id, expected = pinned.repo_id, pinned.size
     baseline = _cached_bytes(repo_id)
 
     def tick(elapsed: float) -> None:
@@ -87,7 +101,7 @@ def download(repo_id: str, patterns: list[str], on_fraction: Callable[[float, st
 
     try:
         with Heartbeat(tick, interval=1.0):
-            path = snapshot_download(repo_id, allow_patterns=patterns)
+            path = snapshot_download(repo_id, revision=pinned.revision, allow_patterns=patterns)
     except Exception as error:
         raise _translate(repo_id, error) from error
     on_fraction(1.0, "downloaded")

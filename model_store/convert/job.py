@@ -17,7 +17,7 @@ from typing import Any
 from model_store.convert import hub, preflight
 from model_store.convert.extra import require_conversion_extra
 from model_store.convert.validate import validate_model
-from model_store.errors import CorruptModelError, MissingModelError
+from model_store.errors import CorruptModelError, MissingModelError, UntrustedCodeError
 from model_store.layout import check_ir_directory, detect_weight_precision, read_json
 from model_store.progress import PhasePlan, ProgressCallback, ignore_progress
 from model_store.sources import ModelSource, parse_precision, parse_source
@@ -41,6 +41,8 @@ class ConversionRequest:
     device: str = "CPU"
     group_size: int = 64
     ratio: float = 0.6
+    revision: str | None = None  # a Hub repository's commit, branch or tag; None: the default branch's latest
+    trust_remote_code: bool = False  # the admin confirmed running the code of a repository nobody vouched for
 
 
 def _checkpoint_bytes(directory: Path) -> int:
@@ -57,6 +59,17 @@ def _check_checkpoint(directory: Path) -> dict[str, Any]:
     if _checkpoint_bytes(directory) == 0:
         raise MissingModelError(f"{directory} has a config.json but no weights (*.safetensors).")
     return config
+
+
+def untrusted_code(pinned: hub.Snapshot) -> str:
+    """What converting a repository nobody vouched for means, and how to confirm it from the terminal (the bot
+    asks with a button instead: bot/commands.py)."""
+    return (
+        f"{pinned.repo_id} is not one of the known Phi-3-vision repositories, and converting it runs the Python "
+        f"code it ships on this machine. Read that code at https://huggingface.co/{pinned.repo_id}/tree/"
+        f"{pinned.revision}, and if you trust it, convert exactly that revision with: phi3bot convert "
+        f"{pinned.repo_id} --revision {pinned.revision} --trust-remote-code"
+    )
 
 
 def _manifest(source: ModelSource, precision: str, files: Path, **extra: Any) -> dict[str, Any]:
@@ -86,15 +99,19 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
     else:
         assert source.repo_id is not None
         checkpoint = None
-        checkpoint_bytes = download_bytes = hub.remote_size(source.repo_id, hub.CHECKPOINT_PATTERNS)
+        pinned = hub.snapshot(source.repo_id, hub.CHECKPOINT_PATTERNS, request.revision)
+        if not (source.vouched_for or request.trust_remote_code):
+            raise UntrustedCodeError(untrusted_code(pinned))
+        checkpoint_bytes = download_bytes = pinned.size
         config = {"torch_dtype": "bfloat16"}
     stored = DTYPE_BYTES.get(str(config.get("torch_dtype", "bfloat16")), 2)
     preflight.check(preflight.estimate(checkpoint_bytes, stored, precision, download_bytes), store.root)
 
+    revision: dict[str, str] = {}
     if checkpoint is None:
-        assert source.repo_id is not None
-        checkpoint = hub.download(source.repo_id, hub.CHECKPOINT_PATTERNS, lambda f, d: plan.report("download", f, d))
+        checkpoint = hub.download(pinned, hub.CHECKPOINT_PATTERNS, lambda f, d: plan.report("download", f, d))
         _check_checkpoint(checkpoint)
+        revision["revision"] = pinned.revision
     plan.report("export", 0.0, "loading the checkpoint")
     export_checkpoint(checkpoint, staging, precision, lambda f, d: plan.report("export", f, d))
     plan.report("compress", 0.0, f"compressing weights to {precision}")
@@ -119,13 +136,14 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
         source,
         precision,
         plan,
-        _manifest(source, precision, checkpoint, compression=compression),
+        _manifest(source, precision, checkpoint, compression=compression, **revision),
     )
 
 
 def _take_ir(request: ConversionRequest, store: ModelStore, staging: Path, plan: PhasePlan) -> ModelEntry:
     source = parse_source(request.source)
     plan.report("check", 0.0, f"checking {source.display}")
+    revision: dict[str, str] = {}
     if source.local_dir is not None:
         origin = source.local_dir
         check_ir_directory(origin)
@@ -133,17 +151,19 @@ def _take_ir(request: ConversionRequest, store: ModelStore, staging: Path, plan:
         preflight.check(preflight.Requirements(disk_bytes=size + preflight.DISK_MARGIN, memory_bytes=0), store.root)
     else:
         assert source.repo_id is not None
-        size = hub.remote_size(source.repo_id, hub.IR_PATTERNS)
-        preflight.check(preflight.Requirements(disk_bytes=2 * size + preflight.DISK_MARGIN, memory_bytes=0), store.root)
-        origin = hub.download(source.repo_id, hub.IR_PATTERNS, lambda f, d: plan.report("download", f, d))
+        pinned = hub.snapshot(source.repo_id, hub.IR_PATTERNS, request.revision)
+        disk = 2 * pinned.size + preflight.DISK_MARGIN
+        preflight.check(preflight.Requirements(disk_bytes=disk, memory_bytes=0), store.root)
+        origin = hub.download(pinned, hub.IR_PATTERNS, lambda f, d: plan.report("download", f, d))
         check_ir_directory(origin)
+        revision["revision"] = pinned.revision
     plan.report("copy", 0.0, "copying the model into the store")
     for item in origin.iterdir():
         if item.is_file():
             shutil.copyfile(item, staging / item.name)
     precision = parse_precision(request.precision) if request.precision else detect_weight_precision(staging)
     plan.report("copy", 1.0, "copied")
-    manifest = _manifest(source, precision, staging, from_ir=True)
+    manifest = _manifest(source, precision, staging, from_ir=True, **revision)
     return _validate_and_install(request, store, staging, source, precision, plan, manifest)
 
 

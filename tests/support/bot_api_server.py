@@ -20,9 +20,45 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
-from telegram import Update
+from telegram import ChatMember, Update
 
 BOT_USER = {"id": 999000, "is_bot": True, "first_name": "Phi3Bot", "username": "phi3_test_bot"}
+TOKEN = "123456:AAHstandInServerTestToken_0123456-x"  # the shape @BotFather's tokens have
+# Every right a ChatMemberAdministrator lists (all required by the Bot API but the last four).
+ADMIN_RIGHTS = (
+    "can_manage_chat",
+    "can_delete_messages",
+    "can_manage_video_chats",
+    "can_restrict_members",
+    "can_promote_members",
+    "can_change_info",
+    "can_invite_users",
+    "can_post_stories",
+    "can_edit_stories",
+    "can_delete_stories",
+    "can_post_messages",
+    "can_edit_messages",
+    "can_pin_messages",
+    "can_manage_topics",
+)
+# What a ChatMemberRestricted lists (all required by the Bot API).
+RESTRICTED_RIGHTS = (
+    "can_send_messages",
+    "can_send_audios",
+    "can_send_documents",
+    "can_send_photos",
+    "can_send_videos",
+    "can_send_video_notes",
+    "can_send_voice_notes",
+    "can_send_polls",
+    "can_send_other_messages",
+    "can_add_web_page_previews",
+    "can_change_info",
+    "can_invite_users",
+    "can_pin_messages",
+    "can_manage_topics",
+    "can_edit_tag",
+)
 TEXT_LIMIT = 4096
 FILE_LIMIT = 20 * 1024 * 1024
 
@@ -72,15 +108,19 @@ class ApiError(Exception):
 
 
 class FakeBotApi:
-    def __init__(self, token: str = "123456:TEST-TOKEN") -> None:
+    def __init__(self, token: str = TOKEN, port: int = 0) -> None:
+        """``port``: 0 for any free one; a fixed one lets a test start the server after the bot."""
         self.token = token
         self.calls: list[Call] = []
         self.chats: dict[int, list[SentMessage]] = defaultdict(list)
         self.commands: list[dict[str, Any]] = []
+        self.callback_queries: dict[str, str | None] = {}  # id -> the text it was answered with (None: not yet)
         self.files: dict[str, tuple[bytes, str]] = {}
         self._sizes: dict[str, int] = {}
         self._paths: dict[str, str] = {}
         self.chat_types: dict[int, str] = {}
+        self.users: dict[int, dict[str, Any]] = {}
+        self.member_statuses: dict[tuple[int, int], str] = {}
         self.forums: set[int] = set()
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
@@ -90,7 +130,7 @@ class FakeBotApi:
         self._faults: dict[str, list[Fault]] = defaultdict(list)
         self._storms: dict[str, tuple[float, int]] = {}
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = port
         # Webhook mode, as the official server does it: updates are POSTed to the bot, in order, until it
         # answers 200; getUpdates is refused meanwhile.
         self.webhook_url: str | None = None
@@ -105,9 +145,10 @@ class FakeBotApi:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
+        app.router.add_route("*", "/{path:.*}", self._not_found)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._session = ClientSession(timeout=ClientTimeout(total=10))
@@ -186,12 +227,21 @@ class FakeBotApi:
         """Every call of ``method`` gets 429 until the storm passes (``seconds`` 0 ends it)."""
         self._storms[method] = (time.monotonic() + seconds, retry_after)
 
+    def set_member(self, chat_id: int, user_id: int, status: str) -> None:
+        """What getChatMember answers for this user in this group: creator, administrator, member, restricted,
+        left or kicked (a user seen in a group is a member until told otherwise)."""
+        self.user(user_id)
+        self.member_statuses[(chat_id, user_id)] = status
+
     def delete_message_as_user(self, chat_id: int, message_id: int) -> None:
         for message in self.chats[chat_id]:
             if message.message_id == message_id:
                 message.deleted = True
 
     # --- injecting updates ---------------------------------------------------------------------------------
+
+    def user(self, user_id: int) -> dict[str, Any]:
+        return self.users.setdefault(user_id, {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"})
 
     def _chat(self, chat_id: int, chat_type: str | None) -> dict[str, Any]:
         kind = chat_type or self.chat_types.get(chat_id) or ("private" if chat_id > 0 else "supergroup")
@@ -236,7 +286,7 @@ class FakeBotApi:
             "message_id": next(self._user_message_ids),
             "date": int(time.time()),
             "chat": self._chat(chat_id, chat_type),
-            "from": {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"},
+            "from": self.user(user_id),
         }
         if text is not None:
             message["text"] = text
@@ -286,8 +336,20 @@ class FakeBotApi:
             message["message_thread_id"] = thread_id
             message["is_topic_message"] = True
         message.update(extra or {})
+        self.member_statuses.setdefault((chat_id, user_id), "member")
         self._push({"message": message})
         return message
+
+    def push_edit(self, message: dict[str, Any], *, text: str | None = None, caption: str | None = None) -> None:
+        """The user edited ``message`` (as push_message returned it): Telegram sends it whole, changed, as an
+        ``edited_message`` update with its edit_date."""
+        edited = {**message, "edit_date": int(time.time())}
+        if text is not None:
+            edited["text"] = text
+        if caption is not None:
+            edited["caption"] = caption
+            edited.pop("caption_entities", None)
+        self._push({"edited_message": edited})
 
     def bot_message_dict(self, chat_id: int, message_id: int) -> dict[str, Any]:
         for message in self.chats[chat_id]:
@@ -295,18 +357,22 @@ class FakeBotApi:
                 return self._message_json(message)
         raise KeyError(message_id)
 
-    def push_callback(self, chat_id: int, message_id: int, data: str, user_id: int = 1) -> None:
+    def push_callback(self, chat_id: int, message_id: int, data: str, user_id: int = 1) -> str:
+        """A press of an inline button; returns the query's id (see ``callback_queries``)."""
+        query_id = uuid.uuid4().hex
+        self.callback_queries[query_id] = None
         self._push(
             {
                 "callback_query": {
-                    "id": uuid.uuid4().hex,
-                    "from": {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"},
+                    "id": query_id,
+                    "from": self.user(user_id),
                     "chat_instance": str(chat_id),
                     "message": self.bot_message_dict(chat_id, message_id),
                     "data": data,
                 }
             }
         )
+        return query_id
 
     def _push(self, update: dict[str, Any]) -> None:
         update = {"update_id": next(self._update_ids), **update}
@@ -353,6 +419,10 @@ class FakeBotApi:
             return self._error(method, params, error)
         self.calls.append(Call(method, params, 200, time.monotonic()))
         return web.json_response({"ok": True, "result": result})
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        """What the Bot API answers for a path that is not /bot<token>/<method> (a base URL without /bot)."""
+        return self._error(request.path, {}, ApiError(404, "Not Found"))
 
     def _error(self, method: str, params: dict[str, Any], error: ApiError) -> web.Response:
         self.calls.append(Call(method, params, error.code, time.monotonic()))
@@ -533,6 +603,11 @@ class FakeBotApi:
         return True
 
     async def _api_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
+        """Each query is answered once, as Telegram allows; ``text`` is the notification the user sees."""
+        query_id = str(params.get("callback_query_id"))
+        if query_id not in self.callback_queries or self.callback_queries[query_id] is not None:
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        self.callback_queries[query_id] = str(params.get("text") or "")
         return True
 
     async def _api_setMyCommands(self, params: dict[str, Any]) -> bool:
@@ -541,6 +616,33 @@ class FakeBotApi:
 
     async def _api_getMyCommands(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self.commands
+
+    async def _api_getChatMember(self, params: dict[str, Any]) -> dict[str, Any]:
+        """As the Bot API documents it: a ChatMember of the kind its status names, with every field that kind
+        requires; an unknown chat or user is a 400."""
+        chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
+        if chat_id not in self.chat_types:
+            raise ApiError(400, "Bad Request: chat not found")
+        if user_id not in self.users and user_id != BOT_USER["id"]:
+            raise ApiError(400, "Bad Request: user not found")
+        user = BOT_USER if user_id == BOT_USER["id"] else self.users[user_id]
+        if self.chat_types[chat_id] == "private":
+            status = "member" if user_id in (chat_id, BOT_USER["id"]) else "left"
+        else:
+            status = self.member_statuses.get((chat_id, user_id), "left")
+        member: dict[str, Any] = {"status": status, "user": user}
+        if status == "creator":
+            member["is_anonymous"] = False
+        elif status == "administrator":
+            member.update({"can_be_edited": False, "is_anonymous": False})
+            member.update(dict.fromkeys(ADMIN_RIGHTS, True))
+        elif status == "restricted":
+            member.update({"is_member": True, "until_date": 0})
+            member.update(dict.fromkeys(RESTRICTED_RIGHTS, False))
+        elif status == "kicked":
+            member["until_date"] = 0
+        assert ChatMember.de_json(member, None) is not None  # every field its kind requires is there
+        return member
 
     async def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
         file_id = str(params["file_id"])

@@ -6,9 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.bot_api_server import FakeBotApi
@@ -40,6 +41,14 @@ def bot_environment(api: FakeBotApi, store_root: Path, data_dir: Path, **extra: 
 class BotProcess:
     process: asyncio.subprocess.Process
     stderr: str = ""
+    lines: list[str] = field(default_factory=list)  # what it logged so far
+
+    async def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.process.returncode is None, "".join(self.lines)[-3000:]
+            assert time.monotonic() < deadline, f"no {text!r} in the log: {''.join(self.lines)[-3000:]}"
+            await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -56,23 +65,31 @@ async def bot_process(environment: dict[str, str], workdir: Path, module: str = 
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
-    logs = asyncio.create_task(process.stderr.read())
     running = BotProcess(process)
+
+    async def read(stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            running.lines.append(line.decode(errors="replace"))
+
+    logs = asyncio.create_task(read(process.stderr))
     try:
         yield running
     finally:
         if process.returncode is None:
             process.kill()
         await process.wait()
-        running.stderr = (await logs).decode(errors="replace")
+        await logs
+        running.stderr = "".join(running.lines)
 
 
 def run_phi3bot(
-    args: list[str], environment: dict[str, str], workdir: Path, stdin: str = ""
+    args: list[str], environment: dict[str, str], workdir: Path, stdin: str = "", module: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The installed ``phi3bot`` command, run to its end as a person would (``workdir``: no stray .env)."""
+    """The installed ``phi3bot`` command, run to its end as a person would (``workdir``: no stray .env);
+    ``module``: a test's variant of the command instead (``python -m module``)."""
+    command = [sys.executable, "-m", module] if module else [str(Path(sys.executable).with_name("phi3bot"))]
     return subprocess.run(
-        [str(Path(sys.executable).with_name("phi3bot")), *args],
+        [*command, *args],
         input=stdin,
         env=environment,
         cwd=workdir,
