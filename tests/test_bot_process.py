@@ -171,8 +171,14 @@ async def test_kill_9_during_a_three_message_answer_repairs_every_part(
     environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="6000")
     async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
         api.push_message(USER, "Tell me everything, at length.", user_id=USER)
-        await api.wait_for(
-            lambda: len(api.messages(USER)) == 3 and api.messages(USER)[-1].text.endswith(CURSOR), 240, "a 3rd part"
+        await api.wait_for(  # edited once: the bot has its id recorded (a kill before that leaves it unknown)
+            lambda: (
+                len(api.messages(USER)) == 3
+                and len(api.messages(USER)[-1].edits) > 1
+                and api.messages(USER)[-1].text.endswith(CURSOR)
+            ),
+            240,
+            "a 3rd part",
         )
         bot.process.send_signal(signal.SIGKILL)
         assert await bot.process.wait() == -signal.SIGKILL
