@@ -17,8 +17,9 @@ from bot import texts
 from bot.app import build_application, setup, teardown
 from bot.handlers import Services
 from bot.history import ConversationKey, HistoryStore, StoredMessage
+from bot.reply_stream import STOP_CALLBACK
 from bot.settings import Settings, load_settings
-from tests.support.bot_api_server import FakeBotApi
+from tests.support.bot_api_server import FakeBotApi, SentMessage
 
 ADMIN = 42
 USER = 7
@@ -86,11 +87,22 @@ def photo_bytes(
     return buffer.getvalue()
 
 
+def callbacks(message: SentMessage) -> list[str]:
+    """The callback data of a message's inline buttons."""
+    rows = (message.reply_markup or {}).get("inline_keyboard", [])
+    return [str(button.get("callback_data", "")) for row in rows for button in row]
+
+
+def answering(message: SentMessage) -> bool:
+    """The message shows the Stop button: an answer is being written into it."""
+    return STOP_CALLBACK in callbacks(message)
+
+
 async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 60) -> None:
     """An answer is done when its message lost the Stop button."""
     await api.wait_for(
         lambda: (
-            len([m for m in api.messages(chat) if m.edits and m.reply_markup is None and m.text != texts.PLACEHOLDER])
+            len([m for m in api.messages(chat) if m.edits and not answering(m) and m.text != texts.PLACEHOLDER])
             >= count
         ),
         timeout,
