@@ -105,7 +105,7 @@ async def test_retry_in_a_group_is_for_the_asker_and_the_bots_admins(
     assert api.callback_queries[stale] == texts.ONLY_LATEST
     assert callbacks(first) == [], "the replaced answer lost its button"
     assert [(m.role, m.text) for m in after] == [("user", "what is a photo?"), ("assistant", after[1].text)]
-    assert after[0] == before[0], "the same question"
+    assert after[0] == before[0] and after[1].id > before[1].id, "the same question, a new answer"
     assert set(after[1].telegram_message_ids).isdisjoint(before[1].telegram_message_ids), "only the new answer"
     second = [m for m in api.messages(GROUP) if m.message_id in after[1].telegram_message_ids]
     assert second[0].reply_to == question["message_id"] and with_retry(api, GROUP) == second[-1:]

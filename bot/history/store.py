@@ -310,22 +310,22 @@ class HistoryStore:
 
     async def replace_answer(self, exchange: Exchange) -> int | None:
         """A new answer, empty and streaming, takes the place of the exchange's answer in one write (the old
-        one is forgotten, the question kept); returns the new answer's id, or None if the old one is gone."""
+        one is forgotten, the question kept); returns the new answer's id, or None if the old one is gone.
+
+        The new answer is written before the old one goes, so it gets an id of its own: SQLite would give it
+        the old one's otherwise, and a second replacement of the same exchange would delete it."""
         async with self._transaction():
             async with self._db.execute(
-                "SELECT conversation_id FROM messages WHERE id = ?", (exchange.question.id,)
+                "SELECT conversation_id FROM messages WHERE id = ? AND role = 'assistant'", (exchange.answer.id,)
             ) as cursor:
                 row = await cursor.fetchone()
             if row is None:
                 return None
             conversation = int(row[0])
-            deleted = await self._db.execute(
-                "DELETE FROM messages WHERE id = ? AND role = 'assistant'", (exchange.answer.id,)
-            )
-            if deleted.rowcount == 0:
-                return None
+            answer = await self._insert_assistant_message(conversation, "", "streaming", ())
+            await self._db.execute("DELETE FROM messages WHERE id = ?", (exchange.answer.id,))
             await self._db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conversation))
-            return await self._insert_assistant_message(conversation, "", "streaming", ())
+            return answer
 
     async def set_persona(self, key: ConversationKey, text: str | None) -> None:
         """The conversation's own system prompt; None returns it to the configured one."""
@@ -467,7 +467,7 @@ class HistoryStore:
         ]
 
     async def last_exchange(self, key: ConversationKey) -> Exchange | None:
-        """The conversation's latest question and its answer, if an answer is its last message."""
+        """The conversation's latest question and its answer, if a finished answer is its last message."""
         async with (
             self._reading(),
             self._db.execute(
@@ -478,7 +478,7 @@ class HistoryStore:
         ):
             ids = [int(row[0]) for row in await cursor.fetchall()]
         found = await self.messages(ids)
-        if [m.role for m in found] != ["user", "assistant"]:
+        if [m.role for m in found] != ["user", "assistant"] or found[1].status == "streaming":
             return None
         return Exchange(*found)
 
