@@ -31,7 +31,7 @@ from telegram.ext import (
 from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.commands import CONFIRM_CALLBACK, Commands
-from bot.handlers import DESCRIBE_CALLBACK, Handlers, Services
+from bot.handlers import DESCRIBE_CALLBACK, RETRY_CALLBACK, Handlers, Services
 from bot.health import HeartbeatFile
 from bot.history import HistoryError, HistoryStore
 from bot.recovery import finish_interrupted
@@ -194,11 +194,14 @@ def register_handlers(application: Application, services: Services) -> None:
     application.add_handler(CommandHandler("reset", commands.reset, filters=new))
     application.add_handler(CommandHandler("stop", commands.stop, filters=new))
     application.add_handler(CommandHandler("model", commands.model, filters=new))
+    application.add_handler(CommandHandler("persona", commands.persona, filters=new))
+    application.add_handler(CommandHandler("retry", messages.retry_command, filters=new))
     application.add_handler(CommandHandler("stats", commands.stats, filters=new))
     application.add_handler(CommandHandler("convert", commands.convert, filters=new))
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
     application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=f"^{CONFIRM_CALLBACK}:(yes|no):"))
     application.add_handler(CallbackQueryHandler(messages.describe_button, pattern=f"^{DESCRIBE_CALLBACK}$"))
+    application.add_handler(CallbackQueryHandler(messages.retry_button, pattern=f"^{RETRY_CALLBACK}$"))
     application.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, messages.on_migration))
     application.add_handler(MessageHandler(new & ~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))
     application.add_error_handler(on_error)

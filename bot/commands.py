@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PROGRESS_EDIT_SECONDS = 3.0
 # "convert:yes:<id>" and "convert:no:<id>", the buttons under the question whether to run a repository's code
 CONFIRM_CALLBACK = "convert"
+PERSONA_MAX_CHARS = 1000  # a system prompt this long still leaves most of the context to the conversation
 CONFIRM_SECONDS = 15 * 60  # a question left unanswered longer is asked again: the repository may have changed
 
 
@@ -84,9 +85,10 @@ class Commands:
         user = update.effective_user
         return asker is None or (user is not None and user.id == asker) or self._admin(update)
 
-    async def _may_reset(self, update: Update, message: Message) -> bool:
+    async def _may_manage(self, update: Update, message: Message) -> bool:
         """A group's conversation belongs to all its members: its Telegram administrators (asked of Telegram
-        each time, so a demotion counts at once) and the bot's admins may wipe it; in a private chat, the user."""
+        each time, so a demotion counts at once) and the bot's admins may wipe it or change its persona; in a
+        private chat, the user."""
         if is_private(message) or self._admin(update):
             return True
         if message.sender_chat is not None and message.sender_chat.id == message.chat_id:
@@ -110,16 +112,44 @@ class Commands:
         message = await self._allowed(update)
         if message is None:
             return
-        if not await self._may_reset(update, message):
+        if not await self._may_manage(update, message):
             await message.reply_text(texts.GROUP_ADMINS_ONLY)
             return
         key = conversation_key(message)
         if self.services.engine is not None:
             self.services.engine.cancel(key)
             self.services.engine.forget(key)
-        removed = await self.services.history.reset(key)
+        history = self.services.history
+        removed = await history.reset(key)
         log.info("chat %s reset (%d messages)", message.chat_id, removed)
-        await message.reply_text(texts.RESET_DONE)
+        kept = await history.persona(key) is not None
+        await message.reply_text(texts.RESET_DONE + (texts.PERSONA_KEPT if kept else ""))
+
+    async def persona(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/persona shows the conversation's system prompt, /persona TEXT sets it, /persona reset returns it to
+        SYSTEM_PROMPT.  The conversation itself stays: the model reads it anew after the new persona."""
+        message = await self._allowed(update)
+        if message is None:
+            return
+        key = conversation_key(message)
+        history = self.services.history
+        text = _command_argument(message.text or "")
+        if not text:
+            await message.reply_text(
+                texts.persona_shown(await history.persona(key), self.services.settings.system_prompt)
+            )
+            return
+        if not await self._may_manage(update, message):
+            await message.reply_text(texts.PERSONA_ADMINS_ONLY)
+            return
+        if len(text) > PERSONA_MAX_CHARS:
+            await message.reply_text(texts.persona_too_long(len(text), PERSONA_MAX_CHARS))
+            return
+        reset = text.lower() == "reset"
+        await history.set_persona(key, None if reset else text)
+        log.info("chat %s: persona %s", message.chat_id, "reset" if reset else f"set ({len(text)} characters)")
+        self.services.prepare_soon(key)
+        await message.reply_text(texts.PERSONA_RESET if reset else texts.PERSONA_SET)
 
     async def stop(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = await self._allowed(update)
@@ -325,6 +355,12 @@ class Commands:
             reporter.cancel()
         elapsed = format_elapsed(time.monotonic() - started)
         await show(f"✅ Now serving {entry.source} ({entry.precision}). Took {elapsed}.")
+
+
+def _command_argument(text: str) -> str:
+    """What follows the command, its line breaks kept (``context.args`` splits it into words)."""
+    parts = text.split(maxsplit=1)
+    return parts[1].strip() if len(parts) == 2 else ""
 
 
 def _model_name(entry: ModelEntry, admin: bool) -> str:

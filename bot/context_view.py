@@ -24,6 +24,7 @@ Prepare = Callable[[bytes, str], PreparedImage]
 class View:
     turns: list[Turn]
     tokens: int  # as the context policy counts them (without the system prompt)
+    system_prompt: str  # the conversation's persona, or the configured system prompt
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,16 @@ async def conversation_view(
     system_prompt: str,
     num_crops: int,
     prepare: Prepare,
+    before: int | None = None,
 ) -> View:
-    """The messages the model sees before the conversation's next question; a step of the policy is stored."""
+    """The messages the model sees before the conversation's next question (or before message ``before``, a
+    question answered again); a step of the policy is stored.  ``system_prompt``: unless the conversation has
+    a persona of its own."""
+    persona = await history.persona(key)
+    if persona is not None:
+        system_prompt = persona
     outline = await history.outline(key)
-    rows = [_counted(row, num_crops) for row in outline.rows]
+    rows = [_counted(row, num_crops) for row in outline.rows if before is None or row.id < before]
     window = fit(rows, outline.window, budget, estimate_tokens(system_prompt) if system_prompt else 0)
     if window != outline.window:
         await history.set_window(key, window)
@@ -64,4 +71,4 @@ async def conversation_view(
         return tuple([await asyncio.to_thread(prepare, image.data, image.sha256) for image in found])
 
     turns = [Turn("user" if m.role == "user" else "assistant", m.text, await images(m.images)) for m in stored]
-    return View(turns, sum(row.tokens for row in shown))
+    return View(turns, sum(row.tokens for row in shown), system_prompt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sqlite3
 import time
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.albums import AlbumCollector
 from bot.context_view import View, conversation_view
-from bot.history import ConversationKey, HistoryStore, NewImage
+from bot.history import ConversationKey, Exchange, HistoryStore, NewImage
 from bot.image_cache import PreparedImageCache
 from bot.intake import IntakeError, fetch, images_in, unreadable
 from bot.recovery import AnswerRecord
@@ -41,6 +42,7 @@ from engine.images import ImageRejected, PreparedImage, image_tokens
 log = logging.getLogger(__name__)
 
 DESCRIBE_CALLBACK = "describe"
+RETRY_CALLBACK = "retry"
 # Upgrades announced in one chat and still waiting for the announcement in the other; the oldest are dropped.
 MIGRATIONS_PENDING = 64
 
@@ -52,6 +54,10 @@ def conversation_key(message: Message) -> ConversationKey:
 
 def is_private(message: Message) -> bool:
     return message.chat.type == ChatType.PRIVATE
+
+
+def retry_keyboard() -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton(texts.RETRY_BUTTON, callback_data=RETRY_CALLBACK)]])
 
 
 @dataclass
@@ -77,8 +83,9 @@ class Services:
     def prepared(self, data: bytes, sha256: str) -> PreparedImage:
         return self.images.get(data, sha256)
 
-    async def view(self, engine: Engine, key: ConversationKey) -> View:
-        """What the model sees of the conversation before its next question (bot/context_view.py)."""
+    async def view(self, engine: Engine, key: ConversationKey, before: int | None = None) -> View:
+        """What the model sees of the conversation before its next question, or before message ``before``
+        (bot/context_view.py)."""
         return await conversation_view(
             self.history,
             key,
@@ -86,6 +93,7 @@ class Services:
             system_prompt=self.settings.system_prompt,
             num_crops=engine.model.num_crops,
             prepare=self.prepared,
+            before=before,
         )
 
     def prepare_soon(self, key: ConversationKey) -> None:
@@ -97,7 +105,8 @@ class Services:
 
     async def _prepare(self, engine: Engine, key: ConversationKey) -> None:
         try:
-            await engine.prepare(key, (await self.view(engine, key)).turns)
+            view = await self.view(engine, key)
+            await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
         except Exception:
             log.exception("could not prepare the conversation in chat %s", key.chat_id)
 
@@ -115,7 +124,7 @@ class Services:
             room -= view.tokens
             if room < 0:
                 break
-            prepared = await engine.prepare(key, view.turns)
+            prepared = await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
             log.info("warmed up chat %s in %.1f s (%d pieces)", key.chat_id, prepared.seconds, prepared.pieces)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -321,6 +330,83 @@ class Handlers:
             log.info("could not remove the Describe button: %s", error)
         await self._ask(message, key, user_id, Turn("user", texts.DESCRIBE), [], None)
 
+    # --- retry ---------------------------------------------------------------------------------------------
+
+    async def retry_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The 🔁 button under an answer: only the latest answer of the conversation is answered again."""
+        query = update.callback_query
+        if query is None or not isinstance(query.message, Message):
+            return
+        message, user_id = query.message, query.from_user.id
+        if not self.services.access.may_ask(user_id, message.chat_id):
+            await query.answer(texts.NOT_ALLOWED)
+            return
+        exchange = await self._retry_target(message, user_id, pressed=message.message_id)
+        if isinstance(exchange, str):
+            await query.answer(exchange)
+            return
+        await query.answer()
+        await self._retry(message, user_id, exchange)
+
+    async def retry_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/retry: the conversation's latest question is answered again."""
+        message, user = update.effective_message, update.effective_user
+        if message is None or user is None:
+            return
+        if not self.services.access.may_ask(user.id, message.chat_id):
+            log.info("refused /retry from user %s in chat %s: not on the allowlist", user.id, message.chat_id)
+            if is_private(message):
+                await self._reply(message, texts.NOT_ALLOWED)
+            return
+        exchange = await self._retry_target(message, user.id, pressed=None)
+        if isinstance(exchange, str):
+            await self._reply(message, exchange)
+            return
+        await self._retry(message, user.id, exchange)
+
+    async def _retry_target(self, message: Message, user_id: int, pressed: int | None) -> Exchange | str:
+        """The exchange to answer again, or why not: the person who asked and the bot's admins may retry the
+        conversation's latest answer once it is finished.  ``pressed``: the answer message whose button it was."""
+        services = self.services
+        key = conversation_key(message)
+        if services.engine is not None and services.engine.is_busy(key):
+            return texts.RETRY_RUNNING
+        exchange = await services.history.last_exchange(key)
+        if exchange is None:
+            return texts.NOTHING_TO_RETRY
+        if pressed is not None and pressed not in exchange.answer.telegram_message_ids:
+            return texts.ONLY_LATEST
+        if exchange.question.user_id not in (None, user_id) and not services.access.is_admin(user_id):
+            return texts.RETRY_ASKER_ONLY
+        return exchange
+
+    async def _retry(self, message: Message, user_id: int, exchange: Exchange) -> None:
+        engine = await self._may_ask_now(message, user_id)
+        if engine is None:
+            return
+        try:
+            images = [
+                await asyncio.to_thread(self.services.prepared, i.data, i.sha256) for i in exchange.question.images
+            ]
+        except ImageRejected as error:
+            await self._reply(message, str(error))
+            return
+        question = Turn("user", exchange.question.text, tuple(images))
+        await self._ask(message, conversation_key(message), user_id, question, [], None, exchange)
+
+    async def _unbutton(self, message: Message, exchange: Exchange) -> None:
+        """Best effort: the answer a retry replaces stays in the chat, without its button."""
+        if not exchange.answer.telegram_message_ids:
+            return
+        try:
+            await message.get_bot().edit_message_reply_markup(
+                message.chat_id, exchange.answer.telegram_message_ids[-1], reply_markup=None
+            )
+        except TelegramError as error:
+            log.info("could not remove the Retry button in chat %s: %s", message.chat_id, error)
+
+    # --- answering ------------------------------------------------------------------------------------------
+
     async def _ask(
         self,
         message: Message,
@@ -329,10 +415,12 @@ class Handlers:
         question: Turn,
         new_images: list[NewImage],
         telegram_message_id: int | None,
+        retried: Exchange | None = None,
     ) -> None:
-        """Put the question to the engine and stream its answer in reply to ``message``."""
+        """Put the question to the engine and stream its answer in reply to ``message``; ``retried``: the
+        question is that exchange's, answered again, and the new answer replaces the old one."""
         try:
-            await self._put(message, key, user_id, question, new_images, telegram_message_id)
+            await self._put(message, key, user_id, question, new_images, telegram_message_id, retried)
         except sqlite3.Error as error:  # a full disk, a read-only volume: the model's slot is free already
             await self._storage_failed(message, error)
 
@@ -348,11 +436,13 @@ class Handlers:
         question: Turn,
         new_images: list[NewImage],
         telegram_message_id: int | None,
+        retried: Exchange | None,
     ) -> None:
         engine = self.services.engine
         assert engine is not None
-        past = (await self.services.view(engine, key)).turns
-        events = engine.ask(key, past, question)
+        view = await self.services.view(engine, key, before=retried.question.id if retried else None)
+        seed = secrets.randbelow(2**31) if retried else None
+        events = engine.ask(key, view.turns, question, system_prompt=view.system_prompt, seed=seed)
         try:
             first_event = await anext(events)
         except AlreadyQueued:
@@ -362,10 +452,23 @@ class Handlers:
             await self._reply(message, texts.BUSY)
             return
         try:
-            question_id, answer_id = await self.services.history.start_exchange(
-                key, question.text, images=new_images, telegram_message_id=telegram_message_id, user_id=user_id
-            )
-            await self._stream(message, key, user_id, question_id, answer_id, first_event, events)
+            history = self.services.history
+            if retried is None:
+                question_id, answer_id = await history.start_exchange(
+                    key, question.text, images=new_images, telegram_message_id=telegram_message_id, user_id=user_id
+                )
+                reply_to: int | None = message.message_id
+            else:
+                question_id, new_answer = retried.question.id, await history.replace_answer(retried)
+                if new_answer is None:  # another retry replaced it meanwhile
+                    await self._reply(message, texts.ONLY_LATEST)
+                    return
+                answer_id = new_answer
+                await self._unbutton(message, retried)
+                # in reply to the question, or else (a Describe button's question is no message) to the old answer
+                replied = retried.question.telegram_message_ids or retried.answer.telegram_message_ids
+                reply_to = replied[0] if replied else None
+            await self._stream(message, key, user_id, question_id, answer_id, first_event, events, reply_to)
         finally:
             await events.aclose()  # type: ignore[attr-defined]  # whatever happened, the model's slot is free at once
         self.services.prepare_soon(key)  # the answer is read into the model's view before the next question
@@ -379,6 +482,7 @@ class Handlers:
         answer_id: int,
         first_event: Event,
         events: AsyncIterator[Event],
+        reply_to: int | None,
     ) -> None:
         """The answer is recorded before each step of it is shown (bot/recovery.py), and settled once its
         messages show the final text: a crash or a hurried shutdown at any point leaves it repairable."""
@@ -394,7 +498,7 @@ class Handlers:
             message.get_bot(),
             message.chat_id,
             record,
-            reply_to=message.message_id,
+            reply_to=reply_to,
             thread_id=key.thread_id or None,
             interval=interval,
             stopping=services.stopping,
@@ -424,7 +528,7 @@ class Handlers:
                 record.status = "failed"
             await history.set_tokens(_counts(question_id, answer_id, finished))
             # Recorded before the final edit: a follow-up sent the moment the answer looks finished has it as context.
-            await stream.finish(final, texts.footer(record.status, final))
+            await stream.finish(final, texts.footer(record.status, final), retry_keyboard())
             await history.settle(answer_id)
         except Postponed as error:
             log.info("the answer in chat %s is stored; the next start shows its final text (%s)", key.chat_id, error)
@@ -439,7 +543,7 @@ class Handlers:
             self._cancel(key)
             record.status = "failed"
             try:  # the user is told, unless what failed was the database or Telegram itself
-                await stream.finish(text, texts.footer("failed", text))
+                await stream.finish(text, texts.footer("failed", text), retry_keyboard())
                 await history.settle(answer_id)
             except Exception as error:
                 log.warning("could not show the failure in chat %s: %s", message.chat_id, error)

@@ -195,8 +195,9 @@ class ReplyStream:
                     break
         self._next_edit = time.monotonic() + self.interval
 
-    async def finish(self, text: str, footer: str = "") -> list[int]:
-        """The final, formatted answer, recorded first; returns the ids of every message it occupies.
+    async def finish(self, text: str, footer: str = "", markup: InlineKeyboardMarkup | None = None) -> list[int]:
+        """The final, formatted answer, recorded first; returns the ids of every message it occupies.  ``markup``
+        goes under its last part, where the Stop button was.
 
         Raises Undeliverable when the chat cannot receive it, Postponed when it has to wait for the next start."""
         self._closed = True
@@ -204,15 +205,16 @@ class ReplyStream:
         await self.record(text, self.message_ids)
         # Telegram said when it would accept more; asking earlier only earns another 429.
         await self._pause(self._flood_until - time.monotonic())
-        await self._in_order(functools.partial(self._show_final, _final_parts(text, footer)))
+        await self._in_order(functools.partial(self._show_final, _final_parts(text, footer), markup))
         return self.message_ids
 
-    async def _show_final(self, parts: list[FormattedPart]) -> None:
+    async def _show_final(self, parts: list[FormattedPart], markup: InlineKeyboardMarkup | None) -> None:
         for index, part in enumerate(parts):
+            under = markup if index == len(parts) - 1 else None
             if index < len(self._shown) and self._shown[index] != DELETED:
-                await self._final_edit(index, part)  # may find it deleted
+                await self._final_edit(index, part, under)  # may find it deleted
             if index == len(self._shown) or self._shown[index] == DELETED:
-                await self._deliver(functools.partial(self._place, index, part))
+                await self._deliver(functools.partial(self._place, index, part, under))
         for index in range(len(parts), len(self.message_ids)):  # the formatted text needs fewer parts
             if self._shown[index] != DELETED and not await self._delete(index):
                 await self._final_edit(index, FormattedPart("…"))
@@ -331,13 +333,13 @@ class ReplyStream:
         except NetworkError as error:
             log.info("streaming edit failed (%s); will retry with the next chunk", error)
 
-    async def _final_edit(self, index: int, part: FormattedPart) -> None:
+    async def _final_edit(self, index: int, part: FormattedPart, markup: InlineKeyboardMarkup | None = None) -> None:
         message_id = self.message_ids[index]
 
         async def edit() -> None:
             try:
                 await self.bot.edit_message_text(
-                    part.text, self.chat_id, message_id, entities=list(part.entities) or None, reply_markup=None
+                    part.text, self.chat_id, message_id, entities=list(part.entities) or None, reply_markup=markup
                 )
             except ChatMigrated as error:
                 raise self._follow(error.new_chat_id) from error
@@ -348,7 +350,7 @@ class ReplyStream:
                     await self._restart_from(index)
                 elif part.entities:  # entities Telegram refused: the words matter more than the bold
                     log.warning("formatted final text refused (%s); sending it plain", error.message)
-                    await self.bot.edit_message_text(part.text, self.chat_id, message_id, reply_markup=None)
+                    await self.bot.edit_message_text(part.text, self.chat_id, message_id, reply_markup=markup)
                 else:
                     raise
 

@@ -11,8 +11,10 @@ HELP = """I answer questions about photos, running Phi-3.5-vision on this server
 • Albums: I look at all the photos together. Images sent as files work too.
 
 Commands:
-/reset — forget this chat's conversation
+/reset — forget this chat's conversation (its persona stays)
 /stop — stop the answer being written
+/retry — answer your last question again (or tap 🔁 under the answer)
+/persona — show how I'm told to behave here; /persona TEXT changes it, /persona reset goes back to the default
 /model — which model is running and how busy it is
 /help — this message
 
@@ -27,6 +29,8 @@ COMMANDS = [
     ("help", "How to use this bot"),
     ("reset", "Forget this conversation"),
     ("stop", "Stop the current answer"),
+    ("retry", "Answer the last question again"),
+    ("persona", "Show or set how the bot behaves in this chat"),
     ("model", "Which model is running"),
 ]
 
@@ -52,6 +56,15 @@ NO_ANSWER = "The model gave no answer. Please try again, perhaps in other words.
 CONVERSION_CANCELLED = "Conversion cancelled."
 CONFIRMATION_EXPIRED = "That question has expired. Send /convert again."
 CONVERSION_RUNNING = "A conversion is already running; its message shows the progress."
+RETRY_BUTTON = "🔁 Retry"
+NOTHING_TO_RETRY = "There's no answer to retry yet."
+ONLY_LATEST = "Only the latest answer can be retried."
+RETRY_ASKER_ONLY = "Only the person who asked can retry this answer."
+RETRY_RUNNING = "I'm still writing the answer. Retry once it's done, or send /stop first."
+PERSONA_ADMINS_ONLY = "Only this group's administrators can change its persona."
+PERSONA_RESET = "Done — I'm back to my default persona. The conversation goes on."
+PERSONA_SET = "Done — that's my persona in this chat from now on. The conversation goes on; /persona reset undoes it."
+PERSONA_KEPT = "\n\nThe persona stays: /persona reset returns to the default."
 NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
 
 
@@ -91,3 +104,16 @@ def footer(status: str, text: str) -> str:
         "timeout": "\n\n⏱ Stopped: this answer took too long.",
         "failed": "\n\n⚠️ " + FAILED,
     }.get(status, "")
+
+
+def persona_shown(persona: str | None, default: str) -> str:
+    """What /persona says: the chat's own persona, or the default one."""
+    if persona is not None:
+        return f"This chat's persona:\n\n{persona}\n\nChange it with /persona TEXT, or /persona reset for the default."
+    if default:
+        return f"This chat uses the default persona:\n\n{default}\n\nGive it its own with /persona TEXT."
+    return "This chat has no persona. Give it one with /persona TEXT."
+
+
+def persona_too_long(length: int, limit: int) -> str:
+    return f"A persona can be up to {limit:,} characters; yours has {length:,}. Please shorten it."

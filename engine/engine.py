@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, kv_cache_tokens
@@ -215,8 +215,26 @@ class Engine:
             self.cancel(key)
         return len(keys)
 
-    async def ask(self, key: Hashable, past: Sequence[Turn], question: Turn) -> AsyncIterator[Event]:
-        """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything."""
+    def _settings(self, system_prompt: str | None, seed: int | None = None) -> GenerationSettings:
+        """The configured settings with a conversation's own system prompt (None: the configured one), and for
+        another take on a question already answered (``seed``) sampling from that seed."""
+        settings = self.settings if system_prompt is None else replace(self.settings, system_prompt=system_prompt)
+        return settings if seed is None else settings.another_take(seed)
+
+    async def ask(
+        self,
+        key: Hashable,
+        past: Sequence[Turn],
+        question: Turn,
+        *,
+        system_prompt: str | None = None,
+        seed: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything.
+
+        ``system_prompt`` starts the prompt (None: the configured one); a different one is a different prefix,
+        which the model reads anew.  ``seed``: the question is answered again, and the answer should differ."""
+        settings = self._settings(system_prompt, seed)
         if key in self._moved and self.is_busy(key):
             raise AlreadyQueued(f"{key!r} is still being answered under {self._moved[key]!r}")
         ticket = self.queue.enqueue(key)
@@ -229,7 +247,7 @@ class Engine:
             try:
                 async with ticket:
                     yield Started()
-                    generation = self._generate(key, past, question, running, ticket.batched)
+                    generation = self._generate(key, past, question, settings, running, ticket.batched)
                     async with contextlib.aclosing(generation) as events:
                         async for event in events:
                             yield event
@@ -242,7 +260,13 @@ class Engine:
                 del self._moved[new]
 
     async def _generate(
-        self, key: Hashable, past: Sequence[Turn], question: Turn, running: _Running, batched: bool
+        self,
+        key: Hashable,
+        past: Sequence[Turn],
+        question: Turn,
+        settings: GenerationSettings,
+        running: _Running,
+        batched: bool,
     ) -> AsyncIterator[Event]:
         started = time.monotonic()
         try:
@@ -252,7 +276,7 @@ class Engine:
             yield Finished(text="", status="failed", error=str(error))
             return
         request_id = next(self._request_ids)
-        replies = model.pipeline.ask(request_id, key, past, question, self.settings, batched=batched)
+        replies = model.pipeline.ask(request_id, key, past, question, settings, batched=batched)
         running.stop = lambda: model.pipeline.cancel(request_id)
         running.replace = model.pipeline.kill
         if running.reason is not None:  # stopped between the ticket and here
@@ -321,15 +345,17 @@ class Engine:
             waited_seconds=done.waited_seconds,
         )
 
-    async def prepare(self, key: Hashable, past: Sequence[Turn]) -> Prepared:
+    async def prepare(self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None) -> Prepared:
         """Have the model read ``past`` before the conversation's next question comes (a photo sent without a
-        question, a step of the context policy, a restart); returns once it is read, replaced or failed."""
+        question, a step of the context policy, a restart, a new system prompt); returns once it is read,
+        replaced or failed.  ``system_prompt`` as for ``ask``."""
         started = time.monotonic()
         try:
             model = await self._live_model()
         except ModelStoreError as error:
             return Prepared(0, 0.0, str(error))
-        done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, self.settings))
+        settings = self._settings(system_prompt)
+        done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, settings))
         if done.error is None:
             self.stats.prepared += 1
         else:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+# Another take on a question answered greedily samples at this temperature: low enough to stay on topic, high
+# enough that the text differs.
+RETRY_TEMPERATURE = 0.5
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,12 @@ class GenerationSettings:
     system_prompt: str = ""
     timeout_seconds: float = 600.0
     ignore_eos: bool = False  # benchmarks only: a fixed number of tokens, whatever the model says
+    seed: int | None = None  # of the sampler; None: GenAI's own
+
+    def another_take(self, seed: int) -> GenerationSettings:
+        """Settings for answering a question again: greedy choice would write the same text, so a new take
+        samples (at RETRY_TEMPERATURE when the configured choice is greedy) from a seed of its own."""
+        return replace(self, temperature=self.temperature or RETRY_TEMPERATURE, seed=seed)
 
     def to_genai(self) -> Any:
         import openvino_genai as genai
@@ -27,6 +37,8 @@ class GenerationSettings:
             config.do_sample = True
             config.temperature = self.temperature
             config.top_p = self.top_p
+            if self.seed is not None:
+                config.rng_seed = self.seed
         else:
             config.do_sample = False
         return config

@@ -44,7 +44,7 @@ async def bot(api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_pa
 
 async def test_commands_are_registered(bot: RunningBot) -> None:
     names = [command["command"] for command in bot.api.commands]
-    assert names == ["help", "reset", "stop", "model"]
+    assert names == ["help", "reset", "stop", "retry", "persona", "model"]
 
 
 async def test_photo_question_is_streamed_then_finalised(

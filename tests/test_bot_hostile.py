@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -24,6 +25,7 @@ from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import (
     USER,
     RunningBot,
+    answering,
     bot_settings,
     photo_bytes,
     running_bot,
@@ -39,7 +41,7 @@ BYSTANDER = 8
 def settled(api: FakeBotApi, chat: int) -> bool:
     """Something was said in the chat and nothing is still streaming (no Stop button, no placeholder)."""
     messages = api.messages(chat)
-    return bool(messages) and all(m.reply_markup is None and m.text != texts.PLACEHOLDER for m in messages)
+    return bool(messages) and all(not answering(m) and m.text != texts.PLACEHOLDER for m in messages)
 
 
 async def stored_answers(bot: RunningBot, key: ConversationKey, count: int, timeout: float = 90) -> None:
@@ -361,9 +363,11 @@ async def test_an_answer_without_words_says_so_and_is_stored_as_failed(
         assert engine is not None
         real_ask = engine.ask
 
-        async def wordless(key: ConversationKey, past: Sequence[Turn], question: Turn) -> AsyncIterator[Event]:
+        async def wordless(
+            key: ConversationKey, past: Sequence[Turn], question: Turn, **options: Any
+        ) -> AsyncIterator[Event]:
             """The real model answers; its words are dropped, as if it had written only a line break."""
-            async for event in real_ask(key, past, question):
+            async for event in real_ask(key, past, question, **options):
                 if isinstance(event, Finished):
                     yield replace(event, text="\n")
                 elif not isinstance(event, Chunk):

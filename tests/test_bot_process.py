@@ -26,11 +26,12 @@ from telegram.error import InvalidToken
 
 from bot import texts
 from bot.app import RedactSecrets
+from bot.handlers import RETRY_CALLBACK
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.reply_stream import CURSOR
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, USER, bot_settings, running_bot, stored_messages, wait_answers
+from tests.support.harness import ADMIN, USER, bot_settings, callbacks, running_bot, stored_messages, wait_answers
 from tests.support.processes import bot_environment, bot_process, run_phi3bot
 
 SECRET = "webhook_Secret-42"
@@ -106,7 +107,8 @@ async def test_sigterm_during_an_answer_stops_it_quickly_and_keeps_its_text(
         code = await asyncio.wait_for(bot.process.wait(), 30)
     assert code == 0, bot.stderr[-3000:]
     [answer] = api.messages(USER)
-    assert answer.reply_markup is None and answer.text.endswith(texts.footer("cancelled", answer.text).strip())
+    assert callbacks(answer) == [RETRY_CALLBACK], "no Stop button left, a Retry button instead"
+    assert answer.text.endswith(texts.footer("cancelled", answer.text).strip())
     stored = await read_history(tmp_path / "data", USER)
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
     assert stored[1].text and answer.text.startswith(stored[1].text[:20]), "the partial answer is kept"

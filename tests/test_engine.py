@@ -17,7 +17,7 @@ from PIL import Image
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
 from engine.fair_queue import AlreadyQueued
-from engine.generation import GenerationSettings
+from engine.generation import RETRY_TEMPERATURE, GenerationSettings
 from engine.images import PreparedImage, prepare_image
 from engine.pipeline_process import LoadedModel, load_pipeline
 from model_store.convert import ConversionRequest, run_conversion
@@ -316,3 +316,11 @@ async def test_the_engine_hands_genai_a_square_crop_grid(
         tokens.append(finished(await collect(engine, f"chat {index}", [], question)).input_tokens)
     await engine.aclose()
     assert tokens[0] == tokens[1]  # the 4:3 photo went in as the square it was padded to
+
+
+def test_another_take_samples_from_its_own_seed_and_keeps_a_configured_temperature() -> None:
+    greedy = GenerationSettings().another_take(1234).to_genai()
+    assert greedy.do_sample and greedy.temperature == RETRY_TEMPERATURE and greedy.rng_seed == 1234
+    warm = GenerationSettings(temperature=0.9, top_p=0.8).another_take(7).to_genai()
+    assert warm.do_sample and warm.temperature == pytest.approx(0.9) and warm.top_p == pytest.approx(0.8)
+    assert warm.rng_seed == 7

@@ -255,3 +255,40 @@ async def test_answers_to_repair_are_returned_at_each_start_until_settled(tmp_pa
         assert [m.status for m in await stored_messages(store, key)][1::2] == ["cancelled", "complete", "complete"]
         await store.settle(cut)
         assert [a.message_id for a in await store.mark_interrupted()] == [hurried], "until settled"
+
+
+async def test_a_replaced_answer_leaves_only_the_new_one_and_a_second_replacement_finds_it_gone(
+    tmp_path: Path,
+) -> None:
+    async with await HistoryStore.open(tmp_path / "history.sqlite3") as store:
+        key = ConversationKey(5)
+        question_id, _ = await store.start_exchange(key, "what is it?", images=[image(b"png-q")], user_id=7)
+        assert await store.last_exchange(key) is None, "an answer still being written is not finished"
+        await store.update_assistant_message(question_id + 1, "a cat", telegram_message_ids=[3], status="complete")
+        exchange = await store.last_exchange(key)
+        assert exchange is not None and exchange.question.id == question_id and exchange.answer.text == "a cat"
+        new_answer = await store.replace_answer(exchange)
+        assert new_answer is not None and await store.replace_answer(exchange) is None, "replaced once only"
+        messages = await stored_messages(store, key)
+        assert [(m.role, m.text, m.status) for m in messages] == [
+            ("user", "what is it?", "complete"),
+            ("assistant", "", "streaming"),
+        ]
+        assert messages[0].images[0].data == b"png-q", "the question keeps its image"
+        await store.add_user_message(key, "", images=[image(b"png-2")])
+        assert await store.last_exchange(key) is None, "a photo kept after the answer: nothing to retry"
+
+
+async def test_a_persona_survives_a_reset_and_follows_its_group(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "history.sqlite3") as store:
+        group, topic = ConversationKey(-5), ConversationKey(-5, 9)
+        await store.set_persona(group, "terse")
+        await store.set_persona(topic, "verbose")
+        await store.add_user_message(group, "hello")
+        await store.reset(group)
+        assert await store.persona(group) == "terse"
+        assert await store.move_chat(-5, -1005) == 0, "no conversation left to move"
+        assert await store.has_chat(-1005) and not await store.has_chat(-5)
+        assert [await store.persona(ConversationKey(-1005, t)) for t in (0, 9)] == ["terse", "verbose"]
+        await store.set_persona(ConversationKey(-1005), None)
+        assert await store.persona(ConversationKey(-1005)) is None

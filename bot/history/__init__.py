@@ -2,6 +2,7 @@
 
 from bot.history.store import (
     ConversationKey,
+    Exchange,
     HistoryError,
     HistoryStore,
     Interrupted,
@@ -15,6 +16,7 @@ from bot.history.store import (
 
 __all__ = [
     "ConversationKey",
+    "Exchange",
     "HistoryError",
     "HistoryStore",
     "Interrupted",

@@ -66,4 +66,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN settled INTEGER NOT NULL DEFAULT 1;
     """,
+    # 5: a conversation's own system prompt (/persona), kept apart from its messages so that /reset keeps it
+    """
+    CREATE TABLE personas (
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER NOT NULL DEFAULT 0,
+        text TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (chat_id, thread_id)
+    );
+    """,
 ]

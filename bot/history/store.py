@@ -100,6 +100,14 @@ class Interrupted:
 
 
 @dataclass(frozen=True)
+class Exchange:
+    """A conversation's latest question and its answer, the last message of the conversation."""
+
+    question: StoredMessage
+    answer: StoredMessage
+
+
+@dataclass(frozen=True)
 class StoreStats:
     conversations: int
     messages: int
@@ -300,6 +308,40 @@ class HistoryStore:
                 (text, status, json.dumps(list(telegram_message_ids)), message_id),
             )
 
+    async def replace_answer(self, exchange: Exchange) -> int | None:
+        """A new answer, empty and streaming, takes the place of the exchange's answer in one write (the old
+        one is forgotten, the question kept); returns the new answer's id, or None if the old one is gone.
+
+        The new answer is written before the old one goes, so it gets an id of its own: SQLite would give it
+        the old one's otherwise, and a second replacement of the same exchange would delete it."""
+        async with self._transaction():
+            async with self._db.execute(
+                "SELECT conversation_id FROM messages WHERE id = ? AND role = 'assistant'", (exchange.answer.id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            conversation = int(row[0])
+            answer = await self._insert_assistant_message(conversation, "", "streaming", ())
+            await self._db.execute("DELETE FROM messages WHERE id = ?", (exchange.answer.id,))
+            await self._db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conversation))
+            return answer
+
+    async def set_persona(self, key: ConversationKey, text: str | None) -> None:
+        """The conversation's own system prompt; None returns it to the configured one."""
+        async with self._transaction():
+            if text is None:
+                await self._db.execute(
+                    "DELETE FROM personas WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id)
+                )
+            else:
+                await self._db.execute(
+                    "INSERT INTO personas (chat_id, thread_id, text, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (chat_id, thread_id) DO UPDATE SET text = excluded.text, "
+                    "updated_at = excluded.updated_at",
+                    (key.chat_id, key.thread_id, text, time.time()),
+                )
+
     async def settle(self, message_id: int) -> None:
         """The answer's messages show its final form: nothing for recovery to repair."""
         async with self._transaction():
@@ -334,11 +376,15 @@ class HistoryStore:
         return int(row[0]) if row else 0
 
     async def move_chat(self, old_chat_id: int, new_chat_id: int) -> int:
-        """A group upgraded to a supergroup gets a new id; its conversations follow it (once: the update that
-        announces it can arrive twice, from the old chat and from the new one)."""
+        """A group upgraded to a supergroup gets a new id; its conversations and personas follow it (once: the
+        update that announces it can arrive twice, from the old chat and from the new one); returns how many
+        conversations moved."""
         async with self._transaction():
             cursor = await self._db.execute(
                 "UPDATE OR IGNORE conversations SET chat_id = ? WHERE chat_id = ?", (new_chat_id, old_chat_id)
+            )
+            await self._db.execute(
+                "UPDATE OR IGNORE personas SET chat_id = ? WHERE chat_id = ?", (new_chat_id, old_chat_id)
             )
         return cursor.rowcount
 
@@ -420,6 +466,33 @@ class HistoryStore:
             for row in rows
         ]
 
+    async def last_exchange(self, key: ConversationKey) -> Exchange | None:
+        """The conversation's latest question and its answer, if a finished answer is its last message."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE c.chat_id = ? AND c.thread_id = ? ORDER BY m.id DESC LIMIT 2",
+                (key.chat_id, key.thread_id),
+            ) as cursor,
+        ):
+            ids = [int(row[0]) for row in await cursor.fetchall()]
+        found = await self.messages(ids)
+        if [m.role for m in found] != ["user", "assistant"] or found[1].status == "streaming":
+            return None
+        return Exchange(*found)
+
+    async def persona(self, key: ConversationKey) -> str | None:
+        """The conversation's own system prompt, if it has one."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT text FROM personas WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id)
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
     async def recent_conversations(self, since: float) -> list[ConversationKey]:
         """Conversations with a message since ``since`` (a Unix time), the most recent first."""
         async with (
@@ -432,10 +505,14 @@ class HistoryStore:
             return [ConversationKey(int(row[0]), int(row[1])) for row in await cursor.fetchall()]
 
     async def has_chat(self, chat_id: int) -> bool:
-        """Whether any conversation of this chat (or of one of its forum topics) is stored."""
+        """Whether any conversation or persona of this chat (or of one of its forum topics) is stored."""
         async with (
             self._reading(),
-            self._db.execute("SELECT 1 FROM conversations WHERE chat_id = ? LIMIT 1", (chat_id,)) as cursor,
+            self._db.execute(
+                "SELECT 1 FROM conversations WHERE chat_id = ? UNION ALL SELECT 1 FROM personas WHERE chat_id = ? "
+                "LIMIT 1",
+                (chat_id, chat_id),
+            ) as cursor,
         ):
             return await cursor.fetchone() is not None
 

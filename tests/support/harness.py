@@ -15,10 +15,11 @@ from telegram.ext import Application
 
 from bot import texts
 from bot.app import build_application, setup, teardown
-from bot.handlers import Services
+from bot.handlers import RETRY_CALLBACK, Services
 from bot.history import ConversationKey, HistoryStore, StoredMessage
+from bot.reply_stream import STOP_CALLBACK
 from bot.settings import Settings, load_settings
-from tests.support.bot_api_server import FakeBotApi
+from tests.support.bot_api_server import FakeBotApi, SentMessage
 
 ADMIN = 42
 USER = 7
@@ -86,13 +87,27 @@ def photo_bytes(
     return buffer.getvalue()
 
 
+def callbacks(message: SentMessage) -> list[str]:
+    """The callback data of a message's inline buttons."""
+    rows = (message.reply_markup or {}).get("inline_keyboard", [])
+    return [str(button.get("callback_data", "")) for row in rows for button in row]
+
+
+def answering(message: SentMessage) -> bool:
+    """The message shows the Stop button: an answer is being written into it."""
+    return STOP_CALLBACK in callbacks(message)
+
+
+def finished(message: SentMessage) -> bool:
+    """A message of a finished answer: its Stop button gave way to the Retry button (under the last part) or
+    to none, and the placeholder to text."""
+    return bool(message.edits) and callbacks(message) in ([], [RETRY_CALLBACK]) and message.text != texts.PLACEHOLDER
+
+
 async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 60) -> None:
     """An answer is done when its message lost the Stop button."""
     await api.wait_for(
-        lambda: (
-            len([m for m in api.messages(chat) if m.edits and m.reply_markup is None and m.text != texts.PLACEHOLDER])
-            >= count
-        ),
+        lambda: len([m for m in api.messages(chat) if finished(m)]) >= count,
         timeout,
         f"{count} finished answers in chat {chat}",
     )
