@@ -7,7 +7,7 @@ self-hosted Bot API server that does not know the method) turns that answer into
 
 Rules it keeps:
 * at most one edit per ``interval`` (Telegram throttles chats that edit faster; groups get a longer interval),
-  one draft per ``draft_interval``, and neither when the visible text did not change;
+  one draft per ``Drafts.interval``, and neither when the visible text did not change;
 * plain text while streaming (a half-written Markdown answer would not parse), entities at the end;
 * past Telegram's 4096-unit limit the answer continues in a new message, replying to the previous part;
 * nothing is shown that is not recorded first: ``record`` gets the answer's text and every message id before
@@ -192,7 +192,7 @@ class ReplyStream:
 
     async def start(self, text: str) -> None:
         """Placeholder at once, with the typing indicator, so the user knows the bot heard them: a message
-        saying ``text``, or as a draft Telegram's own "Thinking…" (an empty draft)."""
+        saying ``text``, or an empty draft, which Telegram shows as its own "Thinking…"."""
         await self._call(self.bot.send_chat_action(self.chat_id, ChatAction.TYPING, message_thread_id=self.thread_id))
         if self._drafting and await self._draft(""):
             self._refresher = asyncio.create_task(self._refresh_draft())
