@@ -3,7 +3,8 @@
 The real bot (python-telegram-bot over HTTP, history in SQLite, streamed edits) runs against the stand-in
 Bot API server on 127.0.0.1 with the full synthetic INT4 model.  Times are taken the way a user sees them:
 from the moment the update is available to the first edit that shows answer text, and to the final edit.
-The same questions are then put to the engine directly, so the difference is the bot's overhead.  The ten
+The same questions are then put to the engine directly, so the difference is the bot's overhead.  Answers
+stream as edits (STREAM_DRAFTS=false), as in groups: the figures in the README were taken that way.  The ten
 chats asking at once are served once per ``--batch-sizes`` entry (BATCH_SIZE: 1 = one after another).
 
 Usage: python benchmarks/bot_overhead.py [--tokens 32] [--chats 10] [--batch-sizes 1,4]
@@ -66,6 +67,7 @@ async def through_bot(tokens: int, chats: int, batch_size: int) -> dict[str, Any
                 max_new_tokens=tokens,
                 kv_cache_gb=4,
                 edit_interval_seconds=1.0,
+                stream_drafts=False,
                 allowed_user_ids=",".join(map(str, users)),
                 user_requests_per_minute=60,
                 queue_max=chats + 1,

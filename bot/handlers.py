@@ -31,7 +31,7 @@ from bot.history import ConversationKey, Exchange, HistoryStore, NewImage
 from bot.image_cache import PreparedImageCache
 from bot.intake import IntakeError, fetch, images_in, unreadable
 from bot.recovery import AnswerRecord
-from bot.reply_stream import Postponed, ReplyStream, Undeliverable
+from bot.reply_stream import Drafts, Postponed, ReplyStream, Undeliverable
 from bot.settings import Settings
 from engine.context_policy import MESSAGE_OVERHEAD
 from engine.conversation import Turn
@@ -76,9 +76,11 @@ class Services:
     askers: dict[ConversationKey, int] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     images: PreparedImageCache = field(init=False)
+    drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/reply_stream.py)
 
     def __post_init__(self) -> None:
         self.images = PreparedImageCache(self.settings.prepared_images_mb * 1024 * 1024)
+        self.drafts = Drafts(self.settings.stream_drafts, self.settings.draft_interval_seconds)
 
     def prepared(self, data: bytes, sha256: str) -> PreparedImage:
         return self.images.get(data, sha256)
@@ -502,6 +504,7 @@ class Handlers:
             thread_id=key.thread_id or None,
             interval=interval,
             stopping=services.stopping,
+            drafts=services.drafts if is_private(message) else None,
         )
         text = ""
         finished: Finished | None = None
@@ -548,6 +551,7 @@ class Handlers:
             except Exception as error:
                 log.warning("could not show the failure in chat %s: %s", message.chat_id, error)
         finally:
+            await stream.close()
             services.askers.pop(key, None)
 
     def _cancel(self, key: ConversationKey) -> None:

@@ -1,8 +1,13 @@
 """One streamed answer in a chat: a placeholder, throttled edits as text arrives, then the final formatting.
 
+In a private chat the answer streams as a draft instead (``sendMessageDraft``, Telegram's own streaming: it
+animates the growing text and costs no edits) and the final text is sent as new messages.  A draft lasts about
+30 s unless refreshed and vanishes when the bot sends a message; a draft Telegram refuses (a 400, or an older
+self-hosted Bot API server that does not know the method) turns that answer into edits, with nothing lost.
+
 Rules it keeps:
 * at most one edit per ``interval`` (Telegram throttles chats that edit faster; groups get a longer interval),
-  and no edit when the visible text did not change;
+  one draft per ``Drafts.interval``, and neither when the visible text did not change;
 * plain text while streaming (a half-written Markdown answer would not parse), entities at the end;
 * past Telegram's 4096-unit limit the answer continues in a new message, replying to the previous part;
 * nothing is shown that is not recorded first: ``record`` gets the answer's text and every message id before
@@ -23,6 +28,7 @@ import contextlib
 import functools
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +37,7 @@ from typing import TypeVar
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from bot.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts, plain_parts
@@ -44,6 +50,7 @@ FINAL_DELIVERY_SECONDS = 300.0
 STORM_GAP_SECONDS = 60.0  # flood control quiet this long: the next 429 starts a new storm
 MOVES = 3  # a chat that moves more often than this while one answer is shown is given up
 DELETED = "\0deleted"  # stands in the shown text of a message that can no longer be edited
+DRAFT_REFRESH_SECONDS = 20.0  # a draft unchanged this long is sent again: Telegram drops it after about 30 s
 
 T = TypeVar("T")
 Record = Callable[[str, Sequence[int]], Awaitable[None]]
@@ -61,6 +68,21 @@ class Postponed(Exception):
 class _Moved(Exception):
     """The chat moved (a group became a supergroup) while a part was being shown: every part is to be sent to
     the new chat anew, from the first."""
+
+
+@dataclass
+class Drafts:
+    """Whether private chats' answers stream as drafts, and how often a draft changes; one per bot, shared by
+    its streams, so that a Bot API server without ``sendMessageDraft`` is found out by one answer and the later
+    ones edit from the start."""
+
+    available: bool = True
+    interval: float = 0.4
+
+    def unsupported(self, error: TelegramError) -> None:
+        if self.available:
+            log.warning("the Bot API server does not know sendMessageDraft (%s); answers are edited instead", error)
+        self.available = False
 
 
 def stop_keyboard() -> InlineKeyboardMarkup:
@@ -139,7 +161,8 @@ _floods = _FloodLog()
 
 @dataclass
 class ReplyStream:
-    """``message_ids``: given when the stream takes over messages shown before (recovery after a restart)."""
+    """``message_ids``: given when the stream takes over messages shown before (recovery after a restart);
+    ``drafts``: given in private chats, where the answer streams as a draft while they are available."""
 
     bot: Bot
     chat_id: int
@@ -150,25 +173,45 @@ class ReplyStream:
     message_ids: list[int] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: the final text stops waiting
     patience: float = FINAL_DELIVERY_SECONDS
+    drafts: Drafts | None = None
     _text: str = ""
     _shown: list[str] = field(default_factory=list)
     _next_edit: float = 0.0
     _flood_until: float = 0.0
     _closed: bool = False
+    _drafting: bool = False
+    _draft_id: int = 0
+    _drafted: str = ""  # the text the draft shows
+    _draft_sent_at: float = 0.0  # when a draft was last sent, whatever came of it
+    _refresher: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self._shown = [""] * len(self.message_ids)  # what messages shown before say is not known
+        self._drafting = self.drafts is not None and self.drafts.available and not self.message_ids
+        self._draft_id = secrets.randbelow(2**31 - 1) + 1  # a new id per answer: never animates another's draft
 
     async def start(self, text: str) -> None:
-        """Placeholder at once, with the typing indicator, so the user knows the bot heard them."""
+        """Placeholder at once, with the typing indicator, so the user knows the bot heard them: a message
+        saying ``text``, or an empty draft, which Telegram shows as its own "Thinking…"."""
         await self._call(self.bot.send_chat_action(self.chat_id, ChatAction.TYPING, message_thread_id=self.thread_id))
+        if self._drafting and await self._draft(""):
+            self._refresher = asyncio.create_task(self._refresh_draft())
+            return
+        await self._start_message(text)
+
+    async def _start_message(self, text: str) -> None:
         place = functools.partial(self._place, 0, FormattedPart(text), stop_keyboard())
         await self._in_order(functools.partial(self._deliver, place))
         self._next_edit = time.monotonic() + self.interval
 
     async def status(self, text: str) -> None:
         """Queue position and the like: shown only while no answer text has arrived yet."""
-        if len(self.message_ids) == 1 and not self._closed and not self._flooded():
+        if self._closed or self._flooded():
+            return
+        if self._drafting:
+            if not await self._draft(text):
+                await self._start_message(text)
+        elif len(self.message_ids) == 1:
             with contextlib.suppress(_Moved):  # the next update sends the answer to the new chat
                 await self._edit_streaming(0, text, with_button=True)
 
@@ -177,6 +220,15 @@ class ReplyStream:
         now = time.monotonic()
         if self._closed or now < self._next_edit or self._flooded() or not text.strip():
             return
+        if self._drafting and self.drafts is not None:
+            draft = plain_parts(text, TELEGRAM_TEXT_LIMIT)[-1].text  # past the limit: the part being written
+            if draft == self._drafted:
+                return
+            self._text = text
+            await self.record(text, self.message_ids)
+            if await self._draft(draft):
+                self._next_edit = time.monotonic() + self.drafts.interval
+                return
         parts = plain_parts(text + CURSOR, TELEGRAM_TEXT_LIMIT)
         if [part.text for part in parts] == self._shown:
             return
@@ -201,6 +253,7 @@ class ReplyStream:
 
         Raises Undeliverable when the chat cannot receive it, Postponed when it has to wait for the next start."""
         self._closed = True
+        await self.close()  # no draft may arrive after the final text: it would show again for 30 s
         self._text = text
         await self.record(text, self.message_ids)
         # Telegram said when it would accept more; asking earlier only earns another 429.
@@ -223,6 +276,50 @@ class ReplyStream:
             self.message_ids = [self.message_ids[index] for index in kept]
             self._shown = [self._shown[index] for index in kept]
             await self.record(self._text, self.message_ids)
+
+    async def close(self) -> None:
+        """Stops refreshing the draft; the stream's owner calls it however the answer ends."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    # --- drafts -------------------------------------------------------------------------------------------
+
+    async def _draft(self, text: str) -> bool:
+        """Shows ``text`` as the draft; False once Telegram refused drafts for this answer, which then goes on
+        in messages (the caller shows the text there).  Flood control and network trouble are passed over:
+        the next draft carries the text."""
+        self._draft_sent_at = time.monotonic()
+        try:
+            await self.bot.send_message_draft(self.chat_id, self._draft_id, text, message_thread_id=self.thread_id)
+        except RetryAfter as error:
+            self._flood(error)
+        except Forbidden:
+            self._closed = True
+        except (BadRequest, InvalidToken) as error:  # InvalidToken: PTB's name for a 404, "method not found"
+            self._drafting = False
+            if isinstance(error, InvalidToken) and self.drafts is not None:
+                self.drafts.unsupported(error)
+            else:
+                log.warning("draft refused in chat %s (%s); this answer is edited instead", self.chat_id, error)
+            return False
+        except TelegramError as error:
+            log.info("draft failed (%s); the next one carries the text", error)
+        else:
+            self._drafted = text
+        return True
+
+    async def _refresh_draft(self) -> None:
+        """Sends the draft again before Telegram drops it, while the answer waits in line or the model reads a
+        photo; a refusal leaves the text to the next update or the final text, in messages."""
+        while True:
+            due = max(self._draft_sent_at + DRAFT_REFRESH_SECONDS, self._flood_until)
+            await asyncio.sleep(max(due - time.monotonic(), 0.0))
+            if not self._drafting or self._closed:
+                return
+            if time.monotonic() >= max(self._draft_sent_at + DRAFT_REFRESH_SECONDS, self._flood_until):
+                await self._draft(self._drafted)
 
     # --- sending ------------------------------------------------------------------------------------------
 

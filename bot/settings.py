@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # Streaming and load
     edit_interval_seconds: float = Field(default=1.0, ge=0.2, le=30.0)
     group_edit_interval_seconds: float = Field(default=3.0, ge=0.5, le=60.0)
+    # Private chats' answers stream as Telegram drafts (sendMessageDraft); false = edited messages, as in groups.
+    stream_drafts: bool = True
+    # Bots that stream drafts refresh them every 0.3-0.5 s; flood control (429) makes the bot wait as told.
+    draft_interval_seconds: float = Field(default=0.4, ge=0.1, le=30.0)
     queue_max: int = Field(default=20, ge=1, le=1000)
     user_requests_per_minute: int = Field(default=6, ge=1, le=600)
 

@@ -7,12 +7,15 @@ import itertools
 import logging
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bot import texts
-from bot.history import ConversationKey
+from bot.formatting import formatted_parts
+from bot.history import ConversationKey, StoredMessage
+from bot.reply_stream import CURSOR
 from bot.runtime import load_model
 from bot.settings import Settings
 from engine.pipeline_process import LoadedModel
@@ -24,10 +27,12 @@ from tests.support.harness import (
     STRANGER,
     USER,
     RunningBot,
+    answer_drafts,
     bot_settings,
     photo_bytes,
     running_bot,
     stored_messages,
+    streaming,
     wait_answers,
 )
 from tests.support.hub_server import StandInHub
@@ -47,23 +52,119 @@ async def test_commands_are_registered(bot: RunningBot) -> None:
     assert names == ["help", "reset", "stop", "retry", "persona", "model"]
 
 
-async def test_photo_question_is_streamed_then_finalised(
+async def test_a_private_answer_streams_as_drafts_then_is_sent_as_a_message(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300)
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=1000, draft_interval_seconds=0.1)
     async with running_bot(api, settings, long_answers=True) as bot:
         api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
         await wait_answers(api, CHAT, 1)
         stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     [answer] = api.messages(CHAT)
-    assert answer.edits[0] == texts.PLACEHOLDER
-    assert len(answer.edits) >= 3, f"placeholder, status, streamed text, final: {answer.edits}"
-    assert any(edit.endswith("▌") for edit in answer.edits), "partial text was shown while streaming"
-    assert not answer.text.endswith("▌") and answer.text.strip()
+    drafts = answer_drafts(api, CHAT)
+    assert api.draft_texts(CHAT)[0] == "", "Telegram's own Thinking… from the first moment"
+    assert len(drafts) >= 3, f"the draft grew as the answer was written: {api.draft_texts(CHAT)}"
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(drafts)), "no word taken back"
+    assert not any(draft.endswith(CURSOR) for draft in drafts), "a draft is animated by Telegram: no cursor"
+    assert api.calls_of("editMessageText") == [], "nothing was edited"
+    assert answer.edits == [answer.text] and answer.reply_markup is None, "the final text, sent once"
+    assert stored[1].text.startswith(drafts[-1]) and answer.text.strip()
+    assert api.shown_draft(CHAT) is None, "the message took the draft's place"
     assert api.calls_of("sendChatAction", CHAT), "typing indicator at once"
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
     assert stored[0].text == "What is in this picture?" and len(stored[0].images) == 1
     assert stored[1].telegram_message_ids == (answer.message_id,)
+
+
+@pytest.mark.parametrize(("chat", "drafts"), [(GROUP, True), (CHAT, False)], ids=["group", "private-drafts-off"])
+async def test_an_answer_in_a_group_or_without_drafts_streams_as_edits(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, chat: int, drafts: bool
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300, stream_drafts=drafts)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        username = bot.application.bot.username
+        api.push_message(chat, photo=photo_bytes(), caption=f"@{username} What is in this picture?", user_id=USER)
+        await wait_answers(api, chat, 1)
+        stored = await stored_messages(bot.services.history, ConversationKey(chat))
+    [answer] = api.messages(chat)
+    assert answer.edits[0] == texts.PLACEHOLDER
+    assert len(answer.edits) >= 3, f"placeholder, status, streamed text, final: {answer.edits}"
+    assert any(edit.endswith(CURSOR) for edit in answer.edits), "partial text was shown while streaming"
+    assert not answer.text.endswith(CURSOR) and answer.text.strip() and answer.reply_markup is None
+    assert api.calls_of("sendMessageDraft") == [], "no drafts"
+    assert stored[1].status == "complete" and stored[1].telegram_message_ids == (answer.message_id,)
+
+
+@pytest.mark.parametrize("failure", ["400", "404"])
+async def test_a_draft_refused_mid_answer_turns_it_into_edits_without_losing_text(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, failure: str
+) -> None:
+    """A 400 changes that answer only; a 404 (an older self-hosted Bot API server without the method) every
+    later answer of the process too."""
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=4000)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        engine = bot.services.engine
+        assert engine is not None
+        api.push_message(CHAT, "Write a long story.", user_id=USER)
+        await api.wait_for(lambda: len(answer_drafts(api, CHAT)) >= 2, 30, "the answer streaming as a draft")
+        if failure == "400":
+            api.fail_next("sendMessageDraft", kind="400", description="Bad Request: TEXTDRAFT_PEER_INVALID")
+        else:
+            api.forget("sendMessageDraft")
+        await api.wait_for(lambda: any(m.text.endswith(CURSOR) for m in api.messages(CHAT)), 30, "edits")
+        refused = [call for call in api.calls_of("sendMessageDraft") if call.status != 200]
+        drafted, drafts_before = answer_drafts(api, CHAT), len(api.draft_texts(CHAT))
+        engine.settings = replace(engine.settings, max_new_tokens=30)
+        api.push_message(CHAT, "/stop", user_id=USER)
+        await api.wait_for(lambda: any(t.endswith("Stopped.") for t in api.visible_text(CHAT)), 30, "stopped")
+        api.push_message(CHAT, "And another one.", user_id=USER)
+        stored = await finished_answers(bot, ConversationKey(CHAT), 2)
+    first, second = (api.messages(CHAT)[0], api.messages(CHAT)[-1])
+    assert [call.status for call in refused] == [int(failure)], "one refusal, then edits"
+    assert first.edits[0].endswith(CURSOR) and first.edits[0].startswith(drafted[-1]), "the drafted text went on"
+    assert len(first.edits) >= 2 and first.reply_markup is None
+    assert "".join(stored[1].text.split()).startswith("".join(first.edits[0].removesuffix(CURSOR).split()))
+    assert stored[1].status == "cancelled" and stored[1].telegram_message_ids[0] == first.message_id
+    later_drafts = len(api.draft_texts(CHAT)) > drafts_before
+    assert later_drafts == (failure == "400"), "a 400 was this answer's; a 404 means the server lacks the method"
+    assert (second.edits[0] == texts.PLACEHOLDER) == (failure == "404")
+    assert stored[3].status == "complete" and stored[3].telegram_message_ids == (second.message_id,)
+
+
+async def finished_answers(bot: RunningBot, key: ConversationKey, count: int) -> list[StoredMessage]:
+    """The conversation once ``count`` answers in it are finished and shown as such."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        stored = await stored_messages(bot.services.history, key)
+        answers = [m for m in stored if m.role == "assistant" and m.status != "streaming"]
+        shown = {m.message_id: m for m in bot.api.messages(key.chat_id) if m.reply_markup is None}
+        ids = [message_id for answer in answers for message_id in answer.telegram_message_ids]
+        if (
+            len(answers) >= count
+            and all(a.telegram_message_ids for a in answers)
+            and all(i in shown and not shown[i].text.endswith(CURSOR) for i in ids)
+        ):
+            return stored
+        assert asyncio.get_running_loop().time() < deadline, f"{count} answers not finished: {stored}"
+        await asyncio.sleep(0.1)
+
+
+async def test_stop_during_a_drafted_answer_keeps_the_partial_answer(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=4000)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        api.push_message(CHAT, "Write a very long story.", user_id=USER)
+        await api.wait_for(lambda: streaming(api, CHAT), 30, "streaming started")
+        assert api.messages(CHAT) == [], "a draft, no message yet"
+        api.push_message(CHAT, "/stop", user_id=USER)
+        await api.wait_for(lambda: any(t.endswith("Stopped.") for t in api.visible_text(CHAT)), 30, "the answer")
+        stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
+    [answer] = [m for m in api.messages(CHAT) if m.text != texts.STOPPING]
+    assert texts.STOPPING in api.visible_text(CHAT) and answer.reply_markup is None
+    assert stored[1].status == "cancelled" and stored[1].telegram_message_ids == (answer.message_id,)
+    assert stored[1].text.startswith(answer_drafts(api, CHAT)[-1]), "what the draft showed is kept"
+    assert api.calls_of("editMessageText") == []
 
 
 async def test_follow_up_uses_the_history(bot: RunningBot) -> None:
@@ -272,10 +373,10 @@ async def test_a_handler_that_fails_is_reported_to_its_user(bot: RunningBot) -> 
 async def test_stop_button_keeps_the_partial_answer(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=4000)
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=4000, stream_drafts=False)
     async with running_bot(api, settings, long_answers=True) as bot:
         api.push_message(CHAT, "Write a very long story.", user_id=USER)
-        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(CHAT)), 30, "streaming started")
+        await api.wait_for(lambda: streaming(api, CHAT), 30, "streaming started")
         [answer] = api.messages(CHAT)
         api.push_callback(CHAT, answer.message_id, "stop", user_id=USER)
         await wait_answers(api, CHAT, 1)
@@ -285,23 +386,28 @@ async def test_stop_button_keeps_the_partial_answer(
         assert stored[1].text.split()[0] in answer.text
 
 
+@pytest.mark.parametrize("method", ["editMessageText", "sendMessageDraft"])
 async def test_flood_control_storm_loses_no_text(
-    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    api: FakeBotApi,
+    int4_store: tuple[ModelStore, ModelEntry],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
 ) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=200)
+    drafts = method == "sendMessageDraft"
+    tokens = 4000 if drafts else 200  # drafts wait only as long as told: a longer answer meets several 429s
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=tokens, stream_drafts=drafts)
     async with running_bot(api, settings, long_answers=True) as bot:
-        api.storm("editMessageText", 6.0)  # long enough for several refusals on a slow machine
+        api.storm(method, 6.0)  # long enough for several refusals on a slow machine
         api.push_message(CHAT, photo=photo_bytes(), caption="Describe in detail.", user_id=USER)
-        await wait_answers(api, CHAT, 1, timeout=90)
-        stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
+        stored = await finished_answers(bot, ConversationKey(CHAT), 1)
         assert stored[1].status == "complete"
-        [answer] = api.messages(CHAT)
-        shown = answer.text.replace("\n", "").replace(" ", "")
-        assert shown == stored[1].text.replace("\n", "").replace(" ", "")[: len(shown)] and len(shown) > 0
-        refused = [c for c in api.calls_of("editMessageText") if c.status == 429]
+        assert [m.text for m in api.messages(CHAT)] == [part.text for part in formatted_parts(stored[1].text)]
+        refused = [c for c in api.calls_of(method) if c.status == 429]
         assert refused, "the storm really happened"
         gaps = [b.at - a.at for a, b in itertools.pairwise(refused)]
         assert min(gaps, default=1.0) > 0.5, "no tight retry loop against flood control"
+        assert api.calls_of("editMessageText" if drafts else "sendMessageDraft") == [], "one way of streaming"
     assert len(refused) >= 2 and not [r for r in caplog.records if r.levelno >= logging.ERROR], "429 is no error"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "flood control" in r.getMessage()]
     assert len(warnings) <= 1, "one warning per storm (none if another test's storm is still fresh)"
@@ -443,11 +549,9 @@ async def test_a_second_chat_sees_its_place_in_line(
     settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=600, allowed_user_ids="7,8")
     async with running_bot(api, settings, long_answers=True):
         api.push_message(CHAT, "Write a long story.", user_id=USER)
-        await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(CHAT)), 30, "first answer streaming")
+        await api.wait_for(lambda: streaming(api, CHAT), 30, "first answer streaming")
         api.push_message(8, "Me too, please.", user_id=8)
-        await api.wait_for(
-            lambda: any("#1 in line" in edit for m in api.messages(8) for edit in m.edits), 30, "queue position"
-        )
+        await api.wait_for(lambda: any("#1 in line" in t for t in api.draft_texts(8)), 30, "queue position")
         await wait_answers(api, 8, 1, timeout=120)
 
 

@@ -31,7 +31,17 @@ from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.reply_stream import CURSOR
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, USER, bot_settings, callbacks, running_bot, stored_messages, wait_answers
+from tests.support.harness import (
+    ADMIN,
+    USER,
+    answer_drafts,
+    bot_settings,
+    callbacks,
+    running_bot,
+    stored_messages,
+    streaming,
+    wait_answers,
+)
 from tests.support.processes import bot_environment, bot_process, run_phi3bot
 
 SECRET = "webhook_Secret-42"
@@ -93,7 +103,7 @@ async def test_webhook_mode_answers_and_sigterm_shuts_down_cleanly(
 
 async def start_a_long_answer(api: FakeBotApi) -> None:
     api.push_message(USER, "Tell me everything.", user_id=USER)
-    await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(USER)), 120, "an answer streaming")
+    await api.wait_for(lambda: streaming(api, USER), 120, "an answer streaming")
 
 
 @pytest.mark.timeout(240)
@@ -115,15 +125,18 @@ async def test_sigterm_during_an_answer_stops_it_quickly_and_keeps_its_text(
 
 
 @pytest.mark.timeout(300)
-async def test_kill_9_during_an_answer_leaves_a_sound_database_and_the_bot_carries_on(
+async def test_kill_9_during_a_drafted_answer_leaves_a_sound_database_and_the_restart_sends_it(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
+    """The answer was only a draft, which vanishes by itself: the next start sends its saved text as a message."""
     data = tmp_path / "data"
     environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="4000")
     async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
         await start_a_long_answer(api)
         bot.process.send_signal(signal.SIGKILL)
         assert await bot.process.wait() == -signal.SIGKILL
+    assert api.messages(USER) == [], "a draft, no message"
+    last_draft = answer_drafts(api, USER)[-1]
 
     with sqlite3.connect(data / "history.sqlite3") as database:
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -134,10 +147,13 @@ async def test_kill_9_during_an_answer_leaves_a_sound_database_and_the_bot_carri
         assert (user_status, answer_status) == ("complete", "cancelled"), "the interrupted answer is marked"
         [killed] = api.messages(USER)
         assert killed.reply_markup is None and killed.text.endswith(texts.INTERRUPTED.strip()), killed.text
+        assert await restarted.services.history.mark_interrupted() == [], "repaired once, and settled"
         api.push_message(USER, "Are you back?", user_id=USER)
         await wait_answers(api, USER, 2, timeout=60)
         stored = await stored_messages(restarted.services.history, ConversationKey(USER))
         assert [m.status for m in stored] == ["complete", "cancelled", "complete", "complete"]
+    assert stored[1].telegram_message_ids == (killed.message_id,) and killed.edits == [killed.text], "sent anew"
+    assert words(last_draft) in words(stored[1].text), "no word shown was lost"
 
 
 async def test_the_models_process_ends_when_the_bot_is_killed(
@@ -170,7 +186,7 @@ async def test_kill_9_during_a_three_message_answer_repairs_every_part(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="6000")
+    environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="6000", STREAM_DRAFTS="false")
     async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
         api.push_message(USER, "Tell me everything, at length.", user_id=USER)
         await api.wait_for(  # edited once: the bot has its id recorded (a kill before that leaves it unknown)
@@ -204,7 +220,7 @@ async def test_sigterm_in_a_flood_storm_exits_within_seconds_and_the_next_start_
 ) -> None:
     """Docker kills a container 10 s after SIGTERM; Telegram's retry_after can be longer than that."""
     data = tmp_path / "data"
-    environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="4000")
+    environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="4000", STREAM_DRAFTS="false")
     async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
         await start_a_long_answer(api)
         for method in ("editMessageText", "sendMessage"):

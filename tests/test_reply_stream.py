@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 import pytest
 from telegram import Bot
+from telegram.error import BadRequest, InvalidToken
 from telegram.ext import AIORateLimiter, ExtBot
 from telegram.request import HTTPXRequest
 
-from bot.formatting import utf16_len
-from bot.reply_stream import CURSOR, Postponed, ReplyStream, Undeliverable
+from bot.formatting import plain_parts, utf16_len
+from bot.reply_stream import CURSOR, Drafts, Postponed, ReplyStream, Undeliverable
 from tests.support.bot_api_server import FakeBotApi
 
 CHAT = 501
@@ -45,6 +46,9 @@ class Journal:
         unknown = [m.message_id for m in self.api.messages(self.chat) if m.message_id not in recorded_ids]
         assert len(unknown) <= allowed_new, f"messages shown before they were recorded: {unknown}"
         assert words(recorded_text).startswith("".join(words(m.text) for m in shown)), "words shown unrecorded"
+        draft = self.api.shown_draft(self.chat)
+        if draft is not None and draft.text not in ("", *self.statuses):
+            assert words(draft.text) in words(recorded_text), "a draft showed words unrecorded"
 
 
 @pytest.fixture
@@ -240,3 +244,95 @@ async def test_a_shutdown_does_not_wait_out_flood_control(api: FakeBotApi, bot: 
     assert time.monotonic() - started < 2.0
     assert journal.entries[-1] == ("Half of the answer and more, stopped.", stream.message_ids), "recorded for recovery"
     assert api.visible_text(CHAT) == ["Half of the answer ▌"]
+
+
+@pytest.fixture
+def private(api: FakeBotApi) -> int:
+    """CHAT as the private chat Telegram knows it (drafts go to private chats only)."""
+    api.chat_types[CHAT] = "private"
+    return CHAT
+
+
+async def test_a_long_drafted_answer_shows_the_part_being_written_then_is_sent_in_parts(
+    api: FakeBotApi, bot: Bot, journal: Journal, private: int
+) -> None:
+    question = 77
+    stream = ReplyStream(bot, private, journal, reply_to=question, interval=0.0, drafts=Drafts(interval=0.0))
+    await stream.start("…")
+    await stream_in_steps(stream, LONG)
+    journal.check()
+    ids = await stream.finish(LONG)
+    drafts = api.draft_texts(private)
+    assert drafts[0] == "" and len(drafts) >= 4, drafts
+    assert all(0 < utf16_len(text) <= 4096 for text in drafts[1:]), "a draft holds one part"
+    assert drafts[-1] == plain_parts(LONG)[-1].text, "past the limit, the draft shows the part being written"
+    shown = api.messages(private)
+    assert len(shown) >= 3 and [m.message_id for m in shown] == ids and journal.entries[-1] == (LONG, ids)
+    assert words("".join(m.text for m in shown)) == words(LONG), "every word, in order"
+    assert [m.reply_to for m in shown] == [question, *ids[:-1]]
+    assert all(m.edits == [m.text] for m in shown) and api.calls_of("editMessageText") == [], "sent, never edited"
+    assert api.shown_draft(private) is None, "the messages took the draft's place"
+
+
+async def test_a_draft_is_refreshed_before_telegram_drops_it_and_not_after_the_answer(
+    api: FakeBotApi, bot: Bot, private: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new photo can take a minute before the first word; a draft lasts about 30 s."""
+    monkeypatch.setattr("bot.reply_stream.DRAFT_REFRESH_SECONDS", 0.2)
+    api.draft_lifetime = 0.3
+    place = "⏳ You're #2 in line."
+    stream = ReplyStream(bot, private, Journal(api, statuses=("…", place)), interval=0.0, drafts=Drafts())
+    await stream.start("…")
+    await stream.status(place)
+    await asyncio.sleep(1.0)
+    draft = api.shown_draft(private)
+    assert draft is not None and draft.text == place, "still shown, five lifetimes later"
+    assert api.draft_texts(private).count(place) >= 4
+    await stream.finish("The answer.")
+    sent = len(api.calls_of("sendMessageDraft"))
+    await asyncio.sleep(0.5)
+    assert len(api.calls_of("sendMessageDraft")) == sent, "no draft after the final text"
+    assert api.visible_text(private) == ["The answer."]
+
+
+async def test_a_server_without_drafts_gets_a_placeholder_and_edits_from_then_on(
+    api: FakeBotApi, bot: Bot, journal: Journal, private: int
+) -> None:
+    api.forget("sendMessageDraft")
+    drafts = Drafts()
+    stream = ReplyStream(bot, private, journal, interval=0.0, drafts=drafts)
+    await stream.start("…")
+    [placeholder] = api.messages(private)
+    assert placeholder.text == "…" and placeholder.reply_markup is not None, "a message with the Stop button"
+    assert not drafts.available
+    await stream.update("Words")
+    await stream.finish("Words, done.")
+    assert placeholder.edits == ["…", "Words ▌", "Words, done."]
+    api.chat_types[CHAT + 1] = "private"
+    later = ReplyStream(bot, CHAT + 1, Journal(api, CHAT + 1), interval=0.0, drafts=drafts)
+    await later.start("…")
+    assert len(api.calls_of("sendMessageDraft")) == 1, "the server is not asked again"
+    assert [m.text for m in api.messages(CHAT + 1)] == ["…"]
+
+
+async def test_the_stand_in_refuses_drafts_as_telegram_does(api: FakeBotApi, bot: Bot, private: int) -> None:
+    group = -100777
+    api.chat_types[group] = "supergroup"
+    with pytest.raises(BadRequest, match=r"(?i)textdraft_peer_invalid"):
+        await bot.send_message_draft(group, 1, "hello")
+    with pytest.raises(BadRequest, match=r"(?i)random_id_invalid"):
+        await bot.send_message_draft(private, 0, "hello")
+    with pytest.raises(BadRequest, match=r"(?i)too long"):
+        await bot.send_message_draft(private, 1, "x" * 4097)
+    assert await bot.send_message_draft(private, 1, "")  # Telegram shows "Thinking…"
+    assert await bot.send_message_draft(private, 1, "x" * 4096)
+    assert api.draft_texts(private) == ["", "x" * 4096] and api.draft_texts(group) == []
+    await bot.send_message(private, "a message")
+    assert api.shown_draft(private) is None, "a message from the bot ends the draft"
+    await bot.send_message_draft(private, 2, "again")
+    api.draft_lifetime = 0.1
+    await asyncio.sleep(0.2)
+    assert api.shown_draft(private) is None, "a draft not refreshed expires"
+    api.forget("sendMessageDraft")
+    with pytest.raises(InvalidToken, match=r"(?i)not found"):  # PTB's name for any 404
+        await bot.send_message_draft(private, 1, "on an older server")

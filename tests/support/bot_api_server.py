@@ -1,8 +1,9 @@
 """A stand-in Telegram Bot API server on 127.0.0.1, for driving the real python-telegram-bot over HTTP.
 
-It keeps what a user would see (each chat's messages with their current text and edit history), records
-every call, and injects the failures the bot must survive: flood control (429 with retry_after), "message
-is not modified", 5xx, slow answers, a blocked bot (403), a migrated group, a message deleted mid-stream.
+It keeps what a user would see (each chat's messages with their current text and edit history, and the drafts
+a bot streams into private chats), records every call, and injects the failures the bot must survive: flood
+control (429 with retry_after), "message is not modified", 5xx, slow answers, a blocked bot (403), a migrated
+group, a message deleted mid-stream, a method an older server does not know (404).
 Shapes follow the official server: ``{"ok": false, "error_code": N, "description": ..., "parameters": ...}``
 with the HTTP status equal to the error code.
 """
@@ -61,6 +62,7 @@ RESTRICTED_RIGHTS = (
 )
 TEXT_LIMIT = 4096
 FILE_LIMIT = 20 * 1024 * 1024
+DRAFT_LIFETIME = 30.0  # seconds a draft stays shown after its last refresh
 
 
 def utf16_len(text: str) -> int:
@@ -86,6 +88,17 @@ class SentMessage:
     thread_id: int | None = None
     edits: list[str] = field(default_factory=list)
     deleted: bool = False
+
+
+@dataclass
+class Draft:
+    """One sendMessageDraft that Telegram accepted: what the user's chat showed from ``at`` (monotonic time)."""
+
+    chat_id: int
+    thread_id: int
+    draft_id: int
+    text: str
+    at: float
 
 
 @dataclass
@@ -122,6 +135,10 @@ class FakeBotApi:
         self.users: dict[int, dict[str, Any]] = {}
         self.member_statuses: dict[tuple[int, int], str] = {}
         self.forums: set[int] = set()
+        self.drafts: dict[int, list[Draft]] = defaultdict(list)  # every draft a chat was shown, in order
+        self.draft_lifetime = DRAFT_LIFETIME
+        self._shown_drafts: dict[tuple[int, int], Draft] = {}  # (chat, thread) -> the draft on screen
+        self.unknown_methods: set[str] = set()
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._user_message_ids = itertools.count(1)
@@ -198,6 +215,17 @@ class FakeBotApi:
     def visible_text(self, chat_id: int) -> list[str]:
         return [message.text for message in self.messages(chat_id)]
 
+    def draft_texts(self, chat_id: int) -> list[str]:
+        """Every text the chat's drafts showed, in order (a refresh with the same text counts again)."""
+        return [draft.text for draft in self.drafts[chat_id]]
+
+    def shown_draft(self, chat_id: int, thread_id: int | None = None) -> Draft | None:
+        """The draft the user sees now: none once a message was sent there or 30 s passed without a refresh."""
+        draft = self._shown_drafts.get((chat_id, thread_id or 0))
+        if draft is None or time.monotonic() - draft.at > self.draft_lifetime:
+            return None
+        return draft
+
     def calls_of(self, method: str, chat_id: int | None = None) -> list[Call]:
         return [
             call
@@ -222,6 +250,10 @@ class FakeBotApi:
         """The group became a supergroup: from now on every call to the old id answers with the new one."""
         for method in ("sendMessage", "editMessageText", "editMessageReplyMarkup", "sendChatAction"):
             self._faults[method].append(Fault("migrate", times=10**9, chat_id=old_chat_id, migrate_to=new_chat_id))
+
+    def forget(self, method: str) -> None:
+        """Play an older Bot API server that does not know ``method``: 404 "Not Found: method not found"."""
+        self.unknown_methods.add(method)
 
     def storm(self, method: str, seconds: float, retry_after: int = 1) -> None:
         """Every call of ``method`` gets 429 until the storm passes (``seconds`` 0 ends it)."""
@@ -411,7 +443,7 @@ class FakeBotApi:
         params = await self._params(request)
         try:
             await self._inject(method, params)
-            handler = getattr(self, f"_api_{method}", None)
+            handler = None if method in self.unknown_methods else getattr(self, f"_api_{method}", None)
             if handler is None:
                 raise ApiError(404, "Not Found: method not found")
             result = await handler(params)
@@ -568,6 +600,7 @@ class FakeBotApi:
             edits=[text],
         )
         self.chats[chat_id].append(message)
+        self._shown_drafts.pop((chat_id, message.thread_id or 0), None)  # a message from the bot ends the draft
         return self._message_json(message)
 
     async def _api_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -600,6 +633,28 @@ class FakeBotApi:
         return True
 
     async def _api_sendMessageDraft(self, params: dict[str, Any]) -> bool:
+        """As Telegram documents it: private chats only, a non-zero ``draft_id``, 0-4096 characters (an empty
+        text shows "Thinking…"); the same ``draft_id`` changes the shown draft, another one replaces it."""
+        chat_id = int(params["chat_id"])
+        if chat_id not in self.chat_types:
+            raise ApiError(400, "Bad Request: chat not found")
+        if self.chat_types[chat_id] != "private":
+            raise ApiError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
+        try:
+            draft_id = int(params.get("draft_id", 0))
+        except ValueError:
+            draft_id = 0
+        if draft_id == 0:
+            raise ApiError(400, "Bad Request: RANDOM_ID_INVALID")
+        if params.get("parse_mode"):
+            raise ApiError(400, "Bad Request: this stand-in expects entities, not parse_mode")
+        text = str(params.get("text", ""))
+        if utf16_len(text) > TEXT_LIMIT:
+            raise ApiError(400, "Bad Request: message is too long")
+        thread_id = int(params.get("message_thread_id") or 0)
+        draft = Draft(chat_id, thread_id, draft_id, text, time.monotonic())
+        self.drafts[chat_id].append(draft)
+        self._shown_drafts[(chat_id, thread_id)] = draft
         return True
 
     async def _api_answerCallbackQuery(self, params: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from bot import texts
 from bot.app import build_application, setup, teardown
 from bot.handlers import RETRY_CALLBACK, Services
 from bot.history import ConversationKey, HistoryStore, StoredMessage
-from bot.reply_stream import STOP_CALLBACK
+from bot.reply_stream import CURSOR, STOP_CALLBACK
 from bot.settings import Settings, load_settings
 from tests.support.bot_api_server import FakeBotApi, SentMessage
 
@@ -49,6 +49,7 @@ def bot_settings(api: FakeBotApi, store_root: Path, data_dir: Path, **overrides:
         "max_new_tokens": 40,
         "edit_interval_seconds": 0.2,
         "group_edit_interval_seconds": 0.5,
+        "draft_interval_seconds": 0.2,
         "kv_cache_gb": 1,
         "system_prompt": "You are a test assistant.",
     }
@@ -111,6 +112,27 @@ async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 
         timeout,
         f"{count} finished answers in chat {chat}",
     )
+
+
+def is_status(text: str) -> bool:
+    """A text that says what is happening rather than words of an answer (an empty draft shows "Thinking…")."""
+    return text in ("", texts.PLACEHOLDER, texts.THINKING) or text.startswith("⏳")
+
+
+def answer_drafts(api: FakeBotApi, chat: int) -> list[str]:
+    """The drafts that showed words of an answer in a private chat, in order."""
+    return [text for text in api.draft_texts(chat) if not is_status(text)]
+
+
+def streaming(api: FakeBotApi, chat: int) -> bool:
+    """An answer is being written where the user sees it: a draft with words, or a message with the cursor."""
+    draft = api.shown_draft(chat)
+    return (draft is not None and not is_status(draft.text)) or any(m.text.endswith(CURSOR) for m in api.messages(chat))
+
+
+def shown_texts(api: FakeBotApi, chat: int) -> list[str]:
+    """Everything the chat showed: every draft, then every version of every message."""
+    return [*api.draft_texts(chat), *(edit for message in api.messages(chat) for edit in message.edits)]
 
 
 async def stored_messages(history: HistoryStore, key: ConversationKey) -> list[StoredMessage]:
