@@ -14,6 +14,7 @@ import pytest
 
 from bot import texts
 from bot.formatting import formatted_parts
+from bot.handlers import RETRY_CALLBACK
 from bot.history import ConversationKey, StoredMessage
 from bot.reply_stream import CURSOR
 from bot.runtime import load_model
@@ -29,6 +30,8 @@ from tests.support.harness import (
     RunningBot,
     answer_drafts,
     bot_settings,
+    callbacks,
+    finished,
     photo_bytes,
     running_bot,
     stored_messages,
@@ -67,7 +70,7 @@ async def test_a_private_answer_streams_as_drafts_then_is_sent_as_a_message(
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(drafts)), "no word taken back"
     assert not any(draft.endswith(CURSOR) for draft in drafts), "a draft is animated by Telegram: no cursor"
     assert api.calls_of("editMessageText") == [], "nothing was edited"
-    assert answer.edits == [answer.text] and answer.reply_markup is None, "the final text, sent once"
+    assert answer.edits == [answer.text] and callbacks(answer) == [RETRY_CALLBACK], "the final text, sent once"
     assert stored[1].text.startswith(drafts[-1]) and answer.text.strip()
     assert api.shown_draft(CHAT) is None, "the message took the draft's place"
     assert api.calls_of("sendChatAction", CHAT), "typing indicator at once"
@@ -90,7 +93,7 @@ async def test_an_answer_in_a_group_or_without_drafts_streams_as_edits(
     assert answer.edits[0] == texts.PLACEHOLDER
     assert len(answer.edits) >= 3, f"placeholder, status, streamed text, final: {answer.edits}"
     assert any(edit.endswith(CURSOR) for edit in answer.edits), "partial text was shown while streaming"
-    assert not answer.text.endswith(CURSOR) and answer.text.strip() and answer.reply_markup is None
+    assert not answer.text.endswith(CURSOR) and answer.text.strip() and callbacks(answer) == [RETRY_CALLBACK]
     assert api.calls_of("sendMessageDraft") == [], "no drafts"
     assert stored[1].status == "complete" and stored[1].telegram_message_ids == (answer.message_id,)
 
@@ -122,7 +125,7 @@ async def test_a_draft_refused_mid_answer_turns_it_into_edits_without_losing_tex
     first, second = (api.messages(CHAT)[0], api.messages(CHAT)[-1])
     assert [call.status for call in refused] == [int(failure)], "one refusal, then edits"
     assert first.edits[0].endswith(CURSOR) and first.edits[0].startswith(drafted[-1]), "the drafted text went on"
-    assert len(first.edits) >= 2 and first.reply_markup is None
+    assert len(first.edits) >= 2 and callbacks(first) == [RETRY_CALLBACK]
     assert "".join(stored[1].text.split()).startswith("".join(first.edits[0].removesuffix(CURSOR).split()))
     assert stored[1].status == "cancelled" and stored[1].telegram_message_ids[0] == first.message_id
     later_drafts = len(api.draft_texts(CHAT)) > drafts_before
@@ -137,7 +140,7 @@ async def finished_answers(bot: RunningBot, key: ConversationKey, count: int) ->
     while True:
         stored = await stored_messages(bot.services.history, key)
         answers = [m for m in stored if m.role == "assistant" and m.status != "streaming"]
-        shown = {m.message_id: m for m in bot.api.messages(key.chat_id) if m.reply_markup is None}
+        shown = {m.message_id: m for m in bot.api.messages(key.chat_id) if finished(m)}
         ids = [message_id for answer in answers for message_id in answer.telegram_message_ids]
         if (
             len(answers) >= count
@@ -161,7 +164,7 @@ async def test_stop_during_a_drafted_answer_keeps_the_partial_answer(
         await api.wait_for(lambda: any(t.endswith("Stopped.") for t in api.visible_text(CHAT)), 30, "the answer")
         stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     [answer] = [m for m in api.messages(CHAT) if m.text != texts.STOPPING]
-    assert texts.STOPPING in api.visible_text(CHAT) and answer.reply_markup is None
+    assert texts.STOPPING in api.visible_text(CHAT) and callbacks(answer) == [RETRY_CALLBACK]
     assert stored[1].status == "cancelled" and stored[1].telegram_message_ids == (answer.message_id,)
     assert stored[1].text.startswith(answer_drafts(api, CHAT)[-1]), "what the draft showed is kept"
     assert api.calls_of("editMessageText") == []
