@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -447,6 +448,31 @@ async def test_a_second_chat_sees_its_place_in_line(
         api.push_message(8, "Me too, please.", user_id=8)
         await api.wait_for(
             lambda: any("#1 in line" in edit for m in api.messages(8) for edit in m.edits), 30, "queue position"
+        )
+        await wait_answers(api, 8, 1, timeout=120)
+
+
+async def test_statuses_tell_how_long_once_the_speed_is_measured(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300, allowed_user_ids="7,8")
+    async with running_bot(api, settings, long_answers=True):
+        api.push_message(CHAT, photo=photo_bytes(), caption="What is this?", user_id=USER)
+        await wait_answers(api, CHAT, 1)
+        assert texts.looking(1) in api.messages(CHAT)[0].edits, "no number before the speed was measured"
+        api.push_message(CHAT, photo=photo_bytes((20, 200, 20)), caption="And this one?", user_id=USER)
+        await api.wait_for(
+            lambda: len(api.messages(CHAT)) == 2 and api.messages(CHAT)[1].text.endswith("▌"), 30, "answer streaming"
+        )
+        statuses = [edit for edit in api.messages(CHAT)[1].edits if edit.startswith(texts.looking(1))]
+        assert statuses and re.fullmatch(r"👀 Looking at your photo… about \d+ s", statuses[0]), statuses
+        api.push_message(8, "Me too, please.", user_id=8)
+        await api.wait_for(
+            lambda: any(
+                re.fullmatch(r"⏳ You're #1 in line, about \d+ s\.", edit) for m in api.messages(8) for edit in m.edits
+            ),
+            30,
+            "a wait estimate",
         )
         await wait_answers(api, 8, 1, timeout=120)
 

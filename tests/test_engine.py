@@ -152,6 +152,21 @@ async def test_second_chat_waits_with_a_position_and_same_chat_is_refused(engine
     await engine.aclose()
 
 
+async def test_estimates_follow_a_first_measured_answer_and_cover_the_answers_ahead(engine: Engine) -> None:
+    engine.settings = replace(SETTINGS, max_new_tokens=60)
+    first = await collect(engine, "a", [], Turn("user", "Describe.", (photo((1, 2, 3)),)))
+    assert Started(None, 1) in first, "nothing numeric before anything was measured"
+    assert engine.speed.vision_seconds_per_image_token is not None and engine.speed.decode_tokens_per_second
+    running = asyncio.create_task(collect(engine, "b", [], Turn("user", "And this?", (photo((4, 5, 6)),))))
+    await asyncio.sleep(0.05)
+    waiting = await collect(engine, "c", [], Turn("user", "Hello"))
+    [estimated] = [event for event in await running if isinstance(event, Started)]
+    assert estimated.images == 1 and estimated.seconds is not None and estimated.seconds > 0
+    [place] = [event for event in waiting if isinstance(event, Waiting)]
+    assert place.position == 1 and place.seconds is not None and place.seconds > 0
+    await engine.aclose()
+
+
 async def test_cancel_stops_within_a_token_and_frees_the_slot(engine: Engine) -> None:
     engine.settings = replace(SETTINGS, max_new_tokens=3000)
     events, cancelled = await interrupted(engine, "a", Turn("user", "Write a long story."), lambda: engine.cancel("a"))
