@@ -8,7 +8,8 @@ every answer that ran alone (a batched answer's timings mix several chats') refi
 * encoding photos: seconds per image token (the crops an image is cut into decide both), a running average;
 * reading the prompt: a straight line through the recent answers' (question tokens, seconds to first text
   beside encoding) points, because a short follow-up pays a fixed cost (the call, the first decoded word)
-  that a per-token rate would miss; with too little spread in the points yet, a rate through zero;
+  that a per-token rate would miss; with too little spread in the points yet, a rate through zero, and
+  nothing for a question far smaller or larger than those measured (a first text follow-up after photos);
 * writing: tokens per second and answer length in tokens, running averages, the length bounded by
   ``max_new_tokens``.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 SMOOTHING = 0.3  # weight of the newest sample in a running average: a few answers adapt it to a new load
 READING_POINTS = 12  # recent answers the prompt-reading line is fitted through
 SPREAD_TOKENS = 50.0  # question sizes must differ this much (standard deviation) to tell fixed cost from rate
+REACH = 4.0  # the line is trusted for questions up to this many times smaller or larger than those measured
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,10 @@ class Speed:
             self.answer_tokens = _averaged(self.answer_tokens, float(sample.generated_tokens))
 
     def reading_seconds(self, question_tokens: int) -> float | None:
-        """Seconds from the start to the first text, photos' encoding aside; None before any answer."""
-        if not self._reading:
+        """Seconds from the start to the first text, photos' encoding aside; None before an answer of about
+        that size."""
+        sizes = [x for x, _ in self._reading]
+        if not sizes or not min(sizes) / REACH <= question_tokens <= max(sizes) * REACH:
             return None
         count = len(self._reading)
         mean_x = sum(x for x, _ in self._reading) / count

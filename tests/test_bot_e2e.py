@@ -466,7 +466,7 @@ async def test_statuses_tell_how_long_once_the_speed_is_measured(
         )
         statuses = [edit for edit in api.messages(CHAT)[1].edits if edit.startswith(texts.looking(1))]
         assert statuses and re.fullmatch(r"👀 Looking at your photo… about \d+ s", statuses[0]), statuses
-        api.push_message(8, "Me too, please.", user_id=8)
+        api.push_message(8, photo=photo_bytes((20, 20, 200)), caption="Mine too?", user_id=8)
         await api.wait_for(
             lambda: any(
                 re.fullmatch(r"⏳ You're #1 in line, about \d+ s\.", edit) for m in api.messages(8) for edit in m.edits

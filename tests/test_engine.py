@@ -159,7 +159,7 @@ async def test_estimates_follow_a_first_measured_answer_and_cover_the_answers_ah
     assert engine.speed.vision_seconds_per_image_token is not None and engine.speed.decode_tokens_per_second
     running = asyncio.create_task(collect(engine, "b", [], Turn("user", "And this?", (photo((4, 5, 6)),))))
     await asyncio.sleep(0.05)
-    waiting = await collect(engine, "c", [], Turn("user", "Hello"))
+    waiting = await collect(engine, "c", [], Turn("user", "What is it?", (photo((7, 8, 9)),)))
     [estimated] = [event for event in await running if isinstance(event, Started)]
     assert estimated.images == 1 and estimated.seconds is not None and estimated.seconds > 0
     [place] = [event for event in waiting if isinstance(event, Waiting)]

@@ -79,6 +79,14 @@ def test_a_short_follow_up_keeps_its_fixed_cost_once_questions_of_several_sizes_
     assert speed.reading_seconds(410) == pytest.approx((1.5 + 6.0) / 2)
 
 
+def test_a_question_far_from_any_measured_size_gets_no_number() -> None:
+    speed = Speed()
+    speed.record(sample(question_tokens=800))
+    assert speed.estimate(20, 0, 512) is None, "a first text follow-up after photos: its fixed cost is unknown"
+    speed.record(sample(question_tokens=20, image_tokens=0, first_text=1.5, vision=0.0))
+    assert speed.estimate(20, 0, 512) is not None
+
+
 def test_a_photo_question_is_not_estimated_before_photos_were_measured() -> None:
     speed = Speed()
     speed.record(sample(image_tokens=0, vision=0.0, question_tokens=20, first_text=1.0))
