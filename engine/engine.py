@@ -168,7 +168,7 @@ class Engine:
         self._request_ids = itertools.count(1)
         self._restarting = asyncio.Lock()
         self.stats = EngineStats()
-        self.speed = Speed()
+        self.speed = Speed()  # of the model serving now, measured from its answers
 
     @property
     def model(self) -> LoadedModel:
@@ -241,7 +241,8 @@ class Engine:
                 async with ticket:
                     running.estimate = self._estimate(question)  # with what was measured while it waited
                     running.started = time.monotonic()
-                    yield Started(running.estimate and running.estimate.first_text, len(question.images))
+                    first_text = running.estimate.first_text if running.estimate is not None else None
+                    yield Started(first_text, len(question.images))
                     generation = self._generate(key, past, question, running, ticket.batched)
                     async with contextlib.aclosing(generation) as events:
                         async for event in events:
@@ -404,6 +405,7 @@ class Engine:
         """Switch models between two requests; the previous one's process is closed and it is returned."""
         async with self.queue.held():
             previous, self._model = self._model, model
+            self.speed = Speed()  # another model, perhaps another precision: its speed is measured anew
         log.info("now serving %s (%s)", model.entry.source, model.entry.precision)
         await asyncio.to_thread(previous.pipeline.close)
         return previous

@@ -221,6 +221,7 @@ async def test_hot_swap_switches_at_a_request_boundary(
     previous = await swapping
     assert first.status == "complete", "the running answer finished on the old model"
     assert previous.entry.precision == "int4" and engine.model.entry.precision == "int8"
+    assert engine.speed.decode_tokens_per_second is None, "the new model's speed is measured anew"
     assert finished(await collect(engine, "a", [], Turn("user", "Hello"))).status == "complete"
     await engine.aclose()
 
