@@ -2,8 +2,9 @@
 
 Why measured: on 2 cores here the same model starts answering a new photo in 15 s with NUM_CROPS=4 and in
 50 s with 16 (benchmarks/crops_cost.py), and the CPU's vector instructions and its other load change that
-as much; a constant would be wrong everywhere but where it was measured.  Nothing numeric is known before the first answer; from then on
-every answer that ran alone (a batched answer's timings mix several chats') refines the figures:
+as much; a constant would be wrong everywhere but where it was measured.  Nothing numeric is known before
+the first answer; from then on every answer that ran alone (a batched answer's timings mix several chats')
+refines the figures:
 
 * encoding photos: seconds per image token (the crops an image is cut into decide both), a running average;
 * reading the prompt: a straight line through the recent answers' (question tokens, seconds to first text
