@@ -2,14 +2,15 @@
 time to the first text, on the full-size synthetic Phi-3.5-vision INT4.
 
 The engine runs as the bot runs it (its CPU options, batch size and system prompt) and learns its speed only
-from the answers it gives here (engine/estimates.py); the first answer of each engine is the measurement the
-later estimates start from and has none itself.  Cases, each in a chat of its own unless said:
+from the answers it gives here (engine/estimates.py): the first photo answer of each engine is its warm-up
+and the second the first measurement, so neither has an estimate.  Cases, each in a chat of its own unless
+said:
 
-* a new photo with a question, twice, and an album of two;
+* a new photo with a question, three times, and an album of two;
 * a text follow-up about that photo;
 * a photo question sent while another chat's photo question runs: the place in line's estimate, shown when
   it is taken, against the time to its first text (the wait included);
-* a second engine with NUM_CROPS=1 (313 image tokens instead of 757): two photos, each with a follow-up.
+* a second engine with NUM_CROPS=1 (313 image tokens instead of 757): three photos, each with a follow-up.
 
 Answers are ``TOKENS`` long (``ignore_eos``), as a random-weight model otherwise stops anywhere; the
 running average of answer lengths then says what a real model's would.  The goal: every estimate within
@@ -128,8 +129,9 @@ async def _run(model: Path, num_crops: int, full: bool) -> list[Case]:
             past = [question, Turn("assistant", finished.text)]
             add(start, (await _observed(engine, f"{crops} {name} follow-up", past, follow))[0])
 
-        await photos("first photo", 1)  # the first measurement: no estimate yet
-        await photos("photo 2", 1)
+        await photos("first photo", 1)  # the model's warm-up: no estimate yet
+        await photos("photo 2", 1)  # the first measurement: no estimate yet
+        await photos("photo 3", 1)
         if full:
             await photos("album of 2", 2)
             for number in (1, 2):

@@ -169,6 +169,7 @@ class Engine:
         self._restarting = asyncio.Lock()
         self.stats = EngineStats()
         self.speed = Speed()  # of the model serving now, measured from its answers
+        self._warmed: int | None = None  # the model process whose first photo answer has been given
 
     @property
     def model(self) -> LoadedModel:
@@ -284,8 +285,13 @@ class Engine:
 
     def _learn(self, question: Turn, finished: Finished) -> None:
         """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
-        speed; a batched one's timings mix several chats'."""
+        speed; a batched one's timings mix several chats'.  The first photo answer of a model process is its
+        warm-up, as OpenVINO prepares its kernels for the shapes it meets first: up to twice as slow as the
+        next ones (benchmarks/progress_estimates.py), so it teaches nothing."""
         if finished.ttft_seconds is None or finished.replays or finished.status == "failed":
+            return
+        if question.images and self._warmed != self._model.pipeline.pid:
+            self._warmed = self._model.pipeline.pid
             return
         sample = Sample(
             question_tokens=finished.question_tokens,

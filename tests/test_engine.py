@@ -154,8 +154,9 @@ async def test_second_chat_waits_with_a_position_and_same_chat_is_refused(engine
 
 async def test_estimates_follow_a_first_measured_answer_and_cover_the_answers_ahead(engine: Engine) -> None:
     engine.settings = replace(SETTINGS, max_new_tokens=60)
-    first = await collect(engine, "a", [], Turn("user", "Describe.", (photo((1, 2, 3)),)))
-    assert Started(None, 1) in first, "nothing numeric before anything was measured"
+    for key, colour in (("a", (1, 2, 3)), ("w", (3, 2, 1))):  # the warm-up, then the first measurement
+        first = await collect(engine, key, [], Turn("user", "Describe.", (photo(colour),)))
+        assert Started(None, 1) in first, "nothing numeric before anything was measured"
     assert engine.speed.vision_seconds_per_image_token is not None and engine.speed.decode_tokens_per_second
     running = asyncio.create_task(collect(engine, "b", [], Turn("user", "And this?", (photo((4, 5, 6)),))))
     await asyncio.sleep(0.05)
