@@ -64,7 +64,9 @@ class Case:
         }
 
 
-async def _observed(engine: Any, key: str, past: list[Any], question: Any) -> tuple[Case, Case | None, Any]:
+async def _observed(
+    engine: Any, key: str, past: list[Any], question: Any, name: str | None = None
+) -> tuple[Case, Case | None, Any]:
     """The answer's start (Started's estimate) and, if it waited, its place in line (the first Waiting's)."""
     from engine.engine import Chunk, Finished, Started, Waiting
 
@@ -83,8 +85,9 @@ async def _observed(engine: Any, key: str, past: list[Any], question: Any) -> tu
         elif isinstance(event, Finished):
             finished = event
     assert started is not None and first is not None and finished.status == "complete", finished
-    start = Case(key, started[1], first - started[0])
-    line = None if waited is None else Case(f"{key} (in line)", waited[1], first - waited[0])
+    name = name or key
+    start = Case(name, started[1], first - started[0])
+    line = None if waited is None else Case(f"{name} (in line)", waited[1], first - waited[0])
     return start, line, finished
 
 
@@ -124,10 +127,11 @@ async def _run(model: Path, num_crops: int, full: bool) -> list[Case]:
         async def photos(name: str, count: int) -> None:
             """A new photo (or album) in a chat of its own, then a text follow-up about it."""
             question = Turn("user", "What is in this photo?", tuple(_photo(next(seeds)) for _ in range(count)))
-            start, _, finished = await _observed(engine, f"{crops} {name}", [], question)
+            key = f"{crops} {name}"
+            start, _, finished = await _observed(engine, key, [], question)
             follow = Turn("user", "And what colours does it have?")
             past = [question, Turn("assistant", finished.text)]
-            add(start, (await _observed(engine, f"{crops} {name} follow-up", past, follow))[0])
+            add(start, (await _observed(engine, key, past, follow, f"{key} follow-up"))[0])
 
         await photos("first photo", 1)  # the model's warm-up: no estimate yet
         await photos("photo 2", 1)  # the first measurement: no estimate yet
