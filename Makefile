@@ -36,7 +36,7 @@ bench-convert: $(STAMP)
 
 # Every benchmark in turn (about 2.5 hours on 2 cores; builds and converts the full synthetic model first).
 BENCHMARKS := convert_full engine_latency long_conversation alternatives crops_cost cpu_options bandwidth_bound \
-	load_time batching gil_hold bot_overhead preprocessing_fidelity
+	load_time batching gil_hold bot_overhead preprocessing_fidelity progress_estimates
 bench: $(STAMP)
 	set -e; for name in $(BENCHMARKS); do $(VENV)/bin/python benchmarks/$$name.py; done
 

@@ -35,7 +35,8 @@ FIRST_USER = 10_000
 
 def seen(message: SentMessage) -> tuple[bool, bool]:
     """(answer text is showing, the answer is final)."""
-    showing = any(edit not in (texts.PLACEHOLDER, texts.THINKING) and "in line" not in edit for edit in message.edits)
+    statuses = ("Looking at", "in line")
+    showing = any(edit != texts.PLACEHOLDER and not any(s in edit for s in statuses) for edit in message.edits)
     return showing, message.reply_markup is None and message.text != texts.PLACEHOLDER
 
 

@@ -514,9 +514,9 @@ class Handlers:
             event: Event | None = first_event
             while event is not None:
                 if isinstance(event, Waiting):
-                    await stream.status(texts.waiting(event.position))
+                    await stream.status(texts.waiting(event.position, event.seconds))
                 elif isinstance(event, Started):
-                    await stream.status(texts.THINKING)
+                    await stream.status(texts.looking(event.images, event.seconds))
                 elif isinstance(event, Chunk):
                     text += event.text
                     await stream.update(text)

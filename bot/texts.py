@@ -87,8 +87,27 @@ def photos_kept(count: int) -> str:
     return f"📷 Got your {count} photos. I'm looking at them — ask me anything about them."
 
 
-def waiting(position: int) -> str:
-    return f"⏳ You're #{position} in line."
+def about(seconds: float) -> str:
+    """An estimate as a person says it: whole seconds, minutes past a minute and a half."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    return f"about {round(seconds / 60)} min"
+
+
+def waiting(position: int, seconds: float | None = None) -> str:
+    """``seconds``: until the answer's first words, once the bot has measured its speed."""
+    if seconds is None:
+        return f"⏳ You're #{position} in line."
+    return f"⏳ You're #{position} in line, {about(seconds)}."
+
+
+def looking(images: int, seconds: float | None = None) -> str:
+    """While the model encodes the question's photos and reads it: what it does and how long until it answers."""
+    if images == 0:
+        doing = THINKING
+    else:
+        doing = "👀 Looking at your photo…" if images == 1 else f"👀 Looking at your {images} photos…"
+    return doing if seconds is None else f"{doing} {about(seconds)}"
 
 
 def unsupported(kind: str) -> str:

@@ -26,10 +26,12 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, kv_cache_tokens
+from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, estimate_tokens, kv_cache_tokens
 from engine.conversation import Turn
+from engine.estimates import Estimate, Sample, Speed, wait_seconds
 from engine.fair_queue import AlreadyQueued, FairQueue, TicketCancelled
 from engine.generation import GenerationSettings
+from engine.images import image_tokens
 from engine.pipeline_process import LoadedModel
 from engine.pipeline_protocol import Done, Reply
 from model_store.errors import ModelStoreError
@@ -43,14 +45,20 @@ Status = Literal["complete", "cancelled", "timeout", "failed"]
 
 @dataclass(frozen=True)
 class Waiting:
-    """Still in line; ``position`` 1 means next."""
+    """Still in line; ``position`` 1 means next.  ``seconds``: about how long until the answer's first text,
+    from the measured speed (engine/estimates.py); None until that is known."""
 
     position: int
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
 class Started:
-    pass
+    """The model took the question; ``seconds``: about how long until the first text (None until known), which
+    for a question with ``images`` new images includes encoding them."""
+
+    seconds: float | None = None
+    images: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class _Running:
     stop: Callable[[], None] | None = None  # cancels the job in the model's process once it is there
     replace: Callable[[], None] | None = None  # ends that process, for one that does not stop
     replaced: bool = False
+    estimate: Estimate | None = None  # how long it takes, from the speed measured before it started
+    started: float | None = None  # monotonic time the model took it
     _overdue: asyncio.TimerHandle | None = None
 
     def request_stop(self, reason: Status) -> None:
@@ -158,6 +168,8 @@ class Engine:
         self._request_ids = itertools.count(1)
         self._restarting = asyncio.Lock()
         self.stats = EngineStats()
+        self.speed = Speed()  # of the model serving now, measured from its answers
+        self._warmed: int | None = None  # the model process whose first photo answer has been given
 
     @property
     def model(self) -> LoadedModel:
@@ -238,15 +250,18 @@ class Engine:
         if key in self._moved and self.is_busy(key):
             raise AlreadyQueued(f"{key!r} is still being answered under {self._moved[key]!r}")
         ticket = self.queue.enqueue(key)
-        running = _Running(self._stop_grace)
+        running = _Running(self._stop_grace, estimate=self._estimate(question))
         self._running[key] = running
         try:
             async for position in ticket.positions():
                 if position > 0:
-                    yield Waiting(position)
+                    yield Waiting(position, self._first_text_seconds(key))
             try:
                 async with ticket:
-                    yield Started()
+                    running.estimate = self._estimate(question)  # with what was measured while it waited
+                    running.started = time.monotonic()
+                    first_text = running.estimate.first_text if running.estimate is not None else None
+                    yield Started(first_text, len(question.images))
                     generation = self._generate(key, past, question, settings, running, ticket.batched)
                     async with contextlib.aclosing(generation) as events:
                         async for event in events:
@@ -258,6 +273,55 @@ class Engine:
             self._running.pop(key, None)
             for new in [new for new, old in self._moved.items() if old == key]:
                 del self._moved[new]
+
+    def _image_tokens(self, question: Turn) -> int:
+        return sum(image_tokens(image.width, image.height, self._model.num_crops) for image in question.images)
+
+    def _estimate(self, question: Turn) -> Estimate | None:
+        images = self._image_tokens(question)
+        tokens = estimate_tokens(question.text, [images])
+        return self.speed.estimate(tokens, images, self.settings.max_new_tokens)
+
+    def _first_text_seconds(self, key: Hashable) -> float | None:
+        """About how long until the first text for ``key``, in line: the answers ahead of it, then its own start."""
+        keys = self.queue.snapshot()
+        if key not in keys:
+            return None
+        keys = keys[: keys.index(key) + 1]
+        estimates = [self._running[other].estimate if other in self._running else None for other in keys]
+        known = [estimate for estimate in estimates if estimate is not None]
+        if len(known) < len(keys):
+            return None
+        now = time.monotonic()
+        running = self.queue.running
+        left = []
+        for other, estimate in zip(keys[:running], known[:running], strict=True):
+            began = self._running[other].started
+            left.append(max(estimate.whole - (now - began if began is not None else 0.0), 0.0))
+        ahead = [estimate.whole for estimate in known[running:-1]]
+        return wait_seconds(left, ahead, self.queue.batch_max) + known[-1].first_text
+
+    def _learn(self, question: Turn, finished: Finished) -> None:
+        """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
+        speed; a batched one's timings mix several chats'.  The first photo answer of a model process is its
+        warm-up, as OpenVINO prepares its kernels for the shapes it meets first: up to twice as slow as the
+        next ones (benchmarks/progress_estimates.py), so it teaches nothing."""
+        if finished.ttft_seconds is None or finished.replays or finished.status == "failed":
+            return
+        if question.images and self._warmed != self._model.pipeline.pid:
+            self._warmed = self._model.pipeline.pid
+            return
+        sample = Sample(
+            question_tokens=finished.question_tokens,
+            image_tokens=self._image_tokens(question),
+            first_text_seconds=finished.ttft_seconds,
+            vision_seconds=finished.vision_seconds,
+            waited_seconds=finished.waited_seconds,
+            generated_tokens=finished.generated_tokens,
+            tokens_per_second=finished.tokens_per_second,
+            complete=finished.status == "complete",
+        )
+        self.speed.record(sample)
 
     async def _generate(
         self,
@@ -301,7 +365,10 @@ class Engine:
                 running.request_stop("cancelled")
                 await _until_done(replies)
             running.ended()
-        yield self._finish(done, "".join(parts), running, started, ttft)
+        finished = self._finish(done, "".join(parts), running, started, ttft)
+        if not batched:
+            self._learn(question, finished)
+        yield finished
 
     async def _live_model(self) -> LoadedModel:
         """The model, in a fresh process if its process died (one restart shared by the waiting requests)."""
@@ -370,6 +437,7 @@ class Engine:
         """Switch models between two requests; the previous one's process is closed and it is returned."""
         async with self.queue.held():
             previous, self._model = self._model, model
+            self.speed = Speed()  # another model, perhaps another precision: its speed is measured anew
         log.info("now serving %s (%s)", model.entry.source, model.entry.precision)
         await asyncio.to_thread(previous.pipeline.close)
         return previous

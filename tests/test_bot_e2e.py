@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -555,6 +556,30 @@ async def test_a_second_chat_sees_its_place_in_line(
         await api.wait_for(lambda: streaming(api, CHAT), 30, "first answer streaming")
         api.push_message(8, "Me too, please.", user_id=8)
         await api.wait_for(lambda: any("#1 in line" in t for t in api.draft_texts(8)), 30, "queue position")
+        await wait_answers(api, 8, 1, timeout=120)
+
+
+async def test_statuses_tell_how_long_once_the_speed_is_measured(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300, allowed_user_ids="7,8")
+    async with running_bot(api, settings, long_answers=True):  # private chats: the statuses are drafts
+        for number, colour in enumerate([(200, 40, 40), (40, 40, 200)], 1):  # the warm-up, the first measurement
+            before = len(api.draft_texts(CHAT))
+            api.push_message(CHAT, photo=photo_bytes(colour), caption="What is this?", user_id=USER)
+            await wait_answers(api, CHAT, number)
+            assert texts.looking(1) in api.draft_texts(CHAT)[before:], "no number before the speed was measured"
+        before = len(api.draft_texts(CHAT))
+        api.push_message(CHAT, photo=photo_bytes((20, 200, 20)), caption="And this one?", user_id=USER)
+        await api.wait_for(lambda: streaming(api, CHAT), 30, "answer streaming")
+        statuses = [text for text in api.draft_texts(CHAT)[before:] if text.startswith(texts.looking(1))]
+        assert statuses and re.fullmatch(r"👀 Looking at your photo… about \d+ s", statuses[0]), statuses
+        api.push_message(8, photo=photo_bytes((20, 20, 200)), caption="Mine too?", user_id=8)
+        await api.wait_for(
+            lambda: any(re.fullmatch(r"⏳ You're #1 in line, about \d+ s\.", text) for text in api.draft_texts(8)),
+            30,
+            "a wait estimate",
+        )
         await wait_answers(api, 8, 1, timeout=120)
 
 

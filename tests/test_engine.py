@@ -152,6 +152,22 @@ async def test_second_chat_waits_with_a_position_and_same_chat_is_refused(engine
     await engine.aclose()
 
 
+async def test_estimates_follow_a_first_measured_answer_and_cover_the_answers_ahead(engine: Engine) -> None:
+    engine.settings = replace(SETTINGS, max_new_tokens=60)
+    for key, colour in (("a", (1, 2, 3)), ("w", (3, 2, 1))):  # the warm-up, then the first measurement
+        first = await collect(engine, key, [], Turn("user", "Describe.", (photo(colour),)))
+        assert Started(None, 1) in first, "nothing numeric before anything was measured"
+    assert engine.speed.vision_seconds_per_image_token is not None and engine.speed.decode_tokens_per_second
+    running = asyncio.create_task(collect(engine, "b", [], Turn("user", "And this?", (photo((4, 5, 6)),))))
+    await asyncio.sleep(0.05)
+    waiting = await collect(engine, "c", [], Turn("user", "What is it?", (photo((7, 8, 9)),)))
+    [estimated] = [event for event in await running if isinstance(event, Started)]
+    assert estimated.images == 1 and estimated.seconds is not None and estimated.seconds > 0
+    [place] = [event for event in waiting if isinstance(event, Waiting)]
+    assert place.position == 1 and place.seconds is not None and place.seconds > 0
+    await engine.aclose()
+
+
 async def test_cancel_stops_within_a_token_and_frees_the_slot(engine: Engine) -> None:
     engine.settings = replace(SETTINGS, max_new_tokens=3000)
     events, cancelled = await interrupted(engine, "a", Turn("user", "Write a long story."), lambda: engine.cancel("a"))
@@ -206,6 +222,7 @@ async def test_hot_swap_switches_at_a_request_boundary(
     previous = await swapping
     assert first.status == "complete", "the running answer finished on the old model"
     assert previous.entry.precision == "int4" and engine.model.entry.precision == "int8"
+    assert engine.speed.decode_tokens_per_second is None, "the new model's speed is measured anew"
     assert finished(await collect(engine, "a", [], Turn("user", "Hello"))).status == "complete"
     await engine.aclose()
 

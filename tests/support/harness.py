@@ -116,7 +116,7 @@ async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 
 
 def is_status(text: str) -> bool:
     """A text that says what is happening rather than words of an answer (an empty draft shows "Thinking…")."""
-    return text in ("", texts.PLACEHOLDER, texts.THINKING) or text.startswith("⏳")
+    return text in ("", texts.PLACEHOLDER, texts.THINKING) or text.startswith(("⏳", "👀"))
 
 
 def answer_drafts(api: FakeBotApi, chat: int) -> list[str]:

@@ -1,0 +1,182 @@
+"""How true the time estimates the user sees are (issue 14): the estimate shown at the start against the real
+time to the first text, on the full-size synthetic Phi-3.5-vision INT4.
+
+The engine runs as the bot runs it (its CPU options, batch size and system prompt) and learns its speed only
+from the answers it gives here (engine/estimates.py): the first photo answer of each engine is its warm-up
+and the second the first measurement, so neither has an estimate.  Cases, each in a chat of its own unless
+said:
+
+* a new photo with a question, three times, and an album of two;
+* a text follow-up about that photo;
+* a photo question sent while another chat's photo question runs: the place in line's estimate, shown when
+  it is taken, against the time to its first text (the wait included);
+* a second engine with NUM_CROPS=1 (313 image tokens instead of 757): three photos, each with a follow-up.
+
+Answers are ``TOKENS`` long (``ignore_eos``), as a random-weight model otherwise stops anywhere; the
+running average of answer lengths then says what a real model's would.  The goal: every estimate within
+30 % of the real time.  Takes about 4 minutes on 2 cores; run it on a quiet machine.
+
+Usage: python benchmarks/progress_estimates.py [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import BENCH_DIR, bot_cpu_tuning, full_int4_model, png, synthetic_photo, write_results
+
+TOKENS = 32
+GOAL = 0.30
+OTHER_DELAY = 2.0  # seconds after the first chat's question that the second chat asks
+
+
+@dataclass
+class Case:
+    name: str
+    estimate: float | None  # seconds, as shown when the status appeared
+    real: float  # seconds from that moment to the first text
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.estimate is None else self.estimate / self.real
+
+    def line(self) -> str:
+        estimate = "-" if self.estimate is None else f"{self.estimate:.1f}"
+        ratio = "-" if self.ratio is None else f"{self.ratio:.2f}"
+        return f"{self.name:<34}{estimate:>10}{self.real:>8.1f}{ratio:>8}"
+
+    def row(self) -> dict[str, Any]:
+        ratio = self.ratio
+        return {
+            "case": self.name,
+            "estimate_seconds": None if self.estimate is None else round(self.estimate, 2),
+            "real_seconds": round(self.real, 2),
+            "ratio": None if ratio is None else round(ratio, 3),
+        }
+
+
+async def _observed(
+    engine: Any, key: str, past: list[Any], question: Any, name: str | None = None
+) -> tuple[Case, Case | None, Any]:
+    """The answer's start (Started's estimate) and, if it waited, its place in line (the first Waiting's)."""
+    from engine.engine import Chunk, Finished, Started, Waiting
+
+    waited: tuple[float, float | None] | None = None
+    started: tuple[float, float | None] | None = None
+    first: float | None = None
+    finished: Any = None
+    async for event in engine.ask(key, past, question):
+        now = time.monotonic()
+        if isinstance(event, Waiting) and waited is None:
+            waited = (now, event.seconds)
+        elif isinstance(event, Started):
+            started = (now, event.seconds)
+        elif isinstance(event, Chunk) and first is None:
+            first = now
+        elif isinstance(event, Finished):
+            finished = event
+    assert started is not None and first is not None and finished.status == "complete", finished
+    name = name or key
+    start = Case(name, started[1], first - started[0])
+    line = None if waited is None else Case(f"{name} (in line)", waited[1], first - waited[0])
+    return start, line, finished
+
+
+def _photo(seed: int) -> Any:
+    from engine.images import prepare_image
+
+    return prepare_image(png(synthetic_photo(seed)))
+
+
+async def _run(model: Path, num_crops: int, full: bool) -> list[Case]:
+    from bot.settings import Settings
+    from engine.conversation import Turn
+    from engine.engine import Engine
+    from engine.generation import GenerationSettings
+    from engine.pipeline_process import load_pipeline
+    from model_store.loader import pipeline_spec
+    from model_store.store import ModelEntry
+
+    defaults = Settings.model_fields
+    entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
+    spec = pipeline_spec(entry, kv_cache_gb=4, cpu=bot_cpu_tuning(), num_crops=num_crops, views_dir=BENCH_DIR / "views")
+    settings = GenerationSettings(
+        max_new_tokens=TOKENS, system_prompt=str(defaults["system_prompt"].default), ignore_eos=True
+    )
+    engine = Engine(await asyncio.to_thread(load_pipeline, spec), settings, batch_max=defaults["batch_size"].default)
+    crops = f"crops{num_crops}"
+    cases: list[Case] = []
+
+    def add(*new: Case) -> None:
+        cases.extend(new)
+        for case in new:
+            print(case.line(), flush=True)
+
+    seeds = iter(range(3, 100))
+    try:
+
+        async def photos(name: str, count: int) -> None:
+            """A new photo (or album) in a chat of its own, then a text follow-up about it."""
+            question = Turn("user", "What is in this photo?", tuple(_photo(next(seeds)) for _ in range(count)))
+            key = f"{crops} {name}"
+            start, _, finished = await _observed(engine, key, [], question)
+            follow = Turn("user", "And what colours does it have?")
+            past = [question, Turn("assistant", finished.text)]
+            add(start, (await _observed(engine, key, past, follow, f"{key} follow-up"))[0])
+
+        await photos("first photo", 1)  # the model's warm-up: no estimate yet
+        await photos("photo 2", 1)  # the first measurement: no estimate yet
+        await photos("photo 3", 1)
+        if full:
+            await photos("album of 2", 2)
+            for number in (1, 2):
+                ahead_question = Turn("user", "Describe it.", (_photo(50 + number),))
+                first = asyncio.create_task(_observed(engine, f"{crops} ahead {number}", [], ahead_question))
+                await asyncio.sleep(OTHER_DELAY)
+                question = Turn("user", "What is in this photo?", (_photo(60 + number),))
+                start, line, _ = await _observed(engine, f"{crops} behind {number}", [], question)
+                ahead = await first
+                add(ahead[0], *([line] if line else []), start)  # a tiny model may be done before
+    finally:
+        await engine.aclose()
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a converted model directory (default: the full synthetic INT4)")
+    args = parser.parse_args()
+    model = args.model or full_int4_model()
+    print(f"{'case':<34}{'estimate':>10}{'real':>8}{'ratio':>8}", flush=True)
+    cases = asyncio.run(_run(model, 4, full=True)) + asyncio.run(_run(model, 1, full=False))
+    ratios = [case.ratio for case in cases if case.ratio is not None]
+    errors = [abs(ratio - 1) for ratio in ratios]
+    within = sum(error <= GOAL for error in errors)
+    summary = {
+        "estimated": len(ratios),
+        "within_goal": within,
+        "median_error": round(statistics.median(errors), 3),
+        "worst_error": round(max(errors), 3),
+    }
+    print(
+        f"\n{within} of {len(ratios)} estimates within {GOAL:.0%} of the real time; "
+        f"median error {summary['median_error']:.0%}, worst {summary['worst_error']:.0%}"
+    )
+    path = write_results(
+        "progress_estimates",
+        {"answer_tokens": TOKENS, "goal": GOAL, "summary": summary, "cases": [case.row() for case in cases]},
+    )
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

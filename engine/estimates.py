@@ -1,0 +1,115 @@
+"""How long an answer will take, from the speed the engine measured on this machine.
+
+Why measured: on 2 cores here the same model starts answering a new photo in 15 s with NUM_CROPS=4 and in
+50 s with 16 (benchmarks/crops_cost.py), and the CPU's vector instructions and its other load change that
+as much; a constant would be wrong everywhere but where it was measured.  Nothing numeric is known before
+the first answer; from then on every answer that ran alone (a batched answer's timings mix several chats')
+refines the figures:
+
+* encoding photos: seconds per image token (the crops an image is cut into decide both), a running average;
+* reading the prompt: a straight line through the recent answers' (question tokens, seconds to first text
+  beside encoding) points, because a short follow-up pays a fixed cost (the call, the first decoded word)
+  that a per-token rate would miss; with too little spread in the points yet, a rate through zero, and
+  nothing for a question far smaller or larger than those measured (a first text follow-up after photos);
+* writing: tokens per second and answer length in tokens, running averages, the length bounded by
+  ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+SMOOTHING = 0.3  # weight of the newest sample in a running average: a few answers adapt it to a new load
+READING_POINTS = 12  # recent answers the prompt-reading line is fitted through
+SPREAD_TOKENS = 50.0  # question sizes must differ this much (standard deviation) to tell fixed cost from rate
+REACH = 4.0  # the line is trusted for questions up to this many times smaller or larger than those measured
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds from an answer's start to its first text, and to its end."""
+
+    first_text: float
+    whole: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one answer that ran alone took, as the engine measured it."""
+
+    question_tokens: int  # counted by the model's tokenizer, images included
+    image_tokens: int  # of images the question brought (encoded during this answer)
+    first_text_seconds: float  # from the start to the first text
+    vision_seconds: float  # encoding the images
+    waited_seconds: float  # in the model's process behind work read ahead: not part of this answer's cost
+    generated_tokens: int
+    tokens_per_second: float | None  # writing, after the first token
+    complete: bool  # an answer cut short by a stop says nothing about how long answers are
+
+
+def _averaged(known: float | None, sample: float) -> float:
+    return sample if known is None else (1 - SMOOTHING) * known + SMOOTHING * sample
+
+
+class Speed:
+    """The engine's measured speed on this machine; the one place these figures are kept."""
+
+    def __init__(self) -> None:
+        self.vision_seconds_per_image_token: float | None = None
+        self.decode_tokens_per_second: float | None = None
+        self.answer_tokens: float | None = None
+        self._reading: deque[tuple[float, float]] = deque(maxlen=READING_POINTS)  # (question tokens, seconds)
+
+    def record(self, sample: Sample) -> None:
+        if sample.image_tokens > 0 and sample.vision_seconds > 0:
+            self.vision_seconds_per_image_token = _averaged(
+                self.vision_seconds_per_image_token, sample.vision_seconds / sample.image_tokens
+            )
+        reading = sample.first_text_seconds - sample.vision_seconds - sample.waited_seconds
+        if sample.question_tokens > 0 and reading > 0:
+            self._reading.append((float(sample.question_tokens), reading))
+        if sample.tokens_per_second:
+            self.decode_tokens_per_second = _averaged(self.decode_tokens_per_second, sample.tokens_per_second)
+        if sample.complete and sample.generated_tokens > 0:
+            self.answer_tokens = _averaged(self.answer_tokens, float(sample.generated_tokens))
+
+    def reading_seconds(self, question_tokens: int) -> float | None:
+        """Seconds from the start to the first text, photos' encoding aside; None before an answer of about
+        that size."""
+        sizes = [x for x, _ in self._reading]
+        if not sizes or not min(sizes) / REACH <= question_tokens <= max(sizes) * REACH:
+            return None
+        count = len(self._reading)
+        mean_x = sum(x for x, _ in self._reading) / count
+        mean_y = sum(y for _, y in self._reading) / count
+        variance = sum((x - mean_x) ** 2 for x, _ in self._reading) / count
+        if variance >= SPREAD_TOKENS**2:
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in self._reading) / count / variance
+            fixed = mean_y - slope * mean_x
+            if slope > 0 and fixed >= 0:
+                return fixed + slope * question_tokens
+        return mean_y / mean_x * question_tokens
+
+    def estimate(self, question_tokens: int, image_tokens: int, max_new_tokens: int) -> Estimate | None:
+        """For a question of ``question_tokens`` (images included) bringing ``image_tokens`` of new images;
+        None while a figure it needs has not been measured."""
+        reading = self.reading_seconds(question_tokens)
+        if reading is None or self.decode_tokens_per_second is None or self.answer_tokens is None:
+            return None
+        if image_tokens and self.vision_seconds_per_image_token is None:
+            return None
+        first_text = reading + image_tokens * (self.vision_seconds_per_image_token or 0.0)
+        writing = max(min(self.answer_tokens, max_new_tokens) - 1, 0) / self.decode_tokens_per_second
+        return Estimate(first_text, first_text + writing)
+
+
+def wait_seconds(running: list[float], waiting: list[float], batch_max: int) -> float:
+    """Seconds until a request in line starts, from what is left of the answers running now (they end
+    together when batched) and the whole answers waiting ahead of it, answered in waves of ``batch_max``,
+    each wave as long as its longest answer."""
+    waves = len(waiting) // batch_max  # a last, partial wave is answered together with this request
+    total = max(running, default=0.0)
+    for wave in range(waves):
+        total += max(waiting[wave * batch_max : (wave + 1) * batch_max])
+    return total
