@@ -87,6 +87,16 @@ def photos_kept(count: int) -> str:
     return f"📷 Got your {count} photos. I'm looking at them — ask me anything about them."
 
 
+# A wait shorter than this is shown without a number: "about 1 s" tells the user nothing, and a text follow-up's
+# second or two is mostly fixed costs that move with the machine's load (README, "Time estimates").
+SAID_FROM_SECONDS = 5.0
+
+
+def said(seconds: float | None) -> bool:
+    """Whether an estimate is worth a number in the status."""
+    return seconds is not None and seconds >= SAID_FROM_SECONDS
+
+
 def about(seconds: float) -> str:
     """An estimate as a person says it: whole seconds, minutes past a minute and a half."""
     if seconds < 90:
@@ -96,7 +106,7 @@ def about(seconds: float) -> str:
 
 def waiting(position: int, seconds: float | None = None) -> str:
     """``seconds``: until the answer's first words, once the bot has measured its speed."""
-    if seconds is None:
+    if seconds is None or not said(seconds):
         return f"⏳ You're #{position} in line."
     return f"⏳ You're #{position} in line, {about(seconds)}."
 
@@ -107,7 +117,7 @@ def looking(images: int, seconds: float | None = None) -> str:
         doing = THINKING
     else:
         doing = "👀 Looking at your photo…" if images == 1 else f"👀 Looking at your {images} photos…"
-    return doing if seconds is None else f"{doing} {about(seconds)}"
+    return f"{doing} {about(seconds)}" if seconds is not None and said(seconds) else doing
 
 
 def unsupported(kind: str) -> str:

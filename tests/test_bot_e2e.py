@@ -560,8 +560,9 @@ async def test_a_second_chat_sees_its_place_in_line(
 
 
 async def test_statuses_tell_how_long_once_the_speed_is_measured(
-    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(texts, "SAID_FROM_SECONDS", 0.0)  # the tiny model answers faster than a number is worth
     settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300, allowed_user_ids="7,8")
     async with running_bot(api, settings, long_answers=True):  # private chats: the statuses are drafts
         for number, colour in enumerate([(200, 40, 40), (40, 40, 200)], 1):  # the warm-up, the first measurement

@@ -106,7 +106,7 @@ def test_answers_in_a_batch_end_together() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "said"),
-    [(0.2, "about 1 s"), (12.4, "about 12 s"), (89.0, "about 89 s"), (95.0, "about 2 min"), (600.0, "about 10 min")],
+    [(5.2, "about 5 s"), (12.4, "about 12 s"), (89.0, "about 89 s"), (95.0, "about 2 min"), (600.0, "about 10 min")],
 )
 def test_estimates_are_said_in_round_figures(seconds: float, said: str) -> None:
     assert texts.about(seconds) == said
@@ -118,3 +118,11 @@ def test_statuses_say_what_happens_and_how_long_once_known() -> None:
     assert texts.looking(0, None) == texts.THINKING
     assert texts.waiting(2, 40.0) == "⏳ You're #2 in line, about 40 s."
     assert texts.waiting(2) == "⏳ You're #2 in line."
+
+
+def test_a_wait_of_a_few_seconds_is_shown_without_a_number() -> None:
+    """A text follow-up takes a second or two; "about 1 s" would tell nothing and be wrong by half."""
+    assert texts.looking(0, 1.2) == texts.THINKING
+    assert texts.looking(1, 4.9) == "👀 Looking at your photo…"
+    assert texts.waiting(1, 3.0) == "⏳ You're #1 in line."
+    assert texts.looking(1, 5.0) == "👀 Looking at your photo… about 5 s"
