@@ -54,6 +54,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Something accepts connections on ``port``: python-telegram-bot calls setWebhook before it listens."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 async def read_history(data_dir: Path, chat: int) -> list[StoredMessage]:
     history = await HistoryStore.open(data_dir / "history.sqlite3")
     try:
@@ -265,6 +271,7 @@ async def test_webhook_without_a_secret_setting_uses_a_random_one_and_refuses_fo
     )
     async with bot_process(environment, tmp_path) as bot:
         await api.wait_for(lambda: api.webhook_url is not None, 120, "setWebhook")
+        await api.wait_for(lambda: listening(port), 30, "the webhook's listener")
         secret = api.webhook_secret
         assert secret is not None and re.fullmatch(r"[A-Za-z0-9_-]{32,256}", secret), "a secret Telegram accepts"
 
