@@ -27,13 +27,13 @@ from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.albums import AlbumCollector
 from bot.context_view import View, conversation_view
-from bot.history import ConversationKey, Exchange, HistoryStore, NewImage
+from bot.history import ConversationKey, Exchange, HistoryStore
 from bot.image_cache import PreparedImageCache
-from bot.intake import IntakeError, fetch, images_in, unreadable
+from bot.intake import IntakeError, Material, MediaLimits, attachments_in, gather, unreadable
 from bot.recovery import AnswerRecord
 from bot.reply_stream import Drafts, Postponed, ReplyStream, Undeliverable
 from bot.settings import Settings
-from engine.context_policy import MESSAGE_OVERHEAD
+from engine.context_policy import estimate_tokens
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
 from engine.fair_queue import AlreadyQueued, QueueFull
@@ -54,6 +54,19 @@ def conversation_key(message: Message) -> ConversationKey:
 
 def is_private(message: Message) -> bool:
     return message.chat.type == ChatType.PRIVATE
+
+
+@dataclass(frozen=True)
+class Asking:
+    """One question on its way to the model: where it was asked, by whom, and what it shows."""
+
+    message: Message  # the answer replies to it
+    key: ConversationKey
+    user_id: int | None
+    question: Turn
+    material: Material = field(default_factory=lambda: Material([]))  # images new to the history, how to speak of them
+    telegram_message_id: int | None = None  # the question's own message, if it is one
+    retried: Exchange | None = None  # the exchange answered again; its answer is replaced
 
 
 def retry_keyboard() -> InlineKeyboardMarkup:
@@ -254,10 +267,10 @@ class Handlers:
         if kind is not None:  # answered without it, the model would make up what the file says
             await self._reply(first, texts.unsupported(kind))
             return
-        attachments = [attachment for message in messages for attachment in images_in(message)]
+        attachments = [attachment for message in messages for attachment in attachments_in(message)]
         sent_alone = bool(attachments)  # the images came with these messages, not with a replied-to one
         if not attachments and first.reply_to_message is not None:
-            attachments = images_in(first.reply_to_message)
+            attachments = attachments_in(first.reply_to_message)
         text = self._question_text(first)
         if not attachments and not text:
             await self._reply(first, texts.EMPTY)
@@ -276,16 +289,29 @@ class Handlers:
             await self._reply(first, f"I can look at up to {limit} images per question; you sent {len(attachments)}.")
             return
         try:
-            new_images = [await fetch(first.get_bot(), services.history, attachment) for attachment in attachments]
-            prepared = [await asyncio.to_thread(services.prepared, image.data, image.sha256) for image in new_images]
+            material = await gather(first.get_bot(), services.history, attachments, text, self._limits(engine))
+            prepared = [await asyncio.to_thread(services.prepared, i.data, i.sha256) for i in material.images]
         except (IntakeError, ImageRejected) as error:
             await self._reply(first, str(error))
             return
         if keep_for_later:
-            await self._keep(first, key, user_id, engine, new_images, prepared)
+            await self._keep(first, key, user_id, engine, material, prepared)
             return
-        question = Turn("user", text or texts.DESCRIBE, tuple(prepared))
-        await self._ask(first, key, user_id, question, new_images, first.message_id)
+        question = Turn("user", _told(material, text or material.asks), tuple(prepared))
+        await self._ask(Asking(first, key, user_id, question, material, first.message_id))
+
+    def _limits(self, engine: Engine) -> MediaLimits:
+        """A PDF's pages or a clip's frames may take two thirds of the conversation's token budget, so the
+        question stays in view, pinned, with room for the follow-ups about it (engine/context_policy.py)."""
+        settings = self.services.settings
+        per_image = image_tokens(1, 1, engine.model.num_crops)
+        return MediaLimits(
+            pdf_pages=settings.pdf_pages,
+            video_frames=settings.video_frames,
+            video_max_seconds=settings.video_max_seconds,
+            num_crops=engine.model.num_crops,
+            max_images=max(1, engine.history_tokens * 2 // 3 // per_image),
+        )
 
     async def _keep(
         self,
@@ -293,19 +319,27 @@ class Handlers:
         key: ConversationKey,
         user_id: int | None,
         engine: Engine,
-        new_images: list[NewImage],
+        material: Material,
         prepared: list[PreparedImage],
     ) -> None:
-        tokens = sum(image_tokens(i.width, i.height, engine.model.num_crops) for i in prepared) + MESSAGE_OVERHEAD
+        tokens = estimate_tokens(
+            material.context, [image_tokens(i.width, i.height, engine.model.num_crops) for i in prepared]
+        )
         try:
             await self.services.history.add_user_message(
-                key, "", images=new_images, telegram_message_id=message.message_id, user_id=user_id, tokens=tokens
+                key,
+                material.context,
+                images=material.images,
+                telegram_message_id=message.message_id,
+                user_id=user_id,
+                tokens=tokens,
             )
         except sqlite3.Error as error:
             await self._storage_failed(message, error)
             return
         button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=DESCRIBE_CALLBACK)
-        await self._reply(message, texts.photos_kept(len(prepared)), InlineKeyboardMarkup([[button]]))
+        kept = texts.kept(material.label) if material.label else texts.photos_kept(len(prepared))
+        await self._reply(message, kept, InlineKeyboardMarkup([[button]]))
         self.services.prepare_soon(key)
 
     async def describe_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -330,7 +364,7 @@ class Handlers:
             await message.edit_reply_markup(reply_markup=None)
         except TelegramError as error:
             log.info("could not remove the Describe button: %s", error)
-        await self._ask(message, key, user_id, Turn("user", texts.DESCRIBE), [], None)
+        await self._ask(Asking(message, key, user_id, Turn("user", texts.DESCRIBE)))
 
     # --- retry ---------------------------------------------------------------------------------------------
 
@@ -394,7 +428,7 @@ class Handlers:
             await self._reply(message, str(error))
             return
         question = Turn("user", exchange.question.text, tuple(images))
-        await self._ask(message, conversation_key(message), user_id, question, [], None, exchange)
+        await self._ask(Asking(message, conversation_key(message), user_id, question, retried=exchange))
 
     async def _unbutton(self, message: Message, exchange: Exchange) -> None:
         """Best effort: the answer a retry replaces stays in the chat, without its button."""
@@ -409,37 +443,19 @@ class Handlers:
 
     # --- answering ------------------------------------------------------------------------------------------
 
-    async def _ask(
-        self,
-        message: Message,
-        key: ConversationKey,
-        user_id: int | None,
-        question: Turn,
-        new_images: list[NewImage],
-        telegram_message_id: int | None,
-        retried: Exchange | None = None,
-    ) -> None:
-        """Put the question to the engine and stream its answer in reply to ``message``; ``retried``: the
-        question is that exchange's, answered again, and the new answer replaces the old one."""
+    async def _ask(self, asking: Asking) -> None:
+        """Put the question to the engine and stream its answer in reply to its message."""
         try:
-            await self._put(message, key, user_id, question, new_images, telegram_message_id, retried)
+            await self._put(asking)
         except sqlite3.Error as error:  # a full disk, a read-only volume: the model's slot is free already
-            await self._storage_failed(message, error)
+            await self._storage_failed(asking.message, error)
 
     async def _storage_failed(self, message: Message, error: sqlite3.Error) -> None:
         log.error("the history database failed in chat %s: %s", message.chat_id, error)
         await self._reply(message, texts.NOT_STORED)
 
-    async def _put(
-        self,
-        message: Message,
-        key: ConversationKey,
-        user_id: int | None,
-        question: Turn,
-        new_images: list[NewImage],
-        telegram_message_id: int | None,
-        retried: Exchange | None,
-    ) -> None:
+    async def _put(self, asking: Asking) -> None:
+        message, key, question, retried = asking.message, asking.key, asking.question, asking.retried
         engine = self.services.engine
         assert engine is not None
         view = await self.services.view(engine, key, before=retried.question.id if retried else None)
@@ -457,7 +473,11 @@ class Handlers:
             history = self.services.history
             if retried is None:
                 question_id, answer_id = await history.start_exchange(
-                    key, question.text, images=new_images, telegram_message_id=telegram_message_id, user_id=user_id
+                    key,
+                    question.text,
+                    images=asking.material.images,
+                    telegram_message_id=asking.telegram_message_id,
+                    user_id=asking.user_id,
                 )
                 reply_to: int | None = message.message_id
             else:
@@ -470,16 +490,14 @@ class Handlers:
                 # in reply to the question, or else (a Describe button's question is no message) to the old answer
                 replied = retried.question.telegram_message_ids or retried.answer.telegram_message_ids
                 reply_to = replied[0] if replied else None
-            await self._stream(message, key, user_id, question_id, answer_id, first_event, events, reply_to)
+            await self._stream(asking, question_id, answer_id, first_event, events, reply_to)
         finally:
             await events.aclose()  # type: ignore[attr-defined]  # whatever happened, the model's slot is free at once
         self.services.prepare_soon(key)  # the answer is read into the model's view before the next question
 
     async def _stream(
         self,
-        message: Message,
-        key: ConversationKey,
-        user_id: int | None,
+        asking: Asking,
         question_id: int,
         answer_id: int,
         first_event: Event,
@@ -488,6 +506,7 @@ class Handlers:
     ) -> None:
         """The answer is recorded before each step of it is shown (bot/recovery.py), and settled once its
         messages show the final text: a crash or a hurried shutdown at any point leaves it repairable."""
+        message, key, material = asking.message, asking.key, asking.material
         services = self.services
         history = services.history
         interval = (
@@ -508,7 +527,7 @@ class Handlers:
         )
         text = ""
         finished: Finished | None = None
-        services.askers[key] = user_id or 0
+        services.askers[key] = asking.user_id or 0
         try:
             await stream.start(texts.PLACEHOLDER)
             event: Event | None = first_event
@@ -516,7 +535,7 @@ class Handlers:
                 if isinstance(event, Waiting):
                     await stream.status(texts.waiting(event.position, event.seconds))
                 elif isinstance(event, Started):
-                    await stream.status(texts.looking(event.images, event.seconds))
+                    await stream.status(texts.looking(event.images, event.seconds, material.label))
                 elif isinstance(event, Chunk):
                     text += event.text
                     await stream.update(text)
@@ -531,7 +550,7 @@ class Handlers:
                 record.status = "failed"
             await history.set_tokens(_counts(question_id, answer_id, finished))
             # Recorded before the final edit: a follow-up sent the moment the answer looks finished has it as context.
-            await stream.finish(final, texts.footer(record.status, final), retry_keyboard())
+            await stream.finish(final, texts.footer(record.status, final, material.note), retry_keyboard())
             await history.settle(answer_id)
         except Postponed as error:
             log.info("the answer in chat %s is stored; the next start shows its final text (%s)", key.chat_id, error)
@@ -546,7 +565,7 @@ class Handlers:
             self._cancel(key)
             record.status = "failed"
             try:  # the user is told, unless what failed was the database or Telegram itself
-                await stream.finish(text, texts.footer("failed", text), retry_keyboard())
+                await stream.finish(text, texts.footer("failed", text, material.note), retry_keyboard())
                 await history.settle(answer_id)
             except Exception as error:
                 log.warning("could not show the failure in chat %s: %s", message.chat_id, error)
@@ -557,6 +576,11 @@ class Handlers:
     def _cancel(self, key: ConversationKey) -> None:
         if self.services.engine is not None:
             self.services.engine.cancel(key)
+
+
+def _told(material: Material, question: str) -> str:
+    """The question as the model gets it: where its images come from (a PDF's pages, a clip's frames) first."""
+    return f"{material.context}\n{question}" if material.context else question
 
 
 def _counts(question_id: int, answer_id: int, finished: Finished) -> dict[int, int]:

@@ -1,34 +1,47 @@
-"""What a Telegram message carries that the model can read, and getting those images exactly once.
+"""What a Telegram message carries that the model can read, turned into images, each fetched once.
 
 Photos come as several sizes (the last is the largest); images sent "as a file" are documents with an image
-MIME type or file name; a question may reply to a message that holds the photo.  Files over Telegram's 20 MB
-bot download limit are refused from their announced size, before any download, and an image seen before
-(same ``file_unique_id``) is taken from the history database instead of Telegram.
+MIME type or file name; a PDF becomes the images of its pages (bot/pages.py) and a video, an animation, a
+video message or a video sticker the images of a few frames (bot/frames.py); a question may reply to a
+message that holds any of these.  Files over Telegram's 20 MB bot download limit, and clips longer or larger
+than the limits, are refused from what Telegram announces, before any download; an image seen before (same
+``file_unique_id``) is taken from the history database instead of Telegram.  Pages and frames are stored by
+content hash like photos, so a follow-up sees them as it sees a photo.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
-from telegram import Bot, Message
+from telegram import Animation, Bot, Document, Message, Sticker, Video, VideoNote
 from telegram.error import BadRequest, TelegramError
 
+from bot import frames, pages, texts
 from bot.history import HistoryStore, NewImage
+from bot.pages import PDF_MIME
+from engine.images import ImageLimits
 
 log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 TOO_BIG = "That file is larger than 20 MB, which is as much as Telegram lets bots download."
 NOT_DOWNLOADED = "I could not download that image from Telegram. Please send it again."
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".3gp")
 
 
 class IntakeError(Exception):
     """A friendly, user-facing reason why an attachment could not be used."""
+
+
+Kind = Literal["image", "pdf", "clip"]
 
 
 @dataclass(frozen=True)
@@ -37,36 +50,84 @@ class Attachment:
     file_unique_id: str
     file_size: int | None
     mime_type: str | None
+    kind: Kind = "image"
+    name: str = "photo"  # what people call it, for replies: "PDF", "video", "GIF", "video message", "sticker"
+    duration: float | None = None  # seconds, as Telegram announces a clip
+    pixels: int | None = None  # a clip's frame size (width x height), as Telegram announces it
 
 
-def images_in(message: Message) -> list[Attachment]:
+def _clip(media: Video | Animation | VideoNote | Sticker | Document, name: str) -> Attachment:
+    if isinstance(media, VideoNote):
+        pixels: int | None = media.length * media.length
+    else:
+        width, height = getattr(media, "width", None), getattr(media, "height", None)
+        pixels = width * height if width and height else None
+    return Attachment(
+        media.file_id,
+        media.file_unique_id,
+        media.file_size,
+        getattr(media, "mime_type", None),
+        kind="clip",
+        name=name,
+        duration=_seconds(getattr(media, "duration", None)),
+        pixels=pixels,
+    )
+
+
+def _seconds(duration: timedelta | float | None) -> float | None:
+    """python-telegram-bot gives durations as ``timedelta`` (or, configured the old way, whole seconds)."""
+    return duration.total_seconds() if isinstance(duration, timedelta) else duration
+
+
+def _document(document: Document) -> list[Attachment]:
+    name = (document.file_name or "").lower()
+    mime = document.mime_type or ""
+    if mime == "image/gif" or name.endswith(".gif"):
+        return [_clip(document, "GIF")]
+    if mime.startswith("image/") or name.endswith(IMAGE_EXTENSIONS):
+        return [Attachment(document.file_id, document.file_unique_id, document.file_size, document.mime_type)]
+    if mime == PDF_MIME or name.endswith(".pdf"):
+        return [Attachment(document.file_id, document.file_unique_id, document.file_size, mime, "pdf", "PDF")]
+    if mime.startswith("video/") or name.endswith(VIDEO_EXTENSIONS):
+        return [_clip(document, "video")]
+    return []
+
+
+def attachments_in(message: Message) -> list[Attachment]:
+    """What in ``message`` the model can be shown: a photo, an image file, a PDF, or a clip (a video, an
+    animation, a video message, a video sticker, a video or GIF sent as a file)."""
     if message.photo:
         largest = message.photo[-1]
         return [Attachment(largest.file_id, largest.file_unique_id, largest.file_size, "image/jpeg")]
-    document = message.document
-    if document is not None:
-        name = (document.file_name or "").lower()
-        if (document.mime_type or "").startswith("image/") or name.endswith(IMAGE_EXTENSIONS):
-            return [Attachment(document.file_id, document.file_unique_id, document.file_size, document.mime_type)]
-    return []
+    for media, name in ((message.animation, "GIF"), (message.video, "video"), (message.video_note, "video message")):
+        if media is not None:  # an animation also comes as a document: it is taken here, as a clip
+            return [_clip(media, name)]
+    sticker = message.sticker
+    if sticker is not None:
+        if sticker.is_video:
+            return [_clip(sticker, "sticker")]
+        if not sticker.is_animated:  # a still sticker is a WebP image
+            return [
+                Attachment(sticker.file_id, sticker.file_unique_id, sticker.file_size, "image/webp", name="sticker")
+            ]
+        return []
+    return _document(message.document) if message.document is not None else []
 
 
 def unsupported_kind(message: Message) -> str | None:
     """A name for media the bot cannot read, so the reply can say what it got."""
+    if message.sticker is not None and message.sticker.is_animated and not message.sticker.is_video:
+        return "animated stickers"
     for attribute, name in (
-        ("sticker", "stickers"),
         ("voice", "voice messages"),
         ("audio", "audio files"),
-        ("video", "videos"),
-        ("video_note", "video messages"),
-        ("animation", "GIFs sent as animations"),
         ("location", "locations"),
         ("contact", "contacts"),
         ("poll", "polls"),
     ):
         if getattr(message, attribute, None):
             return name
-    if message.document is not None and not images_in(message):
+    if message.document is not None and not attachments_in(message):
         return "this kind of file"
     return None
 
@@ -75,17 +136,118 @@ def unreadable(messages: Sequence[Message]) -> str | None:
     """What in a question the bot cannot read, named for the reply, or None: the one place that decides which
     questions are refused for their attachments.
 
-    Anything sent with the question that is not an image counts, caption or not (an album with a video among
-    its photos too), and so does the message a question without images replies to: a question about a file the
-    model never sees would only get an invented answer."""
+    Anything sent with the question that the model cannot be shown counts, caption or not (an album with a
+    voice message among its photos too), and so does the message a question without attachments replies to:
+    a question about a file the model never sees would only get an invented answer."""
     for message in messages:
         kind = unsupported_kind(message)
         if kind is not None:
             return kind
-    if any(images_in(message) for message in messages):
+    if any(attachments_in(message) for message in messages):
         return None
     replied = next((message.reply_to_message for message in messages if message.reply_to_message), None)
     return unsupported_kind(replied) if replied is not None else None
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """How much of a PDF or a clip one question may show the model (bot/settings.py)."""
+
+    pdf_pages: int
+    video_frames: int
+    video_max_seconds: float
+    num_crops: int
+    max_images: int  # images that fit in the room a question may take of the conversation's token budget
+
+
+@dataclass(frozen=True)
+class Material:
+    """What a question shows the model, and how the bot speaks of it."""
+
+    images: list[NewImage]
+    context: str = ""  # told to the model before the question: where the images come from ("" for photos)
+    label: str = ""  # for the status while the model reads: "pages 1-4 of your PDF" ("" for photos)
+    note: str = ""  # under the answer: the pages or frames it looked at ("" for photos)
+    asks: str = texts.DESCRIBE  # the question when none was typed
+
+
+async def gather(
+    bot: Bot, history: HistoryStore, attachments: Sequence[Attachment], question: str, limits: MediaLimits
+) -> Material:
+    """The images a question's attachments show the model: photos as they are, a PDF's pages or a clip's
+    frames (one PDF or clip per question); raises IntakeError with a friendly reason."""
+    media = [attachment for attachment in attachments if attachment.kind != "image"]
+    if not media:
+        return Material([await fetch(bot, history, attachment) for attachment in attachments])
+    if len(attachments) > 1:
+        raise IntakeError(f"Please send the {media[0].name} on its own: I can read one PDF or clip per question.")
+    attachment = media[0]
+    if attachment.kind == "pdf":
+        return await _pdf(await _download(bot, attachment), question, limits)
+    _check_clip(attachment, limits)
+    return await _clip_frames(await _download(bot, attachment), attachment.name, limits)
+
+
+def _check_clip(attachment: Attachment, limits: MediaLimits) -> None:
+    """Refused from what Telegram announces, before anything is downloaded."""
+    if attachment.duration is not None and attachment.duration > limits.video_max_seconds:
+        raise IntakeError(
+            f"That {attachment.name} is {_clock(attachment.duration)} long; "
+            f"I can look at clips of up to {_clock(limits.video_max_seconds)}."
+        )
+    if attachment.pixels is not None and attachment.pixels > ImageLimits().max_pixels:
+        raise IntakeError(f"That {attachment.name}'s frames are too large for me to read.")
+
+
+def _derived(data: bytes, mime_type: str) -> NewImage:
+    """A rendered page or a frame: kept by content hash; it has no Telegram file of its own."""
+    return NewImage(data=data, sha256=hashlib.sha256(data).hexdigest(), mime_type=mime_type)
+
+
+async def _pdf(data: bytes, question: str, limits: MediaLimits) -> Material:
+    limit = min(limits.pdf_pages, limits.max_images)
+    try:
+        found = await asyncio.to_thread(pages.render, data, question, limit=limit, num_crops=limits.num_crops)
+    except pages.DocumentError as error:
+        raise IntakeError(str(error)) from error
+    listed = pages.page_list(found.numbers)
+    which = f"page {listed}" if len(found.numbers) == 1 else f"pages {listed}"
+    return Material(
+        [_derived(image, "image/png") for image in found.images],
+        context=f"[The images are {which} of a {found.count}-page PDF, in that order.]",
+        label=f"{which} of your PDF",
+        note=f"📄 I looked at {which} of {found.count}.",
+        asks=texts.SUMMARISE_PAGES,
+    )
+
+
+async def _clip_frames(data: bytes, name: str, limits: MediaLimits) -> Material:
+    limit = min(limits.video_frames, limits.max_images)
+    side = pages.long_side(limits.num_crops)
+    try:
+        found = await asyncio.to_thread(
+            frames.sample, data, limit=limit, max_seconds=limits.video_max_seconds, long_side=side
+        )
+    except frames.VideoError as error:
+        raise IntakeError(str(error)) from error
+    count = len(found.images)
+    shown = "one frame" if count == 1 else f"{count} frames"
+    times = ", ".join(_clock(second, tenths=found.duration < 10) for second in found.seconds)
+    return Material(
+        [_derived(image, "image/jpeg") for image in found.images],
+        context=f"[The images are {shown} of a {_clock(found.duration, tenths=True)} {name}, at {times}.]",
+        label=f"{shown} of your {name}",
+        note=f"🎞 I looked at {shown}, at {times}.",
+        asks=texts.DESCRIBE_CLIP,
+    )
+
+
+def _clock(seconds: float, *, tenths: bool = False) -> str:
+    """0:07, 1:30, or 2.5 s for a clip under ten seconds."""
+    if tenths and seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def _names_a_local_file(file_path: str | None) -> bool:
@@ -104,6 +266,16 @@ async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment) -> NewI
     known = await history.image_by_file_unique_id(attachment.file_unique_id)
     if known is not None:
         return NewImage(known.data, known.sha256, known.file_unique_id, known.mime_type)
+    data = await _download(bot, attachment)
+    return NewImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        file_unique_id=attachment.file_unique_id,
+        mime_type=attachment.mime_type,
+    )
+
+
+async def _download(bot: Bot, attachment: Attachment) -> bytes:
     if attachment.file_size is not None and attachment.file_size > MAX_DOWNLOAD_BYTES:
         raise IntakeError(TOO_BIG)
     try:
@@ -113,15 +285,9 @@ async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment) -> NewI
         if _names_a_local_file(file.file_path):
             log.warning("refused a download whose file_path names a file on this machine")
             raise IntakeError(NOT_DOWNLOADED)
-        data = bytes(await file.download_as_bytearray())
+        return bytes(await file.download_as_bytearray())
     except BadRequest as error:
         raise IntakeError(TOO_BIG if "too big" in error.message.lower() else NOT_DOWNLOADED) from error
     except TelegramError as error:
         log.warning("download failed: %s", error)
         raise IntakeError(NOT_DOWNLOADED) from error
-    return NewImage(
-        data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        file_unique_id=attachment.file_unique_id,
-        mime_type=attachment.mime_type,
-    )

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     # After a start, conversations active within this many hours are read again in the background; 0 = off.
     warm_up_hours: float = Field(default=1.0, ge=0.0, le=720.0)
     max_images_per_turn: int = Field(default=4, ge=1, le=10)
+    # PDFs and clips become images: at most this many pages or frames per question (fewer if they would not fit
+    # in two thirds of the conversation's token budget), and clips up to this long.
+    pdf_pages: int = Field(default=4, ge=1, le=32)
+    video_frames: int = Field(default=8, ge=1, le=32)
+    video_max_seconds: float = Field(default=600.0, gt=0, le=86400.0)
     # Decoded photos kept for follow-ups, in MB of pixels (a 12-megapixel photo decodes to about 21 MB).
     prepared_images_mb: int = Field(default=256, ge=0, le=65536)
     # KV cache shared by every conversation (prefix caching keeps each one's blocks); 0 = grow as needed.

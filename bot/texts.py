@@ -9,6 +9,8 @@ HELP = """I answer questions about photos, running Phi-3.5-vision on this server
 • Then just keep asking — follow-up questions are about the same photo, however long we talk.
 • Reply to a photo with a question to ask about that one.
 • Albums: I look at all the photos together. Images sent as files work too.
+• PDFs: I read the pages your question names ("what does page 3 say?"), otherwise the first ones.
+• Videos, GIFs and video messages: I look at a few frames spread over the clip.
 
 Commands:
 /reset — forget this chat's conversation (its persona stays)
@@ -35,6 +37,8 @@ COMMANDS = [
 ]
 
 DESCRIBE = "Describe this image."
+SUMMARISE_PAGES = "What do these pages say?"
+DESCRIBE_CLIP = "What happens in this clip?"
 DESCRIBE_BUTTON = "🖼 Describe it"
 NOT_ALLOWED = "Sorry, this is a private bot. Ask its owner to add you."
 TOO_FAST = "You're sending questions faster than I can answer. Please wait a minute and try again."
@@ -111,28 +115,39 @@ def waiting(position: int, seconds: float | None = None) -> str:
     return f"⏳ You're #{position} in line, {about(seconds)}."
 
 
-def looking(images: int, seconds: float | None = None) -> str:
-    """While the model encodes the question's photos and reads it: what it does and how long until it answers."""
-    if images == 0:
+def looking(images: int, seconds: float | None = None, label: str = "") -> str:
+    """While the model encodes the question's photos and reads it: what it does and how long until it answers.
+    ``label``: what the images are when they are not photos ("pages 1-4 of your PDF")."""
+    if label:
+        doing = f"👀 Looking at {label}…"
+    elif images == 0:
         doing = THINKING
     else:
         doing = "👀 Looking at your photo…" if images == 1 else f"👀 Looking at your {images} photos…"
     return f"{doing} {about(seconds)}" if seconds is not None and said(seconds) else doing
 
 
+def kept(label: str) -> str:
+    """A PDF or a clip sent without a question: what the model is reading of it."""
+    return f"📎 Got it. I'm looking at {label} — ask me anything about it."
+
+
 def unsupported(kind: str) -> str:
-    return f"I can't read {kind}. Send me a photo (JPEG, PNG or WebP) with a question."
+    return f"I can't read {kind}. Send me a photo, a PDF or a short video with a question."
 
 
-def footer(status: str, text: str) -> str:
-    """The note under an answer that ended with ``status``; one that failed without a word says so."""
+def footer(status: str, text: str, note: str = "") -> str:
+    """The note under an answer that ended with ``status``; one that failed without a word says so.
+    ``note``: which pages or frames of a PDF or clip the answer is about."""
     if status == "failed" and not text.strip():
-        return "\n\n⚠️ " + NO_ANSWER
-    return {
-        "cancelled": "\n\n⏹ Stopped.",
-        "timeout": "\n\n⏱ Stopped: this answer took too long.",
-        "failed": "\n\n⚠️ " + FAILED,
-    }.get(status, "")
+        ending = "\n\n⚠️ " + NO_ANSWER
+    else:
+        ending = {
+            "cancelled": "\n\n⏹ Stopped.",
+            "timeout": "\n\n⏱ Stopped: this answer took too long.",
+            "failed": "\n\n⚠️ " + FAILED,
+        }.get(status, "")
+    return f"\n\n{note}{ending}" if note else ending
 
 
 def persona_shown(persona: str | None, default: str) -> str:

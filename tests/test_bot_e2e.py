@@ -308,7 +308,7 @@ async def test_image_sent_as_a_file_and_unsupported_media(bot: RunningBot) -> No
         CHAT, document=(photo_bytes(fmt="PNG"), "scan.png", "image/png"), caption="Read this", user_id=USER
     )
     await wait_answers(api, CHAT, 1)
-    api.push_message(CHAT, document=(b"%PDF-1.7", "report.pdf", "application/pdf"), user_id=USER)
+    api.push_message(CHAT, document=(b"PK\x03\x04", "report.zip", "application/zip"), user_id=USER)
     await api.wait_for(lambda: any("can't read" in t for t in api.visible_text(CHAT)), 20, "unsupported reply")
     api.push_message(CHAT, document=(b"not really a png", "fake.png", "image/png"), caption="?", user_id=USER)
     await api.wait_for(lambda: any("not an image" in t for t in api.visible_text(CHAT)), 20, "broken image reply")
@@ -530,7 +530,8 @@ async def test_a_question_replying_to_a_photo_is_about_that_photo(bot: RunningBo
     assert stored[0].text == "what colour is this?" and len(stored[0].images) == 1
 
 
-async def test_stickers_and_voice_get_a_friendly_note(bot: RunningBot) -> None:
+async def test_animated_stickers_and_voice_get_a_friendly_note(bot: RunningBot) -> None:
+    """Animated stickers are Lottie animations (TGS), which no video decoder reads; video stickers are clips."""
     api = bot.api
     sticker = {
         "file_id": "sticker-1",
@@ -538,13 +539,13 @@ async def test_stickers_and_voice_get_a_friendly_note(bot: RunningBot) -> None:
         "type": "regular",
         "width": 512,
         "height": 512,
-        "is_animated": False,
+        "is_animated": True,
         "is_video": False,
     }
     api.push_message(CHAT, user_id=USER, extra={"sticker": sticker})
     api.push_message(CHAT, user_id=USER, extra={"voice": {"file_id": "v1", "file_unique_id": "v1u", "duration": 3}})
     await api.wait_for(lambda: len(api.visible_text(CHAT)) == 2, 20, "two notes")
-    assert "stickers" in api.visible_text(CHAT)[0] and "voice messages" in api.visible_text(CHAT)[1]
+    assert "animated stickers" in api.visible_text(CHAT)[0] and "voice messages" in api.visible_text(CHAT)[1]
 
 
 async def test_a_second_chat_sees_its_place_in_line(

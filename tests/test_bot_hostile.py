@@ -341,18 +341,20 @@ async def test_files_sent_with_a_question_get_a_note_and_the_model_never_sees_th
     """Answered as text-only questions, a real model would make up what the file says."""
     video = {"file_id": "video-1", "file_unique_id": "video-1u", "width": 640, "height": 480, "duration": 5}
     voice = {"file_id": "voice-1", "file_unique_id": "voice-1u", "duration": 3}
+    audio = {"file_id": "audio-1", "file_unique_id": "audio-1u", "duration": 30}
     async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as bot:
-        pdf = api.push_message(
-            USER, document=(b"%PDF-1.7", "report.pdf", "application/pdf"), caption="What does it say?", user_id=USER
+        archive = api.push_message(
+            USER, document=(b"PK\x03\x04", "report.zip", "application/zip"), caption="What does it say?", user_id=USER
         )
         api.push_message(USER, user_id=USER, extra={"voice": voice, "caption": "Transcribe this"})
-        api.push_message(USER, user_id=USER, extra={"video": video, "caption": "What happens here?"})
-        api.push_message(USER, "Summarise it, please.", user_id=USER, reply_to=pdf)
+        api.push_message(USER, user_id=USER, extra={"audio": audio, "caption": "What song is this?"})
+        api.push_message(USER, "Summarise it, please.", user_id=USER, reply_to=archive)
         api.push_message(USER, photo=photo_bytes(), caption="Compare these", media_group_id="mixed", user_id=USER)
         api.push_message(USER, user_id=USER, extra={"video": video, "media_group_id": "mixed"})
         await api.wait_for(lambda: len(api.visible_text(USER)) == 5, 30, "five notes")
-        kinds = ["this kind of file", "voice messages", "videos", "this kind of file", "videos"]
-        assert sorted(api.visible_text(USER)) == sorted(texts.unsupported(kind) for kind in kinds)
+        kinds = ["this kind of file", "voice messages", "audio files", "this kind of file"]
+        one_at_a_time = "Please send the video on its own: I can read one PDF or clip per question."
+        assert sorted(api.visible_text(USER)) == sorted([*(texts.unsupported(kind) for kind in kinds), one_at_a_time])
         assert await stored_messages(bot.services.history, ConversationKey(USER)) == []
         assert bot.services.engine is not None and bot.services.engine.queue.served == 0
 

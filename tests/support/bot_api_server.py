@@ -372,6 +372,38 @@ class FakeBotApi:
         self._push({"message": message})
         return message
 
+    def push_media(
+        self,
+        chat_id: int,
+        kind: str,
+        data: bytes,
+        *,
+        duration: int = 3,
+        width: int = 320,
+        height: int = 240,
+        file_size: int | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """A message carrying a clip, shaped as the Bot API sends it: ``kind`` is "video", "animation" (which
+        Telegram also sends as ``document``, for older clients), "video_note" (square: ``length``, no width or
+        height) or "sticker" (a video sticker, WebM). ``file_size`` and ``duration`` may claim what the file
+        is not, as a hostile client's upload can."""
+        file_id, unique = self.add_file(data, file_size=file_size)
+        size = len(data) if file_size is None else file_size
+        media: dict[str, Any] = {"file_id": file_id, "file_unique_id": unique, "file_size": size}
+        extra: dict[str, Any] = {}
+        if kind == "video_note":
+            media.update(length=width, duration=duration)
+        elif kind == "sticker":
+            media.update(type="regular", width=width, height=height, is_animated=False, is_video=True)
+        else:
+            name, mime = ("clip.mp4", "video/mp4")
+            media.update(width=width, height=height, duration=duration, mime_type=mime, file_name=name)
+            if kind == "animation":
+                extra["document"] = {key: media[key] for key in ("file_id", "file_unique_id", "file_size", "mime_type")}
+        extra[kind] = media
+        return self.push_message(chat_id, extra=extra | options.pop("extra", {}), **options)
+
     def push_edit(self, message: dict[str, Any], *, text: str | None = None, caption: str | None = None) -> None:
         """The user edited ``message`` (as push_message returned it): Telegram sends it whole, changed, as an
         ``edited_message`` update with its edit_date."""

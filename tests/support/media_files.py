@@ -1,0 +1,171 @@
+"""PDFs and clips made on the spot for the tests, good and hostile, with what the intake must do with each.
+
+Good files are made with the same libraries people's phones and PDF tools produce files with (FFmpeg's
+encoders through PyAV, Pillow's PDF writer, PDFium); the hostile ones are those files damaged, or shaped by
+hand to claim what they are not.  ``expect`` as in tests/support/hostile_images.py: ``ok`` (images come
+out), ``rejected`` (a friendly refusal), ``either`` (randomly damaged: images or a refusal, quickly).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import av
+import numpy as np
+import pypdfium2 as pdfium
+from PIL import Image
+
+Expect = Literal["ok", "rejected", "either"]
+COLOURS = ((220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20), (150, 40, 180), (20, 200, 200))
+
+
+@dataclass(frozen=True)
+class MediaCase:
+    kind: str
+    media: Literal["pdf", "clip"]
+    data: bytes
+    expect: Expect
+
+
+def pdf(pages: int = 3, size: tuple[int, int] = (595, 842)) -> bytes:
+    """A PDF whose page N is filled with COLOURS[N-1] (cycling), A4 by default."""
+    images = [Image.new("RGB", size, COLOURS[index % len(COLOURS)]) for index in range(pages)]
+    out = io.BytesIO()
+    images[0].save(out, "PDF", save_all=True, append_images=images[1:], resolution=72)
+    return out.getvalue()
+
+
+def _pdf_of(objects: Sequence[bytes], trailer: bytes = b"") -> bytes:
+    """A PDF written object by object, with a correct cross-reference table."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R " % (len(objects) + 1) + trailer + b">>\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+_CATALOG = (b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>")
+
+
+def encrypted_pdf() -> bytes:
+    """A PDF under the standard security handler whose user password is not empty."""
+    encrypt = b"<< /Filter /Standard /V 1 /R 2 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> /P -4 >>"
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"
+    ids = b"<0123456789abcdef0123456789abcdef>"
+    return _pdf_of([*_CATALOG, page, encrypt], b"/Encrypt 4 0 R /ID [" + ids + b" " + ids + b"] ")
+
+
+def pdf_claiming_pages(count: int) -> bytes:
+    """A page tree that says it holds ``count`` pages and holds one."""
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"
+    return _pdf_of([_CATALOG[0], b"<< /Type /Pages /Kids [3 0 R] /Count %d >>" % count, page])
+
+
+def pdf_of_size(width: float, height: float, pages: int = 1) -> bytes:
+    """Blank pages of any size PDFium accepts (up to 14,400 points, 200 inches, a side)."""
+    document = pdfium.PdfDocument.new()
+    for _ in range(pages):
+        document.new_page(width, height).close()
+    out = io.BytesIO()
+    document.save(out)
+    document.close()
+    return out.getvalue()
+
+
+def clip(
+    frames: int = 24,
+    fps: int = 8,
+    size: tuple[int, int] = (160, 120),
+    codec: str = "libx264",
+    container: str = "mp4",
+    gop: int | None = None,
+) -> bytes:
+    """A clip whose frame N is a flat grey of level N * 10 (mod 250): frames can be told apart by colour."""
+    out = io.BytesIO()
+    with av.open(out, "w", format=container) as muxer:
+        stream = muxer.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        for index in range(frames):
+            pixels = np.full((size[1], size[0], 3), index * 10 % 250, np.uint8)
+            muxer.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        muxer.mux(stream.encode())
+    return out.getvalue()
+
+
+def gif(frames: int = 6, milliseconds: int = 100, size: tuple[int, int] = (80, 60)) -> bytes:
+    images = [Image.new("RGB", size, COLOURS[index % len(COLOURS)]) for index in range(frames)]
+    out = io.BytesIO()
+    images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=milliseconds, loop=0)
+    return out.getvalue()
+
+
+def _damaged(rng: random.Random, data: bytes) -> bytes:
+    if rng.random() < 0.5:
+        return data[: rng.randint(0, max(1, len(data) - 1))]
+    flipped = bytearray(data)
+    for _ in range(rng.randint(1, 40)):
+        position = rng.randrange(len(flipped))
+        flipped[position] ^= 1 << rng.randrange(8)
+    return bytes(flipped)
+
+
+def hostile_media(count: int, seed: int = 3) -> Iterator[MediaCase]:
+    """The fixed hostile cases first, then ``count`` randomly truncated or bit-flipped PDFs and clips."""
+    yield MediaCase("pdf encrypted", "pdf", encrypted_pdf(), "rejected")
+    yield MediaCase("pdf empty file", "pdf", b"", "rejected")
+    yield MediaCase("pdf is a JPEG", "pdf", _jpeg(), "rejected")
+    yield MediaCase("pdf is text", "pdf", b"%PDF-1.7\nthis is not really a PDF\n" * 20, "rejected")
+    yield MediaCase("pdf claims a million pages", "pdf", pdf_claiming_pages(1_000_000), "either")
+    yield MediaCase("pdf of 3000 pages", "pdf", pdf_of_size(200, 200, pages=3000), "ok")
+    yield MediaCase("pdf page 200 inches square", "pdf", pdf_of_size(14_400, 14_400), "ok")
+    yield MediaCase("pdf page 200 inches by 1 point", "pdf", pdf_of_size(14_400, 1), "ok")
+    yield MediaCase("clip empty file", "clip", b"", "rejected")
+    yield MediaCase("clip is a PDF", "clip", pdf(1), "either")  # FFmpeg may find the JPEG a PDF holds
+    yield MediaCase("clip is text", "clip", b"not a video at all\n" * 100, "rejected")
+    yield MediaCase("clip frames of 42 megapixels", "clip", clip(frames=1, size=(8192, 5120)), "rejected")
+    yield MediaCase(
+        "clip of 40000 frames, few key frames", "clip", clip(40_000, 1000, (16, 16), "mpeg4", gop=100_000), "ok"
+    )
+    yield MediaCase("clip of 3 hours in 3 frames", "clip", hours_long_clip(), "rejected")
+    rng = random.Random(seed)
+    sources: list[tuple[Literal["pdf", "clip"], bytes]] = [
+        ("pdf", pdf(2)),
+        ("clip", clip()),
+        ("clip", clip(codec="libvpx-vp9", container="webm")),
+        ("clip", gif()),
+    ]
+    for index in range(count):
+        media, data = sources[index % len(sources)]
+        yield MediaCase(f"{media} damaged", media, _damaged(rng, data), "either")
+
+
+def hours_long_clip() -> bytes:
+    """Three frames, each shown for an hour: a clip of three hours in a few hundred bytes."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as muxer:
+        stream = muxer.add_stream("mpeg4", rate=Fraction(1, 3600))
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for _ in range(3):
+            muxer.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")))
+        muxer.mux(stream.encode())
+    return out.getvalue()
+
+
+def _jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(out, "JPEG")
+    return out.getvalue()

@@ -1,0 +1,154 @@
+"""PDF pages and clip frames as the model gets them, and the hostile PDFs and clips people send."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from bot import frames, pages
+from tests.support.media_files import COLOURS, MediaCase, clip, encrypted_pdf, gif, hostile_media, pdf
+
+
+def colour(png: bytes) -> tuple[int, ...]:
+    with Image.open(io.BytesIO(png)) as image:
+        return tuple(image.convert("RGB").getpixel((image.width // 2, image.height // 2)))
+
+
+def near(found: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """The same colour, give or take what JPEG inside the PDF or the clip changes."""
+    return all(abs(a - b) <= 8 for a, b in zip(found, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("question", "pages_named"),
+    [
+        ("What does page 3 say?", [3]),
+        ("summarise pages 2-4", [2, 3, 4]),
+        ("compare p. 5 and 7", [5, 7]),
+        ("pp. 1–2, 9 please", [1, 2, 9]),
+        ("Page 2, page 4", [2, 4]),
+        ("what is on the last page?", [12]),
+        ("pages 10 to 200", [10, 11, 12]),
+        ("What is this document about?", []),
+        ("There are 3 pages of it", []),
+    ],
+)
+def test_the_pages_a_question_names(question: str, pages_named: list[int]) -> None:
+    assert pages.named_pages(question, 12) == pages_named
+
+
+def test_a_named_page_is_rendered_and_others_are_not() -> None:
+    found = pages.render(pdf(6), "What colour is page 5?", limit=4, num_crops=4)
+    assert found.numbers == (5,) and found.count == 6
+    [page] = found.images
+    assert near(colour(page), COLOURS[4])
+
+
+def test_without_named_pages_the_first_ones_up_to_the_limit() -> None:
+    found = pages.render(pdf(6), "What is this?", limit=4, num_crops=4)
+    assert found.numbers == (1, 2, 3, 4)
+    assert all(near(colour(image), expected) for image, expected in zip(found.images, COLOURS, strict=False))
+
+
+@pytest.mark.parametrize(("num_crops", "side"), [(1, 336), (4, 672), (9, 1008), (16, 1344)])
+def test_pages_are_rendered_at_the_width_of_the_models_crop_grid(num_crops: int, side: int) -> None:
+    found = pages.render(pdf(1, size=(595, 842)), "", limit=1, num_crops=num_crops)
+    with Image.open(io.BytesIO(found.images[0])) as image:
+        assert image.height == side and abs(image.width - side * 595 / 842) <= 1
+
+
+def test_a_page_the_document_lacks_is_refused_by_name() -> None:
+    with pytest.raises(pages.DocumentError, match="This PDF has 3 pages, so I can't look at page 9"):
+        pages.render(pdf(3), "what does page 9 say?", limit=4, num_crops=4)
+
+
+def test_an_encrypted_pdf_is_refused_with_the_reason() -> None:
+    with pytest.raises(pages.DocumentError, match="protected by a password"):
+        pages.render(encrypted_pdf(), "", limit=4, num_crops=4)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "written"), [((1, 2, 3, 4), "1-4"), ((3,), "3"), ((2, 5, 7), "2, 5 and 7"), ((1, 2, 5), "1, 2 and 5")]
+)
+def test_pages_are_listed_as_people_write_them(numbers: tuple[int, ...], written: str) -> None:
+    assert pages.page_list(numbers) == written
+
+
+def grey(jpeg: bytes) -> int:
+    return colour(jpeg)[0]
+
+
+@pytest.mark.parametrize(("codec", "container"), [("libx264", "mp4"), ("mpeg4", "mp4"), ("libvpx-vp9", "webm")])
+def test_frames_are_taken_from_the_middle_of_equal_parts_of_the_clip(codec: str, container: str) -> None:
+    found = frames.sample(clip(80, 8, codec=codec, container=container), limit=8, max_seconds=600, long_side=672)
+    assert found.duration == pytest.approx(10, abs=0.2)
+    assert found.seconds == pytest.approx([0.625 + 1.25 * index for index in range(8)], abs=0.13)
+    for second, image in zip(found.seconds, found.images, strict=True):
+        assert grey(image) == pytest.approx(round(second * 8) * 10 % 250, abs=8), f"the frame shown at {second} s"
+
+
+def test_a_short_clip_gets_fewer_frames_and_a_still_one_a_single_frame() -> None:
+    assert len(frames.sample(clip(4, 8), limit=8, max_seconds=600, long_side=672).images) == 1  # 0.5 s
+    assert len(frames.sample(gif(6, 100), limit=8, max_seconds=600, long_side=672).images) == 2  # 0.6 s
+    assert len(frames.sample(gif(1), limit=8, max_seconds=600, long_side=672).images) == 1
+
+
+def test_a_gif_is_read_frame_by_frame() -> None:
+    found = frames.sample(gif(30, 200), limit=3, max_seconds=600, long_side=672)  # 6 s, 3 frames: 1 s, 3 s, 5 s
+    assert all(near(colour(image), COLOURS[n]) for image, n in zip(found.images, (5, 3, 1), strict=True))
+
+
+def test_frames_are_made_no_larger_than_the_model_reads_them() -> None:
+    found = frames.sample(clip(8, 8, size=(1280, 720)), limit=2, max_seconds=600, long_side=672)
+    with Image.open(io.BytesIO(found.images[0])) as image:
+        assert image.size == (672, 378)
+
+
+def test_a_clip_over_the_length_limit_is_refused_by_its_length() -> None:
+    with pytest.raises(frames.VideoError, match="10 s long; I can look at clips of up to 5 s"):
+        frames.sample(clip(80, 8), limit=8, max_seconds=5, long_side=672)
+
+
+def outcome(case: MediaCase) -> str:
+    try:
+        if case.media == "pdf":
+            images = pages.render(case.data, "", limit=4, num_crops=4).images
+        else:
+            images = frames.sample(case.data, limit=8, max_seconds=600, long_side=672).images
+    except (pages.DocumentError, frames.VideoError) as refusal:
+        message = str(refusal)
+        assert message.endswith(".") and len(message) < 200, message
+        assert "PDFium" not in message and "Errno" not in message and "avcodec" not in message, message
+        return "rejected"
+    assert 1 <= len(images) <= 8, case.kind
+    for image in images:
+        with Image.open(io.BytesIO(image)) as opened:
+            assert max(opened.size) <= 672, case.kind
+    return "ok"
+
+
+def test_hostile_pdfs_and_clips_get_images_or_a_kind_refusal_quickly() -> None:
+    seen: Counter[str] = Counter()
+    for case in hostile_media(80):
+        started = time.monotonic()
+        result = outcome(case)  # any other exception fails the test with the case's kind in the traceback
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, f"{case.kind} took {elapsed:.1f} s"
+        if case.expect != "either":
+            assert result == case.expect, f"{case.kind} ({len(case.data)} bytes): {result}"
+        seen[f"{case.kind.split()[0]} {result}"] += 1
+    assert seen["pdf ok"] and seen["pdf rejected"] and seen["clip ok"] and seen["clip rejected"], seen
+
+
+@pytest.mark.slow
+def test_a_thousand_and_more_hostile_pdfs_and_clips() -> None:
+    kinds: Counter[str] = Counter()
+    for case in hostile_media(1200, seed=7):
+        started = time.monotonic()
+        kinds[outcome(case)] += 1
+        assert time.monotonic() - started < 5, case.kind
+    assert sum(kinds.values()) > 1000 and kinds["ok"] and kinds["rejected"]
