@@ -10,11 +10,13 @@ said:
 * a text follow-up about that photo;
 * a photo question sent while another chat's photo question runs: the place in line's estimate, shown when
   it is taken, against the time to its first text (the wait included);
+* deeper lines behind a photo question: three photo questions from three chats (answered together as one
+  batch once it ends), and five text questions (a batch of BATCH_SIZE, then the fifth);
 * a second engine with NUM_CROPS=1 (313 image tokens instead of 757): three photos, each with a follow-up.
 
 Answers are ``TOKENS`` long (``ignore_eos``), as a random-weight model otherwise stops anywhere; the
 running average of answer lengths then says what a real model's would.  The goal: every estimate within
-30 % of the real time.  Takes about 4 minutes on 2 cores; run it on a quiet machine.
+30 % of the real time.  Takes about 7 minutes on 2 cores; run it on a quiet machine.
 
 Usage: python benchmarks/progress_estimates.py [--model DIR]
 """
@@ -38,6 +40,7 @@ from bot import texts
 TOKENS = 32
 GOAL = 0.30
 OTHER_DELAY = 2.0  # seconds after the first chat's question that the second chat asks
+LINE_GAP = 0.5  # seconds between the questions of chats lining up behind it
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Case:
     def line(self) -> str:
         estimate = "-" if self.estimate is None else f"{self.estimate:.1f}"
         ratio = "-" if self.ratio is None else f"{self.ratio:.2f}"
-        return f"{self.name:<34}{estimate:>10}{self.real:>8.1f}{ratio:>8}{'' if self.shown else '  (not shown)':<14}"
+        return f"{self.name:<46}{estimate:>10}{self.real:>8.1f}{ratio:>8}{'' if self.shown else '  (not shown)':<14}"
 
     def row(self) -> dict[str, Any]:
         ratio = self.ratio
@@ -140,6 +143,20 @@ async def _run(model: Path, num_crops: int, full: bool) -> list[Case]:
             past = [question, Turn("assistant", finished.text)]
             add(start, (await _observed(engine, key, past, follow, f"{key} follow-up"))[0])
 
+        async def line_up(name: str, questions: list[Turn]) -> None:
+            """A photo question running, then ``questions`` asked from chats of their own, LINE_GAP apart:
+            each one's place in line and start (batched together, BATCH_SIZE at a time)."""
+            ahead_question = Turn("user", "Describe it.", (_photo(next(seeds)),))
+            ahead = asyncio.create_task(_observed(engine, f"{crops} {name}: ahead", [], ahead_question))
+            behind = []
+            for number, question in enumerate(questions, 1):
+                await asyncio.sleep(OTHER_DELAY if number == 1 else LINE_GAP)
+                key = f"{crops} {name}: #{number}"
+                behind.append(asyncio.create_task(_observed(engine, key, [], question)))
+            add((await ahead)[0])
+            for start, line, _ in await asyncio.gather(*behind):
+                add(*([line] if line else []), start)
+
         await photos("first photo", 1)  # the model's warm-up: no estimate yet
         await photos("photo 2", 1)  # the first measurement: no estimate yet
         await photos("photo 3", 1)
@@ -153,6 +170,10 @@ async def _run(model: Path, num_crops: int, full: bool) -> list[Case]:
                 start, line, _ = await _observed(engine, f"{crops} behind {number}", [], question)
                 ahead = await first
                 add(ahead[0], *([line] if line else []), start)  # a tiny model may be done before
+            photos_behind = [Turn("user", "What is in this photo?", (_photo(70 + n),)) for n in range(3)]
+            await line_up("3 photos behind a photo", photos_behind)
+            text = Turn("user", "Tell me a short story about a lighthouse keeper.")
+            await line_up("5 texts behind a photo", [text] * 5)
     finally:
         await engine.aclose()
     return cases
@@ -173,7 +194,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a converted model directory (default: the full synthetic INT4)")
     args = parser.parse_args()
     model = args.model or full_int4_model()
-    print(f"{'case':<34}{'estimate':>10}{'real':>8}{'ratio':>8}", flush=True)
+    print(f"{'case':<46}{'estimate':>10}{'real':>8}{'ratio':>8}", flush=True)
     cases = asyncio.run(_run(model, 4, full=True)) + asyncio.run(_run(model, 1, full=False))
     summary = {"all": _accuracy(cases), "shown": _accuracy([case for case in cases if case.shown])}
     for label, figures in (("all", summary["all"]), ("shown as a number", summary["shown"])):
