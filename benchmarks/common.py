@@ -94,6 +94,13 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def model_from_arguments(description: str) -> Path:
+    """``--model DIR``, a converted model directory, or else the full synthetic INT4."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", type=Path, help="a converted model directory (default: the full synthetic INT4)")
+    return parser.parse_args().model or full_int4_model()
+
+
 def full_int4_model() -> Path:
     """The full synthetic checkpoint converted to INT4 (built and converted on first use, about 3.5 minutes)."""
     from bot.terminal_progress import TerminalProgress
@@ -164,3 +171,25 @@ class FirstChunkTimer:
     @property
     def ttft(self) -> float:
         return self.first if self.first is not None else float("nan")
+
+
+async def bot_like_engine(model: Path, *, num_crops: int, answer_tokens: int) -> Engine:
+    """The engine as the bot runs it (its CPU options, batch size, KV cache and system prompt), on ``model``
+    at ``num_crops``, writing every answer to ``answer_tokens`` tokens: a random-weight model otherwise stops
+    anywhere."""
+    import asyncio
+
+    from bot.settings import Settings
+    from engine.engine import Engine
+    from engine.generation import GenerationSettings
+    from engine.pipeline_process import load_pipeline
+    from model_store.loader import pipeline_spec
+    from model_store.store import ModelEntry
+
+    defaults = Settings.model_fields
+    entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
+    spec = pipeline_spec(entry, kv_cache_gb=4, cpu=bot_cpu_tuning(), num_crops=num_crops, views_dir=BENCH_DIR / "views")
+    settings = GenerationSettings(
+        max_new_tokens=answer_tokens, system_prompt=str(defaults["system_prompt"].default), ignore_eos=True
+    )
+    return Engine(await asyncio.to_thread(load_pipeline, spec), settings, batch_max=defaults["batch_size"].default)

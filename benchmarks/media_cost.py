@@ -12,7 +12,6 @@ Usage: python benchmarks/media_cost.py [--model DIR]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import sys
@@ -23,9 +22,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
-    BENCH_DIR,
-    bot_cpu_tuning,
-    full_int4_model,
+    bot_like_engine,
+    model_from_arguments,
     png,
     synthetic_photo,
     timed_answer,
@@ -76,22 +74,10 @@ def video(seconds: int, fps: int = 30, size: tuple[int, int] = (1280, 720)) -> b
 
 async def _run(model: Path) -> list[dict[str, Any]]:
     from bot import frames, pages
-    from bot.settings import Settings
     from engine.conversation import Turn
-    from engine.engine import Engine
-    from engine.generation import GenerationSettings
     from engine.images import image_tokens, prepare_image
-    from engine.pipeline_process import load_pipeline
-    from model_store.loader import pipeline_spec
-    from model_store.store import ModelEntry
 
-    defaults = Settings.model_fields
-    entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
-    spec = pipeline_spec(entry, kv_cache_gb=4, cpu=bot_cpu_tuning(), num_crops=NUM_CROPS, views_dir=BENCH_DIR / "views")
-    settings = GenerationSettings(
-        max_new_tokens=TOKENS, system_prompt=str(defaults["system_prompt"].default), ignore_eos=True
-    )
-    engine = Engine(await asyncio.to_thread(load_pipeline, spec), settings, batch_max=defaults["batch_size"].default)
+    engine = await bot_like_engine(model, num_crops=NUM_CROPS, answer_tokens=TOKENS)
     per_image = image_tokens(1, 1, NUM_CROPS)
     rows: list[dict[str, Any]] = []
     try:
@@ -143,10 +129,7 @@ async def _run(model: Path) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a converted model directory (default: the full synthetic INT4)")
-    args = parser.parse_args()
-    model = args.model or full_int4_model()
+    model = model_from_arguments(__doc__.splitlines()[0])
     print(f"{'case':<22}{'images':>7}{'tokens':>9}{'intake':>9}{'first':>10}{'follow-up':>10}", flush=True)
     rows = asyncio.run(_run(model))
     path = write_results("media_cost", {"answer_tokens": TOKENS, "num_crops": NUM_CROPS, "cases": rows})

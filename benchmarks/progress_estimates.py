@@ -23,7 +23,6 @@ Usage: python benchmarks/progress_estimates.py [--model DIR]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BENCH_DIR, bot_cpu_tuning, full_int4_model, png, synthetic_photo, write_results
+from benchmarks.common import bot_like_engine, model_from_arguments, png, synthetic_photo, write_results
 from bot import texts
 
 TOKENS = 32
@@ -108,21 +107,9 @@ def _photo(seed: int) -> Any:
 
 
 async def _run(model: Path, num_crops: int, full: bool) -> list[Case]:
-    from bot.settings import Settings
     from engine.conversation import Turn
-    from engine.engine import Engine
-    from engine.generation import GenerationSettings
-    from engine.pipeline_process import load_pipeline
-    from model_store.loader import pipeline_spec
-    from model_store.store import ModelEntry
 
-    defaults = Settings.model_fields
-    entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
-    spec = pipeline_spec(entry, kv_cache_gb=4, cpu=bot_cpu_tuning(), num_crops=num_crops, views_dir=BENCH_DIR / "views")
-    settings = GenerationSettings(
-        max_new_tokens=TOKENS, system_prompt=str(defaults["system_prompt"].default), ignore_eos=True
-    )
-    engine = Engine(await asyncio.to_thread(load_pipeline, spec), settings, batch_max=defaults["batch_size"].default)
+    engine = await bot_like_engine(model, num_crops=num_crops, answer_tokens=TOKENS)
     crops = f"crops{num_crops}"
     cases: list[Case] = []
 
@@ -190,10 +177,7 @@ def _accuracy(cases: list[Case]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a converted model directory (default: the full synthetic INT4)")
-    args = parser.parse_args()
-    model = args.model or full_int4_model()
+    model = model_from_arguments(__doc__.splitlines()[0])
     print(f"{'case':<46}{'estimate':>10}{'real':>8}{'ratio':>8}", flush=True)
     cases = asyncio.run(_run(model, 4, full=True)) + asyncio.run(_run(model, 1, full=False))
     summary = {"all": _accuracy(cases), "shown": _accuracy([case for case in cases if case.shown])}

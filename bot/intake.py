@@ -212,13 +212,9 @@ async def _pdf(data: bytes, question: str, limits: MediaLimits) -> Material:
         raise IntakeError(str(error)) from error
     listed = pages.page_list(found.numbers)
     which = f"page {listed}" if len(found.numbers) == 1 else f"pages {listed}"
-    return Material(
-        [_derived(image, "image/png") for image in found.images],
-        context=f"[The images are {which} of a {found.count}-page PDF, in that order.]",
-        label=f"{which} of your PDF",
-        note=f"📄 I looked at {which} of {found.count}.",
-        asks=texts.SUMMARISE_PAGES,
-    )
+    note = f"📄 I looked at {which} of {found.count}."
+    whole = f"a {found.count}-page PDF, in that order"
+    return _material(found.images, "image/png", which, whole, "PDF", note, texts.SUMMARISE_PAGES)
 
 
 async def _clip_frames(data: bytes, name: str, limits: MediaLimits) -> Material:
@@ -231,14 +227,24 @@ async def _clip_frames(data: bytes, name: str, limits: MediaLimits) -> Material:
     except frames.VideoError as error:
         raise IntakeError(str(error)) from error
     count = len(found.images)
-    shown = "one frame" if count == 1 else f"{count} frames"
+    which = "one frame" if count == 1 else f"{count} frames"
     times = ", ".join(_clock(second, tenths=found.duration < 10) for second in found.seconds)
+    whole = f"a {_clock(found.duration, tenths=True)} {name}, at {times}"
+    return _material(
+        found.images, "image/jpeg", which, whole, name, f"🎞 I looked at {which}, at {times}.", texts.DESCRIBE_CLIP
+    )
+
+
+def _material(
+    images: tuple[bytes, ...], mime_type: str, which: str, whole: str, noun: str, note: str, asks: str
+) -> Material:
+    """``which`` images of ``whole`` the model is shown, as the model, the status and the answer speak of them."""
     return Material(
-        [_derived(image, "image/jpeg") for image in found.images],
-        context=f"[The images are {shown} of a {_clock(found.duration, tenths=True)} {name}, at {times}.]",
-        label=f"{shown} of your {name}",
-        note=f"🎞 I looked at {shown}, at {times}.",
-        asks=texts.DESCRIBE_CLIP,
+        [_derived(image, mime_type) for image in images],
+        context=f"[The images are {which} of {whole}.]",
+        label=f"{which} of your {noun}",
+        note=note,
+        asks=asks,
     )
 
 
