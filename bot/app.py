@@ -200,7 +200,9 @@ def register_handlers(application: Application, services: Services) -> None:
     application.add_handler(CommandHandler("convert", commands.convert, filters=new))
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
     application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=f"^{CONFIRM_CALLBACK}:(yes|no):"))
-    application.add_handler(CallbackQueryHandler(messages.describe_button, pattern=f"^{DESCRIBE_CALLBACK}$"))
+    application.add_handler(
+        CallbackQueryHandler(messages.describe_button, pattern=f"^{DESCRIBE_CALLBACK}( pdf| clip)?$")
+    )
     application.add_handler(CallbackQueryHandler(messages.retry_button, pattern=f"^{RETRY_CALLBACK}$"))
     application.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, messages.on_migration))
     application.add_handler(MessageHandler(new & ~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))

@@ -64,17 +64,28 @@ def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Fr
             duration = _duration(container, stream)
             if duration > max_seconds:
                 raise VideoError(
-                    f"That clip is {duration:.0f} s long; I can look at clips of up to {max_seconds:.0f} s."
+                    f"That clip is {clock(duration)} long; I can look at clips of up to {clock(max_seconds)}."
                 )
+            start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
             count = frame_count(duration, limit)
-            targets = [duration * (index + 0.5) / count for index in range(count)]
+            targets = [start + duration * (index + 0.5) / count for index in range(count)]
             frames = _frames_at(container, stream, targets)
+            if not frames:
+                raise VideoError("I couldn't find a single picture in that clip.")
+            images = tuple(_jpeg(frame, long_side) for frame in frames)
     except av.FFmpegError as error:
         raise VideoError(UNREADABLE) from error
-    if not frames:
-        raise VideoError("I couldn't find a single picture in that clip.")
-    images = tuple(_jpeg(frame, long_side) for frame in frames)
-    return Frames(tuple(round(float(frame.time or 0.0), 2) for frame in frames), duration, images)
+    seconds = tuple(round(max(0.0, float(frame.time or start) - start), 2) for frame in frames)
+    return Frames(seconds, duration, images)
+
+
+def clock(seconds: float, *, tenths: bool = False) -> str:
+    """0:07, 1:30, 1:02:03, or 2.5 s for a clip under ten seconds (``tenths``)."""
+    if tenths and seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float:
@@ -106,7 +117,8 @@ def _frames_at(
             frame = _first_from(_decoded(container, stream, budget), target)
             if frame is None:
                 break
-            frames.append(frame)
+            if not frames or frame.pts != frames[-1].pts:  # a clip shorter than its header says ends early
+                frames.append(frame)
         return frames
     except av.FFmpegError:  # not seekable (some GIFs, raw streams): one pass from the start
         container.seek(0)

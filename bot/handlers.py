@@ -29,7 +29,10 @@ from bot.albums import AlbumCollector
 from bot.context_view import View, conversation_view
 from bot.history import ConversationKey, Exchange, HistoryStore
 from bot.image_cache import PreparedImageCache
-from bot.intake import IntakeError, Material, MediaLimits, attachments_in, gather, unreadable
+from bot.intake import IntakeError, MediaLimits, attachments_in, gather, unreadable
+from bot.material import Kind, Material, ask_about, unseen_pages
+from bot.media_reader import MediaReader
+from bot.pages import names_pages
 from bot.recovery import AnswerRecord
 from bot.reply_stream import Drafts, Postponed, ReplyStream, Undeliverable
 from bot.settings import Settings
@@ -42,6 +45,7 @@ from engine.images import ImageRejected, PreparedImage, image_tokens
 log = logging.getLogger(__name__)
 
 DESCRIBE_CALLBACK = "describe"
+DESCRIBE_PDF, DESCRIBE_CLIP = f"{DESCRIBE_CALLBACK} pdf", f"{DESCRIBE_CALLBACK} clip"  # under a PDF or clip kept
 RETRY_CALLBACK = "retry"
 # Upgrades announced in one chat and still waiting for the announcement in the other; the oldest are dropped.
 MIGRATIONS_PENDING = 64
@@ -64,7 +68,7 @@ class Asking:
     key: ConversationKey
     user_id: int | None
     question: Turn
-    material: Material = field(default_factory=lambda: Material([]))  # images new to the history, how to speak of them
+    material: Material = field(default_factory=Material)  # images new to the history, and what they are
     telegram_message_id: int | None = None  # the question's own message, if it is one
     retried: Exchange | None = None  # the exchange answered again; its answer is replaced
 
@@ -89,10 +93,12 @@ class Services:
     askers: dict[ConversationKey, int] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     images: PreparedImageCache = field(init=False)
+    media: MediaReader = field(init=False)  # reads PDFs and clips in a child process (bot/media_reader.py)
     drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/reply_stream.py)
 
     def __post_init__(self) -> None:
         self.images = PreparedImageCache(self.settings.prepared_images_mb * 1024 * 1024)
+        self.media = MediaReader()
         self.drafts = Drafts(self.settings.stream_drafts, self.settings.draft_interval_seconds)
 
     def prepared(self, data: bytes, sha256: str) -> PreparedImage:
@@ -256,6 +262,8 @@ class Handlers:
         first = next((m for m in messages if m.caption or m.text), messages[0])
         if not is_private(first) and not any(self._addressed(m) for m in messages):
             return
+        if all(_is_reaction(message) for message in messages):
+            return
         user = first.from_user
         user_id = user.id if user else None
         if not services.access.may_ask(user_id, first.chat_id):
@@ -288,8 +296,14 @@ class Handlers:
             limit = services.settings.max_images_per_turn
             await self._reply(first, f"I can look at up to {limit} images per question; you sent {len(attachments)}.")
             return
+        if not attachments and names_pages(text):
+            unseen = unseen_pages(text, (await services.view(engine, key)).turns)
+            if unseen is not None:  # the model would answer about pages it cannot see
+                await self._reply(first, unseen)
+                return
         try:
-            material = await gather(first.get_bot(), services.history, attachments, text, self._limits(engine))
+            limits = self._limits(engine)
+            material = await gather(first.get_bot(), services.history, attachments, text, limits, services.media)
             prepared = [await asyncio.to_thread(services.prepared, i.data, i.sha256) for i in material.images]
         except (IntakeError, ImageRejected) as error:
             await self._reply(first, str(error))
@@ -297,7 +311,7 @@ class Handlers:
         if keep_for_later:
             await self._keep(first, key, user_id, engine, material, prepared)
             return
-        question = Turn("user", _told(material, text or material.asks), tuple(prepared))
+        question = Turn("user", material.told(text or material.asks), tuple(prepared))
         await self._ask(Asking(first, key, user_id, question, material, first.message_id))
 
     def _limits(self, engine: Engine) -> MediaLimits:
@@ -337,7 +351,8 @@ class Handlers:
         except sqlite3.Error as error:
             await self._storage_failed(message, error)
             return
-        button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=DESCRIBE_CALLBACK)
+        data = {"image": DESCRIBE_CALLBACK, "pdf": DESCRIBE_PDF}.get(material.kind, DESCRIBE_CLIP)
+        button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=data)
         kept = texts.kept(material.label) if material.label else texts.photos_kept(len(prepared))
         await self._reply(message, kept, InlineKeyboardMarkup([[button]]))
         self.services.prepare_soon(key)
@@ -364,7 +379,8 @@ class Handlers:
             await message.edit_reply_markup(reply_markup=None)
         except TelegramError as error:
             log.info("could not remove the Describe button: %s", error)
-        await self._ask(Asking(message, key, user_id, Turn("user", texts.DESCRIBE)))
+        kind: Kind = "image" if query.data == DESCRIBE_CALLBACK else "pdf" if query.data == DESCRIBE_PDF else "clip"
+        await self._ask(Asking(message, key, user_id, Turn("user", ask_about(kind))))
 
     # --- retry ---------------------------------------------------------------------------------------------
 
@@ -428,7 +444,8 @@ class Handlers:
             await self._reply(message, str(error))
             return
         question = Turn("user", exchange.question.text, tuple(images))
-        await self._ask(Asking(message, conversation_key(message), user_id, question, retried=exchange))
+        material = Material.recalled(exchange.question.text)  # what the images are, for the status and the note
+        await self._ask(Asking(message, conversation_key(message), user_id, question, material, retried=exchange))
 
     async def _unbutton(self, message: Message, exchange: Exchange) -> None:
         """Best effort: the answer a retry replaces stays in the chat, without its button."""
@@ -578,9 +595,12 @@ class Handlers:
             self.services.engine.cancel(key)
 
 
-def _told(material: Material, question: str) -> str:
-    """The question as the model gets it: where its images come from (a PDF's pages, a clip's frames) first."""
-    return f"{material.context}\n{question}" if material.context else question
+def _is_reaction(message: Message) -> bool:
+    """A sticker, or a GIF without a caption in a group: people send them as reactions, not as questions; a
+    question replying to one asks about it."""
+    return message.sticker is not None or (
+        message.animation is not None and not message.caption and not is_private(message)
+    )
 
 
 def _counts(question_id: int, answer_id: int, finished: Finished) -> dict[int, int]:

@@ -11,20 +11,21 @@ content hash like photos, so a follow-up sees them as it sees a photo.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
 
 from telegram import Animation, Bot, Document, Message, Sticker, Video, VideoNote
 from telegram.error import BadRequest, TelegramError
 
-from bot import frames, pages, texts
+from bot import pages
+from bot.frames import clock
 from bot.history import HistoryStore, NewImage
+from bot.material import Kind, Material, of_frames, of_pages
+from bot.media_reader import MediaError, MediaReader
 from bot.pages import PDF_MIME
 from engine.images import ImageLimits
 
@@ -32,16 +33,13 @@ log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 TOO_BIG = "That file is larger than 20 MB, which is as much as Telegram lets bots download."
-NOT_DOWNLOADED = "I could not download that image from Telegram. Please send it again."
+NOT_DOWNLOADED = "I could not download that file from Telegram. Please send it again."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".3gp")
 
 
 class IntakeError(Exception):
     """A friendly, user-facing reason why an attachment could not be used."""
-
-
-Kind = Literal["image", "pdf", "clip"]
 
 
 @dataclass(frozen=True)
@@ -160,40 +158,44 @@ class MediaLimits:
     max_images: int  # images that fit in the room a question may take of the conversation's token budget
 
 
-@dataclass(frozen=True)
-class Material:
-    """What a question shows the model, and how the bot speaks of it."""
-
-    images: list[NewImage]
-    context: str = ""  # told to the model before the question: where the images come from ("" for photos)
-    label: str = ""  # for the status while the model reads: "pages 1-4 of your PDF" ("" for photos)
-    note: str = ""  # under the answer: the pages or frames it looked at ("" for photos)
-    asks: str = texts.DESCRIBE  # the question when none was typed
-
-
 async def gather(
-    bot: Bot, history: HistoryStore, attachments: Sequence[Attachment], question: str, limits: MediaLimits
+    bot: Bot,
+    history: HistoryStore,
+    attachments: Sequence[Attachment],
+    question: str,
+    limits: MediaLimits,
+    reader: MediaReader,
 ) -> Material:
     """The images a question's attachments show the model: photos as they are, a PDF's pages or a clip's
-    frames (one PDF or clip per question); raises IntakeError with a friendly reason."""
+    frames (one PDF or clip per question, read by ``reader``); raises IntakeError with a friendly reason."""
     media = [attachment for attachment in attachments if attachment.kind != "image"]
     if not media:
         return Material([await fetch(bot, history, attachment) for attachment in attachments])
     if len(attachments) > 1:
         raise IntakeError(f"Please send the {media[0].name} on its own: I can read one PDF or clip per question.")
     attachment = media[0]
-    if attachment.kind == "pdf":
-        return await _pdf(await _download(bot, attachment), question, limits)
-    _check_clip(attachment, limits)
-    return await _clip_frames(await _download(bot, attachment), attachment.name, limits)
+    if attachment.kind == "clip":
+        _check_clip(attachment, limits)
+    data = await _download(bot, attachment)
+    try:
+        if attachment.kind == "pdf":
+            limit = min(limits.pdf_pages, limits.max_images)
+            found = await reader.pages(data, question, limit=limit, num_crops=limits.num_crops)
+            return of_pages(found, [_derived(image, "image/png") for image in found.images])
+        side = pages.long_side(limits.num_crops)
+        limit = min(limits.video_frames, limits.max_images)
+        clip = await reader.frames(data, limit=limit, max_seconds=limits.video_max_seconds, long_side=side)
+        return of_frames(clip, attachment.name, [_derived(image, "image/jpeg") for image in clip.images])
+    except MediaError as error:
+        raise IntakeError(str(error)) from error
 
 
 def _check_clip(attachment: Attachment, limits: MediaLimits) -> None:
     """Refused from what Telegram announces, before anything is downloaded."""
     if attachment.duration is not None and attachment.duration > limits.video_max_seconds:
         raise IntakeError(
-            f"That {attachment.name} is {_clock(attachment.duration)} long; "
-            f"I can look at clips of up to {_clock(limits.video_max_seconds)}."
+            f"That {attachment.name} is {clock(attachment.duration)} long; "
+            f"I can look at clips of up to {clock(limits.video_max_seconds)}."
         )
     if attachment.pixels is not None and attachment.pixels > ImageLimits().max_pixels:
         raise IntakeError(f"That {attachment.name}'s frames are too large for me to read.")
@@ -202,58 +204,6 @@ def _check_clip(attachment: Attachment, limits: MediaLimits) -> None:
 def _derived(data: bytes, mime_type: str) -> NewImage:
     """A rendered page or a frame: kept by content hash; it has no Telegram file of its own."""
     return NewImage(data=data, sha256=hashlib.sha256(data).hexdigest(), mime_type=mime_type)
-
-
-async def _pdf(data: bytes, question: str, limits: MediaLimits) -> Material:
-    limit = min(limits.pdf_pages, limits.max_images)
-    try:
-        found = await asyncio.to_thread(pages.render, data, question, limit=limit, num_crops=limits.num_crops)
-    except pages.DocumentError as error:
-        raise IntakeError(str(error)) from error
-    listed = pages.page_list(found.numbers)
-    which = f"page {listed}" if len(found.numbers) == 1 else f"pages {listed}"
-    note = f"📄 I looked at {which} of {found.count}."
-    whole = f"a {found.count}-page PDF, in that order"
-    return _material(found.images, "image/png", which, whole, "PDF", note, texts.SUMMARISE_PAGES)
-
-
-async def _clip_frames(data: bytes, name: str, limits: MediaLimits) -> Material:
-    limit = min(limits.video_frames, limits.max_images)
-    side = pages.long_side(limits.num_crops)
-    try:
-        found = await asyncio.to_thread(
-            frames.sample, data, limit=limit, max_seconds=limits.video_max_seconds, long_side=side
-        )
-    except frames.VideoError as error:
-        raise IntakeError(str(error)) from error
-    count = len(found.images)
-    which = "one frame" if count == 1 else f"{count} frames"
-    times = ", ".join(_clock(second, tenths=found.duration < 10) for second in found.seconds)
-    whole = f"a {_clock(found.duration, tenths=True)} {name}, at {times}"
-    return _material(
-        found.images, "image/jpeg", which, whole, name, f"🎞 I looked at {which}, at {times}.", texts.DESCRIBE_CLIP
-    )
-
-
-def _material(
-    images: tuple[bytes, ...], mime_type: str, which: str, whole: str, noun: str, note: str, asks: str
-) -> Material:
-    """``which`` images of ``whole`` the model is shown, as the model, the status and the answer speak of them."""
-    return Material(
-        [_derived(image, mime_type) for image in images],
-        context=f"[The images are {which} of {whole}.]",
-        label=f"{which} of your {noun}",
-        note=note,
-        asks=asks,
-    )
-
-
-def _clock(seconds: float, *, tenths: bool = False) -> str:
-    """0:07, 1:30, or 2.5 s for a clip under ten seconds."""
-    if tenths and seconds < 10:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def _names_a_local_file(file_path: str | None) -> bool:

@@ -26,6 +26,7 @@ _PDFIUM = threading.Lock()
 _NAMED = re.compile(r"\b(?:pages?|pp?\.|pg\.?)\s*(\d+(?:\s*(?:-|–|—|to|and|&|,|or)\s*\d+)*)", re.IGNORECASE)
 _LAST = re.compile(r"\blast\s+page\b", re.IGNORECASE)
 PDF_MIME = "application/pdf"
+NAMED_MAX = 1000  # pages one range of a question may name
 
 
 class DocumentError(Exception):
@@ -43,16 +44,21 @@ class Pages:
 
 def named_pages(question: str, count: int) -> list[int]:
     """The pages a question names ("page 3", "pages 2-4", "p. 5 and 7", "the last page"), in order, each
-    once; ranges are taken as far as the document goes."""
-    numbers: list[int] = []
+    once; ranges are taken as far as the document goes, and no further than ``NAMED_MAX`` pages each, so a
+    caption of a hundred ranges over a million-page document costs no more than a short one."""
+    numbers: dict[int, None] = {}
     for match in _NAMED.finditer(question):
         for part in re.split(r"\s*(?:and|&|,|or)\s*", match.group(1), flags=re.IGNORECASE):
             ends = [int(n) for n in re.split(r"\s*(?:-|–|—|to)\s*", part, flags=re.IGNORECASE) if n]
-            first, last = ends[0], ends[-1]
-            numbers.extend(range(first, min(last, max(count, first)) + 1) if first <= last else [first])
+            first, last = ends[0], min(ends[-1], max(count, ends[0]), ends[0] + NAMED_MAX - 1)
+            numbers.update(dict.fromkeys(range(first, last + 1) if first <= last else [first]))
     if _LAST.search(question):
-        numbers.append(count)
-    return list(dict.fromkeys(numbers))
+        numbers[count] = None
+    return list(numbers)
+
+
+def names_pages(question: str) -> bool:
+    return bool(_NAMED.search(question) or _LAST.search(question))
 
 
 def chosen_pages(question: str, count: int, limit: int) -> list[int]:
@@ -104,7 +110,7 @@ def _render_page(document: pdfium.PdfDocument, number: int, side: int) -> bytes:
         width, height = page.get_size()
         if not (width > 0 and height > 0):
             raise DocumentError(f"Page {number} of that PDF has no size, so there is nothing to look at.")
-        image = page.render(scale=side / max(width, height), may_draw_forms=True).to_pil().convert("RGB")
+        image = page.render(scale=side / max(width, height)).to_pil().convert("RGB")
     finally:
         page.close()
     out = io.BytesIO()
@@ -113,12 +119,12 @@ def _render_page(document: pdfium.PdfDocument, number: int, side: int) -> bytes:
 
 
 def page_list(numbers: tuple[int, ...]) -> str:
-    """ "1-4", "3", "2, 5 and 7": pages as people write them."""
+    """ "1-4", "3", "1 and 2", "2, 5 and 7": pages as people write them."""
     runs: list[list[int]] = []
     for number in numbers:
         if runs and number == runs[-1][-1] + 1:
             runs[-1].append(number)
         else:
             runs.append([number])
-    parts = [f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs]
+    parts = [part for run in runs for part in ([f"{run[0]}-{run[-1]}"] if len(run) > 2 else map(str, run))]
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"

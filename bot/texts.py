@@ -132,6 +132,14 @@ def kept(label: str) -> str:
     return f"📎 Got it. I'm looking at {label} — ask me anything about it."
 
 
+def pages_not_in_view(shown: str, count: int) -> str:
+    """A question naming pages of the PDF in view that the model was not shown."""
+    return (
+        f"I only have {shown} of that {count}-page PDF in view. To ask about other pages, reply to the PDF "
+        "with your question naming them."
+    )
+
+
 def unsupported(kind: str) -> str:
     return f"I can't read {kind}. Send me a photo, a PDF or a short video with a question."
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import multiprocessing
+import os
+import time
 
 import pytest
 from PIL import Image
 
 from bot import frames, pages
-from tests.support.media_files import COLOURS, MediaCase, clip, encrypted_pdf, gif, hostile_media, pdf
+from bot.material import Material
+from bot.media_reader import MediaError, MediaReader
+from tests.support.media_files import (
+    COLOURS,
+    MediaCase,
+    clip,
+    encrypted_pdf,
+    gif,
+    hostile_media,
+    pdf,
+    pdf_drawing_one_image,
+)
 from tests.support.outcomes import check_outcomes
 
 
@@ -71,7 +86,8 @@ def test_an_encrypted_pdf_is_refused_with_the_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    ("numbers", "written"), [((1, 2, 3, 4), "1-4"), ((3,), "3"), ((2, 5, 7), "2, 5 and 7"), ((1, 2, 5), "1, 2 and 5")]
+    ("numbers", "written"),
+    [((1, 2, 3, 4), "1-4"), ((3,), "3"), ((1, 2), "1 and 2"), ((2, 5, 7), "2, 5 and 7"), ((1, 2, 5), "1, 2 and 5")],
 )
 def test_pages_are_listed_as_people_write_them(numbers: tuple[int, ...], written: str) -> None:
     assert pages.page_list(numbers) == written
@@ -108,7 +124,7 @@ def test_frames_are_made_no_larger_than_the_model_reads_them() -> None:
 
 
 def test_a_clip_over_the_length_limit_is_refused_by_its_length() -> None:
-    with pytest.raises(frames.VideoError, match="10 s long; I can look at clips of up to 5 s"):
+    with pytest.raises(frames.VideoError, match="0:10 long; I can look at clips of up to 0:05"):
         frames.sample(clip(80, 8), limit=8, max_seconds=5, long_side=672)
 
 
@@ -139,3 +155,67 @@ def test_hostile_pdfs_and_clips_get_images_or_a_kind_refusal_quickly() -> None:
 def test_a_thousand_and_more_hostile_pdfs_and_clips() -> None:
     seen = check_outcomes(hostile_media(1200, seed=7), outcome)
     assert sum(seen.values()) > 1000 and seen["pdf ok"] and seen["clip rejected"], seen
+
+
+async def test_a_pdf_that_renders_for_minutes_is_stopped_at_the_deadline() -> None:
+    reader = MediaReader(seconds=3)
+    started = time.monotonic()
+    with pytest.raises(MediaError, match="takes too long to read"):
+        await reader.pages(pdf_drawing_one_image(2000), "", limit=1, num_crops=4)
+    assert time.monotonic() - started < 8, "the child was killed at the deadline, not waited for"
+
+
+async def test_the_reader_gives_the_pages_and_frames_and_passes_refusals_on() -> None:
+    reader = MediaReader()
+    found = await reader.pages(pdf(3), "page 2", limit=4, num_crops=1)
+    assert found.numbers == (2,) and near(colour(found.images[0]), COLOURS[1])
+    assert len((await reader.frames(gif(), limit=8, max_seconds=600, long_side=336)).images) == 2
+    with pytest.raises(MediaError, match="protected by a password"):
+        await reader.pages(encrypted_pdf(), "", limit=4, num_crops=4)
+
+
+async def test_a_reader_that_dies_on_a_file_is_a_refusal() -> None:
+    with pytest.raises(MediaError, match="the reader stopped on it"):
+        await MediaReader().run(os.abort)
+
+
+async def test_cancelling_a_read_stops_its_child_at_once() -> None:
+    reader = MediaReader(seconds=60)
+    task = asyncio.create_task(reader.pages(pdf_drawing_one_image(2000), "", limit=1, num_crops=4))
+    await asyncio.sleep(1.5)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 3
+    assert not [child for child in multiprocessing.active_children() if child.name == "phi3bot-read"]
+
+
+def test_a_hundred_ranges_over_a_million_pages_name_a_bounded_number_of_pages() -> None:
+    question = "pages " + ", ".join(["1-1048574"] * 100)
+    started = time.monotonic()
+    assert len(pages.named_pages(question, 1_048_574)) == pages.NAMED_MAX
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "tenths", "written"),
+    [(7, False, "0:07"), (90, False, "1:30"), (3723, False, "1:02:03"), (2.5, True, "2.5 s"), (12, True, "0:12")],
+)
+def test_clock(seconds: float, tenths: bool, written: str) -> None:
+    assert frames.clock(seconds, tenths=tenths) == written
+
+
+@pytest.mark.parametrize(
+    "material",
+    [
+        Material(which="pages 1-4", whole="a 12-page PDF", kind="pdf"),
+        Material(which="page 3", whole="a 5-page PDF", kind="pdf"),
+        Material(which="4 frames", whole="a 0:10 video, at 0:01, 0:04, 0:06, 0:09", kind="clip"),
+        Material(which="one frame", whole="a 0.4 s GIF, at 0.2 s", kind="clip"),
+    ],
+)
+def test_what_the_images_were_is_read_back_from_the_stored_question(material: Material) -> None:
+    stored = material.told("What is this?")
+    assert Material.recalled(stored) == material
+    assert Material.recalled("What is this?") == Material()

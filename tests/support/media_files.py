@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import random
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -70,6 +71,27 @@ def pdf_claiming_pages(count: int) -> bytes:
     """A page tree that says it holds ``count`` pages and holds one."""
     page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"
     return _pdf_of([_CATALOG[0], b"<< /Type /Pages /Kids [3 0 R] /Count %d >>" % count, page])
+
+
+def pdf_drawing_one_image(times: int, side: int = 4000) -> bytes:
+    """A page that draws one ``side`` x ``side`` image ``times`` times: a few hundred kilobytes that take
+    PDFium minutes to render (the image is decoded and scaled again at every draw)."""
+    pixels = zlib.compress(b"\x80" * side * side * 3, 9)
+    image = (
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB /BitsPerComponent 8 "
+        % (
+            side,
+            side,
+        )
+        + b"/Filter /FlateDecode /Length %d >>\nstream\n" % len(pixels)
+        + pixels
+        + b"\nendstream"
+    )
+    drawing = b"q 200 0 0 200 0 0 cm /Im1 Do Q\n" * times
+    content = b"<< /Length %d >>\nstream\n" % len(drawing) + drawing + b"\nendstream"
+    resources = b"/Resources << /XObject << /Im1 5 0 R >> >>"
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents 4 0 R " + resources + b" >>"
+    return _pdf_of([*_CATALOG, page, content, image])
 
 
 def pdf_of_size(width: float, height: float, pages: int = 1) -> bytes:
