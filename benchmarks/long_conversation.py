@@ -343,12 +343,13 @@ def main() -> None:
         goal = f"{goals[key]:>8.1f}" if key in goals else ""
         print(f"{label:<34}{summaries['engine'][key]:>9.2f}{summaries['raw'][key]:>9.2f}{goal}")
     last = f"A{max(int(n[1:]) for n in engine['turns'])}"
-    print(
-        "waited behind work read ahead: in text pieces at most "
-        f"{max(c['waited'] for n, c in engine['turns'].items() if n != last):.2f} s "
-        f"(B{RESTART_AFTER + 1}, while A was read again: {engine['turns'][f'B{RESTART_AFTER + 1}']['waited']:.2f} s); "
-        f"behind a photo read in one call {engine['turns'][last]['waited']:.2f} s"
+    behind_photos = {last: "another chat's photo", f"A{ALONE_TURN}": "its own photo sent alone"}
+    behind_photos[f"B{RESTART_AFTER + 1}"] = "A's conversation read again"  # A's photos take most of that time
+    text = max(cell["waited"] for name, cell in engine["turns"].items() if name not in behind_photos)
+    photos = "; ".join(
+        f"{name} {engine['turns'][name]['waited']:.2f} s ({what})" for name, what in behind_photos.items()
     )
+    print(f"waited behind work read ahead: in text pieces at most {text:.2f} s; where a photo was being read: {photos}")
     print(f"restart: engine {engine['restart']}, raw {raw['restart']}")
     settings = {"turns": args.turns, "typing": args.typing, "tokens": TOKENS, "cpu": bot_cpu_tuning().properties()}
     path = write_results(args.name, {**settings, "summary": summaries, "engine": engine, "raw": raw})
