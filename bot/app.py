@@ -160,6 +160,7 @@ def _stop(application: Application, signum: int) -> None:
     services: Services | None = application.bot_data.get("services")
     if services is not None:
         services.stopping.set()
+        services.media.stop()
     stopped = services.engine.cancel_all() if services is not None and services.engine is not None else 0
     log.info("%s: stopping %d running answers and shutting down", signal.Signals(signum).name, stopped)
     application.stop_running()

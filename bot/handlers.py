@@ -473,6 +473,9 @@ class Handlers:
 
     async def _put(self, asking: Asking) -> None:
         message, key, question, retried = asking.message, asking.key, asking.question, asking.retried
+        if self.services.stopping.is_set():  # a question that got this far during shutdown starts nothing
+            await self._reply(message, texts.RESTARTING)
+            return
         engine = self.services.engine
         assert engine is not None
         view = await self.services.view(engine, key, before=retried.question.id if retried else None)

@@ -101,6 +101,9 @@ def unseen_pages(question: str, past: Sequence[Turn]) -> str | None:
         return None
     total = int(count["count"])
     asked = named_pages(question, total)
-    if not asked or set(asked) <= set(named_pages(shown.which, total)):
+    missing = [number for number in asked if not 1 <= number <= total]
+    if missing:
+        return texts.no_such_page(total, missing[0])
+    if set(asked) <= set(named_pages(shown.which, total)):
         return None
     return texts.pages_not_in_view(shown.which, total)

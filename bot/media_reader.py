@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
+import resource
+import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -31,6 +34,8 @@ CONCURRENT = 2
 POLL_SECONDS = 0.1
 TOO_SLOW = "That file takes too long to read (over {seconds:.0f} s), so I gave up on it. Please send a simpler one."
 CRASHED = "I couldn't read that file: the reader stopped on it. Please send it in another form."
+STOPPING = "I'm restarting, so I couldn't read that file. Please send it again in a minute."
+CHILD_NAME = "phi3bot-read"
 T = TypeVar("T")
 
 
@@ -39,11 +44,17 @@ class MediaError(Exception):
 
 
 class MediaReader:
-    """The bot's one way to read PDFs and clips; owns how many are read at once and for how long."""
+    """The bot's one way to read PDFs and clips; owns how many are read at once, for how long, and stopping
+    them all at shutdown."""
 
     def __init__(self, seconds: float = READ_SECONDS, concurrent: int = CONCURRENT) -> None:
         self.seconds = seconds
         self._slots = asyncio.Semaphore(concurrent)
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """At shutdown: every read ends at once (its child is killed) and no new one starts."""
+        self._stopping.set()
 
     async def pages(self, data: bytes, question: str, *, limit: int, num_crops: int) -> Pages:
         """bot/pages.py's ``render``, in a child process."""
@@ -55,10 +66,14 @@ class MediaReader:
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)`` in a child process; raises MediaError with a friendly reason when it
-        refuses the file, crashes or outlives the deadline.  Cancelling the caller stops the child at once."""
+        refuses the file, crashes, outlives the deadline or the bot stops.  Cancelling the caller stops the
+        child at once."""
         async with self._slots:
+            if self._stopping.is_set():
+                raise MediaError(STOPPING)
             cancel = threading.Event()
-            worker = asyncio.ensure_future(asyncio.to_thread(_in_child, function, args, kwargs, self.seconds, cancel))
+            call = functools.partial(_in_child, function, args, kwargs, self.seconds, (cancel, self._stopping))
+            worker = asyncio.ensure_future(asyncio.to_thread(call))
             try:
                 return await asyncio.shield(worker)
             except asyncio.CancelledError:
@@ -69,29 +84,39 @@ class MediaReader:
 
 
 def _in_child(
-    function: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float, cancel: threading.Event
+    function: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    seconds: float,
+    ends: tuple[threading.Event, ...],
 ) -> T:
+    """Runs in a worker thread: starts the child, waits for its answer until the deadline or one of ``ends``."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, function, args, kwargs), name="phi3bot-read", daemon=True)
-    child.start()
-    sender.close()
+    child = context.Process(target=_child_main, args=(sender, function, args, kwargs, seconds), name=CHILD_NAME)
+    child.daemon = True
+    answered = False
     try:
+        child.start()  # hands the child the file itself: up to 20 MB through the pipe
+        sender.close()
         waited = 0.0
         while not receiver.poll(POLL_SECONDS):
             waited += POLL_SECONDS
-            if cancel.is_set():
-                raise MediaError("cancelled")
+            if any(end.is_set() for end in ends):
+                raise MediaError(STOPPING)
             if waited >= seconds:
                 log.warning("reading a file took over %.0f s; stopped", seconds)
                 raise MediaError(TOO_SLOW.format(seconds=seconds))
-        try:
-            outcome, value = receiver.recv()
-        except EOFError:
-            log.warning("the file reader ended without an answer (exit code %s)", child.exitcode)
-            raise MediaError(CRASHED) from None
+        outcome, value = receiver.recv()
+        answered = True
+    except (EOFError, OSError) as error:
+        log.warning("the file reader ended without an answer (%s, exit code %s)", error, child.exitcode)
+        raise MediaError(CRASHED) from None
     finally:
-        stop_process(child, grace=1.0, terminate_wait=1.0)
+        if child.pid is not None:
+            stop_process(child, grace=1.0 if answered else 0.0, terminate_wait=1.0)
+            child.close()
+        sender.close()
         receiver.close()
     if outcome == "refused":
         raise MediaError(value)
@@ -99,8 +124,11 @@ def _in_child(
 
 
 def _child_main(
-    sender: Connection, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    sender: Connection, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float
 ) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is for the bot, which ends this child
+    # Should the bot be killed without ending it, the child still stops, at the same deadline, in CPU time.
+    resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) + 5, int(seconds) + 10))
     try:
         outcome: tuple[str, Any] = ("done", function(*args, **kwargs))
     except (DocumentError, VideoError) as refusal:

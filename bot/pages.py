@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import pypdfium2 as pdfium
 
+from bot import texts
 from engine.images import CROP, crop_grid
 
 PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
@@ -69,8 +70,7 @@ def chosen_pages(question: str, count: int, limit: int) -> list[int]:
         return list(range(1, min(count, limit) + 1))
     present = [number for number in named if 1 <= number <= count]
     if not present:
-        pages = "page" if count == 1 else "pages"
-        raise DocumentError(f"This PDF has {count} {pages}, so I can't look at page {named[0]}.")
+        raise DocumentError(texts.no_such_page(count, named[0]))
     return present[:limit]
 
 

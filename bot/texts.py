@@ -69,6 +69,7 @@ PERSONA_ADMINS_ONLY = "Only this group's administrators can change its persona."
 PERSONA_RESET = "Done — I'm back to my default persona. The conversation goes on."
 PERSONA_SET = "Done — that's my persona in this chat from now on. The conversation goes on; /persona reset undoes it."
 PERSONA_KEPT = "\n\nThe persona stays: /persona reset returns to the default."
+RESTARTING = "I'm restarting right now. Please ask again in a minute."
 NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
 
 
@@ -130,6 +131,10 @@ def looking(images: int, seconds: float | None = None, label: str = "") -> str:
 def kept(label: str) -> str:
     """A PDF or a clip sent without a question: what the model is reading of it."""
     return f"📎 Got it. I'm looking at {label} — ask me anything about it."
+
+
+def no_such_page(count: int, page: int) -> str:
+    return f"This PDF has {count} page{'' if count == 1 else 's'}, so I can't look at page {page}."
 
 
 def pages_not_in_view(shown: str, count: int) -> str:

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 
 from bot import frames, pages
-from bot.material import Material
+from bot.material import Material, unseen_pages
 from bot.media_reader import MediaError, MediaReader
+from engine.conversation import Turn
+from engine.images import prepare_image
 from tests.support.media_files import (
     COLOURS,
     MediaCase,
@@ -219,3 +221,46 @@ def test_what_the_images_were_is_read_back_from_the_stored_question(material: Ma
     stored = material.told("What is this?")
     assert Material.recalled(stored) == material
     assert Material.recalled("What is this?") == Material()
+
+
+async def test_stopping_the_reader_ends_a_running_read_and_refuses_new_ones() -> None:
+    reader = MediaReader(seconds=60)
+    task = asyncio.create_task(reader.pages(pdf_drawing_one_image(2000), "", limit=1, num_crops=4))
+    await asyncio.sleep(1.5)
+    started = time.monotonic()
+    reader.stop()
+    with pytest.raises(MediaError, match="restarting"):
+        await task
+    assert time.monotonic() - started < 2
+    with pytest.raises(MediaError, match="restarting"):
+        await reader.pages(pdf(1), "", limit=1, num_crops=1)
+
+
+def _past(shown: Material, *later: str) -> list[Turn]:
+    image = prepare_image(png_of_colour())
+    turns = [Turn("user", shown.told("What is this?"), (image,)), Turn("assistant", "An answer.")]
+    return turns + [Turn(role, text) for text in later for role in ("user", "assistant")]
+
+
+def png_of_colour() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), COLOURS[0]).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("shown", "question", "told"),
+    [
+        (Material(which="pages 1-4", whole="a 12-page PDF", kind="pdf"), "and page 3?", None),
+        (Material(which="pages 1-4", whole="a 12-page PDF", kind="pdf"), "and page 9?", "pages 1-4 of that 12-page"),
+        (Material(which="pages 1-4", whole="a 4-page PDF", kind="pdf"), "and page 9?", "This PDF has 4 pages"),
+        (Material(which="page 3", whole="a 5-page PDF", kind="pdf"), "and pages 2-3?", "page 3 of that 5-page"),
+        (Material(which="4 frames", whole="a 0:10 video, at 0:01", kind="clip"), "page 2?", None),
+        (Material(), "what is on page 2?", None),
+    ],
+)
+def test_a_question_naming_pages_the_model_was_not_shown_is_told_so(
+    shown: Material, question: str, told: str | None
+) -> None:
+    note = unseen_pages(question, _past(shown, "A follow-up."))
+    assert (note is None) if told is None else (note is not None and told in note), note
