@@ -3,9 +3,10 @@ full-size synthetic Phi-3.5-vision INT4 at the default NUM_CROPS.
 
 Cases, each in a chat of its own, each followed by a text follow-up: a 4-page A4 PDF (PDF_PAGES' default),
 a 30-second 720p video at the 4 frames the bot takes at the default HISTORY_TOKENS, and the same video at
-VIDEO_FRAMES' default of 8 (what a larger HISTORY_TOKENS allows).  Intake is the bot's own code
-(bot/pages.py, bot/frames.py); the engine runs as the bot runs it, after one photo answer as its warm-up.
-Answers are 32 tokens.  Takes about 6 minutes on 2 cores; run it on a quiet machine.
+VIDEO_FRAMES' default of 8 (what a larger HISTORY_TOKENS allows).  Intake is the bot's own code: a child
+process renders the pages or decodes the frames (bot/media_reader.py), its start-up included; the engine
+runs as the bot runs it, after one photo answer as its warm-up.  Answers are 32 tokens.  Takes about 6
+minutes on 2 cores; run it on a quiet machine.
 
 Usage: python benchmarks/media_cost.py [--model DIR]
 """
@@ -16,8 +17,9 @@ import asyncio
 import io
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,6 +31,10 @@ from benchmarks.common import (
     timed_answer,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from bot.frames import Frames
+    from bot.pages import Pages
 
 TOKENS = 32
 NUM_CROPS = 4
@@ -73,7 +79,8 @@ def video(seconds: int, fps: int = 30, size: tuple[int, int] = (1280, 720)) -> b
 
 
 async def _run(model: Path) -> list[dict[str, Any]]:
-    from bot import frames, pages
+    from bot import pages
+    from bot.media_reader import MediaReader
     from engine.conversation import Turn
     from engine.images import image_tokens, prepare_image
 
@@ -85,22 +92,15 @@ async def _run(model: Path) -> list[dict[str, Any]]:
         await timed_answer(engine, "warm-up", [], warm_up)
         document, clip = a4_pdf(6), video(30)
         side = pages.long_side(NUM_CROPS)
-        cases: list[tuple[str, bytes, Any]] = [
-            ("4-page PDF", document, lambda: pages.render(document, "", limit=4, num_crops=NUM_CROPS).images),
-            (
-                "30 s video, 4 frames",
-                clip,
-                lambda: frames.sample(clip, limit=4, max_seconds=600, long_side=side).images,
-            ),
-            (
-                "30 s video, 8 frames",
-                clip,
-                lambda: frames.sample(clip, limit=8, max_seconds=600, long_side=side).images,
-            ),
+        reader = MediaReader()
+        cases: list[tuple[str, bytes, Callable[[], Awaitable[Pages | Frames]]]] = [
+            ("4-page PDF", document, lambda: reader.pages(document, "", limit=4, num_crops=NUM_CROPS)),
+            ("30 s video, 4 frames", clip, lambda: reader.frames(clip, limit=4, max_seconds=600, long_side=side)),
+            ("30 s video, 8 frames", clip, lambda: reader.frames(clip, limit=8, max_seconds=600, long_side=side)),
         ]
         for name, data, intake in cases:
             started = time.monotonic()
-            images = await asyncio.to_thread(intake)
+            images = (await intake()).images
             prepared = tuple(prepare_image(image) for image in images)
             intake_seconds = time.monotonic() - started
             question = Turn("user", "What is this about?", prepared)

@@ -28,7 +28,7 @@ from typing import Literal
 
 from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, estimate_tokens, kv_cache_tokens
 from engine.conversation import Turn
-from engine.estimates import Estimate, Sample, Speed, wait_seconds
+from engine.estimates import Estimate, Sample, Speed, first_text_in_line, together
 from engine.fair_queue import AlreadyQueued, FairQueue, TicketCancelled
 from engine.generation import GenerationSettings
 from engine.images import image_tokens
@@ -106,8 +106,11 @@ class _Running:
     stop: Callable[[], None] | None = None  # cancels the job in the model's process once it is there
     replace: Callable[[], None] | None = None  # ends that process, for one that does not stop
     replaced: bool = False
-    estimate: Estimate | None = None  # how long it takes, from the speed measured before it started
+    alone: Estimate | None = None  # how long it would take answered alone, from the speed measured so far
+    estimate: Estimate | None = None  # how long it takes as it runs: alone, or with the batch it is part of
+    batch_alone: float | None = None  # its batch's first texts alone, added up: what a batched answer teaches
     started: float | None = None  # monotonic time the model took it
+    first_text: bool = False  # its first text has come: it no longer slows its batch's reading
     _overdue: asyncio.TimerHandle | None = None
 
     def request_stop(self, reason: Status) -> None:
@@ -250,15 +253,21 @@ class Engine:
         if key in self._moved and self.is_busy(key):
             raise AlreadyQueued(f"{key!r} is still being answered under {self._moved[key]!r}")
         ticket = self.queue.enqueue(key)
-        running = _Running(self._stop_grace, estimate=self._estimate(question))
+        alone = self._estimate(question)
+        running = _Running(self._stop_grace, alone=alone, estimate=alone)
         self._running[key] = running
         try:
-            async for position in ticket.positions():
+            shown: Waiting | None = None
+            async for position in ticket.changes():
                 if position > 0:
-                    yield Waiting(position, self._first_text_seconds(key))
+                    waiting = Waiting(position, self._first_text_seconds(key))
+                    if shown is None or _news(shown, waiting):
+                        shown = waiting
+                        yield waiting
             try:
                 async with ticket:
-                    running.estimate = self._estimate(question)  # with what was measured while it waited
+                    running.alone = self._estimate(question)  # with what was measured while it waited
+                    running.estimate = self._batched(running) if ticket.batched else running.alone
                     running.started = time.monotonic()
                     first_text = running.estimate.first_text if running.estimate is not None else None
                     yield Started(first_text, len(question.images))
@@ -282,24 +291,42 @@ class Engine:
         tokens = estimate_tokens(question.text, [images])
         return self.speed.estimate(tokens, images, self.settings.max_new_tokens)
 
+    def _batched(self, running: _Running) -> Estimate | None:
+        """A batched answer's estimate: its first text comes once the prompts of its batch that have shown no
+        text yet are read together (engine/estimates.py)."""
+        keys = self.queue.snapshot()[: self.queue.running]
+        members = [self._running[key] for key in keys if key in self._running and not self._running[key].first_text]
+        alone = [member.alone for member in members]
+        if running.alone is None or any(estimate is None for estimate in alone):
+            return None
+        firsts = [estimate.first_text for estimate in alone if estimate is not None]
+        running.batch_alone = sum(firsts)
+        first_text = together(firsts, self.speed.batch_share)
+        if first_text is None:
+            return None
+        return Estimate(first_text, first_text + running.alone.whole - running.alone.first_text)
+
     def _first_text_seconds(self, key: Hashable) -> float | None:
-        """About how long until the first text for ``key``, in line: the answers ahead of it, then its own start."""
+        """About how long until the first text for ``key``, in line: the answers running and waiting ahead of
+        it, then its own start, batched with those it will run with."""
         keys = self.queue.snapshot()
         if key not in keys:
             return None
         keys = keys[: keys.index(key) + 1]
-        estimates = [self._running[other].estimate if other in self._running else None for other in keys]
-        known = [estimate for estimate in estimates if estimate is not None]
-        if len(known) < len(keys):
-            return None
-        now = time.monotonic()
         running = self.queue.running
-        left = []
-        for other, estimate in zip(keys[:running], known[:running], strict=True):
+        now = time.monotonic()
+        left: list[float] = []
+        for other in keys[:running]:
+            shown = self._running[other].estimate if other in self._running else None
+            if shown is None:
+                return None
             began = self._running[other].started
-            left.append(max(estimate.whole - (now - began if began is not None else 0.0), 0.0))
-        ahead = [estimate.whole for estimate in known[running:-1]]
-        return wait_seconds(left, ahead, self.queue.batch_max) + known[-1].first_text
+            left.append(max(shown.whole - (now - began if began is not None else 0.0), 0.0))
+        alone = [self._running[other].alone if other in self._running else None for other in keys[running:]]
+        known = [estimate for estimate in alone if estimate is not None]
+        if len(known) < len(alone):
+            return None
+        return first_text_in_line(left, known[:-1], known[-1], self.queue.batch_max, self.speed.batch_share)
 
     def _learn(self, question: Turn, finished: Finished) -> None:
         """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
@@ -357,6 +384,7 @@ class Engine:
                     continue
                 if ttft is None:
                     ttft = time.monotonic() - started
+                    running.first_text = True
                 parts.append(reply.text)
                 yield Chunk(reply.text)
         finally:
@@ -368,6 +396,8 @@ class Engine:
         finished = self._finish(done, "".join(parts), running, started, ttft)
         if not batched:
             self._learn(question, finished)
+        elif running.batch_alone is not None and finished.ttft_seconds is not None and not finished.replays:
+            self.speed.record_batch(finished.ttft_seconds, running.batch_alone)
         yield finished
 
     async def _live_model(self) -> LoadedModel:
@@ -447,6 +477,18 @@ class Engine:
         model, whose dead process would otherwise be restarted for them."""
         self.cancel_all()
         await asyncio.to_thread(self._model.pipeline.close)
+
+
+def _news(shown: Waiting, now: Waiting) -> bool:
+    """Whether a new place-in-line status is worth showing: a new place, or an estimate that moved by more than
+    a fifth (a batch forming behind changes how long the wait is, not the place)."""
+    if now.position != shown.position or (now.seconds is None) != (shown.seconds is None):
+        return True
+    return (
+        now.seconds is not None
+        and shown.seconds is not None
+        and abs(now.seconds - shown.seconds) > max(2.0, 0.2 * shown.seconds)
+    )
 
 
 async def _until_done(replies: asyncio.Queue[Reply]) -> Done:

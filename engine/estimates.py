@@ -12,7 +12,10 @@ refines the figures:
   that a per-token rate would miss; with too little spread in the points yet, a rate through zero, and
   nothing for a question far smaller or larger than those measured (a first text follow-up after photos);
 * writing: tokens per second and answer length in tokens, running averages, the length bounded by
-  ``max_new_tokens``.
+  ``max_new_tokens``;
+* batches: a batched answer's time to its first text against the sum of its batch's first texts alone, a
+  running average (several photo questions batched start together, after most of that sum; a wait behind a
+  batch is unknown until one has been measured).
 """
 
 from __future__ import annotations
@@ -59,7 +62,13 @@ class Speed:
         self.vision_seconds_per_image_token: float | None = None
         self.decode_tokens_per_second: float | None = None
         self.answer_tokens: float | None = None
+        self.batch_share: float | None = None  # a batch's first texts, against reading its prompts one by one
         self._reading: deque[tuple[float, float]] = deque(maxlen=READING_POINTS)  # (question tokens, seconds)
+
+    def record_batch(self, first_text_seconds: float, alone_seconds: float) -> None:
+        """A batched answer's time to its first text, against the sum of its batch's estimates alone."""
+        if first_text_seconds > 0 and alone_seconds > 0:
+            self.batch_share = _averaged(self.batch_share, first_text_seconds / alone_seconds)
 
     def record(self, sample: Sample) -> None:
         if sample.image_tokens > 0 and sample.vision_seconds > 0:
@@ -104,12 +113,30 @@ class Speed:
         return Estimate(first_text, first_text + writing)
 
 
-def wait_seconds(running: list[float], waiting: list[float], batch_max: int) -> float:
-    """Seconds until a request in line starts, from what is left of the answers running now (they end
-    together when batched) and the whole answers waiting ahead of it, answered in waves of ``batch_max``,
-    each wave as long as its longest answer."""
-    waves = len(waiting) // batch_max  # a last, partial wave is answered together with this request
+def together(first_texts: list[float], share: float | None) -> float | None:
+    """Seconds to the first text of requests answered as one batch: GenAI encodes each one's photos as it is
+    admitted and reads their prompts in shared steps, so the first texts come at about the same time, after
+    ``share`` of what reading them one after another would take (measured: ``Speed.batch_share``); None
+    for a batch of several before a batch has been measured."""
+    if len(first_texts) == 1:
+        return first_texts[0]
+    return None if share is None else share * sum(first_texts)
+
+
+def first_text_in_line(
+    running: list[float], ahead: list[Estimate], own: Estimate, batch_max: int, share: float | None
+) -> float | None:
+    """Seconds until a request in line shows its first text: what is left of the answers running now (they
+    end together when batched), then the requests ahead of it in waves of ``batch_max``, each wave as long
+    as reading its prompts together and writing its longest answer, then its own wave: the last, partial
+    wave of those ahead is answered together with it.  None where a batch's speed is not known yet."""
+    waves = [ahead[index : index + batch_max] for index in range(0, len(ahead), batch_max)]
+    own_wave = waves.pop() if waves and len(waves[-1]) < batch_max else []
     total = max(running, default=0.0)
-    for wave in range(waves):
-        total += max(waiting[wave * batch_max : (wave + 1) * batch_max])
-    return total
+    for wave in waves:
+        reading = together([estimate.first_text for estimate in wave], share)
+        if reading is None:
+            return None
+        total += reading + max(estimate.whole - estimate.first_text for estimate in wave)
+    mine = together([*(estimate.first_text for estimate in own_wave), own.first_text], share)
+    return None if mine is None else total + mine

@@ -58,17 +58,15 @@ class Ticket(Generic[K]):
     def notify(self) -> None:
         self._changed.set()
 
-    async def positions(self) -> AsyncIterator[int]:
-        """Each new position until the turn comes (0) or the ticket leaves the line."""
-        last: int | None = None
+    async def changes(self) -> AsyncIterator[int]:
+        """The position at first and after each change in the line (a move, or a newcomer behind: it may be
+        answered together with this one), until the turn comes (0) or the ticket leaves the line."""
         while True:
             self._changed.clear()
             position = self.position
             if position is None:
                 return
-            if position != last:
-                last = position
-                yield position
+            yield position
             if position == 0:
                 return
             await self._changed.wait()
@@ -131,6 +129,7 @@ class FairQueue(Generic[K]):
         self._by_key[key] = ticket
         self._waiting.append(ticket)
         self._grant()
+        self._notify_waiting()  # a newcomer changes how long those ahead of it wait, when batched with them
         return ticket
 
     def position(self, key: K) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot import texts
-from engine.estimates import SMOOTHING, Sample, Speed, wait_seconds
+from engine.estimates import SMOOTHING, Estimate, Sample, Speed, first_text_in_line, together
 
 
 def sample(
@@ -95,13 +95,32 @@ def test_a_photo_question_is_not_estimated_before_photos_were_measured() -> None
 
 
 def test_the_wait_in_line_adds_answers_ahead_one_after_another() -> None:
-    assert wait_seconds([12.0], [30.0, 20.0], batch_max=1) == pytest.approx(62.0)
-    assert wait_seconds([], [], batch_max=1) == 0.0
+    ahead = [Estimate(10.0, 30.0), Estimate(5.0, 20.0)]
+    assert first_text_in_line([12.0], ahead, Estimate(4.0, 9.0), 1, None) == pytest.approx(12 + 30 + 20 + 4)
+    assert first_text_in_line([], [], Estimate(4.0, 9.0), 1, None) == 4.0
 
 
-def test_answers_in_a_batch_end_together() -> None:
-    # Running batch of two; three ahead in line, batches of two: one full wave ahead, the third joins this one's.
-    assert wait_seconds([5.0, 8.0], [30.0, 20.0, 40.0], batch_max=2) == pytest.approx(8.0 + 30.0)
+def test_a_batch_reads_its_prompts_together_and_its_answers_end_together() -> None:
+    # Running batch of two; three ahead in line, batches of two: one full wave ahead (read together at the
+    # measured share of its prompts one by one, then its longest answer written), the third joins this one's.
+    ahead = [Estimate(15.0, 20.0), Estimate(14.0, 24.0), Estimate(16.0, 21.0)]
+    waited = first_text_in_line([5.0, 8.0], ahead, Estimate(15.0, 20.0), 2, 0.8)
+    assert waited == pytest.approx(8.0 + 0.8 * (15 + 14) + 10.0 + 0.8 * (16 + 15))
+
+
+def test_a_wait_behind_a_batch_is_unknown_until_a_batch_was_measured() -> None:
+    assert together([15.0], None) == 15.0
+    assert together([15.0, 14.0], None) is None
+    assert first_text_in_line([], [Estimate(15.0, 20.0)], Estimate(15.0, 20.0), 4, None) is None
+    assert first_text_in_line([], [Estimate(15.0, 20.0)], Estimate(15.0, 20.0), 1, None) == pytest.approx(35.0)
+
+
+def test_the_batch_share_is_learned_from_batched_answers() -> None:
+    speed = Speed()
+    speed.record_batch(31.0, 45.0)
+    assert speed.batch_share == pytest.approx(31 / 45)
+    speed.record_batch(41.0, 45.0)
+    assert speed.batch_share == pytest.approx((1 - SMOOTHING) * 31 / 45 + SMOOTHING * 41 / 45)
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,9 @@ async def test_positions_update_as_the_line_moves() -> None:
     seen: list[int] = []
 
     async def follow() -> None:
-        async for position in third.positions():
-            seen.append(position)
+        async for position in third.changes():
+            if not seen or position != seen[-1]:
+                seen.append(position)
 
     follower = asyncio.create_task(follow())
     await asyncio.sleep(0)
@@ -63,6 +64,19 @@ async def test_positions_update_as_the_line_moves() -> None:
         pass
     await asyncio.wait_for(follower, 1)
     assert seen == [2, 1, 0]
+
+
+async def test_a_newcomer_behind_is_a_change_for_those_waiting_ahead() -> None:
+    queue: FairQueue[str] = FairQueue(batch_max=4)
+    queue.enqueue("a")
+    second = queue.enqueue("b")
+    changes = second.changes()
+    assert await anext(changes) == 1
+    waiting = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0)
+    assert not waiting.done(), "nothing changed yet"
+    queue.enqueue("c")
+    assert await asyncio.wait_for(waiting, 1) == 1
 
 
 async def test_cancelled_waiting_tickets_never_run_and_free_their_place() -> None:
