@@ -108,7 +108,7 @@ class _Running:
     replaced: bool = False
     alone: Estimate | None = None  # how long it would take answered alone, from the speed measured so far
     estimate: Estimate | None = None  # how long it takes as it runs: alone, or with the batch it is part of
-    batch_alone: float | None = None  # its batch's first texts alone, added up: what a batched answer teaches
+    batch: list[Estimate] | None = None  # its batch's estimates alone, as it started: what a batched answer teaches
     started: float | None = None  # monotonic time the model took it
     first_text: bool = False  # its first text has come: it no longer slows its batch's reading
     _overdue: asyncio.TimerHandle | None = None
@@ -296,23 +296,22 @@ class Engine:
         text yet are read together (engine/estimates.py)."""
         keys = self.queue.snapshot()[: self.queue.running]
         members = [self._running[key] for key in keys if key in self._running and not self._running[key].first_text]
-        alone = [member.alone for member in members]
-        if running.alone is None or any(estimate is None for estimate in alone):
+        batch = [member.alone for member in members if member.alone is not None]
+        if running.alone is None or len(batch) < len(members):
             return None
-        firsts = [estimate.first_text for estimate in alone if estimate is not None]
-        running.batch_alone = sum(firsts)
-        first_text = together(firsts, self.speed.batch_share)
+        running.batch = batch
+        first_text = together(batch, self.speed.batch_share)
         if first_text is None:
             return None
         return Estimate(first_text, first_text + running.alone.whole - running.alone.first_text)
 
     def _first_text_seconds(self, key: Hashable) -> float | None:
         """About how long until the first text for ``key``, in line: the answers running and waiting ahead of
-        it, then its own start, batched with those it will run with."""
-        keys = self.queue.snapshot()
-        if key not in keys:
+        it, then its own start, batched with those it will run with (behind it too)."""
+        everyone = self.queue.snapshot()
+        if key not in everyone:
             return None
-        keys = keys[: keys.index(key) + 1]
+        keys = everyone[: everyone.index(key) + 1]
         running = self.queue.running
         now = time.monotonic()
         left: list[float] = []
@@ -322,11 +321,12 @@ class Engine:
                 return None
             began = self._running[other].started
             left.append(max(shown.whole - (now - began if began is not None else 0.0), 0.0))
-        alone = [self._running[other].alone if other in self._running else None for other in keys[running:]]
-        known = [estimate for estimate in alone if estimate is not None]
-        if len(known) < len(alone):
+        waiting = [self._running[other].alone if other in self._running else None for other in everyone[running:]]
+        known = [estimate for estimate in waiting if estimate is not None]
+        if len(known) < len(waiting):
             return None
-        return first_text_in_line(left, known[:-1], known[-1], self.queue.batch_max, self.speed.batch_share)
+        place = len(keys) - 1 - running
+        return first_text_in_line(left, known, place, self.queue.batch_max, self.speed.batch_share)
 
     def _learn(self, question: Turn, finished: Finished) -> None:
         """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
@@ -396,8 +396,8 @@ class Engine:
         finished = self._finish(done, "".join(parts), running, started, ttft)
         if not batched:
             self._learn(question, finished)
-        elif running.batch_alone is not None and finished.ttft_seconds is not None and not finished.replays:
-            self.speed.record_batch(finished.ttft_seconds, running.batch_alone)
+        elif running.batch is not None and finished.ttft_seconds is not None and not finished.replays:
+            self.speed.record_batch(finished.ttft_seconds, running.batch)
         yield finished
 
     async def _live_model(self) -> LoadedModel:

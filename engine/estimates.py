@@ -35,6 +35,7 @@ class Estimate:
 
     first_text: float
     whole: float
+    work: float = 0.0  # of first_text, what batched questions add up (photos, tokens); the rest a batch pays once
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,12 @@ class Speed:
         self.batch_share: float | None = None  # a batch's first texts, against reading its prompts one by one
         self._reading: deque[tuple[float, float]] = deque(maxlen=READING_POINTS)  # (question tokens, seconds)
 
-    def record_batch(self, first_text_seconds: float, alone_seconds: float) -> None:
-        """A batched answer's time to its first text, against the sum of its batch's estimates alone."""
-        if first_text_seconds > 0 and alone_seconds > 0:
-            self.batch_share = _averaged(self.batch_share, first_text_seconds / alone_seconds)
+    def record_batch(self, first_text_seconds: float, batch: list[Estimate]) -> None:
+        """A batched answer's time to its first text, against its batch's estimates alone."""
+        work = sum(estimate.work for estimate in batch)
+        fixed = max((estimate.first_text - estimate.work for estimate in batch), default=0.0)
+        if work > 0 and first_text_seconds > fixed:
+            self.batch_share = _averaged(self.batch_share, (first_text_seconds - fixed) / work)
 
     def record(self, sample: Sample) -> None:
         if sample.image_tokens > 0 and sample.vision_seconds > 0:
@@ -83,9 +86,9 @@ class Speed:
         if sample.complete and sample.generated_tokens > 0:
             self.answer_tokens = _averaged(self.answer_tokens, float(sample.generated_tokens))
 
-    def reading_seconds(self, question_tokens: int) -> float | None:
-        """Seconds from the start to the first text, photos' encoding aside; None before an answer of about
-        that size."""
+    def reading_seconds(self, question_tokens: int) -> tuple[float, float] | None:
+        """Seconds from the start to the first text, photos' encoding aside, as a fixed part and a part that
+        grows with the question; None before an answer of about that size."""
         sizes = [x for x, _ in self._reading]
         if not sizes or not min(sizes) / REACH <= question_tokens <= max(sizes) * REACH:
             return None
@@ -97,8 +100,8 @@ class Speed:
             slope = sum((x - mean_x) * (y - mean_y) for x, y in self._reading) / count / variance
             fixed = mean_y - slope * mean_x
             if slope > 0 and fixed >= 0:
-                return fixed + slope * question_tokens
-        return mean_y / mean_x * question_tokens
+                return fixed, slope * question_tokens
+        return 0.0, mean_y / mean_x * question_tokens
 
     def estimate(self, question_tokens: int, image_tokens: int, max_new_tokens: int) -> Estimate | None:
         """For a question of ``question_tokens`` (images included) bringing ``image_tokens`` of new images;
@@ -108,35 +111,39 @@ class Speed:
             return None
         if image_tokens and self.vision_seconds_per_image_token is None:
             return None
-        first_text = reading + image_tokens * (self.vision_seconds_per_image_token or 0.0)
+        fixed, growing = reading
+        work = growing + image_tokens * (self.vision_seconds_per_image_token or 0.0)
         writing = max(min(self.answer_tokens, max_new_tokens) - 1, 0) / self.decode_tokens_per_second
-        return Estimate(first_text, first_text + writing)
+        return Estimate(fixed + work, fixed + work + writing, work)
 
 
-def together(first_texts: list[float], share: float | None) -> float | None:
-    """Seconds to the first text of requests answered as one batch: GenAI encodes each one's photos as it is
-    admitted and reads their prompts in shared steps, so the first texts come at about the same time, after
-    ``share`` of what reading them one after another would take (measured: ``Speed.batch_share``); None
-    for a batch of several before a batch has been measured."""
-    if len(first_texts) == 1:
-        return first_texts[0]
-    return None if share is None else share * sum(first_texts)
+def together(batch: list[Estimate], share: float | None) -> float | None:
+    """Seconds to the first texts of questions answered as one batch: GenAI encodes each one's photos as it is
+    admitted and reads their prompts in shared steps, so the first texts come at about the same time, once
+    the batch's work is done (``share`` of the questions' work one after another, measured as
+    ``Speed.batch_share``) and the fixed cost of a step paid once; None for a batch of several before a
+    batch has been measured."""
+    if len(batch) == 1:
+        return batch[0].first_text
+    if share is None:
+        return None
+    return max(estimate.first_text - estimate.work for estimate in batch) + share * sum(e.work for e in batch)
 
 
 def first_text_in_line(
-    running: list[float], ahead: list[Estimate], own: Estimate, batch_max: int, share: float | None
+    running: list[float], waiting: list[Estimate], place: int, batch_max: int, share: float | None
 ) -> float | None:
-    """Seconds until a request in line shows its first text: what is left of the answers running now (they
-    end together when batched), then the requests ahead of it in waves of ``batch_max``, each wave as long
-    as reading its prompts together and writing its longest answer, then its own wave: the last, partial
-    wave of those ahead is answered together with it.  None where a batch's speed is not known yet."""
-    waves = [ahead[index : index + batch_max] for index in range(0, len(ahead), batch_max)]
-    own_wave = waves.pop() if waves and len(waves[-1]) < batch_max else []
+    """Seconds until the request at ``waiting[place]`` shows its first text: what is left of the answers
+    running now (they end together when batched), then the waves of ``batch_max`` before its own (each as
+    long as reading its prompts together and writing its longest answer), then its own wave's reading: once
+    the line moves, up to ``batch_max`` waiting requests are answered together, those behind it included.
+    None where a batch's speed is not known yet."""
+    waves = [waiting[index : index + batch_max] for index in range(0, len(waiting), batch_max)]
     total = max(running, default=0.0)
-    for wave in waves:
-        reading = together([estimate.first_text for estimate in wave], share)
+    for wave in waves[: place // batch_max]:
+        reading = together(wave, share)
         if reading is None:
             return None
         total += reading + max(estimate.whole - estimate.first_text for estimate in wave)
-    mine = together([*(estimate.first_text for estimate in own_wave), own.first_text], share)
+    mine = together(waves[place // batch_max], share)
     return None if mine is None else total + mine

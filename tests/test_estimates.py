@@ -75,8 +75,10 @@ def test_a_short_follow_up_keeps_its_fixed_cost_once_questions_of_several_sizes_
     speed.record(sample(question_tokens=800, image_tokens=757, first_text=10.0, vision=4.0))  # reading 6 s
     speed.record(sample(question_tokens=20, image_tokens=0, first_text=1.5, vision=0.0))  # reading 1.5 s
     reading = speed.reading_seconds(20)
-    assert reading == pytest.approx(1.5)  # a rate through zero would say 20 / 800 * 6 = 0.15 s
-    assert speed.reading_seconds(410) == pytest.approx((1.5 + 6.0) / 2)
+    assert reading is not None and sum(reading) == pytest.approx(1.5)  # a rate through zero: 20 / 800 * 6 = 0.15 s
+    fixed, growing = reading
+    assert fixed == pytest.approx(1.5 - growing) and growing == pytest.approx(20 * 4.5 / 780)
+    assert sum(speed.reading_seconds(410) or ()) == pytest.approx((1.5 + 6.0) / 2)
 
 
 def test_a_question_far_from_any_measured_size_gets_no_number() -> None:
@@ -95,32 +97,41 @@ def test_a_photo_question_is_not_estimated_before_photos_were_measured() -> None
 
 
 def test_the_wait_in_line_adds_answers_ahead_one_after_another() -> None:
-    ahead = [Estimate(10.0, 30.0), Estimate(5.0, 20.0)]
-    assert first_text_in_line([12.0], ahead, Estimate(4.0, 9.0), 1, None) == pytest.approx(12 + 30 + 20 + 4)
-    assert first_text_in_line([], [], Estimate(4.0, 9.0), 1, None) == 4.0
+    waiting = [Estimate(10.0, 30.0, 9.0), Estimate(5.0, 20.0, 4.0), Estimate(4.0, 9.0, 3.0)]
+    assert first_text_in_line([12.0], waiting, 2, 1, None) == pytest.approx(12 + 30 + 20 + 4)
+    assert first_text_in_line([], waiting[2:], 0, 1, None) == 4.0
 
 
-def test_a_batch_reads_its_prompts_together_and_its_answers_end_together() -> None:
-    # Running batch of two; three ahead in line, batches of two: one full wave ahead (read together at the
-    # measured share of its prompts one by one, then its longest answer written), the third joins this one's.
-    ahead = [Estimate(15.0, 20.0), Estimate(14.0, 24.0), Estimate(16.0, 21.0)]
-    waited = first_text_in_line([5.0, 8.0], ahead, Estimate(15.0, 20.0), 2, 0.8)
-    assert waited == pytest.approx(8.0 + 0.8 * (15 + 14) + 10.0 + 0.8 * (16 + 15))
+def test_a_batch_reads_its_photos_together_and_its_answers_end_together() -> None:
+    # Running batch of two; five waiting in batches of two: the first wave is read together (its work at the
+    # measured share, the fixed cost once) and its longest answer written; the request at place 2 is read
+    # with the one behind it; the fifth is not its concern.
+    photo = Estimate(15.0, 20.0, 14.5)
+    waiting = [photo, Estimate(14.0, 24.0, 13.5), photo, Estimate(16.0, 21.0, 15.5), photo]
+    waited = first_text_in_line([5.0, 8.0], waiting, 2, 2, 0.8)
+    assert waited == pytest.approx(8.0 + (0.5 + 0.8 * 28.0) + 10.0 + (0.5 + 0.8 * 30.0))
+
+
+def test_text_questions_batched_pay_the_fixed_cost_once() -> None:
+    text = Estimate(1.2, 5.0, 0.1)
+    assert together([text] * 4, 0.8) == pytest.approx(1.1 + 0.8 * 0.4)
 
 
 def test_a_wait_behind_a_batch_is_unknown_until_a_batch_was_measured() -> None:
-    assert together([15.0], None) == 15.0
-    assert together([15.0, 14.0], None) is None
-    assert first_text_in_line([], [Estimate(15.0, 20.0)], Estimate(15.0, 20.0), 4, None) is None
-    assert first_text_in_line([], [Estimate(15.0, 20.0)], Estimate(15.0, 20.0), 1, None) == pytest.approx(35.0)
+    photo = Estimate(15.0, 20.0, 14.5)
+    assert together([photo], None) == 15.0
+    assert together([photo, photo], None) is None
+    assert first_text_in_line([], [photo, photo], 0, 4, None) is None  # the one behind joins its batch
+    assert first_text_in_line([], [photo, photo], 1, 1, None) == pytest.approx(35.0)
 
 
 def test_the_batch_share_is_learned_from_batched_answers() -> None:
     speed = Speed()
-    speed.record_batch(31.0, 45.0)
-    assert speed.batch_share == pytest.approx(31 / 45)
-    speed.record_batch(41.0, 45.0)
-    assert speed.batch_share == pytest.approx((1 - SMOOTHING) * 31 / 45 + SMOOTHING * 41 / 45)
+    batch = [Estimate(15.0, 20.0, 14.5)] * 3
+    speed.record_batch(31.0, batch)
+    assert speed.batch_share == pytest.approx((31 - 0.5) / 43.5)
+    speed.record_batch(41.0, batch)
+    assert speed.batch_share == pytest.approx((1 - SMOOTHING) * 30.5 / 43.5 + SMOOTHING * 40.5 / 43.5)
 
 
 @pytest.mark.parametrize(
