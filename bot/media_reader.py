@@ -12,7 +12,6 @@ At most ``CONCURRENT`` files are read at once, one per core.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import multiprocessing
@@ -25,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 from bot.frames import Frames, VideoError, sample
 from bot.pages import DocumentError, Pages, render
-from model_store.child_process import stop_process
+from model_store.child_process import in_thread_until_cancelled, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +70,8 @@ class MediaReader:
         async with self._slots:
             if self._stopping.is_set():
                 raise MediaError(STOPPING)
-            cancel = threading.Event()
-            call = functools.partial(_in_child, function, args, kwargs, self.seconds, (cancel, self._stopping))
-            worker = asyncio.ensure_future(asyncio.to_thread(call))
-            try:
-                return await asyncio.shield(worker)
-            except asyncio.CancelledError:
-                cancel.set()
-                with contextlib.suppress(MediaError):
-                    await worker
-                raise
+            call = functools.partial(_in_child, function, args, kwargs, self.seconds, self._stopping)
+            return await in_thread_until_cancelled(call, MediaError)
 
 
 def _in_child(
@@ -88,7 +79,7 @@ def _in_child(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     seconds: float,
-    ends: tuple[threading.Event, ...],
+    *ends: threading.Event,
 ) -> T:
     """Runs in a worker thread: starts the child, waits for its answer until the deadline or one of ``ends``."""
     context = multiprocessing.get_context("spawn")

@@ -1,8 +1,15 @@
-"""Ending the bot's child processes (model conversion, the model itself) and saying how they ended."""
+"""Ending the bot's child processes (model conversion, the model itself, file readers) and saying how they ended."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -22,3 +29,18 @@ def stop_process(process: BaseProcess, *, grace: float, terminate_wait: float) -
     if process.is_alive():
         process.kill()
     process.join()
+
+
+async def in_thread_until_cancelled(call: Callable[[threading.Event], T], ending: type[Exception]) -> T:
+    """``call(cancel)`` in a worker thread that watches a child process; cancelling the awaiting task sets
+    ``cancel`` and waits for the thread to end the child (raising ``ending`` as it does), so no child outlives
+    its task."""
+    cancel = threading.Event()
+    worker = asyncio.ensure_future(asyncio.to_thread(call, cancel))
+    try:
+        return await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        cancel.set()
+        with contextlib.suppress(ending):
+            await worker
+        raise

@@ -181,16 +181,33 @@ async def test_a_reader_that_dies_on_a_file_is_a_refusal() -> None:
         await MediaReader().run(os.abort)
 
 
-async def test_cancelling_a_read_stops_its_child_at_once() -> None:
+async def _running_read() -> tuple[MediaReader, asyncio.Task[pages.Pages]]:
+    """A reader busy with a page that renders for minutes."""
     reader = MediaReader(seconds=60)
     task = asyncio.create_task(reader.pages(pdf_drawing_one_image(2000), "", limit=1, num_crops=4))
     await asyncio.sleep(1.5)
+    return reader, task
+
+
+async def test_cancelling_a_read_stops_its_child_at_once() -> None:
+    _, task = await _running_read()
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - started < 3
     assert not [child for child in multiprocessing.active_children() if child.name == "phi3bot-read"]
+
+
+async def test_stopping_the_reader_ends_a_running_read_and_refuses_new_ones() -> None:
+    reader, task = await _running_read()
+    started = time.monotonic()
+    reader.stop()
+    with pytest.raises(MediaError, match="restarting"):
+        await task
+    assert time.monotonic() - started < 2
+    with pytest.raises(MediaError, match="restarting"):
+        await reader.pages(pdf(1), "", limit=1, num_crops=1)
 
 
 def test_a_hundred_ranges_over_a_million_pages_name_a_bounded_number_of_pages() -> None:
@@ -221,19 +238,6 @@ def test_what_the_images_were_is_read_back_from_the_stored_question(material: Ma
     stored = material.told("What is this?")
     assert Material.recalled(stored) == material
     assert Material.recalled("What is this?") == Material()
-
-
-async def test_stopping_the_reader_ends_a_running_read_and_refuses_new_ones() -> None:
-    reader = MediaReader(seconds=60)
-    task = asyncio.create_task(reader.pages(pdf_drawing_one_image(2000), "", limit=1, num_crops=4))
-    await asyncio.sleep(1.5)
-    started = time.monotonic()
-    reader.stop()
-    with pytest.raises(MediaError, match="restarting"):
-        await task
-    assert time.monotonic() - started < 2
-    with pytest.raises(MediaError, match="restarting"):
-        await reader.pages(pdf(1), "", limit=1, num_crops=1)
 
 
 def _past(shown: Material, *later: str) -> list[Turn]:

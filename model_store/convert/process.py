@@ -8,7 +8,7 @@ bot down.  Progress, the result and errors come back over a pipe as plain values
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import multiprocessing
 import threading
@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from model_store.child_process import exit_reason, stop_process
+from model_store.child_process import exit_reason, in_thread_until_cancelled, stop_process
 from model_store.convert.job import ConversionRequest, run_conversion
 from model_store.errors import (
     ConversionFailedError,
@@ -96,16 +96,9 @@ def convert_in_subprocess(
 async def convert_async(request: ConversionRequest, progress: ProgressCallback = ignore_progress) -> ModelEntry:
     """The same, for the bot: progress is delivered on the event loop; cancelling the task stops the child."""
     loop = asyncio.get_running_loop()
-    cancel = threading.Event()
 
     def on_progress(update: Progress) -> None:
         loop.call_soon_threadsafe(progress, update)
 
-    worker = asyncio.ensure_future(asyncio.to_thread(convert_in_subprocess, request, on_progress, cancel))
-    try:
-        return await asyncio.shield(worker)
-    except asyncio.CancelledError:
-        cancel.set()
-        with contextlib.suppress(ConversionInterruptedError):
-            await worker
-        raise
+    call = functools.partial(convert_in_subprocess, request, on_progress)
+    return await in_thread_until_cancelled(call, ConversionInterruptedError)
