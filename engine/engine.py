@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -360,39 +361,46 @@ class Engine:
         batched: bool,
     ) -> AsyncIterator[Event]:
         started = time.monotonic()
-        try:
-            model = await self._live_model()
-        except ModelStoreError as error:
-            self.stats.failed += 1
-            yield Finished(text="", status="failed", error=str(error))
-            return
-        request_id = next(self._request_ids)
-        replies = model.pipeline.ask(request_id, key, past, question, settings, batched=batched)
-        running.stop = lambda: model.pipeline.cancel(request_id)
-        running.replace = model.pipeline.kill
-        if running.reason is not None:  # stopped between the ticket and here
-            running.send_stop()
-        timer = asyncio.get_running_loop().call_later(self.settings.timeout_seconds, running.request_stop, "timeout")
         parts: list[str] = []
         ttft: float | None = None
-        done: Done | None = None
-        try:
-            while done is None:
-                reply = await replies.get()
-                if isinstance(reply, Done):
-                    done = reply
-                    continue
-                if ttft is None:
-                    ttft = time.monotonic() - started
-                    running.first_text = True
-                parts.append(reply.text)
-                yield Chunk(reply.text)
-        finally:
-            timer.cancel()
-            if done is None:  # the caller went away: stop the job, and keep the slot until it has stopped
-                running.request_stop("cancelled")
-                await _until_done(replies)
-            running.ended()
+        for attempt in (1, 2):
+            try:
+                model = await self._live_model()
+            except ModelStoreError as error:
+                self.stats.failed += 1
+                yield Finished(text="", status="failed", error=str(error))
+                return
+            request_id = next(self._request_ids)
+            replies = model.pipeline.ask(request_id, key, past, question, settings, batched=batched)
+            running.stop = functools.partial(model.pipeline.cancel, request_id)
+            running.replace = model.pipeline.kill
+            if running.reason is not None:  # stopped between the ticket and here
+                running.send_stop()
+            timer = asyncio.get_running_loop().call_later(
+                self.settings.timeout_seconds, running.request_stop, "timeout"
+            )
+            done: Done | None = None
+            try:
+                while done is None:
+                    reply = await replies.get()
+                    if isinstance(reply, Done):
+                        done = reply
+                        continue
+                    if ttft is None:
+                        ttft = time.monotonic() - started
+                        running.first_text = True
+                    parts.append(reply.text)
+                    yield Chunk(reply.text)
+            finally:
+                timer.cancel()
+                if done is None:  # the caller went away: stop the job, and keep the slot until it has stopped
+                    running.request_stop("cancelled")
+                    await _until_done(replies)
+                running.ended()
+            if attempt == 1 and _lost_before_a_word(done, parts, running, model):
+                log.warning("the model's process died before answering; the question goes to a fresh one")
+                continue
+            break
         finished = self._finish(done, "".join(parts), running, started, ttft)
         if not batched:
             self._learn(question, finished)
@@ -477,6 +485,19 @@ class Engine:
         model, whose dead process would otherwise be restarted for them."""
         self.cancel_all()
         await asyncio.to_thread(self._model.pipeline.close)
+
+
+def _lost_before_a_word(done: Done, parts: list[str], running: _Running, model: LoadedModel) -> bool:
+    """The model's process died (a crash in OpenVINO, the out-of-memory killer) before this answer's first
+    word, and nobody stopped it: the question is asked once more of the fresh process, as nothing was shown;
+    a question that kills the process itself then fails the second time."""
+    return (
+        done.error is not None
+        and not parts
+        and not model.pipeline.alive
+        and running.reason is None
+        and not running.replaced
+    )
 
 
 def _news(shown: Waiting, now: Waiting) -> bool:

@@ -166,19 +166,22 @@ class PipelineProcess:
                 replies.put_nowait(Done(request_id, error=self._dead))
                 return replies
             self._sinks[request_id] = (asyncio.get_running_loop(), replies)
-            self._connection.send(command(*self._held.send(request_id, images)))
+            with contextlib.suppress(OSError):  # dying right now: the reader ends this request with the reason
+                self._connection.send(command(*self._held.send(request_id, images)))
         return replies
 
     def drop(self, key: Hashable) -> None:
         """Forget a conversation's chat state in the model's process (it was reset)."""
         with self._lock:
             if self._dead is None:
-                self._connection.send(Drop(key))
+                with contextlib.suppress(OSError):  # dying right now: a fresh process holds nothing to drop
+                    self._connection.send(Drop(key))
 
     def cancel(self, request_id: int) -> None:
         with self._lock:
             if self._dead is None and request_id in self._sinks:
-                self._connection.send(Cancel(request_id))
+                with contextlib.suppress(OSError):  # dying right now: the reader ends the request anyway
+                    self._connection.send(Cancel(request_id))
 
     def _read(self) -> None:
         while True:

@@ -254,6 +254,23 @@ async def test_a_crashed_model_process_fails_its_answer_and_is_restarted(engine:
     await engine.aclose()
 
 
+async def test_a_question_whose_model_process_died_before_its_first_word_is_asked_of_a_fresh_one(
+    engine: Engine,
+) -> None:
+    pid = engine.model.pipeline.pid
+    assert pid is not None
+    events = []
+    async for event in engine.ask("a", [], Turn("user", "What is in this image?", (photo((20, 90, 200)),))):
+        events.append(event)
+        if isinstance(event, Started):
+            os.kill(pid, signal.SIGKILL)  # before the job reaches it, or while it reads the photo
+    done = finished(events)
+    assert done.status == "complete" and done.text, done
+    assert engine.model.pipeline.pid != pid, "a fresh process answered"
+    assert engine.stats.failed == 0
+    await engine.aclose()
+
+
 async def timed(engine: Engine, key: object, past: list[Turn], question: Turn) -> list[tuple[float, Event]]:
     loop = asyncio.get_running_loop()
     return [(loop.time(), event) async for event in engine.ask(key, past, question)]
