@@ -31,7 +31,7 @@ from telegram.ext import (
 from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.commands import CONFIRM_CALLBACK, Commands
-from bot.handlers import DESCRIBE_CALLBACK, RETRY_CALLBACK, Handlers, Services
+from bot.handlers import DESCRIBE_CALLBACKS, RETRY_CALLBACK, Handlers, Services
 from bot.health import HeartbeatFile
 from bot.history import HistoryError, HistoryStore
 from bot.recovery import finish_interrupted
@@ -202,7 +202,7 @@ def register_handlers(application: Application, services: Services) -> None:
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
     application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=f"^{CONFIRM_CALLBACK}:(yes|no):"))
     application.add_handler(
-        CallbackQueryHandler(messages.describe_button, pattern=f"^{DESCRIBE_CALLBACK}( pdf| clip)?$")
+        CallbackQueryHandler(messages.describe_button, pattern=f"^({'|'.join(DESCRIBE_CALLBACKS.values())})$")
     )
     application.add_handler(CallbackQueryHandler(messages.retry_button, pattern=f"^{RETRY_CALLBACK}$"))
     application.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, messages.on_migration))

@@ -44,8 +44,8 @@ from engine.images import ImageRejected, PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
 
-DESCRIBE_CALLBACK = "describe"
-DESCRIBE_PDF, DESCRIBE_CLIP = f"{DESCRIBE_CALLBACK} pdf", f"{DESCRIBE_CALLBACK} clip"  # under a PDF or clip kept
+# The Describe button's data under what was kept, the one place both directions are read from.
+DESCRIBE_CALLBACKS: dict[Kind, str] = {"image": "describe", "pdf": "describe pdf", "clip": "describe clip"}
 RETRY_CALLBACK = "retry"
 # Upgrades announced in one chat and still waiting for the announcement in the other; the oldest are dropped.
 MIGRATIONS_PENDING = 64
@@ -351,8 +351,7 @@ class Handlers:
         except sqlite3.Error as error:
             await self._storage_failed(message, error)
             return
-        data = {"image": DESCRIBE_CALLBACK, "pdf": DESCRIBE_PDF}.get(material.kind, DESCRIBE_CLIP)
-        button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=data)
+        button = InlineKeyboardButton(texts.DESCRIBE_BUTTON, callback_data=DESCRIBE_CALLBACKS[material.kind])
         kept = texts.kept(material.label) if material.label else texts.photos_kept(len(prepared))
         await self._reply(message, kept, InlineKeyboardMarkup([[button]]))
         self.services.prepare_soon(key)
@@ -379,7 +378,7 @@ class Handlers:
             await message.edit_reply_markup(reply_markup=None)
         except TelegramError as error:
             log.info("could not remove the Describe button: %s", error)
-        kind: Kind = "image" if query.data == DESCRIBE_CALLBACK else "pdf" if query.data == DESCRIBE_PDF else "clip"
+        kind = next((kind for kind, data in DESCRIBE_CALLBACKS.items() if data == query.data), "image")
         await self._ask(Asking(message, key, user_id, Turn("user", ask_about(kind))))
 
     # --- retry ---------------------------------------------------------------------------------------------

@@ -181,11 +181,11 @@ async def gather(
         if attachment.kind == "pdf":
             limit = min(limits.pdf_pages, limits.max_images)
             found = await reader.pages(data, question, limit=limit, num_crops=limits.num_crops)
-            return of_pages(found, [_derived(image, "image/png") for image in found.images])
+            return of_pages(found, [_new_image(image, "image/png") for image in found.images])
         side = pages.long_side(limits.num_crops)
         limit = min(limits.video_frames, limits.max_images)
         clip = await reader.frames(data, limit=limit, max_seconds=limits.video_max_seconds, long_side=side)
-        return of_frames(clip, attachment.name, [_derived(image, "image/jpeg") for image in clip.images])
+        return of_frames(clip, attachment.name, [_new_image(image, "image/jpeg") for image in clip.images])
     except MediaError as error:
         raise IntakeError(str(error)) from error
 
@@ -201,9 +201,9 @@ def _check_clip(attachment: Attachment, limits: MediaLimits) -> None:
         raise IntakeError(f"That {attachment.name}'s frames are too large for me to read.")
 
 
-def _derived(data: bytes, mime_type: str) -> NewImage:
-    """A rendered page or a frame: kept by content hash; it has no Telegram file of its own."""
-    return NewImage(data=data, sha256=hashlib.sha256(data).hexdigest(), mime_type=mime_type)
+def _new_image(data: bytes, mime_type: str | None, file_unique_id: str | None = None) -> NewImage:
+    """An image to store, by content hash; a rendered page or a frame has no Telegram file of its own."""
+    return NewImage(data, hashlib.sha256(data).hexdigest(), file_unique_id, mime_type)
 
 
 def _names_a_local_file(file_path: str | None) -> bool:
@@ -222,13 +222,7 @@ async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment) -> NewI
     known = await history.image_by_file_unique_id(attachment.file_unique_id)
     if known is not None:
         return NewImage(known.data, known.sha256, known.file_unique_id, known.mime_type)
-    data = await _download(bot, attachment)
-    return NewImage(
-        data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        file_unique_id=attachment.file_unique_id,
-        mime_type=attachment.mime_type,
-    )
+    return _new_image(await _download(bot, attachment), attachment.mime_type, attachment.file_unique_id)
 
 
 async def _download(bot: Bot, attachment: Attachment) -> bytes:
