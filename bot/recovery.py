@@ -20,6 +20,7 @@ from telegram.error import TelegramError
 
 from bot import texts
 from bot.history import HistoryStore, Interrupted
+from bot.history.store import StoredStatus
 from bot.reply_stream import Postponed, ReplyStream, Undeliverable
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class AnswerRecord:
 
     history: HistoryStore
     id: int
-    status: str = "streaming"
+    status: StoredStatus = "streaming"
 
     async def __call__(self, text: str, message_ids: Sequence[int]) -> None:
         await self.history.update_assistant_message(self.id, text, telegram_message_ids=message_ids, status=self.status)

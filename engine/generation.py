@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
+
+# How an answer ended: the one definition, which the history store extends with "streaming" (a test holds the
+# schema's CHECK to both).
+Status = Literal["complete", "cancelled", "timeout", "failed"]
 
 # Another take on a question answered greedily samples at this temperature: low enough to stay on topic, high
 # enough that the text differs.

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.history import ConversationKey, HistoryError, HistoryStore, NewImage
 from bot.history.schema import MIGRATIONS
+from bot.history.store import STATUSES
 from engine.context_policy import Window
 from tests.support.harness import stored_messages
 
@@ -25,12 +29,22 @@ def image(payload: bytes, unique: str | None = None) -> NewImage:
     )
 
 
+async def answered(
+    store: HistoryStore, key: ConversationKey, question: str, answer: str, *, images: list[NewImage] | None = None
+) -> tuple[int, int]:
+    """A question and its complete answer, stored as the bot stores them; returns both ids."""
+    asked, answering = await store.start_exchange(key, question, images=images or [])
+    await store.update_assistant_message(answering, answer, telegram_message_ids=[], status="complete")
+    return asked, answering
+
+
 async def test_migrates_reopens_and_keeps_data(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "history.sqlite3"
     store = await HistoryStore.open(path)
     key = ConversationKey(1)
-    await store.add_user_message(key, "hello", images=[image(b"png-1", "u1")], telegram_message_id=10, user_id=7)
-    answer = await store.add_assistant_message(key, "", telegram_message_ids=[11])
+    _, answer = await store.start_exchange(
+        key, "hello", images=[image(b"png-1", "u1")], telegram_message_id=10, user_id=7
+    )
     await store.update_assistant_message(answer, "hi there", telegram_message_ids=[11, 12], status="complete")
     await store.close()
     async with await HistoryStore.open(path) as reopened:
@@ -76,37 +90,101 @@ async def test_order_and_isolation_between_chats_and_topics(tmp_path: Path) -> N
 async def test_the_models_view_is_stored_and_outlined_without_image_bytes(tmp_path: Path) -> None:
     async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
         key = ConversationKey(3)
-        ids = [await store.add_user_message(key, "photo?", images=[image(b"p1")], tokens=800)]
-        ids.append(await store.add_assistant_message(key, "a photo", status="complete"))
+        ids = [*await answered(store, key, "photo?", "a photo", images=[image(b"p1")])]
         for turn in range(3):
-            ids.append(await store.add_user_message(key, f"q{turn}"))
-            ids.append(await store.add_assistant_message(key, f"a{turn}", status="complete"))
-        writing = await store.add_assistant_message(key, "half")  # being written: not part of any view yet
-        await store.set_tokens({ids[1]: 7, ids[2]: 5})
+            ids.extend(await answered(store, key, f"q{turn}", f"a{turn}"))
+        asked, writing = await store.start_exchange(key, "q3")  # its answer, being written, is in no view yet
+        await store.set_tokens({ids[0]: 800, ids[1]: 7, ids[2]: 5})
         outline = await store.outline(key)
-        assert outline.window == Window() and [row.id for row in outline.rows] == ids
+        assert outline.window == Window() and [row.id for row in outline.rows] == [*ids, asked]
         assert writing not in [row.id for row in outline.rows]
         assert [(row.tokens, row.images) for row in outline.rows[:3]] == [(800, 1), (7, 0), (5, 0)]
         assert outline.rows[3].tokens is None, "not counted yet"
         await store.set_window(key, Window(start=ids[6], pin=ids[0]))
         outline = await store.outline(key)
         assert outline.window == Window(ids[6], ids[0])
-        assert [row.id for row in outline.rows] == ids[:6] + ids[6:], "the pinned exchange onwards, then the start"
+        assert [row.id for row in outline.rows] == [*ids, asked], "the pinned exchange onwards, then the start"
         await store.set_window(key, Window(start=ids[6]))
-        assert [row.id for row in (await store.outline(key)).rows] == ids[6:]
+        assert [row.id for row in (await store.outline(key)).rows] == [*ids[6:], asked]
         assert [m.text for m in await store.messages([ids[0], ids[7]])] == ["photo?", "a2"]
+
+
+async def test_a_photo_kept_for_the_next_question_is_stored_with_its_token_count(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        key = ConversationKey(4)
+        kept = await store.add_user_message(key, "[a photo]", images=[image(b"k")], telegram_message_id=3, tokens=800)
+        [row] = (await store.outline(key)).rows
+        assert (row.id, row.tokens, row.images) == (kept, 800, 1)
 
 
 async def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as raw:
-        raw.executescript(MIGRATIONS[0])
+    with at_schema(path, 1) as raw:
         raw.execute("INSERT INTO conversations (chat_id, thread_id, created_at, updated_at) VALUES (9, 0, 1, 1)")
         raw.execute("INSERT INTO messages (conversation_id, role, text, created_at) VALUES (1, 'user', 'old', 1)")
-        raw.execute("PRAGMA user_version = 1")
     async with await HistoryStore.open(path) as store:
         outline = await store.outline(ConversationKey(9))
         assert outline.window == Window() and [(row.text, row.tokens) for row in outline.rows] == [("old", None)]
+
+
+@contextlib.contextmanager
+def at_schema(path: Path, count: int) -> Iterator[sqlite3.Connection]:
+    """A database as a phi3bot from before the migrations' names left it after the first ``count``: the
+    statements, and the count in ``user_version``; committed when the block ends."""
+    with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+        for migration in MIGRATIONS[:count]:
+            for statement in migration.statements:
+                raw.execute(statement)
+        raw.execute(f"PRAGMA user_version = {count}")
+        yield raw
+
+
+@pytest.mark.parametrize("before", [migration.name for migration in MIGRATIONS[:-1]])
+async def test_each_migration_upgrades_the_schema_before_it_and_keeps_the_data(tmp_path: Path, before: str) -> None:
+    count = [migration.name for migration in MIGRATIONS].index(before) + 1
+    path = tmp_path / "old.sqlite3"
+    with at_schema(path, count) as raw:
+        raw.execute("INSERT INTO conversations (chat_id, thread_id, created_at, updated_at) VALUES (7, 3, 1, 1)")
+        raw.execute("INSERT INTO messages (conversation_id, role, text, created_at) VALUES (1, 'user', 'q', 1)")
+        raw.execute("INSERT INTO images (sha256, data, size, created_at) VALUES ('i', x'01', 1, 1)")
+        raw.execute("INSERT INTO message_images (message_id, image_sha256, position) VALUES (1, 'i', 0)")
+        raw.execute(
+            "INSERT INTO messages (conversation_id, role, text, status, created_at) VALUES (1, 'assistant', 'a', "
+            "'complete', 2)"
+        )
+    async with await HistoryStore.open(path) as store:
+        messages = await stored_messages(store, ConversationKey(7, 3))
+        assert [(m.role, m.text, m.status) for m in messages] == [
+            ("user", "q", "complete"),
+            ("assistant", "a", "complete"),
+        ]
+        assert [image.data for image in messages[0].images] == [b"\x01"]
+        assert await store.integrity_ok()
+    with sqlite3.connect(path) as raw:
+        recorded = raw.execute("SELECT name, applied_at IS NULL FROM schema_migrations ORDER BY rowid").fetchall()
+        assert recorded == [(migration.name, index < count) for index, migration in enumerate(MIGRATIONS)]
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS), "older releases read the count"
+    async with await HistoryStore.open(path) as store:  # nothing is applied twice
+        assert len(await stored_messages(store, ConversationKey(7, 3))) == 2
+
+
+async def test_a_migration_this_release_does_not_know_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    await (await HistoryStore.open(path)).close()
+    with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('from-the-future', 1)")
+    with pytest.raises(HistoryError, match=r"newer phi3bot.*from-the-future"):
+        await HistoryStore.open(path)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert len(raw.execute("SELECT name FROM schema_migrations").fetchall()) == len(MIGRATIONS) + 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_the_schema_allows_exactly_the_statuses_the_code_stores(tmp_path: Path) -> None:
+    with at_schema(tmp_path / "h.sqlite3", len(MIGRATIONS)) as raw:
+        [table] = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
+    found = re.search(r"status IN \(([^)]*)\)", table)
+    assert found is not None and sorted(v.strip(" '") for v in found.group(1).split(",")) == sorted(STATUSES)
 
 
 async def test_images_are_stored_once_and_found_by_file_unique_id(tmp_path: Path) -> None:
@@ -124,8 +202,7 @@ async def test_images_are_stored_once_and_found_by_file_unique_id(tmp_path: Path
 async def test_reset_deletes_one_conversation_and_orphan_images_only(tmp_path: Path) -> None:
     async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
         shared, own = image(b"shared"), image(b"own")
-        await store.add_user_message(ConversationKey(1), "a", images=[shared, own])
-        await store.add_assistant_message(ConversationKey(1), "answer", status="complete")
+        await answered(store, ConversationKey(1), "a", "answer", images=[shared, own])
         await store.add_user_message(ConversationKey(2), "b", images=[shared])
         assert await store.reset(ConversationKey(1)) == 2
         assert await stored_messages(store, ConversationKey(1)) == []
@@ -149,8 +226,9 @@ async def test_a_failing_write_leaves_no_half_rows(tmp_path: Path, monkeypatch: 
         monkeypatch.undo()
         assert await stored_messages(store, ConversationKey(1)) == []
         assert (await store.stats()).images == 0
+        _, answer = await store.start_exchange(ConversationKey(1), "x")
         with pytest.raises(ValueError, match="status"):
-            await store.add_assistant_message(ConversationKey(1), "x", status="weird")
+            await store.update_assistant_message(answer, "x", telegram_message_ids=[], status="weird")  # type: ignore[arg-type]
 
 
 async def test_fifty_concurrent_conversations_all_land(tmp_path: Path) -> None:
@@ -158,8 +236,9 @@ async def test_fifty_concurrent_conversations_all_land(tmp_path: Path) -> None:
 
         async def chat(number: int) -> None:
             for turn in range(3):
-                await store.add_user_message(ConversationKey(number), f"q{turn}", images=[image(f"{number}".encode())])
-                await store.add_assistant_message(ConversationKey(number), f"a{turn}", status="complete")
+                await answered(
+                    store, ConversationKey(number), f"q{turn}", f"a{turn}", images=[image(f"{number}".encode())]
+                )
 
         await asyncio.gather(*(chat(number) for number in range(50)))
         for number in range(50):
@@ -227,10 +306,8 @@ async def test_an_image_goes_with_the_last_message_that_uses_it(tmp_path: Path) 
 
 async def test_images_left_without_messages_by_an_older_version_are_removed_on_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as raw:
-        raw.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+    with at_schema(path, 2) as raw:
         raw.execute("INSERT INTO images (sha256, data, size, created_at) VALUES ('orphan', x'00', 1, 0)")
-        raw.execute("PRAGMA user_version = 2")
     async with await HistoryStore.open(path) as store:
         assert (await store.stats()).images == 0
 

@@ -18,15 +18,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, cast, get_args
 
 import aiosqlite
 
-from bot.history.schema import MIGRATIONS
+from bot.history.schema import MIGRATIONS, RECORD
 from engine.context_policy import Window
+from engine.generation import Status
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("complete", "streaming", "cancelled", "failed", "timeout")
+# An answer's status as stored: the engine's end of an answer, or "streaming" while it runs.  The schema's CHECK
+# (migration "conversations-messages-images") lists the same; tests/test_history_store.py compares them.
+StoredStatus = Status | Literal["streaming"]
+STATUSES: tuple[str, ...] = ("streaming", *get_args(Status))
 
 
 class HistoryError(Exception):
@@ -62,7 +67,7 @@ class StoredMessage:
     id: int
     role: str
     text: str
-    status: str
+    status: StoredStatus
     user_id: int | None
     telegram_message_ids: tuple[int, ...]
     created_at: float
@@ -96,7 +101,7 @@ class Interrupted:
     thread_id: int
     telegram_message_ids: tuple[int, ...]
     text: str
-    status: str
+    status: StoredStatus
 
 
 @dataclass(frozen=True)
@@ -153,17 +158,52 @@ class HistoryStore:
                 f"{self.path} is not a usable SQLite database ({error}). Move it away to start a new history."
             ) from error
         version = int(row[0]) if row else 0
-        if version > len(MIGRATIONS):
+        try:
+            await self._migrate(version)
+        except sqlite3.Error as error:  # a read-only or full disk: the transaction leaves the schema as it was
+            raise HistoryError(f"{self.path} could not be brought up to date ({error}); it is unchanged.") from error
+
+    async def _migrate(self, version: int) -> None:
+        applied = await self._recorded_migrations(version) if version <= len(MIGRATIONS) else set()
+        unknown = sorted(applied - {migration.name for migration in MIGRATIONS})
+        if version > len(MIGRATIONS) or unknown:
             raise HistoryError(
-                f"{self.path} was written by a newer phi3bot (schema {version}, this one knows {len(MIGRATIONS)}). "
-                "Upgrade phi3bot or use another DATABASE_PATH."
+                f"{self.path} was written by a newer phi3bot (schema {', '.join(unknown) or version}, this one "
+                f"knows {len(MIGRATIONS)} migrations). Upgrade phi3bot or use another DATABASE_PATH."
             )
-        for number in range(version, len(MIGRATIONS)):
+        for migration in MIGRATIONS:
+            if migration.name in applied:
+                continue
             async with self._transaction():
-                for statement in _statements(MIGRATIONS[number]):
+                for statement in migration.statements:
                     await self._db.execute(statement)
-                await self._db.execute(f"PRAGMA user_version = {number + 1}")
-            log.info("history database %s migrated to schema %d", self.path, number + 1)
+                await self._db.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (migration.name, time.time())
+                )
+                await self._db.execute(f"PRAGMA user_version = {len(applied) + 1}")
+            applied.add(migration.name)
+            log.info("history database %s: migration %s applied", self.path, migration.name)
+
+    async def _recorded_migrations(self, version: int) -> set[str]:
+        """The names of the migrations applied (read only, for a database that records them); a database from
+        before the names is adopted with the first ``version``."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            ) as cursor,
+        ):
+            recorded = await cursor.fetchone() is not None
+        if recorded:
+            async with self._reading(), self._db.execute("SELECT name FROM schema_migrations") as cursor:
+                return {str(row[0]) for row in await cursor.fetchall()}
+        adopted = MIGRATIONS[:version]
+        async with self._transaction():
+            await self._db.execute(RECORD)
+            await self._db.executemany(
+                "INSERT INTO schema_migrations (name, applied_at) VALUES (?, NULL)", [(m.name,) for m in adopted]
+            )
+        return {migration.name for migration in adopted}
 
     async def close(self) -> None:
         await self._db.close()
@@ -278,16 +318,8 @@ class HistoryStore:
             )
         return message_id
 
-    async def add_assistant_message(
-        self, key: ConversationKey, text: str, *, telegram_message_ids: Sequence[int] = (), status: str = "streaming"
-    ) -> int:
-        _check_status(status)
-        async with self._transaction():
-            conversation = await self._conversation_id(key, time.time())
-            return await self._insert_assistant_message(conversation, text, status, telegram_message_ids)
-
     async def _insert_assistant_message(
-        self, conversation: int, text: str, status: str, telegram_message_ids: Sequence[int]
+        self, conversation: int, text: str, status: StoredStatus, telegram_message_ids: Sequence[int]
     ) -> int:
         """A streaming answer is unsettled until its messages show their final form (``settle``)."""
         cursor = await self._db.execute(
@@ -298,7 +330,7 @@ class HistoryStore:
         return int(cursor.lastrowid or 0)
 
     async def update_assistant_message(
-        self, message_id: int, text: str, *, telegram_message_ids: Sequence[int], status: str
+        self, message_id: int, text: str, *, telegram_message_ids: Sequence[int], status: StoredStatus
     ) -> None:
         _check_status(status)
         async with self._transaction():
@@ -401,7 +433,8 @@ class HistoryStore:
                 rows = await cursor.fetchall()
             await self._db.execute("UPDATE messages SET status = 'cancelled' WHERE status = 'streaming'")
         return [
-            Interrupted(int(row[0]), row[1], row[2], tuple(json.loads(row[3] or "[]")), row[4], row[5]) for row in rows
+            Interrupted(int(row[0]), row[1], row[2], tuple(json.loads(row[3] or "[]")), row[4], _status(row[5]))
+            for row in rows
         ]
 
     # --- reading -----------------------------------------------------------------------------------------
@@ -457,7 +490,7 @@ class HistoryStore:
                 id=int(row[0]),
                 role=str(row[1]),
                 text=str(row[2]),
-                status=str(row[3]),
+                status=_status(row[3]),
                 user_id=row[4],
                 telegram_message_ids=tuple(json.loads(row[5])),
                 created_at=float(row[6]),
@@ -566,13 +599,8 @@ def _check_status(status: str) -> None:
         raise ValueError(f"unknown message status {status!r}")
 
 
-def _statements(script: str) -> list[str]:
-    """A migration's statements, one by one (a trigger's body holds semicolons of its own)."""
-    statements, pending = [], ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                statements.append(pending.strip())
-            pending = ""
-    return statements
+def _status(value: object) -> StoredStatus:
+    """A status read back from the database, where the schema's CHECK let in only these."""
+    status = str(value)
+    _check_status(status)
+    return cast(StoredStatus, status)
