@@ -126,8 +126,8 @@ class EngineVariant:
         return Measured(
             answer.first_text or float("nan"),
             answer.seconds,
-            finished.generated_tokens,
-            finished.input_tokens,
+            finished.report.generated_tokens,
+            finished.report.input_tokens,
             finished.text,
         )
 

@@ -173,7 +173,7 @@ async def _engine(model: Path, tokens: int, cpu: CpuTuning, steps: list[str]) ->
         results[step] = {
             "ttft": round(answer.first_text or 0.0, 2),
             "decode_tps": round(finished.tokens_per_second or 0.0, 2),
-            "input_tokens": finished.input_tokens,
+            "input_tokens": finished.report.input_tokens,
         }
     await engine.aclose()
     return results

@@ -182,10 +182,10 @@ async def _timed(engine: Any, chat: str, view: list[Any], question: Any) -> dict
     assert finished.status == "complete", finished
     return {
         "ttft": round(answer.first_text or 0.0, 2),
-        "waited": round(finished.waited_seconds, 2),
-        "replays": finished.replays,
-        "vision_seconds": round(finished.vision_seconds, 2),
-        "input_tokens": finished.input_tokens,
+        "waited": round(finished.report.waited_seconds, 2),
+        "replays": finished.report.replays,
+        "vision_seconds": round(finished.report.vision_seconds, 2),
+        "input_tokens": finished.report.input_tokens,
         "finished": finished,
     }
 

@@ -112,7 +112,7 @@ async def _run(model: Path) -> list[dict[str, Any]]:
                 "file_bytes": len(data),
                 "images": len(images),
                 "image_tokens": per_image * len(images),
-                "question_tokens": answer.finished.question_tokens,
+                "question_tokens": answer.finished.report.question_tokens,
                 "intake_seconds": round(intake_seconds, 2),
                 "first_text_seconds": round(answer.first_text or float("nan"), 2),
                 "follow_up_first_text_seconds": round(follow.first_text or float("nan"), 2),

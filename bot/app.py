@@ -30,13 +30,17 @@ from telegram.ext import (
 
 from bot import texts
 from bot.access import AccessPolicy, UserRateLimiter
+from bot.buttons import DESCRIBE_CALLBACKS, RETRY_CALLBACK
 from bot.commands import CONFIRM_CALLBACK, Commands
-from bot.handlers import DESCRIBE_CALLBACKS, RETRY_CALLBACK, Handlers, Services
+from bot.group_upgrades import GroupUpgrades
 from bot.health import HeartbeatFile
 from bot.history import HistoryError, HistoryStore
+from bot.questions import Questions
 from bot.recovery import finish_interrupted
 from bot.reply_stream import STOP_CALLBACK
+from bot.retry import Retries
 from bot.runtime import build_engine
+from bot.services import Services
 from bot.settings import Settings
 from bot.startup import StartupError, connect
 from model_store.errors import ModelStoreError
@@ -189,24 +193,24 @@ async def teardown(application: Application) -> None:
 def register_handlers(application: Application, services: Services) -> None:
     """Only new messages count: an edited caption or an edited old /convert is not a new request."""
     commands = Commands(services)
-    messages = Handlers(services)
+    questions, retries, upgrades = Questions(services), Retries(services), GroupUpgrades(services)
     new = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler(["start", "help"], commands.help, filters=new))
     application.add_handler(CommandHandler("reset", commands.reset, filters=new))
     application.add_handler(CommandHandler("stop", commands.stop, filters=new))
     application.add_handler(CommandHandler("model", commands.model, filters=new))
     application.add_handler(CommandHandler("persona", commands.persona, filters=new))
-    application.add_handler(CommandHandler("retry", messages.retry_command, filters=new))
+    application.add_handler(CommandHandler("retry", retries.retry_command, filters=new))
     application.add_handler(CommandHandler("stats", commands.stats, filters=new))
     application.add_handler(CommandHandler("convert", commands.convert, filters=new))
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
     application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=f"^{CONFIRM_CALLBACK}:(yes|no):"))
     application.add_handler(
-        CallbackQueryHandler(messages.describe_button, pattern=f"^({'|'.join(DESCRIBE_CALLBACKS.values())})$")
+        CallbackQueryHandler(questions.describe_button, pattern=f"^({'|'.join(DESCRIBE_CALLBACKS.values())})$")
     )
-    application.add_handler(CallbackQueryHandler(messages.retry_button, pattern=f"^{RETRY_CALLBACK}$"))
-    application.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, messages.on_migration))
-    application.add_handler(MessageHandler(new & ~filters.COMMAND & ~filters.StatusUpdate.ALL, messages.on_message))
+    application.add_handler(CallbackQueryHandler(retries.retry_button, pattern=f"^{RETRY_CALLBACK}$"))
+    application.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, upgrades.on_migration))
+    application.add_handler(MessageHandler(new & ~filters.COMMAND & ~filters.StatusUpdate.ALL, questions.on_message))
     application.add_error_handler(on_error)
 
 

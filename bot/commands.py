@@ -16,9 +16,10 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.handlers import Services, conversation_key, is_private
+from bot.chat import conversation_key, is_private
 from bot.history import ConversationKey
 from bot.runtime import build_engine, load_and_swap
+from bot.services import Services
 from model_store.convert import ConversionRequest, convert_async, hub
 from model_store.convert.extra import require_conversion_extra
 from model_store.convert.heartbeat import format_elapsed
@@ -80,10 +81,8 @@ class Commands:
 
     def _may_stop(self, update: Update, key: ConversationKey) -> bool:
         """The person who asked and the bot's admins may stop an answer, with /stop as with the Stop button."""
-        engine = self.services.engine
-        asker = self.services.askers.get(engine.running_key(key) if engine is not None else key)
         user = update.effective_user
-        return asker is None or (user is not None and user.id == asker) or self._admin(update)
+        return self.services.answers.may_stop(key, user.id if user else None, self._admin(update))
 
     async def _may_manage(self, update: Update, message: Message) -> bool:
         """A group's conversation belongs to all its members: its Telegram administrators (asked of Telegram
@@ -116,8 +115,8 @@ class Commands:
             await message.reply_text(texts.GROUP_ADMINS_ONLY)
             return
         key = conversation_key(message)
+        self.services.answers.stop(key)
         if self.services.engine is not None:
-            self.services.engine.cancel(key)
             self.services.engine.forget(key)
         history = self.services.history
         removed = await history.reset(key)
@@ -159,8 +158,7 @@ class Commands:
         if not self._may_stop(update, key):
             await message.reply_text(texts.ASKER_ONLY)
             return
-        engine = self.services.engine
-        stopped = engine is not None and engine.cancel(key)
+        stopped = self.services.answers.stop(key)
         await message.reply_text(texts.STOPPING if stopped else texts.NOTHING_TO_STOP)
 
     async def stop_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -171,8 +169,7 @@ class Commands:
         if not self._may_stop(update, key):
             await query.answer(texts.ASKER_ONLY)
             return
-        engine = self.services.engine
-        stopped = engine is not None and engine.cancel(key)
+        stopped = self.services.answers.stop(key)
         await query.answer(texts.STOPPING if stopped else texts.NOTHING_TO_STOP)
 
     async def model(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     def compile_cache_dir(self) -> Path | None:
         """OpenVINO's compiled-model cache: by default used only off the CPU (GPU, AUTO), where compiling is slow.
 
-        On a 2-core CPU a warm cache loaded in 5.2-7.2 s against 3.2 s without it (11.2 s while being written).
+        On a CPU a warm cache loads slower than compiling anew (benchmarks/load_time.py; README, Performance).
         """
         if self.ov_cache_dir is not None:
             return self.ov_cache_dir

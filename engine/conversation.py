@@ -8,7 +8,7 @@ messages is read message by message: each photo message ends a call of its own.
 A ``Session`` records what GenAI has read for one conversation.  Reaching a wanted prompt is a sequence of
 ``Piece`` calls, each generating a single token: one per photo message, and (for work done ahead of a
 question) text cut into pieces of a chosen number of tokens, a long message read in parts.  The caller runs
-one piece at a time, so it can stop between pieces for a cancel, a time limit or another chat's question.
+one piece at a time, so it can stop between pieces for a cancel, a time limit or another conversation's question.
 When the conversation changed at its start (a step of the context policy, a restart), a new session is
 built while the old one stays alive, so the photos it holds are found encoded in the vision registry.
 
@@ -159,7 +159,7 @@ class Sessions:
         With ``piece_tokens`` None (a question is waiting) only photo messages get calls of their own, since
         GenAI attaches images to the last user message only.  Otherwise text is read too, in calls of about
         ``piece_tokens`` tokens: such work is done ahead of a question, and each piece is the longest another
-        chat's question may have to wait.
+        conversation's question may have to wait.
         """
         start = len(session.known)
         if start >= len(wanted):

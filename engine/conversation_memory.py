@@ -1,7 +1,7 @@
-"""A conversation kept in memory under the context policy: the terminal chat's and the benchmarks' history.
+"""A conversation kept in memory under the context policy: the terminal's and the benchmarks' history.
 
 The bot keeps the same thing in SQLite (bot/context_view.py); both ask engine.context_policy which messages
-the model sees, so a terminal conversation grows and steps exactly as a Telegram one does.
+the model sees, so a terminal conversation grows and steps exactly as the bot's do.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ class ConversationMemory:
         return [message.turn for message in in_view(self._messages, self.window)]
 
     def add(self, turn: Turn, tokens: int | None = None) -> None:
-        """Remember a message; ``tokens`` as the model counted it (Finished.question_tokens, generated_tokens),
-        else estimated."""
+        """Remember a message; ``tokens`` as the model counted it (``Finished.report``), else estimated."""
         if tokens is None:
             images = [image_tokens(image.width, image.height, self.num_crops) for image in turn.images]
             tokens = estimate_tokens(turn.text, images)
@@ -51,7 +50,7 @@ class ConversationMemory:
 
     def record(self, question: Turn, answer: Finished) -> bool:
         """Remember a question and its answer as the model counted them; True if the policy took a step."""
-        self.add(question, answer.question_tokens or None)
+        self.add(question, answer.report.question_tokens or None)
         self.add(Turn("assistant", answer.text), answer.answer_tokens or None)
         return self.step()
 

@@ -1,18 +1,21 @@
-"""The inference engine: one OpenVINO GenAI pipeline shared fairly by every chat, streaming into asyncio.
+"""The inference engine: one OpenVINO GenAI pipeline shared fairly by every conversation, streaming into asyncio.
 
 Data flow: ``ask()`` takes a ticket in the fair queue (one request per conversation, FIFO across them),
 reports the queue position while waiting, then sends the job to the model's own process
 (engine/pipeline_host.py) and yields the streamed text as it arrives; the event loop never waits on GenAI.
 
 Design choices, measured on the full-size synthetic Phi-3.5-vision INT4 on 2 cores (benchmarks/): the
-pipeline runs with continuous batching and prefix caching, because its KV blocks survive while another chat
-is answered, and a request that runs alone goes through GenAI's chat state, whose vision registry keeps
-encoded photos (a follow-up after another chat's photo question starts in 1.7 s, median of six, as fast as
-raw GenAI; benchmarks/engine_latency.py).  When several chats are waiting, up to ``batch_max`` are answered
-together, which takes 53-60 % of the time of answering them one after another (benchmarks/batching.py).
+pipeline runs with continuous batching and prefix caching, because its KV blocks survive while another
+conversation is answered, and a request that runs alone goes through GenAI's chat state, whose vision registry
+keeps encoded photos (a follow-up after another conversation's photo question starts as fast as with raw
+GenAI; benchmarks/engine_latency.py).  When several conversations are waiting, up to ``batch_max`` are
+answered together, which takes well under the time of answering them one after another
+(benchmarks/batching.py).
 
 Work ahead of questions (``prepare``) does not take a place in line: the model's process reads it only while
-no question waits, in pieces, so another chat's question waits for one piece at most.
+no question waits, in pieces, so another conversation's question waits for one piece at most.
+
+Conversations are opaque keys here: what a conversation is, and what renames one, is the caller's business.
 """
 
 from __future__ import annotations
@@ -23,25 +26,23 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
 
 from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, estimate_tokens, kv_cache_tokens
 from engine.conversation import Turn
 from engine.estimates import Estimate, Sample, Speed, first_text_in_line, together
-from engine.fair_queue import AlreadyQueued, FairQueue, TicketCancelled
-from engine.generation import GenerationSettings
+from engine.fair_queue import FairQueue, Ticket, TicketCancelled
+from engine.generation import GenerationSettings, Status
 from engine.images import image_tokens
 from engine.pipeline_process import LoadedModel
-from engine.pipeline_protocol import Done, Reply
+from engine.pipeline_protocol import Done, Reply, Report
 from model_store.errors import ModelStoreError
 from model_store.layout import read_json
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 15.0  # longer than the longest single call GenAI makes here (a 16-crop photo read whole)
-Status = Literal["complete", "cancelled", "timeout", "failed"]
 
 
 @dataclass(frozen=True)
@@ -69,23 +70,22 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Finished:
+    """An answer's end: how it ended and its text, the engine's timings, and what the model's process measured
+    of it (``report``, as the process sent it)."""
+
     text: str
     status: Status
     error: str | None = None
-    input_tokens: int = 0
-    generated_tokens: int = 0
+    report: Report = field(default_factory=Report)
     ttft_seconds: float | None = None
     seconds: float = 0.0
     tokens_per_second: float | None = None
-    replays: int = 0  # earlier photo messages read again to rebuild the model's chat state
-    question_tokens: int = 0  # what the question adds to the conversation, counted by the model's tokenizer
-    vision_seconds: float = 0.0  # spent encoding images that were not encoded already
-    waited_seconds: float = 0.0  # in the model's process behind work read ahead (a piece of a preparation)
 
     @property
     def answer_tokens(self) -> int:
         """What the answer adds to the conversation as the context policy counts it; 0 when nothing was counted."""
-        return self.generated_tokens + MESSAGE_OVERHEAD if self.generated_tokens else 0
+        generated = self.report.generated_tokens
+        return generated + MESSAGE_OVERHEAD if generated else 0
 
 
 Event = Waiting | Started | Chunk | Finished
@@ -166,9 +166,8 @@ class Engine:
         self.settings = settings
         self._history_tokens = history_tokens
         self._stop_grace = stop_grace_seconds
-        self.queue: FairQueue[Hashable] = FairQueue(max_waiting=queue_max, batch_max=batch_max)
-        self._running: dict[Hashable, _Running] = {}
-        self._moved: dict[Hashable, Hashable] = {}  # a conversation's new key -> the key its answer runs under
+        # the line, and in each of its tickets the one record of an answer in progress (``_Running``)
+        self.queue: FairQueue[Hashable, _Running] = FairQueue(max_waiting=queue_max, batch_max=batch_max)
         self._request_ids = itertools.count(1)
         self._restarting = asyncio.Lock()
         self.stats = EngineStats()
@@ -199,37 +198,22 @@ class Engine:
             max_new_tokens=self.settings.max_new_tokens,
         )
 
-    def is_busy(self, key: Hashable) -> bool:
-        return self.queue.position(self.running_key(key)) is not None
-
-    def follow_move(self, old: Hashable, new: Hashable) -> bool:
-        """A conversation got a new key while its answer runs (a group became a supergroup): /stop and the
-        one-question-at-a-time rule follow it to the new key until that answer ends.  False if none runs."""
-        if old not in self._running:
-            return False
-        self._moved[new] = old
-        return True
-
-    def running_key(self, key: Hashable) -> Hashable:
-        """The key the answer for ``key`` runs under: ``key`` itself unless the conversation moved meanwhile."""
-        return self._moved.get(key, key)
-
-    def cancel(self, key: Hashable) -> bool:
-        """Stop the answer for ``key`` within one token (or drop it from the queue); True if there was one."""
-        key = self.running_key(key)
-        running = self._running.get(key)
+    def cancel(self, conversation: Hashable) -> bool:
+        """Stop the answer for ``conversation`` within one token (or drop it from the queue); True if there was
+        one."""
+        running = self.queue.job(conversation)
         if running is None:
             return False
         running.request_stop("cancelled")
-        self.queue.cancel(key)  # a waiting request leaves the line at once
+        self.queue.cancel(conversation)  # a waiting request leaves the line at once
         return True
 
     def cancel_all(self) -> int:
         """Shutdown: every answer stops within a token and keeps its text; waiting ones leave the line."""
-        keys = list(self._running)
-        for key in keys:
-            self.cancel(key)
-        return len(keys)
+        conversations = [ticket.key for ticket in self.queue.in_line()]
+        for conversation in conversations:
+            self.cancel(conversation)
+        return len(conversations)
 
     def _settings(self, system_prompt: str | None, seed: int | None = None) -> GenerationSettings:
         """The configured settings with a conversation's own system prompt (None: the configured one), and for
@@ -245,44 +229,38 @@ class Engine:
         *,
         system_prompt: str | None = None,
         seed: int | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything.
 
         ``system_prompt`` starts the prompt (None: the configured one); a different one is a different prefix,
         which the model reads anew.  ``seed``: the question is answered again, and the answer should differ."""
         settings = self._settings(system_prompt, seed)
-        if key in self._moved and self.is_busy(key):
-            raise AlreadyQueued(f"{key!r} is still being answered under {self._moved[key]!r}")
-        ticket = self.queue.enqueue(key)
         alone = self._estimate(question)
         running = _Running(self._stop_grace, alone=alone, estimate=alone)
-        self._running[key] = running
+        ticket = self.queue.enqueue(key, running)
         try:
             shown: Waiting | None = None
             async for position in ticket.changes():
                 if position > 0:
-                    waiting = Waiting(position, self._first_text_seconds(key))
+                    waiting = Waiting(position, self._first_text_seconds(ticket))
                     if shown is None or _news(shown, waiting):
                         shown = waiting
                         yield waiting
-            try:
-                async with ticket:
-                    running.alone = self._estimate(question)  # with what was measured while it waited
-                    running.estimate = self._batched(running) if ticket.batched else running.alone
-                    running.started = time.monotonic()
-                    first_text = running.estimate.first_text if running.estimate is not None else None
-                    yield Started(first_text, len(question.images))
-                    generation = self._generate(key, past, question, settings, running, ticket.batched)
-                    async with contextlib.aclosing(generation) as events:
-                        async for event in events:
-                            yield event
-            except TicketCancelled:
-                self.stats.cancelled += 1
-                yield Finished(text="", status="cancelled")
+            async with ticket:
+                running.alone = self._estimate(question)  # with what was measured while it waited
+                running.estimate = self._batched(running) if ticket.batched else running.alone
+                running.started = time.monotonic()
+                first_text = running.estimate.first_text if running.estimate is not None else None
+                yield Started(first_text, len(question.images))
+                generation = self._generate(key, past, question, settings, running, ticket.batched)
+                async with contextlib.aclosing(generation) as events:
+                    async for event in events:
+                        yield event
+        except TicketCancelled:
+            self.stats.cancelled += 1
+            yield Finished(text="", status="cancelled")
         finally:
-            self._running.pop(key, None)
-            for new in [new for new, old in self._moved.items() if old == key]:
-                del self._moved[new]
+            self.queue.release(ticket)  # a caller gone while it waited gives its place back
 
     def _image_tokens(self, question: Turn) -> int:
         return sum(image_tokens(image.width, image.height, self._model.num_crops) for image in question.images)
@@ -295,8 +273,8 @@ class Engine:
     def _batched(self, running: _Running) -> Estimate | None:
         """A batched answer's estimate: its first text comes once the prompts of its batch that have shown no
         text yet are read together (engine/estimates.py)."""
-        keys = self.queue.snapshot()[: self.queue.running]
-        members = [self._running[key] for key in keys if key in self._running and not self._running[key].first_text]
+        running_now = self.queue.in_line()[: self.queue.running]
+        members = [ticket.job for ticket in running_now if not ticket.job.first_text]
         batch = [member.alone for member in members if member.alone is not None]
         if running.alone is None or len(batch) < len(members):
             return None
@@ -306,46 +284,46 @@ class Engine:
             return None
         return Estimate(first_text, first_text + running.alone.whole - running.alone.first_text)
 
-    def _first_text_seconds(self, key: Hashable) -> float | None:
-        """About how long until the first text for ``key``, in line: the answers running and waiting ahead of
-        it, then its own start, batched with those it will run with (behind it too)."""
-        everyone = self.queue.snapshot()
-        if key not in everyone:
-            return None
-        keys = everyone[: everyone.index(key) + 1]
+    def _first_text_seconds(self, ticket: Ticket[Hashable, _Running]) -> float | None:
+        """About how long until the first text for the request waiting with ``ticket``: the answers running
+        and waiting ahead of it, then its own start, batched with those it will run with (behind it too)."""
+        everyone = self.queue.in_line()
         running = self.queue.running
+        if ticket not in everyone[running:]:
+            return None
         now = time.monotonic()
         left: list[float] = []
-        for other in keys[:running]:
-            shown = self._running[other].estimate if other in self._running else None
+        for other in everyone[:running]:
+            shown = other.job.estimate
             if shown is None:
                 return None
-            began = self._running[other].started
+            began = other.job.started
             left.append(max(shown.whole - (now - began if began is not None else 0.0), 0.0))
-        waiting = [self._running[other].alone if other in self._running else None for other in everyone[running:]]
+        waiting = [other.job.alone for other in everyone[running:]]
         known = [estimate for estimate in waiting if estimate is not None]
         if len(known) < len(waiting):
             return None
-        place = len(keys) - 1 - running
+        place = everyone.index(ticket) - running
         return first_text_in_line(left, known, place, self.queue.batch_max, self.speed.batch_share)
 
     def _learn(self, question: Turn, finished: Finished) -> None:
         """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
-        speed; a batched one's timings mix several chats'.  The first photo answer of a model process is its
-        warm-up, as OpenVINO prepares its kernels for the shapes it meets first: up to twice as slow as the
-        next ones (benchmarks/progress_estimates.py), so it teaches nothing."""
-        if finished.ttft_seconds is None or finished.replays or finished.status == "failed":
+        speed; a batched one's timings mix several conversations'.  The first photo answer of a model process is its
+        warm-up, as OpenVINO prepares its kernels for the shapes it meets first: far slower than the next ones
+        (benchmarks/progress_estimates.py), so it teaches nothing."""
+        report = finished.report
+        if finished.ttft_seconds is None or report.replays or finished.status == "failed":
             return
         if question.images and self._warmed != self._model.pipeline.pid:
             self._warmed = self._model.pipeline.pid
             return
         sample = Sample(
-            question_tokens=finished.question_tokens,
+            question_tokens=report.question_tokens,
             image_tokens=self._image_tokens(question),
             first_text_seconds=finished.ttft_seconds,
-            vision_seconds=finished.vision_seconds,
-            waited_seconds=finished.waited_seconds,
-            generated_tokens=finished.generated_tokens,
+            vision_seconds=report.vision_seconds,
+            waited_seconds=report.waited_seconds,
+            generated_tokens=report.generated_tokens,
             tokens_per_second=finished.tokens_per_second,
             complete=finished.status == "complete",
         )
@@ -404,7 +382,7 @@ class Engine:
         finished = self._finish(done, "".join(parts), running, started, ttft)
         if not batched:
             self._learn(question, finished)
-        elif running.batch is not None and finished.ttft_seconds is not None and not finished.replays:
+        elif running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
             self.speed.record_batch(finished.ttft_seconds, running.batch)
         yield finished
 
@@ -422,9 +400,8 @@ class Engine:
         if done.error is not None and not running.replaced:
             log.error("generation failed: %s", done.error)
             self.stats.failed += 1
-            return Finished(
-                text=text, status="failed", error=done.error, seconds=seconds, question_tokens=done.question_tokens
-            )
+            counted = Report(question_tokens=done.report.question_tokens)  # what it did was not finished
+            return Finished(text=text, status="failed", error=done.error, report=counted, seconds=seconds)
         status: Status = running.reason or "complete"
         if status == "complete":
             self.stats.answered += 1
@@ -432,22 +409,17 @@ class Engine:
             self.stats.timed_out += 1
         else:
             self.stats.cancelled += 1
-        generated = done.generated_tokens
+        generated = done.report.generated_tokens
         self.stats.generated_tokens += generated
-        self.stats.replays += done.replays
+        self.stats.replays += done.report.replays
         decode_seconds = seconds - ttft if ttft is not None else 0.0
         return Finished(
             text=done.text if status == "complete" else text,
             status=status,
-            input_tokens=done.input_tokens,
-            generated_tokens=generated,
+            report=done.report,
             ttft_seconds=ttft,
             seconds=seconds,
             tokens_per_second=(generated - 1) / decode_seconds if decode_seconds > 0 and generated > 1 else None,
-            replays=done.replays,
-            question_tokens=done.question_tokens,
-            vision_seconds=done.vision_seconds,
-            waited_seconds=done.waited_seconds,
         )
 
     async def prepare(self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None) -> Prepared:

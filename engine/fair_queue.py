@@ -1,10 +1,11 @@
-"""A fair line for one model shared by many chats.
+"""A fair line for one model shared by many conversations.
 
-Each conversation may have one request in the system (waiting or running): a chat UI where a second
+Each conversation may have one request in the system (waiting or running): a conversation where a second
 question silently queues behind the first is confusing, so the caller is told (``AlreadyQueued``) and can
 offer /stop instead.  Conversations are served first come, first served; the line is bounded so a flood
 gets a clear "busy" (``QueueFull``) instead of an hour-long wait.  Positions are observable so the bot can
-show "you are #3 in line" and update it as the line moves.
+show "you are #3 in line" and update it as the line moves.  Each ticket carries its owner's ``job`` (the
+engine's state of one answer), so the line is the one place that says what runs and waits, for whom.
 
 A request that finds the model idle runs alone, the way a follow-up is fastest (GenAI's chat state keeps
 its encoded photos).  When several are waiting as a slot frees, up to ``batch_max`` of them run together as
@@ -25,6 +26,7 @@ from typing import Generic, Literal, TypeVar
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+J = TypeVar("J")
 State = Literal["waiting", "running", "done", "cancelled"]
 
 
@@ -40,11 +42,12 @@ class TicketCancelled(Exception):
     """The ticket was cancelled before its turn came."""
 
 
-class Ticket(Generic[K]):
+class Ticket(Generic[K, J]):
     """A place in line; ``async with ticket:`` waits for the turn and always gives the slot back."""
 
-    def __init__(self, queue: FairQueue[K], key: K) -> None:
+    def __init__(self, queue: FairQueue[K, J], key: K, job: J) -> None:
         self.key = key
+        self.job = job
         self.state: State = "waiting"
         self.batched = False
         self._queue = queue
@@ -74,7 +77,7 @@ class Ticket(Generic[K]):
     def cancel(self) -> bool:
         return self._queue.withdraw(self)
 
-    async def __aenter__(self) -> Ticket[K]:
+    async def __aenter__(self) -> Ticket[K, J]:
         try:
             await self._granted.wait()
         except asyncio.CancelledError:
@@ -93,13 +96,13 @@ class Ticket(Generic[K]):
         self._queue.release(self)
 
 
-class FairQueue(Generic[K]):
+class FairQueue(Generic[K, J]):
     def __init__(self, max_waiting: int = 20, batch_max: int = 1) -> None:
         self.max_waiting = max_waiting
         self.batch_max = batch_max
-        self._waiting: deque[Ticket[K]] = deque()
-        self._running: list[Ticket[K]] = []
-        self._by_key: dict[K, Ticket[K]] = {}
+        self._waiting: deque[Ticket[K, J]] = deque()
+        self._running: list[Ticket[K, J]] = []
+        self._by_key: dict[K, Ticket[K, J]] = {}
         self._batching = False
         self._held = False
         self._drained = asyncio.Event()
@@ -116,16 +119,21 @@ class FairQueue(Generic[K]):
     def running(self) -> int:
         return len(self._running)
 
-    def snapshot(self) -> list[K]:
-        """Keys in service order: running first, then waiting."""
-        return [ticket.key for ticket in (*self._running, *self._waiting)]
+    def in_line(self) -> list[Ticket[K, J]]:
+        """Service order: running first, then waiting."""
+        return [*self._running, *self._waiting]
 
-    def enqueue(self, key: K) -> Ticket[K]:
+    def job(self, key: K) -> J | None:
+        """The job of the request waiting or running for ``key``, if any."""
+        ticket = self._by_key.get(key)
+        return None if ticket is None else ticket.job
+
+    def enqueue(self, key: K, job: J) -> Ticket[K, J]:
         if key in self._by_key:
             raise AlreadyQueued(f"{key!r} already has a request in the queue")
         if len(self._waiting) >= self.max_waiting and len(self._running) >= self._limit:
             raise QueueFull(f"{len(self._waiting)} requests are already waiting")
-        ticket = Ticket(self, key)
+        ticket = Ticket(self, key, job)
         self._by_key[key] = ticket
         self._waiting.append(ticket)
         self._grant()
@@ -136,7 +144,7 @@ class FairQueue(Generic[K]):
         ticket = self._by_key.get(key)
         return None if ticket is None else self.position_of(ticket)
 
-    def position_of(self, ticket: Ticket[K]) -> int | None:
+    def position_of(self, ticket: Ticket[K, J]) -> int | None:
         if ticket.state == "running":
             return 0
         if ticket.state != "waiting":
@@ -148,7 +156,7 @@ class FairQueue(Generic[K]):
         ticket = self._by_key.get(key)
         return ticket is not None and self.withdraw(ticket)
 
-    def withdraw(self, ticket: Ticket[K]) -> bool:
+    def withdraw(self, ticket: Ticket[K, J]) -> bool:
         if ticket.state != "waiting":
             return False
         self._waiting.remove(ticket)
@@ -157,7 +165,7 @@ class FairQueue(Generic[K]):
         self._notify_waiting()
         return True
 
-    def release(self, ticket: Ticket[K]) -> None:
+    def release(self, ticket: Ticket[K, J]) -> None:
         """Give back the slot (or the place in line); safe to call more than once."""
         if ticket.state == "waiting":
             self.withdraw(ticket)
@@ -188,7 +196,7 @@ class FairQueue(Generic[K]):
     def _limit(self) -> int:
         return self.batch_max if self._batching else 1
 
-    def _finish(self, ticket: Ticket[K], state: State) -> None:
+    def _finish(self, ticket: Ticket[K, J], state: State) -> None:
         ticket.state = state
         if self._by_key.get(ticket.key) is ticket:
             del self._by_key[ticket.key]

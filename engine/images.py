@@ -1,9 +1,9 @@
 """Whatever bytes people send, turned into upright 8-bit RGB arrays the model can take, or a friendly refusal.
 
-Telegram chats deliver phone photos with EXIF rotation, screenshots with transparency, scans in CMYK,
+People send phone photos with EXIF rotation, screenshots with transparency, scans in CMYK,
 16-bit PNGs, animated GIFs, truncated uploads and, now and then, a zip file named photo.jpg or a
 decompression bomb.  Everything here runs before the model sees an image, and nothing here may raise
-anything but ``ImageRejected``, whose message is written for the person in the chat.
+anything but ``ImageRejected``, whose message is written for the person asking.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import math
 import struct
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +32,7 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = 20 * 1024 * 1024  # Telegram's download limit for bots
+    max_bytes: int = 20 * 1024 * 1024  # the largest file a bot may download
     max_pixels: int = 40_000_000  # checked from the header, before any pixel is decoded
     max_side: int = 2688  # 8 x 336: Phi-3-vision's 16-crop layout never needs more
     min_side: int = 8  # smaller images are enlarged so resizing code never meets a 0-pixel side
@@ -207,11 +206,3 @@ def image_tokens(width: int, height: int, num_crops: int) -> int:
     """
     rows, columns = crop_grid(*_handed_size(width, height, num_crops), num_crops)
     return grid_tokens(rows, columns)
-
-
-def prepare_images(items: Sequence[bytes], limits: ImageLimits, max_images: int) -> list[PreparedImage]:
-    if len(items) > max_images:
-        raise ImageRejected(
-            f"I can look at up to {max_images} images per question; you sent {len(items)}.", "too_many_images"
-        )
-    return [prepare_image(data, limits) for data in items]

@@ -1,7 +1,7 @@
 """The model's own process: compiles the pipeline and answers the jobs the engine sends over a pipe.
 
 Why a process of its own: GenAI's batching calls (``add_request``, ``step``) keep Python's GIL for seconds
-(measured by benchmarks/gil_hold.py), which would freeze Telegram for every chat if they ran in the bot's
+(measured by benchmarks/gil_hold.py), which would freeze the bot for every conversation if they ran in the bot's
 process; here they freeze nothing but this loop.  An OpenVINO crash or an out-of-memory kill of the model
 also leaves the bot up, and a swapped-out model gives all its memory back when its process exits.
 
@@ -48,6 +48,7 @@ from engine.pipeline_protocol import (
     Prepare,
     Ready,
     Reply,
+    Report,
     Shutdown,
     Text,
 )
@@ -57,7 +58,7 @@ from model_store.loader import PipelineSpec, compile_pipeline
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
-PIECE_SECONDS = 1.0  # how long a piece of text read ahead may take: another chat's question waits at most this
+PIECE_SECONDS = 1.0  # how long a piece of text read ahead may take: another conversation's question waits at most this
 FIRST_PIECE_TOKENS = 64  # until the reading speed has been measured here
 
 
@@ -323,7 +324,7 @@ class Host:
         try:
             while (piece := Sessions.next_piece(session, past, None, self._count, self._tokens.cut)) is not None:
                 if request_id in self._cancelled:  # stopped or out of time while the conversation was read again
-                    self._finish(Done(request_id, replays=replays, vision_seconds=vision_seconds))
+                    self._finish(Done(request_id, report=Report(replays=replays, vision_seconds=vision_seconds)))
                     return
                 vision_seconds += self._read(session, past, piece, job.settings)
                 replays += 1
@@ -341,12 +342,14 @@ class Host:
             Done(
                 request_id,
                 text=result.texts[0],
-                input_tokens=int(metrics.get_num_input_tokens()),
-                generated_tokens=int(metrics.get_num_generated_tokens()),
-                question_tokens=self._message_tokens(job.question),
-                replays=replays,
-                vision_seconds=vision_seconds + float(metrics.get_vision_encoding_duration().mean) / 1000,
-                waited_seconds=waited,
+                report=Report(
+                    input_tokens=int(metrics.get_num_input_tokens()),
+                    generated_tokens=int(metrics.get_num_generated_tokens()),
+                    question_tokens=self._message_tokens(job.question),
+                    replays=replays,
+                    vision_seconds=vision_seconds + float(metrics.get_vision_encoding_duration().mean) / 1000,
+                    waited_seconds=waited,
+                ),
             )
         )
 
@@ -403,8 +406,10 @@ class Host:
             Done(
                 request_id,
                 text=self._tokenizer.decode(item.ids),
-                input_tokens=0 if cancel else int(item.handle.get_vlm_perf_metrics().get_num_input_tokens()),
-                generated_tokens=len(item.ids),
-                question_tokens=item.question_tokens,
+                report=Report(
+                    input_tokens=0 if cancel else int(item.handle.get_vlm_perf_metrics().get_num_input_tokens()),
+                    generated_tokens=len(item.ids),
+                    question_tokens=item.question_tokens,
+                ),
             )
         )

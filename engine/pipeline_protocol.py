@@ -79,18 +79,26 @@ class Text:
 
 
 @dataclass(frozen=True)
-class Done:
-    """The end of a job or a preparation, whether it completed, was cancelled or replaced, or failed (``error``)."""
+class Report:
+    """What the model's process measured of one answer; the engine hands it on to the bot unchanged
+    (``engine.engine.Finished``)."""
 
-    request_id: int
-    text: str = ""
-    error: str | None = None
     input_tokens: int = 0
     generated_tokens: int = 0
     question_tokens: int = 0  # what the question adds to the conversation, as the context policy counts
     replays: int = 0  # earlier photo messages read again, one call each, to rebuild GenAI's chat state
     vision_seconds: float = 0.0  # spent encoding images that were not encoded already
     waited_seconds: float = 0.0  # from reaching the model's process to starting: behind a piece read ahead
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a job or a preparation, whether it completed, was cancelled or replaced, or failed (``error``)."""
+
+    request_id: int
+    text: str = ""
+    error: str | None = None
+    report: Report = field(default_factory=Report)
     pieces: int = 0  # calls a preparation took
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bot import texts
+from bot.buttons import RETRY_CALLBACK
 from bot.formatting import formatted_parts
-from bot.handlers import RETRY_CALLBACK
 from bot.history import ConversationKey, StoredMessage
 from bot.reply_stream import CURSOR
 from bot.runtime import load_model
@@ -300,6 +300,20 @@ async def test_an_album_gets_one_answer_about_all_photos(bot: RunningBot) -> Non
     stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     assert len(stored) == 2 and len(stored[0].images) == 2 and stored[0].text == "Compare these"
     assert len(api.messages(CHAT)) == 1
+
+
+async def test_an_album_over_the_image_limit_is_refused_before_the_model(bot: RunningBot) -> None:
+    api = bot.api
+    limit = bot.services.settings.max_images_per_turn
+    for number in range(limit + 1):
+        caption = "Compare these" if number == 0 else None
+        api.push_message(
+            CHAT, photo=photo_bytes((40 * number, 0, 0)), caption=caption, media_group_id="big", user_id=USER
+        )
+    said = f"I can look at up to {limit} images per question; you sent {limit + 1}."
+    await api.wait_for(lambda: said in api.visible_text(CHAT), 20, "the limit told")
+    assert bot.services.engine is not None and bot.services.engine.queue.served == 0
+    assert await stored_messages(bot.services.history, ConversationKey(CHAT)) == []
 
 
 async def test_image_sent_as_a_file_and_unsupported_media(bot: RunningBot) -> None:

@@ -128,7 +128,7 @@ async def upgrade_mid_answer(api: FakeBotApi, bot: RunningBot, group: int, super
     username = bot.application.bot.username
     api.push_message(group, f"@{username} tell me a long story", user_id=member)
     await api.wait_for(lambda: any(m.text.endswith("▌") for m in api.messages(group)), 30, "streaming")
-    assert bot.services.engine is not None and bot.services.engine.is_busy(ConversationKey(group))
+    assert bot.services.engine is not None and bot.services.engine.queue.position(ConversationKey(group)) is not None
     api.migrate(group, supergroup)
     api.push_message(group, None, user_id=member, extra={"migrate_to_chat_id": supergroup})
     api.push_message(supergroup, None, user_id=member, extra={"migrate_from_chat_id": group})
@@ -174,7 +174,10 @@ async def test_after_a_group_upgrade_the_running_answer_is_stopped_from_the_supe
         await stored_answers(bot, ConversationKey(supergroup), 1)
         stored = await stored_messages(bot.services.history, ConversationKey(supergroup))
         assert [m.status for m in stored if m.role == "assistant"] == ["cancelled"]
-        assert bot.services.engine is not None and not bot.services.engine.is_busy(ConversationKey(supergroup))
+        engine = bot.services.engine
+        assert engine is not None and engine.queue.position(ConversationKey(group)) is None, "the model's slot is free"
+        assert not bot.services.answers.busy(ConversationKey(supergroup)), "the moved key ends with the answer"
+        assert not bot.services.answers.busy(ConversationKey(group))
 
 
 async def test_a_migration_announced_in_one_chat_only_moves_nothing(
@@ -223,7 +226,7 @@ async def test_in_a_group_only_the_asker_stops_and_only_administrators_reset(
         await api.wait_for(
             lambda: {texts.ASKER_ONLY, texts.GROUP_ADMINS_ONLY} <= set(api.visible_text(group)), 30, "two refusals"
         )
-        assert engine.is_busy(key), "another member's /stop and /reset left the answer running"
+        assert engine.queue.position(key) is not None, "another member's /stop and /reset left the answer running"
         assert api.calls_of("getChatMember", group), "Telegram was asked who administers the group"
 
         api.push_message(group, "/stop", user_id=USER)
@@ -398,7 +401,7 @@ async def test_a_full_disk_before_the_answer_is_told_and_frees_the_model_at_once
         await history._db.execute(f"PRAGMA max_page_count = {row[0]}")
         api.push_message(USER, "A question too long to fit on this disk. " * 200, user_id=USER)
         await api.wait_for(lambda: api.visible_text(USER) == [texts.NOT_STORED], 30, "a clear reply")
-        assert not engine.is_busy(ConversationKey(USER)), "the model's slot is free at once"
+        assert engine.queue.position(ConversationKey(USER)) is None, "the model's slot is free at once"
         assert await stored_messages(history, ConversationKey(USER)) == []
         await history._db.execute("PRAGMA max_page_count = 1073741823")
         api.push_message(USER, "And now?", user_id=USER)

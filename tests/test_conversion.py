@@ -74,7 +74,7 @@ def _generate_about_image(entry: ModelEntry, cache_dir: Path | None = None) -> t
             await engine.aclose()
         done = events[-1]
         assert isinstance(done, Finished) and done.status == "complete", done
-        return done.text, [event.text for event in events if isinstance(event, Chunk)], done.input_tokens
+        return done.text, [event.text for event in events if isinstance(event, Chunk)], done.report.input_tokens
 
     return asyncio.run(ask())
 

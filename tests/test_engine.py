@@ -75,7 +75,7 @@ async def test_streams_chunks_in_order_then_finishes(engine: Engine) -> None:
     assert done.status == "complete"
     assert len(chunks) >= 2
     assert done.text.startswith("".join(chunks)[: len(done.text) // 2])
-    assert done.generated_tokens == 12 and done.input_tokens > 700
+    assert done.report.generated_tokens == 12 and done.report.input_tokens > 700
     assert done.ttft_seconds is not None and done.ttft_seconds <= done.seconds
     await engine.aclose()
 
@@ -113,14 +113,15 @@ async def test_follow_up_uses_the_photo_and_survives_a_restart(int4_store: tuple
     follow_up = Turn("user", "And what colour is the square?")
     second = finished(await collect(engine, "a", past, follow_up))
     assert second.status == "complete"
-    assert second.input_tokens > first.input_tokens + 5, "the follow-up carries the photo and the first answer"
+    grown = second.report.input_tokens - first.report.input_tokens
+    assert grown > 5, "the follow-up carries the photo and the first answer"
     await engine.aclose()
 
     restarted = Engine(load(int4_store[1]), SETTINGS)  # nothing cached: rebuilt from history
     again = finished(await collect(restarted, "a", past, follow_up))
-    assert again.input_tokens == second.input_tokens, "the rebuilt prompt is the same prompt"
+    assert again.report.input_tokens == second.report.input_tokens, "the rebuilt prompt is the same prompt"
     assert again.text == second.text, "the KV cache is only a cache: the greedy answer does not change"
-    assert again.replays == 1, "the photo question was sent again, once"
+    assert again.report.replays == 1, "the photo question was sent again, once"
     await restarted.aclose()
 
 
@@ -133,8 +134,8 @@ async def test_interleaved_chats_keep_their_own_history(engine: Engine) -> None:
     a2 = Turn("user", "Tell me more.")
     follow = finished(await collect(engine, "a", [a1, Turn("assistant", a_answer.text)], a2))
     assert follow.status == "complete"
-    assert follow.replays == 0, "chat A's state survived chat B"
-    assert b_answer.input_tokens < follow.input_tokens
+    assert follow.report.replays == 0, "chat A's state survived chat B"
+    assert b_answer.report.input_tokens < follow.report.input_tokens
     await engine.aclose()
 
 
@@ -148,6 +149,20 @@ async def test_second_chat_waits_with_a_position_and_same_chat_is_refused(engine
     assert any(isinstance(event, Waiting) and event.position == 1 for event in second_events)
     assert finished(await first).status == "complete"
     assert finished(second_events).status == "complete"
+    assert engine.queue.served == 2 and len(engine.queue) == 0
+    await engine.aclose()
+
+
+async def test_a_caller_gone_while_waiting_gives_its_place_back(engine: Engine) -> None:
+    engine.settings = replace(SETTINGS, max_new_tokens=60)
+    first = asyncio.create_task(collect(engine, "a", [], Turn("user", "Describe.", (photo((1, 2, 3)),))))
+    await asyncio.sleep(0.05)
+    waiting = engine.ask("b", [], Turn("user", "Hello"))
+    assert isinstance(await anext(waiting), Waiting) and engine.queue.position("b") is not None
+    await waiting.aclose()
+    assert engine.queue.position("b") is None and len(engine.queue) == 1, "its place is free, not held for nobody"
+    assert finished(await first).status == "complete"
+    assert finished(await collect(engine, "b", [], Turn("user", "Hello again"))).status == "complete"
     assert engine.queue.served == 2 and len(engine.queue) == 0
     await engine.aclose()
 
@@ -174,7 +189,7 @@ async def test_cancel_stops_within_a_token_and_frees_the_slot(engine: Engine) ->
     assert cancelled is True
     done = finished(events)
     assert done.status == "cancelled"
-    assert 3 <= done.generated_tokens < 50
+    assert 3 <= done.report.generated_tokens < 50
     assert done.text, "the partial answer is kept"
     engine.settings = SETTINGS
     assert finished(await collect(engine, "a", [], Turn("user", "Hi"))).status == "complete"
@@ -204,7 +219,7 @@ async def test_time_limit_ends_an_answer_cleanly(engine: Engine) -> None:
     engine.settings = replace(SETTINGS, max_new_tokens=5000, timeout_seconds=0.3)
     done = finished(await collect(engine, "a", [], Turn("user", "Go on forever.")))
     assert done.status == "timeout"
-    assert 0 < done.generated_tokens < 5000
+    assert 0 < done.report.generated_tokens < 5000
     await engine.aclose()
 
 
@@ -293,22 +308,22 @@ async def test_chats_that_wait_together_are_answered_together_and_follow_ups_sti
     assert a[-1][0] <= min(b_chunks + c_chunks), "the batch started after the lone answer"
     b_done, c_done = finished([event for _, event in b]), finished([event for _, event in c])
     assert b_done.status == c_done.status == "complete"
-    assert b_done.generated_tokens == c_done.generated_tokens == 12
+    assert b_done.report.generated_tokens == c_done.report.generated_tokens == 12
 
     b_alone = finished(await collect(engine, "b-alone", [], b_question))
     c_alone = finished(await collect(engine, "c-alone", [], c_question))
-    assert (b_done.input_tokens, c_done.input_tokens) == (b_alone.input_tokens, c_alone.input_tokens), (
-        "a batched request sees the prompt a lone one sees"
-    )
+    batched = [b_done.report.input_tokens, c_done.report.input_tokens]
+    alone = [b_alone.report.input_tokens, c_alone.report.input_tokens]
+    assert batched == alone, "a batched request sees the prompt a lone one sees"
     assert (b_done.text, c_done.text) == (b_alone.text, c_alone.text)
 
     follow_up = Turn("user", "And the colour?")
     b_past = [b_question, Turn("assistant", b_done.text)]
     after_batch = finished(await collect(engine, "b", b_past, follow_up))
-    assert after_batch.replays == 1, "the photo answered in the batch was sent again to GenAI's chat state"
+    assert after_batch.report.replays == 1, "the photo answered in the batch was sent again to GenAI's chat state"
     after_alone = finished(await collect(engine, "b-alone", [b_question, Turn("assistant", b_alone.text)], follow_up))
-    assert after_alone.replays == 0
-    assert after_batch.input_tokens == after_alone.input_tokens and after_batch.text == after_alone.text
+    assert after_alone.report.replays == 0
+    assert after_batch.report.input_tokens == after_alone.report.input_tokens and after_batch.text == after_alone.text
     await engine.aclose()
 
 
@@ -324,8 +339,8 @@ async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
     assert b_cancelled is True
     b_done, c_done = finished(b_events), finished(c_events)
     # A token takes about a millisecond here, so the bound leaves room for a busy machine (a CI run once saw 67).
-    assert b_done.status == "cancelled" and 3 <= b_done.generated_tokens < 300 and b_done.text
-    assert c_done.status == "complete" and c_done.generated_tokens == 3000
+    assert b_done.status == "cancelled" and 3 <= b_done.report.generated_tokens < 300 and b_done.text
+    assert c_done.status == "complete" and c_done.report.generated_tokens == 3000
     assert finished(a_events).status == "complete"
     assert len(engine.queue) == 0
     await engine.aclose()
@@ -334,7 +349,7 @@ async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
 async def test_an_album_is_one_question_about_all_photos(engine: Engine) -> None:
     one = finished(await collect(engine, "a", [], Turn("user", "Compare.", (photo((9, 9, 9)),))))
     two = finished(await collect(engine, "b", [], Turn("user", "Compare.", (photo((9, 9, 9)), photo((99, 9, 9))))))
-    assert two.input_tokens > one.input_tokens + 500
+    assert two.report.input_tokens > one.report.input_tokens + 500
     await engine.aclose()
 
 
@@ -347,7 +362,7 @@ async def test_the_engine_hands_genai_a_square_crop_grid(
     tokens = []
     for index, size in enumerate([(640, 480), (640, 640)]):
         question = Turn(role="user", text="What is it?", images=(photo((10, 120, 200), size),))
-        tokens.append(finished(await collect(engine, f"chat {index}", [], question)).input_tokens)
+        tokens.append(finished(await collect(engine, f"chat {index}", [], question)).report.input_tokens)
     await engine.aclose()
     assert tokens[0] == tokens[1]  # the 4:3 photo went in as the square it was padded to
 

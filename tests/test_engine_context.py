@@ -41,9 +41,9 @@ async def test_a_photo_read_ahead_makes_its_question_start_like_a_follow_up(
     answer = finished(await collect(engine, "a", [sent_alone], question))
     await engine.aclose()
     reference = await cold(entry, [sent_alone], question)
-    assert reference.replays == 1 and answer.replays == 0, "the photo was read ahead, not when the question came"
-    assert answer.vision_seconds < reference.vision_seconds / 10, "and encoded then"
-    assert (answer.input_tokens, answer.text) == (reference.input_tokens, reference.text)
+    assert (reference.report.replays, answer.report.replays) == (1, 0), "the photo was read ahead, not when asked"
+    assert answer.report.vision_seconds < reference.report.vision_seconds / 10, "and encoded then"
+    assert (answer.report.input_tokens, answer.text) == (reference.report.input_tokens, reference.text)
 
 
 async def test_steps_of_the_policy_are_prepared_and_the_turn_1_photo_is_seen_at_turn_30(
@@ -60,7 +60,7 @@ async def test_steps_of_the_policy_are_prepared_and_the_turn_1_photo_is_seen_at_
         answer = finished(await collect(engine, "a", past, question))
         assert answer.status == "complete"
         if turn > 1:
-            assert answer.replays == 0, f"turn {turn}: the conversation was prepared, not read again"
+            assert answer.report.replays == 0, f"turn {turn}: the conversation was prepared, not read again"
         steps += memory.record(question, answer)
         assert (await engine.prepare("a", memory.view())).error is None
     assert steps >= 2
@@ -70,9 +70,10 @@ async def test_steps_of_the_policy_are_prepared_and_the_turn_1_photo_is_seen_at_
     last = Turn("user", "And what was in the photo?")
     answer = finished(await collect(engine, "a", view, last))
     await engine.aclose()
-    assert answer.replays == 0 and answer.input_tokens > 757, "the photo's 757 positions are in the prompt"
+    assert answer.report.replays == 0, "read ahead"
+    assert answer.report.input_tokens > 757, "the photo's 757 positions are in the prompt"
     reference = await cold(entry, view, last)
-    assert (answer.input_tokens, answer.text) == (reference.input_tokens, reference.text)
+    assert (answer.report.input_tokens, answer.text) == (reference.report.input_tokens, reference.text)
 
 
 async def test_another_chats_question_waits_only_for_the_piece_being_read(
@@ -94,7 +95,7 @@ async def test_another_chats_question_waits_only_for_the_piece_being_read(
     prepared = await preparing
     assert prepared.error is None and prepared.pieces > 10
     follow_up = finished(await collect(engine, "a", long_past, Turn("user", "Which harbour was first?")))
-    assert follow_up.replays == 0 and follow_up.status == "complete"
+    assert follow_up.report.replays == 0 and follow_up.status == "complete"
     await engine.aclose()
 
 
@@ -117,9 +118,9 @@ async def test_reading_a_conversation_again_stops_between_photos_when_cancelled(
             await asyncio.sleep(0.05)
             engine.cancel("a")
     done = finished(events)
-    assert done.status == "cancelled" and done.generated_tokens == 0
+    assert done.status == "cancelled" and done.report.generated_tokens == 0
     assert not any(isinstance(event, Chunk) for event in events)
-    assert done.replays < 6, "it stopped before reading every photo again"
+    assert done.report.replays < 6, "it stopped before reading every photo again"
     assert finished(await collect(engine, "a", [], Turn("user", "Hi"))).status == "complete", "the slot is free"
     await engine.aclose()
 
@@ -129,7 +130,7 @@ async def test_reading_a_conversation_again_stops_at_the_time_limit(
 ) -> None:
     engine = Engine(load(int4_store[1]), replace(SETTINGS, timeout_seconds=0.05))
     done = finished(await collect(engine, "a", album_past(6), Turn("user", "Compare them all.")))
-    assert done.status == "timeout" and done.generated_tokens == 0 and done.replays < 6
+    assert done.status == "timeout" and done.report.generated_tokens == 0 and done.report.replays < 6
     await engine.aclose()
 
 
@@ -160,7 +161,7 @@ async def test_a_preparation_overtaken_by_a_question_reads_nothing_again(
     stale = await engine.prepare("a", [])  # sent before the question, arriving after it
     assert stale.error is None and stale.pieces == 0
     follow_up = finished(await collect(engine, "a", [question, Turn("assistant", answer.text)], Turn("user", "More?")))
-    assert follow_up.replays == 0, "the conversation was not read again from its start"
+    assert follow_up.report.replays == 0, "the conversation was not read again from its start"
     await engine.aclose()
 
 

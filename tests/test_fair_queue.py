@@ -10,10 +10,10 @@ from engine.fair_queue import AlreadyQueued, FairQueue, QueueFull, TicketCancell
 
 
 async def test_fifo_across_conversations_and_positions() -> None:
-    queue: FairQueue[str] = FairQueue(max_waiting=10)
-    tickets = [queue.enqueue(key) for key in "abcd"]
+    queue: FairQueue[str, None] = FairQueue(max_waiting=10)
+    tickets = [queue.enqueue(key, None) for key in "abcd"]
     assert [queue.position(key) for key in "abcd"] == [0, 1, 2, 3]
-    assert queue.snapshot() == list("abcd")
+    assert [ticket.key for ticket in queue.in_line()] == list("abcd")
     order: list[str] = []
 
     async def serve(ticket: object, key: str) -> None:
@@ -27,27 +27,27 @@ async def test_fifo_across_conversations_and_positions() -> None:
 
 
 async def test_one_request_per_conversation_and_a_bounded_line() -> None:
-    queue: FairQueue[str] = FairQueue(max_waiting=2)
-    first = queue.enqueue("a")
+    queue: FairQueue[str, None] = FairQueue(max_waiting=2)
+    first = queue.enqueue("a", None)
     with pytest.raises(AlreadyQueued):
-        queue.enqueue("a")
-    queue.enqueue("b")
-    queue.enqueue("c")
+        queue.enqueue("a", None)
+    queue.enqueue("b", None)
+    queue.enqueue("c", None)
     with pytest.raises(QueueFull):
-        queue.enqueue("d")  # "a" runs, "b" and "c" wait: the running one does not count
+        queue.enqueue("d", None)  # "a" runs, "b" and "c" wait: the running one does not count
     async with first:
         pass
     assert queue.position("a") is None
-    queue.enqueue("d")
+    queue.enqueue("d", None)
     with pytest.raises(QueueFull):
-        queue.enqueue("a")  # allowed again once finished, but now the line is full again
+        queue.enqueue("a", None)  # allowed again once finished, but now the line is full again
 
 
 async def test_positions_update_as_the_line_moves() -> None:
-    queue: FairQueue[str] = FairQueue()
-    first = queue.enqueue("a")
-    second = queue.enqueue("b")
-    third = queue.enqueue("c")
+    queue: FairQueue[str, None] = FairQueue()
+    first = queue.enqueue("a", None)
+    second = queue.enqueue("b", None)
+    third = queue.enqueue("c", None)
     seen: list[int] = []
 
     async def follow() -> None:
@@ -67,24 +67,24 @@ async def test_positions_update_as_the_line_moves() -> None:
 
 
 async def test_a_newcomer_behind_is_a_change_for_those_waiting_ahead() -> None:
-    queue: FairQueue[str] = FairQueue(batch_max=4)
-    queue.enqueue("a")
-    second = queue.enqueue("b")
+    queue: FairQueue[str, None] = FairQueue(batch_max=4)
+    queue.enqueue("a", None)
+    second = queue.enqueue("b", None)
     changes = second.changes()
     assert await anext(changes) == 1
     waiting = asyncio.ensure_future(anext(changes))
     await asyncio.sleep(0)
     assert not waiting.done(), "nothing changed yet"
-    queue.enqueue("c")
+    queue.enqueue("c", None)
     assert await asyncio.wait_for(waiting, 1) == 1
 
 
 async def test_cancelled_waiting_tickets_never_run_and_free_their_place() -> None:
-    queue: FairQueue[str] = FairQueue()
-    running = queue.enqueue("a")
-    withdrawn = queue.enqueue("b")
-    abandoned = queue.enqueue("c")
-    last = queue.enqueue("d")
+    queue: FairQueue[str, None] = FairQueue()
+    running = queue.enqueue("a", None)
+    withdrawn = queue.enqueue("b", None)
+    abandoned = queue.enqueue("c", None)
+    last = queue.enqueue("d", None)
     assert queue.cancel("b") is True
     assert queue.position("d") == 2
 
@@ -110,9 +110,9 @@ async def test_cancelled_waiting_tickets_never_run_and_free_their_place() -> Non
 
 
 async def test_an_exception_in_the_holder_releases_the_slot() -> None:
-    queue: FairQueue[str] = FairQueue()
-    failing = queue.enqueue("a")
-    after = queue.enqueue("b")
+    queue: FairQueue[str, None] = FairQueue()
+    failing = queue.enqueue("a", None)
+    after = queue.enqueue("b", None)
     with pytest.raises(RuntimeError):
         async with failing:
             raise RuntimeError("generation failed")
@@ -122,34 +122,34 @@ async def test_an_exception_in_the_holder_releases_the_slot() -> None:
 
 
 async def test_a_lone_request_runs_alone_and_waiting_ones_run_together_as_a_batch() -> None:
-    queue: FairQueue[str] = FairQueue(batch_max=3)
-    a = queue.enqueue("a")
+    queue: FairQueue[str, None] = FairQueue(batch_max=3)
+    a = queue.enqueue("a", None)
     assert a.state == "running" and not a.batched, "the model was idle: no batch"
-    b, c = queue.enqueue("b"), queue.enqueue("c")
+    b, c = queue.enqueue("b", None), queue.enqueue("c", None)
     assert [b.position, c.position] == [1, 2], "nobody joins a request running alone"
     queue.release(a)
     assert [b.position, c.position] == [0, 0] and b.batched and c.batched
-    d, e = queue.enqueue("d"), queue.enqueue("e")
+    d, e = queue.enqueue("d", None), queue.enqueue("e", None)
     assert d.position == 0 and d.batched, "a newcomer joins the running batch"
     assert e.position == 1, "up to batch_max at once"
     queue.release(b)
     assert e.position == 0 and e.batched
     for ticket in (c, d, e):
         queue.release(ticket)
-    f = queue.enqueue("f")
+    f = queue.enqueue("f", None)
     assert f.position == 0 and not f.batched, "the batch drained: alone again"
 
 
 async def test_without_batching_one_runs_at_a_time() -> None:
-    queue: FairQueue[str] = FairQueue(batch_max=1)
-    a, b, c = queue.enqueue("a"), queue.enqueue("b"), queue.enqueue("c")
+    queue: FairQueue[str, None] = FairQueue(batch_max=1)
+    a, b, c = queue.enqueue("a", None), queue.enqueue("b", None), queue.enqueue("c", None)
     queue.release(a)
     assert [b.position, c.position] == [0, 1] and not b.batched
 
 
 async def test_held_waits_for_the_running_requests_and_lets_nobody_in_meanwhile() -> None:
-    queue: FairQueue[str] = FairQueue(batch_max=2)
-    a = queue.enqueue("a")
+    queue: FairQueue[str, None] = FairQueue(batch_max=2)
+    a = queue.enqueue("a", None)
     entered = asyncio.Event()
 
     async def switch() -> None:
@@ -160,7 +160,7 @@ async def test_held_waits_for_the_running_requests_and_lets_nobody_in_meanwhile(
 
     switching = asyncio.create_task(switch())
     await asyncio.sleep(0.01)
-    b = queue.enqueue("b")
+    b = queue.enqueue("b", None)
     assert not entered.is_set() and b.position == 1
     queue.release(a)
     await asyncio.sleep(0)
@@ -170,13 +170,13 @@ async def test_held_waits_for_the_running_requests_and_lets_nobody_in_meanwhile(
 
 
 async def test_fifty_chats_three_turns_each_stay_in_order_and_fair() -> None:
-    queue: FairQueue[int] = FairQueue(max_waiting=100)
+    queue: FairQueue[int, None] = FairQueue(max_waiting=100)
     grants: list[int] = []
     waits: list[int] = []
 
     async def chat(key: int) -> None:
         for turn in range(3):
-            ticket = queue.enqueue(key)
+            ticket = queue.enqueue(key, None)
             granted_before = len(grants)
             async with ticket:
                 waits.append(len(grants) - granted_before)

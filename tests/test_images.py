@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import ImageLimits, ImageRejected, crop_grid, for_genai, prepare_image, prepare_images
+from engine.images import ImageRejected, crop_grid, for_genai, prepare_image
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -142,13 +142,9 @@ def test_tiny_and_huge_images_are_resized_keeping_aspect() -> None:
     assert (sliver.width, sliver.height) == (8, 2688)
 
 
-def test_limit_of_images_per_question_and_hash_identity() -> None:
+def test_the_same_bytes_are_the_same_image() -> None:
     data = encode(marked(), "PNG")
-    with pytest.raises(ImageRejected) as caught:
-        prepare_images([data] * 5, ImageLimits(), max_images=4)
-    assert caught.value.reason == "too_many_images"
-    first, second = prepare_images([data, data], ImageLimits(), max_images=4)
-    assert first.sha256 == second.sha256
+    assert prepare_image(data).sha256 == prepare_image(data).sha256 != prepare_image(encode(marked(), "JPEG")).sha256
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from bot import texts
+from bot.buttons import RETRY_CALLBACK
 from bot.commands import PERSONA_MAX_CHARS
-from bot.handlers import RETRY_CALLBACK
 from bot.history import ConversationKey
 from bot.reply_stream import CURSOR
 from model_store.store import ModelEntry, ModelStore

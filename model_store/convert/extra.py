@@ -1,9 +1,9 @@
 """Whether this install can convert checkpoints: the conversion extra is optional.
 
 A bot that serves an already converted model, or takes one with ``--from-ir``, never imports torch,
-transformers, optimum-intel or NNCF, so ``pip install phi3bot`` leaves them out (0.4 GB instead of 6.2 GB).
+transformers, optimum-intel or NNCF, so ``pip install phi3bot`` leaves them out (README, "Installing").
 Asking before a conversion starts turns a missing extra into one message that says what to install and what
-it weighs, instead of an ImportError from a child process, possibly after a 10 GB download.
+it weighs, instead of an ImportError from a child process, possibly after downloading the whole checkpoint.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from model_store.errors import MissingDependencyError
 
 CONVERSION_MODULES = ("torch", "torchvision", "transformers", "optimum.intel", "nncf")
 
-# Measured on top of `pip install phi3bot` (Python 3.11, Linux x86_64): 5.8 GB with PyPI's torch, a CUDA build;
-# about 1.2 GB with PyTorch's CPU wheels, estimated from the CPU wheel of torch 2.13.0 (see the README).
+# What the extra weighs is measured in the README ("Installing"); the hint repeats it for the person converting.
 INSTALL_HINT = (
     "Install it with `pip install 'phi3bot[convert]'`: about 1.2 GB with PyTorch's CPU wheels (add "
     "`--extra-index-url https://download.pytorch.org/whl/cpu`), 5.8 GB with the default Linux torch, which brings "

@@ -1,7 +1,7 @@
 """Disk and memory checks before a conversion starts, so it fails in a second instead of after an hour.
 
-The factors come from measurements on a full-size Phi-3.5-vision (4.15 B parameters, bf16): the export
-peaked at 10.6 GB of memory for 8.3 GB of weights, and an FP16 IR is as large as the bf16 checkpoint.
+The factors come from converting the full-size Phi-3.5-vision (``make bench-convert``; README, "Models"): the
+export's peak memory against its weights, and the size of each precision's IR against the bf16 checkpoint.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ from telegram.ext import Application
 
 from bot import texts
 from bot.app import build_application, setup, teardown
-from bot.handlers import RETRY_CALLBACK, Services
+from bot.buttons import RETRY_CALLBACK
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.reply_stream import CURSOR, STOP_CALLBACK
+from bot.services import Services
 from bot.settings import Settings, load_settings
 from tests.support.bot_api_server import FakeBotApi, SentMessage
 

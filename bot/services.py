@@ -1,0 +1,101 @@
+"""What the bot's handlers share, created at start-up: settings, history, access rules, the engine (which may
+arrive later, after /convert), the answers in progress, and the work the model does ahead of questions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.access import AccessPolicy, UserRateLimiter
+from bot.answers_in_progress import AnswersInProgress
+from bot.context_view import View, conversation_view
+from bot.history import ConversationKey, HistoryStore
+from bot.image_cache import PreparedImageCache
+from bot.media_reader import MediaReader
+from bot.reply_stream import Drafts
+from bot.settings import Settings
+from engine.engine import Engine
+from engine.images import PreparedImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the handlers need, created at start-up (the engine may arrive later, after /convert)."""
+
+    settings: Settings
+    history: HistoryStore
+    access: AccessPolicy
+    limiter: UserRateLimiter
+    engine: Engine | None = None
+    bot_username: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown (bot/app.py)
+    conversion: asyncio.Task[None] | None = None
+    answers: AnswersInProgress = field(default_factory=AnswersInProgress)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    images: PreparedImageCache = field(init=False)
+    media: MediaReader = field(init=False)  # reads PDFs and clips in a child process (bot/media_reader.py)
+    drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/reply_stream.py)
+
+    def __post_init__(self) -> None:
+        self.images = PreparedImageCache(self.settings.prepared_images_mb * 1024 * 1024)
+        self.media = MediaReader()
+        self.drafts = Drafts(self.settings.stream_drafts, self.settings.draft_interval_seconds)
+
+    def prepared(self, data: bytes, sha256: str) -> PreparedImage:
+        return self.images.get(data, sha256)
+
+    async def view(self, engine: Engine, key: ConversationKey, before: int | None = None) -> View:
+        """What the model sees of the conversation before its next question, or before message ``before``
+        (bot/context_view.py)."""
+        return await conversation_view(
+            self.history,
+            key,
+            budget=engine.history_tokens,
+            system_prompt=self.settings.system_prompt,
+            num_crops=engine.model.num_crops,
+            prepare=self.prepared,
+            before=before,
+        )
+
+    def prepare_soon(self, key: ConversationKey) -> None:
+        """Have the model read the conversation now, ahead of its next question, unless a question of it is
+        already in line (which reads it anyway)."""
+        engine = self.engine
+        if engine is not None and not self.answers.busy(key):
+            self._in_background(self._prepare(engine, key))
+
+    async def _prepare(self, engine: Engine, key: ConversationKey) -> None:
+        try:
+            view = await self.view(engine, key)
+            await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
+        except Exception:
+            log.exception("could not prepare the conversation in chat %s", key.chat_id)
+
+    def warm_up(self, since: float) -> None:
+        """After a start: the conversations active since ``since`` (a Unix time) are read again, the most
+        recent first, one after another, as long as they fit in the KV cache together."""
+        engine = self.engine
+        if engine is not None:
+            self._in_background(self._warm_up(engine, since))
+
+    async def _warm_up(self, engine: Engine, since: float) -> None:
+        room = engine.kv_cache_tokens * 3 // 4  # the rest for the questions that come meanwhile
+        for key in await self.history.recent_conversations(since):
+            view = await self.view(engine, key)
+            room -= view.tokens
+            if room < 0:
+                break
+            prepared = await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
+            log.info("warmed up chat %s in %.1f s (%d pieces)", key.chat_id, prepared.seconds, prepared.pieces)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
