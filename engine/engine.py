@@ -282,7 +282,8 @@ class Engine:
         first_text = together(batch, self.speed.batch_share)
         if first_text is None:
             return None
-        return Estimate(first_text, first_text + running.alone.whole - running.alone.first_text)
+        writing = (running.alone.whole - running.alone.first_text) * self.speed.batch_writing
+        return Estimate(first_text, first_text + writing)
 
     def _first_text_seconds(self, ticket: Ticket[Hashable, _Running]) -> float | None:
         """About how long until the first text for the request waiting with ``ticket``: the answers running
@@ -304,7 +305,8 @@ class Engine:
         if len(known) < len(waiting):
             return None
         place = everyone.index(ticket) - running
-        return first_text_in_line(left, known, place, self.queue.batch_max, self.speed.batch_share)
+        speed = self.speed
+        return first_text_in_line(left, known, place, self.queue.batch_max, speed.batch_share, speed.batch_writing)
 
     def _learn(self, question: Turn, finished: Finished) -> None:
         """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
@@ -382,8 +384,11 @@ class Engine:
         finished = self._finish(done, "".join(parts), running, started, ttft)
         if not batched:
             self._learn(question, finished)
-        elif running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
-            self.speed.record_batch(finished.ttft_seconds, running.batch)
+        else:
+            if running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
+                self.speed.record_batch(finished.ttft_seconds, running.batch)
+            if finished.tokens_per_second:
+                self.speed.record_batch_writing(finished.tokens_per_second)
         yield finished
 
     async def _live_model(self) -> LoadedModel:
