@@ -282,8 +282,7 @@ class Engine:
         first_text = together(batch, self.speed.batch_share)
         if first_text is None:
             return None
-        writing = (running.alone.whole - running.alone.first_text) * self.speed.batch_writing
-        return Estimate(first_text, first_text + writing)
+        return Estimate(first_text, first_text + running.alone.whole - running.alone.first_text)
 
     def _first_text_seconds(self, ticket: Ticket[Hashable, _Running]) -> float | None:
         """About how long until the first text for the request waiting with ``ticket``: the answers running
@@ -305,8 +304,7 @@ class Engine:
         if len(known) < len(waiting):
             return None
         place = everyone.index(ticket) - running
-        speed = self.speed
-        return first_text_in_line(left, known, place, self.queue.batch_max, speed.batch_share, speed.batch_writing)
+        return first_text_in_line(left, known, place, self.queue.batch_max, self.speed.batch_share)
 
     def _learn(self, question: Turn, finished: Finished) -> None:
         """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
@@ -384,11 +382,8 @@ class Engine:
         finished = self._finish(done, "".join(parts), running, started, ttft)
         if not batched:
             self._learn(question, finished)
-        else:
-            if running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
-                self.speed.record_batch(finished.ttft_seconds, running.batch)
-            if finished.tokens_per_second:
-                self.speed.record_batch_writing(finished.tokens_per_second)
+        elif running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
+            self.speed.record_batch(finished.ttft_seconds, running.batch)
         yield finished
 
     async def _live_model(self) -> LoadedModel:

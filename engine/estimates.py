@@ -3,8 +3,8 @@
 Why measured: the time to answer a new photo grows several times over from NUM_CROPS=4 to 16
 (benchmarks/crops_cost.py), and the CPU's vector instructions and its other load change it as much; a
 constant would be wrong everywhere but where it was measured.  Nothing numeric is known before the first
-answer; from then on every answer that ran alone (a batched answer's timings mix several conversations') refines the
-figures:
+answer; from then on every answer that ran alone (a batched answer's timings mix several conversations')
+refines the figures:
 
 * encoding photos: seconds per image token (the crops an image is cut into decide both), a running average;
 * reading the prompt: a straight line through the recent answers' (question tokens, seconds to first text
@@ -15,8 +15,7 @@ figures:
   ``max_new_tokens``;
 * batches: a batched answer's time to its first text against the sum of its batch's first texts alone, a
   running average (several photo questions batched start together, after most of that sum; a wait behind a
-  batch is unknown until one has been measured); and batched answers' writing speed, apart from the alone
-  one, because GenAI writes them another way (continuous batching's steps, not a chat's ``generate``).
+  batch is unknown until one has been measured).
 """
 
 from __future__ import annotations
@@ -65,7 +64,6 @@ class Speed:
         self.decode_tokens_per_second: float | None = None
         self.answer_tokens: float | None = None
         self.batch_share: float | None = None  # a batch's first texts, against reading its prompts one by one
-        self.batch_tokens_per_second: float | None = None  # writing, after the first token, of a batched answer
         self._reading: deque[tuple[float, float]] = deque(maxlen=READING_POINTS)  # (question tokens, seconds)
 
     def record_batch(self, first_text_seconds: float, batch: list[Estimate]) -> None:
@@ -74,16 +72,6 @@ class Speed:
         fixed = max((estimate.first_text - estimate.work for estimate in batch), default=0.0)
         if work > 0 and first_text_seconds > fixed:
             self.batch_share = _averaged(self.batch_share, (first_text_seconds - fixed) / work)
-
-    def record_batch_writing(self, tokens_per_second: float) -> None:
-        self.batch_tokens_per_second = _averaged(self.batch_tokens_per_second, tokens_per_second)
-
-    @property
-    def batch_writing(self) -> float:
-        """How long a batched answer takes to write against the same answer alone; 1 until both were measured."""
-        if self.batch_tokens_per_second is None or self.decode_tokens_per_second is None:
-            return 1.0
-        return self.decode_tokens_per_second / self.batch_tokens_per_second
 
     def record(self, sample: Sample) -> None:
         if sample.image_tokens > 0 and sample.vision_seconds > 0:
@@ -143,26 +131,19 @@ def together(batch: list[Estimate], share: float | None) -> float | None:
 
 
 def first_text_in_line(
-    running: list[float],
-    waiting: list[Estimate],
-    place: int,
-    batch_max: int,
-    share: float | None,
-    writing: float = 1.0,
+    running: list[float], waiting: list[Estimate], place: int, batch_max: int, share: float | None
 ) -> float | None:
     """Seconds until the request at ``waiting[place]`` shows its first text: what is left of the answers
     running now (they end together when batched), then the waves of ``batch_max`` before its own (each as
-    long as reading its prompts together and writing its longest answer, ``writing`` times as long as alone
-    when batched: ``Speed.batch_writing``), then its own wave's reading: once the line moves, up to
-    ``batch_max`` waiting requests are answered together, those behind it included.  None where a batch's
-    speed is not known yet."""
+    long as reading its prompts together and writing its longest answer), then its own wave's reading: once
+    the line moves, up to ``batch_max`` waiting requests are answered together, those behind it included.
+    None where a batch's speed is not known yet."""
     waves = [waiting[index : index + batch_max] for index in range(0, len(waiting), batch_max)]
     total = max(running, default=0.0)
     for wave in waves[: place // batch_max]:
         reading = together(wave, share)
         if reading is None:
             return None
-        longest = max(estimate.whole - estimate.first_text for estimate in wave)
-        total += reading + longest * (writing if len(wave) > 1 else 1.0)
+        total += reading + max(estimate.whole - estimate.first_text for estimate in wave)
     mine = together(waves[place // batch_max], share)
     return None if mine is None else total + mine

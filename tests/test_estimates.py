@@ -125,25 +125,6 @@ def test_a_wait_behind_a_batch_is_unknown_until_a_batch_was_measured() -> None:
     assert first_text_in_line([], [photo, photo], 1, 1, None) == pytest.approx(35.0)
 
 
-def test_batched_answers_are_written_at_the_speed_measured_for_batches() -> None:
-    speed = Speed()
-    assert speed.batch_writing == 1.0, "the alone speed until a batch was measured"
-    speed.record(Sample(20, 0, 1.0, 0.0, 0.0, 32, 8.0, True))
-    assert speed.batch_writing == 1.0
-    speed.record_batch_writing(10.0)
-    assert speed.batch_writing == pytest.approx(0.8)
-    speed.record_batch_writing(5.0)
-    assert speed.batch_writing == pytest.approx(8.0 / ((1 - SMOOTHING) * 10.0 + SMOOTHING * 5.0))
-
-
-def test_a_wave_of_several_is_written_at_the_batched_speed_and_a_wave_of_one_alone() -> None:
-    text = Estimate(1.0, 5.0, 0.2)  # four seconds of writing alone
-    four_then_me = first_text_in_line([], [text] * 5, 4, 4, 0.5, writing=0.75)
-    assert four_then_me == pytest.approx((0.8 + 0.5 * 0.8) + 4.0 * 0.75 + 1.0)
-    one_then_me = first_text_in_line([], [text] * 2, 1, 1, 0.5, writing=0.75)
-    assert one_then_me == pytest.approx(1.0 + 4.0 + 1.0)
-
-
 def test_the_batch_share_is_learned_from_batched_answers() -> None:
     speed = Speed()
     batch = [Estimate(15.0, 20.0, 14.5)] * 3
