@@ -8,7 +8,6 @@ question typed next starts like a follow-up; its Describe button asks for a desc
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -77,9 +76,10 @@ class Questions:
     async def _answer(self, messages: list[Message]) -> None:
         """One question (an album is several messages); refusals are answered and leave no trace in history."""
         first = next((m for m in messages if m.caption or m.text), messages[0])
-        if not self._for_the_bot(messages, first) or not await self._allowed(first):
+        user_id = first.from_user.id if first.from_user else None
+        if not self._for_the_bot(messages, first) or not await self._allowed(first, user_id):
             return
-        asked = self._asked(messages, first)
+        asked = self._asked(messages, first, user_id)
         if isinstance(asked, str):
             await reply(first, asked)
             return
@@ -99,7 +99,7 @@ class Questions:
                 self._limits(engine),
                 self.services.media,
             )
-            prepared = [await asyncio.to_thread(self.services.prepared, i.data, i.sha256) for i in material.images]
+            prepared = await self.services.prepared_all(material.images)
         except (IntakeError, ImageRejected) as error:
             await reply(first, str(error))
             return
@@ -116,8 +116,7 @@ class Questions:
             return False
         return not all(is_reaction(message) for message in messages)
 
-    async def _allowed(self, first: Message) -> bool:
-        user_id = first.from_user.id if first.from_user else None
+    async def _allowed(self, first: Message, user_id: int | None) -> bool:
         if self.services.access.may_ask(user_id, first.chat_id):
             return True
         log.info("refused user %s in chat %s: not on the allowlist", user_id, first.chat_id)
@@ -125,7 +124,7 @@ class Questions:
             await reply(first, texts.NOT_ALLOWED)
         return False
 
-    def _asked(self, messages: list[Message], first: Message) -> _Asked | str:
+    def _asked(self, messages: list[Message], first: Message, user_id: int | None) -> _Asked | str:
         """What is asked, or why it cannot be."""
         kind = unreadable(messages)
         if kind is not None:  # answered without it, the model would make up what the file says
@@ -141,7 +140,6 @@ class Questions:
         keep_for_later = sent_alone and not text and is_private(first)
         if self.services.answers.busy(key) and not keep_for_later:
             return texts.STILL_ANSWERING
-        user_id = first.from_user.id if first.from_user else None
         return _Asked(first, user_id, key, attachments, text, keep_for_later)
 
     async def _refusal(self, asked: _Asked, engine: Engine) -> str | None:

@@ -4,7 +4,6 @@ the history (a greedy model samples it from a new seed: engine/generation.py).""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from telegram import Message, Update
@@ -79,9 +78,7 @@ class Retries:
         if await may_ask_now(self.services, message, user_id) is None:
             return
         try:
-            images = [
-                await asyncio.to_thread(self.services.prepared, i.data, i.sha256) for i in exchange.question.images
-            ]
+            images = await self.services.prepared_all(exchange.question.images)
         except ImageRejected as error:
             await reply(message, str(error))
             return

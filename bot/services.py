@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.access import AccessPolicy, UserRateLimiter
 from bot.answers_in_progress import AnswersInProgress
 from bot.context_view import View, conversation_view
-from bot.history import ConversationKey, HistoryStore
+from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage
 from bot.image_cache import PreparedImageCache
 from bot.media_reader import MediaReader
 from bot.reply_stream import Drafts
@@ -50,6 +50,10 @@ class Services:
 
     def prepared(self, data: bytes, sha256: str) -> PreparedImage:
         return self.images.get(data, sha256)
+
+    async def prepared_all(self, images: Sequence[NewImage | StoredImage]) -> list[PreparedImage]:
+        """Decoded off the event loop (or found in the cache), in order; raises ImageRejected."""
+        return [await asyncio.to_thread(self.prepared, image.data, image.sha256) for image in images]
 
     async def view(self, engine: Engine, key: ConversationKey, before: int | None = None) -> View:
         """What the model sees of the conversation before its next question, or before message ``before``
