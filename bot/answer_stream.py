@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from bot import texts
 from bot.answers_in_progress import AnswerInProgress
 from bot.asking import Asking
-from bot.buttons import retry_keyboard
+from bot.buttons import retry_keyboard, stop_keyboard
 from bot.chat import is_private
 from bot.history import ConversationKey
 from bot.material import Material
@@ -56,13 +56,16 @@ class AnswerStream:
             interval=settings.edit_interval_seconds if private else settings.group_edit_interval_seconds,
             stopping=services.stopping,
             drafts=services.drafts if private else None,
+            stop_button=stop_keyboard(stored.answer_id),
         )
         self.text = ""
+        self._claimed: AnswerInProgress | None = None
 
     async def show(self, events: AsyncIterator[Event], claimed: AnswerInProgress) -> None:
         """``claimed`` is released once the model is done: the conversation may ask again while the final text
         is on its way to Telegram, which flood control may hold up for minutes."""
         history = self.services.history
+        self._claimed = claimed
         try:
             await self.stream.start(texts.PLACEHOLDER)
             finished = await self._follow(events)
@@ -111,13 +114,16 @@ class AnswerStream:
 
     async def _finish(self, text: str) -> None:
         footer = texts.footer(self.record.status, text, self.material.note)
-        await self.stream.finish(text, footer, retry_keyboard())
+        await self.stream.finish(text, footer, retry_keyboard(self.stored.answer_id))
         await self.services.history.settle(self.stored.answer_id)
 
     async def _cut_short(self, status: Status, *, show: bool) -> None:
         """The answer stops here and keeps what was written: shown with its footer where the chat can take it,
-        else only recorded."""
-        self.services.answers.stop(self.key)
+        else only recorded.  The model is stopped only while this answer still holds the conversation: once
+        released, the conversation's next answer may be running, and it is not this one's to stop."""
+        claimed = self._claimed
+        if claimed is not None and self.services.answers.holds(claimed):
+            claimed.stop()
         self.record.status = status
         if show:
             await self._finish(self.text)

@@ -1,24 +1,27 @@
-"""A question put to the model and its answer given: the conversation claimed, the model's view of it read, the
-engine asked (which refuses at once when its line is full), the exchange stored, and the answer streamed.
-Nothing is written to the history for a question that was refused.
+"""A question put to the model and its answer given: the conversation claimed (before anything is downloaded
+for the question), the model's view of it read, the engine asked (which refuses at once when its line is
+full), the exchange stored, and the answer streamed.  Nothing is written to the history for a question that
+was refused.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from telegram import Message
 from telegram.error import TelegramError
 
 from bot import texts
 from bot.answer_stream import AnswerStream, StoredExchange
-from bot.answers_in_progress import AnswerInProgress
+from bot.answers_in_progress import AnswerInProgress, Waits
 from bot.asking import Asking
-from bot.chat import reply
-from bot.history import Exchange
+from bot.chat import is_private, tell
+from bot.history import ConversationKey, Exchange
 from bot.services import Services
 from engine.engine import Engine, Event
 from engine.fair_queue import AlreadyQueued, QueueFull
@@ -26,32 +29,58 @@ from engine.fair_queue import AlreadyQueued, QueueFull
 log = logging.getLogger(__name__)
 
 
-async def ask(services: Services, asking: Asking) -> None:
+@asynccontextmanager
+async def conversation_turn(
+    services: Services, message: Message, asker: int, key: ConversationKey, *, keeping: bool = False
+) -> AsyncIterator[AnswerInProgress | None]:
+    """The conversation claimed for a question of ``asker`` (sent as ``message``) before anything is downloaded
+    or read for it, or None once the person was told why not.  In a group, someone asking while another
+    member's answer is written waits for the conversation and is told their place.  Released at the end of
+    the block (or earlier, once the model is done: bot/answer_stream.py); the model then reads the
+    conversation ahead of its next question, if it answered this one.  ``keeping``: a photo kept for the question
+    to come, which waits for the asker's own answer too."""
+    engine = services.engine
+    if engine is None:
+        await services.refusals.note(message, texts.NO_MODEL)
+        yield None
+        return
+    if services.stopping.is_set():  # a question that got this far during shutdown starts nothing
+        await services.refusals.note(message, texts.RESTARTING)
+        yield None
+        return
+    private = is_private(message)
+    waits: Waits = "always" if keeping else "never" if private else "behind_others"
+    waiting = None if private else functools.partial(_waiting, message)
+    async with services.answers.claim(key, asker, engine.cancel, waits=waits, waiting=waiting) as claim:
+        if isinstance(claim, str):
+            if claim != "withdrawn":  # a withdrawn question's /stop was answered already
+                await services.refusals.note(message, texts.NOT_CLAIMED[claim])
+            yield None
+            return
+        yield claim
+    if claim.answered:
+        services.prepare_soon(key)
+
+
+async def _waiting(message: Message, place: int) -> None:
+    await tell(message, texts.waiting_here(place), pace="now_or_never")
+
+
+async def answer(services: Services, asking: Asking, claimed: AnswerInProgress) -> None:
     """Put the question to the engine and stream its answer in reply to its message."""
+    engine = services.engine
+    if services.stopping.is_set() or engine is None:  # shutting down (or the model went) while it waited
+        await services.refusals.note(asking.message, texts.RESTARTING)
+        return
     try:
-        await _put(services, asking)
+        claimed.answered = await _answer(services, engine, asking, claimed)
     except sqlite3.Error as error:  # a full disk, a read-only volume: the model's slot is free already
         await storage_failed(asking.message, error)
 
 
 async def storage_failed(message: Message, error: sqlite3.Error) -> None:
     log.error("the history database failed in chat %s: %s", message.chat_id, error)
-    await reply(message, texts.NOT_STORED)
-
-
-async def _put(services: Services, asking: Asking) -> None:
-    if services.stopping.is_set():  # a question that got this far during shutdown starts nothing
-        await reply(asking.message, texts.RESTARTING)
-        return
-    engine = services.engine
-    assert engine is not None
-    with services.answers.claim(asking.key, asking.user_id, engine.cancel) as claimed:
-        if claimed is None:
-            await reply(asking.message, texts.STILL_ANSWERING)
-            return
-        answered = await _answer(services, engine, asking, claimed)
-    if answered:
-        services.prepare_soon(asking.key)  # the answer is read into the model's view before the next question
+    await tell(message, texts.NOT_STORED)
 
 
 async def _answer(services: Services, engine: Engine, asking: Asking, claimed: AnswerInProgress) -> bool:
@@ -59,20 +88,23 @@ async def _answer(services: Services, engine: Engine, asking: Asking, claimed: A
     retried = asking.retried
     view = await services.view(engine, asking.key, before=retried.question.id if retried else None)
     seed = secrets.randbelow(2**31) if retried else None
-    events = engine.ask(asking.key, view.turns, asking.question, system_prompt=view.system_prompt, seed=seed)
+    events = engine.ask(
+        asking.key, view.turns, asking.question, system_prompt=view.system_prompt, seed=seed, asker=asking.asker
+    )
     try:
         try:
             first = await anext(events)
         except AlreadyQueued:  # the engine still answers this conversation under its new id (a group upgrade)
-            await reply(asking.message, texts.STILL_ANSWERING)
+            await services.refusals.note(asking.message, texts.STILL_ANSWERING)
             return False
         except QueueFull:
-            await reply(asking.message, texts.BUSY)
+            await services.refusals.note(asking.message, texts.BUSY)
             return False
         stored = await _store(services, asking)
         if stored is None:
             return False
         exchange, reply_to = stored
+        claimed.answer_id = exchange.answer_id
         await AnswerStream(services, asking, exchange, reply_to).show(_resumed(first, events), claimed)
         return True
     finally:
@@ -89,12 +121,12 @@ async def _store(services: Services, asking: Asking) -> tuple[StoredExchange, in
             asking.question.text,
             images=asking.material.images,
             telegram_message_id=asking.telegram_message_id,
-            user_id=asking.user_id,
+            user_id=asking.asker,
         )
         return StoredExchange(question_id, answer_id), message.message_id
     answer_id = await history.replace_answer(retried)
     if answer_id is None:
-        await reply(message, texts.ONLY_LATEST)
+        await services.refusals.note(message, texts.ONLY_LATEST)
         return None
     await _unbutton(message, retried)
     # in reply to the question, or else (a Describe button's question is no message) to the old answer
@@ -108,7 +140,10 @@ async def _unbutton(message: Message, exchange: Exchange) -> None:
         return
     try:
         await message.get_bot().edit_message_reply_markup(
-            message.chat_id, exchange.answer.telegram_message_ids[-1], reply_markup=None
+            message.chat_id,
+            exchange.answer.telegram_message_ids[-1],
+            reply_markup=None,
+            rate_limit_args="now_or_never",  # type: ignore[call-arg]
         )
     except TelegramError as error:
         log.info("could not remove the Retry button in chat %s: %s", message.chat_id, error)

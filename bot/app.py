@@ -1,8 +1,9 @@
 """The Telegram application: wiring, start-up and shutdown, long polling or a webhook.
 
-Updates are processed concurrently (one slow answer must not hold up other chats); python-telegram-bot's
-AIORateLimiter spaces requests within Telegram's global and per-group limits, while flood-control errors
-(429) come back to the streaming code, which knows whether a message can wait.
+Updates are processed concurrently (one slow answer must not hold up other chats), each first through the
+gate (bot/gate.py); the bot's rate limiter (bot/pace.py) spaces requests within Telegram's global and
+per-group limits and lets each request say whether it may wait, while flood-control errors (429) come back to
+the streaming code, which knows whether a message can wait.
 """
 
 from __future__ import annotations
@@ -16,28 +17,31 @@ import time
 from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
-from telegram.error import RetryAfter, TelegramError
+from telegram.error import TelegramError
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
+    ChatMemberHandler,
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
-from bot import texts
+from bot import buttons, texts
 from bot.access import AccessPolicy, UserRateLimiter
-from bot.buttons import DESCRIBE_CALLBACKS, RETRY_CALLBACK
-from bot.commands import CONFIRM_CALLBACK, Commands
+from bot.chat import tell
+from bot.commands import Commands, unknown_command
+from bot.gate import Gate
 from bot.group_upgrades import GroupUpgrades
 from bot.health import HeartbeatFile
 from bot.history import HistoryError, HistoryStore
+from bot.membership import Membership
+from bot.pace import Pacer
 from bot.questions import Questions
 from bot.recovery import finish_interrupted
-from bot.reply_stream import STOP_CALLBACK
 from bot.retry import Retries
 from bot.runtime import build_engine
 from bot.services import Services
@@ -83,26 +87,14 @@ def install_redaction(*secrets: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-class _HandledFloodControl(logging.Filter):
-    """python-telegram-bot's rate limiter, allowed no retries, logs every 429 as an error before raising it; the
-    bot handles each one and logs a storm once (bot/reply_stream.py)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], RetryAfter))
-
-
-_handled_flood_control = _HandledFloodControl()
-
-
 def build_application(settings: Settings, *, handle_signals: bool = False) -> Application:
     """``handle_signals``: SIGTERM and SIGINT stop running answers first (their text is kept), so shutdown
     takes seconds instead of waiting for every answer to finish; off in tests, which own the signals."""
     assert settings.telegram_bot_token is not None
-    logging.getLogger("telegram.ext.AIORateLimiter").addFilter(_handled_flood_control)
     builder = (
         ApplicationBuilder()
         .token(settings.telegram_bot_token.get_secret_value())
-        .rate_limiter(AIORateLimiter(max_retries=0))
+        .rate_limiter(Pacer())
         .concurrent_updates(64)
         .post_init(setup_with_signals if handle_signals else setup)
         .post_shutdown(teardown)
@@ -165,6 +157,9 @@ def _stop(application: Application, signum: int) -> None:
     if services is not None:
         services.stopping.set()
         services.media.stop()
+    pacer = application.bot.rate_limiter
+    if isinstance(pacer, Pacer):  # nothing waits for Telegram's rate limit any more: it is shown at the next start
+        pacer.stop()
     stopped = services.engine.cancel_all() if services is not None and services.engine is not None else 0
     log.info("%s: stopping %d running answers and shutting down", signal.Signals(signum).name, stopped)
     application.stop_running()
@@ -191,10 +186,12 @@ async def teardown(application: Application) -> None:
 
 
 def register_handlers(application: Application, services: Services) -> None:
-    """Only new messages count: an edited caption or an edited old /convert is not a new request."""
+    """The gate first, for every update (group -1); then only new messages count: an edited caption or an edited
+    old /convert is not a new request.  Every button press gets an answer, an unknown one "expired"."""
     commands = Commands(services)
     questions, retries, upgrades = Questions(services), Retries(services), GroupUpgrades(services)
     new = filters.UpdateType.MESSAGE
+    application.add_handler(TypeHandler(Update, Gate(services).check), group=-1)
     application.add_handler(CommandHandler(["start", "help"], commands.help, filters=new))
     application.add_handler(CommandHandler("reset", commands.reset, filters=new))
     application.add_handler(CommandHandler("stop", commands.stop, filters=new))
@@ -203,20 +200,27 @@ def register_handlers(application: Application, services: Services) -> None:
     application.add_handler(CommandHandler("retry", retries.retry_command, filters=new))
     application.add_handler(CommandHandler("stats", commands.stats, filters=new))
     application.add_handler(CommandHandler("convert", commands.convert, filters=new))
-    application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=f"^{STOP_CALLBACK}$"))
-    application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=f"^{CONFIRM_CALLBACK}:(yes|no):"))
-    application.add_handler(
-        CallbackQueryHandler(questions.describe_button, pattern=f"^({'|'.join(DESCRIBE_CALLBACKS.values())})$")
-    )
-    application.add_handler(CallbackQueryHandler(retries.retry_button, pattern=f"^{RETRY_CALLBACK}$"))
+    application.add_handler(MessageHandler(new & filters.COMMAND, unknown_command))
+    application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=buttons.STOP))
+    application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=buttons.CONFIRM))
+    application.add_handler(CallbackQueryHandler(questions.describe_button, pattern=buttons.DESCRIBE))
+    application.add_handler(CallbackQueryHandler(retries.retry_button, pattern=buttons.RETRY))
+    application.add_handler(CallbackQueryHandler(_expired))
+    application.add_handler(ChatMemberHandler(Membership(services).on_my_chat_member))
     application.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, upgrades.on_migration))
     application.add_handler(MessageHandler(new & ~filters.COMMAND & ~filters.StatusUpdate.ALL, questions.on_message))
     application.add_error_handler(on_error)
 
 
+async def _expired(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button whose data no handler knows (a button of an older release, say): its press is still answered."""
+    if update.callback_query is not None:
+        await update.callback_query.answer(texts.BUTTON_EXPIRED)
+
+
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Whatever a handler did not catch: logged (the log filter keeps secrets out), and the person whose update
-    it was is told, so nobody waits for an answer that is not coming."""
+    it was is told if Telegram's rate limit has room, so nobody waits for an answer that is not coming."""
     log.error("handling an update failed", exc_info=context.error)
     if not isinstance(update, Update):
         return
@@ -224,7 +228,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         if update.callback_query is not None:
             await update.callback_query.answer(texts.FAILED)
         elif update.effective_message is not None:
-            await update.effective_message.reply_text(texts.FAILED)
+            await tell(update.effective_message, texts.FAILED, pace="now_or_never")
     except TelegramError as error:
         log.info("could not say that handling an update failed: %s", error)
 

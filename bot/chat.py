@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from telegram import InlineKeyboardMarkup, Message
+from telegram import InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatType
 from telegram.error import TelegramError
 
 from bot.history import ConversationKey
+from bot.pace import Pace, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,41 @@ def is_private(message: Message) -> bool:
     return message.chat.type == ChatType.PRIVATE
 
 
-async def reply(message: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> None:
-    """Best effort, quoting the message in groups so it is clear whom the bot answers."""
+async def reply(
+    message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, pace: Pace = "wait"
+) -> Message:
+    """In the message's chat and forum topic, quoting it in groups so it is clear whom the bot answers; ``pace``:
+    whether it may wait for Telegram's rate limit (bot/pace.py).  Raises TelegramError."""
+    quoted = None if is_private(message) else ReplyParameters(message.message_id, allow_sending_without_reply=True)
+    return await message.get_bot().send_message(
+        message.chat_id,
+        text,
+        reply_markup=markup,
+        reply_parameters=quoted,
+        message_thread_id=message.message_thread_id if message.is_topic_message else None,
+        rate_limit_args=pace,  # type: ignore[call-arg]
+    )
+
+
+async def tell(message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, pace: Pace = "wait") -> None:
+    """``reply``, best effort: a chat that cannot be told now is logged, not raised."""
     try:
-        await message.reply_text(text, do_quote=not is_private(message), reply_markup=markup)
+        await reply(message, text, markup, pace=pace)
+    except Skipped:
+        log.debug("not sent in chat %s: its rate limit is spent", message.chat_id)
     except TelegramError as error:
         log.info("could not reply in chat %s: %s", message.chat_id, error)
+
+
+async def unbutton(message: Message) -> None:
+    """Best effort, when the chat's rate limit has room: a button that did its work, or can no longer do it,
+    goes."""
+    try:
+        await message.get_bot().edit_message_reply_markup(
+            message.chat_id,
+            message.message_id,
+            reply_markup=None,
+            rate_limit_args="now_or_never",  # type: ignore[call-arg]
+        )
+    except TelegramError as error:
+        log.info("could not remove a button in chat %s: %s", message.chat_id, error)

@@ -1,4 +1,5 @@
-"""Slash commands and the Stop button: help, reset, stop, model info, and the admin's convert and stats."""
+"""Slash commands and the Stop button: help, reset, stop, model info, and the admin's convert and stats; and a
+hint for a command the bot does not know."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachetools import TTLCache
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
-from telegram.constants import ChatMemberStatus
+from telegram import Message, Update
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.chat import conversation_key, is_private
+from bot.access import Sender, sender_for
+from bot.buttons import confirm_keyboard
+from bot.chat import conversation_key, is_private, reply, tell, unbutton
 from bot.history import ConversationKey
 from bot.runtime import build_engine, load_and_swap
 from bot.services import Services
@@ -31,8 +33,6 @@ from model_store.store import ModelEntry, ModelStore
 log = logging.getLogger(__name__)
 
 PROGRESS_EDIT_SECONDS = 3.0
-# "convert:yes:<id>" and "convert:no:<id>", the buttons under the question whether to run a repository's code
-CONFIRM_CALLBACK = "convert"
 PERSONA_MAX_CHARS = 1000  # a system prompt this long still leaves most of the context to the conversation
 CONFIRM_SECONDS = 15 * 60  # a question left unanswered longer is asked again: the repository may have changed
 
@@ -43,11 +43,13 @@ class _Confirmation:
 
     pinned: hub.Snapshot
     precision: str
+    chat_id: int  # the message that asks, and whose buttons answer
+    message_id: int
 
 
 class Commands:
-    """Every command first checks the allowlists the way questions do: someone not allowed is told so in a
-    private chat and ignored in a group (a group need not hear about each member's access)."""
+    """The gate (bot/gate.py) let the command in: its sender may use the bot here and is not asking too fast.
+    Refusals beyond that (not an admin, not the asker) are said once in a while at most (bot/refusals.py)."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -57,62 +59,48 @@ class Commands:
         user = update.effective_user
         return self.services.access.is_admin(user.id if user else None)
 
-    async def _allowed(self, update: Update) -> Message | None:
-        """The command's message if its sender may use the bot here; None once a refusal is dealt with."""
-        message = update.effective_message
-        if message is None:
+    async def _for_admins(self, update: Update) -> tuple[Message, Sender] | None:
+        message, sender = update.effective_message, sender_for(update)
+        if message is None or sender is None:
             return None
-        user_id = update.effective_user.id if update.effective_user else None
-        if self.services.access.may_ask(user_id, message.chat_id):
-            return message
-        log.info("refused %r from user %s in chat %s: not on the allowlist", message.text, user_id, message.chat_id)
-        if is_private(message):
-            await message.reply_text(texts.NOT_ALLOWED)
-        return None
-
-    async def _for_admins(self, update: Update) -> Message | None:
-        message = await self._allowed(update)
-        if message is not None and not self._admin(update):
-            user_id = update.effective_user.id if update.effective_user else None
-            log.info("refused %r from user %s in chat %s: not an admin", message.text, user_id, message.chat_id)
-            await message.reply_text(texts.ADMINS_ONLY)
+        if not self.services.access.is_admin(sender.user_id):
+            log.info("refused an admin command from sender %s in chat %s: not an admin", sender.id, message.chat_id)
+            await self.services.refusals.say(message, sender.id, texts.ADMINS_ONLY)
             return None
-        return message
+        return message, sender
 
-    def _may_stop(self, update: Update, key: ConversationKey) -> bool:
-        """The person who asked and the bot's admins may stop an answer, with /stop as with the Stop button."""
-        user = update.effective_user
-        return self.services.answers.may_stop(key, user.id if user else None, self._admin(update))
-
-    async def _may_manage(self, update: Update, message: Message) -> bool:
-        """A group's conversation belongs to all its members: its Telegram administrators (asked of Telegram
-        each time, so a demotion counts at once) and the bot's admins may wipe it or change its persona; in a
-        private chat, the user."""
-        if is_private(message) or self._admin(update):
+    async def _administers(self, message: Message, sender: Sender) -> bool:
+        """The bot's admins; in a private chat its user; in a group its Telegram administrators (an anonymous
+        one writes as the group), asked of Telegram at most once a minute (bot/access.py)."""
+        if is_private(message) or self.services.access.is_admin(sender.user_id) or sender.group_admin:
             return True
-        if message.sender_chat is not None and message.sender_chat.id == message.chat_id:
-            return True  # an anonymous administrator, writing as the group itself
-        user = update.effective_user
-        if user is None:
+        if sender.user_id is None:
             return False
-        try:
-            member = await message.chat.get_member(user.id)
-        except TelegramError as error:
-            log.info("could not ask whether user %s administers chat %s: %s", user.id, message.chat_id, error)
-            return False
-        return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
+        return await self.services.group_admins.administers(message.get_bot(), message.chat_id, sender.user_id)
+
+    async def _may_stop(self, message: Message, sender: Sender, key: ConversationKey) -> bool:
+        """The person who asked, the bot's admins and, in a group, its administrators may stop an answer."""
+        answers = self.services.answers
+        if answers.may_stop(key, sender.id, self.services.access.is_admin(sender.user_id)):
+            return True
+        return not is_private(message) and await self._administers(message, sender)
 
     async def help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = await self._allowed(update)
-        if message is not None:
-            await message.reply_text(texts.HELP + (texts.ADMIN_HELP if self._admin(update) else ""))
-
-    async def reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = await self._allowed(update)
+        message = update.effective_message
         if message is None:
             return
-        if not await self._may_manage(update, message):
-            await message.reply_text(texts.GROUP_ADMINS_ONLY)
+        engine = self.services.engine
+        running = (engine.model.entry.source, engine.model.device) if engine is not None else None
+        if running is not None and not self._admin(update):
+            running = (_model_name(engine.model.entry, admin=False), running[1])  # type: ignore[union-attr]
+        await reply(message, texts.help_text(running, admin=self._admin(update)))
+
+    async def reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, sender = update.effective_message, sender_for(update)
+        if message is None or sender is None:
+            return
+        if not await self._administers(message, sender):
+            await self.services.refusals.say(message, sender.id, texts.GROUP_ADMINS_ONLY)
             return
         key = conversation_key(message)
         self.services.answers.stop(key)
@@ -122,63 +110,74 @@ class Commands:
         removed = await history.reset(key)
         log.info("chat %s reset (%d messages)", message.chat_id, removed)
         kept = await history.persona(key) is not None
-        await message.reply_text(texts.RESET_DONE + (texts.PERSONA_KEPT if kept else ""))
+        await reply(message, texts.RESET_DONE + (texts.PERSONA_KEPT if kept else ""))
 
     async def persona(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/persona shows the conversation's system prompt, /persona TEXT sets it, /persona reset returns it to
         SYSTEM_PROMPT.  The conversation itself stays: the model reads it anew after the new persona."""
-        message = await self._allowed(update)
-        if message is None:
+        message, sender = update.effective_message, sender_for(update)
+        if message is None or sender is None:
             return
         key = conversation_key(message)
         history = self.services.history
         text = _command_argument(message.text or "")
         if not text:
-            await message.reply_text(
-                texts.persona_shown(await history.persona(key), self.services.settings.system_prompt)
-            )
+            await reply(message, texts.persona_shown(await history.persona(key), self.services.settings.system_prompt))
             return
-        if not await self._may_manage(update, message):
-            await message.reply_text(texts.PERSONA_ADMINS_ONLY)
+        if not await self._administers(message, sender):
+            await self.services.refusals.say(message, sender.id, texts.PERSONA_ADMINS_ONLY)
             return
         if len(text) > PERSONA_MAX_CHARS:
-            await message.reply_text(texts.persona_too_long(len(text), PERSONA_MAX_CHARS))
+            await reply(message, texts.persona_too_long(len(text), PERSONA_MAX_CHARS))
             return
         reset = text.lower() == "reset"
         await history.set_persona(key, None if reset else text)
         log.info("chat %s: persona %s", message.chat_id, "reset" if reset else f"set ({len(text)} characters)")
         self.services.prepare_soon(key)
-        await message.reply_text(texts.PERSONA_RESET if reset else texts.PERSONA_SET)
+        await reply(message, texts.PERSONA_RESET if reset else texts.PERSONA_SET)
 
     async def stop(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = await self._allowed(update)
-        if message is None:
+        """Its acknowledgement goes before anything waiting for the chat's rate limit (bot/pace.py): the person
+        is waiting for it, and the streaming edits it would queue behind are worth less."""
+        message, sender = update.effective_message, sender_for(update)
+        if message is None or sender is None:
             return
         key = conversation_key(message)
-        if not self._may_stop(update, key):
-            await message.reply_text(texts.ASKER_ONLY)
+        answers = self.services.answers
+        if answers.withdraw(key, sender.id):  # their question was still waiting for the conversation
+            await tell(message, texts.STOPPING, pace="first")
             return
-        stopped = self.services.answers.stop(key)
-        await message.reply_text(texts.STOPPING if stopped else texts.NOTHING_TO_STOP)
+        if not await self._may_stop(message, sender, key):
+            await self.services.refusals.say(message, sender.id, texts.ASKER_ONLY)
+            return
+        if answers.stop(key):
+            await tell(message, texts.STOPPING, pace="first")
+        else:
+            await self.services.refusals.note(message, texts.NOTHING_TO_STOP)
 
     async def stop_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        query = update.callback_query
-        if query is None or query.message is None or not isinstance(query.message, Message):
+        """The Stop button names its answer: it stops that one, never another answer the chat runs later."""
+        query, sender = update.callback_query, sender_for(update)
+        if query is None or not isinstance(query.message, Message) or sender is None or not context.matches:
             return
-        key = conversation_key(query.message)
-        if not self._may_stop(update, key):
-            await query.answer(texts.ASKER_ONLY)
+        message = query.message
+        key = conversation_key(message)
+        if not await self._may_stop(message, sender, key):
+            await self.services.refusals.answer(query, texts.ASKER_ONLY)
             return
-        stopped = self.services.answers.stop(key)
-        await query.answer(texts.STOPPING if stopped else texts.NOTHING_TO_STOP)
+        if self.services.answers.stop(key, answer_id=int(context.matches[0].group(1))):
+            await query.answer(texts.STOPPING)
+            return
+        await self.services.refusals.answer(query, texts.BUTTON_EXPIRED)
+        await unbutton(message)  # a Stop button with no answer behind it
 
     async def model(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = await self._allowed(update)
+        message = update.effective_message
         if message is None:
             return
         engine = self.services.engine
         if engine is None:
-            await message.reply_text(texts.NO_MODEL)
+            await reply(message, texts.NO_MODEL)
             return
         entry = engine.model.entry
         lines = [
@@ -188,12 +187,13 @@ class Commands:
             f"Device: {engine.model.device}",
             f"Queue: {engine.queue.running} answering, {engine.queue.waiting} waiting",
         ]
-        await message.reply_text("\n".join(lines))
+        await reply(message, "\n".join(lines))
 
     async def stats(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = await self._for_admins(update)
-        if message is None:
+        admitted = await self._for_admins(update)
+        if admitted is None:
             return
+        message, _ = admitted
         history = await self.services.history.stats()
         lines = [f"Uptime: {format_elapsed(time.monotonic() - self.services.started_at)}"]
         engine = self.services.engine
@@ -205,18 +205,24 @@ class Commands:
                 f"Queue: {engine.queue.running} answering, {engine.queue.waiting} waiting, "
                 f"{engine.queue.served} served",
             ]
+        refused = self.services.refusals.counts
+        lines.append(
+            f"Refusals: {refused.sent} sent, {refused.repeated} not repeated, {refused.dropped} dropped for "
+            "Telegram's rate limit"
+        )
         lines.append(
             f"History: {history.conversations} chats, {history.messages} messages, {history.images} images, "
             f"{history.database_bytes / 1e6:.1f} MB"
         )
-        await message.reply_text("\n".join(lines))
+        await reply(message, "\n".join(lines))
 
     # --- conversion ----------------------------------------------------------------------------------------
 
     async def convert(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = await self._for_admins(update)
-        if message is None:
+        admitted = await self._for_admins(update)
+        if admitted is None:
             return
+        message, _ = admitted
         if self._converting():
             await message.reply_text(texts.CONVERSION_RUNNING)
             return
@@ -248,35 +254,34 @@ class Commands:
         return self.services.conversion is not None and not self.services.conversion.done()
 
     async def _ask_to_trust(self, message: Message, pinned: hub.Snapshot, precision: str) -> None:
+        """The question names its ticket, and the ticket the message that asks it: a press counts only there."""
         ticket = secrets.token_urlsafe(8)
-        self._confirmations[ticket] = _Confirmation(pinned, precision)
-        buttons = [
-            [
-                InlineKeyboardButton(
-                    texts.trust_button(pinned.repo_id, pinned.revision),
-                    callback_data=f"{CONFIRM_CALLBACK}:yes:{ticket}",
-                )
-            ],
-            [InlineKeyboardButton("Cancel", callback_data=f"{CONFIRM_CALLBACK}:no:{ticket}")],
-        ]
-        await message.reply_text(
+        asked = await message.reply_text(
             texts.trust_remote_code(pinned.repo_id, pinned.revision),
-            reply_markup=InlineKeyboardMarkup(buttons),
+            reply_markup=confirm_keyboard(ticket, pinned.repo_id, pinned.revision),
             do_quote=not is_private(message),
             disable_web_page_preview=True,
         )
+        self._confirmations[ticket] = _Confirmation(pinned, precision, asked.chat_id, asked.message_id)
 
     async def confirm_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """An admin's answer to whether a repository's code may run; the question's message then shows the
         conversion's progress."""
         query = update.callback_query
-        if query is None or not isinstance(query.message, Message) or query.data is None:
+        if query is None or not isinstance(query.message, Message) or not context.matches:
             return
         if not self._admin(update):
-            await query.answer(texts.ADMINS_ONLY)
+            await self.services.refusals.answer(query, texts.ADMINS_ONLY)
             return
-        _, choice, ticket = query.data.split(":", 2)
-        confirmation = self._confirmations.pop(ticket, None)
+        choice, ticket = context.matches[0].group(1), context.matches[0].group(2)
+        confirmation = self._confirmations.get(ticket)
+        if confirmation is None or (confirmation.chat_id, confirmation.message_id) != (
+            query.message.chat_id,
+            query.message.message_id,
+        ):
+            confirmation = None  # unknown, expired, or another message's ticket: this message's question expired
+        else:
+            del self._confirmations[ticket]
         if confirmation is None or choice != "yes":
             await query.answer()
             await query.message.edit_text(
@@ -364,3 +369,10 @@ def _model_name(entry: ModelEntry, admin: bool) -> str:
     """A model converted from a directory is named by its path on this server, which only admins see."""
     path = Path(entry.source)
     return entry.source if admin or not path.is_absolute() else f"{path.name} (converted from a local directory)"
+
+
+async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """In a private chat only: in a group the command may be another bot's."""
+    message = update.effective_message
+    if message is not None and is_private(message):
+        await tell(message, texts.UNKNOWN_COMMAND, pace="now_or_never")

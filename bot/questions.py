@@ -11,21 +11,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass
+from typing import cast
 
 from telegram import Message, Update
-from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.addressing import addressed, is_reaction, mentions, question_text
+from bot.access import Sender, sender_of
+from bot.addressing import addressed, is_reaction, question_text
 from bot.albums import AlbumCollector
-from bot.answering import ask, storage_failed
+from bot.answering import answer, conversation_turn, storage_failed
 from bot.asking import Asking
-from bot.buttons import describe_keyboard, described
-from bot.chat import conversation_key, is_private, reply
+from bot.buttons import describe_keyboard
+from bot.chat import conversation_key, is_private, tell, unbutton
 from bot.history import ConversationKey
 from bot.intake import Attachment, IntakeError, MediaLimits, attachments_in, gather, unreadable
-from bot.material import Material, ask_about, unseen_pages
+from bot.material import Kind, Material, ask_about, unseen_pages
 from bot.pages import names_pages
 from bot.services import Services
 from engine.context_policy import estimate_tokens
@@ -41,32 +42,24 @@ class _Asked:
     """What a message (or an album) asks, before anything is downloaded."""
 
     first: Message  # the one with the caption or text, which the answer replies to
-    user_id: int | None
+    sender: Sender
     key: ConversationKey
     attachments: list[Attachment]
     text: str
     keep_for_later: bool  # a photo, PDF or clip sent alone in a private chat: kept for the question to come
 
 
-async def may_ask_now(services: Services, message: Message, user_id: int | None) -> Engine | None:
-    """The engine, if this user may put a question to it in this chat now; otherwise the reason is told."""
-    if services.engine is None:
-        await reply(message, texts.NO_MODEL)
-        return None
-    if user_id is not None and not services.access.is_admin(user_id) and not await services.limiter.allow(user_id):
-        await reply(message, texts.TOO_FAST)
-        return None
-    return services.engine
-
-
 class Questions:
+    """The gate (bot/gate.py) has let the message in: its sender may use the bot here and is not asking too
+    fast.  Every other refusal is said once in a while at most (bot/refusals.py) and costs no wait."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
         self.albums = AlbumCollector(self._answer)
 
     async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        if message is None or message.from_user is None or message.from_user.is_bot:
+        if message is None or sender_of(message) is None:
             return
         if message.media_group_id:
             self.albums.add(message)
@@ -76,38 +69,42 @@ class Questions:
     async def _answer(self, messages: list[Message]) -> None:
         """One question (an album is several messages); refusals are answered and leave no trace in history."""
         first = next((m for m in messages if m.caption or m.text), messages[0])
-        user_id = first.from_user.id if first.from_user else None
-        if not self._for_the_bot(messages, first) or not await self._allowed(first, user_id):
+        sender = sender_of(first)
+        if sender is None or not self._for_the_bot(messages, first):
             return
-        asked = self._asked(messages, first, user_id)
+        asked = self._asked(messages, first, sender)
         if isinstance(asked, str):
-            await reply(first, asked)
+            await self.services.refusals.note(first, asked)
             return
-        engine = await may_ask_now(self.services, first, asked.user_id)
-        if engine is None:
-            return
-        refusal = await self._refusal(asked, engine)
+        engine = self.services.engine
+        refusal = await self._refusal(asked, engine) if engine is not None else None
         if refusal is not None:
-            await reply(first, refusal)
+            await self.services.refusals.note(first, refusal)
             return
-        try:
-            material = await gather(
-                first.get_bot(),
-                self.services.history,
-                asked.attachments,
-                asked.text,
-                self._limits(engine),
-                self.services.media,
-            )
-            prepared = await self.services.prepared_all(material.images)
-        except (IntakeError, ImageRejected) as error:
-            await reply(first, str(error))
-            return
-        if asked.keep_for_later:
-            await self._keep(asked, engine, material, prepared)
-            return
-        question = Turn("user", material.told(asked.text or material.asks), tuple(prepared))
-        await ask(self.services, Asking(first, asked.key, asked.user_id, question, material, first.message_id))
+        keeping = asked.keep_for_later
+        async with conversation_turn(self.services, first, sender.id, asked.key, keeping=keeping) as claimed:
+            if claimed is None or self.services.engine is None:
+                return
+            engine = self.services.engine
+            try:
+                material = await gather(
+                    first.get_bot(),
+                    self.services.history,
+                    asked.attachments,
+                    asked.text,
+                    self._limits(engine),
+                    self.services.media,
+                )
+                prepared = await self.services.prepared_all(material.images)
+            except (IntakeError, ImageRejected) as error:
+                await tell(first, str(error))
+                return
+            if keeping:
+                claimed.answered = await self._keep(asked, engine, material, prepared)
+                return
+            question = Turn("user", material.told(asked.text or material.asks), tuple(prepared))
+            asking = Asking(first, asked.key, sender.id, question, material, first.message_id)
+            await answer(self.services, asking, claimed)
 
     def _for_the_bot(self, messages: list[Message], first: Message) -> bool:
         """In groups, messages that address the bot; never stickers and GIFs sent as reactions."""
@@ -116,15 +113,7 @@ class Questions:
             return False
         return not all(is_reaction(message) for message in messages)
 
-    async def _allowed(self, first: Message, user_id: int | None) -> bool:
-        if self.services.access.may_ask(user_id, first.chat_id):
-            return True
-        log.info("refused user %s in chat %s: not on the allowlist", user_id, first.chat_id)
-        if is_private(first) or mentions(first, self.services.bot_username):
-            await reply(first, texts.NOT_ALLOWED)
-        return False
-
-    def _asked(self, messages: list[Message], first: Message, user_id: int | None) -> _Asked | str:
+    def _asked(self, messages: list[Message], first: Message, sender: Sender) -> _Asked | str:
         """What is asked, or why it cannot be."""
         kind = unreadable(messages)
         if kind is not None:  # answered without it, the model would make up what the file says
@@ -136,16 +125,13 @@ class Questions:
         text = question_text(first, self.services.bot_username)
         if not attachments and not text:
             return texts.EMPTY
-        key = conversation_key(first)
         keep_for_later = sent_alone and not text and is_private(first)
-        if self.services.answers.busy(key) and not keep_for_later:
-            return texts.STILL_ANSWERING
-        return _Asked(first, user_id, key, attachments, text, keep_for_later)
+        return _Asked(first, sender, conversation_key(first), attachments, text, keep_for_later)
 
     async def _refusal(self, asked: _Asked, engine: Engine) -> str | None:
         limit = self.services.settings.max_images_per_turn
         if len(asked.attachments) > limit:
-            return f"I can look at up to {limit} images per question; you sent {len(asked.attachments)}."
+            return texts.too_many_images(limit, len(asked.attachments))
         if not asked.attachments and names_pages(asked.text):  # the model would answer about pages it cannot see
             return unseen_pages(asked.text, (await self.services.view(engine, asked.key)).turns)
         return None
@@ -163,7 +149,9 @@ class Questions:
             max_images=max(1, engine.history_tokens * 2 // 3 // per_image),
         )
 
-    async def _keep(self, asked: _Asked, engine: Engine, material: Material, prepared: list[PreparedImage]) -> None:
+    async def _keep(self, asked: _Asked, engine: Engine, material: Material, prepared: list[PreparedImage]) -> bool:
+        """Stored for the question to come, and read by the model right away (once the claim is released);
+        False when it could not be stored."""
         tokens = estimate_tokens(
             material.context, [image_tokens(i.width, i.height, engine.model.num_crops) for i in prepared]
         )
@@ -173,34 +161,35 @@ class Questions:
                 material.context,
                 images=material.images,
                 telegram_message_id=asked.first.message_id,
-                user_id=asked.user_id,
+                user_id=asked.sender.id,
                 tokens=tokens,
             )
         except sqlite3.Error as error:
             await storage_failed(asked.first, error)
-            return
+            return False
         kept = texts.kept(material.label) if material.label else texts.photos_kept(len(prepared))
-        await reply(asked.first, kept, describe_keyboard(material.kind))
-        self.services.prepare_soon(asked.key)
+        await tell(asked.first, kept, describe_keyboard(material.kind, asked.first.message_id))
+        return True
 
     async def describe_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """The Describe button under a kept photo: a description is asked for, as if typed."""
+        """The Describe button under a kept photo, PDF or clip: a description of it is asked for, as if typed,
+        while it is still the one in view (a later photo makes the button expire)."""
         query = update.callback_query
-        if query is None or not isinstance(query.message, Message):
+        if query is None or not isinstance(query.message, Message) or not context.matches:
             return
         message, user_id = query.message, query.from_user.id
+        kind, kept = cast(Kind, context.matches[0].group(1)), int(context.matches[0].group(2))
         key = conversation_key(message)
-        if not self.services.access.may_ask(user_id, message.chat_id):
-            await query.answer(texts.NOT_ALLOWED)
+        if kept not in (await self.services.history.latest_images_message(key) or ()):
+            await self.services.refusals.answer(query, texts.BUTTON_EXPIRED)
+            await unbutton(message)
             return
         if self.services.answers.busy(key):
-            await query.answer(texts.STILL_ANSWERING)
+            await self.services.refusals.answer(query, texts.STILL_ANSWERING)
             return
         await query.answer()
-        if await may_ask_now(self.services, message, user_id) is None:
-            return
-        try:
-            await message.edit_reply_markup(reply_markup=None)
-        except TelegramError as error:
-            log.info("could not remove the Describe button: %s", error)
-        await ask(self.services, Asking(message, key, user_id, Turn("user", ask_about(described(query.data)))))
+        async with conversation_turn(self.services, message, user_id, key) as claimed:
+            if claimed is None:
+                return
+            await unbutton(message)
+            await answer(self.services, Asking(message, key, user_id, Turn("user", ask_about(kind))), claimed)

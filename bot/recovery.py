@@ -49,6 +49,7 @@ async def finish_interrupted(bot: Bot, history: HistoryStore, answers: Sequence[
             bot,
             answer.chat_id,
             record,
+            reply_to=answer.question_message_id,  # for an answer shown only as a draft: its first message
             thread_id=answer.thread_id or None,
             message_ids=list(answer.telegram_message_ids),
             patience=max(give_up_at - time.monotonic(), 0.0),

@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
+from telegram import Bot, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from bot.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts, plain_parts
+from bot.pace import Skipped
 
 log = logging.getLogger(__name__)
 
-STOP_CALLBACK = "stop"
 CURSOR = " ▌"
 FINAL_DELIVERY_SECONDS = 300.0
 STORM_GAP_SECONDS = 60.0  # flood control quiet this long: the next 429 starts a new storm
@@ -83,10 +83,6 @@ class Drafts:
         if self.available:
             log.warning("the Bot API server does not know sendMessageDraft (%s); answers are edited instead", error)
         self.available = False
-
-
-def stop_keyboard() -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton("⏹ Stop", callback_data=STOP_CALLBACK)]])
 
 
 def _not_modified(error: BadRequest) -> bool:
@@ -162,7 +158,12 @@ _floods = _FloodLog()
 @dataclass
 class ReplyStream:
     """``message_ids``: given when the stream takes over messages shown before (recovery after a restart);
-    ``drafts``: given in private chats, where the answer streams as a draft while they are available."""
+    ``drafts``: given in private chats, where the answer streams as a draft while they are available;
+    ``stop_button``: shown under the part being written.
+
+    What is shown while the answer is written (the placeholder, statuses, drafts, streaming edits) is sent only
+    when Telegram's rate limit has room at that moment (bot/pace.py): a skipped one is carried by the next, so a
+    busy group never queues them and nothing waits behind them; the final text waits for its turn."""
 
     bot: Bot
     chat_id: int
@@ -174,11 +175,13 @@ class ReplyStream:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: the final text stops waiting
     patience: float = FINAL_DELIVERY_SECONDS
     drafts: Drafts | None = None
+    stop_button: InlineKeyboardMarkup | None = None
     _text: str = ""
     _shown: list[str] = field(default_factory=list)
     _next_edit: float = 0.0
     _flood_until: float = 0.0
     _closed: bool = False
+    _blocked: bool = False  # Telegram answered 403: the chat takes no messages from the bot (blocked, removed)
     _drafting: bool = False
     _draft_id: int = 0
     _drafted: str = ""  # the text the draft shows
@@ -200,12 +203,20 @@ class ReplyStream:
         await self._start_message(text)
 
     async def _start_message(self, text: str) -> None:
-        place = functools.partial(self._place, 0, FormattedPart(text), stop_keyboard())
-        await self._in_order(functools.partial(self._deliver, place))
+        """Best effort, as every message shown while the answer is written: the first update places it
+        otherwise."""
+        with contextlib.suppress(_Moved):
+            await self._place_streaming(0, text, with_button=True)
         self._next_edit = time.monotonic() + self.interval
+
+    def _check_open(self) -> None:
+        """A chat that refused the bot (403) ends the answer at once: the model need not write for nobody."""
+        if self._blocked:
+            raise Undeliverable(f"chat {self.chat_id} takes no messages from the bot")
 
     async def status(self, text: str) -> None:
         """Queue position and the like: shown only while no answer text has arrived yet."""
+        self._check_open()
         if self._closed or self._flooded():
             return
         if self._drafting:
@@ -217,6 +228,7 @@ class ReplyStream:
 
     async def update(self, text: str) -> None:
         """Show the answer so far, if the interval allows; cheap to call on every chunk."""
+        self._check_open()
         now = time.monotonic()
         if self._closed or now < self._next_edit or self._flooded() or not text.strip():
             return
@@ -237,7 +249,7 @@ class ReplyStream:
         with contextlib.suppress(_Moved):  # the next update sends every part to the new chat
             for index, part in enumerate(parts):
                 last = index == len(parts) - 1
-                if self._closed or self._flooded():  # the rest waits for the next update, in order
+                if self._closed or self._blocked or self._flooded():  # the rest waits for the next update, in order
                     break
                 if index < len(self._shown) and self._shown[index] not in (DELETED, part.text):
                     await self._edit_streaming(index, part.text, with_button=last)
@@ -292,11 +304,17 @@ class ReplyStream:
         the next draft carries the text."""
         self._draft_sent_at = time.monotonic()
         try:
-            await self.bot.send_message_draft(self.chat_id, self._draft_id, text, message_thread_id=self.thread_id)
+            await self.bot.send_message_draft(
+                self.chat_id,
+                self._draft_id,
+                text,
+                message_thread_id=self.thread_id,
+                rate_limit_args="now_or_never",  # type: ignore[call-arg]
+            )
         except RetryAfter as error:
             self._flood(error)
         except Forbidden:
-            self._closed = True
+            self._blocked = True
         except (BadRequest, InvalidToken) as error:  # InvalidToken: PTB's name for a 404, "method not found"
             self._drafting = False
             if isinstance(error, InvalidToken) and self.drafts is not None:
@@ -304,6 +322,8 @@ class ReplyStream:
             else:
                 log.warning("draft refused in chat %s (%s); this answer is edited instead", self.chat_id, error)
             return False
+        except Skipped:
+            log.debug("no room for a draft in chat %s now; the next one carries the text", self.chat_id)
         except TelegramError as error:
             log.info("draft failed (%s); the next one carries the text", error)
         else:
@@ -316,7 +336,7 @@ class ReplyStream:
         while True:
             due = max(self._draft_sent_at + DRAFT_REFRESH_SECONDS, self._flood_until)
             await asyncio.sleep(max(due - time.monotonic(), 0.0))
-            if not self._drafting or self._closed:
+            if not self._drafting or self._closed or self._blocked:
                 return
             if time.monotonic() >= max(self._draft_sent_at + DRAFT_REFRESH_SECONDS, self._flood_until):
                 await self._draft(self._drafted)
@@ -349,9 +369,11 @@ class ReplyStream:
                 continue
         raise Undeliverable(f"chat {self.chat_id} keeps moving")
 
-    async def _place(self, index: int, part: FormattedPart, markup: InlineKeyboardMarkup | None = None) -> None:
+    async def _place(
+        self, index: int, part: FormattedPart, markup: InlineKeyboardMarkup | None = None, *, now: bool = False
+    ) -> None:
         """Part ``index`` as a new message, replying to the part before it (the first to the question); its id is
-        recorded at once, before anything else is shown."""
+        recorded at once, before anything else is shown.  ``now``: only if the rate limit has room now."""
         reply_to = self.message_ids[index - 1] if index > 0 else self.reply_to
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
         try:
@@ -362,6 +384,7 @@ class ReplyStream:
                 reply_markup=markup,
                 reply_parameters=reply,
                 message_thread_id=self.thread_id,
+                rate_limit_args="now_or_never" if now else "wait",  # type: ignore[call-arg]
             )
         except ChatMigrated as error:
             raise self._follow(error.new_chat_id) from error
@@ -376,11 +399,13 @@ class ReplyStream:
     async def _place_streaming(self, index: int, text: str, *, with_button: bool) -> bool:
         """Best effort: a part that cannot be sent now is sent by a later update or by the final text."""
         try:
-            await self._place(index, FormattedPart(text), stop_keyboard() if with_button else None)
+            await self._place(index, FormattedPart(text), self.stop_button if with_button else None, now=True)
         except RetryAfter as error:
             self._flood(error)
         except Forbidden:
-            self._closed = True
+            self._blocked = True
+        except Skipped:
+            log.debug("chat %s has no room for a streaming message now; a later update carries it", self.chat_id)
         except TelegramError as error:
             log.info("could not send a streaming message (%s); the final text will carry it", error)
         else:
@@ -388,12 +413,19 @@ class ReplyStream:
         return False
 
     async def _restart_from(self, index: int) -> None:
-        """Part ``index`` is gone: it and every later part are to be sent anew, and the later parts' old copies
-        are deleted so that no part shows twice."""
-        for later in range(index + 1, len(self.message_ids)):
-            if self._shown[later] != DELETED:
-                await self._delete(later)
+        """Part ``index`` is gone, or can no longer be edited: it and every later part are to be sent anew, and
+        the old copies are deleted so that no part shows twice; a copy that cannot be deleted at least loses its
+        button, so no dead Stop button is left behind."""
+        for later in range(index, len(self.message_ids)):
+            if self._shown[later] != DELETED and not await self._delete(later):
+                await self._unbutton(later)
         self._shown[index:] = [DELETED] * (len(self._shown) - index)
+
+    async def _unbutton(self, index: int) -> None:
+        try:
+            await self.bot.edit_message_reply_markup(self.chat_id, self.message_ids[index], reply_markup=None)
+        except TelegramError as error:
+            log.debug("could not remove the button of message %s: %s", self.message_ids[index], error)
 
     async def _delete(self, index: int) -> bool:
         """Best effort: the bot deletes its own message, a part the answer no longer needs where it is."""
@@ -410,7 +442,11 @@ class ReplyStream:
         message_id = self.message_ids[index]
         try:
             await self.bot.edit_message_text(
-                text, self.chat_id, message_id, reply_markup=stop_keyboard() if with_button else None
+                text,
+                self.chat_id,
+                message_id,
+                reply_markup=self.stop_button if with_button else None,
+                rate_limit_args="now_or_never",  # type: ignore[call-arg]
             )
             self._shown[index] = text
         except RetryAfter as error:
@@ -426,7 +462,9 @@ class ReplyStream:
         except ChatMigrated as error:
             raise self._follow(error.new_chat_id) from error
         except Forbidden:
-            self._closed = True
+            self._blocked = True
+        except Skipped:
+            log.debug("chat %s has no room for a streaming edit now; the next update carries the text", self.chat_id)
         except NetworkError as error:
             log.info("streaming edit failed (%s); will retry with the next chunk", error)
 

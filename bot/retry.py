@@ -10,12 +10,12 @@ from telegram import Message, Update
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.answering import ask
+from bot.access import sender_for
+from bot.answering import answer, conversation_turn
 from bot.asking import Asking
-from bot.chat import conversation_key, is_private, reply
+from bot.chat import conversation_key, tell
 from bot.history import Exchange
 from bot.material import Material
-from bot.questions import may_ask_now
 from bot.services import Services
 from engine.conversation import Turn
 from engine.images import ImageRejected
@@ -28,62 +28,58 @@ class Retries:
         self.services = services
 
     async def retry_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """The 🔁 button under an answer: only the latest answer of the conversation is answered again."""
+        """The 🔁 button under an answer (its data names the answer): only the latest answer of the conversation
+        is answered again."""
         query = update.callback_query
-        if query is None or not isinstance(query.message, Message):
+        if query is None or not isinstance(query.message, Message) or not context.matches:
             return
         message, user_id = query.message, query.from_user.id
-        if not self.services.access.may_ask(user_id, message.chat_id):
-            await query.answer(texts.NOT_ALLOWED)
-            return
-        exchange = await self._target(message, user_id, pressed=message.message_id)
+        exchange = await self._target(message, user_id, pressed=int(context.matches[0].group(1)))
         if isinstance(exchange, str):
-            await query.answer(exchange)
+            await self.services.refusals.answer(query, exchange)
             return
         await query.answer()
         await self._retry(message, user_id, exchange)
 
     async def retry_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/retry: the conversation's latest question is answered again."""
-        message, user = update.effective_message, update.effective_user
-        if message is None or user is None:
+        message, sender = update.effective_message, sender_for(update)
+        if message is None or sender is None:
             return
-        if not self.services.access.may_ask(user.id, message.chat_id):
-            log.info("refused /retry from user %s in chat %s: not on the allowlist", user.id, message.chat_id)
-            if is_private(message):
-                await reply(message, texts.NOT_ALLOWED)
+        exchange = await self._target(message, sender.id, pressed=None)
+        if exchange == texts.RETRY_ASKER_ONLY:
+            await self.services.refusals.say(message, sender.id, exchange)
             return
-        exchange = await self._target(message, user.id, pressed=None)
         if isinstance(exchange, str):
-            await reply(message, exchange)
+            await self.services.refusals.note(message, exchange)
             return
-        await self._retry(message, user.id, exchange)
+        await self._retry(message, sender.id, exchange)
 
-    async def _target(self, message: Message, user_id: int, pressed: int | None) -> Exchange | str:
-        """The exchange to answer again, or why not.  ``pressed``: the answer message whose button it was."""
+    async def _target(self, message: Message, asker: int, pressed: int | None) -> Exchange | str:
+        """The exchange to answer again, or why not.  ``pressed``: the answer whose button it was."""
         services = self.services
         key = conversation_key(message)
         if services.answers.busy(key):
             return texts.RETRY_RUNNING
         exchange = await services.history.last_exchange(key)
         if exchange is None:
-            return texts.NOTHING_TO_RETRY
-        if pressed is not None and pressed not in exchange.answer.telegram_message_ids:
+            return texts.RETRY_KEPT if await services.history.awaits_question(key) else texts.NOTHING_TO_RETRY
+        if pressed is not None and pressed != exchange.answer.id:
             return texts.ONLY_LATEST
-        if exchange.question.user_id not in (None, user_id) and not services.access.is_admin(user_id):
+        if exchange.question.user_id not in (None, asker) and not services.access.is_admin(asker):
             return texts.RETRY_ASKER_ONLY
         return exchange
 
-    async def _retry(self, message: Message, user_id: int, exchange: Exchange) -> None:
-        if await may_ask_now(self.services, message, user_id) is None:
-            return
-        try:
-            images = await self.services.prepared_all(exchange.question.images)
-        except ImageRejected as error:
-            await reply(message, str(error))
-            return
-        question = Turn("user", exchange.question.text, tuple(images))
-        material = Material.recalled(exchange.question.text)  # what the images are, for the status and the note
-        await ask(
-            self.services, Asking(message, conversation_key(message), user_id, question, material, retried=exchange)
-        )
+    async def _retry(self, message: Message, asker: int, exchange: Exchange) -> None:
+        key = conversation_key(message)
+        async with conversation_turn(self.services, message, asker, key) as claimed:
+            if claimed is None:
+                return
+            try:
+                images = await self.services.prepared_all(exchange.question.images)
+            except ImageRejected as error:
+                await tell(message, str(error))
+                return
+            question = Turn("user", exchange.question.text, tuple(images))
+            material = Material.recalled(exchange.question.text)  # what the images are, for the status and the note
+            await answer(self.services, Asking(message, key, asker, question, material, retried=exchange), claimed)

@@ -1,5 +1,6 @@
-"""What the bot's handlers share, created at start-up: settings, history, access rules, the engine (which may
-arrive later, after /convert), the answers in progress, and the work the model does ahead of questions."""
+"""What the bot's handlers share, created at start-up: settings, history, access rules and refusals, the engine
+(which may arrive later, after /convert), the answers in progress, and the work the model does ahead of
+questions."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.access import AccessPolicy, UserRateLimiter
+from bot.access import AccessPolicy, GroupAdmins, UserRateLimiter
 from bot.answers_in_progress import AnswersInProgress
 from bot.context_view import View, conversation_view
 from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage
 from bot.image_cache import PreparedImageCache
 from bot.media_reader import MediaReader
+from bot.refusals import Refusals
 from bot.reply_stream import Drafts
 from bot.settings import Settings
 from engine.engine import Engine
@@ -38,6 +40,8 @@ class Services:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown (bot/app.py)
     conversion: asyncio.Task[None] | None = None
     answers: AnswersInProgress = field(default_factory=AnswersInProgress)
+    refusals: Refusals = field(default_factory=Refusals)
+    group_admins: GroupAdmins = field(default_factory=GroupAdmins)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     images: PreparedImageCache = field(init=False)
     media: MediaReader = field(init=False)  # reads PDFs and clips in a child process (bot/media_reader.py)

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     admin_user_ids: IdList = frozenset()
     allowed_user_ids: IdList = frozenset()
     allowed_chat_ids: IdList = frozenset()
+    # A group or channel the bot is added to by someone who is neither an admin nor allowed is left at once.
+    leave_uninvited_groups: bool = True
 
     # Storage
     data_dir: Path = Path("data")

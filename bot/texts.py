@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-HELP = """I answer questions about photos, running Phi-3.5-vision on this server's own CPU.
+HELP = """I answer questions about photos, running {model} on this server's {device}.
 
 • Send a photo with a question as its caption.
 • Or send the photo first: I look at it while you type your question (tap Describe for a description).
@@ -40,10 +40,15 @@ DESCRIBE = "Describe this image."
 SUMMARISE_PAGES = "What do these pages say?"
 DESCRIBE_CLIP = "What happens in this clip?"
 DESCRIBE_BUTTON = "🖼 Describe it"
+STOP_BUTTON = "⏹ Stop"
+CANCEL_BUTTON = "Cancel"
+BUTTON_EXPIRED = "This button has expired."
 NOT_ALLOWED = "Sorry, this is a private bot. Ask its owner to add you."
 TOO_FAST = "You're sending questions faster than I can answer. Please wait a minute and try again."
 STILL_ANSWERING = "I'm still answering your previous question. Send /stop to cancel it."
 BUSY = "I'm very busy right now. Please try again in a few minutes."
+BUSY_HERE = "I have several questions from this chat in line already. Please ask again once I've answered them."
+UNKNOWN_COMMAND = "I don't know that command. Send /help to see what I can do."
 NO_MODEL = "No model is loaded yet. An admin can set one up with /convert."
 PLACEHOLDER = "…"
 INTERRUPTED = "\n\n⚠️ Interrupted: the bot restarted. Ask again for a full answer."
@@ -62,6 +67,7 @@ CONFIRMATION_EXPIRED = "That question has expired. Send /convert again."
 CONVERSION_RUNNING = "A conversion is already running; its message shows the progress."
 RETRY_BUTTON = "🔁 Retry"
 NOTHING_TO_RETRY = "There's no answer to retry yet."
+RETRY_KEPT = "There's no answer to retry yet: ask me something about what you sent, or tap Describe."
 ONLY_LATEST = "Only the latest answer can be retried."
 RETRY_ASKER_ONLY = "Only the person who asked can retry this answer."
 RETRY_RUNNING = "I'm still writing the answer. Retry once it's done, or send /stop first."
@@ -71,6 +77,27 @@ PERSONA_SET = "Done — that's my persona in this chat from now on. The conversa
 PERSONA_KEPT = "\n\nThe persona stays: /persona reset returns to the default."
 RESTARTING = "I'm restarting right now. Please ask again in a minute."
 NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
+
+
+# Why a question could not have its conversation (bot/answers_in_progress.py NotClaimed; "withdrawn" says nothing:
+# the asker's /stop was answered already).
+NOT_CLAIMED = {"own": STILL_ANSWERING, "full": BUSY_HERE}
+
+
+def help_text(running: tuple[str, str] | None, *, admin: bool) -> str:
+    """``running``: the model and the device serving now, or None before a model is loaded."""
+    model, device = running if running is not None else ("a Phi-3-vision model (none is loaded yet)", "CPU")
+    where = "own CPU" if device == "CPU" else device
+    return HELP.format(model=model, device=where) + (ADMIN_HELP if admin else "")
+
+
+def waiting_here(place: int) -> str:
+    """A group member who asked while another member's answer is written."""
+    return f"⏳ You're #{place} here: I'll answer you as soon as I've finished the answer before yours."
+
+
+def too_many_images(limit: int, sent: int) -> str:
+    return f"I can look at up to {limit} images per question; you sent {sent}."
 
 
 def trust_remote_code(repo_id: str, revision: str) -> str:

@@ -229,15 +229,18 @@ class Engine:
         *,
         system_prompt: str | None = None,
         seed: int | None = None,
+        asker: Hashable | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything.
 
         ``system_prompt`` starts the prompt (None: the configured one); a different one is a different prefix,
-        which the model reads anew.  ``seed``: the question is answered again, and the answer should differ."""
+        which the model reads anew.  ``seed``: the question is answered again, and the answer should differ.
+        ``asker``: who asks, so that one asker's questions in several conversations take turns with everyone
+        else's (engine/fair_queue.py)."""
         settings = self._settings(system_prompt, seed)
         alone = self._estimate(question)
         running = _Running(self._stop_grace, alone=alone, estimate=alone)
-        ticket = self.queue.enqueue(key, running)
+        ticket = self.queue.enqueue(key, running, owner=asker)
         try:
             shown: Waiting | None = None
             async for position in ticket.changes():

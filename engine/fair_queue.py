@@ -2,8 +2,11 @@
 
 Each conversation may have one request in the system (waiting or running): a conversation where a second
 question silently queues behind the first is confusing, so the caller is told (``AlreadyQueued``) and can
-offer /stop instead.  Conversations are served first come, first served; the line is bounded so a flood
-gets a clear "busy" (``QueueFull``) instead of an hour-long wait.  Positions are observable so the bot can
+offer /stop instead.  Conversations are served first come, first served, but fairly per person: a request
+names who asks (``owner``), and someone with requests in line already (asking in several conversations at
+once) goes behind everyone's first request, then behind everyone's second, and so on, so nobody holds more
+than one place ahead of others by spreading questions.  The line is bounded so a flood gets a clear "busy"
+(``QueueFull``) instead of an hour-long wait.  Positions are observable so the bot can
 show "you are #3 in line" and update it as the line moves.  Each ticket carries its owner's ``job`` (the
 engine's state of one answer), so the line is the one place that says what runs and waits, for whom.
 
@@ -45,9 +48,11 @@ class TicketCancelled(Exception):
 class Ticket(Generic[K, J]):
     """A place in line; ``async with ticket:`` waits for the turn and always gives the slot back."""
 
-    def __init__(self, queue: FairQueue[K, J], key: K, job: J) -> None:
+    def __init__(self, queue: FairQueue[K, J], key: K, job: J, owner: Hashable | None = None, turn: int = 0) -> None:
         self.key = key
         self.job = job
+        self.owner = owner
+        self.turn = turn  # its round: one more than its owner's previous request in line, none before the line's
         self.state: State = "waiting"
         self.batched = False
         self._queue = queue
@@ -106,6 +111,7 @@ class FairQueue(Generic[K, J]):
         self._batching = False
         self._held = False
         self._drained = asyncio.Event()
+        self._turn = 0  # the round of the request let in last: a newcomer never goes ahead of it
         self.served = 0
 
     def __len__(self) -> int:
@@ -128,14 +134,19 @@ class FairQueue(Generic[K, J]):
         ticket = self._by_key.get(key)
         return None if ticket is None else ticket.job
 
-    def enqueue(self, key: K, job: J) -> Ticket[K, J]:
+    def enqueue(self, key: K, job: J, owner: Hashable | None = None) -> Ticket[K, J]:
+        """``owner``: who asks (None: nobody in particular); a second request of one owner waits behind every
+        owner's first."""
         if key in self._by_key:
             raise AlreadyQueued(f"{key!r} already has a request in the queue")
         if len(self._waiting) >= self.max_waiting and len(self._running) >= self._limit:
             raise QueueFull(f"{len(self._waiting)} requests are already waiting")
-        ticket = Ticket(self, key, job)
+        earlier = [ticket.turn for ticket in self.in_line() if owner is not None and ticket.owner == owner]
+        turn = max(self._turn, max(earlier) + 1) if earlier else self._turn
+        ticket = Ticket(self, key, job, owner, turn)
         self._by_key[key] = ticket
-        self._waiting.append(ticket)
+        behind = next((index for index, other in enumerate(self._waiting) if other.turn > turn), len(self._waiting))
+        self._waiting.insert(behind, ticket)
         self._grant()
         self._notify_waiting()  # a newcomer changes how long those ahead of it wait, when batched with them
         return ticket
@@ -210,6 +221,7 @@ class FairQueue(Generic[K, J]):
         moved = False
         while self._waiting and len(self._running) < self._limit:
             ticket = self._waiting.popleft()
+            self._turn = max(self._turn, ticket.turn)
             ticket.state = "running"
             ticket.batched = self._batching
             self._running.append(ticket)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import texts
-from bot.buttons import RETRY_CALLBACK
+from bot import buttons, texts
 from bot.formatting import formatted_parts
 from bot.history import ConversationKey, StoredMessage
 from bot.reply_stream import CURSOR
@@ -31,9 +30,10 @@ from tests.support.harness import (
     RunningBot,
     answer_drafts,
     bot_settings,
-    callbacks,
     finished,
+    has_retry,
     photo_bytes,
+    press,
     running_bot,
     stored_messages,
     streaming,
@@ -71,7 +71,7 @@ async def test_a_private_answer_streams_as_drafts_then_is_sent_as_a_message(
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(drafts)), "no word taken back"
     assert not any(draft.endswith(CURSOR) for draft in drafts), "a draft is animated by Telegram: no cursor"
     assert api.calls_of("editMessageText") == [], "nothing was edited"
-    assert answer.edits == [answer.text] and callbacks(answer) == [RETRY_CALLBACK], "the final text, sent once"
+    assert answer.edits == [answer.text] and has_retry(answer), "the final text, sent once"
     assert stored[1].text.startswith(drafts[-1]) and answer.text.strip()
     assert api.shown_draft(CHAT) is None, "the message took the draft's place"
     assert api.calls_of("sendChatAction", CHAT), "typing indicator at once"
@@ -94,7 +94,7 @@ async def test_an_answer_in_a_group_or_without_drafts_streams_as_edits(
     assert answer.edits[0] == texts.PLACEHOLDER
     assert len(answer.edits) >= 3, f"placeholder, status, streamed text, final: {answer.edits}"
     assert any(edit.endswith(CURSOR) for edit in answer.edits), "partial text was shown while streaming"
-    assert not answer.text.endswith(CURSOR) and answer.text.strip() and callbacks(answer) == [RETRY_CALLBACK]
+    assert not answer.text.endswith(CURSOR) and answer.text.strip() and has_retry(answer)
     assert api.calls_of("sendMessageDraft") == [], "no drafts"
     assert stored[1].status == "complete" and stored[1].telegram_message_ids == (answer.message_id,)
 
@@ -126,7 +126,7 @@ async def test_a_draft_refused_mid_answer_turns_it_into_edits_without_losing_tex
     first, second = (api.messages(CHAT)[0], api.messages(CHAT)[-1])
     assert [call.status for call in refused] == [int(failure)], "one refusal, then edits"
     assert first.edits[0].endswith(CURSOR) and first.edits[0].startswith(drafted[-1]), "the drafted text went on"
-    assert len(first.edits) >= 2 and callbacks(first) == [RETRY_CALLBACK]
+    assert len(first.edits) >= 2 and has_retry(first)
     assert "".join(stored[1].text.split()).startswith("".join(first.edits[0].removesuffix(CURSOR).split()))
     assert stored[1].status == "cancelled" and stored[1].telegram_message_ids[0] == first.message_id
     later_drafts = len(api.draft_texts(CHAT)) > drafts_before
@@ -165,7 +165,7 @@ async def test_stop_during_a_drafted_answer_keeps_the_partial_answer(
         await api.wait_for(lambda: any(t.endswith("Stopped.") for t in api.visible_text(CHAT)), 30, "the answer")
         stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     [answer] = [m for m in api.messages(CHAT) if m.text != texts.STOPPING]
-    assert texts.STOPPING in api.visible_text(CHAT) and callbacks(answer) == [RETRY_CALLBACK]
+    assert texts.STOPPING in api.visible_text(CHAT) and has_retry(answer)
     assert stored[1].status == "cancelled" and stored[1].telegram_message_ids == (answer.message_id,)
     assert stored[1].text.startswith(answer_drafts(api, CHAT)[-1]), "what the draft showed is kept"
     assert api.calls_of("editMessageText") == []
@@ -206,7 +206,7 @@ async def test_the_describe_button_asks_for_a_description(bot: RunningBot) -> No
     api.push_message(CHAT, photo=photo_bytes(), user_id=USER)
     await api.wait_for(lambda: texts.photos_kept(1) in api.visible_text(CHAT), 20, "the photo is acknowledged")
     [kept] = api.messages(CHAT)
-    api.push_callback(CHAT, kept.message_id, "describe", user_id=USER)
+    press(api, kept, buttons.DESCRIBE, user_id=USER)
     await wait_answers(api, CHAT, 2)  # the acknowledgement without its button, and the description
     assert kept.reply_markup is None, "the button is used once"
     answer = api.messages(CHAT)[1]
@@ -339,18 +339,25 @@ async def test_strangers_get_no_model_time(bot: RunningBot) -> None:
     await api.wait_for(lambda: texts.ADMINS_ONLY in api.visible_text(CHAT), 20, "admin refusal")
 
 
-async def test_every_command_gives_strangers_the_same_answer_in_private_and_silence_in_groups(bot: RunningBot) -> None:
+async def test_a_stranger_hears_one_refusal_in_private_and_nothing_in_groups(bot: RunningBot) -> None:
+    """Every command, a mention and a photo: a stranger is told once that the bot is private (a refusal costs
+    the bot a message, so it is not repeated for a few minutes), and a group hears nothing of it."""
     api = bot.api
-    commands = ["/start", "/help", "/model", "/reset", "/stop", "/stats", "/convert"]
+    commands = ["/start", "/help", "/model", "/reset", "/stop", "/stats", "/convert", "/persona be rude", "hi"]
     for command in commands:
         api.push_message(STRANGER, command, user_id=STRANGER)
-        api.push_message(GROUP, command, user_id=STRANGER)
-    await api.wait_for(lambda: len(api.visible_text(STRANGER)) == len(commands), 20, "a reply to each command")
-    assert set(api.visible_text(STRANGER)) == {texts.NOT_ALLOWED}
+        api.push_message(GROUP, command.replace("hi", "@phi3_test_bot hi"), user_id=STRANGER)
+    api.push_message(STRANGER, photo=photo_bytes(), caption="what is this?", user_id=STRANGER)
+    await api.wait_for(lambda: bool(api.visible_text(STRANGER)), 20, "the refusal")
     api.push_message(GROUP, "/help", user_id=USER)  # after the stranger's commands: the group heard nothing else
     await api.wait_for(lambda: bool(api.visible_text(GROUP)), 20, "help for an allowed user")
     await asyncio.sleep(0.5)
-    assert [text[:30] for text in api.visible_text(GROUP)] == [texts.HELP[:30]]
+    assert api.visible_text(STRANGER) == [texts.NOT_ALLOWED], "one refusal, not one per message"
+    assert [text[:20] for text in api.visible_text(GROUP)] == [texts.HELP[:20]]
+    assert not api.calls_of("getFile"), "nothing a stranger sends is downloaded"
+    assert not api.calls_of("getChatMember"), "nor does a stranger's /reset cost a question to Telegram"
+    counts = bot.services.refusals.counts
+    assert counts.sent == 1 and counts.repeated == len(commands)
 
 
 async def test_model_shows_a_local_checkpoints_path_only_to_admins(bot: RunningBot, tiny_checkpoint: Path) -> None:
@@ -396,7 +403,7 @@ async def test_stop_button_keeps_the_partial_answer(
         api.push_message(CHAT, "Write a very long story.", user_id=USER)
         await api.wait_for(lambda: streaming(api, CHAT), 30, "streaming started")
         [answer] = api.messages(CHAT)
-        api.push_callback(CHAT, answer.message_id, "stop", user_id=USER)
+        press(api, answer, buttons.STOP, user_id=USER)
         await wait_answers(api, CHAT, 1)
         assert answer.text.endswith("Stopped.")
         stored = await stored_messages(bot.services.history, ConversationKey(CHAT))

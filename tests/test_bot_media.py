@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import texts
+from bot import buttons, texts
 from bot.history import ConversationKey
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
@@ -15,8 +15,9 @@ from tests.support.harness import (
     USER,
     RunningBot,
     bot_settings,
-    callbacks,
+    button,
     finished,
+    press,
     running_bot,
     stored_messages,
     wait_answers,
@@ -160,11 +161,11 @@ async def test_a_question_naming_pages_not_in_view_is_told_how_to_ask_and_a_repl
 
 async def test_the_describe_button_under_a_kept_pdf_asks_about_its_pages(bot: RunningBot) -> None:
     api = bot.api
-    api.push_message(CHAT, document=(pdf(2), "two.pdf", "application/pdf"), user_id=USER)
+    sent = api.push_message(CHAT, document=(pdf(2), "two.pdf", "application/pdf"), user_id=USER)
     await api.wait_for(lambda: bool(api.visible_text(CHAT)), 20, "the PDF is acknowledged")
     [kept] = api.messages(CHAT)
-    assert callbacks(kept) == ["describe pdf"]
-    api.push_callback(CHAT, kept.message_id, "describe pdf", user_id=USER)
+    assert button(kept, buttons.DESCRIBE) == f"describe:pdf:{sent['message_id']}", "it names the PDF's message"
+    press(api, kept, buttons.DESCRIBE, user_id=USER)
     await wait_answers(api, CHAT, 2)
     stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     assert [(m.text, len(m.images)) for m in stored[:2]] == [

@@ -26,7 +26,6 @@ from telegram.error import InvalidToken
 
 from bot import texts
 from bot.app import RedactSecrets
-from bot.buttons import RETRY_CALLBACK
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.reply_stream import CURSOR
 from model_store.store import ModelEntry, ModelStore
@@ -36,7 +35,7 @@ from tests.support.harness import (
     USER,
     answer_drafts,
     bot_settings,
-    callbacks,
+    has_retry,
     running_bot,
     stored_messages,
     streaming,
@@ -107,9 +106,10 @@ async def test_webhook_mode_answers_and_sigterm_shuts_down_cleanly(
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
 
 
-async def start_a_long_answer(api: FakeBotApi) -> None:
-    api.push_message(USER, "Tell me everything.", user_id=USER)
+async def start_a_long_answer(api: FakeBotApi) -> dict[str, Any]:
+    question = api.push_message(USER, "Tell me everything.", user_id=USER)
     await api.wait_for(lambda: streaming(api, USER), 120, "an answer streaming")
+    return question
 
 
 @pytest.mark.timeout(240)
@@ -123,7 +123,7 @@ async def test_sigterm_during_an_answer_stops_it_quickly_and_keeps_its_text(
         code = await asyncio.wait_for(bot.process.wait(), 30)
     assert code == 0, bot.stderr[-3000:]
     [answer] = api.messages(USER)
-    assert callbacks(answer) == [RETRY_CALLBACK], "no Stop button left, a Retry button instead"
+    assert has_retry(answer), "no Stop button left, a Retry button instead"
     assert answer.text.endswith(texts.footer("cancelled", answer.text).strip())
     stored = await read_history(tmp_path / "data", USER)
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
@@ -138,7 +138,7 @@ async def test_kill_9_during_a_drafted_answer_leaves_a_sound_database_and_the_re
     data = tmp_path / "data"
     environment = bot_environment(api, int4_store[0].root, data, MAX_NEW_TOKENS="4000")
     async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
-        await start_a_long_answer(api)
+        question = await start_a_long_answer(api)
         bot.process.send_signal(signal.SIGKILL)
         assert await bot.process.wait() == -signal.SIGKILL
     assert api.messages(USER) == [], "a draft, no message"
@@ -153,6 +153,7 @@ async def test_kill_9_during_a_drafted_answer_leaves_a_sound_database_and_the_re
         assert (user_status, answer_status) == ("complete", "cancelled"), "the interrupted answer is marked"
         [killed] = api.messages(USER)
         assert killed.reply_markup is None and killed.text.endswith(texts.INTERRUPTED.strip()), killed.text
+        assert killed.reply_to == question["message_id"], "the repaired answer replies to its question"
         assert await restarted.services.history.mark_interrupted() == [], "repaired once, and settled"
         api.push_message(USER, "Are you back?", user_id=USER)
         await wait_answers(api, USER, 2, timeout=60)
@@ -256,6 +257,49 @@ async def test_sigterm_in_a_flood_storm_exits_within_seconds_and_the_next_start_
     assert all(m.reply_markup is None for m in parts)
     assert parts[-1].text.endswith(texts.footer("cancelled", stored.text).strip())
     assert words("".join(m.text for m in parts)).startswith(words(stored.text)[:20])
+
+
+@pytest.mark.timeout(300)
+async def test_a_busy_group_acknowledges_stop_at_once_and_sigterm_exits_within_seconds(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """The issue's goal: after 20 quick replies in a group (Telegram's 20 a minute spent), /stop is acknowledged
+    within 2 s and SIGTERM exits within 5 s, however many replies wait for the group's budget; the final text
+    that had to wait is shown by the next start."""
+    group, data = -1006001, tmp_path / "data"
+    environment = bot_environment(
+        api, int4_store[0].root, data, MAX_NEW_TOKENS="4000", ALLOWED_CHAT_IDS=str(group), LOG_LEVEL="DEBUG"
+    )
+    async with bot_process(environment, tmp_path, "tests.support.long_answers_bot") as bot:
+        for _ in range(20):
+            api.push_message(group, "/model", user_id=ADMIN)
+        await api.wait_for(lambda: len(api.calls_of("sendMessage", group)) == 20, 60, "20 quick replies")
+        for _ in range(10):  # these wait for the group's budget: half a minute of replies in line
+            api.push_message(group, "/model", user_id=ADMIN)
+        question = api.push_message(group, "@phi3_test_bot tell me everything", user_id=USER)
+        await bot.wait_for_log("has no room for a streaming", 60)  # answering, its placeholder not queued
+        asked = time.monotonic()
+        api.push_message(group, "/stop", user_id=USER)
+        await api.wait_for(lambda: texts.STOPPING in api.visible_text(group), 10, "the acknowledgement")
+        acknowledged = time.monotonic() - asked
+        await asyncio.sleep(1.0)  # the stopped answer's final text is in line too now
+        started = time.monotonic()
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 60)
+        took = time.monotonic() - started
+    assert code == 0, bot.stderr[-3000:]
+    assert acknowledged < 2.0, f"/stop acknowledged after {acknowledged:.1f} s"
+    assert took < 5.0, f"shutdown took {took:.1f} s"
+    assert " ERROR " not in bot.stderr, bot.stderr[-3000:]
+    assert len(api.calls_of("sendMessage", group)) < 30, "the replies in line were not all sent before the exit"
+
+    async with running_bot(api, bot_settings(api, int4_store[0].root, data, allowed_chat_ids=str(group))) as restarted:
+        stored = await stored_messages(restarted.services.history, ConversationKey(group))
+        assert await restarted.services.history.mark_interrupted() == [], "finished once, and settled"
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
+    parts = [m for m in api.messages(group) if m.message_id in stored[1].telegram_message_ids]
+    assert parts and parts[0].reply_to == question["message_id"] and all(m.reply_markup is None for m in parts)
+    assert parts[-1].text.endswith(texts.footer("cancelled", stored[1].text).strip()), "finished by the next start"
 
 
 async def post(url: str, update: dict[str, Any], secret: str | None = None) -> int:

@@ -189,3 +189,28 @@ async def test_fifty_chats_three_turns_each_stay_in_order_and_fair() -> None:
         assert [g % 10 for g in grants if g // 10 == key] == [0, 1, 2]
     assert max(waits) <= 50, "nobody waits more than one round of the others"
     assert len(queue) == 0 and queue.running == 0
+
+
+async def test_one_person_asking_in_several_conversations_holds_one_place_at_a_time() -> None:
+    """Someone who asks in three groups at once goes behind everyone else's first question with the second and
+    third, and people who come later do not starve them: they queue behind in the same round."""
+    queue: FairQueue[str, None] = FairQueue(max_waiting=20)
+    running = queue.enqueue("busy", None, owner="x")  # takes the model
+    for group in ("g1", "g2", "g3"):
+        queue.enqueue(f"spread-{group}", None, owner="spreader")
+    queue.enqueue("alice", None, owner="alice")
+    queue.enqueue("bob", None, owner="bob")
+    order = [ticket.key for ticket in queue.in_line()]
+    assert order == ["busy", "spread-g1", "alice", "bob", "spread-g2", "spread-g3"]
+    async with running:
+        pass
+    first = queue.in_line()[0]
+    assert first.key == "spread-g1"
+    async with first:
+        queue.enqueue("carol", None, owner="carol")  # round 0 is still being served: carol before the second
+    assert [ticket.key for ticket in queue.in_line()] == ["alice", "bob", "carol", "spread-g2", "spread-g3"]
+    for _ in range(3):
+        async with queue.in_line()[0]:
+            pass
+    queue.enqueue("dave", None, owner="dave")  # round 1 is being served now: dave waits behind it
+    assert [ticket.key for ticket in queue.in_line()] == ["spread-g2", "dave", "spread-g3"]

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 import pytest
 from telegram import Bot
 from telegram.error import BadRequest, InvalidToken
-from telegram.ext import AIORateLimiter, ExtBot
+from telegram.ext import ExtBot
 from telegram.request import HTTPXRequest
 
+from bot.buttons import stop_keyboard
 from bot.formatting import plain_parts, utf16_len
+from bot.pace import Pacer
 from bot.reply_stream import CURSOR, Drafts, Postponed, ReplyStream, Undeliverable
 from tests.support.bot_api_server import FakeBotApi
 
@@ -53,7 +55,7 @@ class Journal:
 
 @pytest.fixture
 async def bot(api: FakeBotApi) -> AsyncIterator[Bot]:
-    client = ExtBot(api.token, base_url=api.base_url, base_file_url=api.base_file_url, rate_limiter=AIORateLimiter())
+    client = ExtBot(api.token, base_url=api.base_url, base_file_url=api.base_file_url, rate_limiter=Pacer())
     async with client:
         yield client
 
@@ -169,6 +171,7 @@ async def test_a_timed_out_edit_is_retried_and_the_final_text_lands(api: FakeBot
         base_url=api.base_url,
         base_file_url=api.base_file_url,
         request=HTTPXRequest(read_timeout=0.3, write_timeout=0.3, connect_timeout=0.3),
+        rate_limiter=Pacer(),
     )
     async with impatient:
         stream = ReplyStream(impatient, CHAT, Journal(api), interval=0.0)
@@ -300,7 +303,7 @@ async def test_a_server_without_drafts_gets_a_placeholder_and_edits_from_then_on
 ) -> None:
     api.forget("sendMessageDraft")
     drafts = Drafts()
-    stream = ReplyStream(bot, private, journal, interval=0.0, drafts=drafts)
+    stream = ReplyStream(bot, private, journal, interval=0.0, drafts=drafts, stop_button=stop_keyboard(1))
     await stream.start("…")
     [placeholder] = api.messages(private)
     assert placeholder.text == "…" and placeholder.reply_markup is not None, "a message with the Stop button"

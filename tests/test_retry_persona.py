@@ -6,8 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from bot import texts
-from bot.buttons import RETRY_CALLBACK
+from bot import buttons, texts
 from bot.commands import PERSONA_MAX_CHARS
 from bot.history import ConversationKey
 from bot.reply_stream import CURSOR
@@ -17,8 +16,11 @@ from tests.support.harness import (
     ADMIN,
     USER,
     bot_settings,
+    button,
     callbacks,
+    has_retry,
     photo_bytes,
+    press,
     running_bot,
     stored_messages,
     wait_answers,
@@ -31,7 +33,7 @@ PIRATE = "You are a pirate.\nAnswer like one, arr."
 
 
 def with_retry(api: FakeBotApi, chat: int) -> list[SentMessage]:
-    return [m for m in api.messages(chat) if callbacks(m) == [RETRY_CALLBACK]]
+    return [m for m in api.messages(chat) if has_retry(m)]
 
 
 async def wait_text(api: FakeBotApi, chat: int, text: str, count: int = 1) -> None:
@@ -47,7 +49,7 @@ async def test_the_retry_button_answers_again_and_replaces_the_answer(
         question = api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
         await wait_answers(api, CHAT, 1)
         [first] = api.messages(CHAT)
-        assert callbacks(first) == [RETRY_CALLBACK], "a finished answer carries the Retry button"
+        assert has_retry(first), "a finished answer carries the Retry button"
         first_text, first_stored = first.text, (await stored_messages(bot.services.history, ConversationKey(CHAT)))[1]
 
         # The control: greedy choice gives another chat the very same text for the same photo and question.
@@ -55,14 +57,14 @@ async def test_the_retry_button_answers_again_and_replaces_the_answer(
         await wait_answers(api, ADMIN, 1)
         assert api.messages(ADMIN)[0].text == first_text
 
-        query = api.push_callback(CHAT, first.message_id, RETRY_CALLBACK, user_id=USER)
+        query = press(api, first, buttons.RETRY, user_id=USER)
         await wait_answers(api, CHAT, 2)
         second = api.messages(CHAT)[1]
         stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     assert api.callback_queries[query] == "", "the press is acknowledged without a notice"
     assert callbacks(first) == [], "the replaced answer stays in the chat, without its button"
     assert first.text == first_text, "and with its text"
-    assert callbacks(second) == [RETRY_CALLBACK] and second.reply_to == question["message_id"]
+    assert has_retry(second) and second.reply_to == question["message_id"]
     assert second.text.strip() and second.text != first_text, "a retry of a greedy answer is another text"
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
     assert stored[0].text == "What is in this picture?" and len(stored[0].images) == 1, "the same question"
@@ -87,22 +89,24 @@ async def test_retry_in_a_group_is_for_the_asker_and_the_bots_admins(
         before = await stored_messages(bot.services.history, key)
         assert [m.status for m in before] == ["complete", "cancelled"], "a stopped answer can be retried too"
 
-        refused = api.push_callback(GROUP, first.message_id, RETRY_CALLBACK, user_id=OTHER)
+        old_button = button(first, buttons.RETRY)
+        refused = press(api, first, buttons.RETRY, user_id=OTHER)
         api.push_message(GROUP, "/retry", user_id=OTHER)
         await wait_text(api, GROUP, texts.RETRY_ASKER_ONLY)
         await api.wait_for(lambda: api.callback_queries[refused] is not None, 30, "the button press answered")
         assert api.callback_queries[refused] == texts.RETRY_ASKER_ONLY
         assert await stored_messages(bot.services.history, key) == before, "refusals change nothing"
-        assert callbacks(first) == [RETRY_CALLBACK]
+        assert has_retry(first)
 
         api.push_message(GROUP, "/retry", user_id=ADMIN)  # the bot's admin may, like the asker
         await api.wait_for(lambda: any(m.text.endswith(CURSOR) for m in api.messages(GROUP)), 30, "retrying")
         api.push_message(GROUP, "/stop", user_id=ADMIN)
         await api.wait_for(lambda: with_retry(api, GROUP) not in ([], [first]), 30, "the new answer")
-        stale = api.push_callback(GROUP, first.message_id, RETRY_CALLBACK, user_id=USER)
+        assert old_button is not None
+        stale = api.push_callback(GROUP, first.message_id, old_button, user_id=USER)  # a client that still shows it
         await api.wait_for(lambda: api.callback_queries[stale] is not None, 30, "the old button press answered")
         after = await stored_messages(bot.services.history, key)
-    assert api.callback_queries[stale] == texts.ONLY_LATEST
+    assert api.callback_queries[stale] == texts.BUTTON_EXPIRED
     assert callbacks(first) == [], "the replaced answer lost its button"
     assert [(m.role, m.text) for m in after] == [("user", "what is a photo?"), ("assistant", after[1].text)]
     assert after[0] == before[0] and after[1].id > before[1].id, "the same question, a new answer"

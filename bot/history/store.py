@@ -102,6 +102,7 @@ class Interrupted:
     telegram_message_ids: tuple[int, ...]
     text: str
     status: StoredStatus
+    question_message_id: int | None = None  # the question's Telegram message, which a repaired answer replies to
 
 
 @dataclass(frozen=True)
@@ -426,14 +427,24 @@ class HistoryStore:
         Telegram can be finished too (each is settled once that is done)."""
         async with self._transaction():
             async with self._db.execute(
-                "SELECT m.id, c.chat_id, c.thread_id, m.telegram_message_ids, m.text, m.status FROM messages m "
+                "SELECT m.id, c.chat_id, c.thread_id, m.telegram_message_ids, m.text, m.status, "
+                "(SELECT q.telegram_message_ids FROM messages q WHERE q.conversation_id = m.conversation_id "
+                "AND q.role = 'user' AND q.id < m.id ORDER BY q.id DESC LIMIT 1) FROM messages m "
                 "JOIN conversations c ON c.id = m.conversation_id "
                 "WHERE m.role = 'assistant' AND (m.status = 'streaming' OR m.settled = 0) ORDER BY m.id"
             ) as cursor:
                 rows = await cursor.fetchall()
             await self._db.execute("UPDATE messages SET status = 'cancelled' WHERE status = 'streaming'")
         return [
-            Interrupted(int(row[0]), row[1], row[2], tuple(json.loads(row[3] or "[]")), row[4], _status(row[5]))
+            Interrupted(
+                int(row[0]),
+                row[1],
+                row[2],
+                tuple(json.loads(row[3] or "[]")),
+                row[4],
+                _status(row[5]),
+                next(iter(json.loads(row[6] or "[]")), None),
+            )
             for row in rows
         ]
 
@@ -514,6 +525,34 @@ class HistoryStore:
         if [m.role for m in found] != ["user", "assistant"] or found[1].status == "streaming":
             return None
         return Exchange(*found)
+
+    async def latest_images_message(self, key: ConversationKey) -> tuple[int, ...] | None:
+        """The Telegram message ids of the conversation's latest message that brought images: the photo (or file)
+        in view, which a Describe button may ask about."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT m.telegram_message_ids FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE c.chat_id = ? AND c.thread_id = ? AND m.role = 'user' "
+                "AND EXISTS (SELECT 1 FROM message_images mi WHERE mi.message_id = m.id) ORDER BY m.id DESC LIMIT 1",
+                (key.chat_id, key.thread_id),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return None if row is None else tuple(json.loads(row[0]))
+
+    async def awaits_question(self, key: ConversationKey) -> bool:
+        """Whether the conversation's latest message is a photo or file kept without a question, still unasked."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT m.role FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE c.chat_id = ? AND c.thread_id = ? ORDER BY m.id DESC LIMIT 1",
+                (key.chat_id, key.thread_id),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return row is not None and row[0] == "user"
 
     async def persona(self, key: ConversationKey) -> str | None:
         """The conversation's own system prompt, if it has one."""

@@ -135,6 +135,7 @@ class FakeBotApi:
         self.users: dict[int, dict[str, Any]] = {}
         self.member_statuses: dict[tuple[int, int], str] = {}
         self.forums: set[int] = set()
+        self.left_chats: list[int] = []  # chats the bot left (leaveChat), in order
         self.drafts: dict[int, list[Draft]] = defaultdict(list)  # every draft a chat was shown, in order
         self.draft_lifetime = DRAFT_LIFETIME
         self._shown_drafts: dict[tuple[int, int], Draft] = {}  # (chat, thread) -> the draft on screen
@@ -214,6 +215,11 @@ class FakeBotApi:
 
     def visible_text(self, chat_id: int) -> list[str]:
         return [message.text for message in self.messages(chat_id)]
+
+    @property
+    def pending_updates(self) -> int:
+        """Updates queued that the bot has not fetched (and acknowledged) yet."""
+        return len(self._updates)
 
     def draft_texts(self, chat_id: int) -> list[str]:
         """Every text the chat's drafts showed, in order (a refresh with the same text counts again)."""
@@ -403,6 +409,31 @@ class FakeBotApi:
                 extra["document"] = {key: media[key] for key in ("file_id", "file_unique_id", "file_size", "mime_type")}
         extra[kind] = media
         return self.push_message(chat_id, extra=extra | options.pop("extra", {}), **options)
+
+    def push_my_chat_member(self, chat_id: int, by_user: int, *, old: str = "left", new: str = "member") -> None:
+        """The bot's own membership in a group changed, as Telegram reports it: ``by_user`` added it (old "left",
+        new "member"), promoted it, or removed it."""
+
+        def member(status: str) -> dict[str, Any]:
+            found: dict[str, Any] = {"status": status, "user": BOT_USER}
+            if status == "administrator":
+                found.update({"can_be_edited": False, "is_anonymous": False, **dict.fromkeys(ADMIN_RIGHTS, True)})
+            elif status == "kicked":
+                found["until_date"] = 0
+            return found
+
+        self.member_statuses[(chat_id, int(BOT_USER["id"]))] = new
+        self._push(
+            {
+                "my_chat_member": {
+                    "chat": self._chat(chat_id, None),
+                    "from": self.user(by_user),
+                    "date": int(time.time()),
+                    "old_chat_member": member(old),
+                    "new_chat_member": member(new),
+                }
+            }
+        )
 
     def push_edit(self, message: dict[str, Any], *, text: str | None = None, caption: str | None = None) -> None:
         """The user edited ``message`` (as push_message returned it): Telegram sends it whole, changed, as an
@@ -730,6 +761,18 @@ class FakeBotApi:
             member["until_date"] = 0
         assert ChatMember.de_json(member, None) is not None  # every field its kind requires is there
         return member
+
+    async def _api_leaveChat(self, params: dict[str, Any]) -> bool:
+        """As the Bot API documents it: the bot leaves a group, supergroup or channel; an unknown chat is a 400,
+        a chat it is not in a 403."""
+        chat_id = int(params["chat_id"])
+        if chat_id not in self.chat_types:
+            raise ApiError(400, "Bad Request: chat not found")
+        if self.member_statuses.get((chat_id, int(BOT_USER["id"]))) in ("left", "kicked"):
+            raise ApiError(403, "Forbidden: bot is not a member of the supergroup chat")
+        self.member_statuses[(chat_id, int(BOT_USER["id"]))] = "left"
+        self.left_chats.append(chat_id)
+        return True
 
     async def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
         file_id = str(params["file_id"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -13,11 +16,10 @@ import aiosqlite
 from PIL import Image
 from telegram.ext import Application
 
-from bot import texts
+from bot import buttons, texts
 from bot.app import build_application, setup, teardown
-from bot.buttons import RETRY_CALLBACK
 from bot.history import ConversationKey, HistoryStore, StoredMessage
-from bot.reply_stream import CURSOR, STOP_CALLBACK
+from bot.reply_stream import CURSOR
 from bot.services import Services
 from bot.settings import Settings, load_settings
 from tests.support.bot_api_server import FakeBotApi, SentMessage
@@ -95,15 +97,33 @@ def callbacks(message: SentMessage) -> list[str]:
     return [str(button.get("callback_data", "")) for row in rows for button in row]
 
 
+def button(message: SentMessage, pattern: re.Pattern[str]) -> str | None:
+    """The data of the message's button of this kind (bot/buttons.py), if it has one."""
+    return next((data for data in callbacks(message) if pattern.match(data)), None)
+
+
+def has_retry(message: SentMessage) -> bool:
+    """The message carries the 🔁 button, and nothing else."""
+    data = callbacks(message)
+    return len(data) == 1 and buttons.RETRY.match(data[0]) is not None
+
+
+def press(api: FakeBotApi, message: SentMessage, pattern: re.Pattern[str], user_id: int) -> str:
+    """A press of the message's own button of this kind; returns the query's id."""
+    data = button(message, pattern)
+    assert data is not None, f"message {message.message_id} has no such button: {callbacks(message)}"
+    return api.push_callback(message.chat_id, message.message_id, data, user_id=user_id)
+
+
 def answering(message: SentMessage) -> bool:
     """The message shows the Stop button: an answer is being written into it."""
-    return STOP_CALLBACK in callbacks(message)
+    return button(message, buttons.STOP) is not None
 
 
 def finished(message: SentMessage) -> bool:
     """A message of a finished answer: its Stop button gave way to the Retry button (under the last part) or
     to none, and the placeholder to text."""
-    return bool(message.edits) and callbacks(message) in ([], [RETRY_CALLBACK]) and message.text != texts.PLACEHOLDER
+    return bool(message.edits) and (not callbacks(message) or has_retry(message)) and message.text != texts.PLACEHOLDER
 
 
 async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 60) -> None:
@@ -148,3 +168,15 @@ async def stored_messages(history: HistoryStore, key: ConversationKey) -> list[S
     ):
         ids = [int(row[0]) for row in await cursor.fetchall()]
     return await history.messages(ids)
+
+
+async def stored_answers(bot: RunningBot, key: ConversationKey, count: int, timeout: float = 90) -> list[StoredMessage]:
+    """The conversation once ``count`` of its answers are finished, as the history says: long answers span several
+    messages, and a group may hold notes between them, so the chat's look is no sign of being done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = await stored_messages(bot.services.history, key)
+        if len([m for m in stored if m.role == "assistant" and m.status != "streaming"]) >= count:
+            return stored
+        assert time.monotonic() < deadline, f"{count} answers in {key} not finished: {[m.status for m in stored]}"
+        await asyncio.sleep(0.1)
