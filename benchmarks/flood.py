@@ -1,15 +1,16 @@
 """Strangers flooding the bot: how long its owner waits for an answer meanwhile (issue 23, item 1).
 
 The real bot (``python -m bot.cli run``, its own process) runs against the stand-in Bot API server on
-127.0.0.1.  Strangers add it to ten groups of their own and mention it there ``--mentions`` times in all, and
+127.0.0.1.  Strangers add it to ``--groups`` groups of their own and mention it there ``--mentions`` times in all,
+and
 ``--strangers`` strangers send ``--private`` private messages between them; right after the flood an allowed
 user sends /help and then a question.  Measured as a user sees it: from the moment their update is available
 to the bot's reply (for the question: its first status, the empty draft Telegram shows as "Thinking…").  The
 same /help is timed on a quiet bot first, in the same run.  ``--bot-dir`` runs another checkout of the bot (an
 older release, say) against the same flood, for a before-and-after in one run on one machine.
 
-Usage: python benchmarks/flood.py [--store DIR] [--mentions 1000] [--private 300] [--strangers 100]
-       [--bot-dir DIR] [--name flood]
+Usage: python benchmarks/flood.py [--store DIR] [--mentions 1000] [--groups 10] [--private 300]
+       [--strangers 100] [--bot-dir DIR] [--name flood]
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from tests.support.bot_api_server import BOT_USER, FakeBotApi
 from tests.support.harness import ADMIN, USER
 from tests.support.processes import bot_environment, bot_process
 
-GROUPS = [-1009000 - index for index in range(10)]
 FIRST_STRANGER = 50_000
 TIMEOUT = 3600.0  # an older release may take most of an hour to get through the flood
 
@@ -50,6 +50,7 @@ async def reply_time(api: FakeBotApi, chat: int, text: str, *, draft: bool = Fal
 
 
 async def run(args: argparse.Namespace, store: Path) -> dict[str, Any]:
+    groups = [-1009000 - index for index in range(args.groups)]
     async with FakeBotApi() as api:
         with tempfile.TemporaryDirectory() as workdir:
             extra = {"LOG_LEVEL": "INFO", "MAX_NEW_TOKENS": "16"}
@@ -62,11 +63,11 @@ async def run(args: argparse.Namespace, store: Path) -> dict[str, Any]:
                 process = psutil.Process(bot.process.pid)
                 quiet = await reply_time(api, USER, "/help")
                 rss_before = process.memory_info().rss
-                owners = [FIRST_STRANGER - 1 - index for index in range(len(GROUPS))]  # one stranger per group
-                for group, owner in zip(GROUPS, owners, strict=True):
+                owners = [FIRST_STRANGER - 1 - index for index in range(len(groups))]  # one stranger per group
+                for group, owner in zip(groups, owners, strict=True):
                     api.push_my_chat_member(group, owner)
                 for index in range(args.mentions):
-                    group, owner = GROUPS[index % len(GROUPS)], owners[index % len(GROUPS)]
+                    group, owner = groups[index % len(groups)], owners[index % len(groups)]
                     api.push_message(group, f"@{BOT_USER['username']} hi {index}", user_id=owner)
                 for index in range(args.private):
                     stranger = FIRST_STRANGER + index % args.strangers
@@ -79,14 +80,14 @@ async def run(args: argparse.Namespace, store: Path) -> dict[str, Any]:
                 rss_after = process.memory_info().rss
                 results = {
                     "mentions": args.mentions,
-                    "groups": len(GROUPS),
+                    "groups": args.groups,
                     "private_messages": args.private,
                     "strangers": args.strangers,
                     "help_quiet_seconds": quiet,
                     "help_after_flood_seconds": help_after,
                     "first_status_after_flood_seconds": status_after,
                     "flood_fetched_seconds": round(time.monotonic() - flooded, 2),
-                    "messages_into_strangers_groups": sum(len(api.calls_of("sendMessage", g)) for g in GROUPS),
+                    "messages_into_strangers_groups": sum(len(api.calls_of("sendMessage", g)) for g in groups),
                     "refusals_into_private_chats": sum(
                         len(api.calls_of("sendMessage", FIRST_STRANGER + i)) for i in range(args.strangers)
                     ),
@@ -112,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="a model store (default: the full synthetic INT4's)")
     parser.add_argument("--mentions", type=int, default=1000)
+    parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--private", type=int, default=300)
     parser.add_argument("--strangers", type=int, default=100)
     parser.add_argument("--bot-dir", type=Path, help="another checkout of the bot to run instead of this one")

@@ -39,7 +39,7 @@ from bot.group_upgrades import GroupUpgrades
 from bot.health import HeartbeatFile
 from bot.history import HistoryError, HistoryStore
 from bot.membership import Membership
-from bot.pace import Pacer
+from bot.pace import Pacer, Skipped
 from bot.questions import Questions
 from bot.recovery import finish_interrupted
 from bot.retry import Retries
@@ -220,7 +220,11 @@ async def _expired(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Whatever a handler did not catch: logged (the log filter keeps secrets out), and the person whose update
-    it was is told if Telegram's rate limit has room, so nobody waits for an answer that is not coming."""
+    it was is told if Telegram's rate limit has room, so nobody waits for an answer that is not coming.  A reply
+    that gave up waiting for the rate limit (at shutdown) is no failure of the handler's."""
+    if isinstance(context.error, Skipped):
+        log.info("a reply was not sent: %s", context.error)
+        return
     log.error("handling an update failed", exc_info=context.error)
     if not isinstance(update, Update):
         return
