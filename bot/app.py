@@ -279,7 +279,8 @@ async def serve(application: Application, settings: Settings, secret: str) -> No
 
 async def _receive(application: Application, settings: Settings, webhook: WebhookServer | None) -> None:
     """SIGTERM and SIGINT stop running answers first (their text is kept), so shutdown takes seconds instead of
-    waiting for every answer to finish."""
+    waiting for every answer to finish; one that comes while the start's last Bot API calls are still retried
+    ends them."""
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -287,31 +288,40 @@ async def _receive(application: Application, settings: Settings, webhook: Webhoo
     updater = application.updater
     assert updater is not None
     await application.start()
+    starting = asyncio.create_task(_start_receiving(application, settings, webhook))
+    stopping = asyncio.create_task(shutdown.wait())
     try:
-        if webhook is not None:
-            webhook.start(application)
-            await reach(
-                settings,
-                "setWebhook",
-                lambda: application.bot.set_webhook(
-                    webhook.url, secret_token=webhook.secret, allowed_updates=Update.ALL_TYPES
-                ),
-                check="WEBHOOK_URL",
-            )
-            how = f"webhook at {webhook.url}, listening on {webhook.address}"
-        else:
-            await reach(settings, "deleteWebhook", application.bot.delete_webhook)
-            await updater.start_polling(allowed_updates=Update.ALL_TYPES)
-            how = "polling"
-        username = application.bot.username
-        log.info("ready: @%s (https://t.me/%s), %s", username, username, how)
-        await shutdown.wait()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            username = application.bot.username
+            log.info("ready: @%s (https://t.me/%s), %s", username, username, starting.result())
+            await stopping
     finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
         if webhook is not None:
             await webhook.close()
         if updater.running:
             await updater.stop()
         await application.stop()
+
+
+async def _start_receiving(application: Application, settings: Settings, webhook: WebhookServer | None) -> str:
+    """Tells Telegram where updates go and starts taking them; returns how, for the log."""
+    if webhook is None:
+        await reach(settings, "deleteWebhook", application.bot.delete_webhook)
+        assert application.updater is not None
+        await application.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+        return "polling"
+    webhook.start(application)
+    await reach(
+        settings,
+        "setWebhook",
+        lambda: application.bot.set_webhook(webhook.url, secret_token=webhook.secret, allowed_updates=Update.ALL_TYPES),
+        check="WEBHOOK_URL",
+    )
+    return f"webhook at {webhook.url}, listening on {webhook.address}"
 
 
 def _webhook_secret(settings: Settings) -> str:

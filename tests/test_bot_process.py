@@ -417,6 +417,22 @@ async def test_the_bot_says_once_that_it_is_ready_with_its_username_and_link(api
     assert ready.rstrip().endswith(" INFO bot.app: ready: @phi3_test_bot (https://t.me/phi3_test_bot), polling")
 
 
+async def test_sigterm_while_the_start_is_still_retrying_telegram_exits_at_once(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    api.fail_next("deleteWebhook", 100, kind="5xx")
+    environment = bot_environment(api, tmp_path / "store", tmp_path / "data")
+    async with bot_process(environment, tmp_path) as bot:
+        await bot.wait_for_log("cannot be reached yet (deleteWebhook: Bad Gateway)", 60)
+        started = time.monotonic()
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 60)
+        took = time.monotonic() - started
+    assert code == 0 and took < 5, (code, took, bot.stderr[-3000:])
+    assert " ready: " not in bot.stderr and "Traceback" not in bot.stderr, bot.stderr[-3000:]
+    assert not (tmp_path / "data" / "heartbeat").exists(), "closed on the way out"
+
+
 def failed_start(
     environment: dict[str, str], workdir: Path, *secrets: str, module: str | None = None, wrapper: Sequence[str] = ()
 ) -> tuple[str, list[str]]:
@@ -500,7 +516,7 @@ async def test_an_unusable_directory_is_one_line_naming_it_and_exit_2(
     assert api.calls == [], "nothing was asked of Telegram"
 
 
-def start_with_a_data_dir_it_cannot_write(api: FakeBotApi, data: Path) -> tuple[str, list[str]]:
+def start_with_a_directory_it_cannot_write(api: FakeBotApi, work: Path, setting: str) -> tuple[str, list[str]]:
     """Root may write into any directory (CAP_DAC_OVERRIDE): a test run as root runs the bot without that."""
     wrapper: list[str] = []
     if os.geteuid() == 0:
@@ -508,19 +524,22 @@ def start_with_a_data_dir_it_cannot_write(api: FakeBotApi, data: Path) -> tuple[
             pytest.skip("run as root without setpriv (util-linux): every directory is writable")
         dropped = "-dac_override,-dac_read_search"
         wrapper = ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}"]
-    data.mkdir(mode=0o555)
+    locked = work / "locked"
+    locked.mkdir(mode=0o555)
     try:
-        environment = bot_environment(api, data.parent / "store", data)
-        return failed_start(environment, data.parent, api.token, wrapper=wrapper)
+        environment = bot_environment(api, work / "store", work / "data")
+        environment[setting] = str(locked)
+        return failed_start(environment, work, api.token, wrapper=wrapper)
     finally:
-        data.chmod(0o755)
+        locked.chmod(0o755)
 
 
-async def test_a_data_dir_this_user_cannot_write_is_one_line_naming_it_and_exit_2(
-    api: FakeBotApi, tmp_path: Path
+@pytest.mark.parametrize("setting", ["DATA_DIR", "MODEL_STORE_DIR"])
+async def test_a_directory_this_user_cannot_write_is_one_line_naming_it_and_exit_2(
+    api: FakeBotApi, tmp_path: Path, setting: str
 ) -> None:
-    last, before = await asyncio.to_thread(start_with_a_data_dir_it_cannot_write, api, tmp_path / "data")
-    assert before == [] and "cannot be written by this user" in last and "check DATA_DIR" in last, (before, last)
+    last, before = await asyncio.to_thread(start_with_a_directory_it_cannot_write, api, tmp_path, setting)
+    assert before == [] and "cannot be written by this user" in last and f"check {setting}" in last, (before, last)
 
 
 @pytest.mark.parametrize(
