@@ -9,12 +9,12 @@ the streaming code, which knows whether a message can wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
 import sys
 import time
-from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
@@ -46,7 +46,8 @@ from bot.retry import Retries
 from bot.runtime import build_engine
 from bot.services import Services
 from bot.settings import Settings
-from bot.startup import StartupError, connect
+from bot.startup import StartupError, check_directories, connect, reach
+from bot.webhook import WebhookServer
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore
 
@@ -87,17 +88,13 @@ def install_redaction(*secrets: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def build_application(settings: Settings, *, handle_signals: bool = False) -> Application:
-    """``handle_signals``: SIGTERM and SIGINT stop running answers first (their text is kept), so shutdown
-    takes seconds instead of waiting for every answer to finish; off in tests, which own the signals."""
+def build_application(settings: Settings) -> Application:
     assert settings.telegram_bot_token is not None
     builder = (
         ApplicationBuilder()
         .token(settings.telegram_bot_token.get_secret_value())
         .rate_limiter(Pacer())
         .concurrent_updates(64)
-        .post_init(setup_with_signals if handle_signals else setup)
-        .post_shutdown(teardown)
     )
     if settings.telegram_api_base_url:
         builder = builder.base_url(settings.telegram_api_base_url)
@@ -109,18 +106,26 @@ def build_application(settings: Settings, *, handle_signals: bool = False) -> Ap
 
 
 async def setup(application: Application) -> None:
-    """Open the history, load the model, register handlers; run by PTB before polling (and by tests).
+    """Open the history, load the model, register handlers; run before updates are received (and by tests).
 
-    The heartbeat starts first: the loop is alive while the model loads, and a health check should say so."""
+    The bot's commands are set first: a Bot API server that fails is found before anything is opened. Then the
+    heartbeat starts: the loop is alive while the model loads, and a health check should say so. A failure after
+    that closes whatever was opened (``teardown``), so a failed start leaves no thread or process behind."""
     settings: Settings = application.bot_data["settings"]
+    commands = [BotCommand(name, description) for name, description in texts.COMMANDS]
+    await reach(settings, "setMyCommands", lambda: application.bot.set_my_commands(commands))
     heartbeat = HeartbeatFile(settings.heartbeat_path, lambda: {"model_loaded": _model_loaded(application)})
     heartbeat.start()
     application.bot_data["heartbeat"] = heartbeat
+    try:
+        await _open(application, settings, heartbeat)
+    except BaseException:
+        await teardown(application)
+        raise
+
+
+async def _open(application: Application, settings: Settings, heartbeat: HeartbeatFile) -> None:
     history = await HistoryStore.open(settings.database_path)  # type: ignore[arg-type]
-    interrupted = await history.mark_interrupted()
-    if interrupted:
-        log.info("%d answers were interrupted by the last shutdown; finishing their messages", len(interrupted))
-        await finish_interrupted(application.bot, history, interrupted)
     services = Services(
         settings=settings,
         history=history,
@@ -128,29 +133,25 @@ async def setup(application: Application) -> None:
         limiter=UserRateLimiter(settings.user_requests_per_minute),
         bot_username=application.bot.username,
     )
+    application.bot_data["services"] = services  # from here on, teardown closes the history
+    interrupted = await history.mark_interrupted()
+    if interrupted:
+        log.info("%d answers were interrupted by the last shutdown; finishing their messages", len(interrupted))
+        await finish_interrupted(application.bot, history, interrupted)
     ModelStore(settings.store_dir).ensure()
     try:
         services.engine = await build_engine(settings)
     except ModelStoreError as error:
         log.warning("no model loaded: %s", error)
-    application.bot_data["services"] = services
     heartbeat.beat()
     register_handlers(application, services)
     if settings.warm_up_hours > 0:
         services.warm_up(time.time() - settings.warm_up_hours * 3600)
-    await application.bot.set_my_commands([BotCommand(name, description) for name, description in texts.COMMANDS])
     if not settings.admin_user_ids:
         log.warning("ADMIN_USER_IDS is empty: nobody can use /convert, and with no allowlist nobody gets answers")
 
 
-async def setup_with_signals(application: Application) -> None:
-    await setup(application)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _stop, application, signum)
-
-
-def _stop(application: Application, signum: int) -> None:
+def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> None:
     """Answers stop and their final texts are tried once, not through flood control: recovery at the next start
     shows what Telegram would not take now, so a shutdown fits in the seconds Docker gives it."""
     services: Services | None = application.bot_data.get("services")
@@ -162,7 +163,7 @@ def _stop(application: Application, signum: int) -> None:
         pacer.stop()
     stopped = services.engine.cancel_all() if services is not None and services.engine is not None else 0
     log.info("%s: stopping %d running answers and shutting down", signal.Signals(signum).name, stopped)
-    application.stop_running()
+    shutdown.set()
 
 
 def _model_loaded(application: Application) -> bool:
@@ -171,18 +172,26 @@ def _model_loaded(application: Application) -> bool:
 
 
 async def teardown(application: Application) -> None:
-    heartbeat: HeartbeatFile | None = application.bot_data.get("heartbeat")
-    if heartbeat is not None:
-        await heartbeat.stop()
-    services: Services | None = application.bot_data.get("services")
-    if services is None:
-        return
-    for task in list(services.background):  # work read ahead: nothing waits for it
+    """Closes what ``setup`` opened, each part even when another fails to close: the history's connection and
+    the model's process left open would keep the process from exiting. The heartbeat goes first (a bot that is
+    stopping is not healthy), the history last (the others may still write to it)."""
+    async with contextlib.AsyncExitStack() as closing:
+        services: Services | None = application.bot_data.get("services")
+        if services is not None:
+            closing.push_async_callback(services.history.close)
+            if services.engine is not None:
+                closing.push_async_callback(services.engine.aclose)
+            closing.push_async_callback(_cancel, services.background)
+        heartbeat: HeartbeatFile | None = application.bot_data.get("heartbeat")
+        if heartbeat is not None:
+            closing.push_async_callback(heartbeat.stop)
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    """Work read ahead: nothing waits for it."""
+    for task in list(tasks):
         task.cancel()
-    await asyncio.gather(*services.background, return_exceptions=True)
-    if services.engine is not None:
-        await services.engine.aclose()
-    await services.history.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def register_handlers(application: Application, services: Services) -> None:
@@ -248,34 +257,79 @@ def run_bot(settings: Settings) -> int:
         return 2
     secret = _webhook_secret(settings) if settings.webhook_url else ""
     install_redaction(settings.telegram_bot_token.get_secret_value(), secret)
-    application = build_application(settings, handle_signals=True)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)  # python-telegram-bot's run_polling and run_webhook go on with this loop
     try:
-        loop.run_until_complete(connect(application, settings))
-    except StartupError as error:
-        loop.run_until_complete(application.bot.shutdown())
-        loop.close()
+        asyncio.run(serve(build_application(settings), settings, secret))
+    except (StartupError, HistoryError) as error:
         print(f"Error: {error}", file=sys.stderr)
         return 2
-    try:
-        if settings.webhook_url:
-            application.run_webhook(
-                listen=settings.webhook_listen,
-                port=settings.webhook_port,
-                # Served at the URL's own path, so a reverse proxy can pass requests through unchanged.
-                url_path=urlsplit(settings.webhook_url).path.strip("/"),
-                webhook_url=settings.webhook_url,
-                secret_token=secret,
-                allowed_updates=Update.ALL_TYPES,
-                stop_signals=None,
-            )
-        else:
-            application.run_polling(allowed_updates=Update.ALL_TYPES, stop_signals=None)
-    except HistoryError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 1
     return 0
+
+
+async def serve(application: Application, settings: Settings, secret: str) -> None:
+    """Starts, receives updates until SIGTERM or SIGINT, and shuts down. Each step that opens something closes
+    it however a later step ends, so every failed start exits instead of hanging; raises StartupError or
+    HistoryError, whose message is one line, when the bot cannot start."""
+    check_directories(settings)
+    webhook = WebhookServer(settings, secret) if settings.webhook_url else None
+    try:
+        await connect(application, settings)
+        await setup(application)
+        try:
+            await _receive(application, settings, webhook)
+        finally:
+            await teardown(application)
+    finally:
+        if webhook is not None:
+            await webhook.close()
+        await application.shutdown()
+        await application.bot.shutdown()  # the connections of an initialisation that failed
+
+
+async def _receive(application: Application, settings: Settings, webhook: WebhookServer | None) -> None:
+    """SIGTERM and SIGINT stop running answers first (their text is kept), so shutdown takes seconds instead of
+    waiting for every answer to finish; one that comes while the start's last Bot API calls are still retried
+    ends them."""
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stop, application, shutdown, signum)
+    updater = application.updater
+    assert updater is not None
+    await application.start()
+    starting = asyncio.create_task(_start_receiving(application, settings, webhook))
+    stopping = asyncio.create_task(shutdown.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            username = application.bot.username
+            log.info("ready: @%s (https://t.me/%s), %s", username, username, starting.result())
+            await stopping
+    finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+        if webhook is not None:
+            await webhook.close()
+        if updater.running:
+            await updater.stop()
+        await application.stop()
+
+
+async def _start_receiving(application: Application, settings: Settings, webhook: WebhookServer | None) -> str:
+    """Tells Telegram where updates go and starts taking them; returns how, for the log."""
+    if webhook is None:
+        await reach(settings, "deleteWebhook", application.bot.delete_webhook)
+        assert application.updater is not None
+        await application.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+        return "polling"
+    webhook.start(application)
+    await reach(
+        settings,
+        "setWebhook",
+        lambda: application.bot.set_webhook(webhook.url, secret_token=webhook.secret, allowed_updates=Update.ALL_TYPES),
+        check="WEBHOOK_URL",
+    )
+    return f"webhook at {webhook.url}, listening on {webhook.address}"
 
 
 def _webhook_secret(settings: Settings) -> str:

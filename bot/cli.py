@@ -1,7 +1,8 @@
 """The ``phi3bot`` command: run the bot, convert models, check its health, back up its history.
 
 Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (for ``run``
-also a rejected token or an unreachable Bot API server), 130 interrupted.
+also any reason it cannot start: a rejected token, a Bot API server that fails, an unusable directory or history
+database, a webhook port in use), 130 interrupted.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     telegram_api_base_url: str | None = None
     telegram_file_base_url: str | None = None
     webhook_url: str | None = None
-    webhook_listen: str = "0.0.0.0"  # noqa: S104 - a webhook must accept connections from outside
+    # This machine only: a reverse proxy in front forwards Telegram's requests; 0.0.0.0 takes them directly.
+    webhook_listen: str = "127.0.0.1"
     webhook_port: int = Field(default=8443, ge=1, le=65535)
     webhook_secret_token: SecretStr | None = None
 

@@ -1,32 +1,74 @@
-"""Reaching Telegram at start-up: network errors are retried for about a minute, and every problem becomes one
-line that names the setting to check and never contains the token.
+"""Starting the bot: its directories, and the Bot API calls of a start, each problem one line that names the
+setting to check and never contains the token.
 
+Network errors, 5xx and flood control at start are retried for under a minute, so a bot started before the
+network is up waits for it, and a server that keeps failing ends the start (exit code 2) instead of hanging it.
 python-telegram-bot's own start (``run_polling``) tries once and logs a rejected token with a traceback whose
-message holds the token; the bot therefore initialises the Application itself first (getMe), and
-python-telegram-bot's later call finds it initialised.
+message holds the token; the bot therefore initialises the Application itself (getMe).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
 
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.ext import Application
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 TELEGRAM_API = "https://api.telegram.org/bot"
-# A bot started before the network is up (a boot, a container restart) waits for it: attempts after 4, 8, 16
-# and 32 s, about a minute in all.
+# A call that fails for the network's or the server's sake is tried again after 3, 6, 12 and 24 s; a try that
+# would start more than RETRY_SECONDS after the first is not made, so slow failures (timeouts) end as soon.
 ATTEMPTS = 5
-FIRST_WAIT_SECONDS = 4.0
+FIRST_WAIT_SECONDS = 3.0
+RETRY_SECONDS = 55.0
 
 
 class StartupError(Exception):
     """Starting failed for a reason the person running the bot can fix; the message is one line."""
+
+
+def check_directories(settings: Settings) -> None:
+    """DATA_DIR and the model store must be directories this user can write, made if missing; found here,
+    before anything is opened, a wrong one is named instead of failing deep inside a later step."""
+    _writable_directory(settings.data_dir, "DATA_DIR", "")
+    _writable_directory(settings.store_dir, "MODEL_STORE_DIR", " (by default DATA_DIR/models)")
+
+
+def _writable_directory(path: Path, variable: str, default: str) -> None:
+    check = f"check {variable}{default}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise StartupError(f"{variable} {path} is a file, not a directory: {check}") from None
+    except NotADirectoryError:
+        raise StartupError(f"{variable} {path} cannot be a directory: a part of its path is a file: {check}") from None
+    except PermissionError:
+        raise StartupError(
+            f"{variable} {path} cannot be written by this user (uid {os.geteuid()}): {check}, or the "
+            "directory's owner and permissions"
+        ) from None
+    except OSError as error:
+        raise StartupError(f"{variable} {path} cannot be used ({error.strerror}): {check}") from None
 
 
 def _transient(error: BaseException) -> bool:
@@ -36,31 +78,42 @@ def _transient(error: BaseException) -> bool:
 
 
 async def connect(application: Application, settings: Settings) -> None:
-    """Initialise ``application`` (its getMe checks the token), retrying while the server cannot be reached."""
+    """Initialise ``application`` (its getMe checks the token), retrying while the server cannot answer."""
+    await reach(settings, "getMe", application.initialize)
+
+
+async def reach(
+    settings: Settings, method: str, call: Callable[[], Awaitable[T]], check: str = "TELEGRAM_BOT_TOKEN"
+) -> T:
+    """``call``, a Bot API call of the start, retried while the server cannot answer; any other failure is
+    a StartupError at once.  ``check``: the setting to name when the server refuses the call."""
     server = settings.telegram_api_base_url or TELEGRAM_API
 
     def waiting(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "the Bot API server at %s cannot be reached yet (%s); attempt %d of %d in %.0f s",
+            "the Bot API server at %s cannot be reached yet (%s: %s); attempt %d of %d in %.0f s",
             server,
+            method,
             _describe(error, settings),
             state.attempt_number + 1,
             ATTEMPTS,
             wait,
         )
 
+    attempts = 0
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(ATTEMPTS),
+            stop=stop_after_attempt(ATTEMPTS) | stop_before_delay(RETRY_SECONDS),
             wait=wait_exponential(multiplier=FIRST_WAIT_SECONDS),
             before_sleep=waiting,
             reraise=True,
         ):
+            attempts = attempt.retry_state.attempt_number
             with attempt:
-                await application.initialize()
+                result = await call()
     except InvalidToken:
         where = (
             "TELEGRAM_BOT_TOKEN, and TELEGRAM_API_BASE_URL" if settings.telegram_api_base_url else "TELEGRAM_BOT_TOKEN"
@@ -72,13 +125,14 @@ async def connect(application: Application, settings: Settings) -> None:
     except TelegramError as error:
         if _transient(error):
             raise StartupError(
-                f"the Bot API server at {server} could not be reached in {ATTEMPTS} attempts "
-                f"({_describe(error, settings)}): check the network, and TELEGRAM_API_BASE_URL if set"
+                f"the Bot API server at {server} could not be reached in {attempts} attempts "
+                f"({method}: {_describe(error, settings)}): check the network, and TELEGRAM_API_BASE_URL if set"
             ) from None
         raise StartupError(
-            f"the Bot API server at {server} refused the bot ({_describe(error, settings)}): "
-            "check TELEGRAM_BOT_TOKEN and TELEGRAM_API_BASE_URL"
+            f"the Bot API server at {server} refused {method} ({_describe(error, settings)}): "
+            f"check {check} and TELEGRAM_API_BASE_URL"
         ) from None
+    return result
 
 
 def _describe(error: BaseException | None, settings: Settings) -> str:

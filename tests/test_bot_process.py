@@ -8,14 +8,18 @@ the shutdown paths that the in-process tests cannot reach.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import os
 import re
 import shutil
 import signal
 import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,10 @@ import pytest
 from telegram.error import InvalidToken
 
 from bot import texts
-from bot.app import RedactSecrets
+from bot.app import RedactSecrets, build_application, setup
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.reply_stream import CURSOR
+from bot.webhook import SECRET_HEADER
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import (
@@ -347,13 +352,141 @@ async def test_webhook_without_a_secret_setting_uses_a_random_one_and_refuses_fo
     assert secret not in bot.stderr, "the secret is redacted from the log, python-telegram-bot's DEBUG lines included"
 
 
+async def raw_post(
+    port: int, path: str, headers: dict[str, str], body_bytes: int, *, chunked: bool = False
+) -> tuple[str, str]:
+    """A request written by hand: its headers, then a pause of up to 3 s for an answer before any of the body
+    is sent, then the body (as much of it as the server takes).  Returns the status line answered before the
+    body ("" if none) and the one answered in the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = [f"POST {path} HTTP/1.1", "Host: bot.example.com", *(f"{name}: {value}" for name, value in headers.items())]
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+    else:
+        head.append(f"Content-Length: {body_bytes}")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    await writer.drain()
+    try:
+        early = (await asyncio.wait_for(reader.readline(), 3)).decode().strip()
+    except TimeoutError:
+        early = ""
+    piece = b"x" * 1024 * 1024
+    with contextlib.suppress(ConnectionError):
+        for _ in range(0, body_bytes, len(piece)):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            await writer.drain()
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    final = early
+    if not early:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            final = (await asyncio.wait_for(reader.readline(), 30)).decode().strip()
+    writer.close()
+    return early, final
+
+
+@pytest.mark.timeout(240)
+async def test_the_webhook_refuses_from_the_headers_so_strangers_cannot_fill_the_bots_memory(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    """python-telegram-bot's own server read each body whole (up to 100 MB) before it checked the secret."""
+    port = free_port()
+    hook = f"http://127.0.0.1:{port}/telegram/hook"
+    environment = bot_environment(
+        api,
+        tmp_path / "store",
+        tmp_path / "data",
+        WEBHOOK_URL=hook,
+        WEBHOOK_PORT=str(port),
+        WEBHOOK_SECRET_TOKEN=SECRET,
+    )
+    environment.pop("WEBHOOK_LISTEN", None)
+    async with bot_process(environment, tmp_path) as bot:
+        await bot.wait_for_log(" ready: ", 120)
+        assert api.webhook_url == hook and listening(port), "ready once Telegram knows the webhook and it listens"
+        process = psutil.Process(bot.process.pid)
+        listeners = [c.laddr for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+        assert [(address.ip, address.port) for address in listeners] == [("127.0.0.1", port)], "by default"
+
+        before = process.memory_info().rss
+        wrong = {SECRET_HEADER: "guessed", "Content-Type": "application/json"}
+        for _ in range(6):
+            assert await raw_post(port, "/telegram/hook", wrong, 99 * 1024 * 1024) == ("HTTP/1.1 403 Forbidden",) * 2
+        missing = {"Content-Type": "application/json"}
+        assert await raw_post(port, "/telegram/hook", missing, 50 * 1024 * 1024) == ("HTTP/1.1 403 Forbidden",) * 2
+        assert (
+            await raw_post(port, "/elsewhere", {SECRET_HEADER: SECRET}, 50 * 1024 * 1024)
+            == ("HTTP/1.1 404 Not Found",) * 2
+        )
+        grown = process.memory_info().rss - before
+        assert grown < 20 * 1024 * 1024, f"the bot grew by {grown / 2**20:.0f} MB"
+
+        right = {SECRET_HEADER: SECRET, "Content-Type": "application/json"}
+        too_large = ("HTTP/1.1 413 Request Entity Too Large",) * 2
+        assert await raw_post(port, "/telegram/hook", right, 1024 * 1024 + 1) == too_large, "refused unread"
+        early, final = await raw_post(port, "/telegram/hook", right, 3 * 1024 * 1024, chunked=True)
+        assert early == "" and final == "HTTP/1.1 400 Bad Request", "a body of unknown length is cut off at 1 MB"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(hook, headers={SECRET_HEADER: SECRET}) as response:
+                assert response.status == 405, "only POST"
+            broken = b'{"update_id": 5, "message": {"text": "words of a private message'
+            async with session.post(hook, data=broken, headers=right) as response:
+                assert response.status == 400, "malformed JSON"
+
+        api.push_message(USER, "/help", user_id=USER)
+        await api.wait_for(lambda: bool(api.messages(USER)), 60, "the answer to /help")
+        assert api.webhook_statuses == [200], "Telegram's update, with the secret, is taken"
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 60)
+    assert code == 0, bot.stderr[-3000:]
+    assert "words of a private message" not in bot.stderr, "a body is never logged"
+    assert "WARNING bot.webhook: the webhook received a body that is not an update (JSONDecodeError)" in bot.stderr
+    assert " ERROR " not in bot.stderr and "Traceback" not in bot.stderr, bot.stderr[-3000:]
+    [ready] = [line for line in bot.lines if " ready: " in line]
+    assert f"INFO bot.app: ready: @phi3_test_bot (https://t.me/phi3_test_bot), webhook at {hook}" in ready, ready
+
+
+async def test_the_bot_says_once_that_it_is_ready_with_its_username_and_link(api: FakeBotApi, tmp_path: Path) -> None:
+    environment = bot_environment(api, tmp_path / "store", tmp_path / "data")
+    async with bot_process(environment, tmp_path) as bot:
+        await bot.wait_for_log(" ready: ", 120)
+        assert [call.method for call in api.calls][:3] == ["getMe", "setMyCommands", "deleteWebhook"], "start-up done"
+        api.push_message(USER, "/help", user_id=USER)
+        await api.wait_for(lambda: bool(api.messages(USER)), 60, "the answer to /help")
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 60)
+    assert code == 0, bot.stderr[-3000:]
+    [ready] = [line for line in bot.lines if " ready: " in line]
+    assert ready.rstrip().endswith(" INFO bot.app: ready: @phi3_test_bot (https://t.me/phi3_test_bot), polling")
+
+
+async def test_sigterm_while_the_start_is_still_retrying_telegram_exits_at_once(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    api.fail_next("deleteWebhook", 100, kind="5xx")
+    environment = bot_environment(api, tmp_path / "store", tmp_path / "data")
+    async with bot_process(environment, tmp_path) as bot:
+        await bot.wait_for_log("cannot be reached yet (deleteWebhook: Bad Gateway)", 60)
+        started = time.monotonic()
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 60)
+        took = time.monotonic() - started
+    assert code == 0 and took < 5, (code, took, bot.stderr[-3000:])
+    assert " ready: " not in bot.stderr and "Traceback" not in bot.stderr, bot.stderr[-3000:]
+    assert not (tmp_path / "data" / "heartbeat").exists(), "closed on the way out"
+
+
 def failed_start(
-    environment: dict[str, str], workdir: Path, *secrets: str, module: str | None = None
+    environment: dict[str, str], workdir: Path, *secrets: str, module: str | None = None, wrapper: Sequence[str] = ()
 ) -> tuple[str, list[str]]:
-    """Runs ``phi3bot run`` to its end; it must fail with exit code 2, print nothing on stdout and keep the
-    secrets out of everything it printed.  Returns its last line on stderr and the lines before it."""
-    done = run_phi3bot(["run"], {**environment, "LOG_LEVEL": "INFO"}, workdir, module=module)
+    """Runs ``phi3bot run`` to its end; it must fail with exit code 2 within a minute, print nothing on stdout
+    and keep the secrets out of everything it printed.  Returns its last line on stderr and the lines before it."""
+    started = time.monotonic()
+    done = run_phi3bot(["run"], {**environment, "LOG_LEVEL": "INFO"}, workdir, module=module, wrapper=wrapper)
+    took = time.monotonic() - started
     assert done.returncode == 2, done.stderr[-3000:]
+    assert took < 60, f"a failed start took {took:.0f} s"
     assert done.stdout == ""
     for secret in secrets:
         assert secret not in done.stderr, f"a secret was printed: {done.stderr[-3000:]}"
@@ -397,6 +530,143 @@ async def test_an_unreachable_server_is_tried_again_then_one_line_and_exit_2(api
     )
     assert "could not be reached in 5 attempts" in last and "TELEGRAM_API_BASE_URL" in last, last
     assert len(before) == 4 and all("cannot be reached yet" in line for line in before), before
+
+
+def a_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not a directory")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("setting", "where", "expected"),
+    [
+        ("DATA_DIR", "file", "is a file, not a directory"),
+        ("DATA_DIR", "file/data", "a part of its path is a file"),
+        ("MODEL_STORE_DIR", "file", "is a file, not a directory"),
+        ("MODEL_STORE_DIR", "file/models", "a part of its path is a file"),
+    ],
+    ids=["data-dir-is-a-file", "data-dir-under-a-file", "store-is-a-file", "store-under-a-file"],
+)
+async def test_an_unusable_directory_is_one_line_naming_it_and_exit_2(
+    api: FakeBotApi, tmp_path: Path, setting: str, where: str, expected: str
+) -> None:
+    """Found before anything is opened or Telegram is asked (an unusable MODEL_STORE_DIR used to hang the start)."""
+    a_file(tmp_path / "file")
+    environment = bot_environment(api, tmp_path / "store", tmp_path / "data")
+    environment[setting] = str(tmp_path / where)
+    last, before = await asyncio.to_thread(failed_start, environment, tmp_path, api.token)
+    assert before == [] and expected in last and f"check {setting}" in last, (before, last)
+    assert api.calls == [], "nothing was asked of Telegram"
+
+
+def start_with_a_directory_it_cannot_write(api: FakeBotApi, work: Path, setting: str) -> tuple[str, list[str]]:
+    """Root may write into any directory (CAP_DAC_OVERRIDE): a test run as root runs the bot without that."""
+    wrapper: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("run as root without setpriv (util-linux): every directory is writable")
+        dropped = "-dac_override,-dac_read_search"
+        wrapper = ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}"]
+    locked = work / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        environment = bot_environment(api, work / "store", work / "data")
+        environment[setting] = str(locked)
+        return failed_start(environment, work, api.token, wrapper=wrapper)
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("setting", ["DATA_DIR", "MODEL_STORE_DIR"])
+async def test_a_directory_this_user_cannot_write_is_one_line_naming_it_and_exit_2(
+    api: FakeBotApi, tmp_path: Path, setting: str
+) -> None:
+    last, before = await asyncio.to_thread(start_with_a_directory_it_cannot_write, api, tmp_path, setting)
+    assert before == [] and "cannot be written by this user" in last and f"check {setting}" in last, (before, last)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("corrupt", "is not a usable SQLite database"),
+        ("newer", "was written by a newer phi3bot"),
+        ("directory", "Cannot open the history database"),
+    ],
+)
+async def test_an_unusable_history_database_is_one_line_and_exit_2(
+    api: FakeBotApi, tmp_path: Path, damage: str, expected: str
+) -> None:
+    """Opened after the heartbeat started: a failure closes what was opened, so the process exits."""
+    data = tmp_path / "data"
+    database = data / "history.sqlite3"
+    data.mkdir()
+    if damage == "corrupt":
+        database.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
+    elif damage == "newer":
+        with sqlite3.connect(database) as newer:
+            newer.execute("PRAGMA user_version = 999")
+    else:
+        database.mkdir()
+    environment = bot_environment(api, tmp_path / "store", data)
+    last, _ = await asyncio.to_thread(failed_start, environment, tmp_path, api.token)
+    assert expected in last and "DATABASE_PATH" in last, last
+    assert not (data / "heartbeat").exists(), "the heartbeat stopped with the start"
+
+
+@pytest.mark.parametrize("method", ["getMe", "setMyCommands", "deleteWebhook", "setWebhook"])
+async def test_a_bot_api_server_answering_5xx_is_tried_again_then_one_line_and_exit_2(
+    api: FakeBotApi, tmp_path: Path, request: pytest.FixtureRequest, method: str
+) -> None:
+    """deleteWebhook (polling) and setWebhook come after the history and the model's process are open."""
+    port = free_port()
+    webhook = {"WEBHOOK_URL": f"http://127.0.0.1:{port}/hook", "WEBHOOK_PORT": str(port)}
+    opened = method in ("deleteWebhook", "setWebhook")
+    store = request.getfixturevalue("int4_store")[0].root if opened else tmp_path / "store"
+    environment = bot_environment(api, store, tmp_path / "data", **(webhook if method == "setWebhook" else {}))
+    api.fail_next(method, 100, kind="5xx")
+    last, before = await asyncio.to_thread(
+        failed_start, environment, tmp_path, api.token, module="tests.support.quick_start_bot"
+    )
+    assert f"could not be reached in 5 attempts ({method}: Bad Gateway)" in last, last
+    assert "TELEGRAM_API_BASE_URL" in last, last
+    retries = [line for line in before if "cannot be reached yet" in line]
+    assert len(retries) == 4 and all(f"({method}: Bad Gateway)" in line for line in retries), before
+    assert [call.status for call in api.calls_of(method)] == [502] * 5
+    assert not (tmp_path / "data" / "heartbeat").exists(), "the heartbeat stopped with the start"
+
+
+async def test_a_webhook_port_in_use_is_one_line_and_exit_2(api: FakeBotApi, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        environment = bot_environment(
+            api,
+            tmp_path / "store",
+            tmp_path / "data",
+            WEBHOOK_URL="https://bot.example.com/hook",
+            WEBHOOK_PORT=str(port),
+            WEBHOOK_SECRET_TOKEN=SECRET,
+        )
+        last, before = await asyncio.to_thread(failed_start, environment, tmp_path, api.token, SECRET)
+    assert before == [] and f"cannot listen on 127.0.0.1:{port} (in use by another program)" in last, last
+    assert "check WEBHOOK_LISTEN and WEBHOOK_PORT" in last
+    assert api.calls == [], "found before Telegram is asked"
+
+
+async def test_a_setup_that_fails_after_opening_the_history_closes_what_it_opened(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    """The history's connection thread left open kept a failed start from ever exiting."""
+    settings = bot_settings(api, a_file(tmp_path / "store"), tmp_path / "data")
+    application = build_application(settings)
+    async with application:
+        with pytest.raises(FileExistsError):
+            await setup(application)
+    assert (tmp_path / "data" / "history.sqlite3").exists(), "the history was opened"
+    assert not (tmp_path / "data" / "heartbeat").exists(), "the heartbeat stopped"
+    assert not [thread for thread in threading.enumerate() if "_connection_worker_thread" in thread.name]
 
 
 @pytest.mark.timeout(240)

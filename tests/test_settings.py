@@ -22,6 +22,7 @@ def test_defaults_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert settings.database_path == Path("data") / "history.sqlite3"
     assert settings.store_dir == Path("data") / "models"
     assert settings.admin_user_ids == frozenset()
+    assert settings.webhook_listen == "127.0.0.1", "a webhook is reachable from outside only when asked for"
 
 
 def test_ids_are_read_as_people_write_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -156,13 +156,17 @@ class HistoryStore:
                 row = await cursor.fetchone()
         except sqlite3.DatabaseError as error:
             raise HistoryError(
-                f"{self.path} is not a usable SQLite database ({error}). Move it away to start a new history."
+                f"{self.path} is not a usable SQLite database ({error}). Move it away to start a new history, "
+                "or check DATABASE_PATH."
             ) from error
         version = int(row[0]) if row else 0
         try:
             await self._migrate(version)
         except sqlite3.Error as error:  # a read-only or full disk: the transaction leaves the schema as it was
-            raise HistoryError(f"{self.path} could not be brought up to date ({error}); it is unchanged.") from error
+            raise HistoryError(
+                f"{self.path} could not be brought up to date ({error}); it is unchanged. Check that DATABASE_PATH "
+                "can be written."
+            ) from error
 
     async def _migrate(self, version: int) -> None:
         applied = await self._recorded_migrations(version) if version <= len(MIGRATIONS) else set()

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,13 +83,19 @@ async def bot_process(environment: dict[str, str], workdir: Path, module: str = 
 
 
 def run_phi3bot(
-    args: list[str], environment: dict[str, str], workdir: Path, stdin: str = "", module: str | None = None
+    args: list[str],
+    environment: dict[str, str],
+    workdir: Path,
+    stdin: str = "",
+    module: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """The installed ``phi3bot`` command, run to its end as a person would (``workdir``: no stray .env);
-    ``module``: a test's variant of the command instead (``python -m module``)."""
+    ``module``: a test's variant of the command instead (``python -m module``); ``wrapper``: a command that runs
+    it (such as ``setpriv`` with fewer privileges)."""
     command = [sys.executable, "-m", module] if module else [str(Path(sys.executable).with_name("phi3bot"))]
     return subprocess.run(
-        [*command, *args],
+        [*wrapper, *command, *args],
         input=stdin,
         env=environment,
         cwd=workdir,
