@@ -142,6 +142,9 @@ class _Running:
             self.replace()
 
     def ended(self) -> None:
+        """Its job is over: a stop that comes while the caller still shows the answer has nothing to cancel, and
+        the process that ran it is nobody's to replace."""
+        self.stop = self.replace = None
         if self._overdue is not None:
             self._overdue.cancel()
 

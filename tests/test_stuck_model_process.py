@@ -19,7 +19,7 @@ import pytest
 from bot import texts
 from bot.history import ConversationKey
 from engine.conversation import Turn
-from engine.engine import SHUTDOWN_GRACE_SECONDS, STOP_GRACE_SECONDS, Engine
+from engine.engine import SHUTDOWN_GRACE_SECONDS, STOP_GRACE_SECONDS, Engine, Finished
 from engine.pipeline_process import CLOSE_GRACE_SECONDS, PipelineProcess
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
@@ -113,6 +113,25 @@ async def test_a_stopped_model_process_never_blocks_the_event_loop_and_a_stop_st
     assert not pipeline.alive and not alive(pipeline.pid or 0), "the watchdog ended the stopped process"
     again = finished(await collect(engine, "a", [], Turn("user", "Hi")))
     assert again.status == "complete" and engine.model.pipeline.pid != pipeline.pid, "a fresh process answered"
+    await engine.aclose()
+
+
+async def test_a_stop_that_comes_after_the_answer_ended_leaves_its_process_alone(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    """The caller still writes the final text of an answer that ended when /stop comes: nothing is left to
+    stop, so the watchdog must not replace the (healthy) process a grace later."""
+    grace = 0.3
+    engine = Engine(load(int4_store[1]), SETTINGS, stop_grace_seconds=grace)
+    pipeline = engine.model.pipeline
+    events = []
+    async for event in engine.ask("a", [], Turn("user", "Hi")):
+        events.append(event)
+        if isinstance(event, Finished):
+            assert engine.cancel("a") is True, "the answer still holds its place until its caller lets go"
+            await asyncio.sleep(grace + 1)
+    assert finished(events).status == "complete"
+    assert pipeline.alive and engine.model.pipeline is pipeline, "the process that answered was left alone"
     await engine.aclose()
 
 
