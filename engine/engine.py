@@ -43,6 +43,7 @@ from model_store.layout import read_json
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 15.0  # longer than the longest single call GenAI makes here (a 16-crop photo read whole)
+SHUTDOWN_GRACE_SECONDS = 2.0  # at shutdown a process that has not confirmed a stop by then is ended: nobody waits
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,6 @@ class _Running:
     reason: Status | None = None  # why it was stopped, if it was
     stop: Callable[[], None] | None = None  # cancels the job in the model's process once it is there
     replace: Callable[[], None] | None = None  # ends that process, for one that does not stop
-    replaced: bool = False
     alone: Estimate | None = None  # how long it would take answered alone, from the speed measured so far
     estimate: Estimate | None = None  # how long it takes as it runs: alone, or with the batch it is part of
     batch: list[Estimate] | None = None  # its batch's estimates alone, as it started: what a batched answer teaches
@@ -114,14 +114,24 @@ class _Running:
     first_text: bool = False  # its first text has come: it no longer slows its batch's reading
     _overdue: asyncio.TimerHandle | None = None
 
-    def request_stop(self, reason: Status) -> None:
+    def request_stop(self, reason: Status, grace: float | None = None) -> None:
+        """``grace``: less time than usual for the process to confirm the stop (a shutdown), also for an answer
+        already stopping."""
+        if grace is not None and grace < self.grace:
+            self.grace = grace
+            if self._overdue is not None:
+                loop = asyncio.get_running_loop()
+                when = min(self._overdue.when(), loop.time() + grace)
+                self._overdue.cancel()
+                self._overdue = loop.call_at(when, self._replace)
         if self.reason is None:
             self.reason = reason
             self.send_stop()
 
     def send_stop(self) -> None:
         """A cancel is honoured within a token or between two pieces of reading; a process that does not
-        confirm it in time (hung, or stuck in one very long call) is replaced, so the answer always ends."""
+        confirm it in time (stopped, hung, or stuck in one very long call) is replaced, so the answer always
+        ends."""
         if self.stop is not None:
             self.stop()
             self._overdue = asyncio.get_running_loop().call_later(self.grace, self._replace)
@@ -129,10 +139,12 @@ class _Running:
     def _replace(self) -> None:
         if self.replace is not None:
             log.error("the model's process did not stop within %.0f s; replacing it", self.grace)
-            self.replaced = True
             self.replace()
 
     def ended(self) -> None:
+        """Its job is over: a stop that comes while the caller still shows the answer has nothing to cancel, and
+        the process that ran it is nobody's to replace."""
+        self.stop = self.replace = None
         if self._overdue is not None:
             self._overdue.cancel()
 
@@ -198,21 +210,22 @@ class Engine:
             max_new_tokens=self.settings.max_new_tokens,
         )
 
-    def cancel(self, conversation: Hashable) -> bool:
+    def cancel(self, conversation: Hashable, *, grace: float | None = None) -> bool:
         """Stop the answer for ``conversation`` within one token (or drop it from the queue); True if there was
-        one."""
+        one.  ``grace``: how long its process may take to confirm before it is replaced, if not the usual."""
         running = self.queue.job(conversation)
         if running is None:
             return False
-        running.request_stop("cancelled")
+        running.request_stop("cancelled", grace)
         self.queue.cancel(conversation)  # a waiting request leaves the line at once
         return True
 
     def cancel_all(self) -> int:
-        """Shutdown: every answer stops within a token and keeps its text; waiting ones leave the line."""
+        """Shutdown: every answer stops within a token and keeps its text, and a process that does not confirm
+        within ``SHUTDOWN_GRACE_SECONDS`` is ended rather than waited for; waiting ones leave the line."""
         conversations = [ticket.key for ticket in self.queue.in_line()]
         for conversation in conversations:
-            self.cancel(conversation)
+            self.cancel(conversation, grace=SHUTDOWN_GRACE_SECONDS)
         return len(conversations)
 
     def _settings(self, system_prompt: str | None, seed: int | None = None) -> GenerationSettings:
@@ -400,7 +413,7 @@ class Engine:
     def _finish(self, done: Done, text: str, running: _Running, started: float, ttft: float | None) -> Finished:
         seconds = time.monotonic() - started
         self.stats.busy_seconds += seconds
-        if done.error is not None and not running.replaced:
+        if done.error is not None and running.reason is None:  # asked to stop, it ends stopped whatever its process did
             log.error("generation failed: %s", done.error)
             self.stats.failed += 1
             counted = Report(question_tokens=done.report.question_tokens)  # what it did was not finished
@@ -466,13 +479,7 @@ def _lost_before_a_word(done: Done, parts: list[str], running: _Running, model: 
     """The model's process died (a crash in OpenVINO, the out-of-memory killer) before this answer's first
     word, and nobody stopped it: the question is asked once more of the fresh process, as nothing was shown;
     a question that kills the process itself then fails the second time."""
-    return (
-        done.error is not None
-        and not parts
-        and not model.pipeline.alive
-        and running.reason is None
-        and not running.replaced
-    )
+    return done.error is not None and not parts and not model.pipeline.alive and running.reason is None
 
 
 def _news(shown: Waiting, now: Waiting) -> bool:

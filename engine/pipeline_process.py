@@ -1,9 +1,12 @@
 """The bot's side of the model's process (engine/pipeline_host.py): starts it, sends it jobs, preparations and
 cancels, and hands each request's replies to the event loop that asked.
 
-A reader thread waits on the pipe, so the event loop never blocks on it.  If the process dies (a crash, the
-out-of-memory killer), every open request ends with an error that says so and ``alive`` turns false; the
-engine then starts a fresh process from the same ``PipelineSpec``.
+Nothing here makes the event loop wait on that process: a writer thread sends the commands in the order they
+were given (a cancel never overtakes its job, a shutdown comes last), so a process that stops reading (stopped,
+hung, or holding its GIL in a long GenAI call) blocks that thread when the pipe is full, not the loop; a reader
+thread waits for the replies; the lock the loop takes is only ever held for bookkeeping.  If the process dies
+(a crash, the out-of-memory killer, a kill by the engine's watchdog), every open request ends with an error
+that says so and ``alive`` turns false; the engine then starts a fresh process from the same ``PipelineSpec``.
 
 Images go to the model's process once: this side keeps the list of what that process holds (least recently
 used first, bounded in bytes) and tells it what to drop, never an image a request still in flight needs.
@@ -16,6 +19,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -25,8 +29,20 @@ from engine.conversation import Turn
 from engine.generation import GenerationSettings
 from engine.images import PreparedImage
 from engine.pipeline_host import serve
-from engine.pipeline_protocol import Cancel, Done, Drop, Job, LoadFailed, NewImages, Prepare, Ready, Reply, Shutdown
-from model_store.child_process import exit_reason, stop_process
+from engine.pipeline_protocol import (
+    Cancel,
+    Command,
+    Done,
+    Drop,
+    Job,
+    LoadFailed,
+    NewImages,
+    Prepare,
+    Ready,
+    Reply,
+    Shutdown,
+)
+from model_store.child_process import exit_reason
 from model_store.errors import ModelStoreError
 from model_store.loader import PipelineSpec
 from model_store.store import ModelEntry
@@ -34,12 +50,15 @@ from model_store.store import ModelEntry
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+CLOSE_GRACE_SECONDS = 2.0  # a process told to shut down that has not exited by then (stopped, hung) is killed
+KILL_WAIT_SECONDS = 2.0  # for a killed process to be gone, and the threads that talked to it to end
 HELD_IMAGE_BYTES = 256 * 1024 * 1024  # pixels the model's process keeps for conversations it may read again
 Sink = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[Reply]"]
 
 
 class _HeldImages:
-    """The images the model's process holds, as this side decided; not thread-safe (callers hold a lock)."""
+    """The images the model's process holds, as this side decided, in the order the commands carrying them are
+    sent; not thread-safe (callers hold a lock)."""
 
     def __init__(self, capacity: int = HELD_IMAGE_BYTES) -> None:
         self._capacity = capacity
@@ -90,16 +109,19 @@ class PipelineProcess:
         )
         self._process.start()
         child_end.close()
-        self._lock = threading.Lock()  # guards sends, the sinks and the held images
+        self._lock = threading.Lock()  # guards the sinks, the held images and the order of the outbox; held briefly
         self._sinks: dict[int, Sink] = {}
         self._held = _HeldImages()
+        self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: the writer's last
         self._dead: str | None = None
         try:
             self.load_seconds = self._await_ready()
         except BaseException:
-            self._stop_process()
+            self._reap(CLOSE_GRACE_SECONDS)
             raise
+        self._writer = threading.Thread(target=self._write, name="model-commands", daemon=True)
         self._reader = threading.Thread(target=self._read, name="model-replies", daemon=True)
+        self._writer.start()
         self._reader.start()
 
     @property
@@ -166,22 +188,27 @@ class PipelineProcess:
                 replies.put_nowait(Done(request_id, error=self._dead))
                 return replies
             self._sinks[request_id] = (asyncio.get_running_loop(), replies)
-            with contextlib.suppress(OSError):  # dying right now: the reader ends this request with the reason
-                self._connection.send(command(*self._held.send(request_id, images)))
+            self._outbox.put(command(*self._held.send(request_id, images)))
         return replies
 
     def drop(self, key: Hashable) -> None:
         """Forget a conversation's chat state in the model's process (it was reset)."""
         with self._lock:
             if self._dead is None:
-                with contextlib.suppress(OSError):  # dying right now: a fresh process holds nothing to drop
-                    self._connection.send(Drop(key))
+                self._outbox.put(Drop(key))
 
     def cancel(self, request_id: int) -> None:
         with self._lock:
             if self._dead is None and request_id in self._sinks:
-                with contextlib.suppress(OSError):  # dying right now: the reader ends the request anyway
-                    self._connection.send(Cancel(request_id))
+                self._outbox.put(Cancel(request_id))
+
+    def _write(self) -> None:
+        """Pickles and sends each command in turn; waits here, never on the event loop, while the pipe is full."""
+        while (command := self._outbox.get()) is not None:
+            try:
+                self._connection.send(command)
+            except OSError:  # the process is gone: the reader ends the open requests with the reason
+                return
 
     def _read(self) -> None:
         while True:
@@ -202,6 +229,7 @@ class PipelineProcess:
         with self._lock:
             self._dead = reason
             orphans, self._sinks = self._sinks, {}
+            self._outbox.put(None)  # the writer, if it waits for a command, has nothing more to send
         if orphans:
             log.error("%s (%d answers lost)", reason, len(orphans))
         for request_id, sink in orphans.items():
@@ -214,18 +242,32 @@ class PipelineProcess:
             self._process.kill()
 
     def close(self) -> None:
-        """Blocking: open jobs are cancelled and end with what they have, then the process exits."""
+        """Blocking, for seconds at most: open requests are cancelled and end with what they have, and the process
+        is told to exit; one that has not exited within ``CLOSE_GRACE_SECONDS`` (stopped, hung, or inside one
+        long GenAI call) is killed, so a shutdown or a swap never waits on it."""
         with self._lock:
             if self._dead is None:
                 for request_id in self._sinks:
-                    self._connection.send(Cancel(request_id))
-                with contextlib.suppress(OSError):
-                    self._connection.send(Shutdown())
-        self._reader.join(30)
-        self._stop_process()
+                    self._outbox.put(Cancel(request_id))
+                self._outbox.put(Shutdown())
+            self._outbox.put(None)
+        self._reader.join(CLOSE_GRACE_SECONDS)  # it ends once the process has exited
+        if self._reader.is_alive():
+            log.warning("the model process did not exit within %.0f s; killing it", CLOSE_GRACE_SECONDS)
+            self.kill()
+        for thread in (self._reader, self._writer):
+            thread.join(KILL_WAIT_SECONDS)
+        if self._reader.is_alive() or self._writer.is_alive():  # a thread still on the pipe: leave it open
+            log.error("the model process %s could not be ended", self.pid)
+            return
+        self._reap(0)
 
-    def _stop_process(self) -> None:
-        stop_process(self._process, grace=10, terminate_wait=5)
+    def _reap(self, grace: float) -> None:
+        """Gives the process ``grace`` seconds to exit, kills it if it has not, and closes the pipe."""
+        self._process.join(grace)
+        if self._process.is_alive():
+            self.kill()
+            self._process.join(KILL_WAIT_SECONDS)
         self._connection.close()
 
 
@@ -244,7 +286,8 @@ class LoadedModel:
     num_crops: int = 4  # as GenAI was told (preprocessor_config.json)
 
     def restarted(self) -> LoadedModel:
-        """The same model in a fresh process, after its process died."""
+        """The same model in a fresh process, after its process died (whose pipe is closed first)."""
+        self.pipeline.close()
         process = PipelineProcess(self.pipeline.spec)
         return replace(self, pipeline=process, load_seconds=process.load_seconds)
 
