@@ -30,11 +30,11 @@ from tests.support.harness import (
     bot_settings,
     photo_bytes,
     running_bot,
+    stored_answers,
     stored_messages,
     wait_answers,
 )
 from tests.support.processes import bot_environment, bot_process
-from tests.test_bot_hostile import stored_answers
 from tests.test_bot_process import read_history
 from tests.test_engine import SETTINGS, collect, finished, load, photo
 
