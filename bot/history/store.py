@@ -135,6 +135,9 @@ class HistoryStore:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Tried plainly first: aiosqlite's thread, started for a file that cannot be opened, still has a reply
+            # to deliver when a failed start has already closed the event loop, and prints a traceback.
+            await asyncio.to_thread(_can_open, path)
             connection = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as error:
             raise HistoryError(f"Cannot open the history database {path}: {error}. Check DATABASE_PATH.") from error
@@ -635,6 +638,11 @@ class HistoryStore:
         async with self._reading(), self._db.execute("PRAGMA integrity_check") as cursor:
             row = await cursor.fetchone()
         return row is not None and row[0] == "ok"
+
+
+def _can_open(path: Path) -> None:
+    """Raises sqlite3.Error when ``path`` cannot be opened as a database (a directory, no permission)."""
+    sqlite3.connect(path).close()
 
 
 def _check_status(status: str) -> None:
