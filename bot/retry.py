@@ -72,6 +72,8 @@ class Retries:
             return texts.ONLY_LATEST
         if exchange.question.user_id not in (None, user_id) and not services.access.is_admin(user_id):
             return texts.RETRY_ASKER_ONLY
+        if exchange.question.images_pruned:
+            return texts.IMAGE_GONE
         return exchange
 
     async def _retry(self, message: Message, user_id: int, exchange: Exchange) -> None:
