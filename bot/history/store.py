@@ -245,7 +245,8 @@ class HistoryStore:
             try:
                 yield
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself after some errors, a full disk among them
+                    await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
 
