@@ -19,8 +19,8 @@ whose thread stacks and library mappings are larger.
 
 What a file gave, or why it was refused, is remembered per file (``remembered``, bounded in bytes): a reply to
 the same clip costs neither a download nor a read, and a file that took the whole deadline to refuse is not
-read again.  A spawn costs about a quarter of a second (benchmarks/hostile_files.py), a few per cent of a photo
-question, so no child is kept waiting.
+read again.  Starting a child per photo adds a small part of what a photo question costs
+(benchmarks/hostile_files.py measures both), so no child is kept waiting for the next file.
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ def _real_bomb() -> bytes:
 
 @functools.cache
 def png_40_megapixels_rgba(width: int = 8000, height: int = 5000) -> bytes:
-    """A 164 KB PNG of 40 megapixels with transparency, just within the image limit: decoding it took 0.8 GB and
-    1-2 s, which in the bot's own process stalled every chat."""
+    """A 164 KB PNG of 40 megapixels with transparency, just within the image limit: decoding it takes most of a
+    gigabyte and a second or more, which in the bot's own process stalled every chat."""
     row = b"\x00" + bytes([30, 120, 200, 128]) * width
     compressor = zlib.compressobj(9)
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
