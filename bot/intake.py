@@ -262,7 +262,7 @@ async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment, reader:
     return _new_image(made.data, made.mime_type, attachment.file_unique_id, made.width, made.height)
 
 
-async def bounded(history: HistoryStore, reader: MediaReader, image: StoredImage) -> StoredImage:
+async def bounded(history: HistoryStore, reader: MediaReader, image: NewImage | StoredImage) -> StoredImage:
     """An image stored by a version before the copies (as it was sent, up to 20 MB and 40 megapixels) made into
     the copy, in the reader's child like any file from outside, and stored in its place; a database that cannot
     take it now (a full disk) only means that it is made again the next time.  Raises MediaError."""

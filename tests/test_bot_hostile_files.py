@@ -39,8 +39,9 @@ async def test_hostile_files_in_flight_neither_stall_the_loop_nor_grow_the_bot_a
     figures = json.loads(out.read_text())
     assert figures["max_stall_not_waiting_for_a_cpu_ms"] < 100, figures
     assert figures["peak_rss_mb"] < 300, figures
-    streamed = figures["streaming"]
-    assert streamed["still_streaming_when_all_were_read"] and streamed["longest_gap_s"] < 1.0, figures
+    streamed = figures["streaming"]  # as long as the tiny model's longest answer lasts, or the reading
+    assert streamed["seconds_streamed_meanwhile"] >= min(3.0, streamed["seconds_to_read_all"]), figures
+    assert streamed["longest_gap_s"] < 1.0, figures
     replies = figures["replies"]
     assert replies["png_answered"] and replies["not_failed"], figures
     assert replies["clips_refused"] == [UNREADABLE, UNREADABLE], figures
