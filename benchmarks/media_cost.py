@@ -79,10 +79,9 @@ def video(seconds: int, fps: int = 30, size: tuple[int, int] = (1280, 720)) -> b
 
 
 async def _run(model: Path) -> list[dict[str, Any]]:
-    from bot import pages
     from bot.media_reader import MediaReader
     from engine.conversation import Turn
-    from engine.images import image_tokens, prepare_image
+    from engine.images import grid_side, image_tokens, prepare_image
 
     engine = await bot_like_engine(model, num_crops=NUM_CROPS, answer_tokens=TOKENS)
     per_image = image_tokens(1, 1, NUM_CROPS)
@@ -91,7 +90,7 @@ async def _run(model: Path) -> list[dict[str, Any]]:
         warm_up = Turn("user", "What is in this photo?", (prepare_image(png(synthetic_photo(5))),))
         await timed_answer(engine, "warm-up", [], warm_up)
         document, clip = a4_pdf(6), video(30)
-        side = pages.long_side(NUM_CROPS)
+        side = grid_side(NUM_CROPS)
         reader = MediaReader()
         cases: list[tuple[str, bytes, Callable[[], Awaitable[Pages | Frames]]]] = [
             ("4-page PDF", document, lambda: reader.pages(document, "", limit=4, num_crops=NUM_CROPS)),

@@ -3,21 +3,26 @@ history in SQLite.
 
 The window the policy chooses is stored with the conversation, so the prompt is a function of the database
 alone: the same after a restart as before it, and the same whether the model's process cached it or not.
-Only the messages in view are read with their images.
+Only the messages in view are read with their images.  A question whose images were deleted under the limits
+on stored images (bot/history/store.py) keeps its text, and the model is told in its place that an image was
+there and is gone, rather than left to answer as if it had never been sent.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bot.history import ConversationKey, HistoryStore, OutlineRow, StoredImage
+from bot import texts
+from bot.history import ConversationKey, HistoryStore, OutlineRow, StoredImage, StoredMessage
 from engine.context_policy import estimate_tokens, fit, in_view
 from engine.conversation import Turn
-from engine.images import PreparedImage, image_tokens
+from engine.images import ImageRejected, PreparedImage, image_tokens
 
-Prepare = Callable[[bytes, str], PreparedImage]
+log = logging.getLogger(__name__)
+
+Prepare = Callable[[StoredImage], Awaitable[PreparedImage]]
 
 
 @dataclass(frozen=True)
@@ -33,14 +38,16 @@ class _Counted:
     role: str
     tokens: int
     has_images: bool
+    images_pruned: int
 
 
 def _counted(row: OutlineRow, num_crops: int) -> _Counted:
-    """Messages stored before counts were kept are estimated; their images as square photos."""
+    """Messages stored before counts were kept, or that lost their images, are estimated; their images as square
+    photos."""
     tokens = row.tokens
     if tokens is None:
         tokens = estimate_tokens(row.text, [image_tokens(336, 336, num_crops)] * row.images)
-    return _Counted(row.id, row.role, tokens, row.images > 0)
+    return _Counted(row.id, row.role, tokens, row.images > 0, row.images_pruned)
 
 
 async def conversation_view(
@@ -66,9 +73,28 @@ async def conversation_view(
         await history.set_window(key, window)
     shown = in_view(rows, window)
     stored = await history.messages([row.id for row in shown])
-
-    async def images(found: tuple[StoredImage, ...]) -> tuple[PreparedImage, ...]:
-        return tuple([await asyncio.to_thread(prepare, image.data, image.sha256) for image in found])
-
-    turns = [Turn("user" if m.role == "user" else "assistant", m.text, await images(m.images)) for m in stored]
+    turns = [await _turn(message, prepare) for message in stored]
     return View(turns, sum(row.tokens for row in shown), system_prompt)
+
+
+async def _turn(message: StoredMessage, prepare: Prepare) -> Turn:
+    """The message as the model sees it; images that are gone (deleted, or stored as sent by an older version
+    and refused by the reader now) are said to be gone."""
+    images, gone = [], message.images_pruned
+    for image in message.images:
+        try:
+            images.append(await prepare(image))
+        except ImageRejected as refusal:
+            log.info("an image in view could not be read again (%s); the model is told it is gone", refusal.reason)
+            gone += 1
+    text = f"{texts.images_gone(gone)}\n{message.text}" if gone else message.text
+    return Turn("user" if message.role == "user" else "assistant", text, tuple(images))
+
+
+async def image_gone(history: HistoryStore, key: ConversationKey) -> bool:
+    """Whether the latest question in the model's view that came with images has lost them to the limits on
+    stored images: a text question would be about them."""
+    outline = await history.outline(key)
+    rows = [_counted(row, num_crops=1) for row in outline.rows]  # token counts play no part in what is in view
+    latest = next((row for row in reversed(in_view(rows, outline.window)) if row.has_images or row.images_pruned), None)
+    return latest is not None and latest.images_pruned > 0

@@ -7,9 +7,13 @@ the action is; a very short clip gets fewer frames (``FRAMES_PER_SECOND``), one 
 one.  Why PyAV: FFmpeg's decoders (H.264, HEVC, VP9, AV1, GIF, ...) in a wheel that brings its own codecs.
 
 What a file claims is checked before its pictures are decoded: the frame size against the image limit, the
-duration (measured from the packets when the header does not say) against ``max_seconds``; decoding seeks to
-each frame it needs and gives up after ``DECODE_LIMIT`` frames, so an absurd frame count or a file whose
-timestamps lie costs a bounded amount of work.
+duration (measured from the packets when the header does not say) against ``max_seconds``.  What it holds is
+checked as it is decoded, because a header can lie (a Matroska file announcing 64×64 frames may carry
+16000×16000 ones): FFmpeg is told the largest frame it may allocate, and every decoded frame's size is checked
+again before it is used.  Decoding seeks to each frame it needs and stops, keeping the frames found so far,
+once it has decoded ``DECODE_LIMIT`` frames or ``DECODE_PIXELS`` pixels: an absurd frame count, a file whose
+timestamps lie, or a GIF whose every one-pixel frame is a full 6000×6000 canvas costs a bounded amount of
+work.  A frame taken is converted straight to the size the model reads, never at its full size.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
-from PIL import Image
 
 from engine.images import ImageLimits
 
 FRAMES_PER_SECOND = 2.0  # at most this many frames per second of clip: a 1 s GIF gets 2, not 8
 DECODE_LIMIT = 2000  # frames decoded in all for one clip, whatever its file says
+DECODE_PIXELS = DECODE_LIMIT * 1920 * 1080  # pixels decoded in all: as many as DECODE_LIMIT 1080p frames
+DECODE_THREADS = 2  # FFmpeg's threads per clip: each one's stack and buffers count against the reader's memory
 JPEG_QUALITY = 90
 UNREADABLE = "I couldn't read that clip; it seems damaged or in a format I don't know."
 
@@ -51,6 +56,7 @@ def frame_count(duration: float, limit: int) -> int:
 def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Frames:
     """Up to ``limit`` frames spread evenly over the clip in ``data``, each at most ``long_side`` pixels on its
     long side (the engine would scale it to that anyway); raises VideoError for what cannot be read."""
+    max_pixels = ImageLimits().max_pixels
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.video:
@@ -59,8 +65,10 @@ def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Fr
             if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
                 raise VideoError(UNREADABLE)
             width, height = stream.codec_context.width, stream.codec_context.height
-            if width * height > ImageLimits().max_pixels:
-                raise VideoError(f"That clip's frames are {width}×{height} pixels, too large for me to read.")
+            if width * height > max_pixels:
+                raise VideoError(too_large(width, height))
+            stream.codec_context.thread_count = DECODE_THREADS
+            stream.codec_context.options = {"max_pixels": str(max_pixels)}  # larger frames: a decoding error
             duration = _duration(container, stream)
             if duration > max_seconds:
                 raise VideoError(
@@ -69,14 +77,19 @@ def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Fr
             start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
             count = frame_count(duration, limit)
             targets = [start + duration * (index + 0.5) / count for index in range(count)]
-            frames = _frames_at(container, stream, targets)
-            if not frames:
+            taken = _frames_at(container, stream, targets, _Budget(max_pixels), long_side)
+            if not taken:
                 raise VideoError("I couldn't find a single picture in that clip.")
-            images = tuple(_jpeg(frame, long_side) for frame in frames)
     except av.FFmpegError as error:
+        if isinstance(error, MemoryError):  # more than the reader's memory: its own refusal (bot/media_reader.py)
+            raise
         raise VideoError(UNREADABLE) from error
-    seconds = tuple(round(max(0.0, float(frame.time or start) - start), 2) for frame in frames)
-    return Frames(seconds, duration, images)
+    seconds = tuple(round(max(0.0, (shown if shown is not None else start) - start), 2) for shown, _ in taken)
+    return Frames(seconds, duration, tuple(image for _, image in taken))
+
+
+def too_large(width: int, height: int) -> str:
+    return f"That clip's frames are {width}×{height} pixels, too large for me to read."
 
 
 def clock(seconds: float, *, tenths: bool = False) -> str:
@@ -104,41 +117,74 @@ def _duration(container: av.container.InputContainer, stream: av.VideoStream) ->
     return end
 
 
+_Taken = tuple[float | None, bytes]  # when a frame is shown (None: the file does not say), and its JPEG
+
+
+@dataclass
+class _Budget:
+    """What is left to decode of one clip, and the largest frame that may be decoded."""
+
+    max_pixels: int
+    frames: int = DECODE_LIMIT
+    pixels: int = DECODE_PIXELS
+
+    def spend(self, frame: av.VideoFrame) -> bool:
+        """Whether ``frame`` may be used; False once the budget is spent.  A frame larger than its header said
+        is refused: FFmpeg's own check may not cover every decoder."""
+        pixels = frame.width * frame.height
+        if pixels > self.max_pixels:
+            raise VideoError(too_large(frame.width, frame.height))
+        if self.frames <= 0 or pixels > self.pixels:
+            return False
+        self.frames -= 1
+        self.pixels -= pixels
+        return True
+
+
 def _frames_at(
-    container: av.container.InputContainer, stream: av.VideoStream, targets: list[float]
-) -> list[av.VideoFrame]:
-    """For each target time, the first frame shown at or after it (or the clip's last, if it ends before);
-    seeks to the key frame before each target when the file allows it, else decodes from the start once."""
-    frames: list[av.VideoFrame] = []
-    budget = [DECODE_LIMIT]
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    targets: list[float],
+    budget: _Budget,
+    long_side: int,
+) -> list[_Taken]:
+    """For each target time, the first frame shown at or after it (or the clip's last, if it ends before),
+    converted as soon as it is found; seeks to the key frame before each target when the file allows it, else
+    decodes from the start once."""
+    taken: list[_Taken] = []
     try:
+        last_pts: int | None = None
         for target in targets:
             container.seek(int(target / float(stream.time_base or Fraction(1, av.time_base))), stream=stream)
             frame = _first_from(_decoded(container, stream, budget), target)
             if frame is None:
                 break
-            if not frames or frame.pts != frames[-1].pts:  # a clip shorter than its header says ends early
-                frames.append(frame)
-        return frames
-    except av.FFmpegError:  # not seekable (some GIFs, raw streams): one pass from the start
+            if not taken or frame.pts != last_pts:  # a clip shorter than its header says ends early
+                taken.append(_taken(frame, long_side))
+                last_pts = frame.pts
+        return taken
+    except av.FFmpegError as error:  # not seekable (some GIFs, raw streams): one pass from the start
+        if isinstance(error, MemoryError):
+            raise
         container.seek(0)
-    frames = []
+    taken = []
     decoded = _decoded(container, stream, budget)
+    previous: av.VideoFrame | None = None
     for target in targets:
-        frame = _first_from(decoded, target, last=frames[-1] if frames else None)
-        if frame is None or (frames and frame is frames[-1]):
+        frame = _first_from(decoded, target, last=previous)
+        if frame is None or frame is previous:
             break
-        frames.append(frame)
-    return frames
+        taken.append(_taken(frame, long_side))
+        previous = frame
+    return taken
 
 
 def _decoded(
-    container: av.container.InputContainer, stream: av.VideoStream, budget: list[int]
+    container: av.container.InputContainer, stream: av.VideoStream, budget: _Budget
 ) -> Iterator[av.VideoFrame]:
     for frame in container.decode(stream):
-        if budget[0] <= 0:
+        if not budget.spend(frame):
             return
-        budget[0] -= 1
         yield frame
 
 
@@ -152,11 +198,14 @@ def _first_from(
     return last
 
 
-def _jpeg(frame: av.VideoFrame, long_side: int) -> bytes:
-    image = frame.to_image()
+def _taken(frame: av.VideoFrame, long_side: int) -> _Taken:
+    """The frame as a JPEG at most ``long_side`` pixels on its long side, scaled by FFmpeg from its decoded
+    form: a full-size RGB copy of a 40-megapixel frame would take 120 MB."""
+    scale = min(1.0, long_side / max(frame.width, frame.height))
+    width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+    image = frame.to_image(width=width, height=height, interpolation="LANCZOS")
     if frame.rotation:
         image = image.rotate(frame.rotation, expand=True)
-    image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    image.convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY)
-    return out.getvalue()
+    image.save(out, "JPEG", quality=JPEG_QUALITY)
+    return frame.time, out.getvalue()

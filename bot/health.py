@@ -5,6 +5,10 @@ From start-up to shutdown the bot's event loop rewrites ``DATA_DIR/heartbeat`` e
 stuck, which a restart can fix. It does not say that Telegram is reachable (the bot keeps retrying by itself,
 and a restart would not help), nor does a bot without a model count as unhealthy (it still answers and can
 /convert one); whether a model is loaded is written in the file and printed, for a person reading it.
+
+A beat that cannot be written (a full disk, a volume gone read-only) is logged once and tried again at the next
+beat: the heartbeat goes stale, so the bot shows unhealthy while its disk is, and fresh again once space is
+freed, without a restart.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BEAT_SECONDS = 15.0
 STALE_SECONDS = 4 * BEAT_SECONDS
@@ -31,6 +38,7 @@ class HeartbeatFile:
         self.details = details
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +54,21 @@ class HeartbeatFile:
         """Written aside and renamed, so a health check never reads half a file."""
         beat = {"time": time.time(), "pid": os.getpid(), **self.details()}
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps(beat))
-        partial.replace(self.path)
+        try:
+            partial.write_text(json.dumps(beat))
+            partial.replace(self.path)
+        except OSError as error:
+            if not self._failing:
+                log.error(
+                    "cannot write the heartbeat %s (%s); trying again every %.0f s", self.path, error, self.interval
+                )
+            self._failing = True
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            return
+        if self._failing:
+            log.info("the heartbeat %s is written again", self.path)
+        self._failing = False
 
     async def stop(self) -> None:
         """A bot that stopped is not healthy: the file goes with it."""

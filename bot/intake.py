@@ -5,15 +5,22 @@ MIME type or file name; a PDF becomes the images of its pages (bot/pages.py) and
 video message or a video sticker the images of a few frames (bot/frames.py); a question may reply to a
 message that holds any of these.  Files over Telegram's 20 MB bot download limit, and clips longer or larger
 than the limits, are refused from what Telegram announces, before any download; an image seen before (same
-``file_unique_id``) is taken from the history database instead of Telegram.  Pages and frames are stored by
-content hash like photos, so a follow-up sees them as it sees a photo.
+``file_unique_id``) is taken from the history database instead of Telegram.
+
+Every file is read by the file reader's child process (bot/media_reader.py), photos too: what the bot keeps of
+a photo is a decoded, downscaled copy made there (bot/stills.py), and the bot's own process decodes nothing
+else.  What the reader gave for a file, or why it refused it, is remembered with the file's
+``file_unique_id``, so a reply to the same clip is neither downloaded nor read again.  Pages, frames and copies
+are stored by content hash, so a follow-up sees them as the first answer saw them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,13 +28,13 @@ from pathlib import Path
 from telegram import Animation, Bot, Document, Message, Sticker, Video, VideoNote
 from telegram.error import BadRequest, TelegramError
 
-from bot import pages
-from bot.frames import clock
-from bot.history import HistoryStore, NewImage
+from bot.frames import Frames, clock
+from bot.history import HistoryStore, NewImage, StoredImage
 from bot.material import Kind, Material, of_frames, of_pages
 from bot.media_reader import MediaError, MediaReader
-from bot.pages import PDF_MIME
-from engine.images import ImageLimits
+from bot.pages import PDF_MIME, Pages
+from bot.stills import Still
+from engine.images import ImageLimits, grid_side
 
 log = logging.getLogger(__name__)
 
@@ -166,28 +173,47 @@ async def gather(
     limits: MediaLimits,
     reader: MediaReader,
 ) -> Material:
-    """The images a question's attachments show the model: photos as they are, a PDF's pages or a clip's
-    frames (one PDF or clip per question, read by ``reader``); raises IntakeError with a friendly reason."""
+    """The images a question's attachments show the model: photos as the copies the bot keeps, a PDF's pages or a
+    clip's frames (one PDF or clip per question), all read by ``reader``; raises IntakeError with a friendly
+    reason."""
     media = [attachment for attachment in attachments if attachment.kind != "image"]
-    if not media:
-        return Material([await fetch(bot, history, attachment) for attachment in attachments])
-    if len(attachments) > 1:
-        raise IntakeError(f"Please send the {media[0].name} on its own: I can read one PDF or clip per question.")
-    attachment = media[0]
-    if attachment.kind == "clip":
-        _check_clip(attachment, limits)
-    data = await _download(bot, attachment)
     try:
+        if not media:
+            return Material(await _all([fetch(bot, history, attachment, reader) for attachment in attachments]))
+        if len(attachments) > 1:
+            raise IntakeError(f"Please send the {media[0].name} on its own: I can read one PDF or clip per question.")
+        attachment = media[0]
         if attachment.kind == "pdf":
             limit = min(limits.pdf_pages, limits.max_images)
-            found = await reader.pages(data, question, limit=limit, num_crops=limits.num_crops)
+
+            async def render() -> Pages:
+                data = await _download(bot, attachment)
+                return await reader.pages(data, question, limit=limit, num_crops=limits.num_crops)
+
+            found = await reader.remembered(attachment.file_unique_id, render, ("pages", question, limits))
             return of_pages(found, [_new_image(image, "image/png") for image in found.images])
-        side = pages.long_side(limits.num_crops)
-        limit = min(limits.video_frames, limits.max_images)
-        clip = await reader.frames(data, limit=limit, max_seconds=limits.video_max_seconds, long_side=side)
+        _check_clip(attachment, limits)
+        side, limit = grid_side(limits.num_crops), min(limits.video_frames, limits.max_images)
+
+        async def sample() -> Frames:
+            data = await _download(bot, attachment)
+            return await reader.frames(data, limit=limit, max_seconds=limits.video_max_seconds, long_side=side)
+
+        clip = await reader.remembered(attachment.file_unique_id, sample, ("frames", limits))
         return of_frames(clip, attachment.name, [_new_image(image, "image/jpeg") for image in clip.images])
     except MediaError as error:
         raise IntakeError(str(error)) from error
+
+
+async def _all(fetches: Sequence[Awaitable[NewImage]]) -> list[NewImage]:
+    """An album's photos read side by side; when one is refused, the others stop (their readers with them)."""
+    tasks = [asyncio.ensure_future(fetching) for fetching in fetches]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _check_clip(attachment: Attachment, limits: MediaLimits) -> None:
@@ -201,9 +227,11 @@ def _check_clip(attachment: Attachment, limits: MediaLimits) -> None:
         raise IntakeError(f"That {attachment.name}'s frames are too large for me to read.")
 
 
-def _new_image(data: bytes, mime_type: str | None, file_unique_id: str | None = None) -> NewImage:
-    """An image to store, by content hash; a rendered page or a frame has no Telegram file of its own."""
-    return NewImage(data, hashlib.sha256(data).hexdigest(), file_unique_id, mime_type)
+def _new_image(
+    data: bytes, mime_type: str, file_unique_id: str | None = None, width: int | None = None, height: int | None = None
+) -> NewImage:
+    """An image to store, by content hash, made by the reader: a copy, a rendered page or a frame."""
+    return NewImage(data, hashlib.sha256(data).hexdigest(), file_unique_id, mime_type, width, height, bounded=True)
 
 
 def _names_a_local_file(file_path: str | None) -> bool:
@@ -218,11 +246,33 @@ def _names_a_local_file(file_path: str | None) -> bool:
         return True
 
 
-async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment) -> NewImage:
+async def fetch(bot: Bot, history: HistoryStore, attachment: Attachment, reader: MediaReader) -> NewImage:
+    """A photo or an image file as the copy the bot keeps: the one stored for the same Telegram file, or one
+    made by ``reader`` from a download; raises MediaError or IntakeError."""
     known = await history.image_by_file_unique_id(attachment.file_unique_id)
     if known is not None:
-        return NewImage(known.data, known.sha256, known.file_unique_id, known.mime_type)
-    return _new_image(await _download(bot, attachment), attachment.mime_type, attachment.file_unique_id)
+        if not known.bounded:
+            known = await bounded(history, reader, known)
+        return NewImage(known.data, known.sha256, known.file_unique_id, known.mime_type, bounded=True)
+
+    async def copy() -> Still:
+        return await reader.still(await _download(bot, attachment))
+
+    made = await reader.remembered(attachment.file_unique_id, copy, "still")
+    return _new_image(made.data, made.mime_type, attachment.file_unique_id, made.width, made.height)
+
+
+async def bounded(history: HistoryStore, reader: MediaReader, image: NewImage | StoredImage) -> StoredImage:
+    """An image stored by a version before the copies (as it was sent, up to 20 MB and 40 megapixels) made into
+    the copy, in the reader's child like any file from outside, and stored in its place; a database that cannot
+    take it now (a full disk) only means that it is made again the next time.  Raises MediaError."""
+    made = await reader.still(image.data)
+    copy = _new_image(made.data, made.mime_type, None, made.width, made.height)
+    try:
+        await history.replace_image(image.sha256, copy)
+    except sqlite3.Error as error:
+        log.warning("could not store the copy of an image stored before copies: %s", error)
+    return StoredImage(copy.sha256, copy.data, image.file_unique_id, copy.mime_type, bounded=True)
 
 
 async def _download(bot: Bot, attachment: Attachment) -> bytes:

@@ -1,59 +1,105 @@
-"""Reading the PDFs and clips people send in a process of its own, with a deadline.
+"""Reading the files people send (photos, image files, PDFs, clips) in a process of its own, with a deadline,
+a memory limit and a memory of what it read.
 
-Why a process: PDFium and FFmpeg are C libraries reading files from strangers.  A page that draws one large
-image a few thousand times renders for minutes, a clip can be built to decode slowly, and a crash in either
-library would take the bot with it.  A thread cannot be stopped; a child process can, so past
-``READ_SECONDS`` the work is killed and the person told, a crash is a refusal like any other, and the bot's
-event loop and thread pool stay free for every other chat.  The child is spawned, not forked (the bot's
-threads do not survive a fork), and sees no secret (bot/settings.py removes them from the environment).
-At most ``CONCURRENT`` files are read at once, one per core.
+Why a process: Pillow's decoders, PDFium and FFmpeg are C libraries reading files from strangers.  A page that
+draws one large image a few thousand times renders for minutes, a clip can be built to decode slowly, a
+170 KB PNG can hold 40 megapixels that take most of a gigabyte to decode, and a crash in any of them would take
+the bot with it.  A thread cannot be stopped, and one decoding in the bot's process takes the bot's memory and
+holds its event loop; a child process can be stopped, so past ``READ_SECONDS`` the work is killed and the
+person told, a crash is a refusal like any other, and the bot's event loop and memory stay free for every
+other chat.  The child is spawned, not forked (the bot's threads do not survive a fork), and sees no secret
+(bot/settings.py removes them from the environment).  At most ``CONCURRENT`` files are read at once, one per
+core.
+
+Memory: a child's address space (RLIMIT_AS) is what its libraries take when it starts plus ``memory_mb``
+(READER_MEMORY_MB), so a file that needs more is refused with a reason instead of pushing the machine, and the
+model's process beside it, into swap; and the kernel is told to end a reader first (oom_score_adj 1000) if
+memory runs out all the same.  Counting from the libraries' own size keeps the limit the same on a machine
+whose thread stacks and library mappings are larger.
+
+What a file gave, or why it was refused, is remembered per file (``remembered``, bounded in bytes): a reply to
+the same clip costs neither a download nor a read, and a file that took the whole deadline to refuse is not
+read again.  Starting a child per photo adds a small part of what a photo question costs
+(benchmarks/hostile_files.py measures both), so no child is kept waiting for the next file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import multiprocessing
 import resource
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from cachetools import LRUCache
+
+from bot import texts
 from bot.frames import Frames, VideoError, sample
-from bot.pages import DocumentError, Pages, render
+from bot.pages import DocumentError, NoSuchPage, Pages, render
+from bot.stills import Still, still
+from engine.images import ImageRejected
 from model_store.child_process import in_thread_until_cancelled, stop_process
 
 log = logging.getLogger(__name__)
 
 READ_SECONDS = 30.0
 CONCURRENT = 2
+MEMORY_MB = 1536
+REMEMBERED_BYTES = 64 * 1024 * 1024  # files' images and refusals kept for a reply to the same file
 POLL_SECONDS = 0.1
-TOO_SLOW = "That file takes too long to read (over {seconds:.0f} s), so I gave up on it. Please send a simpler one."
-CRASHED = "I couldn't read that file: the reader stopped on it. Please send it in another form."
-STOPPING = "I'm restarting, so I couldn't read that file. Please send it again in a minute."
 CHILD_NAME = "phi3bot-read"
+# Why a read failed, as MediaError.reason; only these are the file's own, and remembered with it.
+OF_THE_FILE = ("refused", "too_slow", "crashed", "too_large")
 T = TypeVar("T")
 
 
 class MediaError(Exception):
-    """A friendly reason why a PDF or a clip cannot be read, for the person who sent it."""
+    """Why a file cannot be read: the message for the person who sent it, and ``reason`` for the code: one of
+    OF_THE_FILE, "question" (the question asks for what the file lacks) or "stopping" (the bot shuts down)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Refused:
+    message: str
+    reason: str
 
 
 class MediaReader:
-    """The bot's one way to read PDFs and clips; owns how many are read at once, for how long, and stopping
-    them all at shutdown."""
+    """The bot's one way to read the files people send; owns how many are read at once, for how long, with how
+    much memory, what was read, and stopping them all at shutdown."""
 
-    def __init__(self, seconds: float = READ_SECONDS, concurrent: int = CONCURRENT) -> None:
+    def __init__(
+        self,
+        seconds: float = READ_SECONDS,
+        concurrent: int = CONCURRENT,
+        memory_mb: int = MEMORY_MB,
+        remembered_bytes: int = REMEMBERED_BYTES,
+    ) -> None:
         self.seconds = seconds
+        self.memory_bytes = memory_mb * 1024 * 1024
         self._slots = asyncio.Semaphore(concurrent)
         self._stopping = threading.Event()
+        self._remembered: LRUCache[Hashable, object] = LRUCache(remembered_bytes, getsizeof=_size)
 
     def stop(self) -> None:
         """At shutdown: every read ends at once (its child is killed) and no new one starts."""
         self._stopping.set()
+
+    async def still(self, data: bytes) -> Still:
+        """bot/stills.py's ``still``, in a child process."""
+        return await self.run(still, data)
 
     async def pages(self, data: bytes, question: str, *, limit: int, num_crops: int) -> Pages:
         """bot/pages.py's ``render``, in a child process."""
@@ -63,15 +109,48 @@ class MediaReader:
         """bot/frames.py's ``sample``, in a child process."""
         return await self.run(sample, data, limit=limit, max_seconds=max_seconds, long_side=long_side)
 
+    async def remembered(self, file: str, read: Callable[[], Awaitable[T]], variant: Hashable = None) -> T:
+        """What ``read()`` gave for ``file`` (an id that stays the same for the same file's bytes) and
+        ``variant`` (whatever else the result depends on), or a refusal of the file, whatever the variant; read
+        only when neither is remembered.  Refusals that depend on the question or on a shutdown are not kept."""
+        refused = self._remembered.get(("refused", file))
+        if isinstance(refused, _Refused):
+            raise MediaError(refused.message, refused.reason)
+        key = ("read", file, variant)
+        found = self._remembered.get(key)
+        if found is not None:
+            return cast(T, found)
+        try:
+            value = await read()
+        except MediaError as error:
+            if error.reason in OF_THE_FILE:
+                self._keep(("refused", file), _Refused(str(error), error.reason))
+            raise
+        self._keep(key, value)
+        return value
+
+    def _keep(self, key: Hashable, value: object) -> None:
+        with contextlib.suppress(ValueError):  # larger than the whole memory: not kept
+            self._remembered[key] = value
+
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)`` in a child process; raises MediaError with a friendly reason when it
-        refuses the file, crashes, outlives the deadline or the bot stops.  Cancelling the caller stops the
-        child at once."""
+        refuses the file, crashes, runs out of memory, outlives the deadline or the bot stops.  Cancelling the
+        caller stops the child at once."""
         async with self._slots:
             if self._stopping.is_set():
-                raise MediaError(STOPPING)
-            call = functools.partial(_in_child, function, args, kwargs, self.seconds, self._stopping)
+                raise MediaError(texts.READ_STOPPING, "stopping")
+            call = functools.partial(_in_child, function, args, kwargs, self.seconds, self.memory_bytes, self._stopping)
             return await in_thread_until_cancelled(call, MediaError)
+
+
+def _size(value: object) -> int:
+    """Bytes a remembered value takes, roughly: its images; a refusal, its message."""
+    if isinstance(value, Still):
+        return len(value.data) + 256
+    if isinstance(value, Frames | Pages):
+        return sum(len(image) for image in value.images) + 256
+    return 1024
 
 
 def _in_child(
@@ -79,12 +158,15 @@ def _in_child(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     seconds: float,
+    memory_bytes: int,
     *ends: threading.Event,
 ) -> T:
     """Runs in a worker thread: starts the child, waits for its answer until the deadline or one of ``ends``."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, function, args, kwargs, seconds), name=CHILD_NAME)
+    child = context.Process(
+        target=_child_main, args=(sender, function, args, kwargs, seconds, memory_bytes), name=CHILD_NAME
+    )
     child.daemon = True
     answered = False
     try:
@@ -94,15 +176,15 @@ def _in_child(
         while not receiver.poll(POLL_SECONDS):
             waited += POLL_SECONDS
             if any(end.is_set() for end in ends):
-                raise MediaError(STOPPING)
+                raise MediaError(texts.READ_STOPPING, "stopping")
             if waited >= seconds:
                 log.warning("reading a file took over %.0f s; stopped", seconds)
-                raise MediaError(TOO_SLOW.format(seconds=seconds))
-        outcome, value = receiver.recv()
+                raise MediaError(texts.READ_TOO_SLOW.format(seconds=seconds), "too_slow")
+        outcome, value, reason = receiver.recv()
         answered = True
     except (EOFError, OSError) as error:
         log.warning("the file reader ended without an answer (%s, exit code %s)", error, child.exitcode)
-        raise MediaError(CRASHED) from None
+        raise MediaError(texts.READ_CRASHED, "crashed") from None
     finally:
         if child.pid is not None:
             stop_process(child, grace=1.0 if answered else 0.0, terminate_wait=1.0)
@@ -110,22 +192,46 @@ def _in_child(
         sender.close()
         receiver.close()
     if outcome == "refused":
-        raise MediaError(value)
+        raise MediaError(value, reason)
     return cast(T, value)
 
 
 def _child_main(
-    sender: Connection, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float
+    sender: Connection,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    seconds: float,
+    memory_bytes: int,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is for the bot, which ends this child
     # Should the bot be killed without ending it, the child still stops, at the same deadline, in CPU time.
     resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) + 5, int(seconds) + 10))
+    _limit_memory(memory_bytes)
+    outcome: tuple[str, Any, str]
     try:
-        outcome: tuple[str, Any] = ("done", function(*args, **kwargs))
-    except (DocumentError, VideoError) as refusal:
-        outcome = ("refused", str(refusal))
+        outcome = ("done", function(*args, **kwargs), "")
+    except NoSuchPage as refusal:
+        outcome = ("refused", str(refusal), "question")
+    except (DocumentError, VideoError, ImageRejected) as refusal:
+        outcome = ("refused", str(refusal), "refused")
+    except MemoryError:
+        outcome = ("refused", texts.READ_TOO_LARGE, "too_large")
     except Exception:  # a library failing in a way it does not document: still the file's fault, and a refusal
         logging.getLogger(__name__).exception("reading a file failed")
-        outcome = ("refused", CRASHED)
+        outcome = ("refused", texts.READ_CRASHED, "crashed")
     sender.send(outcome)
     sender.close()
+
+
+def _limit_memory(memory_bytes: int) -> None:
+    """Best effort, where Linux allows it: the address space this process has now (its libraries, mapped when
+    they were imported) plus ``memory_bytes``, and first in line for the out-of-memory killer."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+        limit = pages * resource.getpagesize() + memory_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (OSError, ValueError) as error:
+        logging.getLogger(__name__).warning("the file reader's memory is not limited: %s", error)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pypdfium2 as pdfium
 
 from bot import texts
-from engine.images import CROP, crop_grid
+from engine.images import grid_side
 
 PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
 _PDFIUM = threading.Lock()
@@ -32,6 +32,10 @@ NAMED_MAX = 1000  # pages one range of a question may name
 
 class DocumentError(Exception):
     """A friendly reason why a PDF cannot be read, for the person who sent it."""
+
+
+class NoSuchPage(DocumentError):
+    """The question names pages the PDF does not have: a refusal of the question, not of the file."""
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,13 @@ def chosen_pages(question: str, count: int, limit: int) -> list[int]:
         return list(range(1, min(count, limit) + 1))
     present = [number for number in named if 1 <= number <= count]
     if not present:
-        raise DocumentError(texts.no_such_page(count, named[0]))
+        raise NoSuchPage(texts.no_such_page(count, named[0]))
     return present[:limit]
-
-
-def long_side(num_crops: int) -> int:
-    """Pixels on a rendered page's long side: the width of the square crop grid the engine feeds the model."""
-    return CROP * crop_grid(1, 1, num_crops)[0]
 
 
 def render(data: bytes, question: str, *, limit: int, num_crops: int) -> Pages:
     """The question's pages of the PDF in ``data`` as PNG images; raises DocumentError for what cannot be read."""
-    side = long_side(num_crops)
+    side = grid_side(num_crops)
     with _PDFIUM:
         try:
             document = pdfium.PdfDocument(data)

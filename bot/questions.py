@@ -134,6 +134,8 @@ class Questions:
             return texts.too_many_images(limit, len(asked.attachments))
         if not asked.attachments and names_pages(asked.text):  # the model would answer about pages it cannot see
             return unseen_pages(asked.text, (await self.services.view(engine, asked.key)).turns)
+        if not asked.attachments and await self.services.image_gone(asked.key):  # or about a deleted photo
+            return texts.IMAGE_GONE
         return None
 
     def _limits(self, engine: Engine) -> MediaLimits:

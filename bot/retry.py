@@ -68,6 +68,8 @@ class Retries:
             return texts.ONLY_LATEST
         if exchange.question.user_id not in (None, asker) and not services.access.is_admin(asker):
             return texts.RETRY_ASKER_ONLY
+        if exchange.question.images_pruned:
+            return texts.IMAGE_GONE
         return exchange
 
     async def _retry(self, message: Message, asker: int, exchange: Exchange) -> None:

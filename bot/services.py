@@ -13,15 +13,16 @@ from typing import Any
 
 from bot.access import AccessPolicy, GroupAdmins, UserRateLimiter
 from bot.answers_in_progress import AnswersInProgress
-from bot.context_view import View, conversation_view
-from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage
+from bot.context_view import View, conversation_view, image_gone
+from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage, StoredImageLimits
 from bot.image_cache import PreparedImageCache
-from bot.media_reader import MediaReader
+from bot.intake import bounded
+from bot.media_reader import MediaError, MediaReader
 from bot.refusals import Refusals
 from bot.reply_stream import Drafts
 from bot.settings import Settings
 from engine.engine import Engine
-from engine.images import PreparedImage
+from engine.images import ImageRejected, PreparedImage
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +45,32 @@ class Services:
     group_admins: GroupAdmins = field(default_factory=GroupAdmins)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     images: PreparedImageCache = field(init=False)
-    media: MediaReader = field(init=False)  # reads PDFs and clips in a child process (bot/media_reader.py)
+    media: MediaReader = field(init=False)  # reads every file from outside in a child (bot/media_reader.py)
     drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/reply_stream.py)
 
     def __post_init__(self) -> None:
-        self.images = PreparedImageCache(self.settings.prepared_images_mb * 1024 * 1024)
-        self.media = MediaReader()
+        settings = self.settings
+        self.images = PreparedImageCache(settings.prepared_images_mb * 1024 * 1024)
+        self.media = MediaReader(memory_mb=settings.reader_memory_mb)
+        self.history.limit_images(
+            StoredImageLimits(settings.stored_images_per_chat, settings.stored_images_mb * 1024 * 1024)
+        )
         self.drafts = Drafts(self.settings.stream_drafts, self.settings.draft_interval_seconds)
 
-    def prepared(self, data: bytes, sha256: str) -> PreparedImage:
-        return self.images.get(data, sha256)
+    async def prepared(self, image: NewImage | StoredImage) -> PreparedImage:
+        """The image decoded off the event loop (or found in the cache); raises ImageRejected.  The bot's process
+        decodes only the copies its file reader made; an image an older version stored as it was sent is made
+        into one first, in the reader's child (bot/intake.py's ``bounded``)."""
+        if not image.bounded:
+            try:
+                image = await bounded(self.history, self.media, image)
+            except MediaError as error:
+                raise ImageRejected(str(error), error.reason) from error
+        return await asyncio.to_thread(self.images.get, image.data, image.sha256)
 
     async def prepared_all(self, images: Sequence[NewImage | StoredImage]) -> list[PreparedImage]:
-        """Decoded off the event loop (or found in the cache), in order; raises ImageRejected."""
-        return [await asyncio.to_thread(self.prepared, image.data, image.sha256) for image in images]
+        """``prepared`` for each, in order; raises ImageRejected."""
+        return [await self.prepared(image) for image in images]
 
     async def view(self, engine: Engine, key: ConversationKey, before: int | None = None) -> View:
         """What the model sees of the conversation before its next question, or before message ``before``
@@ -71,6 +84,11 @@ class Services:
             prepare=self.prepared,
             before=before,
         )
+
+    async def image_gone(self, key: ConversationKey) -> bool:
+        """Whether the images a text question would be about were deleted under the limits on stored images
+        (bot/context_view.py), so the person is asked to send them again instead of the model inventing them."""
+        return await image_gone(self.history, key)
 
     def prepare_soon(self, key: ConversationKey) -> None:
         """Have the model read the conversation now, ahead of its next question, unless a question of it is

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     database_path: Path | None = None
     model_store_dir: Path | None = None
     ov_cache_dir: Path | None = None
+    # Images kept in the history (copies at most 1344 pixels a side): at most this many per chat, and this many MB
+    # in all; past either, the images of the oldest messages are deleted (the messages' text stays).
+    stored_images_per_chat: int = Field(default=100, ge=1, le=100_000)
+    stored_images_mb: int = Field(default=1024, ge=1, le=1_048_576)
 
     # Model
     model: str = "microsoft/Phi-3.5-vision-instruct"
@@ -74,7 +78,9 @@ class Settings(BaseSettings):
     pdf_pages: int = Field(default=4, ge=1, le=32)
     video_frames: int = Field(default=8, ge=1, le=32)
     video_max_seconds: float = Field(default=600.0, gt=0, le=86400.0)
-    # Decoded photos kept for follow-ups, in MB of pixels (a 12-megapixel photo decodes to about 21 MB).
+    # Memory a file reader (a child process per photo, PDF or clip) may take beyond its libraries' own, in MB.
+    reader_memory_mb: int = Field(default=1536, ge=256, le=65536)
+    # Decoded photos kept for follow-ups, in MB of pixels (a photo decodes to at most about 5 MB).
     prepared_images_mb: int = Field(default=256, ge=0, le=65536)
     # KV cache shared by every conversation (prefix caching keeps each one's blocks); 0 = grow as needed.
     kv_cache_gb: float = Field(default=4.0, ge=0.0, le=256.0)

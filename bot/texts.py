@@ -77,6 +77,25 @@ PERSONA_SET = "Done — that's my persona in this chat from now on. The conversa
 PERSONA_KEPT = "\n\nThe persona stays: /persona reset returns to the default."
 RESTARTING = "I'm restarting right now. Please ask again in a minute."
 NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
+# The file reader (bot/media_reader.py)
+READ_TOO_SLOW = (
+    "That file takes too long to read (over {seconds:.0f} s), so I gave up on it. Please send a simpler one."
+)
+READ_CRASHED = "I couldn't read that file: the reader stopped on it. Please send it in another form."
+READ_TOO_LARGE = "That file needs more memory to read than I may use. Please send a smaller one."
+READ_STOPPING = "I'm restarting, so I couldn't read that file. Please send it again in a minute."
+# Stored images are deleted, oldest first, past STORED_IMAGES_PER_CHAT and STORED_IMAGES_MB
+IMAGE_GONE = (
+    "I no longer have the photo this conversation is about: older images are deleted to save space. "
+    "Please send it again, or reply to it with your question."
+)
+
+
+def images_gone(count: int) -> str:
+    """For the model, in place of a question's images that are no longer stored."""
+    if count == 1:
+        return "[An image was shown here; it is no longer stored, so you cannot see it.]"
+    return f"[{count} images were shown here; they are no longer stored, so you cannot see them.]"
 
 
 # Why a question could not have its conversation (bot/answers_in_progress.py NotClaimed; "withdrawn" says nothing:

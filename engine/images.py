@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+TOO_LARGE_TO_OPEN = "That image is too large to open safely. Please send a smaller one."
 
 
 class ImageRejected(Exception):
@@ -41,7 +42,7 @@ class ImageLimits:
 @dataclass(frozen=True)
 class PreparedImage:
     pixels: np.ndarray  # H x W x 3, uint8, C-contiguous RGB
-    sha256: str  # of the original bytes: the same upload is recognised wherever it appears
+    sha256: str  # of the bytes decoded: the same image is recognised wherever it appears
     width: int
     height: int
     original_width: int
@@ -82,7 +83,19 @@ def _fit(image: Image.Image, limits: ImageLimits) -> Image.Image:
     return image
 
 
-def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedImage:
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright 8-bit RGB picture within the limits, and what the file said it was."""
+
+    image: Image.Image
+    original_width: int
+    original_height: int
+    original_format: str
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
+    """The picture in ``data``, upright, in 8-bit RGB, its long side at most ``limits.max_side``; raises only
+    ImageRejected."""
     if not data:
         raise ImageRejected("That file is empty. Please send the photo again.", "empty")
     if len(data) > limits.max_bytes:
@@ -112,29 +125,36 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(
-            "That image is too large to open safely. Please send a smaller one.", "too_many_pixels"
-        ) from error
+        raise ImageRejected(TOO_LARGE_TO_OPEN, "too_many_pixels") from error
+    except MemoryError as error:  # within the header's limit, but more than the process may take
+        raise ImageRejected(TOO_LARGE_TO_OPEN, "out_of_memory") from error
     except UnidentifiedImageError as error:
         raise ImageRejected(
             f"That file is not an image I can read. Please send a {SUPPORTED} photo.", "not_an_image"
         ) from error
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, TypeError, MemoryError) as error:
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, TypeError) as error:
         log.info("image rejected: %s: %s", type(error).__name__, error)
         raise ImageRejected("That image seems damaged or incomplete. Please send it again.", "truncated") from error
+    return DecodedImage(image, width, height, original_format)
+
+
+def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedImage:
+    decoded = decode_image(data, limits)
+    image = decoded.image
     pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     return PreparedImage(
         pixels=pixels,
         sha256=hashlib.sha256(data).hexdigest(),
         width=image.width,
         height=image.height,
-        original_width=width,
-        original_height=height,
-        original_format=original_format,
+        original_width=decoded.original_width,
+        original_height=decoded.original_height,
+        original_format=decoded.original_format,
     )
 
 
 CROP = 336  # Phi-3-vision's crop side
+MAX_NUM_CROPS = 16  # the most crops NUM_CROPS allows: a 4 x 4 grid, 1344 pixels a side
 TOKENS_PER_CROP = 144  # 24 x 24 CLIP patches, merged 2 x 2
 ROW_TOKENS = 12  # separators per row of crops: one after each of its 12 rows of merged patches
 
@@ -155,6 +175,12 @@ def crop_grid(width: int, height: int, num_crops: int, *, single_precision: bool
         scale += 1
     across = math.ceil(int(real(scale * CROP) / ratio) / CROP)
     return (across, scale) if width >= height else (scale, across)
+
+
+def grid_side(num_crops: int) -> int:
+    """Pixels on a side of the largest square grid of crops within ``num_crops``: an image whose long side is
+    this reaches the model without being scaled (the engine pads every image to its square grid: for_genai)."""
+    return CROP * crop_grid(1, 1, num_crops)[0]
 
 
 def grid_tokens(rows: int, columns: int) -> int:

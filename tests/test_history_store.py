@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.history import ConversationKey, HistoryError, HistoryStore, NewImage
+from bot.history import ConversationKey, HistoryError, HistoryStore, NewImage, StoredImageLimits
 from bot.history.schema import MIGRATIONS
 from bot.history.store import STATUSES
 from engine.context_policy import Window
@@ -369,3 +369,87 @@ async def test_a_persona_survives_a_reset_and_follows_its_group(tmp_path: Path) 
         assert [await store.persona(ConversationKey(-1005, t)) for t in (0, 9)] == ["terse", "verbose"]
         await store.set_persona(ConversationKey(-1005), None)
         assert await store.persona(ConversationKey(-1005)) is None
+
+
+async def test_images_stored_as_sent_before_copies_are_told_apart_from_pages_and_frames(tmp_path: Path) -> None:
+    """Before the bot kept copies, a photo was stored as sent (with its Telegram file id) and may be a 20 MB
+    original, which the bot's process must not decode; pages and frames were always the bot's own."""
+    path = tmp_path / "old.sqlite3"
+    with at_schema(path, len(MIGRATIONS) - 1) as raw:
+        raw.execute("INSERT INTO conversations (chat_id, thread_id, created_at, updated_at) VALUES (7, 0, 1, 1)")
+        raw.execute("INSERT INTO messages (conversation_id, role, text, created_at) VALUES (1, 'user', 'q', 1)")
+        for position, (sha, unique) in enumerate((("photo", "AgAD"), ("page", None))):
+            raw.execute(
+                "INSERT INTO images (sha256, file_unique_id, data, size, created_at) VALUES (?, ?, x'01', 1, 1)",
+                (sha, unique),
+            )
+            raw.execute("INSERT INTO message_images VALUES (1, ?, ?)", (sha, position))
+    async with await HistoryStore.open(path) as store:
+        [question] = await stored_messages(store, ConversationKey(7))
+        assert [(i.sha256, i.bounded) for i in question.images] == [("photo", False), ("page", True)]
+        assert question.images_pruned == 0
+        found = await store.image_by_file_unique_id("AgAD")
+        assert found is not None and not found.bounded
+        copy = image(b"the copy")
+        await store.replace_image("photo", copy)
+        [question] = await stored_messages(store, ConversationKey(7))
+        assert [i.data for i in question.images] == [b"the copy", b"\x01"], "in its place, in every message"
+        found = await store.image_by_file_unique_id("AgAD")
+        assert found is not None and found.sha256 == copy.sha256, "with its Telegram file id"
+        assert (await store.stats()).images == 2
+
+
+def limited(store: HistoryStore, per_chat: int = 100, total_bytes: int = 10**9) -> HistoryStore:
+    store.limit_images(StoredImageLimits(per_chat, total_bytes))
+    return store
+
+
+async def test_past_a_chats_limit_the_oldest_messages_lose_their_images_and_keep_their_text(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        limited(store, per_chat=3)
+        group, topic, other = ConversationKey(-5), ConversationKey(-5, 9), ConversationKey(8)
+        shared = image(b"shared")
+        first, _ = await answered(store, group, "album", "three", images=[image(b"a"), image(b"b"), shared])
+        await store.set_tokens({first: 900})
+        await answered(store, other, "the same photo elsewhere", "one", images=[shared])
+        await answered(store, topic, "in a topic", "one", images=[image(b"c")])  # the same chat: 4 images
+        [album, _] = await stored_messages(store, group)
+        assert album.text == "album" and album.images == () and album.images_pruned == 3
+        row = (await store.outline(group)).rows[0]
+        assert (row.images, row.images_pruned, row.tokens) == (0, 3, None), "counted again without its images"
+        [elsewhere, _] = await stored_messages(store, other)
+        assert [i.data for i in elsewhere.images] == [b"shared"], "another chat keeps the image it shares"
+        assert (await store.stats()).images == 2
+        big = [image(bytes([n]) * 10) for n in range(5)]
+        newest = await store.add_user_message(topic, "more than the limit at once", images=big)
+        [kept] = await store.messages([newest])
+        assert len(kept.images) == 5, "the newest message keeps its own images, whatever the limit"
+
+
+async def test_past_the_total_limit_the_oldest_images_of_any_chat_go_first(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        limited(store, total_bytes=2500)
+        for chat in range(1, 5):
+            await answered(store, ConversationKey(chat), f"photo {chat}", "a", images=[image(bytes([chat]) * 1000)])
+        stats = await store.stats()
+        assert stats.images == 2 and stats.image_bytes == 2000
+        counts = [(await stored_messages(store, ConversationKey(chat)))[0].images_pruned for chat in range(1, 5)]
+        assert counts == [1, 1, 0, 0]
+
+
+async def test_a_write_that_finds_the_disk_full_stores_and_prunes_nothing(tmp_path: Path) -> None:
+    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+        limited(store, per_chat=1)
+        key = ConversationKey(3)
+        await answered(store, key, "first photo", "a", images=[image(b"first")])
+        async with store._db.execute("PRAGMA page_count") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        await store._db.execute(f"PRAGMA max_page_count = {row[0]}")  # as if the disk were full
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await store.add_user_message(key, "second photo", images=[image(bytes(20_000))])
+        [first, _] = await stored_messages(store, key)
+        assert [i.data for i in first.images] == [b"first"] and first.images_pruned == 0
+        await store._db.execute("PRAGMA max_page_count = 1073741823")
+        await store.add_user_message(key, "second photo", images=[image(bytes(20_000))])
+        assert (await stored_messages(store, key))[0].images_pruned == 1

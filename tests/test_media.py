@@ -7,6 +7,9 @@ import io
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -14,15 +17,19 @@ from PIL import Image
 from bot import frames, pages
 from bot.material import Material, unseen_pages
 from bot.media_reader import MediaError, MediaReader
+from bot.stills import LONG_SIDE, still
 from engine.conversation import Turn
-from engine.images import prepare_image
+from engine.images import ImageRejected, prepare_image
+from tests.support.hostile_images import png_40_megapixels_rgba
 from tests.support.media_files import (
     COLOURS,
     MediaCase,
     clip,
     encrypted_pdf,
     gif,
+    header_lies_matroska,
     hostile_media,
+    huge_canvas_gif,
     pdf,
     pdf_drawing_one_image,
 )
@@ -125,6 +132,118 @@ def test_frames_are_made_no_larger_than_the_model_reads_them() -> None:
         assert image.size == (672, 378)
 
 
+def test_a_1080p_clip_with_key_frames_250_frames_apart_is_sampled_in_full() -> None:
+    """x264's default key frame interval: each of the 8 frames needs up to 250 frames decoded from its key frame,
+    within the decoding budget, so none is cut."""
+    found = frames.sample(clip(300, 30, (1920, 1080), "mpeg4", gop=250), limit=8, max_seconds=600, long_side=672)
+    assert len(found.images) == 8
+    for second, image in zip(found.seconds, found.images, strict=True):
+        assert grey(image) == pytest.approx(round(second * 30) * 10 % 250, abs=8), f"the frame shown at {second} s"
+
+
+def _in_child_with_peak(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[str, int]:
+    """In a reader's child: what ``function`` did ("ok" or its refusal) and the child's peak memory, in MB."""
+    try:
+        function(*args, **kwargs)
+        outcome = "ok"
+    except (frames.VideoError, ImageRejected) as refusal:
+        outcome = str(refusal)
+    status = Path("/proc/self/status").read_text()  # not ru_maxrss, which counts the parent's before the exec
+    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return outcome, peak_kb // 1024
+
+
+async def test_frames_larger_than_the_header_says_are_refused_before_they_take_memory() -> None:
+    """The Matroska file announcing 64×64 and carrying 16000×16000 JPEG frames took gigabytes to read."""
+    outcome, peak_mb = await MediaReader().run(
+        _in_child_with_peak, frames.sample, header_lies_matroska(), limit=8, max_seconds=600, long_side=672
+    )
+    assert outcome == frames.UNREADABLE and peak_mb < 300, (outcome, peak_mb)
+
+
+async def test_a_gif_whose_frames_are_each_a_huge_canvas_is_cut_at_the_decoding_budget() -> None:
+    """2000 frames of 36 megapixels: the budget of pixels stops decoding after about a hundred of them, and what
+    was found is kept (benchmarks/hostile_files.py measures what it costs)."""
+    started = time.monotonic()
+    found = frames.sample(huge_canvas_gif(), limit=8, max_seconds=600, long_side=672)
+    assert 1 <= len(found.images) < 8, "cut short, not refused"
+    assert time.monotonic() - started < 8
+    outcome, peak_mb = await MediaReader().run(
+        _in_child_with_peak, frames.sample, huge_canvas_gif(), limit=8, max_seconds=600, long_side=672
+    )
+    assert outcome == "ok" and peak_mb < 700, (outcome, peak_mb)
+
+
+async def test_a_reader_that_needs_more_memory_than_it_may_take_refuses_the_file() -> None:
+    small = MediaReader(memory_mb=256)
+    with pytest.raises(MediaError, match="more memory to read than I may use") as caught:
+        await small.run(bytearray, 1024**3)
+    assert caught.value.reason == "too_large"
+    with pytest.raises(MediaError, match="too large to open safely"):
+        await small.still(png_40_megapixels_rgba())  # about 0.9 GB to decode
+    copy = await MediaReader().still(png_40_megapixels_rgba())
+    assert (copy.width, copy.height, copy.mime_type) == (LONG_SIDE, 840, "image/png")
+
+
+async def test_the_reader_is_the_first_process_the_kernel_ends_when_memory_runs_out() -> None:
+    assert await MediaReader().run(Path("/proc/self/oom_score_adj").read_text) == "1000\n"
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "mime_type", "stored"),
+    [
+        ((4000, 3000), "JPEG", "image/jpeg", (1344, 1008)),
+        ((1170, 2532), "PNG", "image/png", (621, 1344)),
+        ((640, 480), "WEBP", "image/png", (640, 480)),
+    ],
+)
+def test_a_photo_is_kept_as_a_copy_no_larger_than_the_largest_crop_grid(
+    size: tuple[int, int], fmt: str, mime_type: str, stored: tuple[int, int]
+) -> None:
+    image = Image.new("RGB", size, COLOURS[2])
+    image.paste(COLOURS[0], (0, 0, size[0] // 2, size[1] // 2))
+    out = io.BytesIO()
+    image.save(out, fmt)
+    copy = still(out.getvalue())
+    assert (copy.mime_type, (copy.width, copy.height)) == (mime_type, stored)
+    decoded = prepare_image(copy.data)
+    assert (decoded.width, decoded.height) == stored, "decoded as it was stored: the model sees the copy as it is"
+    height, width = stored[1], stored[0]
+    for row, column, expected in ((height // 4, width // 4, COLOURS[0]), (3 * height // 4, 3 * width // 4, COLOURS[2])):
+        assert near(tuple(map(int, decoded.pixels[row, column])), expected), (row, column)
+
+
+async def test_a_file_read_once_is_remembered_with_its_refusal_and_within_bounds() -> None:
+    reader, reads = MediaReader(remembered_bytes=10_000), []
+
+    def reading(value: object) -> Callable[[], Any]:
+        async def read() -> object:
+            reads.append(value)
+            if isinstance(value, MediaError):
+                raise value
+            return value
+
+        return read
+
+    clip_frames = frames.Frames((0.5,), 1.0, (b"x" * 4000,))
+    assert await reader.remembered("clip", reading(clip_frames), "8 frames") is clip_frames
+    assert await reader.remembered("clip", reading("again"), "8 frames") is clip_frames
+    assert await reader.remembered("clip", reading("other"), "4 frames") == "other", "another variant is read"
+    for refusal in (MediaError("slow", "too_slow"), MediaError("bad", "refused")):
+        with pytest.raises(MediaError, match=str(refusal)):
+            await reader.remembered(f"{refusal}", reading(refusal))
+        with pytest.raises(MediaError, match=str(refusal)):
+            await reader.remembered(f"{refusal}", reading("not read"), "any variant")
+    for passing in (MediaError("no page 9", "question"), MediaError("restarting", "stopping")):
+        with pytest.raises(MediaError):
+            await reader.remembered("pdf", reading(passing))
+    assert await reader.remembered("pdf", reading("read"), "page 2") == "read", "not a refusal of the file"
+    assert reads == [clip_frames, "other", *[r for r in reads if isinstance(r, MediaError)], "read"]
+    big = frames.Frames((0.5,), 1.0, (b"x" * 8000,))
+    await reader.remembered("big", reading(big))
+    assert await reader.remembered("clip", reading("evicted"), "8 frames") == "evicted", "bounded in bytes"
+
+
 def test_a_clip_over_the_length_limit_is_refused_by_its_length() -> None:
     with pytest.raises(frames.VideoError, match="0:10 long; I can look at clips of up to 0:05"):
         frames.sample(clip(80, 8), limit=8, max_seconds=5, long_side=672)
@@ -177,8 +296,9 @@ async def test_the_reader_gives_the_pages_and_frames_and_passes_refusals_on() ->
 
 
 async def test_a_reader_that_dies_on_a_file_is_a_refusal() -> None:
-    with pytest.raises(MediaError, match="the reader stopped on it"):
+    with pytest.raises(MediaError, match="the reader stopped on it") as caught:
         await MediaReader().run(os.abort)
+    assert caught.value.reason == "crashed"
 
 
 async def _running_read() -> tuple[MediaReader, asyncio.Task[pages.Pages]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import sqlite3
 import time
@@ -29,6 +30,31 @@ async def test_the_heartbeat_is_fresh_while_the_loop_runs_and_gone_after_stop(tm
     assert not path.exists()
     healthy, reason = check_heartbeat(path)
     assert not healthy and reason.startswith("unhealthy: no heartbeat")
+
+
+async def test_the_heartbeat_outlives_a_full_disk_and_is_fresh_again_once_space_is_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "heartbeat"
+    heartbeat = HeartbeatFile(path, interval=0.05)
+    heartbeat.start()
+    real_write = Path.write_text
+
+    def full_disk(self: Path, *args: object, **kwargs: object) -> int:
+        if self.parent == tmp_path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    await asyncio.sleep(0.5)
+    before = json.loads(path.read_text())["time"]
+    assert time.time() - before > 0.3, "not written while the disk is full"
+    monkeypatch.undo()
+    await asyncio.sleep(0.2)
+    assert json.loads(path.read_text())["time"] > before and check_heartbeat(path)[0], "fresh again, no restart"
+    failures = [record for record in caplog.records if "cannot write the heartbeat" in record.getMessage()]
+    assert len(failures) == 1, "logged once, not at every beat"
+    await heartbeat.stop()
 
 
 def test_a_stale_or_damaged_heartbeat_is_unhealthy(tmp_path: Path) -> None:

@@ -171,3 +171,16 @@ def test_bot_api_urls_lose_a_trailing_slash_and_must_end_in_bot(
     api_line, file_line = str(caught.value).splitlines()
     assert api_line.startswith("Invalid TELEGRAM_API_BASE_URL") and "ending in /bot" in api_line
     assert file_line.startswith("Invalid TELEGRAM_FILE_BASE_URL") and "ending in /file/bot" in file_line
+
+
+def test_the_limits_on_files_and_stored_images_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert (settings.reader_memory_mb, settings.stored_images_per_chat, settings.stored_images_mb) == (1536, 100, 1024)
+    monkeypatch.setenv("READER_MEMORY_MB", "64")
+    monkeypatch.setenv("STORED_IMAGES_PER_CHAT", "0")
+    monkeypatch.setenv("STORED_IMAGES_MB", "lots")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    for name in ("READER_MEMORY_MB", "STORED_IMAGES_PER_CHAT", "STORED_IMAGES_MB"):
+        assert name in str(caught.value)

@@ -10,6 +10,7 @@ from bot.history.store import (
     Outline,
     OutlineRow,
     StoredImage,
+    StoredImageLimits,
     StoredMessage,
     StoreStats,
 )
@@ -25,5 +26,6 @@ __all__ = [
     "OutlineRow",
     "StoreStats",
     "StoredImage",
+    "StoredImageLimits",
     "StoredMessage",
 ]

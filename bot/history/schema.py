@@ -117,4 +117,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # images are kept as the bot's own copies, no larger than the model can use (bounded = 1: made by its file
+    # reader, safe to decode in the bot's process; pages and frames always were), and pruned, oldest first, past
+    # the limits on stored images: a message counts the images it lost, so its text stays (bot/history/store.py)
+    Migration(
+        "bounded-and-pruned-images",
+        (
+            "ALTER TABLE images ADD COLUMN bounded INTEGER NOT NULL DEFAULT 0",
+            "UPDATE images SET bounded = 1 WHERE file_unique_id IS NULL",
+            "ALTER TABLE messages ADD COLUMN images_pruned INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX images_by_size ON images (size)",
+        ),
+    ),
 )

@@ -4,6 +4,11 @@ WAL mode lets readers proceed while a write commits; every multi-row write happe
 ``BEGIN IMMEDIATE`` transaction, so a crash or ``kill -9`` leaves either the whole message (with its image
 links) or nothing.  Images are stored once, by content hash, as BLOBs in the same database: one file to back
 up, no paths built from user input, and the same atomicity as the messages that use them.
+
+Stored images are bounded in number per chat and in bytes in all (``limit_images``): past either limit, the
+images of the oldest messages go, in the same transaction as the message that brings new ones, and each of
+those messages counts how many it lost, so its text stays and the model's view can say that an image was
+there.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, cast, get_args
@@ -52,6 +57,7 @@ class NewImage:
     mime_type: str | None = None
     width: int | None = None
     height: int | None = None
+    bounded: bool = False  # made by the bot's file reader, no larger than the model can use: safe to decode
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class StoredImage:
     data: bytes
     file_unique_id: str | None
     mime_type: str | None
+    bounded: bool = False  # False: stored as sent, by a version before the bot kept copies (bot/intake.py)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class StoredMessage:
     telegram_message_ids: tuple[int, ...]
     created_at: float
     images: tuple[StoredImage, ...]
+    images_pruned: int = 0  # images it had that were deleted under the limits on stored images
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class OutlineRow:
     text: str
     tokens: int | None  # as the model's tokenizer counted it; None for messages stored before counts were kept
     images: int
+    images_pruned: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,14 @@ class Exchange:
 
 
 @dataclass(frozen=True)
+class StoredImageLimits:
+    """How many images a chat keeps (counted over all its topics), and how many bytes of images all chats keep."""
+
+    per_chat: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
 class StoreStats:
     conversations: int
     messages: int
@@ -129,6 +146,11 @@ class HistoryStore:
         # One connection serves every chat: a transaction must not interleave with another task's statements,
         # and a read must not see another task's uncommitted rows.
         self._lock = asyncio.Lock()
+        self._image_limits: StoredImageLimits | None = None
+
+    def limit_images(self, limits: StoredImageLimits) -> None:
+        """From now on, storing a message with images deletes the oldest images past ``limits``."""
+        self._image_limits = limits
 
     @classmethod
     async def open(cls, path: Path) -> HistoryStore:
@@ -231,7 +253,8 @@ class HistoryStore:
             try:
                 yield
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself after some errors, a full disk among them
+                    await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
 
@@ -297,21 +320,7 @@ class HistoryStore:
     ) -> int:
         now = time.time()
         for image in images:
-            await self._db.execute(
-                "INSERT INTO images (sha256, file_unique_id, data, size, mime_type, width, height, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
-                "file_unique_id = COALESCE(images.file_unique_id, excluded.file_unique_id)",
-                (
-                    image.sha256,
-                    image.file_unique_id,
-                    image.data,
-                    len(image.data),
-                    image.mime_type,
-                    image.width,
-                    image.height,
-                    now,
-                ),
-            )
+            await self._insert_image(image, now)
         ids = [telegram_message_id] if telegram_message_id is not None else []
         cursor = await self._db.execute(
             "INSERT INTO messages (conversation_id, role, text, user_id, telegram_message_ids, created_at, tokens) "
@@ -324,7 +333,88 @@ class HistoryStore:
                 "INSERT INTO message_images (message_id, image_sha256, position) VALUES (?, ?, ?)",
                 (message_id, image.sha256, position),
             )
+        if images and self._image_limits is not None:
+            await self._prune(self._image_limits, conversation, message_id)
         return message_id
+
+    async def _insert_image(self, image: NewImage, now: float) -> None:
+        """Stored once by content hash.  Its Telegram file id goes with it unless another row holds it (an
+        image stored as sent by an older version, whose copy could not be stored in its place)."""
+        await self._db.execute(
+            "INSERT INTO images (sha256, file_unique_id, data, size, mime_type, width, height, created_at, bounded) "
+            "VALUES (:sha256, CASE WHEN EXISTS (SELECT 1 FROM images WHERE file_unique_id = :file) THEN NULL "
+            "ELSE :file END, :data, :size, :mime_type, :width, :height, :now, :bounded) "
+            "ON CONFLICT (sha256) DO UPDATE SET "
+            "file_unique_id = COALESCE(images.file_unique_id, excluded.file_unique_id)",
+            {
+                "sha256": image.sha256,
+                "file": image.file_unique_id,
+                "data": image.data,
+                "size": len(image.data),
+                "mime_type": image.mime_type,
+                "width": image.width,
+                "height": image.height,
+                "now": now,
+                "bounded": image.bounded,
+            },
+        )
+
+    async def _prune(self, limits: StoredImageLimits, conversation: int, newest: int) -> None:
+        """The images of the oldest messages go, whole messages at a time, until the chat keeps at most
+        ``limits.per_chat`` and all chats ``limits.total_bytes``; the newest message keeps its own."""
+        async with self._db.execute(
+            "SELECT mi.message_id, COUNT(*) FROM message_images mi JOIN messages m ON m.id = mi.message_id "
+            "WHERE m.conversation_id IN (SELECT id FROM conversations WHERE chat_id = "
+            "(SELECT chat_id FROM conversations WHERE id = ?)) GROUP BY mi.message_id ORDER BY mi.message_id DESC",
+            (conversation,),
+        ) as cursor:
+            counts = [(int(row[0]), int(row[1])) for row in await cursor.fetchall()]
+        kept, pruned = 0, 0
+        for message_id, count in counts:
+            kept += count
+            if message_id != newest and kept > limits.per_chat:
+                pruned += await self._prune_message(message_id)
+        while await self._image_bytes() > limits.total_bytes:
+            async with self._db.execute(
+                "SELECT message_id FROM message_images WHERE message_id != ? ORDER BY message_id LIMIT 1", (newest,)
+            ) as cursor:
+                oldest = await cursor.fetchone()
+            if oldest is None:
+                break
+            pruned += await self._prune_message(int(oldest[0]))
+        if pruned:
+            log.info("%d stored images deleted, oldest first, to stay within the limits on stored images", pruned)
+
+    async def _prune_message(self, message_id: int) -> int:
+        """The message keeps its text and counts the images it lost; its token count goes (its images counted)."""
+        cursor = await self._db.execute("DELETE FROM message_images WHERE message_id = ?", (message_id,))
+        await self._db.execute(
+            "UPDATE messages SET images_pruned = images_pruned + ?, tokens = NULL WHERE id = ?",
+            (cursor.rowcount, message_id),
+        )
+        return cursor.rowcount
+
+    async def _image_bytes(self) -> int:
+        async with self._db.execute("SELECT COALESCE(SUM(size), 0) FROM images") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def replace_image(self, sha256: str, copy: NewImage) -> None:
+        """``copy`` takes the place of image ``sha256`` in every message that shows it, with its Telegram file id
+        (for images stored as sent by an older version: bot/intake.py's ``bounded``)."""
+        async with self._transaction():
+            async with self._db.execute("SELECT file_unique_id FROM images WHERE sha256 = ?", (sha256,)) as cursor:
+                row = await cursor.fetchone()
+            if row is None or copy.sha256 == sha256:
+                return
+            await self._insert_image(replace(copy, file_unique_id=None), time.time())
+            await self._db.execute(
+                "UPDATE message_images SET image_sha256 = ? WHERE image_sha256 = ?", (copy.sha256, sha256)
+            )
+            await self._db.execute("DELETE FROM images WHERE sha256 = ?", (sha256,))
+            await self._db.execute(
+                "UPDATE images SET file_unique_id = COALESCE(file_unique_id, ?) WHERE sha256 = ?", (row[0], copy.sha256)
+            )
 
     async def _insert_assistant_message(
         self, conversation: int, text: str, status: StoredStatus, telegram_message_ids: Sequence[int]
@@ -472,7 +562,7 @@ class HistoryStore:
             conversation, start, pin = int(found[0]), found[1], found[2]
             query = (
                 "SELECT m.id, m.role, m.text, m.tokens, "
-                "(SELECT COUNT(*) FROM message_images mi WHERE mi.message_id = m.id) "
+                "(SELECT COUNT(*) FROM message_images mi WHERE mi.message_id = m.id), m.images_pruned "
                 "FROM messages m WHERE m.conversation_id = ? AND m.status != 'streaming' "
             )
             rows = []
@@ -485,7 +575,7 @@ class HistoryStore:
                 rows += list(await cursor.fetchall())
         return Outline(
             Window(start, pin),
-            [OutlineRow(int(row[0]), str(row[1]), str(row[2]), row[3], int(row[4])) for row in rows],
+            [OutlineRow(int(row[0]), str(row[1]), str(row[2]), row[3], int(row[4]), int(row[5])) for row in rows],
         )
 
     async def messages(self, message_ids: Sequence[int]) -> list[StoredMessage]:
@@ -496,7 +586,7 @@ class HistoryStore:
         async with (
             self._reading(),
             self._db.execute(
-                "SELECT id, role, text, status, user_id, telegram_message_ids, created_at "  # noqa: S608
+                "SELECT id, role, text, status, user_id, telegram_message_ids, created_at, images_pruned "  # noqa: S608
                 f"FROM messages WHERE id IN ({marks}) ORDER BY id",
                 list(message_ids),
             ) as cursor,
@@ -513,6 +603,7 @@ class HistoryStore:
                 telegram_message_ids=tuple(json.loads(row[5])),
                 created_at=float(row[6]),
                 images=tuple(images.get(int(row[0]), [])),
+                images_pruned=int(row[7]),
             )
             for row in rows
         ]
@@ -601,25 +692,27 @@ class HistoryStore:
         marks = ",".join("?" * len(message_ids))
         found: dict[int, list[StoredImage]] = {}
         async with self._db.execute(
-            f"SELECT mi.message_id, i.sha256, i.data, i.file_unique_id, i.mime_type FROM message_images mi "  # noqa: S608
+            f"SELECT mi.message_id, i.sha256, i.data, i.file_unique_id, i.mime_type, i.bounded FROM message_images mi "  # noqa: S608
             f"JOIN images i ON i.sha256 = mi.image_sha256 WHERE mi.message_id IN ({marks}) "
             "ORDER BY mi.message_id, mi.position",
             message_ids,
         ) as cursor:
             async for row in cursor:
-                found.setdefault(int(row[0]), []).append(StoredImage(row[1], bytes(row[2]), row[3], row[4]))
+                found.setdefault(int(row[0]), []).append(
+                    StoredImage(row[1], bytes(row[2]), row[3], row[4], bool(row[5]))
+                )
         return found
 
     async def image_by_file_unique_id(self, file_unique_id: str) -> StoredImage | None:
         async with (
             self._reading(),
             self._db.execute(
-                "SELECT sha256, data, file_unique_id, mime_type FROM images WHERE file_unique_id = ?",
+                "SELECT sha256, data, file_unique_id, mime_type, bounded FROM images WHERE file_unique_id = ?",
                 (file_unique_id,),
             ) as cursor,
         ):
             row = await cursor.fetchone()
-        return None if row is None else StoredImage(row[0], bytes(row[1]), row[2], row[3])
+        return None if row is None else StoredImage(row[0], bytes(row[1]), row[2], row[3], bool(row[4]))
 
     async def stats(self) -> StoreStats:
         async with (

@@ -8,8 +8,10 @@ out), ``rejected`` (a friendly refusal), ``either`` (randomly damaged: images or
 
 from __future__ import annotations
 
+import functools
 import io
 import random
+import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -163,6 +165,8 @@ def hostile_media(count: int, seed: int = 3) -> Iterator[MediaCase]:
         "clip of 40000 frames, few key frames", "clip", clip(40_000, 1000, (16, 16), "mpeg4", gop=100_000), "ok"
     )
     yield MediaCase("clip of 3 hours in 3 frames", "clip", hours_long_clip(), "rejected")
+    yield MediaCase("clip header says 64x64, frames 16000x16000", "clip", header_lies_matroska(), "rejected")
+    yield MediaCase("clip GIF 6000x6000 canvas, 2000 one-pixel frames", "clip", huge_canvas_gif(), "ok")
     rng = random.Random(seed)
     sources: list[tuple[Literal["pdf", "clip"], bytes]] = [
         ("pdf", pdf(2)),
@@ -191,3 +195,52 @@ def _jpeg() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (32, 32), "red").save(out, "JPEG")
     return out.getvalue()
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A baseline JPEG of mid-grey, written by hand so that any size costs no memory to make: three components
+    at full resolution, every block's DC difference 0 and no AC coefficients, each coded by a Huffman table of a
+    single one-bit code ("0"), so the entropy-coded data is all zero bytes (a megabyte per 16000×16000/3)."""
+    quantisation = _segment(0xDB, b"\x00" + bytes([1] * 64))
+    frame = _segment(0xC0, struct.pack(">BHHB", 8, height, width, 3) + b"\x01\x11\x00\x02\x11\x00\x03\x11\x00")
+    one_code = bytes([1] + [0] * 15) + b"\x00"  # one code of length 1, for symbol 0
+    huffman = _segment(0xC4, b"\x00" + one_code + b"\x10" + one_code)
+    scan = _segment(0xDA, b"\x03\x01\x00\x02\x00\x03\x00\x00\x3f\x00")
+    blocks = -(-width // 8) * -(-height // 8) * 3
+    return b"\xff\xd8" + quantisation + frame + huffman + scan + bytes(-(-blocks * 2 // 8)) + b"\xff\xd9"
+
+
+@functools.cache
+def header_lies_matroska(frames: int = 4, side: int = 16000) -> bytes:
+    """A Motion-JPEG Matroska file (9 MB) whose header and first frame say 64×64 and whose next frames are
+    ``side``×``side``: decoded and converted at full size as they come, they take gigabytes."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="matroska") as muxer:
+        stream = muxer.add_stream("mjpeg", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuvj444p"
+        for index in range(frames):
+            packet = av.Packet(flat_jpeg(64, 64) if index == 0 else flat_jpeg(side, side))
+            packet.stream = stream
+            packet.pts = packet.dts = index
+            packet.time_base = Fraction(1, 1)
+            packet.is_keyframe = True
+            muxer.mux(packet)
+    return out.getvalue()
+
+
+@functools.cache
+def huge_canvas_gif(side: int = 6000, frames: int = 2000, centiseconds: int = 2) -> bytes:
+    """A GIF of 46 KB whose canvas is ``side``×``side`` and whose frames each change one pixel: every frame
+    decodes to the whole canvas (36 megapixels), and decoding them all takes tens of CPU-seconds."""
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", side, side, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff")
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop for ever
+    for index in range(frames):
+        out += b"\x21\xf9\x04\x04" + struct.pack("<H", centiseconds) + b"\x00\x00"  # delay, keep the canvas
+        x, y = (index * 37) % side, (index * 91) % side
+        out += b"\x2c" + struct.pack("<HHHHB", x, y, 1, 1, 0)
+        out += b"\x02\x02" + (b"\x4c\x01" if index % 2 else b"\x44\x01") + b"\x00"  # one pixel, LZW-coded
+    return bytes(out + b";")
