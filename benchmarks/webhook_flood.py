@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,7 @@ import psutil
 
 from benchmarks.common import write_results
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.processes import ROOT, bot_environment, bot_process
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+from tests.support.processes import ROOT, bot_environment, bot_process, free_port, listening
 
 
 async def stranger(port: int, size: int) -> tuple[str, int]:

@@ -84,7 +84,9 @@ async def test_a_private_answer_streams_as_drafts_then_is_sent_as_a_message(
 async def test_an_answer_in_a_group_or_without_drafts_streams_as_edits(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, chat: int, drafts: bool
 ) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300, stream_drafts=drafts)
+    # Long enough to outlast a group's 0.5 s between edits however fast the tiny model writes (1,000 tokens are
+    # about 2,500 characters: one message).
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=1000, stream_drafts=drafts)
     async with running_bot(api, settings, long_answers=True) as bot:
         username = bot.application.bot.username
         api.push_message(chat, photo=photo_bytes(), caption=f"@{username} What is in this picture?", user_id=USER)

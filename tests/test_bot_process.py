@@ -46,22 +46,10 @@ from tests.support.harness import (
     streaming,
     wait_answers,
 )
-from tests.support.processes import bot_environment, bot_process, run_phi3bot
+from tests.support.processes import bot_environment, bot_process, free_port, listening, run_phi3bot
 
 SECRET = "webhook_Secret-42"
 OTHER_TOKEN = "654321:AAHanotherBotsTokenThatIsNotKnown_0"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    """Something accepts connections on ``port``: python-telegram-bot calls setWebhook before it listens."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def read_history(data_dir: Path, chat: int) -> list[StoredMessage]:
