@@ -28,14 +28,14 @@ from bot.services import Services
 log = logging.getLogger(__name__)
 
 FREE_COMMANDS = frozenset({"stop"})  # never rate-limited
-ALBUMS_REMEMBERED = 4096  # albums whose first part was counted; later parts of the same album are free
+ALBUMS_REMEMBERED = 4096  # albums whose first part was counted; later parts of the same album go the same way
 ALBUM_SECONDS = 60.0
 
 
 class Gate:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._albums: TTLCache[str, bool] = TTLCache(ALBUMS_REMEMBERED, ALBUM_SECONDS)
+        self._albums: TTLCache[str, bool] = TTLCache(ALBUMS_REMEMBERED, ALBUM_SECONDS)  # album -> its first allowed
 
     async def check(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Returns to let the update through to the handlers; raises ApplicationHandlerStop once it is dealt with."""
@@ -65,9 +65,17 @@ class Gate:
             if is_private(message):  # a group need not hear about each member's access, nor a stranger's group
                 await self.services.refusals.say(message, sender.id, texts.NOT_ALLOWED)
             raise ApplicationHandlerStop
-        if command in FREE_COMMANDS or access.is_admin(sender.user_id) or self._counted_before(message):
+        if command in FREE_COMMANDS or access.is_admin(sender.user_id):
             return
-        if not await self.services.limiter.allow(sender.id):
+        album = message.media_group_id
+        if album is not None and album in self._albums:  # one question: its first part decided for all
+            if self._albums[album]:
+                return
+            raise ApplicationHandlerStop
+        allowed = await self.services.limiter.allow(sender.id)
+        if album is not None:
+            self._albums[album] = allowed
+        if not allowed:
             self.services.refusals.log(sender.id, message.chat_id, "asking too fast")
             await self.services.refusals.say(message, sender.id, texts.TOO_FAST)
             raise ApplicationHandlerStop
@@ -80,16 +88,6 @@ class Gate:
             return False
         username = self.services.bot_username
         return is_private(message) or message.media_group_id is not None or addressed(message, username)
-
-    def _counted_before(self, message: Message) -> bool:
-        """An album arrives as one message per photo and is one question: only its first part is counted."""
-        album = message.media_group_id
-        if album is None:
-            return False
-        if album in self._albums:
-            return True
-        self._albums[album] = True
-        return False
 
     async def _button(self, query: CallbackQuery) -> None:
         message = query.message

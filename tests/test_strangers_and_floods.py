@@ -250,3 +250,19 @@ async def test_unknown_commands_get_a_hint_in_private_chats_and_silence_in_group
     await asyncio.sleep(0.3)
     assert api.visible_text(USER) == [texts.UNKNOWN_COMMAND]
     assert [text[:20] for text in api.visible_text(GROUP)] == [texts.HELP[:20]], "only the bot's own command"
+
+
+async def test_an_album_past_the_rate_is_refused_whole_and_counts_once_within_it(bot: RunningBot) -> None:
+    api = bot.api
+    for index in range(3):  # an album of three photos is one request
+        api.push_message(USER, photo=photo_bytes((index * 60, 90, 90)), media_group_id="early", user_id=USER)
+    for _ in range(5):
+        api.push_message(USER, "/model", user_id=USER)
+    await api.wait_for(lambda: sum(t.startswith("Model:") for t in api.visible_text(USER)) == 5, 30, "5 answers")
+    for index in range(3):  # the seventh request: none of its parts may get through
+        api.push_message(USER, photo=photo_bytes((90, index * 60, 90)), media_group_id="late", user_id=USER)
+    await api.wait_for(lambda: texts.TOO_FAST in api.visible_text(USER), 30, "too fast")
+    await asyncio.sleep(1.5)  # longer than an album takes to gather
+    kept = [text for text in api.visible_text(USER) if text.startswith("📷")]
+    assert kept == [texts.photos_kept(3)], "the first album was one request, the second none"
+    assert len(api.calls_of("getFile")) == 3, "nothing of the refused album was downloaded"
