@@ -7,24 +7,33 @@ Telegram sends the parts within a second or so and gives no "last part" marker, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from telegram import Message
 
-AlbumHandler = Callable[[list[Message]], Awaitable[None]]
+AlbumHandler = Callable[[list[Message]], Coroutine[Any, Any, None]]
+PARTS = 10  # the most an album has
 
 
 class AlbumCollector:
-    def __init__(self, on_album: AlbumHandler, quiet_seconds: float = 1.0) -> None:
+    """``start``: runs an album's question as a task the bot owns (cancelled and awaited at shutdown)."""
+
+    def __init__(
+        self, on_album: AlbumHandler, start: Callable[[Coroutine[Any, Any, None]], None], quiet_seconds: float = 1.0
+    ) -> None:
         self._on_album = on_album
+        self._start = start
         self._quiet = quiet_seconds
         self._parts: dict[str, list[Message]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, message: Message) -> None:
+        """Parts past ``PARTS``, as many as Telegram lets an album have, are not kept."""
         group = str(message.media_group_id)
-        self._parts.setdefault(group, []).append(message)
+        parts = self._parts.setdefault(group, [])
+        if len(parts) < PARTS:
+            parts.append(message)
         if group in self._timers:
             self._timers[group].cancel()
         loop = asyncio.get_running_loop()
@@ -33,6 +42,4 @@ class AlbumCollector:
     def _flush(self, group: str) -> None:
         self._timers.pop(group, None)
         parts = sorted(self._parts.pop(group, []), key=lambda m: m.message_id)
-        task = asyncio.get_running_loop().create_task(self._on_album(parts))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(self._on_album(parts))

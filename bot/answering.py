@@ -14,14 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from telegram import Message
-from telegram.error import TelegramError
 
 from bot import texts
 from bot.answer_stream import AnswerStream, StoredExchange
 from bot.answers_in_progress import AnswerInProgress, Waits
 from bot.asking import Asking
-from bot.chat import is_private, tell
-from bot.history import ConversationKey, Exchange
+from bot.chat import is_private, tell, unbutton
+from bot.history import ConversationKey
 from bot.services import Services
 from engine.engine import Engine, Event
 from engine.fair_queue import AlreadyQueued, QueueFull
@@ -75,12 +74,12 @@ async def answer(services: Services, asking: Asking, claimed: AnswerInProgress) 
     try:
         claimed.answered = await _answer(services, engine, asking, claimed)
     except sqlite3.Error as error:  # a full disk, a read-only volume: the model's slot is free already
-        await storage_failed(asking.message, error)
+        await storage_failed(services, asking.message, error)
 
 
-async def storage_failed(message: Message, error: sqlite3.Error) -> None:
+async def storage_failed(services: Services, message: Message, error: sqlite3.Error) -> None:
     log.error("the history database failed in chat %s: %s", message.chat_id, error)
-    await tell(message, texts.NOT_STORED)
+    await services.refusals.note(message, texts.NOT_STORED)
 
 
 async def _answer(services: Services, engine: Engine, asking: Asking, claimed: AnswerInProgress) -> bool:
@@ -92,6 +91,8 @@ async def _answer(services: Services, engine: Engine, asking: Asking, claimed: A
         asking.key, view.turns, asking.question, system_prompt=view.system_prompt, seed=seed, asker=asking.asker
     )
     try:
+        if claimed.stopped:  # stopped while its view was read: never asked (no await from here to the line)
+            return False
         try:
             first = await anext(events)
         except AlreadyQueued:  # the engine still answers this conversation under its new id (a group upgrade)
@@ -128,25 +129,11 @@ async def _store(services: Services, asking: Asking) -> tuple[StoredExchange, in
     if answer_id is None:
         await services.refusals.note(message, texts.ONLY_LATEST)
         return None
-    await _unbutton(message, retried)
+    if retried.answer.telegram_message_ids:  # the answer it replaces stays in the chat, without its button
+        await unbutton(message.get_bot(), message.chat_id, retried.answer.telegram_message_ids[-1])
     # in reply to the question, or else (a Describe button's question is no message) to the old answer
     replied = retried.question.telegram_message_ids or retried.answer.telegram_message_ids
     return StoredExchange(retried.question.id, answer_id), replied[0] if replied else None
-
-
-async def _unbutton(message: Message, exchange: Exchange) -> None:
-    """Best effort: the answer a retry replaces stays in the chat, without its button."""
-    if not exchange.answer.telegram_message_ids:
-        return
-    try:
-        await message.get_bot().edit_message_reply_markup(
-            message.chat_id,
-            exchange.answer.telegram_message_ids[-1],
-            reply_markup=None,
-            rate_limit_args="now_or_never",  # type: ignore[call-arg]
-        )
-    except TelegramError as error:
-        log.info("could not remove the Retry button in chat %s: %s", message.chat_id, error)
 
 
 async def _resumed(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:

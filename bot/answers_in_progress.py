@@ -19,11 +19,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from bot.history import ConversationKey
 
+T = TypeVar("T")
 WAITING_PER_CONVERSATION = 3  # group members waiting for one conversation; more are told the bot is busy
+WAITING_IN_ALL = 16  # in all conversations: each holds one of python-telegram-bot's update slots while it waits
 NotClaimed = Literal["own", "full", "withdrawn"]  # the asker's own question runs; the line is full; /stop
 # Whether a claim may wait for a busy conversation: never (a question in a private chat: "still answering"),
 # behind other people's answers (a question in a group), or behind any (a photo kept for the question to come).
@@ -37,9 +39,31 @@ class AnswerInProgress:
     cancel: Callable[[ConversationKey], bool]  # the engine's: stops the answer, or takes it out of the line
     answer_id: int | None = None  # the answer's row in the history once stored: its Stop button names it
     answered: bool = False  # the model answered (or began to): the conversation is read ahead for the next one
+    stopped: bool = False  # stopped before the engine had it (its files being read): it is not asked
+    _reading: asyncio.Task[Any] | None = None
 
     def stop(self) -> bool:
-        return self.cancel(self.runs_under)
+        """Within a token once the engine has the question; before that, its files stop being read and it is
+        never asked.  True: there was something to stop (a claim always has)."""
+        self.stopped = True
+        if self._reading is not None:
+            self._reading.cancel()
+        self.cancel(self.runs_under)
+        return True
+
+    async def read(self, work: Awaitable[T]) -> T | None:
+        """``work`` (downloading and reading the question's files), or None once the answer was stopped
+        meanwhile, which ends the reading at once."""
+        if self.stopped:
+            return None
+        self._reading = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({self._reading})
+        finally:
+            if not self._reading.done():  # the caller itself was cancelled
+                self._reading.cancel()
+        reading, self._reading = self._reading, None
+        return None if reading.cancelled() else reading.result()
 
 
 @dataclass
@@ -55,6 +79,16 @@ class AnswersInProgress:
 
     def busy(self, key: ConversationKey) -> bool:
         return key in self._by_key
+
+    def asker(self, key: ConversationKey) -> int | None:
+        """Who the conversation's answer in progress is for (None: none, or Telegram did not say)."""
+        answer = self._by_key.get(key)
+        return None if answer is None else answer.asker
+
+    def answer_id(self, key: ConversationKey) -> int | None:
+        """The stored answer the conversation's answer in progress writes into, once it is stored."""
+        answer = self._by_key.get(key)
+        return None if answer is None else answer.answer_id
 
     def holds(self, answer: AnswerInProgress) -> bool:
         """Whether ``answer`` is still the conversation's answer in progress (it was not released)."""
@@ -103,7 +137,7 @@ class AnswersInProgress:
         own = current is not None and current.asker == asker
         if waits == "never" or (own and waits != "always") or any(waiter.asker == asker for waiter in line):
             return "own"
-        if len(line) >= WAITING_PER_CONVERSATION:
+        if len(line) >= WAITING_PER_CONVERSATION or sum(map(len, self._waiting.values())) >= WAITING_IN_ALL:
             return "full"
         return None
 

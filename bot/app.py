@@ -15,6 +15,8 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
@@ -42,6 +44,7 @@ from bot.membership import Membership
 from bot.pace import Pacer, Skipped
 from bot.questions import Questions
 from bot.recovery import finish_interrupted
+from bot.refusals import Refusals
 from bot.retry import Retries
 from bot.runtime import build_engine
 from bot.services import Services
@@ -224,7 +227,7 @@ def register_handlers(application: Application, services: Services) -> None:
 async def _expired(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A button whose data no handler knows (a button of an older release, say): its press is still answered."""
     if update.callback_query is not None:
-        await update.callback_query.answer(texts.BUTTON_EXPIRED)
+        await Refusals.answer(update.callback_query, texts.BUTTON_EXPIRED)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -268,46 +271,65 @@ def run_bot(settings: Settings) -> int:
 async def serve(application: Application, settings: Settings, secret: str) -> None:
     """Starts, receives updates until SIGTERM or SIGINT, and shuts down. Each step that opens something closes
     it however a later step ends, so every failed start exits instead of hanging; raises StartupError or
-    HistoryError, whose message is one line, when the bot cannot start."""
+    HistoryError, whose message is one line, when the bot cannot start. SIGTERM and SIGINT stop running answers
+    first (their text is kept), so shutdown takes seconds instead of waiting for every answer to finish; one
+    that comes while the bot is still starting (reaching Telegram, loading the model) ends the start."""
     check_directories(settings)
     webhook = WebhookServer(settings, secret) if settings.webhook_url else None
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stop, application, shutdown, signum)
     try:
-        await connect(application, settings)
-        await setup(application)
+        if not await _until_shutdown(_open_bot(application, settings), shutdown):
+            return
         try:
-            await _receive(application, settings, webhook)
+            await _receive(application, settings, webhook, shutdown)
         finally:
             await teardown(application)
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         if webhook is not None:
             await webhook.close()
         await application.shutdown()
         await application.bot.shutdown()  # the connections of an initialisation that failed
 
 
-async def _receive(application: Application, settings: Settings, webhook: WebhookServer | None) -> None:
-    """SIGTERM and SIGINT stop running answers first (their text is kept), so shutdown takes seconds instead of
-    waiting for every answer to finish; one that comes while the start's last Bot API calls are still retried
-    ends them."""
-    shutdown = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _stop, application, shutdown, signum)
+async def _open_bot(application: Application, settings: Settings) -> None:
+    await connect(application, settings)
+    await setup(application)
+
+
+async def _until_shutdown(work: Coroutine[Any, Any, None], shutdown: asyncio.Event) -> bool:
+    """Runs ``work`` unless a signal comes first, which cancels it (closing what it opened); True if it ran to
+    its end.  Its exception, if any, is raised."""
+    working = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(shutdown.wait())
+    try:
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (working, stopping):
+            task.cancel()
+        await asyncio.gather(working, stopping, return_exceptions=True)
+    if working.cancelled():
+        return False
+    working.result()
+    return True
+
+
+async def _receive(
+    application: Application, settings: Settings, webhook: WebhookServer | None, shutdown: asyncio.Event
+) -> None:
     updater = application.updater
     assert updater is not None
     await application.start()
-    starting = asyncio.create_task(_start_receiving(application, settings, webhook))
-    stopping = asyncio.create_task(shutdown.wait())
     try:
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
+        if await _until_shutdown(_start_receiving(application, settings, webhook), shutdown):
             username = application.bot.username
-            log.info("ready: @%s (https://t.me/%s), %s", username, username, starting.result())
-            await stopping
+            log.info("ready: @%s (https://t.me/%s), %s", username, username, _how(settings, webhook))
+            await shutdown.wait()
     finally:
-        for task in (starting, stopping):
-            task.cancel()
-        await asyncio.gather(starting, stopping, return_exceptions=True)
         if webhook is not None:
             await webhook.close()
         if updater.running:
@@ -315,13 +337,13 @@ async def _receive(application: Application, settings: Settings, webhook: Webhoo
         await application.stop()
 
 
-async def _start_receiving(application: Application, settings: Settings, webhook: WebhookServer | None) -> str:
-    """Tells Telegram where updates go and starts taking them; returns how, for the log."""
+async def _start_receiving(application: Application, settings: Settings, webhook: WebhookServer | None) -> None:
+    """Tells Telegram where updates go and starts taking them."""
     if webhook is None:
         await reach(settings, "deleteWebhook", application.bot.delete_webhook)
         assert application.updater is not None
         await application.updater.start_polling(allowed_updates=Update.ALL_TYPES)
-        return "polling"
+        return
     webhook.start(application)
     await reach(
         settings,
@@ -329,7 +351,11 @@ async def _start_receiving(application: Application, settings: Settings, webhook
         lambda: application.bot.set_webhook(webhook.url, secret_token=webhook.secret, allowed_updates=Update.ALL_TYPES),
         check="WEBHOOK_URL",
     )
-    return f"webhook at {webhook.url}, listening on {webhook.address}"
+
+
+def _how(settings: Settings, webhook: WebhookServer | None) -> str:
+    """How updates arrive, for the line that says the bot is ready."""
+    return "polling" if webhook is None else f"webhook at {webhook.url}, listening on {webhook.address}"
 
 
 def _webhook_secret(settings: Settings) -> str:

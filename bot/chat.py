@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from telegram import InlineKeyboardMarkup, Message, ReplyParameters
+from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatType
 from telegram.error import TelegramError
 
@@ -50,15 +50,15 @@ async def tell(message: Message, text: str, markup: InlineKeyboardMarkup | None 
         log.info("could not reply in chat %s: %s", message.chat_id, error)
 
 
-async def unbutton(message: Message) -> None:
+async def unbutton(bot: Bot, chat_id: int, message_id: int) -> None:
     """Best effort, when the chat's rate limit has room: a button that did its work, or can no longer do it,
     goes."""
     try:
-        await message.get_bot().edit_message_reply_markup(
-            message.chat_id,
-            message.message_id,
+        await bot.edit_message_reply_markup(
+            chat_id,
+            message_id,
             reply_markup=None,
             rate_limit_args="now_or_never",  # type: ignore[call-arg]
         )
     except TelegramError as error:
-        log.info("could not remove a button in chat %s: %s", message.chat_id, error)
+        log.info("could not remove the button of message %s in chat %s: %s", message_id, chat_id, error)

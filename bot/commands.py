@@ -20,6 +20,7 @@ from bot.access import Sender, sender_for
 from bot.buttons import confirm_keyboard
 from bot.chat import conversation_key, is_private, reply, tell, unbutton
 from bot.history import ConversationKey
+from bot.pace import Pacer
 from bot.runtime import build_engine, load_and_swap
 from bot.services import Services
 from model_store.convert import ConversionRequest, convert_async, hub
@@ -64,7 +65,7 @@ class Commands:
         if message is None or sender is None:
             return None
         if not self.services.access.is_admin(sender.user_id):
-            log.info("refused an admin command from sender %s in chat %s: not an admin", sender.id, message.chat_id)
+            self.services.refusals.log(sender.id, message.chat_id, "an admin command from someone not an admin")
             await self.services.refusals.say(message, sender.id, texts.ADMINS_ONLY)
             return None
         return message, sender
@@ -137,14 +138,15 @@ class Commands:
         await reply(message, texts.PERSONA_RESET if reset else texts.PERSONA_SET)
 
     async def stop(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Its acknowledgement goes before anything waiting for the chat's rate limit (bot/pace.py): the person
-        is waiting for it, and the streaming edits it would queue behind are worth less."""
+        """Stops the sender's answer being written, or else withdraws their question waiting behind another
+        member's.  Its acknowledgement goes before anything waiting for the chat's rate limit (bot/pace.py): the
+        person is waiting for it."""
         message, sender = update.effective_message, sender_for(update)
         if message is None or sender is None:
             return
         key = conversation_key(message)
         answers = self.services.answers
-        if answers.withdraw(key, sender.id):  # their question was still waiting for the conversation
+        if answers.asker(key) != sender.id and answers.withdraw(key, sender.id):
             await tell(message, texts.STOPPING, pace="first")
             return
         if not await self._may_stop(message, sender, key):
@@ -153,23 +155,25 @@ class Commands:
         if answers.stop(key):
             await tell(message, texts.STOPPING, pace="first")
         else:
-            await self.services.refusals.note(message, texts.NOTHING_TO_STOP)
+            await self.services.refusals.say(message, sender.id, texts.NOTHING_TO_STOP)
 
     async def stop_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """The Stop button names its answer: it stops that one, never another answer the chat runs later."""
         query, sender = update.callback_query, sender_for(update)
         if query is None or not isinstance(query.message, Message) or sender is None or not context.matches:
             return
-        message = query.message
+        message, answer_id = query.message, int(context.matches[0].group(1))
         key = conversation_key(message)
+        answers = self.services.answers
+        if answers.answer_id(key) != answer_id:  # its answer is no longer being written
+            await self.services.refusals.answer(query, texts.BUTTON_EXPIRED)
+            await unbutton(message.get_bot(), message.chat_id, message.message_id)
+            return
         if not await self._may_stop(message, sender, key):
             await self.services.refusals.answer(query, texts.ASKER_ONLY)
             return
-        if self.services.answers.stop(key, answer_id=int(context.matches[0].group(1))):
-            await query.answer(texts.STOPPING)
-            return
-        await self.services.refusals.answer(query, texts.BUTTON_EXPIRED)
-        await unbutton(message)  # a Stop button with no answer behind it
+        answers.stop(key, answer_id=answer_id)
+        await self.services.refusals.answer(query, texts.STOPPING)
 
     async def model(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -206,9 +210,11 @@ class Commands:
                 f"{engine.queue.served} served",
             ]
         refused = self.services.refusals.counts
+        pacer = context.bot.rate_limiter
+        skipped = pacer.skipped if isinstance(pacer, Pacer) else 0
         lines.append(
             f"Refusals: {refused.sent} sent, {refused.repeated} not repeated, {refused.dropped} dropped for "
-            "Telegram's rate limit"
+            f"Telegram's rate limit; {skipped} requests in all left unsent for it"
         )
         lines.append(
             f"History: {history.conversations} chats, {history.messages} messages, {history.images} images, "

@@ -92,9 +92,10 @@ async def _turn(message: StoredMessage, prepare: Prepare) -> Turn:
 
 
 async def image_gone(history: HistoryStore, key: ConversationKey) -> bool:
-    """Whether the latest question in the model's view that came with images has lost them to the limits on
-    stored images: a text question would be about them."""
+    """Whether the conversation's last question was a photo (or file) sent without words that lost its images to
+    the limits on stored images: a text question now would be about it.  Later in a conversation the model is
+    told in the photo's place that it is gone, and answers what it can."""
     outline = await history.outline(key)
     rows = [_counted(row, num_crops=1) for row in outline.rows]  # token counts play no part in what is in view
-    latest = next((row for row in reversed(in_view(rows, outline.window)) if row.has_images or row.images_pruned), None)
-    return latest is not None and latest.images_pruned > 0
+    last = next((row for row in reversed(in_view(rows, outline.window)) if row.role == "user"), None)
+    return last is not None and last.images_pruned > 0

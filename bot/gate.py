@@ -68,10 +68,12 @@ class Gate:
         if command in FREE_COMMANDS or access.is_admin(sender.user_id):
             return
         album = message.media_group_id
-        if album is not None and album in self._albums:  # one question: its first part decided for all
+        if album is not None and album in self._albums:  # one question: the part that counted decided for all
             if self._albums[album]:
                 return
             raise ApplicationHandlerStop
+        if album is not None and not is_private(message) and not addressed(message, self.services.bot_username):
+            return  # a group's album counts when its part addressing the bot comes; a holiday album never does
         allowed = await self.services.limiter.allow(sender.id)
         if album is not None:
             self._albums[album] = allowed

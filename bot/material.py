@@ -33,6 +33,7 @@ class Material:
     which: str = ""  # "pages 1-4", "page 3", "4 frames", "one frame"; "" for photos
     whole: str = ""  # what they are of: "a 12-page PDF", "a 0:10 video, at 0:01, 0:04, 0:06, 0:09"
     kind: Kind = "image"
+    gone: bool = False  # a text question straight after a photo that is no longer stored (bot/context_view.py)
 
     @property
     def context(self) -> str:
@@ -49,7 +50,9 @@ class Material:
 
     @property
     def note(self) -> str:
-        """Under the answer: the pages or moments it looked at."""
+        """Under the answer: the pages or moments it looked at, or that the photo asked about is gone."""
+        if self.gone:
+            return texts.IMAGE_GONE_NOTE
         if not self.which:
             return ""
         return f"{'📄' if self.kind == 'pdf' else '🎞'} I looked at {self.which} of {self.whole}."

@@ -1,26 +1,25 @@
-"""Reading the files people send (photos, image files, PDFs, clips) in a process of its own, with a deadline,
-a memory limit and a memory of what it read.
+"""Reading the files people send (photos, image files, PDFs, clips) in a process of its own, with a deadline, a memory
+limit and a memory of what it read.
 
-Why a process: Pillow's decoders, PDFium and FFmpeg are C libraries reading files from strangers.  A page that
-draws one large image a few thousand times renders for minutes, a clip can be built to decode slowly, a
-170 KB PNG can hold 40 megapixels that take most of a gigabyte to decode, and a crash in any of them would take
-the bot with it.  A thread cannot be stopped, and one decoding in the bot's process takes the bot's memory and
-holds its event loop; a child process can be stopped, so past ``READ_SECONDS`` the work is killed and the
-person told, a crash is a refusal like any other, and the bot's event loop and memory stay free for every
-other chat.  The child is spawned, not forked (the bot's threads do not survive a fork), and sees no secret
-(bot/settings.py removes them from the environment).  At most ``CONCURRENT`` files are read at once, one per
-core.
+Why a process: Pillow's decoders, PDFium and FFmpeg are C libraries reading files from strangers.  A page that draws
+one large image a few thousand times renders for minutes, a clip can be built to decode slowly, a small PNG can hold
+40 megapixels that take a great deal of memory to decode (benchmarks/hostile_files.py), and a crash in any of them
+would take the bot with it.  A thread cannot be stopped, and one decoding in the bot's process takes the bot's
+memory and holds its event loop; a child process can be stopped, so past ``READ_SECONDS`` the work is killed and the
+person told, a crash is a refusal like any other, and the bot's event loop and memory stay free for every other
+chat.  The child is spawned, not forked (the bot's threads do not survive a fork), and sees no secret
+(bot/settings.py removes them from the environment).  At most ``CONCURRENT`` files are read at once, one per core.
 
 Memory: a child's address space (RLIMIT_AS) is what its libraries take when it starts plus ``memory_mb``
 (READER_MEMORY_MB), so a file that needs more is refused with a reason instead of pushing the machine, and the
-model's process beside it, into swap; and the kernel is told to end a reader first (oom_score_adj 1000) if
-memory runs out all the same.  Counting from the libraries' own size keeps the limit the same on a machine
-whose thread stacks and library mappings are larger.
+model's process beside it, into swap; and the kernel is told to end a reader first (oom_score_adj 1000) if memory
+runs out all the same.  Counting from the libraries' own size keeps the limit the same on a machine whose thread
+stacks and library mappings are larger.
 
-What a file gave, or why it was refused, is remembered per file (``remembered``, bounded in bytes): a reply to
-the same clip costs neither a download nor a read, and a file that took the whole deadline to refuse is not
-read again.  Starting a child per photo adds a small part of what a photo question costs
-(benchmarks/hostile_files.py measures both), so no child is kept waiting for the next file.
+What a file gave, or why it was refused, is remembered per file (``remembered``, bounded in bytes): a reply to the
+same clip costs neither a download nor a read, and a file that took the whole deadline to refuse is not read again.
+Starting a child per photo adds a small part of what a photo question costs (benchmarks/hostile_files.py measures
+both), so no child is kept waiting for the next file.
 """
 
 from __future__ import annotations
@@ -33,13 +32,13 @@ import multiprocessing
 import resource
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from bot import texts
 from bot.frames import Frames, VideoError, sample
@@ -56,8 +55,13 @@ MEMORY_MB = 1536
 REMEMBERED_BYTES = 64 * 1024 * 1024  # files' images and refusals kept for a reply to the same file
 POLL_SECONDS = 0.1
 CHILD_NAME = "phi3bot-read"
-# Why a read failed, as MediaError.reason; only these are the file's own, and remembered with it.
+# Why a read failed, as MediaError.reason; only these are the file's own, and remembered with it: for good when
+# the file itself says so, for a while when a busy machine (too slow) or the out-of-memory killer (crashed) may
+# have had a part in it.
 OF_THE_FILE = ("refused", "too_slow", "crashed", "too_large")
+FOR_A_WHILE = ("too_slow", "crashed")
+TRANSIENT_SECONDS = 600.0
+TRANSIENT_REMEMBERED = 1024
 T = TypeVar("T")
 
 
@@ -68,6 +72,12 @@ class MediaError(Exception):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+@dataclass
+class _Turns:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding the lock or waiting for it
 
 
 @dataclass(frozen=True)
@@ -90,12 +100,28 @@ class MediaReader:
         self.seconds = seconds
         self.memory_bytes = memory_mb * 1024 * 1024
         self._slots = asyncio.Semaphore(concurrent)
+        self._people: dict[int, _Turns] = {}  # people with a file being read or waiting: one at a time each
         self._stopping = threading.Event()
         self._remembered: LRUCache[Hashable, object] = LRUCache(remembered_bytes, getsizeof=_size)
+        self._for_a_while: TTLCache[str, _Refused] = TTLCache(TRANSIENT_REMEMBERED, TRANSIENT_SECONDS)
 
     def stop(self) -> None:
         """At shutdown: every read ends at once (its child is killed) and no new one starts."""
         self._stopping.set()
+
+    @contextlib.asynccontextmanager
+    async def for_person(self, person: int) -> AsyncIterator[None]:
+        """One question's files of a person's downloaded and read at a time, whatever chats they ask in: one
+        person's slow PDFs cannot hold both of the reader's places, nor their downloads pile up in memory."""
+        turns = self._people.setdefault(person, _Turns())
+        turns.users += 1
+        try:
+            async with turns.lock:
+                yield
+        finally:
+            turns.users -= 1
+            if not turns.users:
+                del self._people[person]
 
     async def still(self, data: bytes) -> Still:
         """bot/stills.py's ``still``, in a child process."""
@@ -113,7 +139,7 @@ class MediaReader:
         """What ``read()`` gave for ``file`` (an id that stays the same for the same file's bytes) and
         ``variant`` (whatever else the result depends on), or a refusal of the file, whatever the variant; read
         only when neither is remembered.  Refusals that depend on the question or on a shutdown are not kept."""
-        refused = self._remembered.get(("refused", file))
+        refused = self._remembered.get(("refused", file)) or self._for_a_while.get(file)
         if isinstance(refused, _Refused):
             raise MediaError(refused.message, refused.reason)
         key = ("read", file, variant)
@@ -123,7 +149,9 @@ class MediaReader:
         try:
             value = await read()
         except MediaError as error:
-            if error.reason in OF_THE_FILE:
+            if error.reason in FOR_A_WHILE:
+                self._for_a_while[file] = _Refused(str(error), error.reason)
+            elif error.reason in OF_THE_FILE:
                 self._keep(("refused", file), _Refused(str(error), error.reason))
             raise
         self._keep(key, value)

@@ -2,15 +2,16 @@
 
 Telegram lets a bot send about 30 messages a second in all and about 20 a minute into one group; past that it
 answers 429.  python-telegram-bot's AIORateLimiter makes every request wait for its turn, which is right for an
-answer's final text but lets anything cheap to send hold the bot: a thousand refusals to strangers queue for
-an hour in one group's budget, each holding one of the update slots, and a busy group's typing indicators,
-streaming edits and ``getChatMember`` calls make ``/stop`` wait behind them.  So each request states its pace
+answer's final text but lets anything cheap to send hold the bot: refusals to strangers queue in one group's
+budget, each holding one of the update slots while it waits, and a busy group's typing indicators, streaming
+edits and ``getChatMember`` calls make ``/stop`` wait behind them.  So each request states its pace
 (python-telegram-bot's ``rate_limit_args``):
 
 * ``"wait"`` (the default): waits for its turn, as the final text of an answer must;
 * ``"now_or_never"``: sent only if the budget allows it now, else ``Skipped`` at once; for refusals, typing
   indicators, drafts and streaming edits, which are worth nothing later (the next edit carries the text);
-* ``"first"``: does not queue behind the chat's budget, for an acknowledgement a person is waiting for (Stop).
+* ``"first"``: does not queue behind the chat's budget, for an acknowledgement a person is waiting for (Stop);
+  a small part of each group's budget is kept for it, which nothing else may use.
 
 Only what puts messages into a chat spends a group's budget; reading a member's status or leaving a chat does
 not.  At shutdown every waiting request gives up at once (``Skipped``): the streaming code records what it could
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 from aiolimiter import AsyncLimiter
@@ -34,6 +36,8 @@ Pace = Literal["wait", "now_or_never", "first"]
 
 MESSAGES_PER_SECOND = 30  # the whole bot
 GROUP_MESSAGES_PER_MINUTE = 20  # one group or channel
+# Of a group's budget, kept for what goes first (Stop's acknowledgement): everything else shares the rest.
+GROUP_RESERVE_PER_MINUTE = 2
 GROUPS_TRACKED = 4096  # group buckets kept; a bucket dropped for room is full again, which errs on the safe side
 # Calls that name a chat but put nothing into it.
 UNCOUNTED = frozenset({"getChat", "getChatMember", "getChatAdministrators", "getChatMemberCount", "leaveChat"})
@@ -49,10 +53,20 @@ class Skipped(NetworkError):
     that gives up on a best-effort call gives up on it."""
 
 
+@dataclass(frozen=True)
+class _Group:
+    """A group's budget: the whole of it, and the part all but what goes first may use."""
+
+    whole: AsyncLimiter = field(default_factory=lambda: AsyncLimiter(GROUP_MESSAGES_PER_MINUTE, 60))
+    shared: AsyncLimiter = field(
+        default_factory=lambda: AsyncLimiter(GROUP_MESSAGES_PER_MINUTE - GROUP_RESERVE_PER_MINUTE, 60)
+    )
+
+
 class Pacer(BaseRateLimiter[Pace]):
     def __init__(self) -> None:
         self._overall = AsyncLimiter(MESSAGES_PER_SECOND, 1)
-        self._groups: LRUCache[int | str, AsyncLimiter] = LRUCache(GROUPS_TRACKED)
+        self._groups: LRUCache[int | str, _Group] = LRUCache(GROUPS_TRACKED)
         self._stopping = asyncio.Event()
         self.skipped = 0  # requests not sent for want of budget, since the start (``/stats``)
 
@@ -66,20 +80,16 @@ class Pacer(BaseRateLimiter[Pace]):
         """From now on nothing waits: requests in the queue and new ones that would queue are Skipped."""
         self._stopping.set()
 
-    def spent(self, chat_id: int | str) -> bool:
-        """Whether a message into ``chat_id`` would have to wait now (for callers choosing what to send)."""
-        return not all(limiter.has_capacity() for limiter in self._buckets("sendMessage", chat_id))
-
-    def _buckets(self, endpoint: str, chat_id: object) -> list[AsyncLimiter]:
+    def _buckets(self, endpoint: str, chat_id: object, pace: Pace) -> list[AsyncLimiter]:
         if chat_id is None:
             return []
         buckets = [self._overall]
         group = _group(chat_id)
         if group is not None and endpoint not in UNCOUNTED:
-            bucket = self._groups.get(group)
-            if bucket is None:
-                bucket = self._groups[group] = AsyncLimiter(GROUP_MESSAGES_PER_MINUTE, 60)
-            buckets.append(bucket)
+            budget = self._groups.get(group)
+            if budget is None:
+                budget = self._groups[group] = _Group()
+            buckets += [budget.whole] if pace == "first" else [budget.whole, budget.shared]
         return buckets
 
     async def process_request(
@@ -92,7 +102,7 @@ class Pacer(BaseRateLimiter[Pace]):
         rate_limit_args: Pace | None,
     ) -> Result:
         pace = rate_limit_args or "wait"
-        buckets = self._buckets(endpoint, data.get("chat_id"))
+        buckets = self._buckets(endpoint, data.get("chat_id"), pace)
         if endpoint in CHEAP:  # sent only while the chat's budget has room, and without spending it
             if not all(bucket.has_capacity() for bucket in buckets):
                 self._skip(endpoint)
@@ -102,9 +112,9 @@ class Pacer(BaseRateLimiter[Pace]):
                 self._skip(endpoint)
             for bucket in buckets:
                 await bucket.acquire()  # returns at once: the capacity was just confirmed
-        elif pace == "first":
+        elif pace == "first":  # the group's reserve is there for it; spent all the same if it is not
             for bucket in buckets:
-                if bucket.has_capacity():  # spends what is there, so later requests see it spent
+                if bucket.has_capacity():
                     await bucket.acquire()
         else:
             for bucket in buckets:

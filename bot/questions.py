@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from telegram import Message, Update
@@ -55,7 +55,7 @@ class Questions:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.albums = AlbumCollector(self._answer)
+        self.albums = AlbumCollector(self._answer, services.in_background)
 
     async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -87,24 +87,35 @@ class Questions:
                 return
             engine = self.services.engine
             try:
-                material = await gather(
-                    first.get_bot(),
-                    self.services.history,
-                    asked.attachments,
-                    asked.text,
-                    self._limits(engine),
-                    self.services.media,
-                )
-                prepared = await self.services.prepared_all(material.images)
+                read = await claimed.read(self._read(asked, engine))
             except (IntakeError, ImageRejected) as error:
-                await tell(first, str(error))
+                await self.services.refusals.note(first, str(error))
                 return
+            if read is None:  # stopped while its files were read
+                return
+            material, prepared = read
+            if not asked.attachments and await self.services.image_gone(asked.key):
+                material = replace(material, gone=True)  # answered as the model can, and told to send it again
             if keeping:
                 claimed.answered = await self._keep(asked, engine, material, prepared)
                 return
             question = Turn("user", material.told(asked.text or material.asks), tuple(prepared))
             asking = Asking(first, asked.key, sender.id, question, material, first.message_id)
             await answer(self.services, asking, claimed)
+
+    async def _read(self, asked: _Asked, engine: Engine) -> tuple[Material, list[PreparedImage]]:
+        """The question's files, downloaded and read, one file of a person's at a time (bot/media_reader.py);
+        raises IntakeError or ImageRejected with a friendly reason."""
+        async with self.services.media.for_person(asked.sender.id):
+            material = await gather(
+                asked.first.get_bot(),
+                self.services.history,
+                asked.attachments,
+                asked.text,
+                self._limits(engine),
+                self.services.media,
+            )
+            return material, await self.services.prepared_all(material.images)
 
     def _for_the_bot(self, messages: list[Message], first: Message) -> bool:
         """In groups, messages that address the bot; never stickers and GIFs sent as reactions."""
@@ -134,8 +145,6 @@ class Questions:
             return texts.too_many_images(limit, len(asked.attachments))
         if not asked.attachments and names_pages(asked.text):  # the model would answer about pages it cannot see
             return unseen_pages(asked.text, (await self.services.view(engine, asked.key)).turns)
-        if not asked.attachments and await self.services.image_gone(asked.key):  # or about a deleted photo
-            return texts.IMAGE_GONE
         return None
 
     def _limits(self, engine: Engine) -> MediaLimits:
@@ -167,7 +176,7 @@ class Questions:
                 tokens=tokens,
             )
         except sqlite3.Error as error:
-            await storage_failed(asked.first, error)
+            await storage_failed(self.services, asked.first, error)
             return False
         kept = texts.kept(material.label) if material.label else texts.photos_kept(len(prepared))
         await tell(asked.first, kept, describe_keyboard(material.kind, asked.first.message_id))
@@ -184,7 +193,7 @@ class Questions:
         key = conversation_key(message)
         if kept not in (await self.services.history.latest_images_message(key) or ()):
             await self.services.refusals.answer(query, texts.BUTTON_EXPIRED)
-            await unbutton(message)
+            await unbutton(message.get_bot(), message.chat_id, message.message_id)
             return
         if self.services.answers.busy(key):
             await self.services.refusals.answer(query, texts.STILL_ANSWERING)
@@ -193,5 +202,5 @@ class Questions:
         async with conversation_turn(self.services, message, user_id, key) as claimed:
             if claimed is None:
                 return
-            await unbutton(message)
+            await unbutton(message.get_bot(), message.chat_id, message.message_id)
             await answer(self.services, Asking(message, key, user_id, Turn("user", ask_about(kind))), claimed)

@@ -10,6 +10,7 @@ finished the way a reply stream finishes: its saved text, formatted, in every pa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -41,6 +42,15 @@ class AnswerRecord:
 
 
 async def finish_interrupted(bot: Bot, history: HistoryStore, answers: Sequence[Interrupted]) -> None:
+    """Within ``RECOVERY_SECONDS`` in all, flood control and Telegram's rate limit for a group included: the start
+    waits no longer, and what is left unsettled is repaired at the next start."""
+    try:
+        await asyncio.wait_for(_finish_all(bot, history, answers), RECOVERY_SECONDS)
+    except asyncio.TimeoutError:
+        log.info("repairing interrupted answers took over %.0f s; the rest waits for a later start", RECOVERY_SECONDS)
+
+
+async def _finish_all(bot: Bot, history: HistoryStore, answers: Sequence[Interrupted]) -> None:
     give_up_at = time.monotonic() + RECOVERY_SECONDS
     for answer in answers:
         cut = answer.status == "streaming"

@@ -2,10 +2,10 @@
 refusal of access at most once in a few minutes.
 
 A refusal is cheap for its sender and was expensive for the bot: each one waited in Telegram's rate limit
-(bot/pace.py) while holding one of the bot's update slots, so a stranger mentioning the bot a thousand times in
-a group of their own held every chat up for most of an hour.  Now a refusal that cannot be sent right away is
-dropped (counted, and logged once in a while), a repeated one is not sent again within ``QUIET_SECONDS``, and
-the memory of who was told is bounded.
+(bot/pace.py) while holding one of the bot's update slots, so a stranger mentioning the bot over and over in a group
+of their own held every chat up (benchmarks/flood.py measures it).  Now a refusal that cannot be sent right away is
+dropped (counted, and logged once in a while), a repeated one is not sent again within ``QUIET_SECONDS``, and the
+memory of who was told is bounded.
 """
 
 from __future__ import annotations
@@ -60,13 +60,15 @@ class Refusals:
 
     async def say(self, message: Message, person: int, text: str) -> None:
         """A refusal of access (not allowed, too fast, not an admin, not the asker): in reply to ``message``
-        (quoting it in groups) if ``person`` did not hear it lately and Telegram's budget has room now."""
-        if self.fresh(person, text):
-            await self.note(message, text)
+        (quoting it in groups) if ``person`` did not hear it lately and Telegram's budget has room now (one
+        dropped for want of room may be said the next time)."""
+        if self.fresh(person, text) and not await self.note(message, text):
+            self._told.pop((person, text), None)
 
-    async def note(self, message: Message, text: str) -> None:
+    async def note(self, message: Message, text: str) -> bool:
         """Why a question cannot be answered (a file the bot cannot read, a busy line): said every time, as
-        each one the gate let through counted against its sender's rate, but only if the budget has room now."""
+        each one the gate let through counted against its sender's rate, but only if the budget has room now.
+        Whether it was sent."""
         try:
             await reply(message, text, pace="now_or_never")
         except Skipped:
@@ -75,6 +77,8 @@ class Refusals:
             log.info("could not send a refusal in chat %s: %s", message.chat_id, error)
         else:
             self.counts.sent += 1
+            return True
+        return False
 
     @staticmethod
     async def answer(query: CallbackQuery, text: str) -> None:

@@ -40,6 +40,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
+from bot.chat import unbutton
 from bot.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts, plain_parts
 from bot.pace import Skipped
 
@@ -418,14 +419,8 @@ class ReplyStream:
         button, so no dead Stop button is left behind."""
         for later in range(index, len(self.message_ids)):
             if self._shown[later] != DELETED and not await self._delete(later):
-                await self._unbutton(later)
+                await unbutton(self.bot, self.chat_id, self.message_ids[later])
         self._shown[index:] = [DELETED] * (len(self._shown) - index)
-
-    async def _unbutton(self, index: int) -> None:
-        try:
-            await self.bot.edit_message_reply_markup(self.chat_id, self.message_ids[index], reply_markup=None)
-        except TelegramError as error:
-            log.debug("could not remove the button of message %s: %s", self.message_ids[index], error)
 
     async def _delete(self, index: int) -> bool:
         """Best effort: the bot deletes its own message, a part the answer no longer needs where it is."""

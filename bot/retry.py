@@ -13,7 +13,7 @@ from bot import texts
 from bot.access import sender_for
 from bot.answering import answer, conversation_turn
 from bot.asking import Asking
-from bot.chat import conversation_key, tell
+from bot.chat import conversation_key
 from bot.history import Exchange
 from bot.material import Material
 from bot.services import Services
@@ -80,7 +80,7 @@ class Retries:
             try:
                 images = await self.services.prepared_all(exchange.question.images)
             except ImageRejected as error:
-                await tell(message, str(error))
+                await self.services.refusals.note(message, str(error))
                 return
             question = Turn("user", exchange.question.text, tuple(images))
             material = Material.recalled(exchange.question.text)  # what the images are, for the status and the note

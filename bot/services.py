@@ -86,16 +86,16 @@ class Services:
         )
 
     async def image_gone(self, key: ConversationKey) -> bool:
-        """Whether the images a text question would be about were deleted under the limits on stored images
-        (bot/context_view.py), so the person is asked to send them again instead of the model inventing them."""
+        """Whether a text question now comes straight after a photo deleted under the limits on stored images
+        (bot/context_view.py), so the answer tells the person to send it again."""
         return await image_gone(self.history, key)
 
     def prepare_soon(self, key: ConversationKey) -> None:
         """Have the model read the conversation now, ahead of its next question, unless a question of it is
         already in line (which reads it anyway)."""
         engine = self.engine
-        if engine is not None and not self.answers.busy(key):
-            self._in_background(self._prepare(engine, key))
+        if engine is not None and not self.answers.busy(key) and not self.stopping.is_set():
+            self.in_background(self._prepare(engine, key))
 
     async def _prepare(self, engine: Engine, key: ConversationKey) -> None:
         try:
@@ -109,7 +109,7 @@ class Services:
         recent first, one after another, as long as they fit in the KV cache together."""
         engine = self.engine
         if engine is not None:
-            self._in_background(self._warm_up(engine, since))
+            self.in_background(self._warm_up(engine, since))
 
     async def _warm_up(self, engine: Engine, since: float) -> None:
         room = engine.kv_cache_tokens * 3 // 4  # the rest for the questions that come meanwhile
@@ -121,7 +121,16 @@ class Services:
             prepared = await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
             log.info("warmed up chat %s in %.1f s (%d pieces)", key.chat_id, prepared.seconds, prepared.pieces)
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Work nobody waits for (read-ahead, an album's question): cancelled and awaited at shutdown
+        (bot/app.py ``teardown``)."""
         task = asyncio.create_task(work)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A task nobody awaits would keep its failure to itself: it goes to the log, as a handler's would."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("work in the background failed", exc_info=task.exception())

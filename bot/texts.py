@@ -89,6 +89,10 @@ IMAGE_GONE = (
     "I no longer have the photo this conversation is about: older images are deleted to save space. "
     "Please send it again, or reply to it with your question."
 )
+IMAGE_GONE_NOTE = (
+    "📷 I no longer have the photo before this (older images are deleted to save space): send it again, or reply "
+    "to it, to ask about it."
+)
 
 
 def images_gone(count: int) -> str:
@@ -106,7 +110,7 @@ NOT_CLAIMED = {"own": STILL_ANSWERING, "full": BUSY_HERE}
 def help_text(running: tuple[str, str] | None, *, admin: bool) -> str:
     """``running``: the model and the device serving now, or None before a model is loaded."""
     model, device = running if running is not None else ("a Phi-3-vision model (none is loaded yet)", "CPU")
-    where = "own CPU" if device == "CPU" else device
+    where = "own CPU" if device == "CPU" else f"own hardware (OpenVINO device {device})"
     return HELP.format(model=model, device=where) + (ADMIN_HELP if admin else "")
 
 

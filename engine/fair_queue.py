@@ -26,11 +26,14 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Generic, Literal, TypeVar
 
+from cachetools import LRUCache
+
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 J = TypeVar("J")
 State = Literal["waiting", "running", "done", "cancelled"]
+OWNERS_REMEMBERED = 10_000  # people whose last round is remembered; one forgotten starts at the current round
 
 
 class AlreadyQueued(Exception):
@@ -112,6 +115,9 @@ class FairQueue(Generic[K, J]):
         self._held = False
         self._drained = asyncio.Event()
         self._turn = 0  # the round of the request let in last: a newcomer never goes ahead of it
+        # the round each owner was last let in at, so one who comes back goes to the next round, not the current
+        # one again (which would let two people taking turns keep a third's second request waiting for ever)
+        self._served_turns: LRUCache[Hashable, int] = LRUCache(OWNERS_REMEMBERED)
         self.served = 0
 
     def __len__(self) -> int:
@@ -141,8 +147,11 @@ class FairQueue(Generic[K, J]):
             raise AlreadyQueued(f"{key!r} already has a request in the queue")
         if len(self._waiting) >= self.max_waiting and len(self._running) >= self._limit:
             raise QueueFull(f"{len(self._waiting)} requests are already waiting")
-        earlier = [ticket.turn for ticket in self.in_line() if owner is not None and ticket.owner == owner]
-        turn = max(self._turn, max(earlier) + 1) if earlier else self._turn
+        turn = self._turn
+        if owner is not None:
+            earlier = [ticket.turn for ticket in self.in_line() if ticket.owner == owner]
+            last = max(earlier, default=self._served_turns.get(owner))
+            turn = max(turn, last + 1) if last is not None else turn
         ticket = Ticket(self, key, job, owner, turn)
         self._by_key[key] = ticket
         behind = next((index for index, other in enumerate(self._waiting) if other.turn > turn), len(self._waiting))
@@ -222,6 +231,8 @@ class FairQueue(Generic[K, J]):
         while self._waiting and len(self._running) < self._limit:
             ticket = self._waiting.popleft()
             self._turn = max(self._turn, ticket.turn)
+            if ticket.owner is not None:
+                self._served_turns[ticket.owner] = ticket.turn
             ticket.state = "running"
             ticket.batched = self._batching
             self._running.append(ticket)

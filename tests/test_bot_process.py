@@ -449,15 +449,17 @@ async def test_the_bot_says_once_that_it_is_ready_with_its_username_and_link(api
     assert ready.rstrip().endswith(" INFO bot.app: ready: @phi3_test_bot (https://t.me/phi3_test_bot), polling")
 
 
-async def test_sigterm_while_the_start_is_still_retrying_telegram_exits_at_once(
-    api: FakeBotApi, tmp_path: Path
+@pytest.mark.parametrize(("method", "signum"), [("deleteWebhook", signal.SIGTERM), ("getMe", signal.SIGINT)])
+async def test_a_signal_while_the_start_is_still_retrying_telegram_exits_at_once(
+    api: FakeBotApi, tmp_path: Path, method: str, signum: signal.Signals
 ) -> None:
-    api.fail_next("deleteWebhook", 100, kind="5xx")
+    """getMe comes before anything is opened, deleteWebhook after the history and the heartbeat are."""
+    api.fail_next(method, 100, kind="5xx")
     environment = bot_environment(api, tmp_path / "store", tmp_path / "data")
     async with bot_process(environment, tmp_path) as bot:
-        await bot.wait_for_log("cannot be reached yet (deleteWebhook: Bad Gateway)", 60)
+        await bot.wait_for_log(f"cannot be reached yet ({method}: Bad Gateway)", 60)
         started = time.monotonic()
-        bot.process.send_signal(signal.SIGTERM)
+        bot.process.send_signal(signum)
         code = await asyncio.wait_for(bot.process.wait(), 60)
         took = time.monotonic() - started
     assert code == 0 and took < 5, (code, took, bot.stderr[-3000:])
@@ -548,14 +550,19 @@ async def test_an_unusable_directory_is_one_line_naming_it_and_exit_2(
     assert api.calls == [], "nothing was asked of Telegram"
 
 
+def without_root_overrides() -> list[str]:
+    """Root may write into any directory and file (CAP_DAC_OVERRIDE): a test run as root runs the bot without
+    that, through this command prefix."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("run as root without setpriv (util-linux): every file is writable")
+    dropped = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}"]
+
+
 def start_with_a_directory_it_cannot_write(api: FakeBotApi, work: Path, setting: str) -> tuple[str, list[str]]:
-    """Root may write into any directory (CAP_DAC_OVERRIDE): a test run as root runs the bot without that."""
-    wrapper: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("run as root without setpriv (util-linux): every directory is writable")
-        dropped = "-dac_override,-dac_read_search"
-        wrapper = ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}"]
+    wrapper = without_root_overrides()
     locked = work / "locked"
     locked.mkdir(mode=0o555)
     try:
@@ -600,6 +607,26 @@ async def test_an_unusable_history_database_is_one_line_and_exit_2(
     last, _ = await asyncio.to_thread(failed_start, environment, tmp_path, api.token)
     assert expected in last and "DATABASE_PATH" in last, last
     assert not (data / "heartbeat").exists(), "the heartbeat stopped with the start"
+
+
+async def test_a_history_database_this_user_cannot_write_is_one_line_and_exit_2(
+    api: FakeBotApi, tmp_path: Path
+) -> None:
+    """Left read-only (say, made by an earlier run as another user): found at the start, not at the first answer."""
+    data = tmp_path / "data"
+    async with await HistoryStore.open(data / "history.sqlite3"):
+        pass
+    for path in data.iterdir():
+        path.chmod(0o444)
+    try:
+        environment = bot_environment(api, tmp_path / "store", data)
+        last, _ = await asyncio.to_thread(
+            failed_start, environment, tmp_path, api.token, wrapper=without_root_overrides()
+        )
+    finally:
+        for path in data.iterdir():
+            path.chmod(0o644)
+    assert "could not be brought up to date or written" in last and "DATABASE_PATH" in last, last
 
 
 @pytest.mark.parametrize("method", ["getMe", "setMyCommands", "deleteWebhook", "setWebhook"])

@@ -4,7 +4,6 @@ a clear word when a question is about a pruned photo, and a full disk that loses
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 from collections.abc import AsyncIterator
@@ -15,12 +14,20 @@ import pytest
 from PIL import Image
 
 from bot import texts
-from bot.history import ConversationKey, HistoryStore, NewImage, StoredMessage
+from bot.history import ConversationKey, HistoryStore, NewImage
 from bot.image_cache import PreparedImageCache
 from engine.images import PreparedImage
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import USER, RunningBot, bot_settings, running_bot, stored_messages, wait_answers
+from tests.support.harness import (
+    USER,
+    RunningBot,
+    bot_settings,
+    running_bot,
+    stored_answers,
+    stored_messages,
+    wait_answers,
+)
 from tests.support.hostile_images import png_40_megapixels_rgba
 from tests.support.media_files import clip
 
@@ -85,15 +92,19 @@ async def test_a_question_about_a_pruned_photo_asks_for_it_again_and_a_reply_to_
     view = await bot.services.view(bot.services.engine, ConversationKey(CHAT))
     assert view.turns[0].text == f"{texts.images_gone(1)}\nWhat is it?" and view.turns[0].images == ()
 
-    api.push_message(CHAT, "And what colour is it?", user_id=USER)
-    await api.wait_for(lambda: texts.IMAGE_GONE in api.visible_text(CHAT), 30, "a request to send it again")
     api.push_message(CHAT, "/retry", user_id=USER)
-    await api.wait_for(lambda: api.visible_text(CHAT).count(texts.IMAGE_GONE) == 2, 30, "the same for a retry")
-    assert len(await stored_messages(history, ConversationKey(CHAT))) == 2, "neither was asked"
+    await api.wait_for(lambda: texts.IMAGE_GONE in api.visible_text(CHAT), 30, "a retry is asked for the photo")
+    assert len(await stored_messages(history, ConversationKey(CHAT))) == 2, "the retry was not asked"
+    api.push_message(CHAT, "And what colour is it?", user_id=USER)  # answered, told to send the photo again
+    stored = await stored_answers(bot, ConversationKey(CHAT), 2)
+    assert api.visible_text(CHAT)[-1].endswith(texts.IMAGE_GONE_NOTE), "told to send it again"
+    api.push_message(CHAT, "Where is the weather nice?", user_id=USER)  # no longer about the photo: no note
+    stored = await stored_answers(bot, ConversationKey(CHAT), 3)
+    assert not api.visible_text(CHAT)[-1].endswith(texts.IMAGE_GONE_NOTE)
 
     api.push_message(CHAT, "What is it, then?", user_id=USER, reply_to=sent)
-    stored = await answered(history, ConversationKey(CHAT), 2)
-    assert stored[2].text == "What is it, then?" and len(stored[2].images) == 1
+    stored = await stored_answers(bot, ConversationKey(CHAT), 4)
+    assert stored[6].text == "What is it, then?" and len(stored[6].images) == 1
 
 
 async def test_a_full_disk_gets_a_clear_reply_and_loses_nothing_stored(bot: RunningBot) -> None:
@@ -109,18 +120,8 @@ async def test_a_full_disk_gets_a_clear_reply_and_loses_nothing_stored(bot: Runn
     await api.wait_for(lambda: bool(api.visible_text(GROUP)), 30, "a reply in another chat, whatever it says")
     await _full_disk(history, full=False)
     api.push_message(CHAT, photo=noise_jpeg(5), caption="And this one?", user_id=USER)
-    stored = await answered(history, ConversationKey(CHAT), 2)
+    stored = await stored_answers(bot, ConversationKey(CHAT), 2)
     assert [(m.id, m.text) for m in stored[:2]] == [(m.id, m.text) for m in before] and stored[2].images[0].bounded
-
-
-async def answered(history: HistoryStore, key: ConversationKey, count: int) -> list[StoredMessage]:
-    """The conversation once ``count`` answers are stored and finished (a refusal's reply is no answer)."""
-    for _ in range(600):
-        stored = await stored_messages(history, key)
-        if len([m for m in stored if m.role == "assistant" and m.status != "streaming"]) >= count:
-            return stored
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{count} answers not stored in {key}: {[(m.role, m.status) for m in stored]}")
 
 
 async def _full_disk(history: HistoryStore, *, full: bool) -> None:
@@ -170,7 +171,7 @@ async def test_a_photo_stored_as_sent_by_an_older_version_is_read_in_the_reader_
     settings = bot_settings(api, int4_store[0].root, tmp_path, stream_drafts=False, warm_up_hours=0)
     async with running_bot(api, settings) as bot:
         api.push_message(CHAT, "And the colours?", user_id=USER)
-        stored = await answered(bot.services.history, ConversationKey(CHAT), 2)
+        stored = await stored_answers(bot, ConversationKey(CHAT), 2)
     [image] = stored[0].images
     assert image.bounded and size_of(image.data) == (1344, 1008) and image.file_unique_id == "AgAD-old"
     assert decoded and all(max(size) <= 1344 for size in decoded), "the bot's process decoded only copies"

@@ -214,3 +214,20 @@ async def test_one_person_asking_in_several_conversations_holds_one_place_at_a_t
             pass
     queue.enqueue("dave", None, owner="dave")  # round 1 is being served now: dave waits behind it
     assert [ticket.key for ticket in queue.in_line()] == ["spread-g2", "dave", "spread-g3"]
+
+
+async def test_two_people_taking_turns_do_not_keep_a_third_persons_second_question_waiting() -> None:
+    """B and C ask again each time they are answered; A's second question still gets its turn."""
+    queue: FairQueue[str, None] = FairQueue(max_waiting=20)
+    queue.enqueue("a1", None, owner="a")
+    queue.enqueue("a2", None, owner="a")
+    queue.enqueue("b", None, owner="b")
+    queue.enqueue("c", None, owner="c")
+    served: list[str] = []
+    for _ in range(6):
+        ticket = queue.in_line()[0]
+        async with ticket:
+            served.append(str(ticket.key))
+        if ticket.owner in ("b", "c"):
+            queue.enqueue(str(ticket.owner), None, owner=ticket.owner)  # asks again at once
+    assert "a2" in served[:4], served

@@ -22,6 +22,7 @@ from tests.support.harness import (
     STRANGER,
     USER,
     RunningBot,
+    answer_drafts,
     bot_settings,
     button,
     callbacks,
@@ -32,6 +33,7 @@ from tests.support.harness import (
     stored_messages,
     wait_answers,
 )
+from tests.support.media_files import pdf_drawing_one_image
 
 GROUP = -100321  # allowed
 MEMBER = 9  # allowed only through GROUP
@@ -77,7 +79,7 @@ async def test_a_thousand_strangers_mentions_and_three_hundred_private_messages_
     refused = [sent_to(api, stranger) for stranger in strangers]
     assert max(refused) <= 1, "at most one refusal per stranger"
     counts = bot.services.refusals.counts
-    assert counts.sent + counts.dropped == 100 and counts.repeated == 200
+    assert counts.sent == sum(refused) and counts.sent + counts.dropped + counts.repeated == 300
     assert bot.services.engine is not None and bot.services.engine.queue.served == 1, "no model time for strangers"
 
 
@@ -256,6 +258,7 @@ async def test_an_album_past_the_rate_is_refused_whole_and_counts_once_within_it
     api = bot.api
     for index in range(3):  # an album of three photos is one request
         api.push_message(USER, photo=photo_bytes((index * 60, 90, 90)), media_group_id="early", user_id=USER)
+    await api.wait_for(lambda: texts.photos_kept(3) in api.visible_text(USER), 30, "the first album kept")
     for _ in range(5):
         api.push_message(USER, "/model", user_id=USER)
     await api.wait_for(lambda: sum(t.startswith("Model:") for t in api.visible_text(USER)) == 5, 30, "5 answers")
@@ -266,3 +269,37 @@ async def test_an_album_past_the_rate_is_refused_whole_and_counts_once_within_it
     kept = [text for text in api.visible_text(USER) if text.startswith("📷")]
     assert kept == [texts.photos_kept(3)], "the first album was one request, the second none"
     assert len(api.calls_of("getFile")) == 3, "nothing of the refused album was downloaded"
+
+
+async def test_stop_while_a_file_is_read_ends_the_reading_and_nothing_is_asked(bot: RunningBot) -> None:
+    """The conversation is claimed before the download: a /stop then ends the reading at once, and the question
+    never reaches the model."""
+    api = bot.api
+    slow = pdf_drawing_one_image(2000)  # renders for far longer than the test waits
+    api.push_message(USER, document=(slow, "slow.pdf", "application/pdf"), caption="What is this?", user_id=USER)
+    await api.wait_for(lambda: bool(api.calls_of("getFile")), 20, "the download")
+    await asyncio.sleep(1.0)  # its child is rendering now
+    started = time.monotonic()
+    api.push_message(USER, "/stop", user_id=USER)
+    await api.wait_for(lambda: texts.STOPPING in api.visible_text(USER), 10, "the acknowledgement")
+    await api.wait_for(lambda: not bot.services.answers.busy(ConversationKey(USER)), 10, "the reading ended")
+    assert time.monotonic() - started < 5.0
+    await asyncio.sleep(0.5)
+    assert api.visible_text(USER) == [texts.STOPPING], "no answer and no refusal after the stop"
+    assert await stored_messages(bot.services.history, ConversationKey(USER)) == []
+    assert bot.services.engine is not None and bot.services.engine.queue.served == 0
+
+
+async def test_stop_stops_the_askers_answer_even_with_their_next_photo_waiting(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=4000)
+    async with running_bot(api, settings, long_answers=True) as bot:
+        api.push_message(USER, "Tell me a long story.", user_id=USER)
+        await api.wait_for(lambda: len(answer_drafts(api, USER)) >= 2, 30, "the answer streaming")
+        api.push_message(USER, photo=photo_bytes(), user_id=USER)  # kept once the answer is done: it waits
+        await asyncio.sleep(0.5)
+        api.push_message(USER, "/stop", user_id=USER)
+        stored = await stored_answers(bot, ConversationKey(USER), 1)
+        await api.wait_for(lambda: texts.photos_kept(1) in api.visible_text(USER), 30, "the photo kept after all")
+    assert stored[1].status == "cancelled", "the answer stopped, not the photo withdrawn"

@@ -187,11 +187,20 @@ class HistoryStore:
         version = int(row[0]) if row else 0
         try:
             await self._migrate(version)
+            await self._can_write()
         except sqlite3.Error as error:  # a read-only or full disk: the transaction leaves the schema as it was
             raise HistoryError(
-                f"{self.path} could not be brought up to date ({error}); it is unchanged. Check that DATABASE_PATH "
-                "can be written."
+                f"{self.path} could not be brought up to date or written ({error}); it is unchanged. Check that "
+                "DATABASE_PATH can be written."
             ) from error
+
+    async def _can_write(self) -> None:
+        """A database left read-only (created by another user, say) fails here, at the start, rather than with
+        the first answer it should record: writing the version it has again changes nothing."""
+        async with self._transaction():
+            async with self._db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            await self._db.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
 
     async def _migrate(self, version: int) -> None:
         applied = await self._recorded_migrations(version) if version <= len(MIGRATIONS) else set()
