@@ -28,8 +28,8 @@ IDLE_LIMITER_SECONDS = 600.0  # a rate bucket idle this long is full again anywa
 @dataclass(frozen=True)
 class Sender:
     """Who sent a message or pressed a button.  ``id``: the person's user id, or for a message sent as a chat
-    (an anonymous administrator writing as the group, a channel) that chat's id, which is negative and never
-    collides with a user's."""
+    (an anonymous administrator writing as the group, a channel posting in it) the group's id, which is negative
+    and never collides with a user's."""
 
     id: int
     user_id: int | None  # the person, when Telegram says who it is
@@ -37,10 +37,13 @@ class Sender:
 
 
 def sender_of(message: Message) -> Sender | None:
-    """None for other bots, which the bot never answers."""
+    """None for other bots, which the bot never answers.  A message sent as a chat (an anonymous administrator, a
+    linked channel's post, a member posting as a channel of theirs) is the group's own: nobody can tell the
+    people behind them apart, and one person with a hundred channels must not be a hundred senders."""
     chat = message.sender_chat
     if chat is not None:
-        return Sender(chat.id, None, group_admin=chat.id == message.chat_id and message.chat.type != ChatType.CHANNEL)
+        group = message.chat.type != ChatType.CHANNEL
+        return Sender(message.chat_id if group else chat.id, None, group_admin=group and chat.id == message.chat_id)
     user = message.from_user
     if user is None or user.is_bot:
         return None

@@ -25,22 +25,27 @@ def is_private(message: Message) -> bool:
 
 
 async def reply(
-    message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, pace: Pace = "wait"
+    message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, pace: Pace | None = None
 ) -> Message:
-    """In the message's chat and forum topic, quoting it in groups so it is clear whom the bot answers; ``pace``:
-    whether it may wait for Telegram's rate limit (bot/pace.py).  Raises TelegramError."""
-    quoted = None if is_private(message) else ReplyParameters(message.message_id, allow_sending_without_reply=True)
+    """In the message's chat and forum topic, quoting it in groups so it is clear whom the bot answers; raises
+    TelegramError.  ``pace`` (bot/pace.py): by default a reply in a private chat waits its turn, one in a group
+    is sent only if the group's budget has room now (``Skipped`` otherwise): in a group only an answer's final
+    text waits for the budget, so members' commands cannot hold the bot's update slots while they queue."""
+    private = is_private(message)
+    quoted = None if private else ReplyParameters(message.message_id, allow_sending_without_reply=True)
     return await message.get_bot().send_message(
         message.chat_id,
         text,
         reply_markup=markup,
         reply_parameters=quoted,
         message_thread_id=message.message_thread_id if message.is_topic_message else None,
-        rate_limit_args=pace,  # type: ignore[call-arg]
+        rate_limit_args=pace or ("wait" if private else "now_or_never"),  # type: ignore[call-arg]
     )
 
 
-async def tell(message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, pace: Pace = "wait") -> None:
+async def tell(
+    message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, pace: Pace | None = None
+) -> None:
     """``reply``, best effort: a chat that cannot be told now is logged, not raised."""
     try:
         await reply(message, text, markup, pace=pace)

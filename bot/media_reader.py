@@ -8,7 +8,8 @@ would take the bot with it.  A thread cannot be stopped, and one decoding in the
 memory and holds its event loop; a child process can be stopped, so past ``READ_SECONDS`` the work is killed and the
 person told, a crash is a refusal like any other, and the bot's event loop and memory stay free for every other
 chat.  The child is spawned, not forked (the bot's threads do not survive a fork), and sees no secret
-(bot/settings.py removes them from the environment).  At most ``CONCURRENT`` files are read at once, one per core.
+(bot/settings.py removes them from the environment).  At most ``CONCURRENT`` PDFs and clips are read at once, one
+per core, and ``PHOTOS_AT_ONCE`` photos beside them, so that slow files never keep a photo waiting.
 
 Memory: a child's address space (RLIMIT_AS) is what its libraries take when it starts plus ``memory_mb``
 (READER_MEMORY_MB), so a file that needs more is refused with a reason instead of pushing the machine, and the
@@ -50,7 +51,8 @@ from model_store.child_process import in_thread_until_cancelled, stop_process
 log = logging.getLogger(__name__)
 
 READ_SECONDS = 30.0
-CONCURRENT = 2
+CONCURRENT = 2  # PDFs and clips read at once, one per core
+PHOTOS_AT_ONCE = 1  # photos have a place of their own: a slow PDF or clip never keeps a photo waiting
 MEMORY_MB = 1536
 REMEMBERED_BYTES = 64 * 1024 * 1024  # files' images and refusals kept for a reply to the same file
 POLL_SECONDS = 0.1
@@ -100,6 +102,7 @@ class MediaReader:
         self.seconds = seconds
         self.memory_bytes = memory_mb * 1024 * 1024
         self._slots = asyncio.Semaphore(concurrent)
+        self._photo_slots = asyncio.Semaphore(PHOTOS_AT_ONCE)
         self._people: dict[int, _Turns] = {}  # people with a file being read or waiting: one at a time each
         self._stopping = threading.Event()
         self._remembered: LRUCache[Hashable, object] = LRUCache(remembered_bytes, getsizeof=_size)
@@ -124,8 +127,9 @@ class MediaReader:
                 del self._people[person]
 
     async def still(self, data: bytes) -> Still:
-        """bot/stills.py's ``still``, in a child process."""
-        return await self.run(still, data)
+        """bot/stills.py's ``still``, in a child process, in the photos' own place: a photo takes a second at
+        most, where a PDF or a clip may take the whole deadline."""
+        return await self._run_in(self._photo_slots, still, data)
 
     async def pages(self, data: bytes, question: str, *, limit: int, num_crops: int) -> Pages:
         """bot/pages.py's ``render``, in a child process."""
@@ -165,7 +169,10 @@ class MediaReader:
         """``function(*args, **kwargs)`` in a child process; raises MediaError with a friendly reason when it
         refuses the file, crashes, runs out of memory, outlives the deadline or the bot stops.  Cancelling the
         caller stops the child at once."""
-        async with self._slots:
+        return await self._run_in(self._slots, function, *args, **kwargs)
+
+    async def _run_in(self, slots: asyncio.Semaphore, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with slots:
             if self._stopping.is_set():
                 raise MediaError(texts.READ_STOPPING, "stopping")
             call = functools.partial(_in_child, function, args, kwargs, self.seconds, self.memory_bytes, self._stopping)

@@ -1,6 +1,8 @@
 """Being added to a group: a bot's username is public, so anyone can add it to a group of their own.  The bot
 stays where an admin or an allowed user added it, or in an allowed chat, and leaves any other group or channel
-at once (unless ``LEAVE_UNINVITED_GROUPS`` is off), so a stranger's group costs it nothing from then on."""
+at once (unless ``LEAVE_UNINVITED_GROUPS`` is off), so a stranger's group costs it nothing from then on.  Leaving
+is itself best effort, sent only while Telegram's budget has room: the gate keeps such a group silent anyway,
+and a stranger adding the bot to thousands of groups must not queue thousands of requests."""
 
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ class Membership:
         if access.is_known(inviter) or chat.id in access.chats or not self.services.settings.leave_uninvited_groups:
             log.info("added to chat %s by user %s", chat.id, inviter)
             return
-        log.info("added to chat %s by user %s, who is neither an admin nor allowed: leaving it", chat.id, inviter)
-        try:
-            await context.bot.leave_chat(chat.id)
+        self.services.refusals.log(inviter, None, "added the bot to a group while neither an admin nor allowed")
+        try:  # only if the budget has room now: thousands of groups must not hold the bot; it is silent there
+            await context.bot.leave_chat(chat.id, rate_limit_args="now_or_never")  # type: ignore[call-arg]
         except TelegramError as error:
-            log.info("could not leave chat %s: %s", chat.id, error)
+            log.debug("did not leave chat %s: %s", chat.id, error)

@@ -39,7 +39,7 @@ class RefusalCounts:
 class Refusals:
     def __init__(self, quiet_seconds: float = QUIET_SECONDS) -> None:
         self._told: TTLCache[tuple[int, str], bool] = TTLCache(REMEMBERED, quiet_seconds)
-        self._logged: TTLCache[tuple[int, int, str], bool] = TTLCache(REMEMBERED, quiet_seconds)
+        self._logged: TTLCache[tuple[int, int | None, str], bool] = TTLCache(REMEMBERED, quiet_seconds)
         self.counts = RefusalCounts()
         self._dropped_logged_at = -math.inf
 
@@ -51,12 +51,13 @@ class Refusals:
         self._told[(person, text)] = True
         return True
 
-    def log(self, person: int, chat_id: int, reason: str) -> None:
-        """A refused attempt, logged at INFO once per person, chat and reason in a while (a flood of them would
-        fill the log otherwise), at DEBUG after that."""
+    def log(self, person: int, chat_id: int | None, reason: str) -> None:
+        """A refused attempt, logged at INFO once per person, chat (None: any chat) and reason in a while (a flood
+        of them would fill the log otherwise), at DEBUG after that."""
         level = logging.DEBUG if (person, chat_id, reason) in self._logged else logging.INFO
         self._logged[(person, chat_id, reason)] = True
-        log.log(level, "refused sender %s in chat %s: %s", person, chat_id, reason)
+        where = "" if chat_id is None else f" in chat {chat_id}"
+        log.log(level, "refused sender %s%s: %s", person, where, reason)
 
     async def say(self, message: Message, person: int, text: str) -> None:
         """A refusal of access (not allowed, too fast, not an admin, not the asker): in reply to ``message``

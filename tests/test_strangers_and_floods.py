@@ -303,3 +303,54 @@ async def test_stop_stops_the_askers_answer_even_with_their_next_photo_waiting(
         stored = await stored_answers(bot, ConversationKey(USER), 1)
         await api.wait_for(lambda: texts.photos_kept(1) in api.visible_text(USER), 30, "the photo kept after all")
     assert stored[1].status == "cancelled", "the answer stopped, not the photo withdrawn"
+
+
+async def test_a_crowd_of_members_commands_in_a_spent_group_holds_nothing_up(bot: RunningBot) -> None:
+    """A hundred members each asking once (within their own rate): the group's replies past its budget are not
+    queued, each holding one of the bot's update slots, so the owner is answered at once."""
+    api = bot.api
+    for member in range(20_000, 20_100):
+        api.push_message(GROUP, "/help", user_id=member)
+    await api.wait_for(lambda: api.pending_updates == 0, 30, "the crowd fetched")
+    started = time.monotonic()
+    api.push_message(USER, "/help", user_id=USER)
+    await api.wait_for(lambda: bool(api.visible_text(USER)), 10, "help")
+    assert time.monotonic() - started < 1.0
+    assert sent_to(api, GROUP) <= 20, "never past the group's budget"
+
+
+async def test_posts_as_many_channels_are_one_sender_of_the_group(bot: RunningBot) -> None:
+    """A member posting as a hundred channels of theirs is not a hundred people to the rate limit."""
+    api = bot.api
+    for index in range(10):
+        channel = {"id": -1008100 - index, "type": "channel", "title": f"Channel {index}"}
+        api.push_message(GROUP, "/model", extra={"sender_chat": channel})
+    await api.wait_for(lambda: texts.TOO_FAST in api.visible_text(GROUP), 30, "too fast")
+    await asyncio.sleep(0.5)
+    assert sum(text.startswith("Model:") for text in api.visible_text(GROUP)) == 6, "the group's senders' rate"
+
+
+async def test_being_added_to_hundreds_of_groups_holds_nothing_up(bot: RunningBot) -> None:
+    api = bot.api
+    for index in range(300):
+        api.push_my_chat_member(-1005000 - index, STRANGER)
+    await api.wait_for(lambda: api.pending_updates == 0, 30, "the joins fetched")
+    started = time.monotonic()
+    api.push_message(USER, "/help", user_id=USER)
+    await api.wait_for(lambda: bool(api.visible_text(USER)), 10, "help")
+    assert time.monotonic() - started < 1.0
+    assert 0 < len(api.left_chats) <= 300, "left as many as the budget allowed, queueing none"
+
+
+async def test_slow_files_never_keep_a_photo_waiting(bot: RunningBot) -> None:
+    """Two people's PDFs that render for the whole deadline hold both places for files; a photo has its own."""
+    api = bot.api
+    slow = pdf_drawing_one_image(2000)
+    api.push_message(USER, document=(slow, "a.pdf", "application/pdf"), caption="What is this?", user_id=USER)
+    api.push_message(GROUP, document=(slow, "b.pdf", "application/pdf"), caption=f"@{USERNAME} and this?", user_id=9)
+    await api.wait_for(lambda: len(api.calls_of("getFile")) == 2, 20, "both downloaded")
+    await asyncio.sleep(1.0)  # both are rendering now
+    started = time.monotonic()
+    api.push_message(ADMIN, photo=photo_bytes(), user_id=ADMIN)
+    await api.wait_for(lambda: texts.photos_kept(1) in api.visible_text(ADMIN), 20, "the photo kept")
+    assert time.monotonic() - started < 5.0
