@@ -588,7 +588,8 @@ async def test_statuses_tell_how_long_once_the_speed_is_measured(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(texts, "SAID_FROM_SECONDS", 0.0)  # the tiny model answers faster than a number is worth
-    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=300, allowed_user_ids="7,8")
+    # Answers long enough that the second chat's photo, read in a child meanwhile, still finds the first in line.
+    settings = bot_settings(api, int4_store[0].root, tmp_path, max_new_tokens=1000, allowed_user_ids="7,8")
     async with running_bot(api, settings, long_answers=True):  # private chats: the statuses are drafts
         for number, colour in enumerate([(200, 40, 40), (40, 40, 200)], 1):  # the warm-up, the first measurement
             before = len(api.draft_texts(CHAT))
