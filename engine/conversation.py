@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.images import PreparedImage
+from engine.prompt_text import as_plain_text
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class Turn:
 
     @property
     def message(self) -> Message:
-        return Message(self.role, self.text, tuple(image.sha256 for image in self.images))
+        """What the model reads of this turn: its text can carry no template marker (engine/prompt_text.py)."""
+        return Message(self.role, as_plain_text(self.text), tuple(image.sha256 for image in self.images))
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Message:
 
 def conversation(system_prompt: str, messages: Sequence[Message]) -> list[Message]:
     """The messages of a prompt: the system prompt (if any) first."""
-    return [Message("system", system_prompt), *messages] if system_prompt else list(messages)
+    return [Message("system", as_plain_text(system_prompt)), *messages] if system_prompt else list(messages)
 
 
 def tagged_messages(messages: Sequence[Message]) -> tuple[list[dict[str, str]], list[str]]:
