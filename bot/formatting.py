@@ -2,8 +2,9 @@
 
 The model writes Markdown (and sometimes HTML or stray asterisks).  Telegram's parse modes reject a
 message with one unbalanced character, so the final answer is converted to plain text plus entities by
-telegramify-markdown: nothing to escape, nothing to fail.  Offsets and lengths are UTF-16 code units,
-Telegram's unit, and long answers are split at line boundaries below the 4096-unit limit.
+telegramify-markdown: nothing to escape, nothing to fail, and no link hides its address (bot/link_targets.py).
+Offsets and lengths are UTF-16 code units, Telegram's unit, and long answers are split at line boundaries
+below the 4096-unit limit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import telegramify_markdown
 from telegram import MessageEntity
+
+from bot.link_targets import show_link_targets
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def plain_parts(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[FormattedPa
 def formatted_parts(markdown: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[FormattedPart]:
     """The final answer: Markdown rendered as entities, split to fit; plain text if conversion fails."""
     try:
-        text, entities = telegramify_markdown.convert(markdown)
+        text, entities = show_link_targets(*telegramify_markdown.convert(markdown))
         chunks = telegramify_markdown.split_entities(text, entities, limit)
     except Exception:  # a formatter bug must never cost the user the answer
         log.warning("markdown conversion failed; sending plain text", exc_info=True)
