@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,9 @@ from bot.terminal_progress import TerminalProgress
 from engine.images import ImageRejected
 from model_store.errors import ConversionInterruptedError, ModelStoreError
 from model_store.sources import PRECISIONS
+
+# What phi3bot writes (the history, its WAL, backups, stored photos, the heartbeat, models) is its user's alone.
+PRIVATE_UMASK = 0o077
 
 log = logging.getLogger("phi3bot")
 
@@ -163,6 +167,7 @@ def _run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(PRIVATE_UMASK)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()

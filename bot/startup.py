@@ -45,11 +45,37 @@ class StartupError(Exception):
     """Starting failed for a reason the person running the bot can fix; the message is one line."""
 
 
+SHARED_BITS = 0o077
+ENV_FILE = Path(".env")
+
+
 def check_directories(settings: Settings) -> None:
     """DATA_DIR and the model store must be directories this user can write, made if missing; found here,
     before anything is opened, a wrong one is named instead of failing deep inside a later step."""
     _writable_directory(settings.data_dir, "DATA_DIR", "")
     _writable_directory(settings.store_dir, "MODEL_STORE_DIR", " (by default DATA_DIR/models)")
+    _keep_private(settings.data_dir)
+
+
+def _keep_private(data_dir: Path) -> None:
+    """DATA_DIR holds people's conversations and photos: the directory and what lies directly in it lose any
+    access for other users (files an older release made 0644 included); new files are private by the umask
+    ``phi3bot`` sets at its start (bot/cli.py).  A ``.env`` other users can read (it holds the token) is named once."""
+    for path in (data_dir, *data_dir.iterdir()):
+        try:
+            mode = path.lstat().st_mode
+            if mode & SHARED_BITS and not path.is_symlink():
+                path.chmod(mode & 0o7777 & ~SHARED_BITS)
+        except OSError as error:
+            log.warning("could not make %s private to this user: %s", path, error.strerror)
+    try:
+        shared = ENV_FILE.is_file() and ENV_FILE.stat().st_mode & SHARED_BITS
+    except OSError:
+        shared = False
+    if shared:
+        log.warning(
+            "%s can be read by other users of this machine and holds the token: chmod 600 .env", ENV_FILE.resolve()
+        )
 
 
 def _writable_directory(path: Path, variable: str, default: str) -> None:
