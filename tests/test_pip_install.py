@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from model_store.convert.extra import INSTALL_HINT
 from scripts import pip_install
 
 
@@ -144,3 +145,10 @@ def test_the_makefile_and_the_dockerfile_install_with_the_script_and_name_no_ext
         text = (ROOT / name).read_text()
         assert "scripts/pip_install.py" in text, name
         assert "extra-index-url" not in text, name
+
+
+def test_the_advice_given_without_the_conversion_extra_installs_the_same_way() -> None:
+    """A bot without the extra says how to install it: the same two steps, at the versions pyproject.toml pins."""
+    torch_step = f"pip install --no-deps --index-url {pip_install.CPU_INDEX} {' '.join(pinned('torch', 'torchvision'))}"
+    assert torch_step in INSTALL_HINT and "pip install 'phi3bot[convert]'" in INSTALL_HINT
+    assert "extra-index-url" not in INSTALL_HINT
