@@ -101,7 +101,7 @@ def test_the_token_comes_as_a_secret_file_named_after_its_setting(compose: dict,
     """Compose mounts a secret at /run/secrets/<name>, where pydantic-settings reads the setting of that name;
     what the environment holds, `docker inspect` prints."""
     assert service["secrets"] == ["telegram_bot_token"]
-    assert DOCKER_SECRETS_DIR == Path("/run/secrets")
+    assert str(DOCKER_SECRETS_DIR) == "/run/secrets"
     assert "telegram_bot_token" in Settings.model_fields
     assert compose["secrets"]["telegram_bot_token"] == {"file": "./secrets/telegram_bot_token"}
     assert "TELEGRAM_BOT_TOKEN" not in service["environment"]

@@ -2,7 +2,8 @@
 credentials (CREDENTIALS_DIRECTORY), so that the token stays out of the environment that `docker inspect` prints.
 
 The processes here get their secrets directory through CREDENTIALS_DIRECTORY, as systemd gives it; /run/secrets
-is the same code path with another directory.
+is the same code path with another directory (tests/test_deployment_files.py checks that Compose mounts the token
+there under the setting's name).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import DOCKER_SECRETS_DIR, SettingsError, load_settings
+from bot.settings import SettingsError, load_settings
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import USER
 from tests.support.processes import bot_environment, bot_process
@@ -34,10 +35,6 @@ def environment_with_token_in_a_file(api: FakeBotApi, work: Path, text: str) -> 
     del environment["TELEGRAM_BOT_TOKEN"]
     environment["CREDENTIALS_DIRECTORY"] = str(secrets(work / "credentials", telegram_bot_token=text))
     return environment
-
-
-def test_docker_and_compose_mount_their_secrets_where_the_bot_reads_them() -> None:
-    assert Path("/run/secrets") == DOCKER_SECRETS_DIR
 
 
 def test_a_setting_comes_from_its_file_unless_the_environment_sets_it(
