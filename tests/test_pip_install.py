@@ -1,4 +1,5 @@
-"""scripts/pip_install.py: PyTorch's CPU index when it answers, PyPI at once when it does not."""
+"""scripts/pip_install.py: torch and torchvision alone from PyTorch's CPU index when it answers, PyPI at once
+when it does not, and never that index as an extra index of the whole install (dependency confusion)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from model_store.convert.extra import INSTALL_HINT
 from scripts import pip_install
 
 
@@ -64,7 +67,18 @@ def test_an_unreachable_index_is_given_up_after_one_short_wait(silent: str) -> N
     assert time.monotonic() - started < 3, "no retries after the timeout"
 
 
-def pip_arguments(monkeypatch: pytest.MonkeyPatch, torch_index: str) -> list[str]:
+ROOT = Path(__file__).parents[1]
+
+
+def pinned(*names: str) -> list[str]:
+    """What pyproject.toml pins for these packages in the conversion extra, read independently of the script."""
+    project = pip_install.tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    convert = project["optional-dependencies"]["convert"]
+    return [requirement for name in names for requirement in convert if requirement.startswith(f"{name}==")]
+
+
+def pip_commands(monkeypatch: pytest.MonkeyPatch, torch_index: str, *arguments: str) -> list[list[str]]:
+    """The pip commands main() runs for these arguments, from the project's root as the Makefile runs it."""
     calls: list[list[str]] = []
 
     class Done:
@@ -74,15 +88,67 @@ def pip_arguments(monkeypatch: pytest.MonkeyPatch, torch_index: str) -> list[str
         calls.append(command)
         return Done()
 
+    monkeypatch.chdir(ROOT)
     monkeypatch.setenv("TORCH_INDEX", torch_index)
     monkeypatch.setattr(pip_install.subprocess, "run", fake_run)
-    assert pip_install.main(["--quiet", "-e", ".[convert,dev]"]) == 0
-    [command] = calls
-    assert command[:4] == [sys.executable, "-m", "pip", "install"]
-    return command[4:]
+    assert pip_install.main(list(arguments)) == 0
+    for command in calls:
+        assert command[:4] == [sys.executable, "-m", "pip", "install"]
+        assert not any(argument.startswith("--extra-index-url") for argument in command), "dependency confusion"
+    return [command[4:] for command in calls]
 
 
-def test_pip_gets_the_cpu_index_only_when_it_answers(monkeypatch: pytest.MonkeyPatch, index: str) -> None:
-    assert pip_arguments(monkeypatch, index) == ["--extra-index-url", index, "--quiet", "-e", ".[convert,dev]"]
-    assert pip_arguments(monkeypatch, closed_port()) == ["--quiet", "-e", ".[convert,dev]"]
-    assert pip_arguments(monkeypatch, "") == ["--quiet", "-e", ".[convert,dev]"], "TORCH_INDEX= skips it"
+def test_torch_alone_comes_from_the_cpu_index_then_the_rest_from_the_default_one(
+    monkeypatch: pytest.MonkeyPatch, index: str
+) -> None:
+    torch, torchvision = pinned("torch", "torchvision")
+    assert pip_commands(monkeypatch, index, "--quiet", "-e", ".[convert,dev]") == [
+        ["--quiet", "--index-url", index, "--no-deps", torch, torchvision],
+        ["--quiet", "-e", ".[convert,dev]"],
+    ]
+    assert pip_commands(monkeypatch, index, ".[convert]") == [
+        ["--index-url", index, "--no-deps", torch, torchvision],
+        [".[convert]"],
+    ], "the Dockerfile's conversion image"
+
+
+def test_without_the_cpu_index_or_without_torch_pip_runs_once_on_the_default_index(
+    monkeypatch: pytest.MonkeyPatch, index: str
+) -> None:
+    assert pip_commands(monkeypatch, closed_port(), "--quiet", "-e", ".[convert,dev]") == [
+        ["--quiet", "-e", ".[convert,dev]"]
+    ]
+    assert pip_commands(monkeypatch, "", ".[convert]") == [[".[convert]"]], "TORCH_INDEX= skips it"
+    assert pip_commands(monkeypatch, index, ".") == [["."]], "the serving image needs no torch"
+    assert pip_commands(monkeypatch, index, ".[dev]") == [[".[dev]"]]
+
+
+def test_a_failed_torch_step_stops_the_install(monkeypatch: pytest.MonkeyPatch, index: str) -> None:
+    calls: list[list[str]] = []
+
+    class Failed:
+        returncode = 1
+
+    def fake_run(command: list[str], check: bool) -> Failed:
+        calls.append(command)
+        return Failed()
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("TORCH_INDEX", index)
+    monkeypatch.setattr(pip_install.subprocess, "run", fake_run)
+    assert pip_install.main([".[convert]"]) == 1
+    assert len(calls) == 1 and "--index-url" in calls[0]
+
+
+def test_the_makefile_and_the_dockerfile_install_with_the_script_and_name_no_extra_index() -> None:
+    for name in ("Makefile", "Dockerfile"):
+        text = (ROOT / name).read_text()
+        assert "scripts/pip_install.py" in text, name
+        assert "extra-index-url" not in text, name
+
+
+def test_the_advice_given_without_the_conversion_extra_installs_the_same_way() -> None:
+    """A bot without the extra says how to install it: the same two steps, at the versions pyproject.toml pins."""
+    torch_step = f"pip install --no-deps --index-url {pip_install.CPU_INDEX} {' '.join(pinned('torch', 'torchvision'))}"
+    assert torch_step in INSTALL_HINT and "pip install 'phi3bot[convert]'" in INSTALL_HINT
+    assert "extra-index-url" not in INSTALL_HINT

@@ -2,6 +2,8 @@
 
 The factors come from converting the full-size Phi-3.5-vision (``make bench-convert``; README, "Models"): the
 export's peak memory against its weights, and the size of each precision's IR against the bf16 checkpoint.
+Memory is the smaller of what the host has available and what this process's cgroup (a container's memory
+limit, systemd's MemoryMax=) still allows, since the kernel kills a conversion that passes either.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import psutil
 
+from model_store.convert import cgroup_memory
 from model_store.errors import InsufficientDiskError, InsufficientMemoryError
 
 GIB = 1024**3
@@ -39,17 +42,27 @@ def estimate(checkpoint_bytes: int, stored_bytes_per_param: int, precision: str,
     )
 
 
-def check(requirements: Requirements, store_root: Path) -> None:
+def check(requirements: Requirements, store_root: Path, system_root: Path = Path("/")) -> None:
+    """``system_root``: where ``/proc`` and ``/sys`` are read (cgroup_memory.tightest_limit)."""
     free = shutil.disk_usage(store_root).free
     if free < requirements.disk_bytes:
         raise InsufficientDiskError(
             f"Not enough disk space: the conversion needs about {requirements.disk_bytes / GIB:.1f} GiB in "
             f"{store_root}, and {free / GIB:.1f} GiB is free. Free some space or move DATA_DIR."
         )
-    available = psutil.virtual_memory().available
-    if available < requirements.memory_bytes:
+    needed = requirements.memory_bytes
+    host = psutil.virtual_memory().available
+    group = cgroup_memory.tightest_limit(system_root) if needed else None
+    if group is not None and group.available_bytes < min(host, needed):
         raise InsufficientMemoryError(
-            f"Not enough memory: the conversion needs about {requirements.memory_bytes / GIB:.1f} GiB, and "
-            f"{available / GIB:.1f} GiB is available. Close other programs, or convert on a bigger machine and "
+            f"Not enough memory: the conversion needs about {needed / GIB:.1f} GiB, and the memory limit of this "
+            f"container or service ({group.limit_bytes / GIB:.1f} GiB, {group.used_bytes / GIB:.1f} GiB in use) "
+            f"leaves {group.available_bytes / GIB:.1f} GiB. Raise the limit (Docker Compose: "
+            "PHI3BOT_MEMORY_LIMIT), or convert on a bigger machine and bring the result with --from-ir."
+        )
+    if host < needed:
+        raise InsufficientMemoryError(
+            f"Not enough memory: the conversion needs about {needed / GIB:.1f} GiB, and "
+            f"{host / GIB:.1f} GiB is available. Close other programs, or convert on a bigger machine and "
             "bring the result with --from-ir."
         )
