@@ -20,7 +20,7 @@ from bot.access import Sender, sender_for
 from bot.buttons import confirm_keyboard
 from bot.chat import conversation_key, is_private, reply, tell, unbutton
 from bot.history import ConversationKey
-from bot.hub_lookup import look_up
+from bot.hub_lookup import WHOLE_LOOK_UP, look_up
 from bot.pace import Pacer
 from bot.runtime import build_engine, load_and_swap
 from bot.services import Services
@@ -253,7 +253,7 @@ class Commands:
                     await self._ask_to_trust(message, found, precision)
                 return
         except TimeoutError:
-            await message.reply_text(texts.hub_no_answer(settings.hub_timeout_seconds))
+            await message.reply_text(texts.hub_too_slow(WHOLE_LOOK_UP * settings.hub_timeout_seconds))
             return
         except ModelStoreError as error:
             await message.reply_text(f"❌ {error}")

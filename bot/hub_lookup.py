@@ -2,7 +2,9 @@
 
 It waits for the Hub, so it runs in a thread; not one of asyncio's, whose threads the loop waits for when it
 closes (a look-up stuck on the network would hold up the bot's exit), but a daemon thread of its own, which
-the process leaves behind when it ends.  Every request is bounded (HUB_TIMEOUT_SECONDS), and so is the whole.
+the process leaves behind when it ends.  Every request is bounded (HUB_TIMEOUT_SECONDS), and so is the whole,
+at twice that: a Hub that never answers is reported by the request that gave up, naming the repository, and
+one that answers each request just in time still gets a reply.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from bot.settings import Settings
 from model_store.convert import hub, pins
 from model_store.sources import ModelSource
 
+WHOLE_LOOK_UP = 2  # times HUB_TIMEOUT_SECONDS
+
 
 async def look_up(source: ModelSource, settings: Settings, stopping: asyncio.Event) -> pins.Pins | None:
     """The commits of ``source`` and of the repositories it names, or None if the bot stops first.  Raises
-    TimeoutError when the Hub does not answer within HUB_TIMEOUT_SECONDS, and ModelStoreError as the
-    conversion would (an unknown repository, code loaded from another one)."""
+    ModelStoreError as the conversion would (an unknown repository, a Hub that does not answer a request within
+    HUB_TIMEOUT_SECONDS, code loaded from another repository), and TimeoutError when the whole takes longer
+    than ``WHOLE_LOOK_UP`` times that."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[pins.Pins] = loop.create_future()
 
@@ -45,7 +50,9 @@ async def look_up(source: ModelSource, settings: Settings, stopping: asyncio.Eve
     threading.Thread(target=work, name="hub-look-up", daemon=True).start()
     stopped = asyncio.ensure_future(stopping.wait())
     try:
-        await asyncio.wait({answer, stopped}, timeout=settings.hub_timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {answer, stopped}, timeout=WHOLE_LOOK_UP * settings.hub_timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         stopped.cancel()
     if answer.done():

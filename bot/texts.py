@@ -141,10 +141,10 @@ def trust_remote_code(repo_id: str, revision: str, named: Sequence[tuple[str, st
     )
 
 
-def hub_no_answer(seconds: float) -> str:
+def hub_too_slow(seconds: float) -> str:
     return (
-        f"❌ The Hugging Face Hub did not answer within {seconds:g} s. Try again later (HUB_TIMEOUT_SECONDS sets "
-        "how long I wait)."
+        f"❌ The Hugging Face Hub took longer than {seconds:g} s to answer. Try again later (HUB_TIMEOUT_SECONDS "
+        "sets how long I wait)."
     )
 
 

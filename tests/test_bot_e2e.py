@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -529,23 +530,37 @@ async def test_a_repository_nobody_vouched_for_converts_only_the_revisions_an_ad
     assert no != yes
 
 
+def _told(api: FakeBotApi, count: int) -> bool:
+    """The admin has ``count`` messages, the last of them final."""
+    said = api.visible_text(ADMIN)
+    return len(said) == count and said[-1].startswith("❌ The")
+
+
 async def test_convert_tells_the_admin_when_the_hub_does_not_answer(
-    api: FakeBotApi, hub: StandInHub, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+    api: FakeBotApi, hub: StandInHub, int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """The look-up before the question (a repository nobody vouched for) and the conversion's own (a known
-    one, in its process) each give up after HUB_TIMEOUT_SECONDS, and the admin is told."""
+    """The look-up before the question (a repository nobody vouched for) and the conversion's own (a known one,
+    in its process) each give a request HUB_TIMEOUT_SECONDS, and the admin is told; a Hub that answers each
+    request just in time gets the look-up twice that in all."""
     store = tmp_path / "store"
     shutil.copytree(int4_store[0].root, store, symlinks=True)
-    hub.stall()
+    push_clip(hub, tiny_checkpoint)
+    push_phi3v(hub, "someone/phi3v-finetune", tiny_checkpoint)
     settings = bot_settings(api, store, tmp_path, hub_timeout_seconds=1)
     async with running_bot(api, settings):
+        hub.delay = 0.5  # each request in time, about eight in all
         api.push_message(ADMIN, "/convert someone/phi3v-finetune int8", user_id=ADMIN)
-        await api.wait_for(lambda: texts.hub_no_answer(1) in api.visible_text(ADMIN), 15, "the look-up's end")
-        api.push_message(ADMIN, "/convert phi-3.5-vision int8", user_id=ADMIN)
-        await api.wait_for(lambda: any("did not answer" in t for t in api.visible_text(ADMIN)[1:]), 60, "its end")
-    said = api.visible_text(ADMIN)[-1]
-    assert said.startswith("❌ The Hugging Face Hub did not answer within 1 s about microsoft/Phi-3.5-vision"), said
-    assert len(hub.requests) >= 2
+        await api.wait_for(lambda: texts.hub_too_slow(2) in api.visible_text(ADMIN), 15, "the slow look-up's end")
+        hub.stall()
+        for count, model in enumerate(("someone/phi3v-finetune", "phi-3.5-vision"), start=2):
+            api.push_message(ADMIN, f"/convert {model} int8", user_id=ADMIN)
+            await api.wait_for(lambda count=count: _told(api, count), 60, "the look-up's end")
+        # The slow look-up's thread goes on after its reply, until a request of it gives up.
+        await api.wait_for(lambda: "hub-look-up" not in {t.name for t in threading.enumerate()}, 30, "its end")
+    told = api.visible_text(ADMIN)
+    assert len(told) == 3, told
+    assert told[1].startswith("❌ The Hugging Face Hub did not answer within 1 s about someone/phi3v-finetune"), told
+    assert told[2].startswith("❌ The Hugging Face Hub did not answer within 1 s about microsoft/Phi-3.5-vision")
 
 
 async def test_a_model_that_fails_to_load_is_not_chosen_for_the_next_start(

@@ -4,8 +4,8 @@ It serves repositories as commits of files: the model-info API (``/api/models/<r
 file sizes when asked for ``blobs``), file metadata and contents (``HEAD``/``GET /<repo>/resolve/<rev>/<path>``
 with ``X-Repo-Commit``, ``ETag`` and ``Content-Length``), and the Hub's error headers for a missing repository
 or revision and for a gated one (which answers a request that carries its token).  Every request is recorded,
-so a test can tell which commit was read.  It can also stall: accept requests and never answer them, as a
-Hub behind a broken proxy does.
+so a test can tell which commit was read.  It can also stall (accept requests and never answer them, as a Hub
+behind a broken proxy does) or answer slowly.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class StandInHub:
     repositories: dict[str, Repository] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     stalled: str | None = None  # requests whose path holds this are held unanswered ("": all of them)
+    delay: float = 0.0  # seconds every answer waits: a slow Hub
     released: threading.Event = field(default_factory=threading.Event)  # set at the end: held requests close
 
     def push(self, repo_id: str, files: dict[str, bytes]) -> str:
@@ -96,6 +97,7 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
                 hub.released.wait()
                 self.close_connection = True
                 return
+            hub.released.wait(hub.delay)
             if path.startswith("/api/models/"):
                 self._model_info(path.removeprefix("/api/models/"), blobs="blobs=" in url.query, body=body)
             elif "/resolve/" in path:
