@@ -161,6 +161,8 @@ def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> Non
     if services is not None:
         services.stopping.set()
         services.media.stop()
+        if services.conversion is not None:  # the task stops its process (model_store/convert/process.py)
+            services.conversion.cancel()
     pacer = application.bot.rate_limiter
     if isinstance(pacer, Pacer):  # nothing waits for Telegram's rate limit any more: it is shown at the next start
         pacer.stop()
@@ -185,6 +187,8 @@ async def teardown(application: Application) -> None:
             if services.engine is not None:
                 closing.push_async_callback(services.engine.aclose)
             closing.push_async_callback(_cancel, services.background)
+            if services.conversion is not None:  # its process is ended before the model's and the history
+                closing.push_async_callback(_cancel, {services.conversion})
         heartbeat: HeartbeatFile | None = application.bot_data.get("heartbeat")
         if heartbeat is not None:
             closing.push_async_callback(heartbeat.stop)
@@ -259,7 +263,7 @@ def run_bot(settings: Settings) -> int:
         )
         return 2
     secret = _webhook_secret(settings) if settings.webhook_url else ""
-    install_redaction(settings.telegram_bot_token.get_secret_value(), secret)
+    install_redaction(settings.telegram_bot_token.get_secret_value(), secret, settings.hub_token or "")
     try:
         asyncio.run(serve(build_application(settings), settings, secret))
     except (StartupError, HistoryError) as error:

@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="convert a Hub repository other than Microsoft's Phi-3-vision ones, running the Python code it ships",
     )
+    convert.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        type=_pin,
+        metavar="REPO@COMMIT",
+        help="the commit to read of a repository the checkpoint's configuration names (its CLIP vision tower)",
+    )
     convert.add_argument("--no-activate", action="store_true", help="do not make the bot use the new model")
     convert.add_argument("--no-validate", action="store_true", help="skip the test generation (not recommended)")
 
@@ -73,9 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pin(value: str) -> tuple[str, str]:
+    repo_id, _, commit = value.rpartition("@")
+    if not repo_id or not commit:
+        raise argparse.ArgumentTypeError(f"expected REPO@COMMIT (openai/clip-vit-large-patch14-336@1a2b3c4): {value!r}")
+    return repo_id, commit
+
+
 def _convert(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.app import install_redaction
     from model_store.convert import ConversionRequest, convert_in_subprocess
     from model_store.convert.extra import require_conversion_extra
+
+    install_redaction(settings.hub_token or "")  # the bot does the same for its own logs (bot/app.py)
 
     if not args.from_ir:
         require_conversion_extra()
@@ -91,6 +109,9 @@ def _convert(args: argparse.Namespace, settings: Settings) -> int:
         ratio=args.ratio,
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
+        named_revisions=dict(args.pin),
+        hf_token=settings.hub_token,
+        hub_timeout=settings.hub_timeout_seconds,
     )
     entry = convert_in_subprocess(request, TerminalProgress())
     revision = f" at revision {entry.revision}" if entry.revision else ""

@@ -20,10 +20,11 @@ from bot.access import Sender, sender_for
 from bot.buttons import confirm_keyboard
 from bot.chat import conversation_key, is_private, reply, tell, unbutton
 from bot.history import ConversationKey
+from bot.hub_lookup import WHOLE_LOOK_UP, look_up
 from bot.pace import Pacer
 from bot.runtime import build_engine, load_and_swap
 from bot.services import Services
-from model_store.convert import ConversionRequest, convert_async, hub
+from model_store.convert import ConversionRequest, convert_async, pins
 from model_store.convert.extra import require_conversion_extra
 from model_store.convert.heartbeat import format_elapsed
 from model_store.errors import MissingDependencyError, ModelStoreError
@@ -40,9 +41,10 @@ CONFIRM_SECONDS = 15 * 60  # a question left unanswered longer is asked again: t
 
 @dataclass(frozen=True)
 class _Confirmation:
-    """A conversion waiting for an admin to accept running the code of one pinned revision."""
+    """A conversion waiting for an admin to accept running the code of one pinned revision (reading the
+    repositories its configuration names at theirs)."""
 
-    pinned: hub.Snapshot
+    pinned: pins.Pins
     precision: str
     chat_id: int  # the message that asks, and whose buttons answer
     message_id: int
@@ -245,11 +247,14 @@ class Commands:
         model = args[0] if args else settings.model
         try:
             source = parse_source(model)
-            if not source.vouched_for:  # its code would run here: the admin sees which revision and confirms
-                assert source.repo_id is not None
-                pinned = await asyncio.to_thread(hub.snapshot, source.repo_id, hub.CHECKPOINT_PATTERNS)
-                await self._ask_to_trust(message, pinned, precision)
+            if not source.vouched_for:  # its code would run here: the admin sees which revisions and confirms
+                found = await look_up(source, settings, self.services.stopping)
+                if found is not None:  # else the bot is stopping
+                    await self._ask_to_trust(message, found, precision)
                 return
+        except TimeoutError:
+            await message.reply_text(texts.hub_too_slow(WHOLE_LOOK_UP * settings.hub_timeout_seconds))
+            return
         except ModelStoreError as error:
             await message.reply_text(f"❌ {error}")
             return
@@ -259,16 +264,18 @@ class Commands:
     def _converting(self) -> bool:
         return self.services.conversion is not None and not self.services.conversion.done()
 
-    async def _ask_to_trust(self, message: Message, pinned: hub.Snapshot, precision: str) -> None:
+    async def _ask_to_trust(self, message: Message, found: pins.Pins, precision: str) -> None:
         """The question names its ticket, and the ticket the message that asks it: a press counts only there."""
+        assert found.checkpoint is not None
         ticket = secrets.token_urlsafe(8)
+        repo_id, revision = found.checkpoint.repo_id, found.checkpoint.revision
         asked = await message.reply_text(
-            texts.trust_remote_code(pinned.repo_id, pinned.revision),
-            reply_markup=confirm_keyboard(ticket, pinned.repo_id, pinned.revision),
+            texts.trust_remote_code(repo_id, revision, list(found.named_revisions.items())),
+            reply_markup=confirm_keyboard(ticket, repo_id, revision),
             do_quote=not is_private(message),
             disable_web_page_preview=True,
         )
-        self._confirmations[ticket] = _Confirmation(pinned, precision, asked.chat_id, asked.message_id)
+        self._confirmations[ticket] = _Confirmation(found, precision, asked.chat_id, asked.message_id)
 
     async def confirm_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """An admin's answer to whether a repository's code may run; the question's message then shows the
@@ -299,17 +306,18 @@ class Commands:
             await query.answer(texts.CONVERSION_RUNNING)
             return
         await query.answer()
-        pinned = confirmation.pinned
-        log.info("admin %s confirmed running the code of %s at %s", query.from_user.id, pinned.repo_id, pinned.revision)
-        model = f"{pinned.repo_id}@{pinned.revision[:12]}"
+        found = confirmation.pinned
+        assert found.checkpoint is not None
+        log.info("admin %s confirmed running the code of %s", query.from_user.id, found.revisions)
+        model = f"{found.checkpoint.repo_id}@{found.checkpoint.revision[:12]}"
         await query.message.edit_text(f"🔧 Converting {model} to {confirmation.precision}…")
         self.services.conversion = asyncio.create_task(
-            self._convert(query.message, model, confirmation.precision, pinned=pinned)
+            self._convert(query.message, model, confirmation.precision, confirmed=found)
         )
 
-    async def _convert(self, status: Message, model: str, precision: str, pinned: hub.Snapshot | None = None) -> None:
+    async def _convert(self, status: Message, model: str, precision: str, confirmed: pins.Pins | None = None) -> None:
         """Runs as a task: progress is shown by editing one message every few seconds, whatever the pace.
-        ``pinned``: the revision of a repository whose code the admin agreed to run, and only that one."""
+        ``confirmed``: the revisions the admin agreed to run the code of (and to read), and only those."""
         settings = self.services.settings
         started = time.monotonic()
         header = f"🔧 Converting {model} to {precision}"
@@ -331,6 +339,7 @@ class Commands:
 
         # Chosen for the next start (active.json) only once it has loaded here, so a model that fails to load
         # is not the one a restart loads.
+        pinned = confirmed.checkpoint if confirmed else None
         request = ConversionRequest(
             source=pinned.repo_id if pinned else model,
             store_root=str(settings.store_dir),
@@ -338,7 +347,10 @@ class Commands:
             activate=False,
             device=settings.device,
             revision=pinned.revision if pinned else None,
-            trust_remote_code=pinned is not None,
+            trust_remote_code=confirmed is not None,
+            named_revisions=confirmed.named_revisions if confirmed else {},
+            hf_token=settings.hub_token,
+            hub_timeout=settings.hub_timeout_seconds,
         )
         reporter = asyncio.create_task(report())
         try:

@@ -26,7 +26,7 @@ IdList = Annotated[frozenset[int], NoDecode]
 # What @BotFather hands out: the bot's numeric id, a colon, 35 characters.
 TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
 # Read once into Settings, then kept from the processes the bot starts (bot.settings.hide_secrets).
-SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN")
+SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN", "HF_TOKEN")
 # Where Docker and Compose mount secrets, one file each; systemd's credentials directory is named by the variable.
 DOCKER_SECRETS_DIR = Path("/run/secrets")
 CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     model: str = "microsoft/Phi-3.5-vision-instruct"
     precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
     device: str = "CPU"
+    # Hugging Face: a token for gated or private repositories, passed to the Hub's look-ups and downloads only;
+    # and how long any request to the Hub may wait for a connection or for the next bytes.
+    hf_token: SecretStr | None = None
+    hub_timeout_seconds: float = Field(default=30.0, ge=1.0, le=600.0)
 
     # Generation
     max_new_tokens: int = Field(default=512, ge=1, le=8192)
@@ -210,6 +214,11 @@ class Settings(BaseSettings):
         return None if self.device == "CPU" else self.data_dir / "ov-cache"
 
     @property
+    def hub_token(self) -> str | None:
+        """HF_TOKEN as the Hub's calls take it (model_store/convert/hub.py)."""
+        return self.hf_token.get_secret_value() if self.hf_token is not None else None
+
+    @property
     def views_dir(self) -> Path:
         return self.data_dir / "model-views"
 
@@ -260,6 +269,7 @@ def load_settings(**overrides: object) -> Settings:
 def hide_secrets() -> None:
     """Takes the secrets out of this process's environment once Settings holds them: every process the bot
     starts inherits the environment, the model's and a conversion's, which runs the Python code a Hugging Face
-    repository ships (``trust_remote_code``), and neither needs them."""
+    repository ships (``trust_remote_code``), and neither needs them: HF_TOKEN reaches the Hub's look-ups and
+    downloads as an argument (``Settings.hub_token``), never through an environment."""
     for name in [name for name in os.environ if name.upper() in SECRET_VARIABLES]:
         del os.environ[name]

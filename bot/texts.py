@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 HELP = """I answer questions about photos, running {model} on this server's {device}.
 
 • Send a photo with a question as its caption.
@@ -123,12 +125,26 @@ def too_many_images(limit: int, sent: int) -> str:
     return f"I can look at up to {limit} images per question; you sent {sent}."
 
 
-def trust_remote_code(repo_id: str, revision: str) -> str:
+def trust_remote_code(repo_id: str, revision: str, named: Sequence[tuple[str, str]] = ()) -> str:
+    """``named``: the repositories (and their commits) the checkpoint's configuration makes the conversion read."""
+    also = "".join(
+        f"It also reads the configuration of {other} (its image processor; no code from it runs).\n"
+        f"Revision: {commit}\n\n"
+        for other, commit in named
+    )
     return (
         f"⚠️ {repo_id} is not one of the known Phi-3-vision repositories. Converting it runs the Python code it "
         f"ships on this server, with the bot's rights.\n\nRevision: {revision}\n"
-        f"Read its code first: https://huggingface.co/{repo_id}/tree/{revision}\n\n"
-        "Only that revision is converted, whatever the repository holds later."
+        f"Read its code first: https://huggingface.co/{repo_id}/tree/{revision}\n\n{also}"
+        f"Only {'these revisions are' if named else 'that revision is'} converted, whatever the "
+        f"{'repositories hold' if named else 'repository holds'} later, and nothing else is downloaded."
+    )
+
+
+def hub_too_slow(seconds: float) -> str:
+    return (
+        f"❌ The Hugging Face Hub took longer than {seconds:g} s to answer. Try again later (HUB_TIMEOUT_SECONDS "
+        "sets how long I wait)."
     )
 
 

@@ -47,6 +47,11 @@ class ModelSource:
         return self.repo_id is None or self.repo_id.lower() in TRUSTED_REPOSITORIES
 
 
+def is_repo_id(ref: str) -> bool:
+    """Spelled as a Hugging Face repository id (owner/name), not as a path."""
+    return bool(_REPO_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+
+
 def parse_source(ref: str) -> ModelSource:
     """An existing directory wins over a repository id with the same spelling, as in transformers."""
     ref = ref.strip()
@@ -58,7 +63,7 @@ def parse_source(ref: str) -> ModelSource:
     path = Path(ref).expanduser()
     if path.is_dir():
         return ModelSource(ref=ref, local_dir=path.resolve())
-    if _REPO_ID.match(ref) and not ref.startswith((".", "/", "~")):
+    if is_repo_id(ref):
         return ModelSource(ref=ref, repo_id=ref)
     raise MissingModelError(
         f"{ref!r} is neither an existing directory nor a Hugging Face repository id (owner/name). "

@@ -27,6 +27,7 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         hf_home = tmp_path_factory.mktemp("hf-home")
         patch.setenv("HF_HOME", str(hf_home))
         patch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+        patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hf_home / "hub"))  # read when it was imported
         patch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         patch.setenv("NO_PROXY", "127.0.0.1,localhost")
         patch.setenv("no_proxy", "127.0.0.1,localhost")
@@ -57,10 +58,16 @@ async def api() -> AsyncIterator[FakeBotApi]:
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInHub]:
-    """The stand-in Hugging Face Hub, for this process (read when an HfApi is made) and for the processes it
-    starts (a conversion's, which reads HF_ENDPOINT when it imports huggingface_hub)."""
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandInHub]:
+    """The stand-in Hugging Face Hub, for this process (its API calls and file downloads) and for the processes
+    it starts (a conversion's, which reads HF_ENDPOINT when it imports huggingface_hub); with a cache of its own,
+    so what a test reads from it is not found in another test's downloads."""
+    cache = str(tmp_path_factory.mktemp("hf-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", cache)
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
     with stand_in_hub() as server:
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", server.endpoint)
+        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"  # as HF_ENDPOINT makes it
+        monkeypatch.setattr("huggingface_hub.file_download.HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         yield server

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import re
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +41,7 @@ from tests.support.harness import (
     streaming,
     wait_answers,
 )
+from tests.support.hub_checkpoints import CLIP_REPO, push_clip, push_phi3v
 from tests.support.hub_server import StandInHub
 
 CHAT = USER  # a private chat's id is the user's id
@@ -477,20 +480,23 @@ async def test_admin_converts_and_the_new_model_goes_live(
 
 
 @pytest.mark.timeout(300)
-async def test_a_repository_nobody_vouched_for_converts_only_the_revision_an_admin_confirmed(
+async def test_a_repository_nobody_vouched_for_converts_only_the_revisions_an_admin_confirmed(
     api: FakeBotApi, hub: StandInHub, int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """Converting it runs its Python code here: the admin is shown the revision, confirms with a button, and
-    that revision is converted even if the repository moves on meanwhile."""
+    """Converting it runs its Python code here: the admin is shown its revision and that of the repository it
+    names for its image processor, confirms with a button, and those revisions are converted even if both
+    repositories move on meanwhile."""
     store = tmp_path / "store"
     shutil.copytree(int4_store[0].root, store, symlinks=True)
     repo = "someone/phi3v-finetune"
-    shown = hub.push_directory(repo, tiny_checkpoint)
+    clip = push_clip(hub, tiny_checkpoint)
+    shown = push_phi3v(hub, repo, tiny_checkpoint)
     async with running_bot(api, bot_settings(api, store, tmp_path)) as bot:
         api.push_message(ADMIN, f"/convert {repo} int8", user_id=ADMIN)
         await api.wait_for(lambda: any(shown in t for t in api.visible_text(ADMIN)), 30, "the question")
         [question] = api.messages(ADMIN)
-        assert texts.trust_remote_code(repo, shown) == question.text and hub.files_read() == []
+        assert texts.trust_remote_code(repo, shown, [(CLIP_REPO, clip)]) == question.text
+        assert all(path.endswith(".json") for path in hub.files_read()), "only configuration was read"
         assert question.reply_markup is not None
         yes, no = (row[0]["callback_data"] for row in question.reply_markup["inline_keyboard"])
 
@@ -503,7 +509,13 @@ async def test_a_repository_nobody_vouched_for_converts_only_the_revision_an_adm
         await api.wait_for(lambda: second.text == texts.CONVERSION_CANCELLED, 30, "cancelled")
         assert second.reply_markup is None
 
-        hub.change(repo, {"configuration_phi3_v.py": b"raise SystemExit"})  # after the admin read the code
+        # After the admin read the code, both repositories move on: to code that would end the conversion.
+        hub.change(repo, {"configuration_phi3_v.py": b"raise SystemExit"})
+        clip_config = json.loads((tiny_checkpoint / "clip-vit-large-patch14-336" / "config.json").read_text())
+        clip_config["auto_map"] = {"AutoConfig": "configuration_clip.ClipConfig"}
+        hub.change(
+            CLIP_REPO, {"config.json": json.dumps(clip_config).encode(), "configuration_clip.py": b"raise SystemExit"}
+        )
         refused = api.push_callback(ADMIN, question.message_id, yes, user_id=USER)
         await api.wait_for(lambda: api.callback_queries[refused] is not None, 30, "the refusal")
         assert api.callback_queries[refused] == texts.ADMINS_ONLY and bot.services.conversion is None
@@ -511,9 +523,44 @@ async def test_a_repository_nobody_vouched_for_converts_only_the_revision_an_adm
         await api.wait_for(lambda: question.text.startswith(("✅", "❌")), 240, "the conversion")
         assert question.text.startswith(f"✅ Now serving {repo} (int8)"), question.text
         assert bot.services.engine is not None and bot.services.engine.model.entry.revision == shown
+        assert bot.services.engine.model.entry.manifest["pinned"] == {repo: shown, CLIP_REPO: clip}
     read = hub.files_read()
-    assert read and all(path.startswith(f"{repo}/resolve/{shown}/") for path in read), "only the revision shown"
+    pinned = (f"{repo}/resolve/{shown}/", f"{CLIP_REPO}/resolve/{clip}/")
+    assert read and all(path.startswith(pinned) for path in read), "only the revisions shown"
     assert no != yes
+
+
+def _told(api: FakeBotApi, count: int) -> bool:
+    """The admin has ``count`` messages, the last of them final."""
+    said = api.visible_text(ADMIN)
+    return len(said) == count and said[-1].startswith("❌ The")
+
+
+async def test_convert_tells_the_admin_when_the_hub_does_not_answer(
+    api: FakeBotApi, hub: StandInHub, int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The look-up before the question (a repository nobody vouched for) and the conversion's own (a known one,
+    in its process) each give a request HUB_TIMEOUT_SECONDS, and the admin is told; a Hub that answers each
+    request just in time gets the look-up twice that in all."""
+    store = tmp_path / "store"
+    shutil.copytree(int4_store[0].root, store, symlinks=True)
+    push_clip(hub, tiny_checkpoint)
+    push_phi3v(hub, "someone/phi3v-finetune", tiny_checkpoint)
+    settings = bot_settings(api, store, tmp_path, hub_timeout_seconds=1)
+    async with running_bot(api, settings):
+        hub.delay = 0.5  # each request in time, about eight in all
+        api.push_message(ADMIN, "/convert someone/phi3v-finetune int8", user_id=ADMIN)
+        await api.wait_for(lambda: texts.hub_too_slow(2) in api.visible_text(ADMIN), 15, "the slow look-up's end")
+        hub.stall()
+        for count, model in enumerate(("someone/phi3v-finetune", "phi-3.5-vision"), start=2):
+            api.push_message(ADMIN, f"/convert {model} int8", user_id=ADMIN)
+            await api.wait_for(lambda count=count: _told(api, count), 60, "the look-up's end")
+        # The slow look-up's thread goes on after its reply, until a request of it gives up.
+        await api.wait_for(lambda: "hub-look-up" not in {t.name for t in threading.enumerate()}, 30, "its end")
+    told = api.visible_text(ADMIN)
+    assert len(told) == 3, told
+    assert told[1].startswith("❌ The Hugging Face Hub did not answer within 1 s about someone/phi3v-finetune"), told
+    assert told[2].startswith("❌ The Hugging Face Hub did not answer within 1 s about microsoft/Phi-3.5-vision")
 
 
 async def test_a_model_that_fails_to_load_is_not_chosen_for_the_next_start(

@@ -46,9 +46,12 @@ from tests.support.harness import (
     streaming,
     wait_answers,
 )
+from tests.support.hub_checkpoints import push_clip, push_phi3v
+from tests.support.hub_server import StandInHub
 from tests.support.processes import bot_environment, bot_process, free_port, listening, run_phi3bot
 
 SECRET = "webhook_Secret-42"
+HF_TOKEN = "hf_aHuggingFaceTokenForTheTests0123"
 OTHER_TOKEN = "654321:AAHanotherBotsTokenThatIsNotKnown_0"
 
 
@@ -705,8 +708,9 @@ async def test_a_bot_started_before_its_server_is_up_waits_for_it(
 async def test_a_conversion_runs_without_the_bots_secrets(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """A repository's own Python code runs in the conversion's process (trust_remote_code): this checkpoint's
-    code writes down the environment it was given, then ends the conversion."""
+    """A repository's own Python code runs in the export's process, started by the conversion's
+    (trust_remote_code): this checkpoint's code writes down the environment it was given, then ends the
+    conversion.  The Hugging Face token is not there either (the Hub's calls get it as an argument)."""
     leaky = tmp_path / "leaky-phi3v"
     shutil.copytree(tiny_checkpoint, leaky)
     seen = tmp_path / "conversion-environment"
@@ -725,7 +729,7 @@ raise RuntimeError("the test ends the conversion here")
     )
     store = tmp_path / "store"
     shutil.copytree(int4_store[0].root, store, symlinks=True)
-    environment = bot_environment(api, store, tmp_path / "data", WEBHOOK_SECRET_TOKEN=SECRET)
+    environment = bot_environment(api, store, tmp_path / "data", WEBHOOK_SECRET_TOKEN=SECRET, HF_TOKEN=HF_TOKEN)
     async with bot_process(environment, tmp_path) as bot:
         await api.wait_for(lambda: bool(api.calls_of("getUpdates")), 120, "polling")
         api.push_message(ADMIN, f"/convert {leaky} int8", user_id=ADMIN)
@@ -736,8 +740,63 @@ raise RuntimeError("the test ends the conversion here")
         await asyncio.wait_for(bot.process.wait(), 60)
     environment_seen = seen.read_bytes()
     assert b"MODEL_STORE_DIR" in environment_seen, "the repository's code did run in the conversion's process"
-    for secret in (api.token, SECRET):
+    for secret in (api.token, SECRET, HF_TOKEN):
         assert secret.encode() not in environment_seen, "a secret reached the conversion's process"
+    assert HF_TOKEN not in bot.stderr
+
+
+def _exporting(pid: int) -> bool:
+    """Whether the export's process (model_store/convert/export.py) runs among ``pid``'s descendants."""
+    for process in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "model_store.convert.export" in process.cmdline():
+                return True
+    return False
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("phase", ["the bot's look-up", "the conversion's look-up", "the download", "the export"])
+async def test_sigterm_during_a_conversion_ends_it_and_its_processes_and_the_bot_within_5_s(
+    api: FakeBotApi,
+    hub: StandInHub,
+    int4_store: tuple[ModelStore, ModelEntry],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    phase: str,
+) -> None:
+    """A Hub that accepts requests and never answers them holds the look-ups (the bot's own, before it asks
+    to run a repository's code, and the conversion's) and the download; the export runs checkpoint code that
+    never ends."""
+    store = tmp_path / "store"
+    shutil.copytree(int4_store[0].root, store, symlinks=True)
+    model = "phi-3.5-vision"
+    if phase == "the bot's look-up":
+        model = "someone/phi3v-finetune"
+    if phase == "the download":
+        push_clip(hub, tiny_checkpoint)
+        push_phi3v(hub, "microsoft/Phi-3.5-vision-instruct", tiny_checkpoint)
+    if phase == "the export":
+        model = str(tmp_path / "never-ending-phi3v")
+        shutil.copytree(tiny_checkpoint, model)
+        code = Path(model) / "configuration_phi3_v.py"
+        code.write_text(code.read_text() + "\nimport time as _time\n\n_time.sleep(3600)\n")
+    hub.stall(".safetensors" if phase == "the download" else "")
+    async with bot_process(bot_environment(api, store, tmp_path / "data"), tmp_path) as bot:
+        await api.wait_for(lambda: bool(api.calls_of("getUpdates")), 120, "polling")
+        api.push_message(ADMIN, f"/convert {model} int8", user_id=ADMIN)
+        if phase == "the export":
+            await api.wait_for(lambda: _exporting(bot.process.pid), 120, "the export's process")
+        else:
+            await api.wait_for(lambda: any(hub.stalled in path for _, path in hub.requests), 60, "a held request")
+        processes = psutil.Process(bot.process.pid).children(recursive=True)
+        started = time.monotonic()
+        bot.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.process.wait(), 30)
+        took = time.monotonic() - started
+    assert code == 0, bot.stderr[-3000:]
+    assert took < 5, f"the bot took {took:.1f} s to exit"
+    assert len(processes) >= (1 if phase == "the bot's look-up" else 2), "the model's process, the conversion's"
+    await api.wait_for(lambda: not any(running(process) for process in processes), 3, "its processes to end")
 
 
 def test_secrets_are_redacted_from_log_lines_and_tracebacks() -> None:

@@ -40,11 +40,12 @@ def test_ids_are_read_as_people_write_them(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text(f"TELEGRAM_BOT_TOKEN={TOKEN}\nMAX_NEW_TOKENS=64\n")
+    (tmp_path / ".env").write_text(f"TELEGRAM_BOT_TOKEN={TOKEN}\nMAX_NEW_TOKENS=64\nHF_TOKEN=hf_ZZhubZZ\n")
     settings = load_settings()
     assert settings.telegram_bot_token is not None
     assert settings.telegram_bot_token.get_secret_value() == TOKEN
-    assert "ZZtokenZZ" not in repr(settings), "the token must never show up in logs or tracebacks"
+    assert settings.hub_token == "hf_ZZhubZZ"
+    assert "ZZtokenZZ" not in repr(settings) and "ZZhubZZ" not in repr(settings), "never in logs or tracebacks"
     assert settings.max_new_tokens == 64
 
 
@@ -100,10 +101,11 @@ def test_every_bad_value_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("PRECISION", "int3")
     monkeypatch.setenv("DEVICE", "TPU")
     monkeypatch.setenv("MAX_NEW_TOKENS", "0")
+    monkeypatch.setenv("HUB_TIMEOUT_SECONDS", "0")
     with pytest.raises(SettingsError) as caught:
         load_settings()
     message = str(caught.value)
-    for name in ("ADMIN_USER_IDS", "PRECISION", "DEVICE", "MAX_NEW_TOKENS"):
+    for name in ("ADMIN_USER_IDS", "PRECISION", "DEVICE", "MAX_NEW_TOKENS", "HUB_TIMEOUT_SECONDS"):
         assert name in message
     assert "Traceback" not in message
 

@@ -1,21 +1,32 @@
 """Hugging Face checkpoint to OpenVINO IR, then NNCF weight compression: the heavy part, run in a child process.
 
 Export goes through optimum-intel (its ``phi3_v`` support splits the model into the four sub-models OpenVINO
-GenAI expects and converts the tokenizer).  Compression follows OpenVINO's Phi-3-vision notebook: the
-language model gets INT4_SYM with group size 64 on a ratio of 0.6 of its layers (the rest INT8), the smaller
-sub-models INT8; ``int8`` compresses everything to INT8; ``fp16`` and ``fp32`` keep the exported weights.
+GenAI expects and converts the tokenizer), in a process of its own: offline, without a token (it runs the
+checkpoint's code), and ended with the conversion's (``export_checkpoint``).  Compression follows OpenVINO's
+Phi-3-vision notebook: the language model gets INT4_SYM with group size 64 on a ratio of 0.6 of its layers
+(the rest INT8), the smaller sub-models INT8; ``int8`` compresses everything to INT8; ``fp16`` and ``fp32``
+keep the exported weights.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from model_store.child_process import exit_reason
 from model_store.convert.heartbeat import Heartbeat, format_elapsed
+from model_store.errors import ConversionFailedError
 from model_store.layout import SIDE_FILES, SUBMODELS
 
 log = logging.getLogger(__name__)
@@ -28,6 +39,10 @@ COMPRESSIBLE = (
     "openvino_vision_embeddings_model",
     "openvino_vision_projection_model",
 )
+
+# The export loads what was pinned and staged, and nothing else (pins.py); its process has no token.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 Report = Callable[[float, str], None]
 
@@ -45,28 +60,75 @@ def _quiet_libraries() -> None:
         pass
 
 
-def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Report) -> None:
-    """Write the uncompressed IR (FP16, or FP32 when asked) with tokenizers into ``output``."""
+def _export_here(checkpoint: Path, output: Path, precision: str) -> None:
+    """The export itself, in the export's own process (``main``)."""
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
     _quiet_libraries()
+    main_export(
+        str(checkpoint),
+        output,
+        task="image-text-to-text",
+        trust_remote_code=True,
+        ov_config=OVConfig(dtype="fp32" if precision == "fp32" else "fp16"),
+        convert_tokenizer=True,
+    )
+
+
+def _offline_environment() -> dict[str, str]:
+    """This process's environment without a Hugging Face token, offline, and able to import this package."""
+    environment = {name: value for name, value in os.environ.items() if name.upper() not in TOKEN_VARIABLES}
+    package_root = str(Path(__file__).resolve().parents[2])
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, environment.get("PYTHONPATH"))))
+    return {**environment, **OFFLINE}
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """A SIGTERM (how a conversion is stopped: process.py) ends this process through its ``finally`` blocks,
+    which end the export's process too, instead of at once, which would leave that one running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Report) -> None:
+    """Write the uncompressed IR (FP16, or FP32 when asked) with tokenizers into ``output``.
+
+    The export runs the checkpoint's Python code (``trust_remote_code``), in a process of its own that is
+    offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE): whatever that code or the libraries would fetch beyond the
+    pinned files staged in ``checkpoint`` (pins.py) fails instead, and no Hugging Face token is in its
+    environment."""
     expected = len(SUBMODELS)
 
     def tick(elapsed: float) -> None:
         written = sum(1 for name in SUBMODELS if (output / f"{name}.xml").exists())
         report(written / expected, f"{written} of {expected} parts written, {format_elapsed(elapsed)}")
 
-    with Heartbeat(tick):
-        main_export(
-            str(checkpoint),
-            output,
-            task="image-text-to-text",
-            trust_remote_code=True,
-            ov_config=OVConfig(dtype="fp32" if precision == "fp32" else "fp16"),
-            convert_tokenizer=True,
-        )
-    gc.collect()
+    with tempfile.TemporaryDirectory(prefix="phi3bot-export-") as notes:
+        failure = Path(notes) / "failure"
+        command = [sys.executable, "-m", __name__, str(checkpoint), str(output), precision, str(failure)]
+        with _sigterm_unwinds(), Heartbeat(tick):
+            export = subprocess.Popen(command, env=_offline_environment())
+            try:
+                code = export.wait()
+            finally:
+                if export.poll() is None:
+                    export.kill()
+                    export.wait()
+        if code != 0:
+            reason = failure.read_text(encoding="utf-8") if failure.is_file() else f"its process {exit_reason(code)}"
+            raise ConversionFailedError(f"The export failed: {reason}. The previous model keeps serving.")
     for name in SIDE_FILES:
         if (checkpoint / name).is_file() and not (output / name).exists():
             shutil.copyfile(checkpoint / name, output / name)
@@ -107,3 +169,20 @@ def compress(output: Path, precision: str, report: Report, *, group_size: int, r
         temporary.with_suffix(".bin").replace(output / f"{name}.bin")
         done += sizes[name]
         report(done / total, f"compressed the {label}")
+
+
+def main(arguments: list[str]) -> int:
+    """The export's process: ``CHECKPOINT OUTPUT PRECISION FAILURE_FILE``; a failure's reason goes to the file."""
+    checkpoint, output, precision, failure = arguments
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s export: %(message)s")
+    try:
+        _export_here(Path(checkpoint), Path(output), precision)
+    except Exception as error:
+        log.exception("the export failed")
+        Path(failure).write_text(f"{type(error).__name__}: {error}", encoding="utf-8")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from model_store.convert import hub, preflight
+from model_store.convert import hub, pins, preflight
 from model_store.convert.extra import require_conversion_extra
 from model_store.convert.validate import validate_model
 from model_store.errors import CorruptModelError, MissingModelError, UntrustedCodeError
@@ -43,6 +43,11 @@ class ConversionRequest:
     ratio: float = 0.6
     revision: str | None = None  # a Hub repository's commit, branch or tag; None: the default branch's latest
     trust_remote_code: bool = False  # the admin confirmed running the code of a repository nobody vouched for
+    # The commit of each repository the checkpoint's configuration names, as confirmed (pins.py); one missing is
+    # read at its latest commit, which a confirmed conversion refuses.
+    named_revisions: dict[str, str] = field(default_factory=dict)
+    hf_token: str | None = field(default=None, repr=False)  # for the Hub's look-ups and downloads only
+    hub_timeout: float = 30.0  # seconds any Hub request may wait for a connection or a byte
 
 
 def _checkpoint_bytes(directory: Path) -> int:
@@ -61,17 +66,6 @@ def _check_checkpoint(directory: Path) -> dict[str, Any]:
     return config
 
 
-def untrusted_code(pinned: hub.Snapshot) -> str:
-    """What converting a repository nobody vouched for means, and how to confirm it from the terminal (the bot
-    asks with a button instead: bot/commands.py)."""
-    return (
-        f"{pinned.repo_id} is not one of the known Phi-3-vision repositories, and converting it runs the Python "
-        f"code it ships on this machine. Read that code at https://huggingface.co/{pinned.repo_id}/tree/"
-        f"{pinned.revision}, and if you trust it, convert exactly that revision with: phi3bot convert "
-        f"{pinned.repo_id} --revision {pinned.revision} --trust-remote-code"
-    )
-
-
 def _manifest(source: ModelSource, precision: str, files: Path, **extra: Any) -> dict[str, Any]:
     """``files``: where the model's side files are; a synthetic.json there marks a synthetic model."""
     synthetic = (files / "synthetic.json").is_file()
@@ -84,6 +78,21 @@ def _manifest(source: ModelSource, precision: str, files: Path, **extra: Any) ->
     }
 
 
+def _pinned(found: pins.Pins) -> dict[str, Any]:
+    """What a manifest records of the commits converted: the checkpoint's, and every repository's."""
+    revision = {"revision": found.checkpoint.revision} if found.checkpoint else {}
+    return {**revision, "pinned": found.revisions} if found.revisions else revision
+
+
+def _require_confirmation(request: ConversionRequest, source: ModelSource, found: pins.Pins) -> None:
+    """A repository nobody vouched for runs its code only when confirmed, and a confirmation covers the
+    repositories its configuration names only at the commits it gave (``named_revisions``)."""
+    unconfirmed = [other for other in found.named if other.repo_id not in request.named_revisions]
+    if source.vouched_for or (request.trust_remote_code and not unconfirmed):
+        return
+    raise UntrustedCodeError(pins.untrusted_code(found))
+
+
 def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: Path, plan: PhasePlan) -> ModelEntry:
     require_conversion_extra()
     from model_store.convert.export import compress, export_checkpoint
@@ -91,29 +100,35 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
     source = parse_source(request.source)
     precision = parse_precision(request.precision or "int4")
     plan.report("check", 0.0, f"checking {source.display}")
-    if source.local_dir is not None:
-        checkpoint: Path | None = source.local_dir
-        config = _check_checkpoint(source.local_dir)
-        download_bytes = 0
-        checkpoint_bytes = _checkpoint_bytes(source.local_dir)
+    local = source.local_dir
+    config = _check_checkpoint(local) if local is not None else {"torch_dtype": "bfloat16"}
+    found = pins.resolve(source, request.revision, request.named_revisions, request.hf_token)
+    _require_confirmation(request, source, found)
+    if found.checkpoint is None:
+        assert local is not None
+        checkpoint_bytes, download_bytes = _checkpoint_bytes(local), 0
     else:
-        assert source.repo_id is not None
-        checkpoint = None
-        pinned = hub.snapshot(source.repo_id, hub.CHECKPOINT_PATTERNS, request.revision)
-        if not (source.vouched_for or request.trust_remote_code):
-            raise UntrustedCodeError(untrusted_code(pinned))
-        checkpoint_bytes = download_bytes = pinned.size
-        config = {"torch_dtype": "bfloat16"}
+        checkpoint_bytes = download_bytes = found.checkpoint.size
     stored = DTYPE_BYTES.get(str(config.get("torch_dtype", "bfloat16")), 2)
     preflight.check(preflight.estimate(checkpoint_bytes, stored, precision, download_bytes), store.root)
 
-    revision: dict[str, str] = {}
-    if checkpoint is None:
-        checkpoint = hub.download(pinned, hub.CHECKPOINT_PATTERNS, lambda f, d: plan.report("download", f, d))
+    if found.checkpoint is None:
+        assert local is not None
+        checkpoint = local
+    else:
+        checkpoint = hub.download(
+            found.checkpoint, hub.CHECKPOINT_PATTERNS, lambda f, d: plan.report("download", f, d), request.hf_token
+        )
         _check_checkpoint(checkpoint)
-        revision["revision"] = pinned.revision
+    named = {other.repo_id: hub.download(other, hub.CONFIG_PATTERNS, token=request.hf_token) for other in found.named}
     plan.report("export", 0.0, "loading the checkpoint")
-    export_checkpoint(checkpoint, staging, precision, lambda f, d: plan.report("export", f, d))
+    view = store.new_staging_dir()
+    try:
+        export_checkpoint(
+            pins.stage(checkpoint, named, view), staging, precision, lambda f, d: plan.report("export", f, d)
+        )
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
     plan.report("compress", 0.0, f"compressing weights to {precision}")
     compress(
         staging,
@@ -136,7 +151,7 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
         source,
         precision,
         plan,
-        _manifest(source, precision, checkpoint, compression=compression, **revision),
+        _manifest(source, precision, checkpoint, compression=compression, **_pinned(found)),
     )
 
 
@@ -151,10 +166,10 @@ def _take_ir(request: ConversionRequest, store: ModelStore, staging: Path, plan:
         preflight.check(preflight.Requirements(disk_bytes=size + preflight.DISK_MARGIN, memory_bytes=0), store.root)
     else:
         assert source.repo_id is not None
-        pinned = hub.snapshot(source.repo_id, hub.IR_PATTERNS, request.revision)
+        pinned = hub.snapshot(source.repo_id, hub.IR_PATTERNS, request.revision, request.hf_token)
         disk = 2 * pinned.size + preflight.DISK_MARGIN
         preflight.check(preflight.Requirements(disk_bytes=disk, memory_bytes=0), store.root)
-        origin = hub.download(pinned, hub.IR_PATTERNS, lambda f, d: plan.report("download", f, d))
+        origin = hub.download(pinned, hub.IR_PATTERNS, lambda f, d: plan.report("download", f, d), request.hf_token)
         check_ir_directory(origin)
         revision["revision"] = pinned.revision
     plan.report("copy", 0.0, "copying the model into the store")
@@ -200,6 +215,7 @@ def run_conversion(request: ConversionRequest, progress: ProgressCallback = igno
     """Convert (or take) a model into the store, in this process; see process.py for the isolated variant."""
     store = ModelStore(Path(request.store_root))
     plan = PhasePlan(_phases(request), progress)
+    hub.limit_waits(request.hub_timeout)
     with store.conversion_lock():
         staging = store.new_staging_dir()
         try:

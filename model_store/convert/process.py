@@ -30,6 +30,7 @@ from model_store.store import ModelEntry
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+STOP_SECONDS = 3.0  # a SIGTERM ends the child at once, or through its export's process (export.py), else SIGKILL
 
 
 def _child_main(request: ConversionRequest, connection: Connection) -> None:
@@ -84,8 +85,8 @@ def convert_in_subprocess(
     except KeyboardInterrupt:
         raise ConversionInterruptedError("The conversion was interrupted. The previous model keeps serving.") from None
     finally:
-        if outcome is None:
-            stop_process(child, grace=0, terminate_wait=10)
+        if outcome is None:  # quickly: a bot stopping (SIGTERM) has seconds to exit, its conversion with it
+            stop_process(child, grace=0, terminate_wait=STOP_SECONDS)
         child.join()
         receiver.close()
     if outcome[0] == "error":

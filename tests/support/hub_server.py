@@ -3,7 +3,9 @@
 It serves repositories as commits of files: the model-info API (``/api/models/<repo>[/revision/<rev>]``, with
 file sizes when asked for ``blobs``), file metadata and contents (``HEAD``/``GET /<repo>/resolve/<rev>/<path>``
 with ``X-Repo-Commit``, ``ETag`` and ``Content-Length``), and the Hub's error headers for a missing repository
-or revision and for a gated one.  Every request is recorded, so a test can tell which commit was read.
+or revision and for a gated one (which answers a request that carries its token).  Every request is recorded,
+so a test can tell which commit was read.  It can also stall (accept requests and never answer them, as a Hub
+behind a broken proxy does) or answer slowly.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Repository:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> path -> content
     main: str = ""
     gated: bool = False
+    token: str | None = None  # the one that opens a gated repository
 
 
 @dataclass
@@ -31,6 +34,9 @@ class StandInHub:
     endpoint: str = ""
     repositories: dict[str, Repository] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    stalled: str | None = None  # requests whose path holds this are held unanswered ("": all of them)
+    delay: float = 0.0  # seconds every answer waits: a slow Hub
+    released: threading.Event = field(default_factory=threading.Event)  # set at the end: held requests close
 
     def push(self, repo_id: str, files: dict[str, bytes]) -> str:
         """A new commit on the default branch; returns its sha."""
@@ -49,8 +55,15 @@ class StandInHub:
         repository = self.repositories[repo_id]
         return self.push(repo_id, {**repository.commits[repository.main], **files})
 
-    def gate(self, repo_id: str) -> None:
-        self.repositories.setdefault(repo_id, Repository()).gated = True
+    def gate(self, repo_id: str, token: str | None = None) -> None:
+        """Refused without ``token`` (always, when None), as the Hub refuses a gated model to a stranger."""
+        repository = self.repositories.setdefault(repo_id, Repository())
+        repository.gated, repository.token = True, token
+
+    def stall(self, what: str = "") -> None:
+        """From now on a request whose path holds ``what`` ("/resolve/" for files, ".safetensors" for weights;
+        "" for every request) is accepted and never answered."""
+        self.stalled = what
 
     def files_read(self) -> list[str]:
         """The ``<repo>/resolve/<revision>/<path>`` part of each file download (GET)."""
@@ -80,6 +93,11 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             path = unquote(url.path)
             hub.requests.append((self.command, path))
+            if hub.stalled is not None and hub.stalled in path:
+                hub.released.wait()
+                self.close_connection = True
+                return
+            hub.released.wait(hub.delay)
             if path.startswith("/api/models/"):
                 self._model_info(path.removeprefix("/api/models/"), blobs="blobs=" in url.query, body=body)
             elif "/resolve/" in path:
@@ -121,9 +139,13 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
             repository = hub.repositories.get(repo_id)
             if repository is None:
                 self._error(404, "RepoNotFound", "Repository not found", body)
-            elif repository.gated:
+                return True
+            if repository.gated and (
+                repository.token is None or self.headers.get("Authorization") != f"Bearer {repository.token}"
+            ):
                 self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted.", body)
-            return repository is None or repository.gated
+                return True
+            return False
 
         def _error(self, status: int, code: str, message: str, body: bool) -> None:
             headers = {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json"}
@@ -154,5 +176,6 @@ def stand_in_hub() -> Iterator[StandInHub]:
     try:
         yield hub
     finally:
+        hub.released.set()
         server.shutdown()
         server.server_close()
