@@ -6,7 +6,6 @@ message that names the variable and says what is expected, never as a traceback 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 IdList = Annotated[frozenset[int], NoDecode]
 # What @BotFather hands out: the bot's numeric id, a colon, 35 characters.
 TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
-# Read once into Settings, then kept from the processes the bot starts (bot.settings.hide_secrets).
+# Read once into Settings, then kept from the environment the bot and its children have (bot/secrecy.py).
 SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN")
 # Where python-telegram-bot puts the token: appended to a URL ending in these, or in place of ``{token}``.
 BOT_API_URL_ENDINGS = {"telegram_api_base_url": "/bot", "telegram_file_base_url": "/file/bot"}
@@ -223,11 +222,3 @@ def load_settings(**overrides: object) -> Settings:
             reason = problem["msg"].removeprefix("Value error, ")
             lines.append(f"Invalid {name} (check your environment and .env): {reason}")
         raise SettingsError("\n".join(lines)) from None
-
-
-def hide_secrets() -> None:
-    """Takes the secrets out of this process's environment once Settings holds them: every process the bot
-    starts inherits the environment, the model's and a conversion's, which runs the Python code a Hugging Face
-    repository ships (``trust_remote_code``), and neither needs them."""
-    for name in [name for name in os.environ if name.upper() in SECRET_VARIABLES]:
-        del os.environ[name]
