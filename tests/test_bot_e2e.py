@@ -511,7 +511,7 @@ async def test_a_repository_nobody_vouched_for_converts_only_the_revision_an_adm
         await api.wait_for(lambda: question.text.startswith(("✅", "❌")), 240, "the conversion")
         assert question.text.startswith(f"✅ Now serving {repo} (int8)"), question.text
         assert bot.services.engine is not None and bot.services.engine.model.entry.revision == shown
-    read = hub.files_read()
+    read = hub.files_read(repo)
     assert read and all(path.startswith(f"{repo}/resolve/{shown}/") for path in read), "only the revision shown"
     assert no != yes
 

@@ -66,5 +66,5 @@ def test_a_known_repository_converts_without_confirmation_and_its_revision_is_re
     entry = convert_in_subprocess(request)
     assert entry.revision == sha and entry.source == "microsoft/Phi-3.5-vision-instruct"
     assert ModelStore(tmp_path).entries() == [entry], "recorded in the store's manifest"
-    read = hub.files_read()
+    read = hub.files_read("microsoft/Phi-3.5-vision-instruct")
     assert read and all(path.startswith(f"microsoft/Phi-3.5-vision-instruct/resolve/{sha}/") for path in read)

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+CLIP_REPOSITORY = "openai/clip-vit-large-patch14-336"  # where Phi-3.5-vision's config finds CLIP's
+
 
 @dataclass
 class Repository:
@@ -41,7 +43,14 @@ class StandInHub:
         return sha
 
     def push_directory(self, repo_id: str, directory: Path) -> str:
+        """A synthetic checkpoint, published as the real ones are: its config names CLIP's repository (which this
+        Hub then serves too), not the directory the checkpoint was built in, which a conversion may not read."""
         files = {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+        config = json.loads(files["config.json"])
+        clip = Path(config["img_processor"]["model_name"])
+        self.push(CLIP_REPOSITORY, {"config.json": (clip / "config.json").read_bytes()})
+        config["img_processor"]["model_name"] = CLIP_REPOSITORY
+        files["config.json"] = json.dumps(config).encode()
         return self.push(repo_id, files)
 
     def change(self, repo_id: str, files: dict[str, bytes]) -> str:
@@ -52,9 +61,10 @@ class StandInHub:
     def gate(self, repo_id: str) -> None:
         self.repositories.setdefault(repo_id, Repository()).gated = True
 
-    def files_read(self) -> list[str]:
-        """The ``<repo>/resolve/<revision>/<path>`` part of each file download (GET)."""
-        return [path.lstrip("/") for method, path in self.requests if method == "GET" and "/resolve/" in path]
+    def files_read(self, repo_id: str = "") -> list[str]:
+        """The ``<repo>/resolve/<revision>/<path>`` part of each file download (GET), of ``repo_id`` if given."""
+        paths = [path.lstrip("/") for method, path in self.requests if method == "GET" and "/resolve/" in path]
+        return [path for path in paths if path.startswith(f"{repo_id}/")] if repo_id else paths
 
     def _commit(self, repo_id: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
         repository = self.repositories.get(repo_id)
