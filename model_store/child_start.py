@@ -91,7 +91,7 @@ class Confinement:
     ``new_child`` adds)."""
 
     readable: tuple[str, ...] = ()
-    writable: tuple[str, ...] = ()  # made if missing
+    writable: tuple[str, ...] = ()  # made if missing (and possible)
     network: bool = False  # TCP, where the kernel can take it (Landlock ABI 4)
     private_temp: bool = False  # a temporary directory of its own as TMPDIR, removed when the child ends
     hugging_face: bool = False  # Hugging Face's caches (written) and stored tokens (read), as the child finds them
@@ -99,20 +99,21 @@ class Confinement:
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """In the child: confined until it exits (there is no way back)."""
-        readable, writable = [*self.readable], [*SYSTEM_WRITABLE, *self.writable]
+        readable, writable = [*self.readable], [*self.writable]
         if self.hugging_face:
             caches, tokens = _hugging_face_paths()
             readable += tokens
             writable += caches
-        for directory in writable[len(SYSTEM_WRITABLE) :]:
-            Path(directory).mkdir(parents=True, exist_ok=True)
+        for directory in writable:
+            with contextlib.suppress(OSError):  # one it cannot make it will not need, or says why it needed it
+                Path(directory).mkdir(parents=True, exist_ok=True)
         temporary = tempfile.mkdtemp(prefix="phi3bot-") if self.private_temp else None
         if temporary is not None:
             os.environ["TMPDIR"] = tempfile.tempdir = temporary
             writable.append(temporary)
         try:
             if landlock.abi_version() >= landlock.MINIMUM_ABI:  # otherwise the bot said so once (_say_if_unconfined)
-                landlock.restrict(readable, writable, network=self.network)
+                landlock.restrict(readable, [*SYSTEM_WRITABLE, *writable], network=self.network)
             yield
         finally:
             if temporary is not None:
