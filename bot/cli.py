@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.settings import Settings, SettingsError, hide_secrets, load_settings
+from bot.secrecy import keep_allowed_environment, make_undumpable
+from bot.settings import Settings, SettingsError, load_settings
 from bot.terminal_progress import TerminalProgress
-from engine.images import ImageRejected
 from model_store.errors import ConversionInterruptedError, ModelStoreError
 from model_store.sources import PRECISIONS
 
@@ -175,10 +175,15 @@ def _terminal(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from bot.terminal_chat import ask_once, chat
+    from engine.images import ImageRejected
 
-    if args.command == "ask":
-        return asyncio.run(ask_once(settings, args.image, args.question))
-    return asyncio.run(chat(settings, args.image))
+    try:
+        if args.command == "ask":
+            return asyncio.run(ask_once(settings, args.image, args.question))
+        return asyncio.run(chat(settings, args.image))
+    except ImageRejected as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
 
 
 def _run(settings: Settings) -> int:
@@ -188,6 +193,9 @@ def _run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every command reads the settings, the secrets with them (.env is read whole), so every one keeps them
+    in (bot/secrecy.py); a child process spawned by this one imports this module first: it starts no thread."""
+    make_undumpable()
     os.umask(PRIVATE_UMASK)
     args = _parser().parse_args(argv)
     try:
@@ -195,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
-    hide_secrets()
+    keep_allowed_environment()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "convert":
@@ -214,9 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConversionInterruptedError as error:
         print(f"\n{error}", file=sys.stderr)
         return 130
-    except ImageRejected as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 1
     except (ModelStoreError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"\nError: {error}", file=sys.stderr)
         return 1

@@ -7,8 +7,9 @@ one large image a few thousand times renders for minutes, a clip can be built to
 would take the bot with it.  A thread cannot be stopped, and one decoding in the bot's process takes the bot's
 memory and holds its event loop; a child process can be stopped, so past ``READ_SECONDS`` the work is killed and the
 person told, a crash is a refusal like any other, and the bot's event loop and memory stay free for every other
-chat.  The child is spawned, not forked (the bot's threads do not survive a fork), and sees no secret
-(bot/settings.py removes them from the environment).  At most ``CONCURRENT`` PDFs and clips are read at once, one
+chat.  The child starts as every child of the bot does (model_store/child_start.py): it dies with the bot, sees
+none of its secrets, and is confined to the files Python and its libraries need: no ``.env``, no history, no
+TCP.  At most ``CONCURRENT`` PDFs and clips are read at once, one
 per core, and ``PHOTOS_AT_ONCE`` photos beside them, so that slow files never keep a photo waiting.
 
 Memory: a child's address space (RLIMIT_AS) is what its libraries take when it starts plus ``memory_mb``
@@ -47,6 +48,7 @@ from bot.pages import DocumentError, NoSuchPage, Pages, render
 from bot.stills import Still, still
 from engine.images import ImageRejected
 from model_store.child_process import in_thread_until_cancelled, stop_process
+from model_store.child_start import Confinement, new_child
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ MEMORY_MB = 1536
 REMEMBERED_BYTES = 64 * 1024 * 1024  # files' images and refusals kept for a reply to the same file
 POLL_SECONDS = 0.1
 CHILD_NAME = "phi3bot-read"
+CONFINEMENT = Confinement()  # the file comes through a pipe: nothing to read or write beyond running Python
 # Why a read failed, as MediaError.reason; only these are the file's own, and remembered with it: for good when
 # the file itself says so, for a while when a busy machine (too slow) or the out-of-memory killer (crashed) may
 # have had a part in it.
@@ -197,12 +200,10 @@ def _in_child(
     *ends: threading.Event,
 ) -> T:
     """Runs in a worker thread: starts the child, waits for its answer until the deadline or one of ``ends``."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_child_main, args=(sender, function, args, kwargs, seconds, memory_bytes), name=CHILD_NAME
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    child = new_child(
+        _child_main, (sender, function, args, kwargs, seconds, memory_bytes), name=CHILD_NAME, confinement=CONFINEMENT
     )
-    child.daemon = True
     answered = False
     try:
         child.start()  # hands the child the file itself: up to 20 MB through the pipe

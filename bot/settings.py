@@ -25,7 +25,8 @@ from pydantic_settings import SettingsError as SourceError
 IdList = Annotated[frozenset[int], NoDecode]
 # What @BotFather hands out: the bot's numeric id, a colon, 35 characters.
 TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
-# Read once into Settings, then kept from the processes the bot starts (bot.settings.hide_secrets).
+# Read once into Settings, then kept from the environment the bot and its children have (bot/secrecy.py); HF_TOKEN
+# reaches the Hub's look-ups and downloads as an argument (``Settings.hub_token``), never through an environment.
 SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN", "HF_TOKEN")
 # Where Docker and Compose mount secrets, one file each; systemd's credentials directory is named by the variable.
 DOCKER_SECRETS_DIR = Path("/run/secrets")
@@ -265,11 +266,3 @@ def load_settings(**overrides: object) -> Settings:
             f"{name} read {path} ({unreadable.strerror}); make it readable by this user (uid {os.getuid()})"
         ) from None
 
-
-def hide_secrets() -> None:
-    """Takes the secrets out of this process's environment once Settings holds them: every process the bot
-    starts inherits the environment, the model's and a conversion's, which runs the Python code a Hugging Face
-    repository ships (``trust_remote_code``), and neither needs them: HF_TOKEN reaches the Hub's look-ups and
-    downloads as an argument (``Settings.hub_token``), never through an environment."""
-    for name in [name for name in os.environ if name.upper() in SECRET_VARIABLES]:
-        del os.environ[name]

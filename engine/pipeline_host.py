@@ -19,12 +19,9 @@ photo message is one piece, because GenAI encodes and reads an image in one call
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
-import signal
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -57,25 +54,13 @@ from model_store.loader import PipelineSpec, compile_pipeline
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # prctl(2)
 PIECE_SECONDS = 1.0  # how long a piece of text read ahead may take: another conversation's question waits at most this
 FIRST_PIECE_TOKENS = 64  # until the reading speed has been measured here
 
 
-def _die_with(parent: int) -> None:
-    """A model left running by a bot killed with SIGKILL would go on generating and hold its memory while the
-    restarted bot loads a second copy.  Linux sends this process SIGKILL when the thread that started it ends
-    (the bot starts it from a worker thread that lives as long as its event loop); the pipe's end, seen by the
-    command reader, covers the rest."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the request above was made
-        os._exit(0)
-
-
-def serve(spec: PipelineSpec, connection: Connection, log_level: int, parent: int) -> None:
-    """The child's entry point: load, say Ready (or why not), then answer jobs until told to stop."""
-    _die_with(parent)
+def serve(spec: PipelineSpec, connection: Connection, log_level: int) -> None:
+    """The child's work (started by model_store/child_start.py, so it dies with the bot): load, say Ready (or
+    why not), then answer jobs until told to stop."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s model: %(message)s")
     started = time.monotonic()
     try:

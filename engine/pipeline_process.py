@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import queue
 import threading
 from collections import OrderedDict
@@ -43,6 +42,7 @@ from engine.pipeline_protocol import (
     Shutdown,
 )
 from model_store.child_process import exit_reason
+from model_store.child_start import new_child
 from model_store.errors import ModelStoreError
 from model_store.loader import PipelineSpec
 from model_store.store import ModelEntry
@@ -99,13 +99,9 @@ class PipelineProcess:
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.spec = spec
-        context = multiprocessing.get_context("spawn")  # OpenVINO's threads do not survive a fork
-        self._connection, child_end = context.Pipe()
-        self._process = context.Process(
-            target=serve,
-            args=(spec, child_end, logging.getLogger().getEffectiveLevel(), os.getpid()),
-            name="phi3bot-model",
-            daemon=True,
+        self._connection, child_end = multiprocessing.Pipe()
+        self._process = new_child(
+            serve, (spec, child_end, logging.getLogger().getEffectiveLevel()), name="phi3bot-model"
         )
         self._process.start()
         child_end.close()

@@ -713,7 +713,8 @@ async def test_a_conversion_runs_without_the_bots_secrets(
     conversion.  The Hugging Face token is not there either (the Hub's calls get it as an argument)."""
     leaky = tmp_path / "leaky-phi3v"
     shutil.copytree(tiny_checkpoint, leaky)
-    seen = tmp_path / "conversion-environment"
+    store = tmp_path / "store"
+    seen = store / "conversion-environment"  # the store: where a conversion may write
     code = leaky / "configuration_phi3_v.py"
     code.write_text(
         code.read_text()
@@ -727,7 +728,6 @@ _pathlib.Path({str(seen)!r}).write_bytes(_given)
 raise RuntimeError("the test ends the conversion here")
 """
     )
-    store = tmp_path / "store"
     shutil.copytree(int4_store[0].root, store, symlinks=True)
     environment = bot_environment(api, store, tmp_path / "data", WEBHOOK_SECRET_TOKEN=SECRET, HF_TOKEN=HF_TOKEN)
     async with bot_process(environment, tmp_path) as bot:
@@ -739,7 +739,8 @@ raise RuntimeError("the test ends the conversion here")
         bot.process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(bot.process.wait(), 60)
     environment_seen = seen.read_bytes()
-    assert b"MODEL_STORE_DIR" in environment_seen, "the repository's code did run in the conversion's process"
+    assert b"PATH=" in environment_seen, "the repository's code did run in the conversion's process"
+    assert b"MODEL_STORE_DIR" not in environment_seen, "only the variables the bot's children need"
     for secret in (api.token, SECRET, HF_TOKEN):
         assert secret.encode() not in environment_seen, "a secret reached the conversion's process"
     assert HF_TOKEN not in bot.stderr

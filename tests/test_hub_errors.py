@@ -184,7 +184,10 @@ def test_a_confirmed_conversion_reads_only_what_was_confirmed_offline_and_withou
     which writes down what it finds, offline and without the token (here also in the environment given)."""
     token = "hf_gatedTokenForTheStandInHub0123"
     monkeypatch.setenv("HF_TOKEN", token)
-    seen, ran = tmp_path / "seen-by-the-checkpoints-code.json", tmp_path / "malicious-v2-ran"
+    # In the store: a conversion may write there (model_store/child_start.py), so code that ran can leave a mark.
+    store = tmp_path / "store"
+    store.mkdir()
+    seen, ran = store / "seen-by-the-checkpoints-code.json", store / "malicious-v2-ran"
     code = (tiny_checkpoint / "configuration_phi3_v.py").read_text() + (
         "\nimport json as _json, os as _os, pathlib as _pathlib\n"
         f"_pathlib.Path({str(seen)!r}).write_text(_json.dumps("

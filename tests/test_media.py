@@ -20,6 +20,7 @@ from bot.media_reader import MediaError, MediaReader
 from bot.stills import LONG_SIDE, still
 from engine.conversation import Turn
 from engine.images import ImageRejected, prepare_image
+from model_store import child_start
 from tests.support.hostile_images import png_40_megapixels_rgba
 from tests.support.media_files import (
     COLOURS,
@@ -153,6 +154,13 @@ def _in_child_with_peak(function: Callable[..., Any], *args: Any, **kwargs: Any)
     return outcome, peak_kb // 1024
 
 
+@pytest.fixture
+def _tests_importable_in_readers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader's child imports its function's module under its confinement: ``_in_child_with_peak``'s too."""
+    monkeypatch.setattr(child_start, "PROJECT_PACKAGES", (*child_start.PROJECT_PACKAGES, "tests"))
+
+
+@pytest.mark.usefixtures("_tests_importable_in_readers")
 async def test_frames_larger_than_the_header_says_are_refused_before_they_take_memory() -> None:
     """The Matroska file announcing 64×64 and carrying 16000×16000 JPEG frames took gigabytes to read."""
     outcome, peak_mb = await MediaReader().run(
@@ -161,6 +169,7 @@ async def test_frames_larger_than_the_header_says_are_refused_before_they_take_m
     assert outcome == frames.UNREADABLE and peak_mb < 300, (outcome, peak_mb)
 
 
+@pytest.mark.usefixtures("_tests_importable_in_readers")
 async def test_a_gif_whose_frames_are_each_a_huge_canvas_is_cut_at_the_decoding_budget() -> None:
     """2000 frames of 36 megapixels: the budget of pixels stops decoding after about a hundred of them, and what
     was found is kept (benchmarks/hostile_files.py measures what it costs)."""

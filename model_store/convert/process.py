@@ -2,7 +2,9 @@
 
 A conversion holds gigabytes of torch and OpenVINO memory; in a child process the bot stays responsive and
 gets every byte back when the child exits, and a crash or an out-of-memory kill of the child cannot take the
-bot down.  Progress, the result and errors come back over a pipe as plain values.
+bot down.  Progress, the result and errors come back over a pipe as plain values.  The child starts as every
+child of the bot does (model_store/child_start.py): it dies with the bot, sees none of its secrets, and is
+confined to its source, the model store and Hugging Face's caches.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.child_process import exit_reason, in_thread_until_cancelled, stop_process
+from model_store.child_start import Confinement, new_child
 from model_store.convert.job import ConversionRequest, run_conversion
 from model_store.errors import (
     ConversionFailedError,
@@ -25,6 +28,7 @@ from model_store.errors import (
     error_from_kind,
 )
 from model_store.progress import Progress, ProgressCallback, ignore_progress
+from model_store.sources import parse_source
 from model_store.store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,23 @@ def _child_main(request: ConversionRequest, connection: Connection) -> None:
         connection.close()
 
 
+def _confinement(request: ConversionRequest) -> Confinement:
+    """A conversion runs the Python code a repository ships: it may read its source (a local checkpoint or IR)
+    and write the model store and Hugging Face's caches, in a temporary directory of its own, nothing else."""
+    try:
+        source = parse_source(request.source).local_dir
+    except ModelStoreError:  # the child says what is wrong with it
+        source = None
+    telemetry = Path.home() / "intel"  # OpenVINO's telemetry reads its client id there, and fails if it cannot
+    return Confinement(
+        readable=(*((str(source),) if source is not None else ()), str(telemetry)),
+        writable=(request.store_root, "/dev/shm"),  # noqa: S108 (where joblib, for NNCF, and torch make semaphores)
+        network=True,
+        private_temp=True,
+        hugging_face=True,
+    )
+
+
 def _exit_message(exitcode: int | None) -> str:
     return f"The conversion process {exit_reason(exitcode)}. The previous model keeps serving."
 
@@ -60,9 +81,8 @@ def convert_in_subprocess(
     cancel: threading.Event | None = None,
 ) -> ModelEntry:
     """Block until the child finishes; ``cancel`` (or Ctrl-C) stops it, leaving the serving model as it was."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(request, sender), name="phi3bot-convert", daemon=True)
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    child = new_child(_child_main, (request, sender), name="phi3bot-convert", confinement=_confinement(request))
     child.start()
     sender.close()
     outcome: tuple[Any, ...] | None = None

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 
@@ -45,10 +44,6 @@ class StandInHub:
         repository.commits[sha] = dict(files)
         repository.main = sha
         return sha
-
-    def push_directory(self, repo_id: str, directory: Path) -> str:
-        files = {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-        return self.push(repo_id, files)
 
     def change(self, repo_id: str, files: dict[str, bytes]) -> str:
         """A new commit on the default branch replacing ``files`` of its latest; returns its sha."""
