@@ -265,4 +265,3 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError(
             f"{name} read {path} ({unreadable.strerror}); make it readable by this user (uid {os.getuid()})"
         ) from None
-

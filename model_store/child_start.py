@@ -189,15 +189,15 @@ def _say_if_unconfined() -> None:
 
 
 def _start(parent: int, confinement: Confinement | None, work: _PickledWork) -> None:
-    _die_with(parent)
+    die_with(parent)
     with confinement.entered() if confinement is not None else contextlib.nullcontext():
         work.run()
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """Linux sends this process SIGKILL when the thread that started it ends (the bot starts children from its
-    main thread or from worker threads that live as long as its event loop); one that ended before the request
-    was made is seen in the parent's pid."""
+    main thread or from worker threads that live as long as its event loop, a conversion its export from its
+    main thread); one that ended before the request was made is seen in the parent's pid."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from model_store.child_process import exit_reason
+from model_store.child_start import die_with
 from model_store.convert.heartbeat import Heartbeat, format_elapsed
 from model_store.errors import ConversionFailedError
 from model_store.layout import SIDE_FILES, SUBMODELS
@@ -117,7 +118,16 @@ def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Re
 
     with tempfile.TemporaryDirectory(prefix="phi3bot-export-") as notes:
         failure = Path(notes) / "failure"
-        command = [sys.executable, "-m", __name__, str(checkpoint), str(output), precision, str(failure)]
+        command = [
+            sys.executable,
+            "-m",
+            __name__,
+            str(os.getpid()),
+            str(checkpoint),
+            str(output),
+            precision,
+            str(failure),
+        ]
         with _sigterm_unwinds(), Heartbeat(tick):
             export = subprocess.Popen(command, env=_offline_environment())
             try:
@@ -172,8 +182,10 @@ def compress(output: Path, precision: str, report: Report, *, group_size: int, r
 
 
 def main(arguments: list[str]) -> int:
-    """The export's process: ``CHECKPOINT OUTPUT PRECISION FAILURE_FILE``; a failure's reason goes to the file."""
-    checkpoint, output, precision, failure = arguments
+    """The export's process: ``PARENT CHECKPOINT OUTPUT PRECISION FAILURE_FILE``; it dies with the conversion's
+    process (``PARENT``), which dies with the bot; a failure's reason goes to the file."""
+    parent, checkpoint, output, precision, failure = arguments
+    die_with(int(parent))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s export: %(message)s")
     try:
         _export_here(Path(checkpoint), Path(output), precision)
