@@ -77,12 +77,15 @@ def pinned(*names: str) -> list[str]:
     return [requirement for name in names for requirement in convert if requirement.startswith(f"{name}==")]
 
 
-def pip_commands(monkeypatch: pytest.MonkeyPatch, torch_index: str, *arguments: str) -> list[list[str]]:
-    """The pip commands main() runs for these arguments, from the project's root as the Makefile runs it."""
+def run_pip_install(
+    monkeypatch: pytest.MonkeyPatch, torch_index: str, *arguments: str, pip_exits: int = 0
+) -> tuple[int, list[list[str]]]:
+    """main()'s exit code for these arguments and the pip commands it ran (each exiting ``pip_exits``), from the
+    project's root as the Makefile runs it."""
     calls: list[list[str]] = []
 
     class Done:
-        returncode = 0
+        returncode = pip_exits
 
     def fake_run(command: list[str], check: bool) -> Done:
         calls.append(command)
@@ -91,10 +94,17 @@ def pip_commands(monkeypatch: pytest.MonkeyPatch, torch_index: str, *arguments: 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("TORCH_INDEX", torch_index)
     monkeypatch.setattr(pip_install.subprocess, "run", fake_run)
-    assert pip_install.main(list(arguments)) == 0
+    code = pip_install.main(list(arguments))
     for command in calls:
         assert command[:4] == [sys.executable, "-m", "pip", "install"]
         assert not any(argument.startswith("--extra-index-url") for argument in command), "dependency confusion"
+    return code, calls
+
+
+def pip_commands(monkeypatch: pytest.MonkeyPatch, torch_index: str, *arguments: str) -> list[list[str]]:
+    """The pip commands of an install that succeeds, without ``python -m pip install``."""
+    code, calls = run_pip_install(monkeypatch, torch_index, *arguments)
+    assert code == 0
     return [command[4:] for command in calls]
 
 
@@ -124,19 +134,8 @@ def test_without_the_cpu_index_or_without_torch_pip_runs_once_on_the_default_ind
 
 
 def test_a_failed_torch_step_stops_the_install(monkeypatch: pytest.MonkeyPatch, index: str) -> None:
-    calls: list[list[str]] = []
-
-    class Failed:
-        returncode = 1
-
-    def fake_run(command: list[str], check: bool) -> Failed:
-        calls.append(command)
-        return Failed()
-
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("TORCH_INDEX", index)
-    monkeypatch.setattr(pip_install.subprocess, "run", fake_run)
-    assert pip_install.main([".[convert]"]) == 1
+    code, calls = run_pip_install(monkeypatch, index, ".[convert]", pip_exits=1)
+    assert code == 1
     assert len(calls) == 1 and "--index-url" in calls[0]
 
 
