@@ -31,6 +31,7 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import pickle
 import resource
 import signal
 import threading
@@ -48,7 +49,7 @@ from bot.pages import DocumentError, NoSuchPage, Pages, render
 from bot.stills import Still, still
 from engine.images import ImageRejected
 from model_store.child_process import in_thread_until_cancelled, stop_process
-from model_store.child_start import Confinement, new_child
+from model_store.child_start import Confinement, new_child, receive
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ REMEMBERED_BYTES = 64 * 1024 * 1024  # files' images and refusals kept for a rep
 POLL_SECONDS = 0.1
 CHILD_NAME = "phi3bot-read"
 CONFINEMENT = Confinement()  # the file comes through a pipe: nothing to read or write beyond running Python
+ANSWERS = (Still, Frames, Pages)
+ANSWER_CLASSES = frozenset((answer.__module__, answer.__qualname__) for answer in ANSWERS)
+REFUSAL_CHARACTERS = 1000  # a refusal's reason, said to the person who sent the file
 # Why a read failed, as MediaError.reason; only these are the file's own, and remembered with it: for good when
 # the file itself says so, for a while when a busy machine (too slow) or the out-of-memory killer (crashed) may
 # have had a part in it.
@@ -216,10 +220,13 @@ def _in_child(
             if waited >= seconds:
                 log.warning("reading a file took over %.0f s; stopped", seconds)
                 raise MediaError(texts.READ_TOO_SLOW.format(seconds=seconds), "too_slow")
-        outcome, value, reason = receiver.recv()
+        outcome, value, reason = _answer(receiver)
         answered = True
     except (EOFError, OSError) as error:
         log.warning("the file reader ended without an answer (%s, exit code %s)", error, child.exitcode)
+        raise MediaError(texts.READ_CRASHED, "crashed") from None
+    except (pickle.UnpicklingError, ValueError) as error:
+        log.warning("the file reader answered with something that is no answer (%s); refused", error)
         raise MediaError(texts.READ_CRASHED, "crashed") from None
     finally:
         if child.pid is not None:
@@ -230,6 +237,15 @@ def _in_child(
     if outcome == "refused":
         raise MediaError(value, reason)
     return cast(T, value)
+
+
+def _answer(receiver: Connection) -> tuple[str, Any, str]:
+    """The child's answer, read as data: ("done", plain values or one of ANSWERS, "") or ("refused", a reason of
+    at most REFUSAL_CHARACTERS, its kind).  A reader taken over by the file it read can answer nothing else."""
+    outcome, value, reason = receive(receiver, ANSWER_CLASSES)
+    if outcome == "done" or (outcome == "refused" and isinstance(value, str) and len(value) <= REFUSAL_CHARACTERS):
+        return outcome, value, str(reason)
+    raise ValueError(f"an answer of {outcome!r} with a {type(value).__name__}")
 
 
 def _child_main(

@@ -5,6 +5,8 @@ A child is spawned (the bot's threads, and OpenVINO's, do not survive a fork) an
 - asks Linux to kill it as soon as the bot's thread that started it ends (``PR_SET_PDEATHSIG``), and exits if the
   bot is gone already: a bot killed with SIGKILL leaves no conversion holding gigabytes and no model generating
   for nobody behind;
+- becomes non-dumpable, as the bot is: a process it starts (a conversion's export, which runs a repository's
+  code) can neither trace it nor read its memory or its pipes' ends in ``/proc``;
 - if it is given a ``Confinement`` (file readers, which parse strangers' files with C libraries, and conversions,
   which run a repository's Python code), gives up every file but what Python, its libraries and its own work
   need (model_store/landlock.py): ``.env``, the history database and the rest of the data directory are out of
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import io
 import logging
 import multiprocessing
 import os
@@ -35,6 +38,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
@@ -45,6 +49,8 @@ from model_store import landlock
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
+PR_SET_DUMPABLE = 4
+ANSWER_BYTES_MAX = 512 * 1024 * 1024  # a child's one answer (a reader's: a clip's frames, a document's pages)
 PROJECT_PACKAGES = ("bot", "engine", "model_store")  # their directories only: an editable install's root holds .env
 # What a confined child may read besides Python and the project: the system's libraries, and the few files and
 # kernel views programs read at start (not /proc as a whole: other processes' environments are there).
@@ -190,6 +196,8 @@ def _say_if_unconfined() -> None:
 
 def _start(parent: int, confinement: Confinement | None, work: _PickledWork) -> None:
     die_with(parent)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     with confinement.entered() if confinement is not None else contextlib.nullcontext():
         work.run()
 
@@ -202,3 +210,25 @@ def die_with(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(0)
+
+
+class _DataOnly(pickle.Unpickler):
+    """Unpickles plain values (numbers, strings, bytes, tuples, lists, dicts) and the classes named, nothing else:
+    a pickle can call any function the parent can import, and a confined child may have been taken over by the
+    file it read or the code it ran."""
+
+    def __init__(self, data: bytes, classes: frozenset[tuple[str, str]]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._classes = classes
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._classes:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a child may not answer with {module}.{name}")
+
+
+def receive(connection: Connection, classes: frozenset[tuple[str, str]] = frozenset()) -> Any:
+    """What a child sent, read as data (``Connection.recv`` would run whatever the pickle names in this process);
+    raises EOFError or OSError as ``recv`` does (OSError too for an answer over ANSWER_BYTES_MAX), and
+    pickle.UnpicklingError for anything but plain values and ``classes`` (module, name)."""
+    return _DataOnly(connection.recv_bytes(ANSWER_BYTES_MAX), classes).load()

@@ -397,3 +397,28 @@ def test_a_question_naming_pages_the_model_was_not_shown_is_told_so(
 ) -> None:
     note = unseen_pages(question, _past(shown, "A follow-up."))
     assert (note is None) if told is None else (note is not None and told in note), note
+
+
+class _Takeover:
+    """What a reader taken over by a hostile file could answer: a pickle that runs code where it is read."""
+
+    def __init__(self, mark: Path) -> None:
+        self.mark = mark
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return exec, (f"import pathlib; pathlib.Path({str(self.mark)!r}).write_text('ran in the bot')",)
+
+
+def _taken_over(mark: str) -> _Takeover:
+    return _Takeover(Path(mark))
+
+
+@pytest.mark.usefixtures("_tests_importable_in_readers")
+async def test_a_readers_answer_is_read_as_data_so_a_taken_over_reader_runs_nothing_in_the_bot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mark = tmp_path / "mark"
+    with pytest.raises(MediaError) as refused:
+        await MediaReader().run(_taken_over, str(mark))
+    assert refused.value.reason == "crashed" and not mark.exists()
+    assert "something that is no answer" in caplog.text

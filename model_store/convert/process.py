@@ -13,13 +13,14 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import pickle
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from model_store.child_process import exit_reason, in_thread_until_cancelled, stop_process
-from model_store.child_start import Confinement, new_child
+from model_store.child_start import Confinement, new_child, receive
 from model_store.convert.job import ConversionRequest, run_conversion
 from model_store.errors import (
     ConversionFailedError,
@@ -92,10 +93,14 @@ def convert_in_subprocess(
                 raise ConversionInterruptedError("The conversion was cancelled. The previous model keeps serving.")
             if receiver.poll(POLL_SECONDS):
                 try:
-                    message = receiver.recv()
+                    message = receive(receiver)  # plain values only: the child ran a repository's code
                 except EOFError:
                     child.join()
                     raise ConversionFailedError(_exit_message(child.exitcode)) from None
+                except (OSError, pickle.UnpicklingError) as error:
+                    raise ConversionFailedError(
+                        f"The conversion process answered with something else ({error})."
+                    ) from None
                 if message[0] == "progress":
                     progress(Progress(phase=message[1], percent=message[2], detail=message[3]))
                 else:
