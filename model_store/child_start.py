@@ -127,7 +127,7 @@ class Confinement:
                 shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _runtime_readable() -> list[str]:
+def runtime_readable() -> list[str]:
     """The interpreter, its standard library and site-packages, the project's packages, and the system's."""
     prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *site.getsitepackages()}
     if site.ENABLE_USER_SITE:
@@ -145,9 +145,15 @@ def _hugging_face_paths() -> tuple[list[str], list[str]]:
     of HF_HOME is nobody's business.  Resolved in the child, by the library, from the environment it has."""
     from huggingface_hub import constants
 
-    modules = os.environ.get("HF_MODULES_CACHE", str(Path(constants.HF_HOME) / "modules"))  # as transformers
-    caches = [constants.HF_HUB_CACHE, constants.HF_XET_CACHE, modules]
+    caches = [constants.HF_HUB_CACHE, constants.HF_XET_CACHE, modules_cache()]
     return caches, [constants.HF_TOKEN_PATH, constants.HF_STORED_TOKENS_PATH]
+
+
+def modules_cache() -> str:
+    """Where transformers copies a repository's code to import it (as transformers finds it)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_MODULES_CACHE", str(Path(constants.HF_HOME) / "modules"))
 
 
 class _Work:
@@ -176,7 +182,7 @@ def new_child(
     """A daemon process (not started yet) that runs ``target(*args)`` after the steps above."""
     if confinement is not None:
         _say_if_unconfined()
-        confinement = replace(confinement, readable=(*confinement.readable, *_runtime_readable()))
+        confinement = replace(confinement, readable=(*confinement.readable, *runtime_readable()))
     context = multiprocessing.get_context("spawn")
     work = _Work(target, args)
     return context.Process(target=_start, args=(os.getpid(), confinement, work), name=name, daemon=True)

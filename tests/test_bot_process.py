@@ -710,12 +710,13 @@ async def test_a_conversion_runs_without_the_bots_secrets(
 ) -> None:
     """A repository's own Python code runs in the export's process, started by the conversion's
     (trust_remote_code): this checkpoint's code writes down the environment it was given, then ends the
-    conversion (it may write in the store, as a conversion does, and not read its own /proc entry there).  The
+    conversion (it may write where transformers copies code, and not read its own /proc entry there).  The
     Hugging Face token is not there either (the Hub's calls get it as an argument)."""
     leaky = tmp_path / "leaky-phi3v"
     shutil.copytree(tiny_checkpoint, leaky)
     store = tmp_path / "store"
-    seen = store / "conversion-environment"  # the store: where a conversion may write
+    modules = tmp_path / "modules"  # where transformers copies code: the export may write there
+    seen = modules / "conversion-environment"
     code = leaky / "configuration_phi3_v.py"
     code.write_text(
         code.read_text()
@@ -730,7 +731,9 @@ raise RuntimeError("the test ends the conversion here")
 """
     )
     shutil.copytree(int4_store[0].root, store, symlinks=True)
-    environment = bot_environment(api, store, tmp_path / "data", WEBHOOK_SECRET_TOKEN=SECRET, HF_TOKEN=HF_TOKEN)
+    environment = bot_environment(
+        api, store, tmp_path / "data", WEBHOOK_SECRET_TOKEN=SECRET, HF_TOKEN=HF_TOKEN, HF_MODULES_CACHE=str(modules)
+    )
     async with bot_process(environment, tmp_path) as bot:
         await api.wait_for(lambda: bool(api.calls_of("getUpdates")), 120, "polling")
         api.push_message(ADMIN, f"/convert {leaky} int8", user_id=ADMIN)

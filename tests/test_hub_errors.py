@@ -184,14 +184,23 @@ def test_a_confirmed_conversion_reads_only_what_was_confirmed_offline_and_withou
     which writes down what it finds, offline and without the token (here also in the environment given)."""
     token = "hf_gatedTokenForTheStandInHub0123"
     monkeypatch.setenv("HF_TOKEN", token)
-    # In the store: a conversion may write there (model_store/child_start.py), so code that ran can leave a mark.
+    # Where transformers copies the code: the export may write there (export.py), so code that ran leaves a mark.
+    marks = tmp_path / "modules"
+    monkeypatch.setenv("HF_MODULES_CACHE", str(marks))
+    seen, ran = marks / "seen-by-the-checkpoints-code.json", marks / "malicious-v2-ran"
     store = tmp_path / "store"
-    store.mkdir()
-    seen, ran = store / "seen-by-the-checkpoints-code.json", store / "malicious-v2-ran"
     code = (tiny_checkpoint / "configuration_phi3_v.py").read_text() + (
         "\nimport json as _json, os as _os, pathlib as _pathlib\n"
-        f"_pathlib.Path({str(seen)!r}).write_text(_json.dumps("
-        "{name: _os.environ.get(name) for name in ('HF_TOKEN', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')}))\n"
+        "def _try(action):\n"
+        "    try:\n"
+        "        action()\n"
+        "        return 'allowed'\n"
+        "    except OSError as error:\n"
+        "        return type(error).__name__\n"
+        "_found = {name: _os.environ.get(name) for name in ('HF_TOKEN', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')}\n"
+        f"_found['store'] = _try(lambda: _pathlib.Path({str(store)!r}, 'planted').write_text('x'))\n"
+        "_found['parent'] = _try(lambda: _pathlib.Path(f'/proc/{_os.getppid()}/maps').read_bytes())\n"
+        f"_pathlib.Path({str(seen)!r}).write_text(_json.dumps(_found))\n"
     )
     clip = push_clip(hub, tiny_checkpoint)
     sha = push_phi3v(hub, "someone/phi3v-finetune", tiny_checkpoint, files={"configuration_phi3_v.py": code.encode()})
@@ -199,7 +208,7 @@ def test_a_confirmed_conversion_reads_only_what_was_confirmed_offline_and_withou
         hub.gate(repo, token=token)
     confirmed = ConversionRequest(
         source="someone/phi3v-finetune",
-        store_root=str(tmp_path / "store"),
+        store_root=str(store),
         precision="int8",
         validate=False,
         revision=sha,
@@ -223,7 +232,14 @@ def test_a_confirmed_conversion_reads_only_what_was_confirmed_offline_and_withou
     assert not any(moved_on in path or "/main" in path for _, path in hub.requests), (
         "the new commit was never asked for"
     )
-    assert json.loads(seen.read_text()) == {"HF_TOKEN": None, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    found = json.loads(seen.read_text())
+    assert found == {
+        "HF_TOKEN": None,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "store": "PermissionError",  # beyond its output: it could rewrite the model being served
+        "parent": "PermissionError",  # the conversion's process, whose memory holds the token
+    }
 
 
 @pytest.mark.timeout(300)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from model_store.child_process import exit_reason
-from model_store.child_start import die_with
+from model_store.child_start import Confinement, die_with, modules_cache, runtime_readable
 from model_store.convert.heartbeat import Heartbeat, format_elapsed
 from model_store.errors import ConversionFailedError
 from model_store.layout import SIDE_FILES, SUBMODELS
@@ -181,6 +181,23 @@ def compress(output: Path, precision: str, report: Report, *, group_size: int, r
         report(done / total, f"compressed the {label}")
 
 
+def _confinement(view: Path, output: Path) -> Confinement:
+    """The export runs the repository's code, so it gets a Landlock layer of its own on top of the conversion's:
+    it reads its staged view and what the view links to (the checkpoint, the pinned copies in Hugging Face's
+    cache), writes only its output, transformers' copy of the code and its temporary files, and opens no
+    connection.  Nested in its own layer, it cannot trace the conversion's process either (nor read its memory,
+    which holds the Hub token)."""
+    from huggingface_hub import constants
+
+    linked = {item.resolve() for item in view.iterdir()}
+    readable = {str(view), constants.HF_HUB_CACHE, *(str(p if p.is_dir() else p.parent) for p in linked)}
+    telemetry = Path.home() / "intel"  # OpenVINO's telemetry reads its client id there, and fails if it cannot
+    return Confinement(
+        readable=(*sorted(readable), str(telemetry), *runtime_readable()),
+        writable=(str(output), modules_cache(), tempfile.gettempdir(), "/dev/shm"),  # noqa: S108 (semaphores)
+    )
+
+
 def main(arguments: list[str]) -> int:
     """The export's process: ``PARENT CHECKPOINT OUTPUT PRECISION FAILURE_FILE``; it dies with the conversion's
     process (``PARENT``), which dies with the bot; a failure's reason goes to the file."""
@@ -188,7 +205,8 @@ def main(arguments: list[str]) -> int:
     die_with(int(parent))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s export: %(message)s")
     try:
-        _export_here(Path(checkpoint), Path(output), precision)
+        with _confinement(Path(checkpoint), Path(output)).entered():
+            _export_here(Path(checkpoint), Path(output), precision)
     except Exception as error:
         log.exception("the export failed")
         Path(failure).write_text(f"{type(error).__name__}: {error}", encoding="utf-8")
