@@ -1,20 +1,28 @@
-"""What a self-hoster runs beside the bot: ``phi3bot health`` (the container health check) and ``phi3bot backup``."""
+"""What a self-hoster runs beside the bot: ``phi3bot health`` (the container health check) and ``phi3bot backup``,
+each a process of its own, as they run (``phi3bot`` hardens the process it runs in: bot/secrecy.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import json
+import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from bot.cli import main
 from bot.health import STALE_SECONDS, HeartbeatFile, check_heartbeat
 from bot.history import ConversationKey, HistoryStore
 from tests.support.harness import stored_messages
+from tests.support.processes import ROOT, run_phi3bot
+
+
+def phi3bot(tmp_path: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    return run_phi3bot(list(args), environment, tmp_path, module="bot.cli")
 
 
 async def test_the_heartbeat_is_fresh_while_the_loop_runs_and_gone_after_stop(tmp_path: Path) -> None:
@@ -66,29 +74,22 @@ def test_a_stale_or_damaged_heartbeat_is_unhealthy(tmp_path: Path) -> None:
     assert not check_heartbeat(path)[0]
 
 
-def test_the_health_command_exits_by_the_heartbeat(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    assert main(["health"]) == 1
+def test_the_health_command_exits_by_the_heartbeat(tmp_path: Path) -> None:
+    assert phi3bot(tmp_path, tmp_path, "health").returncode == 1
     (tmp_path / "heartbeat").write_text(json.dumps({"time": time.time(), "pid": 1, "model_loaded": False}))
-    assert main(["health"]) == 0
-    assert "healthy" in capsys.readouterr().out
+    healthy = phi3bot(tmp_path, tmp_path, "health")
+    assert healthy.returncode == 0 and "healthy" in healthy.stdout
 
 
-async def test_backup_copies_the_history_while_it_is_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+async def test_backup_copies_the_history_while_it_is_open(tmp_path: Path) -> None:
     history = await HistoryStore.open(tmp_path / "data" / "history.sqlite3")
     try:
         key = ConversationKey(5)
         for number in range(3):
             await history.add_user_message(key, f"question {number}", telegram_message_id=number + 1)
         copy = tmp_path / "backup.sqlite3"
-        assert await asyncio.to_thread(main, ["backup", str(copy)]) == 0, "the bot's connection stays open"
+        done = await asyncio.to_thread(phi3bot, tmp_path, tmp_path / "data", "backup", str(copy))
+        assert done.returncode == 0, f"the bot's connection stays open: {done.stderr}"
     finally:
         await history.close()
     with sqlite3.connect(copy) as database:
@@ -100,5 +101,5 @@ async def test_backup_copies_the_history_while_it_is_open(
         ]
     finally:
         await restored.close()
-    assert main(["backup", str(copy)]) == 1, "an existing file is not overwritten"
-    assert "exists already" in capsys.readouterr().err
+    again = phi3bot(tmp_path, tmp_path / "data", "backup", str(copy))
+    assert again.returncode == 1 and "exists already" in again.stderr, "an existing file is not overwritten"
