@@ -216,8 +216,17 @@ class Settings(BaseSettings):
 
     @property
     def hub_token(self) -> str | None:
-        """HF_TOKEN as the Hub's calls take it (model_store/convert/hub.py)."""
-        return self.hf_token.get_secret_value() if self.hf_token is not None else None
+        """HF_TOKEN, or else the token ``hf auth login`` stored, as the Hub's calls take it: found here, in the
+        bot's process, because a conversion's process may not read the stored one (model_store/child_start.py)
+        and the Hub's calls never look for one themselves (model_store/convert/hub.py)."""
+        if self.hf_token is not None:
+            return self.hf_token.get_secret_value()
+        from huggingface_hub import get_token
+
+        try:
+            return get_token()
+        except OSError:
+            return None
 
     @property
     def views_dir(self) -> Path:

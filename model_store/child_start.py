@@ -101,16 +101,14 @@ class Confinement:
     writable: tuple[str, ...] = ()  # made if missing (and possible)
     network: bool = False  # TCP, where the kernel can take it (Landlock ABI 4)
     private_temp: bool = False  # a temporary directory of its own as TMPDIR, removed when the child ends
-    hugging_face: bool = False  # Hugging Face's caches (written) and stored tokens (read), as the child finds them
+    hugging_face: bool = False  # Hugging Face's caches (written), as the child finds them
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """In the child: confined until it exits (there is no way back)."""
         readable, writable = [*self.readable], [*self.writable]
         if self.hugging_face:
-            caches, tokens = _hugging_face_paths()
-            readable += tokens
-            writable += caches
+            writable += _hugging_face_caches()
         for directory in writable:
             with contextlib.suppress(OSError):  # one it cannot make it will not need, or says why it needed it
                 Path(directory).mkdir(parents=True, exist_ok=True)
@@ -139,14 +137,14 @@ def runtime_readable() -> list[str]:
     return [*(path for path in named if path), *SYSTEM_READABLE]
 
 
-def _hugging_face_paths() -> tuple[list[str], list[str]]:
+def _hugging_face_caches() -> list[str]:
     """Where huggingface_hub keeps downloads and transformers a repository's code (by default HF_HOME's hub, xet
-    and modules), and where ``hf auth login`` keeps tokens, which huggingface_hub reads when given none; the rest
-    of HF_HOME is nobody's business.  Resolved in the child, by the library, from the environment it has."""
+    and modules); the rest of HF_HOME, the tokens ``hf auth login`` stored included (the bot reads them and
+    hands the conversion the one it needs: bot/settings.py), is nobody's business.  Resolved in the child, by
+    the library, from the environment it has."""
     from huggingface_hub import constants
 
-    caches = [constants.HF_HUB_CACHE, constants.HF_XET_CACHE, modules_cache()]
-    return caches, [constants.HF_TOKEN_PATH, constants.HF_STORED_TOKENS_PATH]
+    return [constants.HF_HUB_CACHE, constants.HF_XET_CACHE, modules_cache()]
 
 
 def modules_cache() -> str:

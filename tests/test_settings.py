@@ -186,3 +186,17 @@ def test_the_limits_on_files_and_stored_images_are_checked(monkeypatch: pytest.M
         load_settings()
     for name in ("READER_MEMORY_MB", "STORED_IMAGES_PER_CHAT", "STORED_IMAGES_MB"):
         assert name in str(caught.value)
+
+
+def test_without_hf_token_the_bot_hands_on_the_token_hf_auth_login_stored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A conversion's process may not read the stored token (model_store/child_start.py): the bot reads it."""
+    stored = tmp_path / "token"
+    stored.write_text("hf_ZZstoredZZ\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(stored))
+    assert load_settings().hub_token == "hf_ZZstoredZZ"
+    stored.unlink()
+    assert load_settings().hub_token is None

@@ -120,7 +120,7 @@ def snapshot(repo_id: str, patterns: list[str], revision: str | None = None, tok
     """The commit ``revision`` names (the default branch's latest when None) and the bytes a download of
     ``patterns`` from it would fetch, for the disk check before starting."""
     try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token or False)
     except Exception as error:
         raise _translate(f"{repo_id} at revision {revision}" if revision else repo_id, error) from error
     if not info.sha:
@@ -161,7 +161,7 @@ def download(
 
     try:
         with Heartbeat(tick, interval=1.0):
-            path = snapshot_download(repo_id, revision=pinned.revision, allow_patterns=patterns, token=token)
+            path = snapshot_download(repo_id, revision=pinned.revision, allow_patterns=patterns, token=token or False)
     except Exception as error:
         raise _translate(repo_id, error) from error
     # A Hub that stops answering makes huggingface_hub fall back to whatever of the commit the cache holds.
