@@ -54,14 +54,19 @@ def check_directories(settings: Settings) -> None:
     before anything is opened, a wrong one is named instead of failing deep inside a later step."""
     _writable_directory(settings.data_dir, "DATA_DIR", "")
     _writable_directory(settings.store_dir, "MODEL_STORE_DIR", " (by default DATA_DIR/models)")
-    _keep_private(settings.data_dir)
+    assert settings.database_path is not None
+    _keep_private(settings.data_dir, settings.database_path)
 
 
-def _keep_private(data_dir: Path) -> None:
-    """DATA_DIR holds people's conversations and photos: the directory and what lies directly in it lose any
-    access for other users (files an older release made 0644 included); new files are private by the umask
-    ``phi3bot`` sets at its start (bot/cli.py).  A ``.env`` other users can read (it holds the token) is named once."""
-    for path in (data_dir, *data_dir.iterdir()):
+def _keep_private(data_dir: Path, database: Path) -> None:
+    """DATA_DIR holds people's conversations and photos: the directory (the one a link names, if it is one) and
+    what lies directly in it lose any access for other users (files an older release made 0644 included), and so
+    does the history database wherever DATABASE_PATH puts it, with its WAL (SQLite gives those its mode); new
+    files are private by the umask ``phi3bot`` sets at its start (bot/cli.py).  A ``.env`` other users can read
+    (it holds the token) is named once."""
+    data_dir = data_dir.resolve()
+    history = [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
+    for path in dict.fromkeys([data_dir, *data_dir.iterdir(), *(p for p in history if p.exists())]):
         try:
             mode = path.lstat().st_mode
             if mode & SHARED_BITS and not path.is_symlink():

@@ -92,7 +92,7 @@ def test_the_preflight_refuses_what_the_container_limit_cannot_hold(
         preflight.check(needs, tmp_path, system_root=root)
     message = str(refused.value)
     assert "memory limit of this container" in message and "16.0 GiB" in message and "leaves 6.5 GiB" in message
-    assert "PHI3BOT_MEMORY_LIMIT" in message
+    assert "PHI3BOT_CONVERT_MEMORY_LIMIT" in message
     preflight.check(preflight.Requirements(disk_bytes=0, memory_bytes=6 * GIB), tmp_path, system_root=root)
 
 

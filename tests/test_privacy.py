@@ -49,9 +49,14 @@ async def test_conversations_are_private_to_the_bots_user_and_no_words_reach_the
     (data / "notes.txt").write_text("x")
     (data / "notes.txt").chmod(0o644)
     data.chmod(0o755)
+    elsewhere = tmp_path / "elsewhere"  # DATABASE_PATH outside DATA_DIR, made by an older release under umask 022
+    elsewhere.mkdir()
+    database = elsewhere / "history.sqlite3"
+    database.touch()
+    database.chmod(0o644)
     (tmp_path / ".env").write_text("EDIT_INTERVAL_SECONDS=0.2\n")
     (tmp_path / ".env").chmod(0o644)
-    environment = bot_environment(api, int4_store[0].root, data, LOG_LEVEL="INFO")
+    environment = bot_environment(api, int4_store[0].root, data, LOG_LEVEL="INFO", DATABASE_PATH=str(database))
     with usual_umask():
         async with bot_process(environment, tmp_path) as bot:
             await bot.wait_for_log("ready: @", 120)
@@ -72,9 +77,10 @@ async def test_conversations_are_private_to_the_bots_user_and_no_words_reach_the
             assert copied.returncode == 0, copied.stderr
             await bot.wait_for_log("ready: @", 1)
 
-    assert backup.is_file() and (data / "history.sqlite3").is_file() and (data / "history.sqlite3-wal").exists()
+    assert backup.is_file() and database.stat().st_size > 0
     assert shared_paths(data) == []
+    assert [path for path in shared_paths(elsewhere) if "history.sqlite3" in path] == []
     assert "chmod 600 .env" in bot.stderr, "the shared .env is named"
-    stored = b"".join(path.read_bytes() for path in data.glob("history.sqlite3*"))
+    stored = b"".join(path.read_bytes() for path in elsewhere.glob("history.sqlite3*"))
     assert MARK.encode() in stored, "the words reached the bot (and its history)"
     assert MARK not in bot.stderr and MARK.lower() not in bot.stderr.lower(), bot.stderr[-3000:]

@@ -58,7 +58,8 @@ def check(requirements: Requirements, store_root: Path, system_root: Path = Path
             f"Not enough memory: the conversion needs about {needed / GIB:.1f} GiB, and the memory limit of this "
             f"container or service ({group.limit_bytes / GIB:.1f} GiB, {group.used_bytes / GIB:.1f} GiB in use) "
             f"leaves {group.available_bytes / GIB:.1f} GiB. Raise the limit (Docker Compose: "
-            "PHI3BOT_MEMORY_LIMIT), or convert on a bigger machine and bring the result with --from-ir."
+            "PHI3BOT_CONVERT_MEMORY_LIMIT; systemd: MemoryMax), or convert on a bigger machine and bring the result "
+            "with --from-ir."
         )
     if host < needed:
         raise InsufficientMemoryError(
