@@ -1,11 +1,11 @@
 """Hugging Face checkpoint to OpenVINO IR, then NNCF weight compression: the heavy part, run in a child process.
 
 Export goes through optimum-intel (its ``phi3_v`` support splits the model into the four sub-models OpenVINO
-GenAI expects and converts the tokenizer), in a process of its own: offline, without a token (it runs the
-checkpoint's code), and ended with the conversion's (``export_checkpoint``).  Compression follows OpenVINO's
-Phi-3-vision notebook: the language model gets INT4_SYM with group size 64 on a ratio of 0.6 of its layers
-(the rest INT8), the smaller sub-models INT8; ``int8`` compresses everything to INT8; ``fp16`` and ``fp32``
-keep the exported weights.
+GenAI expects and converts the tokenizer), in a process of its own, as it runs the checkpoint's code: offline,
+without a token, confined to its own work (``_confinement``), and ended with the conversion's.  Compression
+follows OpenVINO's Phi-3-vision notebook: the language model gets INT4_SYM with group size 64 on a ratio of 0.6
+of its layers (the rest INT8), the smaller sub-models INT8; ``int8`` compresses everything to INT8; ``fp16`` and
+``fp32`` keep the exported weights.
 """
 
 from __future__ import annotations

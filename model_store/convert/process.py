@@ -2,9 +2,10 @@
 
 A conversion holds gigabytes of torch and OpenVINO memory; in a child process the bot stays responsive and
 gets every byte back when the child exits, and a crash or an out-of-memory kill of the child cannot take the
-bot down.  Progress, the result and errors come back over a pipe as plain values.  The child starts as every
-child of the bot does (model_store/child_start.py): it dies with the bot, sees none of its secrets, and is
-confined to its source, the model store and Hugging Face's caches.
+bot down.  Progress, the result and errors come back over a pipe as plain values, read as such.  The child
+starts as every child of the bot does (model_store/child_start.py): it dies with the bot, sees none of its
+secrets but the Hub token it is handed for downloads, and is confined to its source, the model store and
+Hugging Face's caches; the repository's code runs in its export's process, confined further (export.py).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def _child_main(request: ConversionRequest, connection: Connection) -> None:
 
 
 def _confinement(request: ConversionRequest) -> Confinement:
-    """A conversion runs the Python code a repository ships: it may read its source (a local checkpoint or IR)
-    and write the model store and Hugging Face's caches, in a temporary directory of its own, nothing else."""
+    """A conversion downloads, compresses and validates: it may read its source (a local checkpoint or IR) and
+    OpenVINO's telemetry id, and write the model store, Hugging Face's caches, shared memory for semaphores and
+    a temporary directory of its own; nothing else."""
     try:
         source = parse_source(request.source).local_dir
     except ModelStoreError:  # the child says what is wrong with it
