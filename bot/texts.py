@@ -134,7 +134,7 @@ def trust_remote_code(repo_id: str, revision: str, named: Sequence[tuple[str, st
     )
     return (
         f"⚠️ {repo_id} is not one of the known Phi-3-vision repositories. Converting it runs the Python code it "
-        f"ships on this server, with the bot's rights.\n\nRevision: {revision}\n"
+        f"ships on this server (kept to the conversion's own files where Linux allows).\n\nRevision: {revision}\n"
         f"Read its code first: https://huggingface.co/{repo_id}/tree/{revision}\n\n{also}"
         f"Only {'these revisions are' if named else 'that revision is'} converted, whatever the "
         f"{'repositories hold' if named else 'repository holds'} later, and nothing else is downloaded."
