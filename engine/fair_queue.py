@@ -82,9 +82,6 @@ class Ticket(Generic[K, J]):
                 return
             await self._changed.wait()
 
-    def cancel(self) -> bool:
-        return self._queue.withdraw(self)
-
     async def __aenter__(self) -> Ticket[K, J]:
         try:
             await self._granted.wait()

@@ -32,7 +32,6 @@ from model_store.layout import SIDE_FILES, SUBMODELS
 
 log = logging.getLogger(__name__)
 
-INT4_DEFAULTS = {"group_size": 64, "ratio": 0.6}
 LANGUAGE_MODEL = "openvino_language_model"
 COMPRESSIBLE = (
     "openvino_language_model",
