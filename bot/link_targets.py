@@ -9,6 +9,8 @@ keep their words and lose the link.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from urllib.parse import urlsplit
 
 from telegramify_markdown.entity import MessageEntity, utf16_len
@@ -17,14 +19,12 @@ SHOWN_SCHEMES = frozenset({"http", "https", "mailto"})
 HIDDEN_TARGETS = frozenset({"text_link", "custom_emoji"})  # custom emoji come from tg://emoji links
 
 
-def _index(text: str, units: int) -> int:
-    """The index in ``text`` of the character that starts at UTF-16 offset ``units``."""
-    counted = 0
-    for index, character in enumerate(text):
-        if counted >= units:
-            return index
-        counted += 2 if ord(character) > 0xFFFF else 1
-    return len(text)
+def _utf16_starts(text: str) -> list[int]:
+    """The UTF-16 offset at which each character of ``text`` starts, and its end as the last entry."""
+    starts = [0]
+    for character in text:
+        starts.append(starts[-1] + (2 if ord(character) > 0xFFFF else 1))
+    return starts
 
 
 def _scheme(url: str) -> str:
@@ -36,24 +36,34 @@ def _scheme(url: str) -> str:
 
 def show_link_targets(text: str, entities: list[MessageEntity]) -> tuple[str, list[MessageEntity]]:
     """``text`` and ``entities`` with no address hidden: links whose words are their address stay links; other
-    web links become their words followed by `` (address)``, the address a visible link; the rest plain words."""
+    web links become their words followed by `` (address)``, the address a visible link; the rest plain words.
+    One pass over the text, however many links the model wrote."""
+    starts = _utf16_starts(text)
+    index = {offset: position for position, offset in enumerate(starts)}
     shown = [entity for entity in entities if entity.type not in HIDDEN_TARGETS]
-    links = [entity for entity in entities if entity.type == "text_link" and _scheme(entity.url or "") in SHOWN_SCHEMES]
-    for link in sorted(links, key=lambda entity: entity.offset + entity.length, reverse=True):
+    added: list[tuple[int, str]] = []  # (UTF-16 offset in ``text``, what is written there), in order
+    for link in sorted(entities, key=lambda entity: entity.offset):
         url = (link.url or "").strip()
-        end = link.offset + link.length
-        start_index, end_index = _index(text, link.offset), _index(text, end)
-        if text[start_index:end_index].strip() == url:
-            shown.append(link)
+        if link.type != "text_link" or _scheme(url) not in SHOWN_SCHEMES:
             continue
-        added = f" ({url})"
-        text = text[:end_index] + added + text[end_index:]
-        grown = utf16_len(added)
-        for entity in shown:
-            if entity.offset >= end:
-                entity.offset += grown
-            elif entity.offset + entity.length > end:
-                entity.length += grown
+        end = link.offset + link.length
+        if text[index[link.offset] : index[end]].strip() == url:
+            shown.append(link)
+        else:
+            added.append((end, f" ({url})"))
+    points = [point for point, _ in added]
+    grown = list(itertools.accumulate((utf16_len(words) for _, words in added), initial=0))
+    for entity in shown:  # after each insertion point it starts at, longer by those strictly inside it
+        before = grown[bisect.bisect_right(points, entity.offset)]
+        inside = grown[bisect.bisect_left(points, entity.offset + entity.length)] - before
+        entity.offset += before
+        entity.length += inside
+    pieces, taken = [], 0
+    for number, (point, words) in enumerate(added):
+        pieces += [text[taken : index[point]], words]
+        taken = index[point]
+        url = words[2:-1]
         if _scheme(url) != "mailto":
-            shown.append(MessageEntity(type="url", offset=end + 2, length=utf16_len(url)))
-    return text, sorted(shown, key=lambda entity: (entity.offset, -entity.length))
+            shown.append(MessageEntity(type="url", offset=point + grown[number] + 2, length=utf16_len(url)))
+    pieces.append(text[taken:])
+    return "".join(pieces), sorted(shown, key=lambda entity: (entity.offset, -entity.length))
