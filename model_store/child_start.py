@@ -90,6 +90,8 @@ SYSTEM_READABLE = (
     "/dev/urandom",
 )
 SYSTEM_WRITABLE = ("/dev/null", "/proc/self")  # /proc/self: its own (a reader sets its oom_score_adj)
+# OpenVINO's telemetry reads its client id there and fails if it cannot: readable for conversions and exports.
+OPENVINO_TELEMETRY = str(Path.home() / "intel")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from model_store.child_process import exit_reason
-from model_store.child_start import Confinement, die_with, modules_cache, runtime_readable
+from model_store.child_start import OPENVINO_TELEMETRY, Confinement, die_with, modules_cache, runtime_readable
 from model_store.convert.heartbeat import Heartbeat, format_elapsed
 from model_store.errors import ConversionFailedError
 from model_store.layout import SIDE_FILES, SUBMODELS
@@ -190,9 +190,8 @@ def _confinement(view: Path, output: Path) -> Confinement:
 
     linked = {item.resolve() for item in view.iterdir()}
     readable = {str(view), constants.HF_HUB_CACHE, *(str(p if p.is_dir() else p.parent) for p in linked)}
-    telemetry = Path.home() / "intel"  # OpenVINO's telemetry reads its client id there, and fails if it cannot
     return Confinement(
-        readable=(*sorted(readable), str(telemetry), *runtime_readable()),
+        readable=(*sorted(readable), OPENVINO_TELEMETRY, *runtime_readable()),
         writable=(str(output), modules_cache(), tempfile.gettempdir(), "/dev/shm"),  # noqa: S108 (semaphores)
     )
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.child_process import exit_reason, in_thread_until_cancelled, stop_process
-from model_store.child_start import Confinement, new_child, receive
+from model_store.child_start import OPENVINO_TELEMETRY, Confinement, new_child, receive
 from model_store.convert.job import ConversionRequest, run_conversion
 from model_store.errors import (
     ConversionFailedError,
@@ -64,9 +64,8 @@ def _confinement(request: ConversionRequest) -> Confinement:
         source = parse_source(request.source).local_dir
     except ModelStoreError:  # the child says what is wrong with it
         source = None
-    telemetry = Path.home() / "intel"  # OpenVINO's telemetry reads its client id there, and fails if it cannot
     return Confinement(
-        readable=(*((str(source),) if source is not None else ()), str(telemetry)),
+        readable=(*((str(source),) if source is not None else ()), OPENVINO_TELEMETRY),
         writable=(request.store_root, "/dev/shm"),  # noqa: S108 (where joblib, for NNCF, and torch make semaphores)
         network=True,
         private_temp=True,
