@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 PR_SET_DUMPABLE = 4
-ANSWER_BYTES_MAX = 512 * 1024 * 1024  # a child's one answer (a reader's: a clip's frames, a document's pages)
+ANSWER_BYTES_MAX = 128 * 1024 * 1024  # one answer: at most 10 pages or frames of at most 1344 px (about 75 MB)
 PROJECT_PACKAGES = ("bot", "engine", "model_store")  # their directories only: an editable install's root holds .env
 # What a confined child may read besides Python and the project: the system's libraries, and the few files and
 # kernel views programs read at start (not /proc as a whole: other processes' environments are there).
