@@ -104,7 +104,7 @@ async def through_bot(tokens: int, chats: int, batch_size: int) -> dict[str, Any
 
 
 async def through_engine(tokens: int) -> dict[str, Any]:
-    from bot.runtime import load_model
+    from bot.running.runtime import load_model
     from bot.settings import load_settings
     from engine.generation import GenerationSettings
 

@@ -51,7 +51,7 @@ def machine() -> dict[str, Any]:
 
 def full_checkpoint() -> Path:
     """The full-size synthetic Phi-3.5-vision, built on first use (about a minute, 8.3 GB)."""
-    from bot.terminal_progress import TerminalProgress
+    from bot.terminal.progress import TerminalProgress
     from model_store.synthetic import build_synthetic_checkpoint
 
     path = BENCH_DIR / "full-checkpoint"
@@ -103,7 +103,7 @@ def model_from_arguments(description: str) -> Path:
 
 def full_int4_model() -> Path:
     """The full synthetic checkpoint converted to INT4 (built and converted on first use, about 3.5 minutes)."""
-    from bot.terminal_progress import TerminalProgress
+    from bot.terminal.progress import TerminalProgress
     from model_store.convert import ConversionRequest, convert_in_subprocess
     from model_store.store import ModelStore
 

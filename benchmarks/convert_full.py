@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import BENCH_DIR, full_checkpoint, write_results
-from bot.terminal_progress import TerminalProgress
+from bot.terminal.progress import TerminalProgress
 from model_store.convert import ConversionRequest, convert_in_subprocess
 from model_store.progress import Progress
 

@@ -1,6 +1,6 @@
 """Strangers flooding the bot: how long its owner waits for an answer meanwhile (issue 23, item 1).
 
-The real bot (``python -m bot.cli run``, its own process) runs against the stand-in Bot API server on
+The real bot (``python -m bot.terminal.cli run``, its own process) runs against the stand-in Bot API server on
 127.0.0.1.  Strangers add it to ``--groups`` groups of their own and mention it there ``--mentions`` times in all,
 and
 ``--strangers`` strangers send ``--private`` private messages between them; right after the flood an allowed

@@ -96,8 +96,8 @@ def _waited_for_a_cpu() -> float:
 
 async def scenario(store_root: Path, data_dir: Path) -> dict[str, Any]:
     from bot import texts
-    from bot.frames import UNREADABLE
     from bot.history import ConversationKey
+    from bot.media.frames import UNREADABLE
     from tests.support.bot_api_server import FakeBotApi
     from tests.support.harness import bot_settings, running_bot, stored_messages, streaming, wait_answers
     from tests.support.hostile_images import png_40_megapixels_rgba
@@ -188,7 +188,7 @@ def _longest_gap(times: list[float], start: float, end: float) -> float:
 
 def measured(function: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """In a reader's child: what ``function`` did, how long it took and the child's peak memory."""
-    from bot.frames import VideoError
+    from bot.media.frames import VideoError
     from engine.images import ImageRejected
 
     started = time.monotonic()
@@ -204,9 +204,9 @@ def measured(function: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[st
 
 
 async def in_readers() -> dict[str, Any]:
-    from bot.frames import sample
-    from bot.media_reader import MediaReader
-    from bot.stills import still
+    from bot.media.frames import sample
+    from bot.media.reader import MediaReader
+    from bot.media.stills import still
     from tests.support.hostile_images import png_40_megapixels_rgba
     from tests.support.media_files import header_lies_matroska, huge_canvas_gif
 
@@ -236,7 +236,7 @@ async def photo_costs(runs: int = 7) -> dict[str, Any]:
     decoded in the bot) against decoding the photo in the bot's process as before."""
     import os
 
-    from bot.media_reader import MediaReader
+    from bot.media.reader import MediaReader
     from engine.images import prepare_image
 
     reader = MediaReader()

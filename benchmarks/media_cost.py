@@ -4,7 +4,7 @@ full-size synthetic Phi-3.5-vision INT4 at the default NUM_CROPS.
 Cases, each in a chat of its own, each followed by a text follow-up: a 4-page A4 PDF (PDF_PAGES' default),
 a 30-second 720p video at the 4 frames the bot takes at the default HISTORY_TOKENS, and the same video at
 VIDEO_FRAMES' default of 8 (what a larger HISTORY_TOKENS allows).  Intake is the bot's own code: a child
-process renders the pages or decodes the frames (bot/media_reader.py), its start-up included; the engine
+process renders the pages or decodes the frames (bot/media/reader.py), its start-up included; the engine
 runs as the bot runs it, after one photo answer as its warm-up.  Answers are 32 tokens.  Takes about 6
 minutes on 2 cores; run it on a quiet machine.
 
@@ -33,8 +33,8 @@ from benchmarks.common import (
 )
 
 if TYPE_CHECKING:
-    from bot.frames import Frames
-    from bot.pages import Pages
+    from bot.media.frames import Frames
+    from bot.media.pages import Pages
 
 TOKENS = 32
 NUM_CROPS = 4
@@ -79,7 +79,7 @@ def video(seconds: int, fps: int = 30, size: tuple[int, int] = (1280, 720)) -> b
 
 
 async def _run(model: Path) -> list[dict[str, Any]]:
-    from bot.media_reader import MediaReader
+    from bot.media.reader import MediaReader
     from engine.conversation import Turn
     from engine.images import grid_side, image_tokens, prepare_image
 

@@ -1,7 +1,7 @@
 """The Telegram application: wiring, start-up and shutdown, long polling or a webhook.
 
 Updates are processed concurrently (one slow answer must not hold up other chats), each first through the
-gate (bot/gate.py); the bot's rate limiter (bot/pace.py) spaces requests within Telegram's global and
+gate (bot/admission/gate.py); the bot's rate limiter (bot/output/pace.py) spaces requests within Telegram's global and
 per-group limits and lets each request say whether it may wait, while flood-control errors (429) come back to
 the streaming code, which knows whether a message can wait.
 """
@@ -32,25 +32,26 @@ from telegram.ext import (
     filters,
 )
 
-from bot import buttons, texts
-from bot.access import AccessPolicy, UserRateLimiter
-from bot.chat import tell
-from bot.commands import Commands, unknown_command
-from bot.gate import Gate
-from bot.group_upgrades import GroupUpgrades
-from bot.health import HeartbeatFile
+from bot import texts
+from bot.admission.access import AccessPolicy, UserRateLimiter
+from bot.admission.gate import Gate
+from bot.admission.membership import Membership
+from bot.admission.refusals import Refusals
+from bot.handlers.commands import Commands, unknown_command
+from bot.handlers.group_upgrades import GroupUpgrades
+from bot.handlers.questions import Questions
+from bot.handlers.retry import Retries
 from bot.history import HistoryError, HistoryStore
-from bot.membership import Membership
-from bot.pace import Pacer, Skipped
-from bot.questions import Questions
-from bot.recovery import finish_interrupted
-from bot.refusals import Refusals
-from bot.retry import Retries
-from bot.runtime import build_engine
+from bot.output import buttons
+from bot.output.chat import tell
+from bot.output.pace import Pacer, Skipped
+from bot.output.recovery import finish_interrupted
+from bot.running.health import HeartbeatFile
+from bot.running.runtime import build_engine
+from bot.running.startup import StartupError, check_directories, connect, reach
+from bot.running.webhook import WebhookServer
 from bot.services import Services
 from bot.settings import Settings
-from bot.startup import StartupError, check_directories, connect, reach
-from bot.webhook import WebhookServer
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore
 

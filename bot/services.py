@@ -11,15 +11,15 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.access import AccessPolicy, GroupAdmins, UserRateLimiter
-from bot.answers_in_progress import AnswersInProgress
-from bot.context_view import View, conversation_view, image_gone
+from bot.admission.access import AccessPolicy, GroupAdmins, UserRateLimiter
+from bot.admission.refusals import Refusals
+from bot.answers.in_progress import AnswersInProgress
 from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage, StoredImageLimits
-from bot.image_cache import PreparedImageCache
-from bot.intake import bounded
-from bot.media_reader import MediaError, MediaReader
-from bot.refusals import Refusals
-from bot.reply_stream import Drafts
+from bot.history.context_view import View, conversation_view, image_gone
+from bot.media.image_cache import PreparedImageCache
+from bot.media.intake import bounded
+from bot.media.reader import MediaError, MediaReader
+from bot.output.reply_stream import Drafts
 from bot.settings import Settings
 from engine.engine import Engine
 from engine.images import ImageRejected, PreparedImage
@@ -45,8 +45,8 @@ class Services:
     group_admins: GroupAdmins = field(default_factory=GroupAdmins)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     images: PreparedImageCache = field(init=False)
-    media: MediaReader = field(init=False)  # reads every file from outside in a child (bot/media_reader.py)
-    drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/reply_stream.py)
+    media: MediaReader = field(init=False)  # reads every file from outside in a child (bot/media/reader.py)
+    drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/output/reply_stream.py)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -60,7 +60,7 @@ class Services:
     async def prepared(self, image: NewImage | StoredImage) -> PreparedImage:
         """The image decoded off the event loop (or found in the cache); raises ImageRejected.  The bot's process
         decodes only the copies its file reader made; an image an older version stored as it was sent is made
-        into one first, in the reader's child (bot/intake.py's ``bounded``)."""
+        into one first, in the reader's child (bot/media/intake.py's ``bounded``)."""
         if not image.bounded:
             try:
                 image = await bounded(self.history, self.media, image)
@@ -74,7 +74,7 @@ class Services:
 
     async def view(self, engine: Engine, key: ConversationKey, before: int | None = None) -> View:
         """What the model sees of the conversation before its next question, or before message ``before``
-        (bot/context_view.py)."""
+        (bot/history/context_view.py)."""
         return await conversation_view(
             self.history,
             key,
@@ -87,7 +87,7 @@ class Services:
 
     async def image_gone(self, key: ConversationKey) -> bool:
         """Whether a text question now comes straight after a photo deleted under the limits on stored images
-        (bot/context_view.py), so the answer tells the person to send it again."""
+        (bot/history/context_view.py), so the answer tells the person to send it again."""
         return await image_gone(self.history, key)
 
     def prepare_soon(self, key: ConversationKey) -> None:

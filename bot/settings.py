@@ -25,8 +25,9 @@ from pydantic_settings import SettingsError as SourceError
 IdList = Annotated[frozenset[int], NoDecode]
 # What @BotFather hands out: the bot's numeric id, a colon, 35 characters.
 TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
-# Read once into Settings, then kept from the environment the bot and its children have (bot/secrecy.py); HF_TOKEN
-# reaches the Hub's look-ups and downloads as an argument (``Settings.hub_token``), never through an environment.
+# Read once into Settings, then kept from the environment the bot and its children have (bot/running/secrecy.py);
+# HF_TOKEN reaches the Hub's look-ups and downloads as an argument (``Settings.hub_token``), never through an
+# environment.
 SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN", "HF_TOKEN")
 # Where Docker and Compose mount secrets, one file each; systemd's credentials directory is named by the variable.
 DOCKER_SECRETS_DIR = Path("/run/secrets")

@@ -79,7 +79,7 @@ PERSONA_SET = "Done — that's my persona in this chat from now on. The conversa
 PERSONA_KEPT = "\n\nThe persona stays: /persona reset returns to the default."
 RESTARTING = "I'm restarting right now. Please ask again in a minute."
 NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
-# The file reader (bot/media_reader.py)
+# The file reader (bot/media/reader.py)
 READ_TOO_SLOW = (
     "That file takes too long to read (over {seconds:.0f} s), so I gave up on it. Please send a simpler one."
 )
@@ -104,7 +104,7 @@ def images_gone(count: int) -> str:
     return f"[{count} images were shown here; they are no longer stored, so you cannot see them.]"
 
 
-# Why a question could not have its conversation (bot/answers_in_progress.py NotClaimed; "withdrawn" says nothing:
+# Why a question could not have its conversation (bot/answers/in_progress.py NotClaimed; "withdrawn" says nothing:
 # the asker's /stop was answered already).
 NOT_CLAIMED = {"own": STILL_ANSWERING, "full": BUSY_HERE}
 

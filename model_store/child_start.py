@@ -12,13 +12,13 @@ A child is spawned (the bot's threads, and OpenVINO's, do not survive a fork) an
   need (model_store/landlock.py): ``.env``, the history database and the rest of the data directory are out of
   its reach, and so is tracing the bot.
 
-Its environment is the bot's, which bot/secrecy.py cut down to an allow-list at start-up (a spawned child gets
+Its environment is the bot's, which bot/running/secrecy.py cut down to an allow-list at start-up (a spawned child gets
 its parent's, whatever ``multiprocessing`` is told).  The child's function and arguments are unpickled only
 after the confinement, so the modules they import, and the threads those start (numpy's, FFmpeg's), are
 confined too; Landlock binds the thread that asks and what it starts later, not threads already running.  For
 that reason this module imports only the standard library (and model_store/landlock.py, which does too), what a
-conversion's child reads before it is confined is ``huggingface_hub.constants``, and bot/cli.py, which a spawned
-child imports first as the bot's main module, starts no thread either.
+conversion's child reads before it is confined is ``huggingface_hub.constants``, and bot/terminal/cli.py, which a
+spawned child imports first as the bot's main module, starts no thread either.
 """
 
 from __future__ import annotations

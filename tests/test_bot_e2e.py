@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from bot import buttons, texts
-from bot.formatting import formatted_parts
+from bot import texts
 from bot.history import ConversationKey, StoredMessage
-from bot.reply_stream import CURSOR
-from bot.runtime import load_model
+from bot.output import buttons
+from bot.output.formatting import formatted_parts
+from bot.output.reply_stream import CURSOR
+from bot.running.runtime import load_model
 from bot.settings import Settings
 from engine.pipeline_process import LoadedModel
 from model_store.loader import select_entry
@@ -580,7 +581,7 @@ async def test_a_model_that_fails_to_load_is_not_chosen_for_the_next_start(
             raise RuntimeError("not enough memory to load the new model (the test says so)")
         return load_model(settings, entry)
 
-    monkeypatch.setattr("bot.runtime.load_model", refuse_int8)
+    monkeypatch.setattr("bot.running.runtime.load_model", refuse_int8)
     settings = bot_settings(api, store, tmp_path)
     async with running_bot(api, settings) as bot:
         api.push_message(ADMIN, f"/convert {tiny_checkpoint} int8", user_id=ADMIN)

@@ -15,9 +15,10 @@ from typing import Any
 import psutil
 import pytest
 
-from bot import buttons, texts
+from bot import texts
 from bot.history import ConversationKey
-from bot.intake import NOT_DOWNLOADED
+from bot.media.intake import NOT_DOWNLOADED
+from bot.output import buttons
 from engine.conversation import Turn
 from engine.engine import Chunk, Event, Finished
 from model_store.store import ModelEntry, ModelStore

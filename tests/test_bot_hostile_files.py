@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from bot.frames import UNREADABLE
+from bot.media.frames import UNREADABLE
 from model_store.store import ModelEntry, ModelStore
 
 ROOT = Path(__file__).parents[1]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import buttons, texts
+from bot import texts
 from bot.history import ConversationKey
+from bot.output import buttons
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import (

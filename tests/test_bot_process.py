@@ -31,8 +31,8 @@ from telegram.error import InvalidToken
 from bot import texts
 from bot.app import RedactSecrets, build_application, setup
 from bot.history import ConversationKey, HistoryStore, StoredMessage
-from bot.reply_stream import CURSOR
-from bot.webhook import SECRET_HEADER
+from bot.output.reply_stream import CURSOR
+from bot.running.webhook import SECRET_HEADER
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import (
@@ -237,7 +237,7 @@ async def test_sigterm_in_a_flood_storm_exits_within_seconds_and_the_next_start_
     assert code == 0, bot.stderr[-3000:]
     assert took < 5.0, f"shutdown took {took:.1f} s"
     assert " ERROR " not in bot.stderr, bot.stderr[-3000:]
-    assert bot.stderr.count(" WARNING bot.reply_stream: Telegram's flood control") == 1, "one warning per storm"
+    assert bot.stderr.count(" WARNING bot.output.reply_stream: Telegram's flood control") == 1, "one warning per storm"
     [answer] = api.messages(USER)
     assert answer.text.endswith(CURSOR), "Telegram refused the final edit"
 
@@ -434,7 +434,9 @@ async def test_the_webhook_refuses_from_the_headers_so_strangers_cannot_fill_the
         code = await asyncio.wait_for(bot.process.wait(), 60)
     assert code == 0, bot.stderr[-3000:]
     assert "words of a private message" not in bot.stderr, "a body is never logged"
-    assert "WARNING bot.webhook: the webhook received a body that is not an update (JSONDecodeError)" in bot.stderr
+    assert (
+        "WARNING bot.running.webhook: the webhook received a body that is not an update (JSONDecodeError)" in bot.stderr
+    )
     assert " ERROR " not in bot.stderr and "Traceback" not in bot.stderr, bot.stderr[-3000:]
     [ready] = [line for line in bot.lines if " ready: " in line]
     assert f"INFO bot.app: ready: @phi3_test_bot (https://t.me/phi3_test_bot), webhook at {hook}" in ready, ready

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bot import texts
 from bot.history import ConversationKey, HistoryStore, NewImage
-from bot.image_cache import PreparedImageCache
+from bot.media.image_cache import PreparedImageCache
 from engine.images import PreparedImage
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi

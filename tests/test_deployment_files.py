@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.cli import _parser
 from bot.settings import DOCKER_SECRETS_DIR, Settings
+from bot.terminal.cli import _parser
 from scripts import pip_install
 
 ROOT = Path(__file__).parents[1]

@@ -1,5 +1,5 @@
 """Over a thousand hostile files through the image intake: a picture or a friendly refusal, nothing else; and
-through the copy the bot keeps of each (bot/stills.py): no larger than the model can use, decoded as stored."""
+through the copy the bot keeps of each (bot/media/stills.py): no larger than the model can use, decoded as stored."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from bot.stills import LONG_SIDE, still
+from bot.media.stills import LONG_SIDE, still
 from engine.images import ImageLimits, ImageRejected, prepare_image
 from tests.support.hostile_images import GENERATORS, Case, hostile_images
 from tests.support.outcomes import check_outcomes

@@ -257,7 +257,7 @@ def test_hf_token_in_env_file_opens_a_gated_repository_and_never_reaches_the_log
     environment = {name: value for name, value in os.environ.items() if name != "HF_TOKEN"}
     environment["PYTHONPATH"] = str(Path(__file__).parents[1])
     arguments = ["convert", "--model", "phi-3.5-vision", "--precision", "int8", "--no-validate"]
-    done = run_phi3bot(arguments, environment, tmp_path, module="bot.cli")
+    done = run_phi3bot(arguments, environment, tmp_path, module="bot.terminal.cli")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Converted microsoft/Phi-3.5-vision-instruct at revision {sha} (int8)" in done.stdout
     assert ModelStore(tmp_path / "data" / "models").entries()[0].manifest["pinned"][CLIP_REPO] == clip

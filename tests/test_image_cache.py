@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from bot.image_cache import PreparedImageCache
+from bot.media.image_cache import PreparedImageCache
 
 
 def png(width: int, colour: int) -> bytes:

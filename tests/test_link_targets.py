@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from telegram import MessageEntity
 
-from bot.formatting import FormattedPart, formatted_parts
+from bot.output.formatting import FormattedPart, formatted_parts
 
 
 def _units(part: FormattedPart, entity: MessageEntity) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot import frames, pages
-from bot.material import Material, unseen_pages
-from bot.media_reader import MediaError, MediaReader
-from bot.stills import LONG_SIDE, still
+from bot.answers.material import Material, unseen_pages
+from bot.media import frames, pages
+from bot.media.reader import MediaError, MediaReader
+from bot.media.stills import LONG_SIDE, still
 from engine.conversation import Turn
 from engine.images import ImageRejected, prepare_image
 from model_store import child_start

@@ -1,5 +1,5 @@
 """What a self-hoster runs beside the bot: ``phi3bot health`` (the container health check) and ``phi3bot backup``,
-each a process of its own, as they run (``phi3bot`` hardens the process it runs in: bot/secrecy.py)."""
+each a process of its own, as they run (``phi3bot`` hardens the process it runs in: bot/running/secrecy.py)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.health import STALE_SECONDS, HeartbeatFile, check_heartbeat
 from bot.history import ConversationKey, HistoryStore
+from bot.running.health import STALE_SECONDS, HeartbeatFile, check_heartbeat
 from tests.support.harness import stored_messages
 from tests.support.processes import ROOT, run_phi3bot
 
 
 def phi3bot(tmp_path: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
-    return run_phi3bot(list(args), environment, tmp_path, module="bot.cli")
+    return run_phi3bot(list(args), environment, tmp_path, module="bot.terminal.cli")
 
 
 async def test_the_heartbeat_is_fresh_while_the_loop_runs_and_gone_after_stop(tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from bot import buttons, texts
-from bot.commands import PERSONA_MAX_CHARS
+from bot import texts
+from bot.handlers.commands import PERSONA_MAX_CHARS
 from bot.history import ConversationKey
-from bot.reply_stream import CURSOR
+from bot.output import buttons
+from bot.output.reply_stream import CURSOR
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi, SentMessage
 from tests.support.harness import (

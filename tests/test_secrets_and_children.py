@@ -1,4 +1,4 @@
-"""The bot's secrets stay in the bot's process, and its children die with it (bot/secrecy.py,
+"""The bot's secrets stay in the bot's process, and its children die with it (bot/running/secrecy.py,
 model_store/child_start.py).
 
 Children are started the way the bot starts them, from a process that went through the bot's own start-up:
@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from bot.secrecy import allowed
+from bot.running.secrecy import allowed
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
 from tests.support.processes import ROOT, bot_environment, bot_process, run_phi3bot
@@ -155,6 +155,6 @@ async def test_a_conversion_and_a_file_reader_die_with_a_parent_killed_by_sigkil
 
 def test_the_bots_main_module_starts_no_thread() -> None:
     """A spawned child imports it before its confinement, which binds only threads started after it."""
-    count = "import os, bot.cli; print(len(os.listdir('/proc/self/task')))"
+    count = "import os, bot.terminal.cli; print(len(os.listdir('/proc/self/task')))"
     done = subprocess.run([sys.executable, "-c", count], capture_output=True, text=True, check=True, cwd=ROOT)
     assert done.stdout.strip() == "1", done.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.runtime import cpu_tuning
+from bot.running.runtime import cpu_tuning
 from bot.settings import SettingsError, load_settings
 
 TOKEN = "123456789:AAHZZtokenZZ-abcdefghijklmnopqrstuv"
@@ -112,7 +112,7 @@ def test_every_bad_value_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_cli_exits_2_with_one_clear_message(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "models"],
+        [sys.executable, "-m", "bot.terminal.cli", "models"],
         cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "PRECISION": "int3", "PYTHONPATH": str(Path(__file__).parents[1])},
         capture_output=True,
@@ -127,7 +127,7 @@ def test_cli_exits_2_with_one_clear_message(tmp_path: Path) -> None:
 
 def test_run_without_a_token_exits_2_and_says_what_to_do(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
+        [sys.executable, "-m", "bot.terminal.cli", "run"],
         cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])},
         capture_output=True,

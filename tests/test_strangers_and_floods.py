@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from bot import buttons, texts
+from bot import texts
 from bot.history import ConversationKey
-from bot.pace import GROUP_MESSAGES_PER_MINUTE, GROUP_RESERVE_PER_MINUTE
+from bot.output import buttons
+from bot.output.pace import GROUP_MESSAGES_PER_MINUTE, GROUP_RESERVE_PER_MINUTE
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import BOT_USER, FakeBotApi, SentMessage
 from tests.support.harness import (

@@ -1,4 +1,4 @@
-"""Conversation history in SQLite (see store.py)."""
+"""Conversation history in SQLite (see store.py), and what the model sees of it (context_view.py)."""
 
 from bot.history.store import (
     ConversationKey,

@@ -100,7 +100,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # whether an answer's Telegram messages show its final form (0 while a cursor or a Stop button may be left in
-    # them, which recovery after a crash or a hurried shutdown repairs: bot/recovery.py)
+    # them, which recovery after a crash or a hurried shutdown repairs: bot/output/recovery.py)
     Migration("answers-settled", ("ALTER TABLE messages ADD COLUMN settled INTEGER NOT NULL DEFAULT 1",)),
     # a conversation's own system prompt (/persona), kept apart from its messages so that /reset keeps it
     Migration(

@@ -66,7 +66,7 @@ class StoredImage:
     data: bytes
     file_unique_id: str | None
     mime_type: str | None
-    bounded: bool = False  # False: stored as sent, by a version before the bot kept copies (bot/intake.py)
+    bounded: bool = False  # False: stored as sent, by a version before the bot kept copies (bot/media/intake.py)
 
 
 @dataclass(frozen=True)
@@ -410,7 +410,7 @@ class HistoryStore:
 
     async def replace_image(self, sha256: str, copy: NewImage) -> None:
         """``copy`` takes the place of image ``sha256`` in every message that shows it, with its Telegram file id
-        (for images stored as sent by an older version: bot/intake.py's ``bounded``)."""
+        (for images stored as sent by an older version: bot/media/intake.py's ``bounded``)."""
         async with self._transaction():
             async with self._db.execute("SELECT file_unique_id FROM images WHERE sha256 = ?", (sha256,)) as cursor:
                 row = await cursor.fetchone()

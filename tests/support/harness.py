@@ -16,10 +16,11 @@ import aiosqlite
 from PIL import Image
 from telegram.ext import Application
 
-from bot import buttons, texts
+from bot import texts
 from bot.app import build_application, setup, teardown
 from bot.history import ConversationKey, HistoryStore, StoredMessage
-from bot.reply_stream import CURSOR
+from bot.output import buttons
+from bot.output.reply_stream import CURSOR
 from bot.services import Services
 from bot.settings import Settings, load_settings
 from tests.support.bot_api_server import FakeBotApi, SentMessage
@@ -98,7 +99,7 @@ def callbacks(message: SentMessage) -> list[str]:
 
 
 def button(message: SentMessage, pattern: re.Pattern[str]) -> str | None:
-    """The data of the message's button of this kind (bot/buttons.py), if it has one."""
+    """The data of the message's button of this kind (bot/output/buttons.py), if it has one."""
     return next((data for data in callbacks(message) if pattern.match(data)), None)
 
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import bot.cli
+import bot.terminal.cli
 import model_store.convert.process
-from bot.media_reader import MediaReader
+from bot.media.reader import MediaReader
 from bot.settings import Settings
 from model_store.convert import ConversionRequest, convert_in_subprocess
 from model_store.progress import ProgressCallback
@@ -46,7 +46,7 @@ def _models(settings: Settings) -> int:
     return asyncio.run(_children_linger(request))
 
 
-bot.cli._models = _models
+bot.terminal.cli._models = _models
 
 if __name__ == "__main__":
-    sys.exit(bot.cli.main())
+    sys.exit(bot.terminal.cli.main())

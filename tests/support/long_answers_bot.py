@@ -10,8 +10,8 @@ import sys
 from dataclasses import replace
 
 import bot.app
-from bot.cli import main
 from bot.settings import Settings
+from bot.terminal.cli import main
 from engine.engine import Engine
 
 _build_engine = bot.app.build_engine

@@ -1,7 +1,7 @@
 """``phi3bot`` whose ``models`` command starts three children the way the bot starts its own and prints, as one
 JSON line, what each found: a file reader, a conversion (its ``run_conversion`` replaced, in the child too, as
 this module is the children's main module) and an unconfined child, as the model's process is.  Otherwise the
-real command: the children's parent went through the bot's own start-up (bot/cli.py's ``main``).
+real command: the children's parent went through the bot's own start-up (bot/terminal/cli.py's ``main``).
 
 Each child looks at its environment (as Python has it and as the kernel shows it), at its parent's, and tries
 to read ``.env`` and the history database by their absolute paths.
@@ -19,9 +19,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import bot.cli
+import bot.terminal.cli
 import model_store.convert.process
-from bot.media_reader import MediaReader
+from bot.media.reader import MediaReader
 from bot.settings import Settings
 from model_store.child_start import new_child
 from model_store.convert import ConversionRequest, convert_in_subprocess
@@ -89,7 +89,7 @@ def _models(settings: Settings) -> int:
     return asyncio.run(_children_look(request))
 
 
-bot.cli._models = _models
+bot.terminal.cli._models = _models
 
 if __name__ == "__main__":
-    sys.exit(bot.cli.main())
+    sys.exit(bot.terminal.cli.main())

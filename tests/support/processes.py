@@ -53,7 +53,9 @@ class BotProcess:
 
 
 @asynccontextmanager
-async def bot_process(environment: dict[str, str], workdir: Path, module: str = "bot.cli") -> AsyncIterator[BotProcess]:
+async def bot_process(
+    environment: dict[str, str], workdir: Path, module: str = "bot.terminal.cli"
+) -> AsyncIterator[BotProcess]:
     """Runs ``python -m module run``; on the way out makes sure it is gone and keeps what it logged."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from telegram import Message
 from telegram.constants import MessageEntityType
 
-from bot.chat import is_private
+from bot.output.chat import is_private
 
 
 def mentions(message: Message, username: str) -> bool:

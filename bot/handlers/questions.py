@@ -17,17 +17,17 @@ from telegram import Message, Update
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.access import Sender, sender_of
-from bot.addressing import addressed, is_reaction, question_text
-from bot.albums import AlbumCollector
-from bot.answering import answer, conversation_turn, storage_failed
-from bot.asking import Asking
-from bot.buttons import describe_keyboard
-from bot.chat import conversation_key, is_private, tell, unbutton
+from bot.admission.access import Sender, sender_of
+from bot.admission.addressing import addressed, is_reaction, question_text
+from bot.answers.answering import answer, conversation_turn, storage_failed
+from bot.answers.asking import Asking
+from bot.answers.material import Kind, Material, ask_about, unseen_pages
+from bot.handlers.albums import AlbumCollector
 from bot.history import ConversationKey
-from bot.intake import Attachment, IntakeError, MediaLimits, attachments_in, gather, unreadable
-from bot.material import Kind, Material, ask_about, unseen_pages
-from bot.pages import names_pages
+from bot.media.intake import Attachment, IntakeError, MediaLimits, attachments_in, gather, unreadable
+from bot.media.pages import names_pages
+from bot.output.buttons import describe_keyboard
+from bot.output.chat import conversation_key, is_private, tell, unbutton
 from bot.services import Services
 from engine.context_policy import estimate_tokens
 from engine.conversation import Turn
@@ -50,8 +50,8 @@ class _Asked:
 
 
 class Questions:
-    """The gate (bot/gate.py) has let the message in: its sender may use the bot here and is not asking too
-    fast.  Every other refusal is said once in a while at most (bot/refusals.py) and costs no wait."""
+    """The gate (bot/admission/gate.py) has let the message in: its sender may use the bot here and is not asking too
+    fast.  Every other refusal is said once in a while at most (bot/admission/refusals.py) and costs no wait."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -104,7 +104,7 @@ class Questions:
             await answer(self.services, asking, claimed)
 
     async def _read(self, asked: _Asked, engine: Engine) -> tuple[Material, list[PreparedImage]]:
-        """The question's files, downloaded and read, one file of a person's at a time (bot/media_reader.py);
+        """The question's files, downloaded and read, one file of a person's at a time (bot/media/reader.py);
         raises IntakeError or ImageRejected with a friendly reason."""
         async with self.services.media.for_person(asked.sender.id):
             material = await gather(

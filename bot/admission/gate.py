@@ -3,7 +3,7 @@ whether it is meant for the bot, whether its sender may use the bot there, wheth
 and whether a pressed button is one the bot put under that message.
 
 Deciding this once, up front, keeps each refusal cheap and alike: a stranger in a group gets silence, a
-stranger in a private chat one "private bot" now and then (bot/refusals.py), someone asking too fast one
+stranger in a private chat one "private bot" now and then (bot/admission/refusals.py), someone asking too fast one
 "too fast", and nothing that is refused costs a handler, a download or a wait for Telegram's rate limit.
 Questions, commands and button presses all count against the same per-person rate (``/stop`` and the Stop
 button never do: stopping must always work); an album counts once.
@@ -19,10 +19,10 @@ from telegram.constants import MessageEntityType
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from bot import texts
-from bot.access import sender_of
-from bot.addressing import addressed, is_reaction
-from bot.buttons import is_stop, offered
-from bot.chat import is_private
+from bot.admission.access import sender_of
+from bot.admission.addressing import addressed, is_reaction
+from bot.output.buttons import is_stop, offered
+from bot.output.chat import is_private
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Gate:
         if update.callback_query is not None:
             await self._button(update.callback_query)
         elif update.my_chat_member is not None:
-            return  # the bot was added to or removed from a chat: bot/membership.py decides
+            return  # the bot was added to or removed from a chat: bot/admission/membership.py decides
         elif update.message is not None:
             await self._message(update.message)
         else:  # edits, channel posts, polls, reactions...: nothing the bot answers
@@ -52,7 +52,7 @@ class Gate:
 
     async def _message(self, message: Message) -> None:
         if message.migrate_to_chat_id or message.migrate_from_chat_id:
-            return  # a group's upgrade: bot/group_upgrades.py checks both of Telegram's announcements itself
+            return  # a group's upgrade: bot/handlers/group_upgrades.py checks both of Telegram's announcements itself
         command = _command(message, self.services.bot_username)
         if command is None and not self._for_the_bot(message):
             raise ApplicationHandlerStop
@@ -84,7 +84,7 @@ class Gate:
 
     def _for_the_bot(self, message: Message) -> bool:
         """Private messages; in groups a mention of the bot or a reply to it, and the parts of an album (only one
-        of which carries the mention; bot/questions.py looks at the album whole).  A sticker or a caption-less
+        of which carries the mention; bot/handlers/questions.py looks at the album whole).  A sticker or a caption-less
         GIF is a reaction, never a question."""
         if is_reaction(message):
             return False

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from telegram import Message
 
+from bot.answers.material import Material
 from bot.history import ConversationKey, Exchange
-from bot.material import Material
 from engine.conversation import Turn
 
 
@@ -15,7 +15,7 @@ from engine.conversation import Turn
 class Asking:
     message: Message  # the answer replies to it
     key: ConversationKey
-    asker: int  # who asks (bot/access.py Sender.id): stored with the question, and whose turn it is in line
+    asker: int  # who asks (bot/admission/access.py Sender.id): stored with the question, and whose turn it is in line
     question: Turn
     material: Material = field(default_factory=Material)  # images new to the history, and what they are
     telegram_message_id: int | None = None  # the question's own message, if it is one

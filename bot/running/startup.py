@@ -62,7 +62,7 @@ def _keep_private(data_dir: Path, database: Path) -> None:
     """DATA_DIR holds people's conversations and photos: the directory (the one a link names, if it is one) and
     what lies directly in it lose any access for other users (files an older release made 0644 included), and so
     does the history database wherever DATABASE_PATH puts it, with its WAL (SQLite gives those its mode); new
-    files are private by the umask ``phi3bot`` sets at its start (bot/cli.py).  A ``.env`` other users can read
+    files are private by the umask ``phi3bot`` sets at its start (bot/terminal/cli.py).  A ``.env`` other users can read
     (it holds the token) is named once."""
     data_dir = data_dir.resolve()
     history = [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]

@@ -10,12 +10,12 @@ from telegram import Message, Update
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.access import sender_for
-from bot.answering import answer, conversation_turn
-from bot.asking import Asking
-from bot.chat import conversation_key
+from bot.admission.access import sender_for
+from bot.answers.answering import answer, conversation_turn
+from bot.answers.asking import Asking
+from bot.answers.material import Material
 from bot.history import Exchange
-from bot.material import Material
+from bot.output.chat import conversation_key
 from bot.services import Services
 from engine.conversation import Turn
 from engine.images import ImageRejected

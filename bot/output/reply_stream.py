@@ -12,7 +12,7 @@ Rules it keeps:
 * past Telegram's 4096-unit limit the answer continues in a new message, replying to the previous part;
 * nothing is shown that is not recorded first: ``record`` gets the answer's text and every message id before
   an edit or a send shows them, and again as soon as a send gives a new part its id, so that recovery after a
-  crash can repair every part (bot/recovery.py);
+  crash can repair every part (bot/output/recovery.py);
 * flood control (429) and network errors never lose text: streaming edits are postponed, the final text is
   retried with tenacity until it is delivered, clearly undeliverable (blocked, chat gone), or left for the
   next start (``Postponed``: the bot is shutting down, or ``patience`` ran out); flood control is expected flow
@@ -40,9 +40,9 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from bot.chat import unbutton
-from bot.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts, plain_parts
-from bot.pace import Skipped
+from bot.output.chat import unbutton
+from bot.output.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts, plain_parts
+from bot.output.pace import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class ReplyStream:
     ``stop_button``: shown under the part being written.
 
     What is shown while the answer is written (the placeholder, statuses, drafts, streaming edits) is sent only
-    when Telegram's rate limit has room at that moment (bot/pace.py): a skipped one is carried by the next, so a
+    when Telegram's rate limit has room at that moment (bot/output/pace.py): a skipped one is carried by the next, so a
     busy group never queues them and nothing waits behind them; the final text waits for its turn."""
 
     bot: Bot

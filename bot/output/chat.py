@@ -9,7 +9,7 @@ from telegram.constants import ChatType
 from telegram.error import TelegramError
 
 from bot.history import ConversationKey
-from bot.pace import Pace, Skipped
+from bot.output.pace import Pace, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ async def reply(
     message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, pace: Pace | None = None
 ) -> Message:
     """In the message's chat and forum topic, quoting it in groups so it is clear whom the bot answers; raises
-    TelegramError.  ``pace`` (bot/pace.py): by default a reply in a private chat waits its turn, one in a group
+    TelegramError.  ``pace`` (bot/output/pace.py): by default a reply in a private chat waits its turn, one in a group
     is sent only if the group's budget has room now (``Skipped`` otherwise): in a group only an answer's final
     text waits for the budget, so members' commands cannot hold the bot's update slots while they queue."""
     private = is_private(message)

@@ -1,5 +1,5 @@
 """Decoded images kept for follow-ups: decoding a photo again for every question of a long conversation would
-cost more than the question itself.  Only the bot's own copies are decoded here (bot/stills.py: at most 1344
+cost more than the question itself.  Only the bot's own copies are decoded here (bot/media/stills.py: at most 1344
 pixels a side, so at most about 5 MB of pixels each); the cache is bounded in bytes of pixels and is used from
 worker threads, so it takes a lock."""
 

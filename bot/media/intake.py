@@ -1,14 +1,14 @@
 """What a Telegram message carries that the model can read, turned into images, each fetched once.
 
 Photos come as several sizes (the last is the largest); images sent "as a file" are documents with an image
-MIME type or file name; a PDF becomes the images of its pages (bot/pages.py) and a video, an animation, a
-video message or a video sticker the images of a few frames (bot/frames.py); a question may reply to a
+MIME type or file name; a PDF becomes the images of its pages (bot/media/pages.py) and a video, an animation, a
+video message or a video sticker the images of a few frames (bot/media/frames.py); a question may reply to a
 message that holds any of these.  Files over Telegram's 20 MB bot download limit, and clips longer or larger
 than the limits, are refused from what Telegram announces, before any download; an image seen before (same
 ``file_unique_id``) is taken from the history database instead of Telegram.
 
-Every file is read by the file reader's child process (bot/media_reader.py), photos too: what the bot keeps of
-a photo is a decoded, downscaled copy made there (bot/stills.py), and the bot's own process decodes nothing
+Every file is read by the file reader's child process (bot/media/reader.py), photos too: what the bot keeps of
+a photo is a decoded, downscaled copy made there (bot/media/stills.py), and the bot's own process decodes nothing
 else.  What the reader gave for a file, or why it refused it, is remembered with the file's
 ``file_unique_id``, so a reply to the same clip is neither downloaded nor read again.  Pages, frames and copies
 are stored by content hash, so a follow-up sees them as the first answer saw them.
@@ -28,12 +28,12 @@ from pathlib import Path
 from telegram import Animation, Bot, Document, Message, Sticker, Video, VideoNote
 from telegram.error import BadRequest, TelegramError
 
-from bot.frames import Frames, clock
+from bot.answers.material import Kind, Material, of_frames, of_pages
 from bot.history import HistoryStore, NewImage, StoredImage
-from bot.material import Kind, Material, of_frames, of_pages
-from bot.media_reader import MediaError, MediaReader
-from bot.pages import PDF_MIME, Pages
-from bot.stills import Still
+from bot.media.frames import Frames, clock
+from bot.media.pages import PDF_MIME, Pages
+from bot.media.reader import MediaError, MediaReader
+from bot.media.stills import Still
 from engine.images import ImageLimits, grid_side
 
 log = logging.getLogger(__name__)

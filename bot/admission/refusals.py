@@ -2,10 +2,10 @@
 refusal of access at most once in a few minutes.
 
 A refusal is cheap for its sender and was expensive for the bot: each one waited in Telegram's rate limit
-(bot/pace.py) while holding one of the bot's update slots, so a stranger mentioning the bot over and over in a group
-of their own held every chat up (benchmarks/flood.py measures it).  Now a refusal that cannot be sent right away is
-dropped (counted, and logged once in a while), a repeated one is not sent again within ``QUIET_SECONDS``, and the
-memory of who was told is bounded.
+(bot/output/pace.py) while holding one of the bot's update slots, so a stranger mentioning the bot over and over in
+a group of their own held every chat up (benchmarks/flood.py measures it).  Now a refusal that cannot be sent
+right away is dropped (counted, and logged once in a while), a repeated one is not sent again within
+``QUIET_SECONDS``, and the memory of who was told is bounded.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from cachetools import TTLCache
 from telegram import CallbackQuery, Message
 from telegram.error import TelegramError
 
-from bot.chat import reply
-from bot.pace import Skipped
+from bot.output.chat import reply
+from bot.output.pace import Skipped
 
 log = logging.getLogger(__name__)
 

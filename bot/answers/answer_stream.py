@@ -1,7 +1,7 @@
 """One answer shown as the model writes it: the engine's events become the status line, the streamed text,
 and the final message with its footer and 🔁 button.
 
-The answer is recorded before each step of it is shown (bot/recovery.py), and settled once its messages show
+The answer is recorded before each step of it is shown (bot/output/recovery.py), and settled once its messages show
 the final text: a crash or a hurried shutdown at any point leaves it repairable.
 """
 
@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot import texts
-from bot.answers_in_progress import AnswerInProgress
-from bot.asking import Asking
-from bot.buttons import retry_keyboard, stop_keyboard
-from bot.chat import is_private
+from bot.answers.asking import Asking
+from bot.answers.in_progress import AnswerInProgress
+from bot.answers.material import Material
 from bot.history import ConversationKey
-from bot.material import Material
-from bot.recovery import AnswerRecord
-from bot.reply_stream import Postponed, ReplyStream, Undeliverable
+from bot.output.buttons import retry_keyboard, stop_keyboard
+from bot.output.chat import is_private
+from bot.output.recovery import AnswerRecord
+from bot.output.reply_stream import Postponed, ReplyStream, Undeliverable
 from bot.services import Services
 from engine.engine import Chunk, Event, Finished, Started, Waiting
 from engine.generation import Status
@@ -133,7 +133,7 @@ class AnswerStream:
 
 
 def _counts(stored: StoredExchange, finished: Finished) -> dict[int, int]:
-    """The token counts the model reported; a message without one is estimated later (bot/context_view.py)."""
+    """The token counts the model reported; a message without one is estimated later (bot/history/context_view.py)."""
     counts = {}
     if finished.report.question_tokens:
         counts[stored.question_id] = finished.report.question_tokens

@@ -81,7 +81,7 @@ def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Fr
             if not taken:
                 raise VideoError("I couldn't find a single picture in that clip.")
     except av.FFmpegError as error:
-        if isinstance(error, MemoryError):  # more than the reader's memory: its own refusal (bot/media_reader.py)
+        if isinstance(error, MemoryError):  # more than the reader's memory: its own refusal (bot/media/reader.py)
             raise
         raise VideoError(UNREADABLE) from error
     seconds = tuple(round(max(0.0, (shown if shown is not None else start) - start), 2) for shown, _ in taken)

@@ -44,9 +44,9 @@ from typing import Any, TypeVar, cast
 from cachetools import LRUCache, TTLCache
 
 from bot import texts
-from bot.frames import Frames, VideoError, sample
-from bot.pages import DocumentError, NoSuchPage, Pages, render
-from bot.stills import Still, still
+from bot.media.frames import Frames, VideoError, sample
+from bot.media.pages import DocumentError, NoSuchPage, Pages, render
+from bot.media.stills import Still, still
 from engine.images import ImageRejected
 from model_store.child_process import in_thread_until_cancelled, stop_process
 from model_store.child_start import Confinement, new_child, receive
@@ -134,16 +134,16 @@ class MediaReader:
                 del self._people[person]
 
     async def still(self, data: bytes) -> Still:
-        """bot/stills.py's ``still``, in a child process, in the photos' own place: a photo takes a second at
+        """bot/media/stills.py's ``still``, in a child process, in the photos' own place: a photo takes a second at
         most, where a PDF or a clip may take the whole deadline."""
         return await self._run_in(self._photo_slots, still, data)
 
     async def pages(self, data: bytes, question: str, *, limit: int, num_crops: int) -> Pages:
-        """bot/pages.py's ``render``, in a child process."""
+        """bot/media/pages.py's ``render``, in a child process."""
         return await self.run(render, data, question, limit=limit, num_crops=num_crops)
 
     async def frames(self, data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Frames:
-        """bot/frames.py's ``sample``, in a child process."""
+        """bot/media/frames.py's ``sample``, in a child process."""
         return await self.run(sample, data, limit=limit, max_seconds=max_seconds, long_side=long_side)
 
     async def remembered(self, file: str, read: Callable[[], Awaitable[T]], variant: Hashable = None) -> T:

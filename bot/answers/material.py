@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bot import texts
-from bot.frames import Frames, clock
 from bot.history import NewImage
-from bot.pages import Pages, named_pages, page_list
+from bot.media.frames import Frames, clock
+from bot.media.pages import Pages, named_pages, page_list
 from engine.conversation import Turn
 
 Kind = Literal["image", "pdf", "clip"]
@@ -33,7 +33,7 @@ class Material:
     which: str = ""  # "pages 1-4", "page 3", "4 frames", "one frame"; "" for photos
     whole: str = ""  # what they are of: "a 12-page PDF", "a 0:10 video, at 0:01, 0:04, 0:06, 0:09"
     kind: Kind = "image"
-    gone: bool = False  # a text question straight after a photo that is no longer stored (bot/context_view.py)
+    gone: bool = False  # a text question straight after a photo that is no longer stored (bot/history/context_view.py)
 
     @property
     def context(self) -> str:

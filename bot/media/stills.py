@@ -3,7 +3,7 @@ use, encoded again.
 
 Why a copy: the file people send may be a 20 MB, 40-megapixel original, whose decoding costs far more memory and
 time than the model's few crops need (benchmarks/hostile_files.py measures it).  That is done once, in the file
-reader's child process (bot/media_reader.py), and what comes back is what the history stores and what every answer
+reader's child process (bot/media/reader.py), and what comes back is what the history stores and what every answer
 about the image decodes, the first one included, so prefix caching and retries see identical pixels.  Its long side
 is that of the largest crop grid (``MAX_NUM_CROPS``): whatever ``NUM_CROPS`` is set to, now or later, the model
 never gets more pixels of an image than that (engine/images.py pads every image to its square grid).  A JPEG stays a

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from bot.runtime import build_engine
+from bot.running.runtime import build_engine
 from bot.settings import Settings
 from engine.conversation import Turn
 from engine.conversation_memory import ConversationMemory

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.secrecy import keep_allowed_environment, make_undumpable
+from bot.running.secrecy import keep_allowed_environment, make_undumpable
 from bot.settings import Settings, SettingsError, load_settings
-from bot.terminal_progress import TerminalProgress
+from bot.terminal.progress import TerminalProgress
 from model_store.errors import ConversionInterruptedError, ModelStoreError
 from model_store.sources import PRECISIONS
 
@@ -138,7 +138,7 @@ def _models(settings: Settings) -> int:
 
 
 def _health(settings: Settings) -> int:
-    from bot.health import check_heartbeat
+    from bot.running.health import check_heartbeat
 
     healthy, reason = check_heartbeat(settings.heartbeat_path)
     print(reason)
@@ -174,7 +174,7 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _terminal(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from bot.terminal_chat import ask_once, chat
+    from bot.terminal.chat import ask_once, chat
     from engine.images import ImageRejected
 
     try:
@@ -194,7 +194,7 @@ def _run(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Every command reads the settings, the secrets with them (.env is read whole), so every one keeps them
-    in (bot/secrecy.py); a child process spawned by this one imports this module first: it starts no thread."""
+    in (bot/running/secrecy.py); a child process spawned by this one imports this module first: it starts no thread."""
     make_undumpable()
     os.umask(PRIVATE_UMASK)
     args = _parser().parse_args(argv)

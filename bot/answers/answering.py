@@ -16,11 +16,11 @@ from contextlib import asynccontextmanager
 from telegram import Message
 
 from bot import texts
-from bot.answer_stream import AnswerStream, StoredExchange
-from bot.answers_in_progress import AnswerInProgress, Waits
-from bot.asking import Asking
-from bot.chat import is_private, tell, unbutton
+from bot.answers.answer_stream import AnswerStream, StoredExchange
+from bot.answers.asking import Asking
+from bot.answers.in_progress import AnswerInProgress, Waits
 from bot.history import ConversationKey
+from bot.output.chat import is_private, tell, unbutton
 from bot.services import Services
 from engine.engine import Engine, Event
 from engine.fair_queue import AlreadyQueued, QueueFull
@@ -35,7 +35,7 @@ async def conversation_turn(
     """The conversation claimed for a question of ``asker`` (sent as ``message``) before anything is downloaded
     or read for it, or None once the person was told why not.  In a group, someone asking while another
     member's answer is written waits for the conversation and is told their place.  Released at the end of
-    the block (or earlier, once the model is done: bot/answer_stream.py); the model then reads the
+    the block (or earlier, once the model is done: bot/answers/answer_stream.py); the model then reads the
     conversation ahead of its next question, if it answered this one.  ``keeping``: a photo kept for the question
     to come, which waits for the asker's own answer too."""
     engine = services.engine

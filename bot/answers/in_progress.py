@@ -35,7 +35,9 @@ Waits = Literal["never", "behind_others", "always"]
 @dataclass
 class AnswerInProgress:
     runs_under: ConversationKey  # the key the engine was asked with; a group upgrade does not change it
-    asker: int | None  # who asked (bot/access.py Sender.id); None when Telegram did not say (only admins stop it)
+    asker: (
+        int | None
+    )  # who asked (bot/admission/access.py Sender.id); None when Telegram did not say (only admins stop it)
     cancel: Callable[[ConversationKey], bool]  # the engine's: stops the answer, or takes it out of the line
     answer_id: int | None = None  # the answer's row in the history once stored: its Stop button names it
     answered: bool = False  # the model answered (or began to): the conversation is read ahead for the next one

@@ -2,7 +2,7 @@
 
 The model writes Markdown (and sometimes HTML or stray asterisks).  Telegram's parse modes reject a
 message with one unbalanced character, so the final answer is converted to plain text plus entities by
-telegramify-markdown: nothing to escape, nothing to fail, and no link hides its address (bot/link_targets.py).
+telegramify-markdown: nothing to escape, nothing to fail, and no link hides its address (bot/output/link_targets.py).
 Offsets and lengths are UTF-16 code units, Telegram's unit, and long answers are split at line boundaries
 below the 4096-unit limit.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import telegramify_markdown
 from telegram import MessageEntity
 
-from bot.link_targets import show_link_targets
+from bot.output.link_targets import show_link_targets
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from telegram import Update
 from telegram.ext import Application
 from tornado.httpserver import HTTPServer
 
+from bot.running.startup import StartupError
 from bot.settings import Settings
-from bot.startup import StartupError
 
 log = logging.getLogger(__name__)
 

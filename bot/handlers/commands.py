@@ -16,13 +16,13 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.access import Sender, sender_for
-from bot.buttons import confirm_keyboard
-from bot.chat import conversation_key, is_private, reply, tell, unbutton
+from bot.admission.access import Sender, sender_for
+from bot.handlers.hub_lookup import WHOLE_LOOK_UP, look_up
 from bot.history import ConversationKey
-from bot.hub_lookup import WHOLE_LOOK_UP, look_up
-from bot.pace import Pacer
-from bot.runtime import build_engine, load_and_swap
+from bot.output.buttons import confirm_keyboard
+from bot.output.chat import conversation_key, is_private, reply, tell, unbutton
+from bot.output.pace import Pacer
+from bot.running.runtime import build_engine, load_and_swap
 from bot.services import Services
 from model_store.convert import ConversionRequest, convert_async, pins
 from model_store.convert.extra import require_conversion_extra
@@ -51,8 +51,8 @@ class _Confirmation:
 
 
 class Commands:
-    """The gate (bot/gate.py) let the command in: its sender may use the bot here and is not asking too fast.
-    Refusals beyond that (not an admin, not the asker) are said once in a while at most (bot/refusals.py)."""
+    """The gate (bot/admission/gate.py) let the command in: its sender may use the bot here and is not asking too fast.
+    Refusals beyond that (not an admin, not the asker) are said once in a while at most (bot/admission/refusals.py)."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -74,7 +74,7 @@ class Commands:
 
     async def _administers(self, message: Message, sender: Sender) -> bool:
         """The bot's admins; in a private chat its user; in a group its Telegram administrators (an anonymous
-        one writes as the group), asked of Telegram at most once a minute (bot/access.py)."""
+        one writes as the group), asked of Telegram at most once a minute (bot/admission/access.py)."""
         if is_private(message) or self.services.access.is_admin(sender.user_id) or sender.group_admin:
             return True
         if sender.user_id is None:
@@ -141,7 +141,7 @@ class Commands:
 
     async def stop(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Stops the sender's answer being written, or else withdraws their question waiting behind another
-        member's.  Its acknowledgement goes before anything waiting for the chat's rate limit (bot/pace.py): the
+        member's.  Its acknowledgement goes before anything waiting for the chat's rate limit (bot/output/pace.py): the
         person is waiting for it."""
         message, sender = update.effective_message, sender_for(update)
         if message is None or sender is None:
