@@ -52,6 +52,7 @@ from bot.running.startup import StartupError, check_directories, connect, reach
 from bot.running.webhook import WebhookServer
 from bot.services import Services
 from bot.settings import Settings
+from engine.engine import SHUTDOWN_GRACE_SECONDS
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore
 
@@ -167,7 +168,7 @@ def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> Non
     pacer = application.bot.rate_limiter
     if isinstance(pacer, Pacer):  # nothing waits for Telegram's rate limit any more: it is shown at the next start
         pacer.stop()
-    stopped = services.engine.cancel_all() if services is not None and services.engine is not None else 0
+    stopped = services.answers.stop_all(grace=SHUTDOWN_GRACE_SECONDS) if services is not None else 0
     log.info("%s: stopping %d running answers and shutting down", signal.Signals(signum).name, stopped)
     shutdown.set()
 

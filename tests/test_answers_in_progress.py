@@ -6,19 +6,29 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.answers.in_progress import WAITING_PER_CONVERSATION, AnswerInProgress, AnswersInProgress
+from bot.answers.in_progress import WAITING_PER_CONVERSATION, AnswerInProgress, AnswersInProgress, Cancel
 from bot.history import ConversationKey
 
 GROUP, SUPERGROUP = ConversationKey(-42), ConversationKey(-10042)
 
 
-def never(key: ConversationKey) -> bool:
+def never(key: ConversationKey, *, grace: float | None = None) -> bool:
     return True
+
+
+def recording(stopped: list[ConversationKey]) -> Cancel:
+    """An engine's cancel that notes which conversation it was told to stop."""
+
+    def cancel(key: ConversationKey, *, grace: float | None = None) -> bool:
+        stopped.append(key)
+        return True
+
+    return cancel
 
 
 async def test_one_claim_per_conversation_until_the_answer_ends() -> None:
     answers, stopped = AnswersInProgress(), []
-    async with answers.claim(GROUP, 7, lambda key: stopped.append(key) or True) as first:
+    async with answers.claim(GROUP, 7, recording(stopped)) as first:
         assert isinstance(first, AnswerInProgress) and answers.busy(GROUP)
         async with answers.claim(GROUP, 8, never) as second:
             assert second == "own", "a second question of a conversation that does not queue is refused"
@@ -113,7 +123,7 @@ async def test_only_the_asker_or_an_admin_may_stop_and_only_the_answer_named() -
     answers = AnswersInProgress()
     stopped: list[ConversationKey] = []
     assert answers.may_stop(GROUP, 1, admin=False), "nothing runs: anyone may try"
-    async with answers.claim(GROUP, 7, lambda key: stopped.append(key) or True) as claimed:
+    async with answers.claim(GROUP, 7, recording(stopped)) as claimed:
         assert isinstance(claimed, AnswerInProgress)
         claimed.answer_id = 11
         assert answers.may_stop(GROUP, 7, admin=False)
@@ -129,7 +139,7 @@ async def test_only_the_asker_or_an_admin_may_stop_and_only_the_answer_named() -
 
 async def test_a_group_upgrade_points_the_new_id_to_the_running_answer() -> None:
     answers, stopped = AnswersInProgress(), []
-    async with answers.claim(GROUP, 7, lambda key: stopped.append(key) or True):
+    async with answers.claim(GROUP, 7, recording(stopped)):
         assert answers.move_chat(GROUP.chat_id, SUPERGROUP.chat_id) == 1
         assert answers.busy(SUPERGROUP) and answers.busy(GROUP)
         assert not answers.may_stop(SUPERGROUP, 8, admin=False) and answers.may_stop(SUPERGROUP, 7, admin=False)
@@ -142,12 +152,43 @@ async def test_a_group_upgrade_points_the_new_id_to_the_running_answer() -> None
 
 async def test_an_upgrade_leaves_an_answer_already_running_under_the_new_id_alone() -> None:
     answers, stopped = AnswersInProgress(), []
-    async with answers.claim(GROUP, 7, lambda key: stopped.append(key) or True) as old:
-        async with answers.claim(SUPERGROUP, 8, lambda key: stopped.append(key) or True):
+    async with answers.claim(GROUP, 7, recording(stopped)) as old:
+        async with answers.claim(SUPERGROUP, 8, recording(stopped)):
             answers.move_chat(GROUP.chat_id, SUPERGROUP.chat_id)
             assert isinstance(old, AnswerInProgress)
-            answers.release(old)  # the model is done with the old group's answer
-            assert not answers.holds(old)
+            old.release()  # the model is done with the old group's answer
+            assert not old.held
             assert answers.busy(SUPERGROUP), "the supergroup's own answer still runs"
             assert answers.stop(SUPERGROUP) and stopped == [SUPERGROUP]
         assert not answers.busy(GROUP), "released early, and the claim's end changes nothing"
+
+
+async def test_a_released_answer_stops_nothing_of_the_next_answer_in_its_conversation() -> None:
+    """The bug this record exists against: an answer whose final text fails after the model was done must not
+    stop the conversation's next answer, which the engine runs under the same key."""
+    answers, stopped = AnswersInProgress(), []
+    async with answers.claim(GROUP, 7, recording(stopped)) as first:
+        assert isinstance(first, AnswerInProgress)
+        first.release()  # the model is done; its final text is on its way to Telegram
+        async with answers.claim(GROUP, 7, recording(stopped)) as following:
+            assert isinstance(following, AnswerInProgress), "the conversation may ask again at once"
+            assert not first.stop(), "a released claim stops nothing"
+            assert stopped == [] and not following.stopped
+            assert answers.stop(GROUP) and stopped == [GROUP], "a stop by key reaches the answer that holds it"
+    assert not answers.busy(GROUP)
+
+
+async def test_shutdown_stops_every_answer_being_given_through_its_claim_once() -> None:
+    answers, stopped, graces = AnswersInProgress(), [], []
+
+    def cancel(key: ConversationKey, *, grace: float | None = None) -> bool:
+        stopped.append(key)
+        graces.append(grace)
+        return True
+
+    async with answers.claim(GROUP, 7, cancel) as moved, answers.claim(ConversationKey(5), 5, cancel) as released:
+        assert isinstance(moved, AnswerInProgress) and isinstance(released, AnswerInProgress)
+        answers.move_chat(GROUP.chat_id, SUPERGROUP.chat_id)
+        released.release()
+        assert answers.stop_all(grace=2.0) == 1, "an answer under two ids counts once; a released one not at all"
+        assert stopped == [GROUP] and graces == [2.0] and moved.stopped

@@ -69,7 +69,7 @@ class AnswerStream:
         try:
             await self.stream.start(texts.PLACEHOLDER)
             finished = await self._follow(events)
-            self.services.answers.release(claimed)
+            claimed.release()
             final = finished.text or self.text
             self.record.status = finished.status
             if finished.status == "complete" and not final.strip():
@@ -119,11 +119,10 @@ class AnswerStream:
 
     async def _cut_short(self, status: Status, *, show: bool) -> None:
         """The answer stops here and keeps what was written: shown with its footer where the chat can take it,
-        else only recorded.  The model is stopped only while this answer still holds the conversation: once
-        released, the conversation's next answer may be running, and it is not this one's to stop."""
-        claimed = self._claimed
-        if claimed is not None and self.services.answers.holds(claimed):
-            claimed.stop()
+        else only recorded.  The model is stopped through the claim, which does nothing once released (the
+        conversation's next answer may be running by then)."""
+        if self._claimed is not None:
+            self._claimed.stop()
         self.record.status = status
         if show:
             await self._finish(self.text)

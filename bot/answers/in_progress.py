@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from bot.history import ConversationKey
 
@@ -32,26 +32,44 @@ NotClaimed = Literal["own", "full", "withdrawn"]  # the asker's own question run
 Waits = Literal["never", "behind_others", "always"]
 
 
+class Cancel(Protocol):
+    """The engine's: stops the conversation's answer or takes it out of the line; ``grace``: how long its
+    process may take to confirm (engine/engine.py)."""
+
+    def __call__(self, conversation: ConversationKey, *, grace: float | None = None) -> bool: ...
+
+
 @dataclass
 class AnswerInProgress:
     runs_under: ConversationKey  # the key the engine was asked with; a group upgrade does not change it
     asker: (
         int | None
     )  # who asked (bot/admission/access.py Sender.id); None when Telegram did not say (only admins stop it)
-    cancel: Callable[[ConversationKey], bool]  # the engine's: stops the answer, or takes it out of the line
+    cancel: Cancel
     answer_id: int | None = None  # the answer's row in the history once stored: its Stop button names it
     answered: bool = False  # the model answered (or began to): the conversation is read ahead for the next one
     stopped: bool = False  # stopped before the engine had it (its files being read): it is not asked
+    held: bool = True  # the conversation is this answer's; released once the model is done with it
+    _release: Callable[[AnswerInProgress], None] | None = None  # the record's, set when it hands out the claim
     _reading: asyncio.Task[Any] | None = None
 
-    def stop(self) -> bool:
+    def stop(self, grace: float | None = None) -> bool:
         """Within a token once the engine has the question; before that, its files stop being read and it is
-        never asked.  True: there was something to stop (a claim always has)."""
+        never asked.  Only while the claim is held: once released, the conversation's next answer may run under
+        the same key, and it is not this one's to stop.  True: there was something to stop."""
+        if not self.held:
+            return False
         self.stopped = True
         if self._reading is not None:
             self._reading.cancel()
-        self.cancel(self.runs_under)
+        self.cancel(self.runs_under, grace=grace)
         return True
+
+    def release(self) -> None:
+        """The model is done with this answer: the conversation's next asker may have it while this answer's
+        final text is still on its way to Telegram (safe to call more than once; the claim's block ends with it)."""
+        if self.held and self._release is not None:
+            self._release(self)
 
     async def read(self, work: Awaitable[T]) -> T | None:
         """``work`` (downloading and reading the question's files), or None once the answer was stopped
@@ -92,16 +110,12 @@ class AnswersInProgress:
         answer = self._by_key.get(key)
         return None if answer is None else answer.answer_id
 
-    def holds(self, answer: AnswerInProgress) -> bool:
-        """Whether ``answer`` is still the conversation's answer in progress (it was not released)."""
-        return any(held is answer for held in self._by_key.values())
-
     @asynccontextmanager
     async def claim(
         self,
         key: ConversationKey,
         asker: int | None,
-        cancel: Callable[[ConversationKey], bool],
+        cancel: Cancel,
         *,
         waits: Waits = "never",
         waiting: Callable[[int], Awaitable[None]] | None = None,
@@ -122,14 +136,12 @@ class AnswersInProgress:
         try:
             yield claimed
         finally:
-            self.release(claimed)
+            claimed.release()
 
-    def _take(
-        self, key: ConversationKey, asker: int | None, cancel: Callable[[ConversationKey], bool]
-    ) -> AnswerInProgress | None:
+    def _take(self, key: ConversationKey, asker: int | None, cancel: Cancel) -> AnswerInProgress | None:
         if key in self._by_key:
             return None
-        answer = AnswerInProgress(key, asker, cancel)
+        answer = AnswerInProgress(key, asker, cancel, _release=self._release)
         self._by_key[key] = answer
         return answer
 
@@ -155,7 +167,7 @@ class AnswersInProgress:
             return await waiter.turn
         except BaseException:
             if waiter.turn.done() and not waiter.turn.cancelled() and waiter.turn.result() is not None:
-                self.release(waiter.turn.result())  # granted in the same moment: handed on, not lost
+                waiter.turn.result().release()  # granted in the same moment: handed on, not lost
             self._leave(key, waiter)
             raise
 
@@ -166,16 +178,16 @@ class AnswersInProgress:
         if line is not None and not line:
             del self._waiting[key]
 
-    def release(self, answer: AnswerInProgress) -> None:
-        """The model is done with the answer; the conversation's next asker in line gets it (safe to call more
-        than once)."""
+    def _release(self, answer: AnswerInProgress) -> None:
+        """The model is done with the answer; the conversation's next asker in line gets it."""
+        answer.held = False
         for named in [named for named, held in self._by_key.items() if held is answer]:
             del self._by_key[named]
             line = self._waiting.get(named)
             while line:
                 waiter = line.popleft()
                 if not waiter.turn.done():
-                    following = AnswerInProgress(named, waiter.asker, answer.cancel)
+                    following = AnswerInProgress(named, waiter.asker, answer.cancel, _release=self._release)
                     self._by_key[named] = following
                     waiter.turn.set_result(following)
                     break
@@ -203,6 +215,12 @@ class AnswersInProgress:
         if answer is None or (answer_id is not None and answer.answer_id != answer_id):
             return False
         return answer.stop()
+
+    def stop_all(self, grace: float | None = None) -> int:
+        """Shutdown: every answer being given stops through its claim, as /stop would stop it; ``grace``: how long
+        the model's process may take to confirm.  Returns how many there were."""
+        held = {id(answer): answer for answer in self._by_key.values()}.values()  # a moved chat's answer once
+        return sum(answer.stop(grace) for answer in list(held))
 
     def move_chat(self, old: int, new: int) -> int:
         """A chat got a new id (a group became a supergroup): its answers running now are found under the new

@@ -110,6 +110,8 @@ class Fault:
     description: str = ""
     delay: float = 0.0
     migrate_to: int = 0
+    when: Callable[[dict[str, Any]], bool] | None = None  # only calls whose parameters this accepts
+    hold: asyncio.Event | None = None  # the call waits until the test sets this, then fails as ``kind`` says
 
 
 class ApiError(Exception):
@@ -249,8 +251,10 @@ class FakeBotApi:
 
     # --- faults --------------------------------------------------------------------------------------------
 
-    def fail_next(self, method: str, times: int = 1, kind: str = "429", **options: Any) -> None:
-        self._faults[method].append(Fault(kind=kind, times=times, **options))
+    def fail_next(self, method: str, times: int = 1, kind: str = "429", **options: Any) -> Fault:
+        fault = Fault(kind=kind, times=times, **options)
+        self._faults[method].append(fault)
+        return fault
 
     def migrate(self, old_chat_id: int, new_chat_id: int) -> None:
         """The group became a supergroup: from now on every call to the old id answers with the new one."""
@@ -534,7 +538,11 @@ class FakeBotApi:
         for fault in self._faults[method]:
             if fault.times <= 0 or (fault.chat_id is not None and chat is not None and int(chat) != fault.chat_id):
                 continue
+            if fault.when is not None and not fault.when(params):
+                continue
             fault.times -= 1
+            if fault.hold is not None:
+                await fault.hold.wait()
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
                 return
