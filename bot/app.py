@@ -1,7 +1,7 @@
 """The Telegram application: wiring, start-up and shutdown, long polling or a webhook.
 
 Updates are processed concurrently (one slow answer must not hold up other chats), each first through the
-gate (bot/admission/gate.py); the bot's rate limiter (bot/output/pace.py) spaces requests within Telegram's global and
+gate (bot/handlers/gate.py); the bot's rate limiter (bot/output/pace.py) spaces requests within Telegram's global and
 per-group limits and lets each request say whether it may wait, while flood-control errors (429) come back to
 the streaming code, which knows whether a message can wait.
 """
@@ -34,11 +34,11 @@ from telegram.ext import (
 
 from bot import texts
 from bot.admission.access import AccessPolicy, UserRateLimiter
-from bot.admission.gate import Gate
-from bot.admission.membership import Membership
 from bot.admission.refusals import Refusals
 from bot.handlers.commands import Commands, unknown_command
+from bot.handlers.gate import Gate
 from bot.handlers.group_upgrades import GroupUpgrades
+from bot.handlers.membership import Membership
 from bot.handlers.questions import Questions
 from bot.handlers.retry import Retries
 from bot.history import HistoryError, HistoryStore

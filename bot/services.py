@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.admission.access import AccessPolicy, GroupAdmins, UserRateLimiter
+from bot.admission.answers_in_progress import AnswersInProgress
 from bot.admission.refusals import Refusals
-from bot.answers.in_progress import AnswersInProgress
 from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage, StoredImageLimits
 from bot.history.context_view import View, conversation_view, image_gone
 from bot.media.image_cache import PreparedImageCache

@@ -104,8 +104,8 @@ def images_gone(count: int) -> str:
     return f"[{count} images were shown here; they are no longer stored, so you cannot see them.]"
 
 
-# Why a question could not have its conversation (bot/answers/in_progress.py NotClaimed; "withdrawn" says nothing:
-# the asker's /stop was answered already).
+# Why a question could not have its conversation (bot/admission/answers_in_progress.py NotClaimed; "withdrawn" says
+# nothing: the asker's /stop was answered already).
 NOT_CLAIMED = {"own": STILL_ANSWERING, "full": BUSY_HERE}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.answers.in_progress import WAITING_PER_CONVERSATION, AnswerInProgress, AnswersInProgress, Cancel
+from bot.admission.answers_in_progress import WAITING_PER_CONVERSATION, AnswerInProgress, AnswersInProgress, Cancel
 from bot.history import ConversationKey
 
 GROUP, SUPERGROUP = ConversationKey(-42), ConversationKey(-10042)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.answers.material import Material, unseen_pages
 from bot.media import frames, pages
+from bot.media.material import Material, unseen_pages
 from bot.media.reader import MediaError, MediaReader
 from bot.media.stills import LONG_SIDE, still
 from engine.conversation import Turn

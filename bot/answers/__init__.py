@@ -1,2 +1,2 @@
-"""A question put to the engine and its answer given: the record of answers in progress (the one hand on each
-answer's life), the question's material, and the stream of engine events that becomes the reply."""
+"""A question put to the engine and its answer given: the conversation claimed (bot/admission/answers_in_progress.py),
+the engine asked, the exchange stored, and the engine's events streamed as the reply."""

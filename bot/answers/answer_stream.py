@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot import texts
+from bot.admission.answers_in_progress import AnswerInProgress
 from bot.answers.asking import Asking
-from bot.answers.in_progress import AnswerInProgress
-from bot.answers.material import Material
 from bot.history import ConversationKey
+from bot.media.material import Material
 from bot.output.buttons import retry_keyboard, stop_keyboard
 from bot.output.chat import is_private
 from bot.output.recovery import AnswerRecord

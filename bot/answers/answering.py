@@ -16,9 +16,9 @@ from contextlib import asynccontextmanager
 from telegram import Message
 
 from bot import texts
+from bot.admission.answers_in_progress import AnswerInProgress, Waits
 from bot.answers.answer_stream import AnswerStream, StoredExchange
 from bot.answers.asking import Asking
-from bot.answers.in_progress import AnswerInProgress, Waits
 from bot.history import ConversationKey
 from bot.output.chat import is_private, tell, unbutton
 from bot.services import Services

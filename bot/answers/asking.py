@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from telegram import Message
 
-from bot.answers.material import Material
 from bot.history import ConversationKey, Exchange
+from bot.media.material import Material
 from engine.conversation import Turn
 
 

@@ -21,10 +21,10 @@ from bot.admission.access import Sender, sender_of
 from bot.admission.addressing import addressed, is_reaction, question_text
 from bot.answers.answering import answer, conversation_turn, storage_failed
 from bot.answers.asking import Asking
-from bot.answers.material import Kind, Material, ask_about, unseen_pages
 from bot.handlers.albums import AlbumCollector
 from bot.history import ConversationKey
 from bot.media.intake import Attachment, IntakeError, MediaLimits, attachments_in, gather, unreadable
+from bot.media.material import Kind, Material, ask_about, unseen_pages
 from bot.media.pages import names_pages
 from bot.output.buttons import describe_keyboard
 from bot.output.chat import conversation_key, is_private, tell, unbutton
@@ -50,7 +50,7 @@ class _Asked:
 
 
 class Questions:
-    """The gate (bot/admission/gate.py) has let the message in: its sender may use the bot here and is not asking too
+    """The gate (bot/handlers/gate.py) has let the message in: its sender may use the bot here and is not asking too
     fast.  Every other refusal is said once in a while at most (bot/admission/refusals.py) and costs no wait."""
 
     def __init__(self, services: Services) -> None:

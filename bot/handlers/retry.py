@@ -13,8 +13,8 @@ from bot import texts
 from bot.admission.access import sender_for
 from bot.answers.answering import answer, conversation_turn
 from bot.answers.asking import Asking
-from bot.answers.material import Material
 from bot.history import Exchange
+from bot.media.material import Material
 from bot.output.chat import conversation_key
 from bot.services import Services
 from engine.conversation import Turn

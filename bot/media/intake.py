@@ -28,9 +28,9 @@ from pathlib import Path
 from telegram import Animation, Bot, Document, Message, Sticker, Video, VideoNote
 from telegram.error import BadRequest, TelegramError
 
-from bot.answers.material import Kind, Material, of_frames, of_pages
 from bot.history import HistoryStore, NewImage, StoredImage
 from bot.media.frames import Frames, clock
+from bot.media.material import Kind, Material, of_frames, of_pages
 from bot.media.pages import PDF_MIME, Pages
 from bot.media.reader import MediaError, MediaReader
 from bot.media.stills import Still

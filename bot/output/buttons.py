@@ -3,7 +3,7 @@ and the pattern its handler matches).
 
 Each button's data names what it belongs to (the answer it stops or retries, the photo it describes, the
 conversion question it confirms), so a handler acts only on its own answer or question, never on whatever the
-chat is doing now; and the gate (bot/admission/gate.py) accepts a press only with data the pressed message really
+chat is doing now; and the gate (bot/handlers/gate.py) accepts a press only with data the pressed message really
 offers, so data a modified client makes up reaches no handler.
 """
 
@@ -14,7 +14,7 @@ import re
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from bot import texts
-from bot.answers.material import Kind
+from bot.media.material import Kind
 
 # The pattern each handler matches; the groups are what the data names.
 STOP = re.compile(r"^stop:(\d+)$")  # ⏹ under an answer being written: the answer's id in the history

@@ -44,7 +44,7 @@ class Gate:
         if update.callback_query is not None:
             await self._button(update.callback_query)
         elif update.my_chat_member is not None:
-            return  # the bot was added to or removed from a chat: bot/admission/membership.py decides
+            return  # the bot was added to or removed from a chat: bot/handlers/membership.py decides
         elif update.message is not None:
             await self._message(update.message)
         else:  # edits, channel posts, polls, reactions...: nothing the bot answers
