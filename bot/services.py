@@ -19,7 +19,7 @@ from bot.history.context_view import View, conversation_view, image_gone
 from bot.media.image_cache import PreparedImageCache
 from bot.media.intake import bounded
 from bot.media.reader import MediaError, MediaReader
-from bot.output.reply_stream import Drafts
+from bot.output.drafts import Drafts
 from bot.settings import Settings
 from engine.engine import Engine
 from engine.images import ImageRejected, PreparedImage
@@ -46,7 +46,7 @@ class Services:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     images: PreparedImageCache = field(init=False)
     media: MediaReader = field(init=False)  # reads every file from outside in a child (bot/media/reader.py)
-    drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/output/reply_stream.py)
+    drafts: Drafts = field(init=False)  # whether private chats' answers stream as drafts (bot/output/drafts.py)
 
     def __post_init__(self) -> None:
         settings = self.settings

@@ -18,8 +18,8 @@ import pytest
 from bot import texts
 from bot.history import ConversationKey, StoredMessage
 from bot.output import buttons
+from bot.output.edits import CURSOR
 from bot.output.formatting import formatted_parts
-from bot.output.reply_stream import CURSOR
 from bot.running.runtime import load_model
 from bot.settings import Settings
 from engine.pipeline_process import LoadedModel

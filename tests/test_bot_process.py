@@ -31,7 +31,7 @@ from telegram.error import InvalidToken
 from bot import texts
 from bot.app import RedactSecrets, build_application, setup
 from bot.history import ConversationKey, HistoryStore, StoredMessage
-from bot.output.reply_stream import CURSOR
+from bot.output.edits import CURSOR
 from bot.running.webhook import SECRET_HEADER
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi
@@ -237,7 +237,7 @@ async def test_sigterm_in_a_flood_storm_exits_within_seconds_and_the_next_start_
     assert code == 0, bot.stderr[-3000:]
     assert took < 5.0, f"shutdown took {took:.1f} s"
     assert " ERROR " not in bot.stderr, bot.stderr[-3000:]
-    assert bot.stderr.count(" WARNING bot.output.reply_stream: Telegram's flood control") == 1, "one warning per storm"
+    assert bot.stderr.count(" WARNING bot.output.retries: Telegram's flood control") == 1, "one warning per storm"
     [answer] = api.messages(USER)
     assert answer.text.endswith(CURSOR), "Telegram refused the final edit"
 

@@ -15,9 +15,12 @@ from telegram.ext import ExtBot
 from telegram.request import HTTPXRequest
 
 from bot.output.buttons import stop_keyboard
+from bot.output.drafts import Drafts
+from bot.output.edits import CURSOR
 from bot.output.formatting import plain_parts, utf16_len
 from bot.output.pace import Pacer
-from bot.output.reply_stream import CURSOR, Drafts, Postponed, ReplyStream, Undeliverable
+from bot.output.reply_stream import ReplyStream
+from bot.output.retries import Postponed, Undeliverable
 from tests.support.bot_api_server import FakeBotApi
 
 CHAT = 501
@@ -281,7 +284,7 @@ async def test_a_draft_is_refreshed_before_telegram_drops_it_and_not_after_the_a
     api: FakeBotApi, bot: Bot, private: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A new photo can take a minute before the first word; a draft lasts about 30 s."""
-    monkeypatch.setattr("bot.output.reply_stream.DRAFT_REFRESH_SECONDS", 0.2)
+    monkeypatch.setattr("bot.output.drafts.DRAFT_REFRESH_SECONDS", 0.2)
     api.draft_lifetime = 0.3
     place = "⏳ You're #2 in line."
     stream = ReplyStream(bot, private, Journal(api, statuses=("…", place)), interval=0.0, drafts=Drafts())

@@ -10,7 +10,7 @@ from bot import texts
 from bot.handlers.commands import PERSONA_MAX_CHARS
 from bot.history import ConversationKey
 from bot.output import buttons
-from bot.output.reply_stream import CURSOR
+from bot.output.edits import CURSOR
 from model_store.store import ModelEntry, ModelStore
 from tests.support.bot_api_server import FakeBotApi, SentMessage
 from tests.support.harness import (

@@ -19,7 +19,8 @@ from bot.media.material import Material
 from bot.output.buttons import retry_keyboard, stop_keyboard
 from bot.output.chat import is_private
 from bot.output.recovery import AnswerRecord
-from bot.output.reply_stream import Postponed, ReplyStream, Undeliverable
+from bot.output.reply_stream import ReplyStream
+from bot.output.retries import Postponed, Undeliverable
 from bot.services import Services
 from engine.engine import Chunk, Event, Finished, Started, Waiting
 from engine.generation import Status

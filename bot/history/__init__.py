@@ -1,16 +1,14 @@
 """Conversation history in SQLite (see store.py), and what the model sees of it (context_view.py)."""
 
+from bot.history.database import HistoryError
+from bot.history.images import NewImage, StoredImage, StoredImageLimits
 from bot.history.store import (
     ConversationKey,
     Exchange,
-    HistoryError,
     HistoryStore,
     Interrupted,
-    NewImage,
     Outline,
     OutlineRow,
-    StoredImage,
-    StoredImageLimits,
     StoredMessage,
     StoreStats,
 )

@@ -4,7 +4,7 @@ history in SQLite.
 The window the policy chooses is stored with the conversation, so the prompt is a function of the database
 alone: the same after a restart as before it, and the same whether the model's process cached it or not.
 Only the messages in view are read with their images.  A question whose images were deleted under the limits
-on stored images (bot/history/store.py) keeps its text, and the model is told in its place that an image was
+on stored images (bot/history/images.py) keeps its text, and the model is told in its place that an image was
 there and is gone, rather than left to answer as if it had never been sent.
 """
 

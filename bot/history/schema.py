@@ -1,4 +1,5 @@
-"""The history database's schema as named migrations, applied in order and recorded by name.
+"""The history database's schema as named migrations, and the runner that applies them in order and records
+them by name.
 
 Each migration runs in one transaction with the row that records it, so a crash during an upgrade leaves the
 previous schema intact.  A name stays for as long as databases exist that the migration ran on: never edit
@@ -8,7 +9,17 @@ because phi3bot releases before the names read only that count (and refuse a dat
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from bot.history.database import HistoryError, transaction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # images are kept as the bot's own copies, no larger than the model can use (bounded = 1: made by its file
     # reader, safe to decode in the bot's process; pages and frames always were), and pruned, oldest first, past
-    # the limits on stored images: a message counts the images it lost, so its text stays (bot/history/store.py)
+    # the limits on stored images: a message counts the images it lost, so its text stays (bot/history/images.py)
     Migration(
         "bounded-and-pruned-images",
         (
@@ -130,3 +141,67 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+
+
+async def upgrade(connection: aiosqlite.Connection, path: Path, version: int) -> None:
+    """Applies the migrations the database at ``path`` lacks (``version``: its ``user_version``), then writes to
+    it once; raises HistoryError for a database of a newer phi3bot, or one that cannot be brought up to date or
+    written (the transaction leaves the schema as it was)."""
+    try:
+        await _migrate(connection, path, version)
+        await _can_write(connection)
+    except sqlite3.Error as error:  # a read-only or full disk
+        raise HistoryError(
+            f"{path} could not be brought up to date or written ({error}); it is unchanged. Check that "
+            "DATABASE_PATH can be written."
+        ) from error
+
+
+async def _migrate(connection: aiosqlite.Connection, path: Path, version: int) -> None:
+    applied = await _recorded_migrations(connection, version) if version <= len(MIGRATIONS) else set()
+    unknown = sorted(applied - {migration.name for migration in MIGRATIONS})
+    if version > len(MIGRATIONS) or unknown:
+        raise HistoryError(
+            f"{path} was written by a newer phi3bot (schema {', '.join(unknown) or version}, this one "
+            f"knows {len(MIGRATIONS)} migrations). Upgrade phi3bot or use another DATABASE_PATH."
+        )
+    for migration in MIGRATIONS:
+        if migration.name in applied:
+            continue
+        async with transaction(connection):
+            for statement in migration.statements:
+                await connection.execute(statement)
+            await connection.execute(
+                "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (migration.name, time.time())
+            )
+            await connection.execute(f"PRAGMA user_version = {len(applied) + 1}")
+        applied.add(migration.name)
+        log.info("history database %s: migration %s applied", path, migration.name)
+
+
+async def _recorded_migrations(connection: aiosqlite.Connection, version: int) -> set[str]:
+    """The names of the migrations applied (read only, for a database that records them); a database from
+    before the names is adopted with the first ``version``."""
+    async with connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ) as cursor:
+        recorded = await cursor.fetchone() is not None
+    if recorded:
+        async with connection.execute("SELECT name FROM schema_migrations") as cursor:
+            return {str(row[0]) for row in await cursor.fetchall()}
+    adopted = MIGRATIONS[:version]
+    async with transaction(connection):
+        await connection.execute(RECORD)
+        await connection.executemany(
+            "INSERT INTO schema_migrations (name, applied_at) VALUES (?, NULL)", [(m.name,) for m in adopted]
+        )
+    return {migration.name for migration in adopted}
+
+
+async def _can_write(connection: aiosqlite.Connection) -> None:
+    """A database left read-only (created by another user, say) fails here, at the start, rather than with
+    the first answer it should record: writing the version it has again changes nothing."""
+    async with transaction(connection):
+        async with connection.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        await connection.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")

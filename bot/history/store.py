@@ -1,37 +1,39 @@
 """Per-chat conversation history in SQLite: the source of truth for what the model sees.
 
-WAL mode lets readers proceed while a write commits; every multi-row write happens inside one
-``BEGIN IMMEDIATE`` transaction, so a crash or ``kill -9`` leaves either the whole message (with its image
-links) or nothing.  Images are stored once, by content hash, as BLOBs in the same database: one file to back
-up, no paths built from user input, and the same atomicity as the messages that use them.
-
-Stored images are bounded in number per chat and in bytes in all (``limit_images``): past either limit, the
-images of the oldest messages go, in the same transaction as the message that brings new ones, and each of
-those messages counts how many it lost, so its text stays and the model's view can say that an image was
-there.
+The store writes conversations, messages, personas and the model's view of each conversation, and reads them
+back; the file's opening and transactions are in bot/history/database.py, its schema and upgrades in
+bot/history/schema.py, and the images messages show, stored once and bounded, in bot/history/images.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, cast, get_args
 
 import aiosqlite
 
-from bot.history.schema import MIGRATIONS, RECORD
+from bot.history.database import open_database, transaction
+from bot.history.images import (
+    NewImage,
+    StoredImage,
+    StoredImageLimits,
+    find_image,
+    images_of,
+    insert_image,
+    link_images,
+    prune_images,
+    replace_with_copy,
+)
+from bot.history.schema import upgrade
 from engine.context_policy import Window
 from engine.generation import Status
-
-log = logging.getLogger(__name__)
 
 # An answer's status as stored: the engine's end of an answer, or "streaming" while it runs.  The schema's CHECK
 # (migration "conversations-messages-images") lists the same; tests/test_history_store.py compares them.
@@ -39,34 +41,10 @@ StoredStatus = Status | Literal["streaming"]
 STATUSES: tuple[str, ...] = ("streaming", *get_args(Status))
 
 
-class HistoryError(Exception):
-    """The database cannot be used; the message says which file and what to do."""
-
-
 @dataclass(frozen=True)
 class ConversationKey:
     chat_id: int
     thread_id: int = 0
-
-
-@dataclass(frozen=True)
-class NewImage:
-    data: bytes
-    sha256: str
-    file_unique_id: str | None = None
-    mime_type: str | None = None
-    width: int | None = None
-    height: int | None = None
-    bounded: bool = False  # made by the bot's file reader, no larger than the model can use: safe to decode
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    sha256: str
-    data: bytes
-    file_unique_id: str | None
-    mime_type: str | None
-    bounded: bool = False  # False: stored as sent, by a version before the bot kept copies (bot/media/intake.py)
 
 
 @dataclass(frozen=True)
@@ -123,14 +101,6 @@ class Exchange:
 
 
 @dataclass(frozen=True)
-class StoredImageLimits:
-    """How many images a chat keeps (counted over all its topics), and how many bytes of images all chats keep."""
-
-    per_chat: int
-    total_bytes: int
-
-
-@dataclass(frozen=True)
 class StoreStats:
     conversations: int
     messages: int
@@ -155,94 +125,13 @@ class HistoryStore:
     @classmethod
     async def open(cls, path: Path) -> HistoryStore:
         path = Path(path)
+        connection, version = await open_database(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Tried plainly first: aiosqlite's thread, started for a file that cannot be opened, still has a reply
-            # to deliver when a failed start has already closed the event loop, and prints a traceback.
-            await asyncio.to_thread(_can_open, path)
-            connection = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as error:
-            raise HistoryError(f"Cannot open the history database {path}: {error}. Check DATABASE_PATH.") from error
-        store = cls(path, connection)
-        try:
-            await store._prepare()
+            await upgrade(connection, path, version)
         except BaseException:
             await connection.close()
             raise
-        return store
-
-    async def _prepare(self) -> None:
-        try:
-            await self._db.execute("PRAGMA busy_timeout = 5000")
-            await self._db.execute("PRAGMA journal_mode = WAL")
-            await self._db.execute("PRAGMA synchronous = NORMAL")
-            await self._db.execute("PRAGMA foreign_keys = ON")
-            async with self._db.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
-        except sqlite3.DatabaseError as error:
-            raise HistoryError(
-                f"{self.path} is not a usable SQLite database ({error}). Move it away to start a new history, "
-                "or check DATABASE_PATH."
-            ) from error
-        version = int(row[0]) if row else 0
-        try:
-            await self._migrate(version)
-            await self._can_write()
-        except sqlite3.Error as error:  # a read-only or full disk: the transaction leaves the schema as it was
-            raise HistoryError(
-                f"{self.path} could not be brought up to date or written ({error}); it is unchanged. Check that "
-                "DATABASE_PATH can be written."
-            ) from error
-
-    async def _can_write(self) -> None:
-        """A database left read-only (created by another user, say) fails here, at the start, rather than with
-        the first answer it should record: writing the version it has again changes nothing."""
-        async with self._transaction():
-            async with self._db.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
-            await self._db.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
-
-    async def _migrate(self, version: int) -> None:
-        applied = await self._recorded_migrations(version) if version <= len(MIGRATIONS) else set()
-        unknown = sorted(applied - {migration.name for migration in MIGRATIONS})
-        if version > len(MIGRATIONS) or unknown:
-            raise HistoryError(
-                f"{self.path} was written by a newer phi3bot (schema {', '.join(unknown) or version}, this one "
-                f"knows {len(MIGRATIONS)} migrations). Upgrade phi3bot or use another DATABASE_PATH."
-            )
-        for migration in MIGRATIONS:
-            if migration.name in applied:
-                continue
-            async with self._transaction():
-                for statement in migration.statements:
-                    await self._db.execute(statement)
-                await self._db.execute(
-                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (migration.name, time.time())
-                )
-                await self._db.execute(f"PRAGMA user_version = {len(applied) + 1}")
-            applied.add(migration.name)
-            log.info("history database %s: migration %s applied", self.path, migration.name)
-
-    async def _recorded_migrations(self, version: int) -> set[str]:
-        """The names of the migrations applied (read only, for a database that records them); a database from
-        before the names is adopted with the first ``version``."""
-        async with (
-            self._reading(),
-            self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-            ) as cursor,
-        ):
-            recorded = await cursor.fetchone() is not None
-        if recorded:
-            async with self._reading(), self._db.execute("SELECT name FROM schema_migrations") as cursor:
-                return {str(row[0]) for row in await cursor.fetchall()}
-        adopted = MIGRATIONS[:version]
-        async with self._transaction():
-            await self._db.execute(RECORD)
-            await self._db.executemany(
-                "INSERT INTO schema_migrations (name, applied_at) VALUES (?, NULL)", [(m.name,) for m in adopted]
-            )
-        return {migration.name for migration in adopted}
+        return cls(path, connection)
 
     async def close(self) -> None:
         await self._db.close()
@@ -257,15 +146,8 @@ class HistoryStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                if self._db.in_transaction:  # SQLite rolls back by itself after some errors, a full disk among them
-                    await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+        async with self._lock, transaction(self._db):
+            yield
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[None]:
@@ -329,7 +211,7 @@ class HistoryStore:
     ) -> int:
         now = time.time()
         for image in images:
-            await self._insert_image(image, now)
+            await insert_image(self._db, image, now)
         ids = [telegram_message_id] if telegram_message_id is not None else []
         cursor = await self._db.execute(
             "INSERT INTO messages (conversation_id, role, text, user_id, telegram_message_ids, created_at, tokens) "
@@ -337,93 +219,16 @@ class HistoryStore:
             (conversation, text, user_id, json.dumps(ids), now, tokens),
         )
         message_id = int(cursor.lastrowid or 0)
-        for position, image in enumerate(images):
-            await self._db.execute(
-                "INSERT INTO message_images (message_id, image_sha256, position) VALUES (?, ?, ?)",
-                (message_id, image.sha256, position),
-            )
+        await link_images(self._db, message_id, images)
         if images and self._image_limits is not None:
-            await self._prune(self._image_limits, conversation, message_id)
+            await prune_images(self._db, self._image_limits, conversation, message_id)
         return message_id
-
-    async def _insert_image(self, image: NewImage, now: float) -> None:
-        """Stored once by content hash.  Its Telegram file id goes with it unless another row holds it (an
-        image stored as sent by an older version, whose copy could not be stored in its place)."""
-        await self._db.execute(
-            "INSERT INTO images (sha256, file_unique_id, data, size, mime_type, width, height, created_at, bounded) "
-            "VALUES (:sha256, CASE WHEN EXISTS (SELECT 1 FROM images WHERE file_unique_id = :file) THEN NULL "
-            "ELSE :file END, :data, :size, :mime_type, :width, :height, :now, :bounded) "
-            "ON CONFLICT (sha256) DO UPDATE SET "
-            "file_unique_id = COALESCE(images.file_unique_id, excluded.file_unique_id)",
-            {
-                "sha256": image.sha256,
-                "file": image.file_unique_id,
-                "data": image.data,
-                "size": len(image.data),
-                "mime_type": image.mime_type,
-                "width": image.width,
-                "height": image.height,
-                "now": now,
-                "bounded": image.bounded,
-            },
-        )
-
-    async def _prune(self, limits: StoredImageLimits, conversation: int, newest: int) -> None:
-        """The images of the oldest messages go, whole messages at a time, until the chat keeps at most
-        ``limits.per_chat`` and all chats ``limits.total_bytes``; the newest message keeps its own."""
-        async with self._db.execute(
-            "SELECT mi.message_id, COUNT(*) FROM message_images mi JOIN messages m ON m.id = mi.message_id "
-            "WHERE m.conversation_id IN (SELECT id FROM conversations WHERE chat_id = "
-            "(SELECT chat_id FROM conversations WHERE id = ?)) GROUP BY mi.message_id ORDER BY mi.message_id DESC",
-            (conversation,),
-        ) as cursor:
-            counts = [(int(row[0]), int(row[1])) for row in await cursor.fetchall()]
-        kept, pruned = 0, 0
-        for message_id, count in counts:
-            kept += count
-            if message_id != newest and kept > limits.per_chat:
-                pruned += await self._prune_message(message_id)
-        while await self._image_bytes() > limits.total_bytes:
-            async with self._db.execute(
-                "SELECT message_id FROM message_images WHERE message_id != ? ORDER BY message_id LIMIT 1", (newest,)
-            ) as cursor:
-                oldest = await cursor.fetchone()
-            if oldest is None:
-                break
-            pruned += await self._prune_message(int(oldest[0]))
-        if pruned:
-            log.info("%d stored images deleted, oldest first, to stay within the limits on stored images", pruned)
-
-    async def _prune_message(self, message_id: int) -> int:
-        """The message keeps its text and counts the images it lost; its token count goes (its images counted)."""
-        cursor = await self._db.execute("DELETE FROM message_images WHERE message_id = ?", (message_id,))
-        await self._db.execute(
-            "UPDATE messages SET images_pruned = images_pruned + ?, tokens = NULL WHERE id = ?",
-            (cursor.rowcount, message_id),
-        )
-        return cursor.rowcount
-
-    async def _image_bytes(self) -> int:
-        async with self._db.execute("SELECT COALESCE(SUM(size), 0) FROM images") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
 
     async def replace_image(self, sha256: str, copy: NewImage) -> None:
         """``copy`` takes the place of image ``sha256`` in every message that shows it, with its Telegram file id
         (for images stored as sent by an older version: bot/media/intake.py's ``bounded``)."""
         async with self._transaction():
-            async with self._db.execute("SELECT file_unique_id FROM images WHERE sha256 = ?", (sha256,)) as cursor:
-                row = await cursor.fetchone()
-            if row is None or copy.sha256 == sha256:
-                return
-            await self._insert_image(replace(copy, file_unique_id=None), time.time())
-            await self._db.execute(
-                "UPDATE message_images SET image_sha256 = ? WHERE image_sha256 = ?", (copy.sha256, sha256)
-            )
-            await self._db.execute("DELETE FROM images WHERE sha256 = ?", (sha256,))
-            await self._db.execute(
-                "UPDATE images SET file_unique_id = COALESCE(file_unique_id, ?) WHERE sha256 = ?", (row[0], copy.sha256)
-            )
+            await replace_with_copy(self._db, sha256, copy)
 
     async def _insert_assistant_message(
         self, conversation: int, text: str, status: StoredStatus, telegram_message_ids: Sequence[int]
@@ -601,7 +406,7 @@ class HistoryStore:
             ) as cursor,
         ):
             rows = list(await cursor.fetchall())
-            images = await self._images_for([int(row[0]) for row in rows])
+            images = await images_of(self._db, [int(row[0]) for row in rows])
         return [
             StoredMessage(
                 id=int(row[0]),
@@ -695,33 +500,9 @@ class HistoryStore:
         ):
             return await cursor.fetchone() is not None
 
-    async def _images_for(self, message_ids: list[int]) -> dict[int, list[StoredImage]]:
-        if not message_ids:
-            return {}
-        marks = ",".join("?" * len(message_ids))
-        found: dict[int, list[StoredImage]] = {}
-        async with self._db.execute(
-            f"SELECT mi.message_id, i.sha256, i.data, i.file_unique_id, i.mime_type, i.bounded FROM message_images mi "  # noqa: S608
-            f"JOIN images i ON i.sha256 = mi.image_sha256 WHERE mi.message_id IN ({marks}) "
-            "ORDER BY mi.message_id, mi.position",
-            message_ids,
-        ) as cursor:
-            async for row in cursor:
-                found.setdefault(int(row[0]), []).append(
-                    StoredImage(row[1], bytes(row[2]), row[3], row[4], bool(row[5]))
-                )
-        return found
-
     async def image_by_file_unique_id(self, file_unique_id: str) -> StoredImage | None:
-        async with (
-            self._reading(),
-            self._db.execute(
-                "SELECT sha256, data, file_unique_id, mime_type, bounded FROM images WHERE file_unique_id = ?",
-                (file_unique_id,),
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
-        return None if row is None else StoredImage(row[0], bytes(row[1]), row[2], row[3], bool(row[4]))
+        async with self._reading():
+            return await find_image(self._db, file_unique_id)
 
     async def stats(self) -> StoreStats:
         async with (
@@ -740,11 +521,6 @@ class HistoryStore:
         async with self._reading(), self._db.execute("PRAGMA integrity_check") as cursor:
             row = await cursor.fetchone()
         return row is not None and row[0] == "ok"
-
-
-def _can_open(path: Path) -> None:
-    """Raises sqlite3.Error when ``path`` cannot be opened as a database (a directory, no permission)."""
-    sqlite3.connect(path).close()
 
 
 def _check_status(status: str) -> None:

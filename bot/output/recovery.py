@@ -1,7 +1,7 @@
 """Answers whose Telegram messages must be repairable whatever stops the bot, and their repair at the next start.
 
 While an answer streams, ``AnswerRecord`` saves its text and every message id it occupies before the reply
-stream shows them (bot/output/reply_stream.py), so the database always covers what the chat shows.  After a crash or
+stream shows them (bot/output/delivery.py), so the database always covers what the chat shows.  After a crash or
 kill -9, such answers still show a cursor and a Stop button that no longer work, in every part; after a
 shutdown that did not wait for flood control, the final text may not be shown yet.  At the next start each is
 finished the way a reply stream finishes: its saved text, formatted, in every part, with a note
@@ -22,7 +22,8 @@ from telegram.error import TelegramError
 from bot import texts
 from bot.history import HistoryStore, Interrupted
 from bot.history.store import StoredStatus
-from bot.output.reply_stream import Postponed, ReplyStream, Undeliverable
+from bot.output.reply_stream import ReplyStream
+from bot.output.retries import Postponed, Undeliverable
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from bot import texts
 from bot.app import build_application, setup, teardown
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.output import buttons
-from bot.output.reply_stream import CURSOR
+from bot.output.edits import CURSOR
 from bot.services import Services
 from bot.settings import Settings, load_settings
 from tests.support.bot_api_server import FakeBotApi, SentMessage
