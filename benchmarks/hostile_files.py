@@ -188,8 +188,8 @@ def _longest_gap(times: list[float], start: float, end: float) -> float:
 
 def measured(function: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """In a reader's child: what ``function`` did, how long it took and the child's peak memory."""
+    from bot.media.decoding import ImageRejected
     from bot.media.frames import VideoError
-    from engine.images import ImageRejected
 
     started = time.monotonic()
     try:
@@ -236,8 +236,8 @@ async def photo_costs(runs: int = 7) -> dict[str, Any]:
     decoded in the bot) against decoding the photo in the bot's process as before."""
     import os
 
+    from bot.media.decoding import prepare_image
     from bot.media.reader import MediaReader
-    from engine.images import prepare_image
 
     reader = MediaReader()
     results: dict[str, Any] = {}

@@ -16,13 +16,14 @@ from bot.admission.refusals import Refusals
 from bot.answers.in_progress import AnswersInProgress
 from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage, StoredImageLimits
 from bot.history.context_view import View, conversation_view, image_gone
+from bot.media.decoding import ImageRejected
 from bot.media.image_cache import PreparedImageCache
 from bot.media.intake import bounded
 from bot.media.reader import MediaError, MediaReader
 from bot.output.reply_stream import Drafts
 from bot.settings import Settings
 from engine.engine import Engine
-from engine.images import ImageRejected, PreparedImage
+from engine.images import PreparedImage
 
 log = logging.getLogger(__name__)
 

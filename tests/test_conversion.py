@@ -16,10 +16,10 @@ import numpy as np
 import openvino_genai as genai
 import pytest
 
+from bot.media.decoding import prepare_image
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Finished
 from engine.generation import GenerationSettings
-from engine.images import prepare_image
 from engine.pipeline_process import load_pipeline
 from model_store.convert import ConversionRequest, convert_in_subprocess, run_conversion
 from model_store.convert.validate import sample_image

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bot.media.decoding import prepare_image
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Finished, Started, Waiting
 from engine.fair_queue import AlreadyQueued
 from engine.generation import RETRY_TEMPERATURE, GenerationSettings
-from engine.images import PreparedImage, prepare_image
+from engine.images import PreparedImage
 from engine.pipeline_process import LoadedModel, load_pipeline
 from model_store.convert import ConversionRequest, run_conversion
 from model_store.loader import pipeline_spec

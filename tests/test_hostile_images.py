@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
 from bot.media.stills import LONG_SIDE, still
-from engine.images import ImageLimits, ImageRejected, prepare_image
 from tests.support.hostile_images import GENERATORS, Case, hostile_images
 from tests.support.outcomes import check_outcomes
 

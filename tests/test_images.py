@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import ImageRejected, crop_grid, for_genai, prepare_image
+from bot.media.decoding import ImageRejected, prepare_image
+from engine.images import crop_grid, for_genai
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -16,10 +16,10 @@ from PIL import Image
 
 from bot.answers.material import Material, unseen_pages
 from bot.media import frames, pages
+from bot.media.decoding import ImageRejected, prepare_image
 from bot.media.reader import MediaError, MediaReader
 from bot.media.stills import LONG_SIDE, still
 from engine.conversation import Turn
-from engine.images import ImageRejected, prepare_image
 from model_store import child_start
 from tests.support.hostile_images import png_40_megapixels_rgba
 from tests.support.media_files import (

@@ -24,6 +24,7 @@ from bot.answers.asking import Asking
 from bot.answers.material import Kind, Material, ask_about, unseen_pages
 from bot.handlers.albums import AlbumCollector
 from bot.history import ConversationKey
+from bot.media.decoding import ImageRejected
 from bot.media.intake import Attachment, IntakeError, MediaLimits, attachments_in, gather, unreadable
 from bot.media.pages import names_pages
 from bot.output.buttons import describe_keyboard
@@ -32,7 +33,7 @@ from bot.services import Services
 from engine.context_policy import estimate_tokens
 from engine.conversation import Turn
 from engine.engine import Engine
-from engine.images import ImageRejected, PreparedImage, image_tokens
+from engine.images import PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from bot.answers.answering import answer, conversation_turn
 from bot.answers.asking import Asking
 from bot.answers.material import Material
 from bot.history import Exchange
+from bot.media.decoding import ImageRejected
 from bot.output.chat import conversation_key
 from bot.services import Services
 from engine.conversation import Turn
-from engine.images import ImageRejected
 
 log = logging.getLogger(__name__)
 

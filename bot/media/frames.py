@@ -26,7 +26,7 @@ from fractions import Fraction
 
 import av
 
-from engine.images import ImageLimits
+from bot.media.decoding import ImageLimits
 
 FRAMES_PER_SECOND = 2.0  # at most this many frames per second of clip: a 1 s GIF gets 2, not 8
 DECODE_LIMIT = 2000  # frames decoded in all for one clip, whatever its file says

@@ -30,11 +30,12 @@ from telegram.error import BadRequest, TelegramError
 
 from bot.answers.material import Kind, Material, of_frames, of_pages
 from bot.history import HistoryStore, NewImage, StoredImage
+from bot.media.decoding import ImageLimits
 from bot.media.frames import Frames, clock
 from bot.media.pages import PDF_MIME, Pages
 from bot.media.reader import MediaError, MediaReader
 from bot.media.stills import Still
-from engine.images import ImageLimits, grid_side
+from engine.images import grid_side
 
 log = logging.getLogger(__name__)
 

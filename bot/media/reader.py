@@ -44,10 +44,10 @@ from typing import Any, TypeVar, cast
 from cachetools import LRUCache, TTLCache
 
 from bot import texts
+from bot.media.decoding import ImageRejected
 from bot.media.frames import Frames, VideoError, sample
 from bot.media.pages import DocumentError, NoSuchPage, Pages, render
 from bot.media.stills import Still, still
-from engine.images import ImageRejected
 from model_store.child_process import in_thread_until_cancelled, stop_process
 from model_store.child_start import Confinement, new_child, receive
 

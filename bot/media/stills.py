@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from engine.images import MAX_NUM_CROPS, ImageLimits, decode_image, grid_side
+from bot.media.decoding import ImageLimits, decode_image
+from engine.images import MAX_NUM_CROPS, grid_side
 
 LONG_SIDE = grid_side(MAX_NUM_CROPS)
 JPEG_QUALITY = 95

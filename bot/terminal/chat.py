@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
 from bot.running.runtime import build_engine
 from bot.settings import Settings
 from engine.conversation import Turn
 from engine.conversation_memory import ConversationMemory
 from engine.engine import Chunk, Engine, Finished, Prepared, Waiting
-from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
+from engine.images import PreparedImage
 
 TERMINAL = ("terminal", 0)
 DEFAULT_IMAGE_QUESTION = "Describe this image."

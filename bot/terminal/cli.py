@@ -174,8 +174,8 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _terminal(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
+    from bot.media.decoding import ImageRejected
     from bot.terminal.chat import ask_once, chat
-    from engine.images import ImageRejected
 
     try:
         if args.command == "ask":
