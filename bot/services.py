@@ -66,7 +66,7 @@ class Services:
             try:
                 image = await bounded(self.history, self.media, image)
             except MediaError as error:
-                raise ImageRejected(str(error), error.reason) from error
+                raise ImageRejected(error.reason, **error.data) from error
         return await asyncio.to_thread(self.images.get, image.data, image.sha256)
 
     async def prepared_all(self, images: Sequence[NewImage | StoredImage]) -> list[PreparedImage]:

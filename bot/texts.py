@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 HELP = """I answer questions about photos, running {model} on this server's {device}.
 
@@ -79,13 +79,6 @@ PERSONA_SET = "Done — that's my persona in this chat from now on. The conversa
 PERSONA_KEPT = "\n\nThe persona stays: /persona reset returns to the default."
 RESTARTING = "I'm restarting right now. Please ask again in a minute."
 NOT_STORED = "Sorry, I can't answer right now: this server could not save your question. Please try again later."
-# The file reader (bot/media/reader.py)
-READ_TOO_SLOW = (
-    "That file takes too long to read (over {seconds:.0f} s), so I gave up on it. Please send a simpler one."
-)
-READ_CRASHED = "I couldn't read that file: the reader stopped on it. Please send it in another form."
-READ_TOO_LARGE = "That file needs more memory to read than I may use. Please send a smaller one."
-READ_STOPPING = "I'm restarting, so I couldn't read that file. Please send it again in a minute."
 # Stored images are deleted, oldest first, past STORED_IMAGES_PER_CHAT and STORED_IMAGES_MB
 IMAGE_GONE = (
     "I no longer have the photo this conversation is about: older images are deleted to save space. "
@@ -199,10 +192,6 @@ def kept(label: str) -> str:
     return f"📎 Got it. I'm looking at {label} — ask me anything about it."
 
 
-def no_such_page(count: int, page: int) -> str:
-    return f"This PDF has {count} page{'' if count == 1 else 's'}, so I can't look at page {page}."
-
-
 def pages_not_in_view(shown: str, count: int) -> str:
     """A question naming pages of the PDF in view that the model was not shown."""
     return (
@@ -240,3 +229,78 @@ def persona_shown(persona: str | None, default: str) -> str:
 
 def persona_too_long(length: int, limit: int) -> str:
     return f"A persona can be up to {limit:,} characters; yours has {length:,}. Please shorten it."
+
+
+def clock(seconds: float, *, tenths: bool = False) -> str:
+    """0:07, 1:30, 1:02:03, or 2.5 s for a clip under ten seconds (``tenths``)."""
+    if tenths and seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def looked_at(pdf: bool, which: str, whole: str) -> str:
+    """Under an answer about a PDF or a clip: which pages or frames, of what (bot/answers/material.py)."""
+    return f"{'📄' if pdf else '🎞'} I looked at {which} of {whole}."
+
+
+def no_such_page(count: int, page: int) -> str:
+    return f"This PDF has {count} page{'' if count == 1 else 's'}, so I can't look at page {page}."
+
+
+def _too_long(duration: float, max_seconds: float, name: str = "clip") -> str:
+    return f"That {name} is {clock(duration)} long; I can look at clips of up to {clock(max_seconds)}."
+
+
+# Why a file cannot be read (bot/media/refusal.py): each reason a Refusal carries, said with its data, as a template
+# or, where the data needs more than filling in, a function.
+SUPPORTED_IMAGES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+TOO_LARGE_TO_OPEN = "That image is too large to open safely. Please send a smaller one."
+CLIP_UNREADABLE = "I couldn't read that clip; it seems damaged or in a format I don't know."
+NOT_DOWNLOADED = "I could not download that file from Telegram. Please send it again."
+REFUSALS: dict[str, str | Callable[..., str]] = {
+    # an image (bot/media/decoding.py)
+    "empty": "That file is empty. Please send the photo again.",
+    "too_large_bytes": "That image is larger than {megabytes} MB. Please send a smaller one.",
+    "too_small": "That image has no pixels. Please send another one.",
+    "too_many_pixels": (
+        "That image is too large ({width}x{height} pixels). Please send one under {megapixels} megapixels."
+    ),
+    "bomb": TOO_LARGE_TO_OPEN,
+    "out_of_memory": TOO_LARGE_TO_OPEN,
+    "not_an_image": f"That file is not an image I can read. Please send a {SUPPORTED_IMAGES} photo.",
+    "truncated": "That image seems damaged or incomplete. Please send it again.",
+    # a PDF (bot/media/pages.py)
+    "no_such_page": no_such_page,
+    "pdf_password": "That PDF is protected by a password, so I can't open it. Please send it without one.",
+    "pdf_damaged": "I couldn't read that PDF; it seems damaged. Please send it again.",
+    "pdf_empty": "That PDF has no pages.",
+    "pdf_unrendered": "I couldn't render that PDF's pages; it seems damaged.",
+    "page_without_size": "Page {page} of that PDF has no size, so there is nothing to look at.",
+    # a clip (bot/media/frames.py; intake.py refuses a clip Telegram announces as too long, naming it)
+    "no_pictures": "That file has no pictures in it, so there is nothing for me to look at.",
+    "clip_unreadable": CLIP_UNREADABLE,
+    "frames_too_large": "That clip's frames are {width}×{height} pixels, too large for me to read.",
+    "too_long": _too_long,
+    "no_frames": "I couldn't find a single picture in that clip.",
+    # what Telegram announces or gives (bot/media/intake.py)
+    "announced_too_large": "That {name}'s frames are too large for me to read.",
+    "too_big": "That file is larger than 20 MB, which is as much as Telegram lets bots download.",
+    "not_downloaded": NOT_DOWNLOADED,
+    "one_at_a_time": "Please send the {name} on its own: I can read one PDF or clip per question.",
+    # the file reader (bot/media/reader.py)
+    "too_slow": (
+        "That file takes too long to read (over {seconds:.0f} s), so I gave up on it. Please send a simpler one."
+    ),
+    "crashed": "I couldn't read that file: the reader stopped on it. Please send it in another form.",
+    "too_large": "That file needs more memory to read than I may use. Please send a smaller one.",
+    "stopping": "I'm restarting, so I couldn't read that file. Please send it again in a minute.",
+}
+
+
+def refusal(reason: str, data: Mapping[str, object]) -> str:
+    """Why a file cannot be read, for the person who sent it; raises KeyError, TypeError or ValueError for a reason
+    or data it has no sentence for."""
+    said = REFUSALS[reason]
+    return said.format(**data) if isinstance(said, str) else said(**data)

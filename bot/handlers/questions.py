@@ -90,7 +90,7 @@ class Questions:
             try:
                 read = await claimed.read(self._read(asked, engine))
             except (IntakeError, ImageRejected) as error:
-                await self.services.refusals.note(first, str(error))
+                await self.services.refusals.note(first, texts.refusal(error.reason, error.data))
                 return
             if read is None:  # stopped while its files were read
                 return
@@ -106,7 +106,7 @@ class Questions:
 
     async def _read(self, asked: _Asked, engine: Engine) -> tuple[Material, list[PreparedImage]]:
         """The question's files, downloaded and read, one file of a person's at a time (bot/media/reader.py);
-        raises IntakeError or ImageRejected with a friendly reason."""
+        raises IntakeError or ImageRejected."""
         async with self.services.media.for_person(asked.sender.id):
             material = await gather(
                 asked.first.get_bot(),

@@ -80,7 +80,7 @@ class Retries:
             try:
                 images = await self.services.prepared_all(exchange.question.images)
             except ImageRejected as error:
-                await self.services.refusals.note(message, str(error))
+                await self.services.refusals.note(message, texts.refusal(error.reason, error.data))
                 return
             question = Turn("user", exchange.question.text, tuple(images))
             material = Material.recalled(exchange.question.text)  # what the images are, for the status and the note

@@ -1,9 +1,9 @@
-"""Whatever bytes people send, turned into upright 8-bit RGB arrays the model can take, or a friendly refusal.
+"""Whatever bytes people send, turned into upright 8-bit RGB arrays the model can take, or a refusal.
 
 People send phone photos with EXIF rotation, screenshots with transparency, scans in CMYK,
 16-bit PNGs, animated GIFs, truncated uploads and, now and then, a zip file named photo.jpg or a
 decompression bomb.  Everything here runs before the model sees an image, and nothing here may raise
-anything but ``ImageRejected``, whose message is written for the person asking.
+anything but ``ImageRejected``, whose reason and data bot/texts.py says to the person asking.
 """
 
 from __future__ import annotations
@@ -18,18 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bot.media.refusal import Refusal
 from engine.images import PreparedImage
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-TOO_LARGE_TO_OPEN = "That image is too large to open safely. Please send a smaller one."
 
-
-class ImageRejected(Exception):
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class ImageRejected(Refusal):
+    """An image that cannot be read, or may not be."""
 
 
 @dataclass(frozen=True)
@@ -87,22 +83,19 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedIma
     """The picture in ``data``, upright, in 8-bit RGB, its long side at most ``limits.max_side``; raises only
     ImageRejected."""
     if not data:
-        raise ImageRejected("That file is empty. Please send the photo again.", "empty")
+        raise ImageRejected("empty")
     if len(data) > limits.max_bytes:
-        megabytes = limits.max_bytes // (1024 * 1024)
-        raise ImageRejected(f"That image is larger than {megabytes} MB. Please send a smaller one.", "too_large_bytes")
+        raise ImageRejected("too_large_bytes", megabytes=limits.max_bytes // (1024 * 1024))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width < 1 or height < 1:
-                raise ImageRejected("That image has no pixels. Please send another one.", "too_small")
+                raise ImageRejected("too_small")
             if width * height > limits.max_pixels:
                 raise ImageRejected(
-                    f"That image is too large ({width}x{height} pixels). Please send one under "
-                    f"{limits.max_pixels // 1_000_000} megapixels.",
-                    "too_many_pixels",
+                    "too_many_pixels", width=width, height=height, megapixels=limits.max_pixels // 1_000_000
                 )
             original_format = image.format or "unknown"
             if getattr(image, "is_animated", False):
@@ -115,16 +108,14 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedIma
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(TOO_LARGE_TO_OPEN, "too_many_pixels") from error
+        raise ImageRejected("bomb") from error
     except MemoryError as error:  # within the header's limit, but more than the process may take
-        raise ImageRejected(TOO_LARGE_TO_OPEN, "out_of_memory") from error
+        raise ImageRejected("out_of_memory") from error
     except UnidentifiedImageError as error:
-        raise ImageRejected(
-            f"That file is not an image I can read. Please send a {SUPPORTED} photo.", "not_an_image"
-        ) from error
+        raise ImageRejected("not_an_image") from error
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, TypeError) as error:
         log.info("image rejected: %s: %s", type(error).__name__, error)
-        raise ImageRejected("That image seems damaged or incomplete. Please send it again.", "truncated") from error
+        raise ImageRejected("truncated") from error
     return DecodedImage(image, width, height, original_format)
 
 

@@ -35,7 +35,7 @@ class Still:
 
 
 def still(data: bytes) -> Still:
-    """The copy of the image in ``data``; raises ImageRejected, with a friendly reason, for what cannot be read."""
+    """The copy of the image in ``data``; raises ImageRejected for what cannot be read."""
     decoded = decode_image(data, ImageLimits(max_side=LONG_SIDE))
     image, out = decoded.image, io.BytesIO()
     if decoded.original_format in JPEG_FORMATS:

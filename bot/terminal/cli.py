@@ -174,6 +174,7 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _terminal(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
+    from bot import texts
     from bot.media.decoding import ImageRejected
     from bot.terminal.chat import ask_once, chat
 
@@ -182,7 +183,7 @@ def _terminal(args: argparse.Namespace, settings: Settings) -> int:
             return asyncio.run(ask_once(settings, args.image, args.question))
         return asyncio.run(chat(settings, args.image))
     except ImageRejected as error:
-        print(f"Error: {error}", file=sys.stderr)
+        print(f"Error: {texts.refusal(error.reason, error.data)}", file=sys.stderr)
         return 1
 
 
