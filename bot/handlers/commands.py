@@ -237,7 +237,7 @@ class Commands:
         try:
             require_conversion_extra()
         except MissingDependencyError as error:
-            await message.reply_text(f"❌ {error}")
+            await message.reply_text(texts.store_failed(error.reason, error.data))
             return
         settings = self.services.settings
         args = list(context.args or [])
@@ -256,7 +256,7 @@ class Commands:
             await message.reply_text(texts.hub_too_slow(WHOLE_LOOK_UP * settings.hub_timeout_seconds))
             return
         except ModelStoreError as error:
-            await message.reply_text(f"❌ {error}")
+            await message.reply_text(texts.store_failed(error.reason, error.data))
             return
         status = await message.reply_text(f"🔧 Converting {model} to {precision}…", do_quote=not is_private(message))
         self.services.conversion = asyncio.create_task(self._convert(status, model, precision))
@@ -365,7 +365,7 @@ class Commands:
             if settings.warm_up_hours > 0:  # the new model has read nothing yet
                 self.services.warm_up(time.time() - settings.warm_up_hours * 3600)
         except ModelStoreError as error:
-            await show(f"❌ {error}")
+            await show(texts.store_failed(error.reason, error.data))
             return
         except Exception as error:
             log.exception("conversion or loading failed")

@@ -46,7 +46,7 @@ from cachetools import LRUCache, TTLCache
 from bot import texts
 from bot.media.frames import Frames, sample
 from bot.media.pages import NoSuchPage, Pages, render
-from bot.media.refusal import Data, Refusal
+from bot.media.refusal import Refusal
 from bot.media.stills import Still, still
 from model_store.child_process import in_thread_until_cancelled, stop_process
 from model_store.child_start import Confinement, new_child, receive
@@ -88,7 +88,7 @@ class _Turns:
 @dataclass(frozen=True)
 class _Refused:
     reason: str
-    data: dict[str, Data]
+    data: dict[str, object]
 
 
 class MediaReader:
@@ -235,7 +235,7 @@ def _in_child(
     return cast(T, value)
 
 
-def _answer(receiver: Connection) -> tuple[str, Any, dict[str, Data]]:
+def _answer(receiver: Connection) -> tuple[str, Any, dict[str, object]]:
     """The child's answer, read as data: ("done", plain values or one of ANSWERS, {}) or ("refused", a reason,
     its numbers) that bot/texts.py says in at most REFUSAL_CHARACTERS.  A reader taken over by the file it read
     can answer nothing else."""
@@ -269,7 +269,7 @@ def _child_main(
     # Should the bot be killed without ending it, the child still stops, at the same deadline, in CPU time.
     resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) + 5, int(seconds) + 10))
     _limit_memory(memory_bytes)
-    outcome: tuple[str, Any, dict[str, Data]]
+    outcome: tuple[str, Any, dict[str, object]]
     try:
         outcome = ("done", function(*args, **kwargs), {})
     except Refusal as refusal:

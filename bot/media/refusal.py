@@ -4,17 +4,9 @@ never with words, so whatever a reader says is one of the bot's own sentences.""
 
 from __future__ import annotations
 
-Data = int | float | str
+from model_store.errors import Reasoned
 
 
-class Refusal(Exception):
+class Refusal(Reasoned):
     """``reason`` names what is wrong with the file (or with the question about it); ``data`` holds the numbers and
     names its sentence needs."""
-
-    def __init__(self, reason: str, **data: Data) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.data = data
-
-    def __str__(self) -> str:
-        return f"{self.reason} {self.data}" if self.data else self.reason
