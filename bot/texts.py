@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from model_store.progress import format_elapsed
+
+if TYPE_CHECKING:
+    from bot.admission.refusals import RefusalCounts
+    from bot.history.store import StoreStats
+    from engine.engine import EngineStats
+    from engine.fair_queue import FairQueue
+    from model_store.progress import Progress
+    from model_store.store import ModelEntry
 
 HELP = """I answer questions about photos, running {model} on this server's {device}.
 
@@ -200,8 +211,20 @@ def pages_not_in_view(shown: str, count: int) -> str:
     )
 
 
+# Media the bot cannot read (bot/media/intake.py's unsupported_kind), as the reply names it.
+UNSUPPORTED = {
+    "animated_sticker": "animated stickers",
+    "voice": "voice messages",
+    "audio": "audio files",
+    "location": "locations",
+    "contact": "contacts",
+    "poll": "polls",
+    "file": "this kind of file",
+}
+
+
 def unsupported(kind: str) -> str:
-    return f"I can't read {kind}. Send me a photo, a PDF or a short video with a question."
+    return f"I can't read {UNSUPPORTED[kind]}. Send me a photo, a PDF or a short video with a question."
 
 
 def footer(status: str, text: str, note: str = "") -> str:
@@ -504,3 +527,64 @@ def store_error(reason: str, data: Mapping[str, object]) -> str:
 def store_failed(reason: str, data: Mapping[str, object]) -> str:
     """The same in a chat, where a conversion's progress was shown."""
     return f"❌ {store_error(reason, data)}"
+
+
+def from_a_directory(name: str) -> str:
+    """A model converted from a directory, to people who may not see its path on this server."""
+    return f"{name} (converted from a local directory)"
+
+
+def model_shown(name: str, entry: ModelEntry, device: str, queue: FairQueue) -> str:
+    """What /model says; ``name``: the model's, as the person asking may see it."""
+    return "\n".join(
+        [
+            f"Model: {name}" + (" (synthetic test model)" if entry.synthetic else ""),
+            f"Precision: {entry.precision}",
+            f"Device: {device}",
+            f"Queue: {queue.running} answering, {queue.waiting} waiting",
+        ]
+    )
+
+
+def stats_shown(
+    uptime: float,
+    running: tuple[EngineStats, FairQueue] | None,
+    refused: RefusalCounts,
+    skipped: int,
+    history: StoreStats,
+) -> str:
+    """What /stats says; ``running``: the engine's counts and its line, while a model is loaded."""
+    lines = [f"Uptime: {format_elapsed(uptime)}"]
+    if running is not None:
+        s, queue = running
+        lines += [
+            f"Answered: {s.answered}, stopped: {s.cancelled}, timed out: {s.timed_out}, failed: {s.failed}",
+            f"Tokens generated: {s.generated_tokens}, busy: {format_elapsed(s.busy_seconds)}",
+            f"Queue: {queue.running} answering, {queue.waiting} waiting, {queue.served} served",
+        ]
+    lines.append(
+        f"Refusals: {refused.sent} sent, {refused.repeated} not repeated, {refused.dropped} dropped for "
+        f"Telegram's rate limit; {skipped} requests in all left unsent for it"
+    )
+    lines.append(
+        f"History: {history.conversations} chats, {history.messages} messages, {history.images} images, "
+        f"{history.database_bytes / 1e6:.1f} MB"
+    )
+    return "\n".join(lines)
+
+
+def converting(model: str, precision: str, progress: Progress | None = None, *, loading: bool = False) -> str:
+    """The message that follows a conversion: started, at ``progress``, or loading the model it made."""
+    header = f"🔧 Converting {model} to {precision}"
+    if progress is not None:
+        return f"{header}\n{progress.percent:.0f}% — {progress.phase}: {progress.detail}"
+    return f"{header}\nLoading the new model…" if loading else f"{header}…"
+
+
+def not_loaded(error: str) -> str:
+    """A converted model that failed to load for a reason no ModelStoreError names."""
+    return f"❌ The new model could not be loaded ({error}). The previous model keeps serving."
+
+
+def now_serving(entry: ModelEntry, seconds: float) -> str:
+    return f"✅ Now serving {entry.source} ({entry.precision}). Took {format_elapsed(seconds)}."

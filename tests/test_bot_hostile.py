@@ -347,7 +347,7 @@ async def test_files_sent_with_a_question_get_a_note_and_the_model_never_sees_th
         api.push_message(USER, photo=photo_bytes(), caption="Compare these", media_group_id="mixed", user_id=USER)
         api.push_message(USER, user_id=USER, extra={"video": video, "media_group_id": "mixed"})
         await api.wait_for(lambda: len(api.visible_text(USER)) == 5, 30, "five notes")
-        kinds = ["this kind of file", "voice messages", "audio files", "this kind of file"]
+        kinds = ["file", "voice", "audio", "file"]
         one_at_a_time = "Please send the video on its own: I can read one PDF or clip per question."
         assert sorted(api.visible_text(USER)) == sorted([*(texts.unsupported(kind) for kind in kinds), one_at_a_time])
         assert await stored_messages(bot.services.history, ConversationKey(USER)) == []

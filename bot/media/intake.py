@@ -120,25 +120,20 @@ def attachments_in(message: Message) -> list[Attachment]:
 
 
 def unsupported_kind(message: Message) -> str | None:
-    """A name for media the bot cannot read, so the reply can say what it got."""
+    """What kind of media the bot cannot read ``message`` holds (one of bot/texts.py's UNSUPPORTED), so the reply
+    can say what it got."""
     if message.sticker is not None and message.sticker.is_animated and not message.sticker.is_video:
-        return "animated stickers"
-    for attribute, name in (
-        ("voice", "voice messages"),
-        ("audio", "audio files"),
-        ("location", "locations"),
-        ("contact", "contacts"),
-        ("poll", "polls"),
-    ):
+        return "animated_sticker"
+    for attribute in ("voice", "audio", "location", "contact", "poll"):
         if getattr(message, attribute, None):
-            return name
+            return attribute
     if message.document is not None and not attachments_in(message):
-        return "this kind of file"
+        return "file"
     return None
 
 
 def unreadable(messages: Sequence[Message]) -> str | None:
-    """What in a question the bot cannot read, named for the reply, or None: the one place that decides which
+    """What kind of media in a question the bot cannot read, or None: the one place that decides which
     questions are refused for their attachments.
 
     Anything sent with the question that the model cannot be shown counts, caption or not (an album with a

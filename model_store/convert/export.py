@@ -25,9 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from model_store.child_start import OPENVINO_TELEMETRY, Confinement, die_with, modules_cache, runtime_readable
-from model_store.convert.heartbeat import Heartbeat, format_elapsed
+from model_store.convert.heartbeat import Heartbeat
 from model_store.errors import ConversionFailedError
 from model_store.layout import SIDE_FILES, SUBMODELS
+from model_store.progress import format_elapsed
 
 log = logging.getLogger(__name__)
 

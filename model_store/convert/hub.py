@@ -20,8 +20,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from model_store.convert.heartbeat import Heartbeat, format_elapsed
+from model_store.convert.heartbeat import Heartbeat
 from model_store.errors import GatedModelError, ModelNotFoundError, ModelStoreError, NoNetworkError
+from model_store.progress import format_elapsed
 
 log = logging.getLogger(__name__)
 
