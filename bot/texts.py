@@ -346,32 +346,11 @@ def _repository(repo: str, revision: str | None = None) -> str:
     return f"{repo} at revision {revision}" if revision else repo
 
 
-def _not_found(repo: str, revision: str | None = None) -> str:
-    return (
-        f"{_repository(repo, revision)} was not found on the Hugging Face Hub (or is private: set HF_TOKEN). "
-        "Check the spelling."
-    )
-
-
-def _gated(repo: str, revision: str | None = None) -> str:
-    return (
-        f"{_repository(repo, revision)} is gated: accept its licence on its Hugging Face page and set HF_TOKEN to a "
-        "token of that account."
-    )
-
-
 def _hub_silent(repo: str, revision: str | None = None, seconds: float | None = None) -> str:
     waited = f" within {seconds:g} s" if seconds is not None else ""
     return (
         f"The Hugging Face Hub did not answer{waited} about {_repository(repo, revision)}. Try again later "
         "(HUB_TIMEOUT_SECONDS sets how long to wait), or pass a local checkpoint directory instead."
-    )
-
-
-def _hub_unreachable(repo: str, revision: str | None = None) -> str:
-    return (
-        f"Could not reach the Hugging Face Hub to get {_repository(repo, revision)}, and it is not in the local "
-        "cache. Check the network (or a proxy), or pass a local checkpoint directory instead."
     )
 
 
@@ -432,10 +411,19 @@ GIB = 1024**3
 # to the admin who asked for it (/convert, the terminal) or who runs the bot.
 STORE_ERRORS: dict[str, str | Callable[..., str]] = {
     # the Hugging Face Hub (model_store/convert/hub.py)
-    "gated": _gated,
-    "not_found": _not_found,
+    "gated": lambda repo, revision=None: (
+        f"{_repository(repo, revision)} is gated: accept its licence on its Hugging Face page and set HF_TOKEN to a "
+        "token of that account."
+    ),
+    "not_found": lambda repo, revision=None: (
+        f"{_repository(repo, revision)} was not found on the Hugging Face Hub (or is private: set HF_TOKEN). "
+        "Check the spelling."
+    ),
     "hub_silent": _hub_silent,
-    "hub_unreachable": _hub_unreachable,
+    "hub_unreachable": lambda repo, revision=None: (
+        f"Could not reach the Hugging Face Hub to get {_repository(repo, revision)}, and it is not in the local "
+        "cache. Check the network (or a proxy), or pass a local checkpoint directory instead."
+    ),
     "hub_refused": lambda repo, error, revision=None: (
         f"The Hugging Face Hub refused {_repository(repo, revision)}: {error}"
     ),

@@ -37,6 +37,7 @@ from tests.support.media_files import (
     pdf_drawing_one_image,
 )
 from tests.support.outcomes import check_outcomes
+from tests.support.saying import said
 
 
 def colour(png: bytes) -> tuple[int, ...]:
@@ -85,10 +86,6 @@ def test_pages_are_rendered_at_the_width_of_the_models_crop_grid(num_crops: int,
     found = pages.render(pdf(1, size=(595, 842)), "", limit=1, num_crops=num_crops)
     with Image.open(io.BytesIO(found.images[0])) as image:
         assert image.height == side and abs(image.width - side * 595 / 842) <= 1
-
-
-def said(refusal: Refusal) -> str:
-    return texts.refusal(refusal.reason, refusal.data)
 
 
 def test_a_page_the_document_lacks_is_refused_by_name() -> None:
