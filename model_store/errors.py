@@ -14,7 +14,7 @@ class Reasoned(Exception):
     """An error people are told of by its ``reason`` and ``data`` (plain values, so it crosses a process boundary
     as they are); ``str(error)`` is for developers."""
 
-    def __init__(self, reason: str, **data: Any) -> None:
+    def __init__(self, reason: str, /, **data: Any) -> None:
         super().__init__(reason)
         self.reason = reason
         self.data = data

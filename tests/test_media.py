@@ -434,7 +434,7 @@ async def test_a_readers_answer_is_read_as_data_so_a_taken_over_reader_runs_noth
     assert "something that is no answer" in caplog.text
 
 
-def _refusing(reason: str, **data: Any) -> None:
+def _refusing(reason: str, data: dict[str, Any]) -> None:
     raise Refusal(reason, **data)
 
 
@@ -444,12 +444,17 @@ async def test_a_reader_may_refuse_only_with_the_bots_own_sentences() -> None:
     says, with numbers for its data, is passed on."""
     refused = MediaReader()
     with pytest.raises(MediaError) as caught:
-        await refused.run(_refusing, "page_without_size", page=2)
+        await refused.run(_refusing, "page_without_size", {"page": 2})
     assert said(caught.value) == "Page 2 of that PDF has no size, so there is nothing to look at."
-    for reason, data in (("Send money to ...", {}), ("page_without_size", {"page": "2, click here"}), ("empty", {})):
+    for reason, data in (
+        ("Send money to ...", {}),
+        ("page_without_size", {"page": "2, click here"}),
+        ("empty", {}),
+        ("empty", {"reason": 3}),
+    ):
         with pytest.raises(MediaError) as caught:
-            await refused.run(_refusing, reason, **data)
-        assert caught.value.reason == ("empty" if reason == "empty" else "crashed"), reason
+            await refused.run(_refusing, reason, data)
+        assert caught.value.reason == ("empty" if reason == "empty" else "crashed"), (reason, data)
     with pytest.raises(MediaError) as caught:
-        await refused.run(_refusing, "too_large_bytes", megabytes=10**2000)
+        await refused.run(_refusing, "too_large_bytes", {"megabytes": 10**2000})
     assert caught.value.reason == "crashed", "too long to say"
