@@ -112,8 +112,8 @@ class EngineVariant:
         return self.loop.run_until_complete(self._ask(question, image, new_conversation))
 
     async def _ask(self, question: str, image: Any | None, new_conversation: bool) -> Measured:
+        from bot.media.decoding import prepare_image
         from engine.conversation import Turn
-        from engine.images import prepare_image
 
         images = (prepare_image(png(image)),) if image is not None else ()
         if new_conversation:

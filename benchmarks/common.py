@@ -125,7 +125,7 @@ def synthetic_photo(seed: int, width: int = 640, height: int = 480) -> np.ndarra
 
 
 def png(pixels: np.ndarray) -> bytes:
-    """A photo as a chat sends it: encoded bytes, which the bot (or engine.images.prepare_image) decodes."""
+    """A photo as a chat sends it: encoded bytes, which the bot (or bot.media.decoding.prepare_image) decodes."""
     from PIL import Image
 
     buffer = io.BytesIO()

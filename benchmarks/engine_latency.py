@@ -146,10 +146,10 @@ def _not_round_tripping(tokenizer: Any, text: str, ids: list[int]) -> int:
 
 async def _engine(model: Path, tokens: int, cpu: CpuTuning, steps: list[str]) -> dict[str, Any]:
 
+    from bot.media.decoding import prepare_image
     from engine.conversation import Turn
     from engine.engine import Engine
     from engine.generation import GenerationSettings
-    from engine.images import prepare_image
     from engine.pipeline_process import load_pipeline
     from model_store.loader import pipeline_spec
     from model_store.store import ModelEntry

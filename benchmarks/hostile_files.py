@@ -97,7 +97,6 @@ def _waited_for_a_cpu() -> float:
 async def scenario(store_root: Path, data_dir: Path) -> dict[str, Any]:
     from bot import texts
     from bot.history import ConversationKey
-    from bot.media.frames import UNREADABLE
     from tests.support.bot_api_server import FakeBotApi
     from tests.support.harness import bot_settings, running_bot, stored_messages, streaming, wait_answers
     from tests.support.hostile_images import png_40_megapixels_rgba
@@ -159,7 +158,7 @@ async def scenario(store_root: Path, data_dir: Path) -> dict[str, Any]:
         "replies": {
             "png_answered": all(len(stored) == 2 and len(stored[0].images) == 1 for stored in asked),
             "clips_refused": [first_texts[chat] for chat in CLIP_CHATS],
-            "clip_refusal_expected": UNREADABLE,
+            "clip_refusal_expected": texts.CLIP_UNREADABLE,
             "not_failed": all(texts.FAILED not in text for text in first_texts.values()),
         },
         "streaming": {
@@ -188,15 +187,16 @@ def _longest_gap(times: list[float], start: float, end: float) -> float:
 
 def measured(function: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """In a reader's child: what ``function`` did, how long it took and the child's peak memory."""
+    from bot import texts
+    from bot.media.decoding import ImageRejected
     from bot.media.frames import VideoError
-    from engine.images import ImageRejected
 
     started = time.monotonic()
     try:
         result = function(*args, **kwargs)
         outcome = f"{len(result.images)} frames" if hasattr(result, "images") else "a copy"
     except (VideoError, ImageRejected) as refusal:
-        outcome = f"refused: {refusal}"
+        outcome = f"refused: {texts.refusal(refusal.reason, refusal.data)}"
     seconds = time.monotonic() - started
     status = Path("/proc/self/status").read_text()
     peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
@@ -236,8 +236,8 @@ async def photo_costs(runs: int = 7) -> dict[str, Any]:
     decoded in the bot) against decoding the photo in the bot's process as before."""
     import os
 
+    from bot.media.decoding import prepare_image
     from bot.media.reader import MediaReader
-    from engine.images import prepare_image
 
     reader = MediaReader()
     results: dict[str, Any] = {}

@@ -80,7 +80,7 @@ def _system_prompt() -> str:
 
 
 def _photo(seed: int) -> Any:
-    from engine.images import prepare_image
+    from bot.media.decoding import prepare_image
 
     return prepare_image(png(synthetic_photo(seed)))
 

@@ -79,9 +79,10 @@ def video(seconds: int, fps: int = 30, size: tuple[int, int] = (1280, 720)) -> b
 
 
 async def _run(model: Path) -> list[dict[str, Any]]:
+    from bot.media.decoding import prepare_image
     from bot.media.reader import MediaReader
     from engine.conversation import Turn
-    from engine.images import grid_side, image_tokens, prepare_image
+    from engine.images import grid_side, image_tokens
 
     engine = await bot_like_engine(model, num_crops=NUM_CROPS, answer_tokens=TOKENS)
     per_image = image_tokens(1, 1, NUM_CROPS)

@@ -104,7 +104,7 @@ async def _observed(
 
 
 def _photo(seed: int) -> Any:
-    from engine.images import prepare_image
+    from bot.media.decoding import prepare_image
 
     return prepare_image(png(synthetic_photo(seed)))
 

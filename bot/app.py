@@ -147,7 +147,7 @@ async def _open(application: Application, settings: Settings, heartbeat: Heartbe
     try:
         services.engine = await build_engine(settings)
     except ModelStoreError as error:
-        log.warning("no model loaded: %s", error)
+        log.warning("no model loaded: %s", texts.store_error(error.reason, error.data))
     heartbeat.beat()
     register_handlers(application, services)
     if settings.warm_up_hours > 0:

@@ -16,13 +16,14 @@ from bot.admission.answers_in_progress import AnswersInProgress
 from bot.admission.refusals import Refusals
 from bot.history import ConversationKey, HistoryStore, NewImage, StoredImage, StoredImageLimits
 from bot.history.context_view import View, conversation_view, image_gone
+from bot.media.decoding import ImageRejected
 from bot.media.image_cache import PreparedImageCache
 from bot.media.intake import bounded
 from bot.media.reader import MediaError, MediaReader
 from bot.output.drafts import Drafts
 from bot.settings import Settings
 from engine.engine import Engine
-from engine.images import ImageRejected, PreparedImage
+from engine.images import PreparedImage
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Services:
             try:
                 image = await bounded(self.history, self.media, image)
             except MediaError as error:
-                raise ImageRejected(str(error), error.reason) from error
+                raise ImageRejected(error.reason, **error.data) from error
         return await asyncio.to_thread(self.images.get, image.data, image.sha256)
 
     async def prepared_all(self, images: Sequence[NewImage | StoredImage]) -> list[PreparedImage]:

@@ -66,11 +66,13 @@ def serve(spec: PipelineSpec, connection: Connection, log_level: int) -> None:
     try:
         pipeline = compile_pipeline(spec)
     except ModelStoreError as error:
-        connection.send(LoadFailed(str(error)))
+        connection.send(LoadFailed(error.reason, error.data))
         return
     except Exception as error:
         log.exception("loading failed")
-        connection.send(LoadFailed(f"Loading {spec.entry.source} failed: {type(error).__name__}: {error}"))
+        connection.send(
+            LoadFailed("load_crashed", {"source": spec.entry.source, "error": f"{type(error).__name__}: {error}"})
+        )
         return
     seconds = time.monotonic() - started
     log.info("loaded %s (%s) on %s in %.1f s", spec.entry.source, spec.entry.precision, spec.device, seconds)

@@ -41,7 +41,6 @@ from engine.pipeline_protocol import (
     Reply,
     Shutdown,
 )
-from model_store.child_process import exit_reason
 from model_store.child_start import new_child
 from model_store.errors import ModelStoreError
 from model_store.loader import PipelineSpec
@@ -138,11 +137,11 @@ class PipelineProcess:
                 if isinstance(reply, Ready):
                     return reply.load_seconds
                 if isinstance(reply, LoadFailed):
-                    raise ModelStoreError(reply.message)
+                    raise ModelStoreError(reply.reason, **reply.data)
             elif not self._process.is_alive():
                 break
         self._process.join()
-        raise ModelStoreError(f"The model process {exit_reason(self._process.exitcode)} while loading.")
+        raise ModelStoreError("model_process_ended", exitcode=self._process.exitcode)
 
     def ask(
         self,
@@ -221,7 +220,7 @@ class PipelineProcess:
             if sink is not None:
                 _deliver(sink, reply)
         self._process.join(POLL_SECONDS * 10)
-        reason = f"The model process {exit_reason(self._process.exitcode)}; it is being restarted."
+        reason = f"The model process ended with exit code {self._process.exitcode}; it is being restarted."
         with self._lock:
             self._dead = reason
             orphans, self._sinks = self._sinks, {}

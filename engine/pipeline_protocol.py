@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,10 @@ class Ready:
 
 @dataclass(frozen=True)
 class LoadFailed:
-    message: str
+    """Why the model could not be loaded, as a ModelStoreError's reason and data (model_store/errors.py)."""
+
+    reason: str
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Ending the bot's child processes (model conversion, the model itself, file readers) and saying how they ended."""
+"""Ending the bot's child processes (model conversion, the model itself, file readers)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,6 @@ from multiprocessing.process import BaseProcess
 from typing import TypeVar
 
 T = TypeVar("T")
-
-
-def exit_reason(exitcode: int | None) -> str:
-    """How a child process ended, for a message: a kill by signal 9 is usually the out-of-memory killer."""
-    if exitcode is not None and exitcode < 0:
-        hint = " (the system may have run out of memory)" if exitcode == -9 else ""
-        return f"was killed by signal {-exitcode}{hint}"
-    return f"exited unexpectedly (code {exitcode})"
 
 
 def stop_process(process: BaseProcess, *, grace: float, terminate_wait: float) -> None:

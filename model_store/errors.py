@@ -1,14 +1,30 @@
-"""Errors a person can act on: each message says what went wrong and what to do next.
+"""Errors a person can act on, as data: each names what went wrong (``reason``) and its particulars (``data``:
+plain values), and bot/texts.py says what went wrong and what to do next.
 
-The conversion runs in a child process, so errors cross a process boundary by ``kind`` and message and are
+The conversion runs in a child process, so errors cross a process boundary by ``kind``, reason and data and are
 rebuilt on the other side with :func:`error_from_kind`.
 """
 
 from __future__ import annotations
 
+from typing import Any
 
-class ModelStoreError(Exception):
-    """Base class; ``str(error)`` is meant to be shown to the person who runs the bot."""
+
+class Reasoned(Exception):
+    """An error people are told of by its ``reason`` and ``data`` (plain values, so it crosses a process boundary
+    as they are); ``str(error)`` is for developers."""
+
+    def __init__(self, reason: str, /, **data: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.data}" if self.data else self.reason
+
+
+class ModelStoreError(Reasoned):
+    """Base class; bot/texts.py's ``store_error`` says it to the person who runs the bot."""
 
     kind = "error"
 
@@ -88,5 +104,5 @@ _KINDS: dict[str, type[ModelStoreError]] = {
 }
 
 
-def error_from_kind(kind: str, message: str) -> ModelStoreError:
-    return _KINDS.get(kind, ModelStoreError)(message)
+def error_from_kind(kind: str, reason: str, data: dict[str, Any]) -> ModelStoreError:
+    return _KINDS.get(kind, ModelStoreError)(reason, **data)

@@ -30,27 +30,22 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
-        raise MissingModelError(f"{path} is missing.") from error
+        raise MissingModelError("file_missing", path=str(path)) from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptModelError(f"{path} is not valid JSON ({error}). Convert or download the model again.") from error
+        raise CorruptModelError("bad_json", path=str(path), error=str(error)) from error
     if not isinstance(data, dict):
-        raise CorruptModelError(f"{path} should hold a JSON object. Convert or download the model again.")
+        raise CorruptModelError("not_an_object", path=str(path))
     return data
 
 
 def check_ir_directory(directory: Path) -> dict[str, Any]:
     """Raise a clear error unless ``directory`` holds a complete Phi-3-vision OpenVINO model; return its config."""
     if not directory.is_dir():
-        raise MissingModelError(
-            f"No converted model at {directory}. Convert one first, e.g. "
-            "`phi3bot convert --model microsoft/Phi-3.5-vision-instruct --precision int4`."
-        )
+        raise MissingModelError("no_model_at", directory=str(directory))
     config = read_json(directory / "config.json")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CorruptModelError(
-            f"{directory / 'config.json'} says model_type={model_type!r}; this bot runs Phi-3-vision models (phi3_v)."
-        )
+        raise CorruptModelError("not_phi3_v_ir", config=str(directory / "config.json"), model_type=model_type)
     read_json(directory / "preprocessor_config.json")
     missing = [
         f"{name}{suffix}"
@@ -59,13 +54,11 @@ def check_ir_directory(directory: Path) -> dict[str, Any]:
         if not (directory / f"{name}{suffix}").is_file()
     ]
     if missing:
-        raise CorruptModelError(
-            f"The model in {directory} is incomplete: {', '.join(missing)} missing. Convert it again."
-        )
+        raise CorruptModelError("incomplete", directory=str(directory), missing=missing)
     for key in ("glb_GN", "sub_GN"):
         values = config.get(key)
         if not isinstance(values, list):
-            raise CorruptModelError(f"{directory / 'config.json'} lacks {key}; it was not exported for OpenVINO GenAI.")
+            raise CorruptModelError("not_for_genai", config=str(directory / "config.json"), key=key)
     return config
 
 

@@ -65,10 +65,9 @@ def select_entry(store: ModelStore, model: str, precision: str) -> ModelEntry:
     slug = parse_source(model).slug if Path(model).expanduser().is_dir() or "/" in model else model
     entry = store.entry(slug, precision)
     if entry is None:
-        available = ", ".join(f"{e.source} ({e.precision})" for e in store.entries()) or "none"
+        available = [(e.source, e.precision) for e in store.entries()]
         raise MissingModelError(
-            f"No converted model for {model} in {precision} in {store.root} (available: {available}). "
-            f"Convert it with `phi3bot convert --model {model} --precision {precision}`, or ask the bot with /convert."
+            "not_converted", model=model, precision=precision, root=str(store.root), available=available
         )
     return entry
 
@@ -161,7 +160,6 @@ def compile_pipeline(spec: PipelineSpec) -> Any:
     try:
         return genai.ContinuousBatchingPipeline(str(spec.path), scheduler, spec.device, spec.properties)
     except RuntimeError as error:
-        hint = " Is the device's driver installed? Try DEVICE=CPU." if spec.device != "CPU" else ""
         raise ModelStoreError(
-            f"OpenVINO could not load {entry.source} ({entry.precision}) on {spec.device}: {error}.{hint}"
+            "not_loaded", source=entry.source, precision=entry.precision, device=spec.device, error=str(error)
         ) from error

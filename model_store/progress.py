@@ -48,3 +48,9 @@ class PhasePlan:
         self._last = percent
         self._last_phase = phase
         self._callback(Progress(phase=phase, percent=round(percent, 1), detail=detail))
+
+
+def format_elapsed(seconds: float) -> str:
+    """A job's time so far, as its progress says it (and the bot's /stats its uptime)."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

@@ -56,19 +56,14 @@ def parse_source(ref: str) -> ModelSource:
     """An existing directory wins over a repository id with the same spelling, as in transformers."""
     ref = ref.strip()
     if not ref:
-        raise MissingModelError(
-            "No model given. Name a Hugging Face repository such as microsoft/Phi-3.5-vision-instruct or a directory."
-        )
+        raise MissingModelError("no_model_given")
     ref = KNOWN_MODELS.get(ref.lower(), ref)
     path = Path(ref).expanduser()
     if path.is_dir():
         return ModelSource(ref=ref, local_dir=path.resolve())
     if is_repo_id(ref):
         return ModelSource(ref=ref, repo_id=ref)
-    raise MissingModelError(
-        f"{ref!r} is neither an existing directory nor a Hugging Face repository id (owner/name). "
-        "Check the path, or use e.g. microsoft/Phi-3.5-vision-instruct."
-    )
+    raise MissingModelError("not_a_source", ref=ref)
 
 
 def parse_precision(value: str) -> str:

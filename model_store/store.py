@@ -93,7 +93,7 @@ class ModelStore:
             manifest = json.loads((target / MANIFEST).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise CorruptModelError(
-                f"The model in {target} has a missing or unreadable {MANIFEST} ({error}). Convert it again."
+                "bad_manifest", directory=str(target), manifest=MANIFEST, error=str(error)
             ) from error
         return ModelEntry(slug=slug, precision=precision, path=target, manifest=manifest)
 
@@ -139,7 +139,7 @@ class ModelStore:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as error:
-                raise BusyError("Another conversion is already running; wait for it to finish.") from error
+                raise BusyError("busy") from error
             try:
                 self._clean_staging()
                 yield

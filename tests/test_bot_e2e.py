@@ -617,7 +617,7 @@ async def test_animated_stickers_and_voice_get_a_friendly_note(bot: RunningBot) 
     api.push_message(CHAT, "What is this sticker?", user_id=USER, reply_to=sent)
     api.push_message(CHAT, user_id=USER, extra={"voice": {"file_id": "v1", "file_unique_id": "v1u", "duration": 3}})
     await api.wait_for(lambda: len(api.visible_text(CHAT)) == 2, 20, "two notes")
-    assert api.visible_text(CHAT) == [texts.unsupported("animated stickers"), texts.unsupported("voice messages")]
+    assert api.visible_text(CHAT) == [texts.unsupported("animated_sticker"), texts.unsupported("voice")]
 
 
 async def test_a_second_chat_sees_its_place_in_line(

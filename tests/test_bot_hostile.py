@@ -17,7 +17,6 @@ import pytest
 
 from bot import texts
 from bot.history import ConversationKey
-from bot.media.intake import NOT_DOWNLOADED
 from bot.output import buttons
 from engine.conversation import Turn
 from engine.engine import Chunk, Event, Finished
@@ -110,7 +109,7 @@ async def test_a_file_path_on_this_machine_is_never_read(
     secret.write_bytes(photo_bytes())
     async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path / "data")) as bot:
         api.push_message(USER, photo=photo_bytes(), caption="What is it?", user_id=USER, file_path=str(secret))
-        await api.wait_for(lambda: api.visible_text(USER) == [NOT_DOWNLOADED], 30, "a refusal")
+        await api.wait_for(lambda: api.visible_text(USER) == [texts.NOT_DOWNLOADED], 30, "a refusal")
         assert await stored_messages(bot.services.history, ConversationKey(USER)) == []
 
 
@@ -348,7 +347,7 @@ async def test_files_sent_with_a_question_get_a_note_and_the_model_never_sees_th
         api.push_message(USER, photo=photo_bytes(), caption="Compare these", media_group_id="mixed", user_id=USER)
         api.push_message(USER, user_id=USER, extra={"video": video, "media_group_id": "mixed"})
         await api.wait_for(lambda: len(api.visible_text(USER)) == 5, 30, "five notes")
-        kinds = ["this kind of file", "voice messages", "audio files", "this kind of file"]
+        kinds = ["file", "voice", "audio", "file"]
         one_at_a_time = "Please send the video on its own: I can read one PDF or clip per question."
         assert sorted(api.visible_text(USER)) == sorted([*(texts.unsupported(kind) for kind in kinds), one_at_a_time])
         assert await stored_messages(bot.services.history, ConversationKey(USER)) == []

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from bot.media.frames import UNREADABLE
+from bot import texts
 from model_store.store import ModelEntry, ModelStore
 
 ROOT = Path(__file__).parents[1]
@@ -44,4 +44,4 @@ async def test_hostile_files_in_flight_neither_stall_the_loop_nor_grow_the_bot_a
     assert streamed["longest_gap_s"] < 1.0, figures
     replies = figures["replies"]
     assert replies["png_answered"] and replies["not_failed"], figures
-    assert replies["clips_refused"] == [UNREADABLE, UNREADABLE], figures
+    assert replies["clips_refused"] == [texts.CLIP_UNREADABLE, texts.CLIP_UNREADABLE], figures

@@ -16,10 +16,10 @@ import numpy as np
 import openvino_genai as genai
 import pytest
 
+from bot.media.decoding import prepare_image
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Finished
 from engine.generation import GenerationSettings
-from engine.images import prepare_image
 from engine.pipeline_process import load_pipeline
 from model_store.convert import ConversionRequest, convert_in_subprocess, run_conversion
 from model_store.convert.validate import sample_image
@@ -37,6 +37,7 @@ from model_store.layout import detect_weight_precision
 from model_store.loader import pipeline_spec, select_entry
 from model_store.progress import Progress
 from model_store.store import ModelEntry, ModelStore
+from tests.support.saying import raises_saying
 
 ANSWER_12_TOKENS = GenerationSettings(max_new_tokens=12, ignore_eos=True, system_prompt="")
 
@@ -183,7 +184,7 @@ def test_failed_conversion_keeps_the_old_model_serving(
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:4096])
     request = ConversionRequest(source=str(broken), store_root=str(store.root), precision="int4")
-    with pytest.raises(ConversionFailedError, match="previous model keeps serving"):
+    with raises_saying(ConversionFailedError, "previous model keeps serving"):
         convert_in_subprocess(request)
     after = store.entry(source_entry.slug, "int4")
     assert after is not None and after.path == link_target.path and _snapshot(after) == before
@@ -222,7 +223,7 @@ def test_interrupted_conversion_keeps_the_old_model_and_is_cleaned_up(
             cancel.set()
 
     request = ConversionRequest(source=str(tiny_checkpoint), store_root=str(store.root), precision="int4")
-    with pytest.raises(ConversionInterruptedError, match="previous model keeps serving"):
+    with raises_saying(ConversionInterruptedError, "previous model keeps serving"):
         convert_in_subprocess(request, on_progress, cancel)
     current = store.entry(old.slug, "int4")
     assert current is not None and current.path == old.path and _snapshot(current) == _snapshot(old)
@@ -232,7 +233,7 @@ def test_interrupted_conversion_keeps_the_old_model_and_is_cleaned_up(
 
 def test_one_conversion_at_a_time(tiny_checkpoint: Path, tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
-    with store.conversion_lock(), pytest.raises(BusyError, match="already running"):
+    with store.conversion_lock(), raises_saying(BusyError, "already running"):
         run_conversion(ConversionRequest(source=str(tiny_checkpoint), store_root=str(tmp_path)))
 
 
@@ -244,7 +245,7 @@ def test_resources_are_checked_before_starting(
 
     monkeypatch.setattr("psutil.virtual_memory", lambda: LowMemory())
     request = ConversionRequest(source=str(tiny_checkpoint), store_root=str(tmp_path))
-    with pytest.raises(InsufficientMemoryError, match="Not enough memory"):
+    with raises_saying(InsufficientMemoryError, "Not enough memory"):
         run_conversion(request)
     monkeypatch.undo()
 
@@ -252,7 +253,7 @@ def test_resources_are_checked_before_starting(
         free = 1024
 
     monkeypatch.setattr("shutil.disk_usage", lambda path: Usage())
-    with pytest.raises(InsufficientDiskError, match="Not enough disk space"):
+    with raises_saying(InsufficientDiskError, "Not enough disk space"):
         run_conversion(request)
     assert not any((tmp_path / ".staging").iterdir())
     assert ModelStore(tmp_path).entries() == []
@@ -279,21 +280,21 @@ def test_from_ir_takes_a_converted_model_without_torch(
 
 def test_missing_and_corrupt_models_give_clear_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir"
-    with pytest.raises(MissingModelError, match="neither an existing directory"):
+    with raises_saying(MissingModelError, "neither an existing directory"):
         run_conversion(ConversionRequest(source=str(missing), store_root=str(tmp_path / "store")))
 
     corrupt = tmp_path / "corrupt-checkpoint"
     shutil.copytree(tiny_checkpoint, corrupt)
     (corrupt / "config.json").write_text("{ this is not json")
-    with pytest.raises(CorruptModelError, match=r"config\.json is not valid JSON"):
+    with raises_saying(CorruptModelError, r"config\.json is not valid JSON"):
         run_conversion(ConversionRequest(source=str(corrupt), store_root=str(tmp_path / "store")))
 
     (corrupt / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(CorruptModelError, match="Phi-3-vision"):
+    with raises_saying(CorruptModelError, "Phi-3-vision"):
         run_conversion(ConversionRequest(source=str(corrupt), store_root=str(tmp_path / "store")))
 
     empty_store = ModelStore(tmp_path / "empty-store")
-    with pytest.raises(MissingModelError, match="phi3bot convert"):
+    with raises_saying(MissingModelError, "phi3bot convert"):
         select_entry(empty_store, "microsoft/Phi-3.5-vision-instruct", "int4")
 
 
@@ -304,13 +305,13 @@ def test_damaged_store_entries_are_reported_not_crashed_on(
     entry = store.entry(int4_store[1].slug, "int4")
     assert entry is not None
     (entry.path / "openvino_vision_projection_model.bin").unlink()
-    with pytest.raises(CorruptModelError, match=r"openvino_vision_projection_model\.bin"):
+    with raises_saying(CorruptModelError, r"openvino_vision_projection_model\.bin"):
         pipeline_spec(entry)
     (entry.path / "config.json").write_text("[]")
-    with pytest.raises(CorruptModelError, match="JSON object"):
+    with raises_saying(CorruptModelError, "JSON object"):
         pipeline_spec(entry)
     (entry.path / "manifest.json").write_text("{")
-    with pytest.raises(CorruptModelError, match="Convert it again"):
+    with raises_saying(CorruptModelError, "Convert it again"):
         store.entry(entry.slug, "int4")
     assert store.entries() == [], "listing skips a damaged entry instead of failing"
 

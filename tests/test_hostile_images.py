@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
+from bot import texts
+from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
 from bot.media.stills import LONG_SIDE, still
-from engine.images import ImageLimits, ImageRejected, prepare_image
 from tests.support.hostile_images import GENERATORS, Case, hostile_images
 from tests.support.outcomes import check_outcomes
 
@@ -16,7 +17,7 @@ LIMITS = ImageLimits()
 
 
 def refused(case: Case, refusal: ImageRejected) -> str:
-    message = str(refusal)
+    message = texts.refusal(refusal.reason, refusal.data)
     assert message.endswith(".") and len(message) < 200 and "Traceback" not in message, message
     assert "\\x" not in message and "Errno" not in message, f"{case.kind}: internals leak into {message!r}"
     return "rejected"

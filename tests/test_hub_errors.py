@@ -25,19 +25,20 @@ from model_store.store import ModelStore
 from tests.support.hub_checkpoints import CLIP_REPO, push_clip, push_phi3v
 from tests.support.hub_server import StandInHub
 from tests.support.processes import run_phi3bot
+from tests.support.saying import raises_saying, said
 
 
 def test_unknown_repository(hub: StandInHub) -> None:
-    with pytest.raises(ModelNotFoundError, match="owner/no-such-model was not found"):
+    with raises_saying(ModelNotFoundError, "owner/no-such-model was not found"):
         snapshot("owner/no-such-model", CHECKPOINT_PATTERNS)
 
 
 def test_gated_repository(hub: StandInHub) -> None:
     hub.push("owner/gated", {"config.json": b"{}"})
     hub.gate("owner/gated", token="hf_the_right_one")
-    with pytest.raises(GatedModelError, match="HF_TOKEN"):
+    with raises_saying(GatedModelError, "HF_TOKEN"):
         snapshot("owner/gated", CHECKPOINT_PATTERNS)
-    with pytest.raises(GatedModelError, match="HF_TOKEN"):
+    with raises_saying(GatedModelError, "HF_TOKEN"):
         snapshot("owner/gated", CHECKPOINT_PATTERNS, token="hf_a_wrong_one")
     assert snapshot("owner/gated", CHECKPOINT_PATTERNS, token="hf_the_right_one").files == ("config.json",)
 
@@ -49,10 +50,10 @@ def test_a_hub_that_accepts_and_never_answers_is_given_up_on(hub: StandInHub) ->
     limit_waits(1.0)
     started = time.monotonic()
     hub.stall("/resolve/")
-    with pytest.raises(NoNetworkError, match=r"did not answer within 1 s about owner/model\. .*HUB_TIMEOUT_SECONDS"):
+    with raises_saying(NoNetworkError, r"did not answer within 1 s about owner/model\. .*HUB_TIMEOUT_SECONDS"):
         download(pinned, CHECKPOINT_PATTERNS)
     hub.stall()
-    with pytest.raises(NoNetworkError, match=rf"did not answer within 1 s about owner/model at revision {sha}\."):
+    with raises_saying(NoNetworkError, rf"did not answer within 1 s about owner/model at revision {sha}\."):
         snapshot("owner/model", CHECKPOINT_PATTERNS, sha)
     assert time.monotonic() - started < 6, "each request gave up after the second allowed, and was not repeated"
 
@@ -74,13 +75,13 @@ def test_a_commit_the_cache_holds_in_part_is_not_taken_for_the_whole(
     pinned = snapshot("owner/model", CHECKPOINT_PATTERNS)
     download(pinned, ["*.json"])
     _dead_endpoint(monkeypatch)
-    with pytest.raises(NoNetworkError, match=r"Could not get every file of owner/model .*model\.safetensors"):
+    with raises_saying(NoNetworkError, r"Could not get every file of owner/model .*model\.safetensors"):
         download(pinned, CHECKPOINT_PATTERNS)
 
 
 def test_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     _dead_endpoint(monkeypatch)
-    with pytest.raises(NoNetworkError, match="Could not reach the Hugging Face Hub"):
+    with raises_saying(NoNetworkError, "Could not reach the Hugging Face Hub"):
         snapshot("microsoft/Phi-3.5-vision-instruct", CHECKPOINT_PATTERNS)
 
 
@@ -101,7 +102,7 @@ def test_a_repository_nobody_vouched_for_is_not_downloaded_without_confirmation(
     sha = push_phi3v(hub, "someone/phi3v-finetune", tiny_checkpoint)
     with pytest.raises(UntrustedCodeError) as refused:
         run_conversion(ConversionRequest(source="someone/phi3v-finetune", store_root=str(tmp_path)))
-    message = str(refused.value)
+    message = said(refused.value)
     assert "someone/phi3v-finetune is not one of the known Phi-3-vision repositories" in message
     assert f"It also reads the configuration of {CLIP_REPO} at {clip}." in message
     command = (
@@ -115,7 +116,7 @@ def test_a_repository_nobody_vouched_for_is_not_downloaded_without_confirmation(
     confirmed_without_its_clip = ConversionRequest(
         source="someone/phi3v-finetune", store_root=str(tmp_path), revision=sha, trust_remote_code=True
     )
-    with pytest.raises(UntrustedCodeError, match=f"--pin {CLIP_REPO}@{clip}$"):
+    with raises_saying(UntrustedCodeError, f"--pin {CLIP_REPO}@{clip}$"):
         run_conversion(confirmed_without_its_clip)
     assert all(path.endswith(".json") for path in hub.files_read())
 
@@ -133,7 +134,7 @@ def test_code_from_another_repository_is_refused_even_when_confirmed(
     config = (tiny_checkpoint / "config.json").read_bytes()
     elsewhere = _with_auto_map(config, {"AutoConfig": "someone/code--configuration_phi3_v.Phi3VConfig"})
     borrowing = push_phi3v(hub, "someone/borrowing", tiny_checkpoint, files={"config.json": elsewhere})
-    with pytest.raises(UntrustedCodeError, match=r"loads code from another repository \(someone/code--config"):
+    with raises_saying(UntrustedCodeError, r"loads code from another repository \(someone/code--config"):
         run_conversion(
             ConversionRequest(
                 source="someone/borrowing",
@@ -148,11 +149,11 @@ def test_code_from_another_repository_is_refused_even_when_confirmed(
     with_code = _with_auto_map(clip_config, {"AutoConfig": "configuration_clip.ClipConfig"})
     hub.push("someone/clip-with-code", {"config.json": with_code, "configuration_clip.py": b"raise SystemExit"})
     push_phi3v(hub, "microsoft/Phi-3.5-vision-instruct", tiny_checkpoint, clip_repo="someone/clip-with-code")
-    with pytest.raises(UntrustedCodeError, match=r"someone/clip-with-code, which .* names .* ships code"):
+    with raises_saying(UntrustedCodeError, r"someone/clip-with-code, which .* names .* ships code"):
         run_conversion(ConversionRequest(source="phi-3.5-vision", store_root=str(tmp_path)))
 
     push_phi3v(hub, "someone/elsewhere", tiny_checkpoint, clip_repo="/etc")
-    with pytest.raises(CorruptModelError, match="names '/etc' for its image processor"):
+    with raises_saying(CorruptModelError, "names '/etc' for its image processor"):
         run_conversion(ConversionRequest(source="someone/elsewhere", store_root=str(tmp_path)))
     assert all(path.endswith(".json") for path in hub.files_read()), "no code and no weights were downloaded"
 

@@ -10,6 +10,7 @@ import pytest
 from model_store.convert import preflight
 from model_store.convert.cgroup_memory import V1_UNLIMITED, CgroupMemory, tightest_limit
 from model_store.errors import InsufficientMemoryError
+from tests.support.saying import raises_saying, said
 
 GIB = 1024**3
 
@@ -90,7 +91,7 @@ def test_the_preflight_refuses_what_the_container_limit_cannot_hold(
     needs = preflight.Requirements(disk_bytes=0, memory_bytes=13 * GIB)
     with pytest.raises(InsufficientMemoryError) as refused:
         preflight.check(needs, tmp_path, system_root=root)
-    message = str(refused.value)
+    message = said(refused.value)
     assert "memory limit of this container" in message and "16.0 GiB" in message and "leaves 6.5 GiB" in message
     assert "PHI3BOT_CONVERT_MEMORY_LIMIT" in message
     preflight.check(preflight.Requirements(disk_bytes=0, memory_bytes=6 * GIB), tmp_path, system_root=root)
@@ -104,6 +105,6 @@ def test_the_preflight_takes_the_hosts_memory_when_it_is_the_smaller(
 
     monkeypatch.setattr("psutil.virtual_memory", lambda: SmallHost())
     root = system(tmp_path / "system", "0::/\n", {"": v2(str(16 * GIB), GIB)})
-    with pytest.raises(InsufficientMemoryError, match=r"needs about 6\.0 GiB, and 4\.0 GiB is available"):
+    with raises_saying(InsufficientMemoryError, r"needs about 6\.0 GiB, and 4\.0 GiB is available"):
         preflight.check(preflight.Requirements(disk_bytes=0, memory_bytes=6 * GIB), tmp_path, system_root=root)
     preflight.check(preflight.Requirements(disk_bytes=0, memory_bytes=3 * GIB), tmp_path, system_root=root)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from model_store.convert.extra import INSTALL_HINT
+from bot.texts import INSTALL_HINT
 from scripts import pip_install
 
 

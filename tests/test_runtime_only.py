@@ -24,6 +24,7 @@ from tests.support.bot_api_server import FakeBotApi
 from tests.support.harness import ADMIN, USER, photo_bytes, wait_answers
 from tests.support.processes import ROOT, bot_environment, bot_process, run_phi3bot
 from tests.support.runtime_only import conversion_only_modules, runtime_only_pythonpath
+from tests.support.saying import said
 
 INSTALL_ADVICE = "pip install 'phi3bot[convert]'"
 
@@ -34,7 +35,7 @@ def test_the_conversion_check_names_what_is_missing_and_what_to_install(monkeypa
     monkeypatch.setitem(sys.modules, "optimum.intel", None)  # imported already when other tests converted
     with pytest.raises(MissingDependencyError) as raised:
         require_conversion_extra()
-    message = str(raised.value)
+    message = said(raised.value)
     assert "missing: optimum.intel, nncf" in message
     assert INSTALL_ADVICE in message and "GB" in message and "--from-ir" in message
 

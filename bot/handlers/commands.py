@@ -26,7 +26,6 @@ from bot.running.runtime import build_engine, load_and_swap
 from bot.services import Services
 from model_store.convert import ConversionRequest, convert_async, pins
 from model_store.convert.extra import require_conversion_extra
-from model_store.convert.heartbeat import format_elapsed
 from model_store.errors import MissingDependencyError, ModelStoreError
 from model_store.progress import Progress
 from model_store.sources import PRECISIONS, parse_source
@@ -186,14 +185,8 @@ class Commands:
             await reply(message, texts.NO_MODEL)
             return
         entry = engine.model.entry
-        lines = [
-            f"Model: {_model_name(entry, self._admin(update))}"
-            + (" (synthetic test model)" if entry.synthetic else ""),
-            f"Precision: {entry.precision}",
-            f"Device: {engine.model.device}",
-            f"Queue: {engine.queue.running} answering, {engine.queue.waiting} waiting",
-        ]
-        await reply(message, "\n".join(lines))
+        name = _model_name(entry, self._admin(update))
+        await reply(message, texts.model_shown(name, entry, engine.model.device, engine.queue))
 
     async def stats(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         admitted = await self._for_admins(update)
@@ -201,28 +194,12 @@ class Commands:
             return
         message, _ = admitted
         history = await self.services.history.stats()
-        lines = [f"Uptime: {format_elapsed(time.monotonic() - self.services.started_at)}"]
+        uptime = time.monotonic() - self.services.started_at
         engine = self.services.engine
-        if engine is not None:
-            s = engine.stats
-            lines += [
-                f"Answered: {s.answered}, stopped: {s.cancelled}, timed out: {s.timed_out}, failed: {s.failed}",
-                f"Tokens generated: {s.generated_tokens}, busy: {format_elapsed(s.busy_seconds)}",
-                f"Queue: {engine.queue.running} answering, {engine.queue.waiting} waiting, "
-                f"{engine.queue.served} served",
-            ]
-        refused = self.services.refusals.counts
+        running = (engine.stats, engine.queue) if engine is not None else None
         pacer = context.bot.rate_limiter
         skipped = pacer.skipped if isinstance(pacer, Pacer) else 0
-        lines.append(
-            f"Refusals: {refused.sent} sent, {refused.repeated} not repeated, {refused.dropped} dropped for "
-            f"Telegram's rate limit; {skipped} requests in all left unsent for it"
-        )
-        lines.append(
-            f"History: {history.conversations} chats, {history.messages} messages, {history.images} images, "
-            f"{history.database_bytes / 1e6:.1f} MB"
-        )
-        await reply(message, "\n".join(lines))
+        await reply(message, texts.stats_shown(uptime, running, self.services.refusals.counts, skipped, history))
 
     # --- conversion ----------------------------------------------------------------------------------------
 
@@ -237,7 +214,7 @@ class Commands:
         try:
             require_conversion_extra()
         except MissingDependencyError as error:
-            await message.reply_text(f"❌ {error}")
+            await message.reply_text(texts.store_failed(error.reason, error.data))
             return
         settings = self.services.settings
         args = list(context.args or [])
@@ -256,9 +233,9 @@ class Commands:
             await message.reply_text(texts.hub_too_slow(WHOLE_LOOK_UP * settings.hub_timeout_seconds))
             return
         except ModelStoreError as error:
-            await message.reply_text(f"❌ {error}")
+            await message.reply_text(texts.store_failed(error.reason, error.data))
             return
-        status = await message.reply_text(f"🔧 Converting {model} to {precision}…", do_quote=not is_private(message))
+        status = await message.reply_text(texts.converting(model, precision), do_quote=not is_private(message))
         self.services.conversion = asyncio.create_task(self._convert(status, model, precision))
 
     def _converting(self) -> bool:
@@ -310,7 +287,7 @@ class Commands:
         assert found.checkpoint is not None
         log.info("admin %s confirmed running the code of %s", query.from_user.id, found.revisions)
         model = f"{found.checkpoint.repo_id}@{found.checkpoint.revision[:12]}"
-        await query.message.edit_text(f"🔧 Converting {model} to {confirmation.precision}…")
+        await query.message.edit_text(texts.converting(model, confirmation.precision))
         self.services.conversion = asyncio.create_task(
             self._convert(query.message, model, confirmation.precision, confirmed=found)
         )
@@ -320,7 +297,6 @@ class Commands:
         ``confirmed``: the revisions the admin agreed to run the code of (and to read), and only those."""
         settings = self.services.settings
         started = time.monotonic()
-        header = f"🔧 Converting {model} to {precision}"
         latest: list[Progress] = []
 
         async def show(text: str) -> None:
@@ -335,7 +311,7 @@ class Commands:
                 await asyncio.sleep(PROGRESS_EDIT_SECONDS)
                 if latest and latest[-1] != shown:
                     shown = latest[-1]
-                    await show(f"{header}\n{shown.percent:.0f}% — {shown.phase}: {shown.detail}")
+                    await show(texts.converting(model, precision, shown))
 
         # Chosen for the next start (active.json) only once it has loaded here, so a model that fails to load
         # is not the one a restart loads.
@@ -356,7 +332,7 @@ class Commands:
         try:
             entry = await convert_async(request, lambda update: latest.__setitem__(slice(None), [update]))
             reporter.cancel()
-            await show(f"{header}\nLoading the new model…")
+            await show(texts.converting(model, precision, loading=True))
             if self.services.engine is None:
                 self.services.engine = await build_engine(settings, entry)
             else:
@@ -365,16 +341,15 @@ class Commands:
             if settings.warm_up_hours > 0:  # the new model has read nothing yet
                 self.services.warm_up(time.time() - settings.warm_up_hours * 3600)
         except ModelStoreError as error:
-            await show(f"❌ {error}")
+            await show(texts.store_failed(error.reason, error.data))
             return
         except Exception as error:
             log.exception("conversion or loading failed")
-            await show(f"❌ The new model could not be loaded ({error}). The previous model keeps serving.")
+            await show(texts.not_loaded(str(error)))
             return
         finally:
             reporter.cancel()
-        elapsed = format_elapsed(time.monotonic() - started)
-        await show(f"✅ Now serving {entry.source} ({entry.precision}). Took {elapsed}.")
+        await show(texts.now_serving(entry, time.monotonic() - started))
 
 
 def _command_argument(text: str) -> str:
@@ -386,7 +361,7 @@ def _command_argument(text: str) -> str:
 def _model_name(entry: ModelEntry, admin: bool) -> str:
     """A model converted from a directory is named by its path on this server, which only admins see."""
     path = Path(entry.source)
-    return entry.source if admin or not path.is_absolute() else f"{path.name} (converted from a local directory)"
+    return entry.source if admin or not path.is_absolute() else texts.from_a_directory(path.name)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

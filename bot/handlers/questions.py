@@ -23,6 +23,7 @@ from bot.answers.answering import answer, conversation_turn, storage_failed
 from bot.answers.asking import Asking
 from bot.handlers.albums import AlbumCollector
 from bot.history import ConversationKey
+from bot.media.decoding import ImageRejected
 from bot.media.intake import Attachment, IntakeError, MediaLimits, attachments_in, gather, unreadable
 from bot.media.material import Kind, Material, ask_about, unseen_pages
 from bot.media.pages import names_pages
@@ -32,7 +33,7 @@ from bot.services import Services
 from engine.context_policy import estimate_tokens
 from engine.conversation import Turn
 from engine.engine import Engine
-from engine.images import ImageRejected, PreparedImage, image_tokens
+from engine.images import PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Questions:
             try:
                 read = await claimed.read(self._read(asked, engine))
             except (IntakeError, ImageRejected) as error:
-                await self.services.refusals.note(first, str(error))
+                await self.services.refusals.note(first, texts.refusal(error.reason, error.data))
                 return
             if read is None:  # stopped while its files were read
                 return
@@ -105,7 +106,7 @@ class Questions:
 
     async def _read(self, asked: _Asked, engine: Engine) -> tuple[Material, list[PreparedImage]]:
         """The question's files, downloaded and read, one file of a person's at a time (bot/media/reader.py);
-        raises IntakeError or ImageRejected with a friendly reason."""
+        raises IntakeError or ImageRejected."""
         async with self.services.media.for_person(asked.sender.id):
             material = await gather(
                 asked.first.get_bot(),

@@ -14,11 +14,11 @@ from bot.admission.access import sender_for
 from bot.answers.answering import answer, conversation_turn
 from bot.answers.asking import Asking
 from bot.history import Exchange
+from bot.media.decoding import ImageRejected
 from bot.media.material import Material
 from bot.output.chat import conversation_key
 from bot.services import Services
 from engine.conversation import Turn
-from engine.images import ImageRejected
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Retries:
             try:
                 images = await self.services.prepared_all(exchange.question.images)
             except ImageRejected as error:
-                await self.services.refusals.note(message, str(error))
+                await self.services.refusals.note(message, texts.refusal(error.reason, error.data))
                 return
             question = Turn("user", exchange.question.text, tuple(images))
             material = Material.recalled(exchange.question.text)  # what the images are, for the status and the note

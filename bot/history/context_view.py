@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from bot import texts
 from bot.history import ConversationKey, HistoryStore, OutlineRow, StoredImage, StoredMessage
+from bot.media.decoding import ImageRejected
 from engine.context_policy import estimate_tokens, fit, in_view
 from engine.conversation import Turn
-from engine.images import ImageRejected, PreparedImage, image_tokens
+from engine.images import PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
 

@@ -26,18 +26,18 @@ from fractions import Fraction
 
 import av
 
-from engine.images import ImageLimits
+from bot.media.decoding import ImageLimits
+from bot.media.refusal import Refusal
 
 FRAMES_PER_SECOND = 2.0  # at most this many frames per second of clip: a 1 s GIF gets 2, not 8
 DECODE_LIMIT = 2000  # frames decoded in all for one clip, whatever its file says
 DECODE_PIXELS = DECODE_LIMIT * 1920 * 1080  # pixels decoded in all: as many as DECODE_LIMIT 1080p frames
 DECODE_THREADS = 2  # FFmpeg's threads per clip: each one's stack and buffers count against the reader's memory
 JPEG_QUALITY = 90
-UNREADABLE = "I couldn't read that clip; it seems damaged or in a format I don't know."
 
 
-class VideoError(Exception):
-    """A friendly reason why a clip cannot be read, for the person who sent it."""
+class VideoError(Refusal):
+    """Why a clip cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -60,45 +60,30 @@ def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Fr
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.video:
-                raise VideoError("That file has no pictures in it, so there is nothing for me to look at.")
+                raise VideoError("no_pictures")
             stream = container.streams.video[0]
             if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
-                raise VideoError(UNREADABLE)
+                raise VideoError("clip_unreadable")
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > max_pixels:
-                raise VideoError(too_large(width, height))
+                raise VideoError("frames_too_large", width=width, height=height)
             stream.codec_context.thread_count = DECODE_THREADS
             stream.codec_context.options = {"max_pixels": str(max_pixels)}  # larger frames: a decoding error
             duration = _duration(container, stream)
             if duration > max_seconds:
-                raise VideoError(
-                    f"That clip is {clock(duration)} long; I can look at clips of up to {clock(max_seconds)}."
-                )
+                raise VideoError("too_long", duration=duration, max_seconds=max_seconds)
             start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
             count = frame_count(duration, limit)
             targets = [start + duration * (index + 0.5) / count for index in range(count)]
             taken = _frames_at(container, stream, targets, _Budget(max_pixels), long_side)
             if not taken:
-                raise VideoError("I couldn't find a single picture in that clip.")
+                raise VideoError("no_frames")
     except av.FFmpegError as error:
         if isinstance(error, MemoryError):  # more than the reader's memory: its own refusal (bot/media/reader.py)
             raise
-        raise VideoError(UNREADABLE) from error
+        raise VideoError("clip_unreadable") from error
     seconds = tuple(round(max(0.0, (shown if shown is not None else start) - start), 2) for shown, _ in taken)
     return Frames(seconds, duration, tuple(image for _, image in taken))
-
-
-def too_large(width: int, height: int) -> str:
-    return f"That clip's frames are {width}×{height} pixels, too large for me to read."
-
-
-def clock(seconds: float, *, tenths: bool = False) -> str:
-    """0:07, 1:30, 1:02:03, or 2.5 s for a clip under ten seconds (``tenths``)."""
-    if tenths and seconds < 10:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float:
@@ -133,7 +118,7 @@ class _Budget:
         is refused: FFmpeg's own check may not cover every decoder."""
         pixels = frame.width * frame.height
         if pixels > self.max_pixels:
-            raise VideoError(too_large(frame.width, frame.height))
+            raise VideoError("frames_too_large", width=frame.width, height=frame.height)
         if self.frames <= 0 or pixels > self.pixels:
             return False
         self.frames -= 1

@@ -10,7 +10,8 @@ import threading
 
 from cachetools import LRUCache
 
-from engine.images import ImageLimits, PreparedImage, prepare_image
+from bot.media.decoding import ImageLimits, prepare_image
+from engine.images import PreparedImage
 
 
 class PreparedImageCache:

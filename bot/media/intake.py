@@ -29,24 +29,24 @@ from telegram import Animation, Bot, Document, Message, Sticker, Video, VideoNot
 from telegram.error import BadRequest, TelegramError
 
 from bot.history import HistoryStore, NewImage, StoredImage
-from bot.media.frames import Frames, clock
+from bot.media.decoding import ImageLimits
+from bot.media.frames import Frames
 from bot.media.material import Kind, Material, of_frames, of_pages
 from bot.media.pages import PDF_MIME, Pages
 from bot.media.reader import MediaError, MediaReader
+from bot.media.refusal import Refusal
 from bot.media.stills import Still
-from engine.images import ImageLimits, grid_side
+from engine.images import grid_side
 
 log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
-TOO_BIG = "That file is larger than 20 MB, which is as much as Telegram lets bots download."
-NOT_DOWNLOADED = "I could not download that file from Telegram. Please send it again."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".3gp")
 
 
-class IntakeError(Exception):
-    """A friendly, user-facing reason why an attachment could not be used."""
+class IntakeError(Refusal):
+    """Why an attachment could not be used: a reason of Telegram's or the file reader's."""
 
 
 @dataclass(frozen=True)
@@ -120,25 +120,20 @@ def attachments_in(message: Message) -> list[Attachment]:
 
 
 def unsupported_kind(message: Message) -> str | None:
-    """A name for media the bot cannot read, so the reply can say what it got."""
+    """What kind of media the bot cannot read ``message`` holds (one of bot/texts.py's UNSUPPORTED), so the reply
+    can say what it got."""
     if message.sticker is not None and message.sticker.is_animated and not message.sticker.is_video:
-        return "animated stickers"
-    for attribute, name in (
-        ("voice", "voice messages"),
-        ("audio", "audio files"),
-        ("location", "locations"),
-        ("contact", "contacts"),
-        ("poll", "polls"),
-    ):
+        return "animated_sticker"
+    for attribute in ("voice", "audio", "location", "contact", "poll"):
         if getattr(message, attribute, None):
-            return name
+            return attribute
     if message.document is not None and not attachments_in(message):
-        return "this kind of file"
+        return "file"
     return None
 
 
 def unreadable(messages: Sequence[Message]) -> str | None:
-    """What in a question the bot cannot read, named for the reply, or None: the one place that decides which
+    """What kind of media in a question the bot cannot read, or None: the one place that decides which
     questions are refused for their attachments.
 
     Anything sent with the question that the model cannot be shown counts, caption or not (an album with a
@@ -174,14 +169,13 @@ async def gather(
     reader: MediaReader,
 ) -> Material:
     """The images a question's attachments show the model: photos as the copies the bot keeps, a PDF's pages or a
-    clip's frames (one PDF or clip per question), all read by ``reader``; raises IntakeError with a friendly
-    reason."""
+    clip's frames (one PDF or clip per question), all read by ``reader``; raises IntakeError."""
     media = [attachment for attachment in attachments if attachment.kind != "image"]
     try:
         if not media:
             return Material(await _all([fetch(bot, history, attachment, reader) for attachment in attachments]))
         if len(attachments) > 1:
-            raise IntakeError(f"Please send the {media[0].name} on its own: I can read one PDF or clip per question.")
+            raise IntakeError("one_at_a_time", name=media[0].name)
         attachment = media[0]
         if attachment.kind == "pdf":
             limit = min(limits.pdf_pages, limits.max_images)
@@ -202,7 +196,7 @@ async def gather(
         clip = await reader.remembered(attachment.file_unique_id, sample, ("frames", limits))
         return of_frames(clip, attachment.name, [_new_image(image, "image/jpeg") for image in clip.images])
     except MediaError as error:
-        raise IntakeError(str(error)) from error
+        raise IntakeError(error.reason, **error.data) from error
 
 
 async def _all(fetches: Sequence[Awaitable[NewImage]]) -> list[NewImage]:
@@ -220,11 +214,10 @@ def _check_clip(attachment: Attachment, limits: MediaLimits) -> None:
     """Refused from what Telegram announces, before anything is downloaded."""
     if attachment.duration is not None and attachment.duration > limits.video_max_seconds:
         raise IntakeError(
-            f"That {attachment.name} is {clock(attachment.duration)} long; "
-            f"I can look at clips of up to {clock(limits.video_max_seconds)}."
+            "too_long", name=attachment.name, duration=attachment.duration, max_seconds=limits.video_max_seconds
         )
     if attachment.pixels is not None and attachment.pixels > ImageLimits().max_pixels:
-        raise IntakeError(f"That {attachment.name}'s frames are too large for me to read.")
+        raise IntakeError("announced_too_large", name=attachment.name)
 
 
 def _new_image(
@@ -277,17 +270,17 @@ async def bounded(history: HistoryStore, reader: MediaReader, image: NewImage | 
 
 async def _download(bot: Bot, attachment: Attachment) -> bytes:
     if attachment.file_size is not None and attachment.file_size > MAX_DOWNLOAD_BYTES:
-        raise IntakeError(TOO_BIG)
+        raise IntakeError("too_big")
     try:
         file = await bot.get_file(attachment.file_id)
         if file.file_size is not None and file.file_size > MAX_DOWNLOAD_BYTES:
-            raise IntakeError(TOO_BIG)
+            raise IntakeError("too_big")
         if _names_a_local_file(file.file_path):
             log.warning("refused a download whose file_path names a file on this machine")
-            raise IntakeError(NOT_DOWNLOADED)
+            raise IntakeError("not_downloaded")
         return bytes(await file.download_as_bytearray())
     except BadRequest as error:
-        raise IntakeError(TOO_BIG if "too big" in error.message.lower() else NOT_DOWNLOADED) from error
+        raise IntakeError("too_big" if "too big" in error.message.lower() else "not_downloaded") from error
     except TelegramError as error:
         log.warning("download failed: %s", error)
-        raise IntakeError(NOT_DOWNLOADED) from error
+        raise IntakeError("not_downloaded") from error

@@ -16,7 +16,7 @@ from typing import Literal
 
 from bot import texts
 from bot.history import NewImage
-from bot.media.frames import Frames, clock
+from bot.media.frames import Frames
 from bot.media.pages import Pages, named_pages, page_list
 from engine.conversation import Turn
 
@@ -55,7 +55,7 @@ class Material:
             return texts.IMAGE_GONE_NOTE
         if not self.which:
             return ""
-        return f"{'📄' if self.kind == 'pdf' else '🎞'} I looked at {self.which} of {self.whole}."
+        return texts.looked_at(self.kind == "pdf", self.which, self.whole)
 
     @property
     def asks(self) -> str:
@@ -88,8 +88,8 @@ def of_pages(found: Pages, images: list[NewImage]) -> Material:
 
 def of_frames(found: Frames, name: str, images: list[NewImage]) -> Material:
     which = "one frame" if len(found.images) == 1 else f"{len(found.images)} frames"
-    times = ", ".join(clock(second, tenths=found.duration < 10) for second in found.seconds)
-    return Material(images, which, f"a {clock(found.duration, tenths=True)} {name}, at {times}", "clip")
+    times = ", ".join(texts.clock(second, tenths=found.duration < 10) for second in found.seconds)
+    return Material(images, which, f"a {texts.clock(found.duration, tenths=True)} {name}, at {times}", "clip")
 
 
 def unseen_pages(question: str, past: Sequence[Turn]) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pypdfium2 as pdfium
 
-from bot import texts
+from bot.media.refusal import Refusal
 from engine.images import grid_side
 
 PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
@@ -30,12 +30,17 @@ PDF_MIME = "application/pdf"
 NAMED_MAX = 1000  # pages one range of a question may name
 
 
-class DocumentError(Exception):
-    """A friendly reason why a PDF cannot be read, for the person who sent it."""
+class DocumentError(Refusal):
+    """Why a PDF cannot be read."""
 
 
 class NoSuchPage(DocumentError):
     """The question names pages the PDF does not have: a refusal of the question, not of the file."""
+
+    REASON = "no_such_page"
+
+    def __init__(self, count: int, page: int) -> None:
+        super().__init__(self.REASON, count=count, page=page)
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,13 @@ def names_pages(question: str) -> bool:
 
 def chosen_pages(question: str, count: int, limit: int) -> list[int]:
     """Up to ``limit`` pages: those the question names, otherwise the first ones.  A question naming only
-    pages the document does not have gets a friendly refusal rather than an answer about other pages."""
+    pages the document does not have is refused rather than answered about other pages."""
     named = named_pages(question, count)
     if not named:
         return list(range(1, min(count, limit) + 1))
     present = [number for number in named if 1 <= number <= count]
     if not present:
-        raise NoSuchPage(texts.no_such_page(count, named[0]))
+        raise NoSuchPage(count, named[0])
     return present[:limit]
 
 
@@ -86,18 +91,16 @@ def render(data: bytes, question: str, *, limit: int, num_crops: int) -> Pages:
             document = pdfium.PdfDocument(data)
         except pdfium.PdfiumError as error:
             if getattr(error, "err_code", None) == PASSWORD_ERROR:
-                raise DocumentError(
-                    "That PDF is protected by a password, so I can't open it. Please send it without one."
-                ) from error
-            raise DocumentError("I couldn't read that PDF; it seems damaged. Please send it again.") from error
+                raise DocumentError("pdf_password") from error
+            raise DocumentError("pdf_damaged") from error
         try:
             count = len(document)
             if count == 0:
-                raise DocumentError("That PDF has no pages.")
+                raise DocumentError("pdf_empty")
             numbers = chosen_pages(question, count, limit)
             images = tuple(_render_page(document, number, side) for number in numbers)
         except pdfium.PdfiumError as error:
-            raise DocumentError("I couldn't render that PDF's pages; it seems damaged.") from error
+            raise DocumentError("pdf_unrendered") from error
         finally:
             document.close()
     return Pages(tuple(numbers), count, images)
@@ -108,7 +111,7 @@ def _render_page(document: pdfium.PdfDocument, number: int, side: int) -> bytes:
     try:
         width, height = page.get_size()
         if not (width > 0 and height > 0):
-            raise DocumentError(f"Page {number} of that PDF has no size, so there is nothing to look at.")
+            raise DocumentError("page_without_size", page=number)
         image = page.render(scale=side / max(width, height)).to_pil().convert("RGB")
     finally:
         page.close()

@@ -44,10 +44,10 @@ from typing import Any, TypeVar, cast
 from cachetools import LRUCache, TTLCache
 
 from bot import texts
-from bot.media.frames import Frames, VideoError, sample
-from bot.media.pages import DocumentError, NoSuchPage, Pages, render
+from bot.media.frames import Frames, sample
+from bot.media.pages import NoSuchPage, Pages, render
+from bot.media.refusal import Refusal
 from bot.media.stills import Still, still
-from engine.images import ImageRejected
 from model_store.child_process import in_thread_until_cancelled, stop_process
 from model_store.child_start import Confinement, new_child, receive
 
@@ -63,24 +63,20 @@ CHILD_NAME = "phi3bot-read"
 CONFINEMENT = Confinement()  # the file comes through a pipe: nothing to read or write beyond running Python
 ANSWERS = (Still, Frames, Pages)
 ANSWER_CLASSES = frozenset((answer.__module__, answer.__qualname__) for answer in ANSWERS)
-REFUSAL_CHARACTERS = 1000  # a refusal's reason, said to the person who sent the file
-# Why a read failed, as MediaError.reason; only these are the file's own, and remembered with it: for good when
-# the file itself says so, for a while when a busy machine (too slow) or the out-of-memory killer (crashed) may
-# have had a part in it.
-OF_THE_FILE = ("refused", "too_slow", "crashed", "too_large")
+REFUSAL_CHARACTERS = 1000  # a child's refusal, as said to the person who sent the file
+# Why a read failed, as MediaError.reason.  A refusal is the file's own, and remembered with it, unless it refuses
+# the question (pages the PDF lacks) or comes from a shutdown: for a while when a busy machine (too slow) or the
+# out-of-memory killer (crashed) may have had a part in it, otherwise for good.
+NOT_OF_THE_FILE = (NoSuchPage.REASON, "stopping")
 FOR_A_WHILE = ("too_slow", "crashed")
 TRANSIENT_SECONDS = 600.0
 TRANSIENT_REMEMBERED = 1024
 T = TypeVar("T")
 
 
-class MediaError(Exception):
-    """Why a file cannot be read: the message for the person who sent it, and ``reason`` for the code: one of
-    OF_THE_FILE, "question" (the question asks for what the file lacks) or "stopping" (the bot shuts down)."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class MediaError(Refusal):
+    """Why a file cannot be read: the refusal its reader gave (bot/media/refusal.py), or "too_slow", "crashed",
+    "too_large" (more memory than the reader may take) or "stopping" (the bot shuts down)."""
 
 
 @dataclass
@@ -91,8 +87,8 @@ class _Turns:
 
 @dataclass(frozen=True)
 class _Refused:
-    message: str
     reason: str
+    data: dict[str, object]
 
 
 class MediaReader:
@@ -152,7 +148,7 @@ class MediaReader:
         only when neither is remembered.  Refusals that depend on the question or on a shutdown are not kept."""
         refused = self._remembered.get(("refused", file)) or self._for_a_while.get(file)
         if isinstance(refused, _Refused):
-            raise MediaError(refused.message, refused.reason)
+            raise MediaError(refused.reason, **refused.data)
         key = ("read", file, variant)
         found = self._remembered.get(key)
         if found is not None:
@@ -161,9 +157,9 @@ class MediaReader:
             value = await read()
         except MediaError as error:
             if error.reason in FOR_A_WHILE:
-                self._for_a_while[file] = _Refused(str(error), error.reason)
-            elif error.reason in OF_THE_FILE:
-                self._keep(("refused", file), _Refused(str(error), error.reason))
+                self._for_a_while[file] = _Refused(error.reason, error.data)
+            elif error.reason not in NOT_OF_THE_FILE:
+                self._keep(("refused", file), _Refused(error.reason, error.data))
             raise
         self._keep(key, value)
         return value
@@ -173,7 +169,7 @@ class MediaReader:
             self._remembered[key] = value
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``function(*args, **kwargs)`` in a child process; raises MediaError with a friendly reason when it
+        """``function(*args, **kwargs)`` in a child process; raises MediaError, with its reason, when it
         refuses the file, crashes, runs out of memory, outlives the deadline or the bot stops.  Cancelling the
         caller stops the child at once."""
         return await self._run_in(self._slots, function, *args, **kwargs)
@@ -181,13 +177,13 @@ class MediaReader:
     async def _run_in(self, slots: asyncio.Semaphore, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with slots:
             if self._stopping.is_set():
-                raise MediaError(texts.READ_STOPPING, "stopping")
+                raise MediaError("stopping")
             call = functools.partial(_in_child, function, args, kwargs, self.seconds, self.memory_bytes, self._stopping)
             return await in_thread_until_cancelled(call, MediaError)
 
 
 def _size(value: object) -> int:
-    """Bytes a remembered value takes, roughly: its images; a refusal, its message."""
+    """Bytes a remembered value takes, roughly: its images; a refusal, a little."""
     if isinstance(value, Still):
         return len(value.data) + 256
     if isinstance(value, Frames | Pages):
@@ -216,18 +212,18 @@ def _in_child(
         while not receiver.poll(POLL_SECONDS):
             waited += POLL_SECONDS
             if any(end.is_set() for end in ends):
-                raise MediaError(texts.READ_STOPPING, "stopping")
+                raise MediaError("stopping")
             if waited >= seconds:
                 log.warning("reading a file took over %.0f s; stopped", seconds)
-                raise MediaError(texts.READ_TOO_SLOW.format(seconds=seconds), "too_slow")
-        outcome, value, reason = _answer(receiver)
+                raise MediaError("too_slow", seconds=seconds)
+        outcome, value, data = _answer(receiver)
         answered = True
     except (EOFError, OSError) as error:
         log.warning("the file reader ended without an answer (%s, exit code %s)", error, child.exitcode)
-        raise MediaError(texts.READ_CRASHED, "crashed") from None
+        raise MediaError("crashed") from None
     except (pickle.UnpicklingError, ValueError) as error:
         log.warning("the file reader answered with something that is no answer (%s); refused", error)
-        raise MediaError(texts.READ_CRASHED, "crashed") from None
+        raise MediaError("crashed") from None
     finally:
         if child.pid is not None:
             stop_process(child, grace=1.0 if answered else 0.0, terminate_wait=1.0)
@@ -235,17 +231,30 @@ def _in_child(
         sender.close()
         receiver.close()
     if outcome == "refused":
-        raise MediaError(value, reason)
+        raise MediaError(value, **data)
     return cast(T, value)
 
 
-def _answer(receiver: Connection) -> tuple[str, Any, str]:
-    """The child's answer, read as data: ("done", plain values or one of ANSWERS, "") or ("refused", a reason of
-    at most REFUSAL_CHARACTERS, its kind).  A reader taken over by the file it read can answer nothing else."""
-    outcome, value, reason = receive(receiver, ANSWER_CLASSES)
-    if outcome == "done" or (outcome == "refused" and isinstance(value, str) and len(value) <= REFUSAL_CHARACTERS):
-        return outcome, value, str(reason)
+def _answer(receiver: Connection) -> tuple[str, Any, dict[str, object]]:
+    """The child's answer, read as data: ("done", plain values or one of ANSWERS, {}) or ("refused", a reason,
+    its numbers) that bot/texts.py says in at most REFUSAL_CHARACTERS.  A reader taken over by the file it read
+    can answer nothing else."""
+    outcome, value, data = receive(receiver, ANSWER_CLASSES)
+    if outcome == "done" or (outcome == "refused" and _sayable(value, data)):
+        return outcome, value, data
     raise ValueError(f"an answer of {outcome!r} with a {type(value).__name__}")
+
+
+def _sayable(reason: object, data: object) -> bool:
+    """Whether a child's refusal is one of the bot's sentences, with numbers for its data."""
+    if not isinstance(reason, str) or not isinstance(data, dict):
+        return False
+    if not all(isinstance(key, str) and isinstance(value, int | float) for key, value in data.items()):
+        return False
+    try:
+        return len(texts.refusal(reason, data)) <= REFUSAL_CHARACTERS
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
 
 
 def _child_main(
@@ -260,18 +269,16 @@ def _child_main(
     # Should the bot be killed without ending it, the child still stops, at the same deadline, in CPU time.
     resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) + 5, int(seconds) + 10))
     _limit_memory(memory_bytes)
-    outcome: tuple[str, Any, str]
+    outcome: tuple[str, Any, dict[str, object]]
     try:
-        outcome = ("done", function(*args, **kwargs), "")
-    except NoSuchPage as refusal:
-        outcome = ("refused", str(refusal), "question")
-    except (DocumentError, VideoError, ImageRejected) as refusal:
-        outcome = ("refused", str(refusal), "refused")
+        outcome = ("done", function(*args, **kwargs), {})
+    except Refusal as refusal:
+        outcome = ("refused", refusal.reason, refusal.data)
     except MemoryError:
-        outcome = ("refused", texts.READ_TOO_LARGE, "too_large")
+        outcome = ("refused", "too_large", {})
     except Exception:  # a library failing in a way it does not document: still the file's fault, and a refusal
         logging.getLogger(__name__).exception("reading a file failed")
-        outcome = ("refused", texts.READ_CRASHED, "crashed")
+        outcome = ("refused", "crashed", {})
     sender.send(outcome)
     sender.close()
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from engine.images import MAX_NUM_CROPS, ImageLimits, decode_image, grid_side
+from bot.media.decoding import ImageLimits, decode_image
+from engine.images import MAX_NUM_CROPS, grid_side
 
 LONG_SIDE = grid_side(MAX_NUM_CROPS)
 JPEG_QUALITY = 95
@@ -34,7 +35,7 @@ class Still:
 
 
 def still(data: bytes) -> Still:
-    """The copy of the image in ``data``; raises ImageRejected, with a friendly reason, for what cannot be read."""
+    """The copy of the image in ``data``; raises ImageRejected for what cannot be read."""
     decoded = decode_image(data, ImageLimits(max_side=LONG_SIDE))
     image, out = decoded.image, io.BytesIO()
     if decoded.original_format in JPEG_FORMATS:

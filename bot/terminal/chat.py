@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from bot import texts
+from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
 from bot.running.runtime import build_engine
 from bot.settings import Settings
 from engine.conversation import Turn
 from engine.conversation_memory import ConversationMemory
 from engine.engine import Chunk, Engine, Finished, Prepared, Waiting
-from engine.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
+from engine.images import PreparedImage
 
 TERMINAL = ("terminal", 0)
 DEFAULT_IMAGE_QUESTION = "Describe this image."
@@ -92,7 +94,8 @@ async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin
                     keep(await asyncio.to_thread(_load_image, Path(text.removeprefix("/image").strip())))
                     out.write("Image attached; ask your question.\n")
                 except (OSError, ImageRejected) as error:
-                    out.write(f"Could not use that image: {error}\n")
+                    why = texts.refusal(error.reason, error.data) if isinstance(error, ImageRejected) else error
+                    out.write(f"Could not use that image: {why}\n")
                 continue
             if not text:
                 continue

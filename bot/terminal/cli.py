@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bot import texts
 from bot.running.secrecy import keep_allowed_environment, make_undumpable
 from bot.settings import Settings, SettingsError, load_settings
 from bot.terminal.progress import TerminalProgress
@@ -174,15 +175,15 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _terminal(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
+    from bot.media.decoding import ImageRejected
     from bot.terminal.chat import ask_once, chat
-    from engine.images import ImageRejected
 
     try:
         if args.command == "ask":
             return asyncio.run(ask_once(settings, args.image, args.question))
         return asyncio.run(chat(settings, args.image))
     except ImageRejected as error:
-        print(f"Error: {error}", file=sys.stderr)
+        print(f"Error: {texts.refusal(error.reason, error.data)}", file=sys.stderr)
         return 1
 
 
@@ -220,9 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _terminal(args, settings)
         return _run(settings)
     except ConversionInterruptedError as error:
-        print(f"\n{error}", file=sys.stderr)
+        print(f"\n{texts.store_error(error.reason, error.data)}", file=sys.stderr)
         return 130
-    except (ModelStoreError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except ModelStoreError as error:
+        print(f"\nError: {texts.store_error(error.reason, error.data)}", file=sys.stderr)
+        return 1
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"\nError: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

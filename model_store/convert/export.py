@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from model_store.child_process import exit_reason
 from model_store.child_start import OPENVINO_TELEMETRY, Confinement, die_with, modules_cache, runtime_readable
-from model_store.convert.heartbeat import Heartbeat, format_elapsed
+from model_store.convert.heartbeat import Heartbeat
 from model_store.errors import ConversionFailedError
 from model_store.layout import SIDE_FILES, SUBMODELS
+from model_store.progress import format_elapsed
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,9 @@ def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Re
                     export.kill()
                     export.wait()
         if code != 0:
-            reason = failure.read_text(encoding="utf-8") if failure.is_file() else f"its process {exit_reason(code)}"
-            raise ConversionFailedError(f"The export failed: {reason}. The previous model keeps serving.")
+            if failure.is_file():
+                raise ConversionFailedError("export_failed", error=failure.read_text(encoding="utf-8"))
+            raise ConversionFailedError("export_ended", exitcode=code)
     for name in SIDE_FILES:
         if (checkpoint / name).is_file() and not (output / name).exists():
             shutil.copyfile(checkpoint / name, output / name)

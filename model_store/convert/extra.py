@@ -14,17 +14,6 @@ from model_store.errors import MissingDependencyError
 
 CONVERSION_MODULES = ("torch", "torchvision", "transformers", "optimum.intel", "nncf")
 
-# What the extra weighs is measured in the README ("Installing"); the hint repeats it for the person converting.
-# PyTorch's index is asked for torch and torchvision alone (at the pins of pyproject.toml), never added as an extra
-# index of the whole install, where a package of the same name as one of ours could win (scripts/pip_install.py).
-INSTALL_HINT = (
-    "Install it with `pip install 'phi3bot[convert]'`: about 1.2 GB with PyTorch's CPU wheels, taken first with "
-    "`pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1`, "
-    "or 5.8 GB with the default Linux torch, which brings CUDA libraries. With Docker Compose, convert with its "
-    '`convert` service instead (README, "Docker Compose"). Or take an already converted OpenVINO model: '
-    "`phi3bot convert --from-ir OpenVINO/Phi-3.5-vision-instruct-int4-ov`."
-)
-
 
 def _importable(name: str) -> bool:
     try:
@@ -38,10 +27,8 @@ def missing_conversion_modules() -> list[str]:
 
 
 def require_conversion_extra() -> None:
-    """Raise :class:`MissingDependencyError`, with what to install, unless a checkpoint can be converted here."""
+    """Raise :class:`MissingDependencyError`, naming what is missing (bot/texts.py says what to install), unless a
+    checkpoint can be converted here."""
     missing = missing_conversion_modules()
     if missing:
-        raise MissingDependencyError(
-            f"Converting a checkpoint needs phi3bot's conversion extra, which this install does not have (missing: "
-            f"{', '.join(missing)}). {INSTALL_HINT}"
-        )
+        raise MissingDependencyError("missing_extra", missing=missing)

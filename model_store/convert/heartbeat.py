@@ -39,8 +39,3 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self._tick(time.monotonic() - self._started)
-
-
-def format_elapsed(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

@@ -1,5 +1,5 @@
 """Hugging Face Hub access: each repository read at one commit, every request bounded in time, errors a person
-can act on, and byte-level download progress."""
+can act on (said by bot/texts.py), and byte-level download progress."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from model_store.convert.heartbeat import Heartbeat, format_elapsed
+from model_store.convert.heartbeat import Heartbeat
 from model_store.errors import GatedModelError, ModelNotFoundError, ModelStoreError, NoNetworkError
+from model_store.progress import format_elapsed
 
 log = logging.getLogger(__name__)
 
@@ -75,30 +76,18 @@ def _timed_out(error: BaseException | None) -> bool:
     return False
 
 
-def _translate(repo_id: str, error: Exception) -> ModelStoreError:
+def _translate(repo_id: str, error: Exception, revision: str | None = None) -> ModelStoreError:
     if isinstance(error, GatedRepoError):
-        return GatedModelError(
-            f"{repo_id} is gated: accept its licence on its Hugging Face page and set HF_TOKEN to a token of "
-            "that account."
-        )
+        return GatedModelError("gated", repo=repo_id, revision=revision)
     if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError)):
-        return ModelNotFoundError(
-            f"{repo_id} was not found on the Hugging Face Hub (or is private: set HF_TOKEN). Check the spelling."
-        )
+        return ModelNotFoundError("not_found", repo=repo_id, revision=revision)
     if _timed_out(error):
-        waited = f" within {_limit:g} s" if _limit is not None else ""
-        return NoNetworkError(
-            f"The Hugging Face Hub did not answer{waited} about {repo_id}. Try again later (HUB_TIMEOUT_SECONDS "
-            "sets how long to wait), or pass a local checkpoint directory instead."
-        )
+        return NoNetworkError("hub_silent", repo=repo_id, revision=revision, seconds=_limit)
     if isinstance(error, (LocalEntryNotFoundError, requests.ConnectionError)):
-        return NoNetworkError(
-            f"Could not reach the Hugging Face Hub to get {repo_id}, and it is not in the local cache. "
-            "Check the network (or a proxy), or pass a local checkpoint directory instead."
-        )
+        return NoNetworkError("hub_unreachable", repo=repo_id, revision=revision)
     if isinstance(error, HfHubHTTPError):
-        return ModelStoreError(f"The Hugging Face Hub refused {repo_id}: {error}")
-    return ModelStoreError(f"Could not get {repo_id}: {error}")
+        return ModelStoreError("hub_refused", repo=repo_id, revision=revision, error=str(error))
+    return ModelStoreError("hub_failed", repo=repo_id, revision=revision, error=str(error))
 
 
 @dataclass(frozen=True)
@@ -122,9 +111,9 @@ def snapshot(repo_id: str, patterns: list[str], revision: str | None = None, tok
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token or False)
     except Exception as error:
-        raise _translate(f"{repo_id} at revision {revision}" if revision else repo_id, error) from error
+        raise _translate(repo_id, error, revision) from error
     if not info.sha:
-        raise ModelStoreError(f"The Hugging Face Hub did not say which commit of {repo_id} it serves.")
+        raise ModelStoreError("no_commit", repo=repo_id)
     sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
     files = tuple(_matching(list(sizes), patterns))
     return Snapshot(repo_id, info.sha, sum(sizes[name] for name in files), files)
@@ -167,9 +156,6 @@ def download(
     # A Hub that stops answering makes huggingface_hub fall back to whatever of the commit the cache holds.
     missing = [name for name in _matching(pinned.files, patterns) if not (Path(path) / name).is_file()]
     if missing:
-        raise NoNetworkError(
-            f"Could not get every file of {repo_id} from the Hugging Face Hub ({missing[0]} is missing"
-            f"{f' with {len(missing) - 1} more' if len(missing) > 1 else ''}). Check the network and try again."
-        )
+        raise NoNetworkError("download_incomplete", repo=repo_id, missing=missing)
     on_fraction(1.0, "downloaded")
     return Path(path)

@@ -57,12 +57,9 @@ def _checkpoint_bytes(directory: Path) -> int:
 def _check_checkpoint(directory: Path) -> dict[str, Any]:
     config = read_json(directory / "config.json")
     if config.get("model_type") != "phi3_v":
-        raise CorruptModelError(
-            f"{directory} holds a {config.get('model_type')!r} model; this bot converts Phi-3-vision (phi3_v) "
-            "checkpoints such as microsoft/Phi-3.5-vision-instruct."
-        )
+        raise CorruptModelError("not_phi3_v", directory=str(directory), model_type=config.get("model_type"))
     if _checkpoint_bytes(directory) == 0:
-        raise MissingModelError(f"{directory} has a config.json but no weights (*.safetensors).")
+        raise MissingModelError("no_weights", directory=str(directory))
     return config
 
 
@@ -90,7 +87,11 @@ def _require_confirmation(request: ConversionRequest, source: ModelSource, found
     unconfirmed = [other for other in found.named if other.repo_id not in request.named_revisions]
     if source.vouched_for or (request.trust_remote_code and not unconfirmed):
         return
-    raise UntrustedCodeError(pins.untrusted_code(found))
+    assert found.checkpoint is not None
+    named = [(other.repo_id, other.revision) for other in found.named]
+    raise UntrustedCodeError(
+        "untrusted", repo=found.checkpoint.repo_id, revision=found.checkpoint.revision, named=named
+    )
 
 
 def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: Path, plan: PhasePlan) -> ModelEntry:

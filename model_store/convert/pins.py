@@ -68,21 +68,13 @@ def refuse_code_from_elsewhere(directory: Path, name: str) -> None:
     that code would be fetched at its latest commit, which nobody confirmed."""
     elsewhere = [entry for entry in _auto_map_entries(directory) if "--" in entry]
     if elsewhere:
-        raise UntrustedCodeError(
-            f"{name} loads code from another repository ({', '.join(elsewhere)} in its auto_map). A conversion "
-            "runs only the code of the checkpoint it converts, at the revision confirmed; this one cannot be "
-            "converted as it is."
-        )
+        raise UntrustedCodeError("code_from_elsewhere", name=name, entries=elsewhere)
 
 
 def _refuse_code(directory: Path, name: str, named_by: str) -> None:
     entries = _auto_map_entries(directory)
     if entries:
-        raise UntrustedCodeError(
-            f"{name}, which {named_by} names for its image processor, ships code ({', '.join(entries)} in its "
-            "auto_map). Only its configuration is read, and no code from it runs, so it cannot be converted as it "
-            "is."
-        )
+        raise UntrustedCodeError("processor_code", name=name, named_by=named_by, entries=entries)
 
 
 def named_repositories(config: dict[str, Any], name: str, from_hub: bool) -> list[str]:
@@ -97,10 +89,7 @@ def named_repositories(config: dict[str, Any], name: str, from_hub: bool) -> lis
             return []
         if is_repo_id(model_name):
             return [model_name]
-    raise CorruptModelError(
-        f"{name}'s config.json names {model_name!r} for its image processor, which is not a Hugging Face "
-        f"repository id{'' if from_hub else ' or an existing directory'}."
-    )
+    raise CorruptModelError("bad_processor", name=name, processor=model_name, from_hub=from_hub)
 
 
 def resolve(source: ModelSource, revision: str | None, confirmed: Mapping[str, str], token: str | None = None) -> Pins:
@@ -137,18 +126,3 @@ def stage(checkpoint: Path, named: Mapping[str, Path], into: Path) -> Path:
         config["img_processor"] = {**processor, "model_name": str(named[processor["model_name"]])}
     (into / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return into
-
-
-def untrusted_code(pins: Pins) -> str:
-    """What converting a repository nobody vouched for means, and how to confirm exactly these commits from the
-    terminal (the bot asks with a button instead: bot/handlers/commands.py)."""
-    assert pins.checkpoint is not None
-    repo_id, revision = pins.checkpoint.repo_id, pins.checkpoint.revision
-    also = "".join(f" --pin {other.repo_id}@{other.revision}" for other in pins.named)
-    reads = "".join(f" It also reads the configuration of {other.repo_id} at {other.revision}." for other in pins.named)
-    return (
-        f"{repo_id} is not one of the known Phi-3-vision repositories, and converting it runs the Python code it "
-        f"ships on this machine. Read that code at https://huggingface.co/{repo_id}/tree/{revision}.{reads} If you "
-        f"trust it, convert exactly these revisions with: phi3bot convert --model {repo_id} --revision {revision} "
-        f"--trust-remote-code{also}"
-    )

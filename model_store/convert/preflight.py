@@ -46,24 +46,17 @@ def check(requirements: Requirements, store_root: Path, system_root: Path = Path
     """``system_root``: where ``/proc`` and ``/sys`` are read (cgroup_memory.tightest_limit)."""
     free = shutil.disk_usage(store_root).free
     if free < requirements.disk_bytes:
-        raise InsufficientDiskError(
-            f"Not enough disk space: the conversion needs about {requirements.disk_bytes / GIB:.1f} GiB in "
-            f"{store_root}, and {free / GIB:.1f} GiB is free. Free some space or move DATA_DIR."
-        )
+        raise InsufficientDiskError("disk", needed=requirements.disk_bytes, where=str(store_root), free=free)
     needed = requirements.memory_bytes
     host = psutil.virtual_memory().available
     group = cgroup_memory.tightest_limit(system_root) if needed else None
     if group is not None and group.available_bytes < min(host, needed):
         raise InsufficientMemoryError(
-            f"Not enough memory: the conversion needs about {needed / GIB:.1f} GiB, and the memory limit of this "
-            f"container or service ({group.limit_bytes / GIB:.1f} GiB, {group.used_bytes / GIB:.1f} GiB in use) "
-            f"leaves {group.available_bytes / GIB:.1f} GiB. Raise the limit (Docker Compose: "
-            "PHI3BOT_CONVERT_MEMORY_LIMIT; systemd: MemoryMax), or convert on a bigger machine and bring the result "
-            "with --from-ir."
+            "memory_limit",
+            needed=needed,
+            limit=group.limit_bytes,
+            used=group.used_bytes,
+            available=group.available_bytes,
         )
     if host < needed:
-        raise InsufficientMemoryError(
-            f"Not enough memory: the conversion needs about {needed / GIB:.1f} GiB, and "
-            f"{host / GIB:.1f} GiB is available. Close other programs, or convert on a bigger machine and "
-            "bring the result with --from-ir."
-        )
+        raise InsufficientMemoryError("memory", needed=needed, available=host)

@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from model_store.child_process import exit_reason, in_thread_until_cancelled, stop_process
+from model_store.child_process import in_thread_until_cancelled, stop_process
 from model_store.child_start import OPENVINO_TELEMETRY, Confinement, new_child, receive
 from model_store.convert.job import ConversionRequest, run_conversion
 from model_store.errors import (
@@ -45,13 +45,12 @@ def _child_main(request: ConversionRequest, connection: Connection) -> None:
         entry = run_conversion(request, lambda p: connection.send(("progress", p.phase, p.percent, p.detail)))
         connection.send(("done", entry.slug, entry.precision, str(entry.path), entry.manifest))
     except ModelStoreError as error:
-        connection.send(("error", error.kind, str(error)))
+        connection.send(("error", error.kind, error.reason, error.data))
     except MemoryError:
-        connection.send(("error", "memory", "The conversion ran out of memory. The previous model keeps serving."))
+        connection.send(("error", "memory", "conversion_out_of_memory", {}))
     except Exception as error:
         log.exception("conversion failed")
-        message = f"The conversion failed: {type(error).__name__}: {error}. The previous model keeps serving."
-        connection.send(("error", "failed", message))
+        connection.send(("error", "failed", "conversion_failed", {"error": f"{type(error).__name__}: {error}"}))
     finally:
         connection.close()
 
@@ -73,10 +72,6 @@ def _confinement(request: ConversionRequest) -> Confinement:
     )
 
 
-def _exit_message(exitcode: int | None) -> str:
-    return f"The conversion process {exit_reason(exitcode)}. The previous model keeps serving."
-
-
 def convert_in_subprocess(
     request: ConversionRequest,
     progress: ProgressCallback = ignore_progress,
@@ -91,32 +86,30 @@ def convert_in_subprocess(
     try:
         while outcome is None:
             if cancel is not None and cancel.is_set():
-                raise ConversionInterruptedError("The conversion was cancelled. The previous model keeps serving.")
+                raise ConversionInterruptedError("cancelled")
             if receiver.poll(POLL_SECONDS):
                 try:
                     message = receive(receiver)  # plain values only: the child ran a repository's code
                 except EOFError:
                     child.join()
-                    raise ConversionFailedError(_exit_message(child.exitcode)) from None
+                    raise ConversionFailedError("conversion_ended", exitcode=child.exitcode) from None
                 except (OSError, pickle.UnpicklingError) as error:
-                    raise ConversionFailedError(
-                        f"The conversion process answered with something else ({error})."
-                    ) from None
+                    raise ConversionFailedError("not_an_answer", error=str(error)) from None
                 if message[0] == "progress":
                     progress(Progress(phase=message[1], percent=message[2], detail=message[3]))
                 else:
                     outcome = message
             elif not child.is_alive() and not receiver.poll(0):
-                raise ConversionFailedError(_exit_message(child.exitcode))
+                raise ConversionFailedError("conversion_ended", exitcode=child.exitcode)
     except KeyboardInterrupt:
-        raise ConversionInterruptedError("The conversion was interrupted. The previous model keeps serving.") from None
+        raise ConversionInterruptedError("interrupted") from None
     finally:
         if outcome is None:  # quickly: a bot stopping (SIGTERM) has seconds to exit, its conversion with it
             stop_process(child, grace=0, terminate_wait=STOP_SECONDS)
         child.join()
         receiver.close()
     if outcome[0] == "error":
-        raise error_from_kind(outcome[1], outcome[2])
+        raise error_from_kind(outcome[1], outcome[2], outcome[3])
     return ModelEntry(slug=outcome[1], precision=outcome[2], path=Path(outcome[3]), manifest=outcome[4])
 
 

@@ -56,7 +56,7 @@ def _files(store: Path) -> list[str]:
 
 def _conversion_looks(request: ConversionRequest, progress: ProgressCallback) -> ModelEntry:
     """In the conversion's child, instead of converting: what it found, as the error it reports."""
-    raise ModelStoreError(json.dumps(look(os.getppid(), _files(Path(request.store_root)))))
+    raise ModelStoreError("looked", found=look(os.getppid(), _files(Path(request.store_root))))
 
 
 def _look_and_send(sender: Connection, parent: int, files: list[str]) -> None:
@@ -70,7 +70,7 @@ async def _children_look(request: ConversionRequest) -> int:
     try:
         await asyncio.to_thread(convert_in_subprocess, request)
     except ModelStoreError as error:
-        found["conversion"] = json.loads(str(error))
+        found["conversion"] = error.data["found"]
     receiver, sender = multiprocessing.Pipe(duplex=False)
     child = new_child(_look_and_send, (sender, os.getpid(), files), name="phi3bot-model")
     child.start()
