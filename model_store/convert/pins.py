@@ -141,7 +141,7 @@ def stage(checkpoint: Path, named: Mapping[str, Path], into: Path) -> Path:
 
 def untrusted_code(pins: Pins) -> str:
     """What converting a repository nobody vouched for means, and how to confirm exactly these commits from the
-    terminal (the bot asks with a button instead: bot/handlers/commands.py)."""
+    terminal (the bot asks with a button instead: bot/handlers/conversion.py)."""
     assert pins.checkpoint is not None
     repo_id, revision = pins.checkpoint.repo_id, pins.checkpoint.revision
     also = "".join(f" --pin {other.repo_id}@{other.revision}" for other in pins.named)
