@@ -14,7 +14,6 @@ import logging
 import secrets
 import signal
 import sys
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -35,7 +34,9 @@ from telegram.ext import (
 from bot import texts
 from bot.admission.access import AccessPolicy, UserRateLimiter
 from bot.admission.refusals import Refusals
+from bot.answers.read_ahead import warm_up
 from bot.handlers.commands import Commands, unknown_command
+from bot.handlers.conversion import Conversion
 from bot.handlers.gate import Gate
 from bot.handlers.group_upgrades import GroupUpgrades
 from bot.handlers.membership import Membership
@@ -46,6 +47,7 @@ from bot.output import buttons
 from bot.output.chat import tell
 from bot.output.pace import Pacer, Skipped
 from bot.output.recovery import finish_interrupted
+from bot.running.background import Background
 from bot.running.health import HeartbeatFile
 from bot.running.runtime import build_engine
 from bot.running.startup import StartupError, check_directories, connect, reach
@@ -136,6 +138,7 @@ async def _open(application: Application, settings: Settings, heartbeat: Heartbe
         history=history,
         access=AccessPolicy(settings.admin_user_ids, settings.allowed_user_ids, settings.allowed_chat_ids),
         limiter=UserRateLimiter(settings.user_requests_per_minute),
+        background=Background(application.process_error),  # failures reach on_error, as a handler's do
         bot_username=application.bot.username,
     )
     application.bot_data["services"] = services  # from here on, teardown closes the history
@@ -150,8 +153,7 @@ async def _open(application: Application, settings: Settings, heartbeat: Heartbe
         log.warning("no model loaded: %s", texts.store_error(error.reason, error.data))
     heartbeat.beat()
     register_handlers(application, services)
-    if settings.warm_up_hours > 0:
-        services.warm_up(time.time() - settings.warm_up_hours * 3600)
+    warm_up(services)
     if not settings.admin_user_ids:
         log.warning("ADMIN_USER_IDS is empty: nobody can use /convert, and with no allowlist nobody gets answers")
 
@@ -163,8 +165,9 @@ def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> Non
     if services is not None:
         services.stopping.set()
         services.media.stop()
-        if services.conversion is not None:  # the task stops its process (model_store/convert/process.py)
-            services.conversion.cancel()
+    conversion: Conversion | None = application.bot_data.get("conversion")
+    if conversion is not None:
+        conversion.stop()
     pacer = application.bot.rate_limiter
     if isinstance(pacer, Pacer):  # nothing waits for Telegram's rate limit any more: it is shown at the next start
         pacer.stop()
@@ -188,25 +191,17 @@ async def teardown(application: Application) -> None:
             closing.push_async_callback(services.history.close)
             if services.engine is not None:
                 closing.push_async_callback(services.engine.aclose)
-            closing.push_async_callback(_cancel, services.background)
-            if services.conversion is not None:  # its process is ended before the model's and the history
-                closing.push_async_callback(_cancel, {services.conversion})
+            closing.push_async_callback(services.background.aclose)  # first: a conversion ends its process
         heartbeat: HeartbeatFile | None = application.bot_data.get("heartbeat")
         if heartbeat is not None:
             closing.push_async_callback(heartbeat.stop)
 
 
-async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
-    """Work read ahead: nothing waits for it."""
-    for task in list(tasks):
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def register_handlers(application: Application, services: Services) -> None:
     """The gate first, for every update (group -1); then only new messages count: an edited caption or an edited
     old /convert is not a new request.  Every button press gets an answer, an unknown one "expired"."""
-    commands = Commands(services)
+    commands, conversion = Commands(services), Conversion(services)
+    application.bot_data["conversion"] = conversion  # a signal stops its work (``_stop``)
     questions, retries, upgrades = Questions(services), Retries(services), GroupUpgrades(services)
     new = filters.UpdateType.MESSAGE
     application.add_handler(TypeHandler(Update, Gate(services).check), group=-1)
@@ -217,10 +212,10 @@ def register_handlers(application: Application, services: Services) -> None:
     application.add_handler(CommandHandler("persona", commands.persona, filters=new))
     application.add_handler(CommandHandler("retry", retries.retry_command, filters=new))
     application.add_handler(CommandHandler("stats", commands.stats, filters=new))
-    application.add_handler(CommandHandler("convert", commands.convert, filters=new))
+    application.add_handler(CommandHandler("convert", conversion.convert, filters=new))
     application.add_handler(MessageHandler(new & filters.COMMAND, unknown_command))
     application.add_handler(CallbackQueryHandler(commands.stop_button, pattern=buttons.STOP))
-    application.add_handler(CallbackQueryHandler(commands.confirm_button, pattern=buttons.CONFIRM))
+    application.add_handler(CallbackQueryHandler(conversion.confirm_button, pattern=buttons.CONFIRM))
     application.add_handler(CallbackQueryHandler(questions.describe_button, pattern=buttons.DESCRIBE))
     application.add_handler(CallbackQueryHandler(retries.retry_button, pattern=buttons.RETRY))
     application.add_handler(CallbackQueryHandler(_expired))
@@ -237,15 +232,17 @@ async def _expired(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Whatever a handler did not catch: logged (the log filter keeps secrets out), and the person whose update
-    it was is told if Telegram's rate limit has room, so nobody waits for an answer that is not coming.  A reply
-    that gave up waiting for the rate limit (at shutdown) is no failure of the handler's."""
+    """Whatever a handler or work in the background (bot/running/background.py) did not catch: logged (the log
+    filter keeps secrets out), and the person whose update it was is told if Telegram's rate limit has room, so
+    nobody waits for an answer that is not coming.  A reply that gave up waiting for the rate limit (at
+    shutdown) is no failure of the handler's."""
     if isinstance(context.error, Skipped):
         log.info("a reply was not sent: %s", context.error)
         return
-    log.error("handling an update failed", exc_info=context.error)
-    if not isinstance(update, Update):
+    if not isinstance(update, Update):  # reading ahead, say: nobody is waiting for it
+        log.error("work in the background failed", exc_info=context.error)
         return
+    log.error("handling an update failed", exc_info=context.error)
     try:
         if update.callback_query is not None:
             await update.callback_query.answer(texts.FAILED)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from bot import texts
-from bot.history import ConversationKey, StoredMessage
+from bot.handlers.questions import Questions
+from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.output import buttons
 from bot.output.edits import CURSOR
 from bot.output.formatting import formatted_parts
@@ -322,6 +323,40 @@ async def test_an_album_over_the_image_limit_is_refused_before_the_model(bot: Ru
     assert await stored_messages(bot.services.history, ConversationKey(CHAT)) == []
 
 
+def _fail(*args: object) -> None:
+    raise RuntimeError("injected by the test")
+
+
+def _failures(caplog: pytest.LogCaptureFixture, said: str) -> list[logging.LogRecord]:
+    """The error handler's records of the injected failure (bot/app.py ``on_error``)."""
+    return [r for r in caplog.records if r.getMessage() == said and r.exc_info and "injected" in str(r.exc_info[1])]
+
+
+async def test_an_album_whose_question_fails_is_reported_to_its_user(
+    bot: RunningBot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An album's question runs in the background (bot/running/background.py), after its handler returned; its
+    failure still reaches the error handler, which tells the person who sent it."""
+    api = bot.api
+    monkeypatch.setattr(Questions, "_asked", _fail)
+    api.push_message(CHAT, photo=photo_bytes((200, 0, 0)), caption="Compare these", media_group_id="bad", user_id=USER)
+    api.push_message(CHAT, photo=photo_bytes((0, 200, 0)), media_group_id="bad", user_id=USER)
+    await api.wait_for(lambda: api.visible_text(CHAT) == [texts.FAILED], 20, "a word that something went wrong")
+    assert _failures(caplog, "handling an update failed"), "logged with its traceback"
+
+
+async def test_a_warm_up_that_fails_is_logged_by_the_error_handler(
+    api: FakeBotApi,
+    int4_store: tuple[ModelStore, ModelEntry],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(HistoryStore, "recent_conversations", _fail)
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path, warm_up_hours=1.0)):
+        await api.wait_for(lambda: bool(_failures(caplog, "work in the background failed")), 20, "the failure logged")
+
+
 async def test_image_sent_as_a_file_and_unsupported_media(bot: RunningBot) -> None:
     api = bot.api
     api.push_message(
@@ -519,7 +554,7 @@ async def test_a_repository_nobody_vouched_for_converts_only_the_revisions_an_ad
         )
         refused = api.push_callback(ADMIN, question.message_id, yes, user_id=USER)
         await api.wait_for(lambda: api.callback_queries[refused] is not None, 30, "the refusal")
-        assert api.callback_queries[refused] == texts.ADMINS_ONLY and bot.services.conversion is None
+        assert api.callback_queries[refused] == texts.ADMINS_ONLY and not question.text.startswith("🔧")
         api.push_callback(ADMIN, question.message_id, yes, user_id=ADMIN)
         await api.wait_for(lambda: question.text.startswith(("✅", "❌")), 240, "the conversion")
         assert question.text.startswith(f"✅ Now serving {repo} (int8)"), question.text

@@ -19,6 +19,7 @@ from bot import texts
 from bot.admission.answers_in_progress import AnswerInProgress, Waits
 from bot.answers.answer_stream import AnswerStream, StoredExchange
 from bot.answers.asking import Asking
+from bot.answers.read_ahead import prepare_soon
 from bot.history import ConversationKey
 from bot.output.chat import is_private, tell, unbutton
 from bot.services import Services
@@ -58,7 +59,7 @@ async def conversation_turn(
             return
         yield claim
     if claim.answered:
-        services.prepare_soon(key)
+        prepare_soon(services, key)
 
 
 async def _waiting(message: Message, place: int) -> None:

@@ -56,14 +56,14 @@ class Questions:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.albums = AlbumCollector(self._answer, services.in_background)
+        self.albums = AlbumCollector(self._answer, services.background.start)
 
     async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
         if message is None or sender_of(message) is None:
             return
         if message.media_group_id:
-            self.albums.add(message)
+            self.albums.add(message, update)
             return
         await self._answer([message])
 

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from bot import texts
 from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
+from bot.running.background import Background
 from bot.running.runtime import build_engine
 from bot.settings import Settings
 from engine.conversation import Turn
 from engine.conversation_memory import ConversationMemory
-from engine.engine import Chunk, Engine, Finished, Prepared, Waiting
+from engine.engine import Chunk, Engine, Finished, Waiting
 from engine.images import PreparedImage
 
 TERMINAL = ("terminal", 0)
 DEFAULT_IMAGE_QUESTION = "Describe this image."
 CHAT_HELP = "Commands: /image PATH (a photo to ask about; it is read while you type), /reset, /quit"
+
+log = logging.getLogger(__name__)
 
 
 def _load_image(path: Path) -> tuple[PreparedImage, ...]:
@@ -63,13 +67,11 @@ async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin
     first = await asyncio.to_thread(_load_image, image) if image else ()
     engine = await build_engine(settings)
     memory = ConversationMemory(engine.history_tokens, settings.system_prompt, engine.model.num_crops)
-    reading: set[asyncio.Task[Prepared]] = set()
+    reading = Background(_reading_failed)
 
     def keep(images: tuple[PreparedImage, ...]) -> None:
         memory.add(Turn(role="user", text="", images=images))
-        task = asyncio.create_task(engine.prepare(TERMINAL, memory.view()))
-        reading.add(task)
-        task.add_done_callback(reading.discard)
+        reading.start(engine.prepare(TERMINAL, memory.view()))
 
     if first:
         keep(first)
@@ -104,6 +106,10 @@ async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin
             finished = await _answer(engine, memory.view(), question, out)
             memory.record(question, finished)
     finally:
-        for task in reading:
-            task.cancel()
+        await reading.aclose()
         await engine.aclose()
+
+
+async def _reading_failed(_: object | None, error: Exception) -> None:
+    """The model reads the image with the question instead; the log says why it could not before."""
+    log.error("reading the image ahead failed", exc_info=error)
