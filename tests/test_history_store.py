@@ -19,8 +19,8 @@ import pytest
 from bot.history import ConversationKey, HistoryError, HistoryStore, NewImage, StoredImageLimits
 from bot.history.schema import MIGRATIONS
 from bot.history.store import STATUSES
+from devkit.harness import stored_messages
 from engine.context_policy import Window
-from tests.support.harness import stored_messages
 
 
 def image(payload: bytes, unique: str | None = None) -> NewImage:

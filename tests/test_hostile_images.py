@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from bot.media.stills import LONG_SIDE, still
+from devkit.hostile_images import GENERATORS, Case, hostile_images
 from engine.images import ImageLimits, ImageRejected, prepare_image
-from tests.support.hostile_images import GENERATORS, Case, hostile_images
 from tests.support.outcomes import check_outcomes
 
 LIMITS = ImageLimits()

@@ -1,8 +1,8 @@
 """The ``phi3bot`` command: run the bot, convert models, check its health, back up its history.
 
-Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (for ``run``
-also any reason it cannot start: a rejected token, a Bot API server that fails, an unusable directory or history
-database, a webhook port in use), 130 interrupted.
+Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (also
+``synthetic`` outside a development install; for ``run`` also any reason it cannot start: a rejected token, a Bot
+API server that fails, an unusable directory or history database, a webhook port in use), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from model_store.sources import PRECISIONS
 
 # What phi3bot writes (the history, its WAL, backups, stored photos, the heartbeat, models) is its user's alone.
 PRIVATE_UMASK = 0o077
+# ``phi3bot synthetic`` where devkit/ is not importable (``pip install phi3bot``, the Docker images).
+SYNTHETIC_NEEDS_DEVKIT = "phi3bot synthetic needs a development install: `make install` in a clone of the repository."
 
 log = logging.getLogger("phi3bot")
 
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("image", type=Path, nargs="?", help="a photo to start with")
 
     synthetic = commands.add_parser(
-        "synthetic", help="build a random-weight Phi-3-vision checkpoint (tests, benchmarks)"
+        "synthetic", help="build a random-weight Phi-3-vision checkpoint (tests, benchmarks; a development install)"
     )
     synthetic.add_argument("size", choices=("tiny", "full"))
     synthetic.add_argument("directory", type=Path)
@@ -164,8 +166,14 @@ def _backup(settings: Settings, destination: Path) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from model_store.synthetic import build_synthetic_checkpoint
-
+    """The builder is development's (devkit/, next to bot/ in a clone), which the installed package leaves out."""
+    try:
+        from devkit.synthetic import build_synthetic_checkpoint
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != "devkit":
+            raise
+        print(SYNTHETIC_NEEDS_DEVKIT, file=sys.stderr)
+        return 2
     build_synthetic_checkpoint(args.directory, args.size, seed=args.seed, progress=TerminalProgress())
     print(f"Built a synthetic {args.size} Phi-3-vision checkpoint in {args.directory}")
     return 0
