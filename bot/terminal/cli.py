@@ -18,7 +18,7 @@ from bot.running.secrecy import keep_allowed_environment, make_undumpable
 from bot.settings import Settings, SettingsError, load_settings
 from bot.terminal.progress import TerminalProgress
 from model_store.errors import ConversionInterruptedError, ModelStoreError
-from model_store.sources import PRECISIONS
+from model_store.sources import INT4_GROUP_SIZE, INT4_RATIO, PRECISIONS
 
 # What phi3bot writes (the history, its WAL, backups, stored photos, the heartbeat, models) is its user's alone.
 PRIVATE_UMASK = 0o077
@@ -39,9 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="Hugging Face id (microsoft/Phi-3.5-vision-instruct) or checkpoint directory")
     source.add_argument("--from-ir", metavar="REPO_OR_DIR", help="take an already converted OpenVINO model")
     convert.add_argument("--precision", choices=PRECISIONS, help="weight format (default int4; detected for --from-ir)")
-    convert.add_argument("--group-size", type=int, default=64, help="INT4 group size (default 64)")
     convert.add_argument(
-        "--ratio", type=float, default=0.6, help="share of layers in INT4, the rest INT8 (default 0.6)"
+        "--group-size", type=int, default=INT4_GROUP_SIZE, help=f"INT4 group size (default {INT4_GROUP_SIZE})"
+    )
+    convert.add_argument(
+        "--ratio", type=float, default=INT4_RATIO, help=f"share of layers in INT4, the rest INT8 (default {INT4_RATIO})"
     )
     convert.add_argument("--revision", help="a Hub repository's commit, branch or tag (default: its latest commit)")
     convert.add_argument(
