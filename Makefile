@@ -3,6 +3,8 @@
 # torch and torchvision come as CPU builds from PyTorch's CPU wheel index when it answers within 5 s, in a step
 # of their own (--index-url, --no-deps), else from the default index; everything else always comes from the
 # default index (scripts/pip_install.py; TORCH_INDEX= skips the CPU index).
+# devkit/ (synthetic checkpoints, stand-in servers) is in no wheel, so the editable install does not map it: a .pth
+# file puts the clone's root on the path as well, for `phi3bot synthetic` (tests and benchmarks start from the root).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,6 +16,7 @@ $(STAMP): pyproject.toml scripts/pip_install.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
 	$(VENV)/bin/python scripts/pip_install.py --quiet -e ".[convert,dev]"
+	$(VENV)/bin/python -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "phi3bot-clone.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

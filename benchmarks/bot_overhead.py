@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import BENCH_DIR, full_int4_model, png, synthetic_photo, timed_answer, write_results
 from bot import texts
 from bot.media.decoding import prepare_image
+from devkit.bot_api_server import FakeBotApi, SentMessage
+from devkit.harness import bot_settings, running_bot
 from engine.conversation import Turn
 from engine.engine import Engine
-from tests.support.bot_api_server import FakeBotApi, SentMessage
-from tests.support.harness import bot_settings, running_bot
 
 FIRST_USER = 10_000
 

@@ -52,7 +52,7 @@ def machine() -> dict[str, Any]:
 def full_checkpoint() -> Path:
     """The full-size synthetic Phi-3.5-vision, built on first use (about a minute, 8.3 GB)."""
     from bot.terminal.progress import TerminalProgress
-    from model_store.synthetic import build_synthetic_checkpoint
+    from devkit.synthetic import build_synthetic_checkpoint
 
     path = BENCH_DIR / "full-checkpoint"
     if not (path / "synthetic.json").is_file():

@@ -29,9 +29,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import BENCH_DIR, full_int4_model, write_results
-from tests.support.bot_api_server import BOT_USER, FakeBotApi
-from tests.support.harness import ADMIN, USER
-from tests.support.processes import bot_environment, bot_process
+from devkit.bot_api_server import BOT_USER, FakeBotApi
+from devkit.harness import ADMIN, USER
+from devkit.processes import bot_environment, bot_process
 
 FIRST_STRANGER = 50_000
 TIMEOUT = 3600.0  # an older release may take most of an hour to get through the flood

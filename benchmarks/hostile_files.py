@@ -97,10 +97,10 @@ def _waited_for_a_cpu() -> float:
 async def scenario(store_root: Path, data_dir: Path) -> dict[str, Any]:
     from bot import texts
     from bot.history import ConversationKey
-    from tests.support.bot_api_server import FakeBotApi
-    from tests.support.harness import bot_settings, running_bot, stored_messages, streaming, wait_answers
-    from tests.support.hostile_images import png_40_megapixels_rgba
-    from tests.support.media_files import header_lies_matroska
+    from devkit.bot_api_server import FakeBotApi
+    from devkit.harness import bot_settings, running_bot, stored_messages, streaming, wait_answers
+    from devkit.hostile_images import png_40_megapixels_rgba
+    from devkit.media_files import header_lies_matroska
 
     png, matroska = png_40_megapixels_rgba(), header_lies_matroska()
     hostile = (*PNG_CHATS, *CLIP_CHATS)
@@ -207,8 +207,8 @@ async def in_readers() -> dict[str, Any]:
     from bot.media.frames import sample
     from bot.media.reader import MediaReader
     from bot.media.stills import still
-    from tests.support.hostile_images import png_40_megapixels_rgba
-    from tests.support.media_files import header_lies_matroska, huge_canvas_gif
+    from devkit.hostile_images import png_40_megapixels_rgba
+    from devkit.media_files import header_lies_matroska, huge_canvas_gif
 
     reader = MediaReader()
     frames = {"limit": 8, "max_seconds": 600, "long_side": 672}
@@ -305,9 +305,9 @@ def ten_minute_video() -> bytes:
 
 def tiny_model_store() -> Path:
     """The tiny synthetic Phi-3-vision converted to INT4, as the tests use it (built once, about 20 s)."""
+    from devkit.synthetic.builder import build_synthetic_checkpoint
     from model_store.convert import ConversionRequest, convert_in_subprocess
     from model_store.store import ModelStore
-    from model_store.synthetic.builder import build_synthetic_checkpoint
 
     root = BENCH_DIR / "tiny-store"
     if not any(entry.precision == "int4" for entry in ModelStore(root).entries()):

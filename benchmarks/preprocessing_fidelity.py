@@ -204,8 +204,8 @@ def random_noise(width: int, height: int) -> np.ndarray:
 
 def tiny_model(directory: Path) -> Any:
     """The tiny synthetic checkpoint converted to INT4, in ``directory`` (about 20 s)."""
+    from devkit.synthetic import build_synthetic_checkpoint
     from model_store.convert import ConversionRequest, convert_in_subprocess
-    from model_store.synthetic import build_synthetic_checkpoint
 
     checkpoint = build_synthetic_checkpoint(directory / "tiny-checkpoint", "tiny")
     request = ConversionRequest(

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 
 from benchmarks.common import write_results
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.processes import ROOT, bot_environment, bot_process, free_port, listening
+from devkit.bot_api_server import FakeBotApi
+from devkit.processes import ROOT, bot_environment, bot_process, free_port, listening
 
 
 async def stranger(port: int, size: int) -> tuple[str, int]:

@@ -62,7 +62,9 @@ def _call(result: int) -> int:
 def abi_version() -> int:
     """The Landlock ABI this kernel offers; 0 where it has none (not built in, or switched off at boot)."""
     try:
-        version = _libc().syscall(ctypes.c_long(_CREATE_RULESET), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+        version = _libc().syscall(
+            ctypes.c_long(_CREATE_RULESET), None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+        )
     except (AttributeError, OSError):  # not Linux
         return 0
     return max(int(version), 0)

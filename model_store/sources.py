@@ -10,6 +10,10 @@ from pathlib import Path
 from model_store.errors import MissingModelError
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
+# INT4's compression unless asked otherwise (OpenVINO's Phi-3-vision notebook; convert/export.py): weights in groups
+# of 64, and that share of the language model's layers in INT4, the rest in INT8.
+INT4_GROUP_SIZE = 64
+INT4_RATIO = 0.6
 KNOWN_MODELS = {
     "phi-3.5-vision": "microsoft/Phi-3.5-vision-instruct",
     "phi-3-vision-128k": "microsoft/Phi-3-vision-128k-instruct",

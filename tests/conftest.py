@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from devkit.bot_api_server import FakeBotApi
+from devkit.hub_server import StandInHub, stand_in_hub
+from devkit.synthetic import build_synthetic_checkpoint
 from model_store.convert import ConversionRequest, convert_in_subprocess
 from model_store.store import ModelEntry, ModelStore
-from model_store.synthetic import build_synthetic_checkpoint
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.hub_server import StandInHub, stand_in_hub
 
 
 @pytest.fixture(scope="session", autouse=True)

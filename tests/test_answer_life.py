@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from bot.history import ConversationKey
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import USER, answering, bot_settings, running_bot, stored_answers
 from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import USER, answering, bot_settings, running_bot, stored_answers
 
 GROUP = -100321
 

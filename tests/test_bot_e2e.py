@@ -23,11 +23,8 @@ from bot.output.edits import CURSOR
 from bot.output.formatting import formatted_parts
 from bot.running.runtime import load_model
 from bot.settings import Settings
-from engine.pipeline_process import LoadedModel
-from model_store.loader import select_entry
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import (
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import (
     ADMIN,
     STRANGER,
     USER,
@@ -43,8 +40,11 @@ from tests.support.harness import (
     streaming,
     wait_answers,
 )
+from devkit.hub_server import StandInHub
+from engine.pipeline_process import LoadedModel
+from model_store.loader import select_entry
+from model_store.store import ModelEntry, ModelStore
 from tests.support.hub_checkpoints import CLIP_REPO, push_clip, push_phi3v
-from tests.support.hub_server import StandInHub
 
 CHAT = USER  # a private chat's id is the user's id
 GROUP = -100123

@@ -18,11 +18,8 @@ import pytest
 from bot import texts
 from bot.history import ConversationKey
 from bot.output import buttons
-from engine.conversation import Turn
-from engine.engine import Chunk, Event, Finished
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import (
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import (
     USER,
     RunningBot,
     answering,
@@ -36,7 +33,10 @@ from tests.support.harness import (
     streaming,
     wait_answers,
 )
-from tests.support.hostile_images import GENERATORS, hostile_images
+from devkit.hostile_images import GENERATORS, hostile_images
+from engine.conversation import Turn
+from engine.engine import Chunk, Event, Finished
+from model_store.store import ModelEntry, ModelStore
 
 MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
 BYSTANDER = 8

@@ -10,9 +10,8 @@ import pytest
 from bot import texts
 from bot.history import ConversationKey
 from bot.output import buttons
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import (
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import (
     USER,
     RunningBot,
     bot_settings,
@@ -23,7 +22,8 @@ from tests.support.harness import (
     stored_messages,
     wait_answers,
 )
-from tests.support.media_files import clip, encrypted_pdf, gif, pdf
+from devkit.media_files import clip, encrypted_pdf, gif, pdf
+from model_store.store import ModelEntry, ModelStore
 
 CHAT = USER
 GROUP = -100777

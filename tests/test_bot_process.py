@@ -33,9 +33,8 @@ from bot.app import RedactSecrets, build_application, setup
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.output.edits import CURSOR
 from bot.running.webhook import SECRET_HEADER
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import (
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import (
     ADMIN,
     USER,
     answer_drafts,
@@ -46,9 +45,10 @@ from tests.support.harness import (
     streaming,
     wait_answers,
 )
+from devkit.hub_server import StandInHub
+from devkit.processes import bot_environment, bot_process, free_port, listening, run_phi3bot
+from model_store.store import ModelEntry, ModelStore
 from tests.support.hub_checkpoints import push_clip, push_phi3v
-from tests.support.hub_server import StandInHub
-from tests.support.processes import bot_environment, bot_process, free_port, listening, run_phi3bot
 
 SECRET = "webhook_Secret-42"
 HF_TOKEN = "hf_aHuggingFaceTokenForTheTests0123"

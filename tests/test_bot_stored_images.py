@@ -16,10 +16,8 @@ from PIL import Image
 from bot import texts
 from bot.history import ConversationKey, HistoryStore, NewImage
 from bot.media.image_cache import PreparedImageCache
-from engine.images import PreparedImage
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import (
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import (
     USER,
     RunningBot,
     bot_settings,
@@ -28,8 +26,10 @@ from tests.support.harness import (
     stored_messages,
     wait_answers,
 )
-from tests.support.hostile_images import png_40_megapixels_rgba
-from tests.support.media_files import clip
+from devkit.hostile_images import png_40_megapixels_rgba
+from devkit.media_files import clip
+from engine.images import PreparedImage
+from model_store.store import ModelEntry, ModelStore
 
 CHAT = USER
 GROUP = -100555

@@ -19,8 +19,8 @@ import pytest
 from bot.history import ConversationKey, HistoryError, HistoryStore, NewImage, StoredImageLimits
 from bot.history.schema import MIGRATIONS
 from bot.history.store import STATUSES
+from devkit.harness import stored_messages
 from engine.context_policy import Window
-from tests.support.harness import stored_messages
 
 
 def image(payload: bytes, unique: str | None = None) -> NewImage:
@@ -54,7 +54,7 @@ async def test_migrates_reopens_and_keeps_data(tmp_path: Path) -> None:
             ("assistant", "hi there", "complete"),
         ]
         assert messages[0].images[0].data == b"png-1" and messages[1].telegram_message_ids == (11, 12)
-        assert await reopened.integrity_ok()
+        assert intact(path)
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -127,6 +127,12 @@ async def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_messages
         assert outline.window == Window() and [(row.text, row.tokens) for row in outline.rows] == [("old", None)]
 
 
+def intact(path: Path) -> bool:
+    """SQLite's own check of the whole file, through a connection of its own (the store's stays open)."""
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        return raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
 @contextlib.contextmanager
 def at_schema(path: Path, count: int) -> Iterator[sqlite3.Connection]:
     """A database as a phi3bot from before the migrations' names left it after the first ``count``: the
@@ -159,7 +165,7 @@ async def test_each_migration_upgrades_the_schema_before_it_and_keeps_the_data(t
             ("assistant", "a", "complete"),
         ]
         assert [image.data for image in messages[0].images] == [b"\x01"]
-        assert await store.integrity_ok()
+        assert intact(path)
     with sqlite3.connect(path) as raw:
         recorded = raw.execute("SELECT name, applied_at IS NULL FROM schema_migrations ORDER BY rowid").fetchall()
         assert recorded == [(migration.name, index < count) for index, migration in enumerate(MIGRATIONS)]
@@ -427,12 +433,14 @@ async def test_past_a_chats_limit_the_oldest_messages_lose_their_images_and_keep
 
 
 async def test_past_the_total_limit_the_oldest_images_of_any_chat_go_first(tmp_path: Path) -> None:
-    async with await HistoryStore.open(tmp_path / "h.sqlite3") as store:
+    path = tmp_path / "h.sqlite3"
+    async with await HistoryStore.open(path) as store:
         limited(store, total_bytes=2500)
         for chat in range(1, 5):
             await answered(store, ConversationKey(chat), f"photo {chat}", "a", images=[image(bytes([chat]) * 1000)])
-        stats = await store.stats()
-        assert stats.images == 2 and stats.image_bytes == 2000
+        assert (await store.stats()).images == 2
+        with contextlib.closing(sqlite3.connect(path)) as raw:
+            assert raw.execute("SELECT SUM(size) FROM images").fetchone() == (2000,)
         counts = [(await stored_messages(store, ConversationKey(chat)))[0].images_pruned for chat in range(1, 5)]
         assert counts == [1, 1, 0, 0]
 

@@ -10,7 +10,7 @@ import pytest
 from bot import texts
 from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
 from bot.media.stills import LONG_SIDE, still
-from tests.support.hostile_images import GENERATORS, Case, hostile_images
+from devkit.hostile_images import GENERATORS, Case, hostile_images
 from tests.support.outcomes import check_outcomes
 
 LIMITS = ImageLimits()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.hub_server import StandInHub
+from devkit.processes import run_phi3bot
 from model_store.convert import ConversionRequest, convert_in_subprocess, run_conversion
 from model_store.convert.hub import CHECKPOINT_PATTERNS, download, limit_waits, snapshot
 from model_store.errors import (
@@ -23,8 +25,6 @@ from model_store.errors import (
 )
 from model_store.store import ModelStore
 from tests.support.hub_checkpoints import CLIP_REPO, push_clip, push_phi3v
-from tests.support.hub_server import StandInHub
-from tests.support.processes import run_phi3bot
 from tests.support.saying import raises_saying, said
 
 

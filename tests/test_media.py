@@ -21,10 +21,8 @@ from bot.media.material import Material, unseen_pages
 from bot.media.reader import MediaError, MediaReader
 from bot.media.refusal import Refusal
 from bot.media.stills import LONG_SIDE, still
-from engine.conversation import Turn
-from model_store import child_start
-from tests.support.hostile_images import png_40_megapixels_rgba
-from tests.support.media_files import (
+from devkit.hostile_images import png_40_megapixels_rgba
+from devkit.media_files import (
     COLOURS,
     MediaCase,
     clip,
@@ -36,6 +34,8 @@ from tests.support.media_files import (
     pdf,
     pdf_drawing_one_image,
 )
+from engine.conversation import Turn
+from model_store import child_start
 from tests.support.outcomes import check_outcomes
 from tests.support.saying import said
 

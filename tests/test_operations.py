@@ -16,8 +16,8 @@ import pytest
 
 from bot.history import ConversationKey, HistoryStore
 from bot.running.health import STALE_SECONDS, HeartbeatFile, check_heartbeat
-from tests.support.harness import stored_messages
-from tests.support.processes import ROOT, run_phi3bot
+from devkit.harness import stored_messages
+from devkit.processes import ROOT, run_phi3bot
 
 
 def phi3bot(tmp_path: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.bot_api_server import BOT_USER, FakeBotApi
+from devkit.harness import STRANGER, USER, photo_bytes, wait_answers
+from devkit.processes import bot_environment, bot_process, run_phi3bot
 from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import BOT_USER, FakeBotApi
-from tests.support.harness import STRANGER, USER, photo_bytes, wait_answers
-from tests.support.processes import bot_environment, bot_process, run_phi3bot
 
 MARK = "Zebra-Quokka-7731"  # a word that appears nowhere but in what people send
 

@@ -21,7 +21,7 @@ from bot.output.formatting import plain_parts, utf16_len
 from bot.output.pace import Pacer
 from bot.output.reply_stream import ReplyStream
 from bot.output.retries import Postponed, Undeliverable
-from tests.support.bot_api_server import FakeBotApi
+from devkit.bot_api_server import FakeBotApi
 
 CHAT = 501
 LONG = ("Phi-3 looks at the photo 😀 and writes. " * 90 + "\n") * 3  # three messages

@@ -11,9 +11,8 @@ from bot.handlers.commands import PERSONA_MAX_CHARS
 from bot.history import ConversationKey
 from bot.output import buttons
 from bot.output.edits import CURSOR
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi, SentMessage
-from tests.support.harness import (
+from devkit.bot_api_server import FakeBotApi, SentMessage
+from devkit.harness import (
     ADMIN,
     USER,
     bot_settings,
@@ -26,6 +25,7 @@ from tests.support.harness import (
     stored_messages,
     wait_answers,
 )
+from model_store.store import ModelEntry, ModelStore
 
 CHAT = USER  # a private chat's id is the user's id
 GROUP = -100123

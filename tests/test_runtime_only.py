@@ -3,7 +3,8 @@
 The processes here run with everything that only the conversion extra brings hidden from imports
 (tests/support/runtime_only.py): the bot starts, answers a photo question, reports its health and stops on
 SIGTERM; ``/convert`` and ``phi3bot convert --model`` say what to install instead of failing in an import;
-``phi3bot convert --from-ir`` takes a converted model into the store.
+``phi3bot convert --from-ir`` takes a converted model into the store; ``phi3bot synthetic`` asks for a development
+install.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from bot.terminal.cli import SYNTHETIC_NEEDS_DEVKIT
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import ADMIN, USER, photo_bytes, wait_answers
+from devkit.processes import ROOT, bot_environment, bot_process, run_phi3bot
 from model_store.convert.extra import missing_conversion_modules, require_conversion_extra
 from model_store.errors import MissingDependencyError
 from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, USER, photo_bytes, wait_answers
-from tests.support.processes import ROOT, bot_environment, bot_process, run_phi3bot
 from tests.support.runtime_only import conversion_only_modules, runtime_only_pythonpath
 from tests.support.saying import said
 
@@ -118,3 +120,10 @@ def test_the_command_line_converts_from_ir_and_explains_a_checkpoint_conversion(
     [entry] = ModelStore(store_root).entries()
     assert entry.precision == "int4" and entry.manifest.get("from_ir") is True
     assert entry.manifest["validation"]["generated_tokens"] >= 1, "validated in OpenVINO GenAI without torch"
+
+
+def test_the_synthetic_command_asks_for_a_development_install(tmp_path: Path) -> None:
+    environment = runtime_only({**os.environ, "PYTHONPATH": str(ROOT), "DATA_DIR": str(tmp_path / "data")}, tmp_path)
+    done = cli(environment, tmp_path, "synthetic", "tiny", str(tmp_path / "tiny"))
+    assert done.returncode == 2 and done.stderr.splitlines() == [SYNTHETIC_NEEDS_DEVKIT], done.stderr[-2000:]
+    assert not (tmp_path / "tiny").exists()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bot.settings import SettingsError, load_settings
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import USER
-from tests.support.processes import bot_environment, bot_process
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import USER
+from devkit.processes import bot_environment, bot_process
 from tests.test_bot_process import failed_start, without_root_overrides
 
 TOKEN = "123456789:AAHZZtokenZZ-abcdefghijklmnopqrstuv"

@@ -24,9 +24,9 @@ import psutil
 import pytest
 
 from bot.running.secrecy import allowed
+from devkit.bot_api_server import FakeBotApi
+from devkit.processes import ROOT, bot_environment, bot_process, run_phi3bot
 from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.processes import ROOT, bot_environment, bot_process, run_phi3bot
 
 TOKEN = "123456:AAHsecretTokenOfTheBotUnderTest_012"
 WEBHOOK_SECRET = "webhook_Secret_from_dotenv"

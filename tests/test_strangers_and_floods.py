@@ -17,9 +17,8 @@ from bot import texts
 from bot.history import ConversationKey
 from bot.output import buttons
 from bot.output.pace import GROUP_MESSAGES_PER_MINUTE, GROUP_RESERVE_PER_MINUTE
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import BOT_USER, FakeBotApi, SentMessage
-from tests.support.harness import (
+from devkit.bot_api_server import BOT_USER, FakeBotApi, SentMessage
+from devkit.harness import (
     ADMIN,
     STRANGER,
     USER,
@@ -35,7 +34,8 @@ from tests.support.harness import (
     stored_messages,
     wait_answers,
 )
-from tests.support.media_files import pdf_drawing_one_image
+from devkit.media_files import pdf_drawing_one_image
+from model_store.store import ModelEntry, ModelStore
 
 GROUP = -100321  # allowed
 MEMBER = 9  # allowed only through GROUP

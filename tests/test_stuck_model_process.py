@@ -18,12 +18,8 @@ import pytest
 
 from bot import texts
 from bot.history import ConversationKey
-from engine.conversation import Turn
-from engine.engine import SHUTDOWN_GRACE_SECONDS, STOP_GRACE_SECONDS, Engine, Finished
-from engine.pipeline_process import CLOSE_GRACE_SECONDS, PipelineProcess
-from model_store.store import ModelEntry, ModelStore
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import (
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import (
     ADMIN,
     USER,
     answer_drafts,
@@ -34,7 +30,11 @@ from tests.support.harness import (
     stored_messages,
     wait_answers,
 )
-from tests.support.processes import bot_environment, bot_process
+from devkit.processes import bot_environment, bot_process
+from engine.conversation import Turn
+from engine.engine import SHUTDOWN_GRACE_SECONDS, STOP_GRACE_SECONDS, Engine, Finished
+from engine.pipeline_process import CLOSE_GRACE_SECONDS, PipelineProcess
+from model_store.store import ModelEntry, ModelStore
 from tests.test_bot_process import read_history
 from tests.test_engine import SETTINGS, collect, finished, load, photo
 

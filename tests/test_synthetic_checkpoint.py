@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 
-from model_store.synthetic import SIZES, build_synthetic_checkpoint
-from model_store.synthetic.builder import parameter_shapes, write_configs
+from devkit.synthetic import SIZES, build_synthetic_checkpoint
+from devkit.synthetic.builder import parameter_shapes, write_configs
 
 PHI3_CHAT_TOKENS = ["<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>", "<|system|>"]
 

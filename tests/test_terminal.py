@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from devkit.processes import run_phi3bot
 from model_store.store import ModelEntry, ModelStore
-from tests.support.processes import run_phi3bot
 
 
 def _run(args: list[str], store: ModelStore, tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -105,7 +105,6 @@ class StoreStats:
     conversations: int
     messages: int
     images: int
-    image_bytes: int
     database_bytes: int
 
 
@@ -509,18 +508,13 @@ class HistoryStore:
             self._reading(),
             self._db.execute(
                 "SELECT (SELECT COUNT(*) FROM conversations), (SELECT COUNT(*) FROM messages), "
-                "(SELECT COUNT(*) FROM images), (SELECT COALESCE(SUM(size), 0) FROM images)"
+                "(SELECT COUNT(*) FROM images)"
             ) as cursor,
         ):
             row = await cursor.fetchone()
         assert row is not None
         size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
-        return StoreStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), size)
-
-    async def integrity_ok(self) -> bool:
-        async with self._reading(), self._db.execute("PRAGMA integrity_check") as cursor:
-            row = await cursor.fetchone()
-        return row is not None and row[0] == "ok"
+        return StoreStats(int(row[0]), int(row[1]), int(row[2]), size)
 
 
 def _check_status(status: str) -> None:

@@ -19,11 +19,6 @@ class PreparedImageCache:
         self._images: LRUCache[str, PreparedImage] = LRUCache(max_bytes, getsizeof=lambda image: image.pixels.nbytes)
         self._lock = threading.Lock()
 
-    @property
-    def bytes(self) -> int:
-        with self._lock:
-            return int(self._images.currsize)
-
     def get(self, data: bytes, sha256: str) -> PreparedImage:
         """The decoded image for these bytes (``sha256`` is theirs); raises ImageRejected like prepare_image."""
         with self._lock:

@@ -1,8 +1,8 @@
 """The ``phi3bot`` command: run the bot, convert models, check its health, back up its history.
 
-Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (for ``run``
-also any reason it cannot start: a rejected token, a Bot API server that fails, an unusable directory or history
-database, a webhook port in use), 130 interrupted.
+Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (also
+``synthetic`` outside a development install; for ``run`` also any reason it cannot start: a rejected token, a Bot
+API server that fails, an unusable directory or history database, a webhook port in use), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from bot.running.secrecy import keep_allowed_environment, make_undumpable
 from bot.settings import Settings, SettingsError, load_settings
 from bot.terminal.progress import TerminalProgress
 from model_store.errors import ConversionInterruptedError, ModelStoreError
-from model_store.sources import PRECISIONS
+from model_store.sources import INT4_GROUP_SIZE, INT4_RATIO, PRECISIONS
 
 # What phi3bot writes (the history, its WAL, backups, stored photos, the heartbeat, models) is its user's alone.
 PRIVATE_UMASK = 0o077
+# ``phi3bot synthetic`` where devkit/ is not importable (``pip install phi3bot``, the Docker images).
+SYNTHETIC_NEEDS_DEVKIT = "phi3bot synthetic needs a development install: `make install` in a clone of the repository."
 
 log = logging.getLogger("phi3bot")
 
@@ -38,9 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="Hugging Face id (microsoft/Phi-3.5-vision-instruct) or checkpoint directory")
     source.add_argument("--from-ir", metavar="REPO_OR_DIR", help="take an already converted OpenVINO model")
     convert.add_argument("--precision", choices=PRECISIONS, help="weight format (default int4; detected for --from-ir)")
-    convert.add_argument("--group-size", type=int, default=64, help="INT4 group size (default 64)")
     convert.add_argument(
-        "--ratio", type=float, default=0.6, help="share of layers in INT4, the rest INT8 (default 0.6)"
+        "--group-size", type=int, default=INT4_GROUP_SIZE, help=f"INT4 group size (default {INT4_GROUP_SIZE})"
+    )
+    convert.add_argument(
+        "--ratio", type=float, default=INT4_RATIO, help=f"share of layers in INT4, the rest INT8 (default {INT4_RATIO})"
     )
     convert.add_argument("--revision", help="a Hub repository's commit, branch or tag (default: its latest commit)")
     convert.add_argument(
@@ -74,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("image", type=Path, nargs="?", help="a photo to start with")
 
     synthetic = commands.add_parser(
-        "synthetic", help="build a random-weight Phi-3-vision checkpoint (tests, benchmarks)"
+        "synthetic", help="build a random-weight Phi-3-vision checkpoint (tests, benchmarks; a development install)"
     )
     synthetic.add_argument("size", choices=("tiny", "full"))
     synthetic.add_argument("directory", type=Path)
@@ -165,8 +169,14 @@ def _backup(settings: Settings, destination: Path) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from model_store.synthetic import build_synthetic_checkpoint
-
+    """The builder is development's (devkit/, next to bot/ in a clone), which the installed package leaves out."""
+    try:
+        from devkit.synthetic import build_synthetic_checkpoint
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != "devkit":
+            raise
+        print(SYNTHETIC_NEEDS_DEVKIT, file=sys.stderr)
+        return 2
     build_synthetic_checkpoint(args.directory, args.size, seed=args.seed, progress=TerminalProgress())
     print(f"Built a synthetic {args.size} Phi-3-vision checkpoint in {args.directory}")
     return 0

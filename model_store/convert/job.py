@@ -20,7 +20,7 @@ from model_store.convert.validate import validate_model
 from model_store.errors import CorruptModelError, MissingModelError, UntrustedCodeError
 from model_store.layout import check_ir_directory, detect_weight_precision, read_json
 from model_store.progress import PhasePlan, ProgressCallback, ignore_progress
-from model_store.sources import ModelSource, parse_precision, parse_source
+from model_store.sources import INT4_GROUP_SIZE, INT4_RATIO, ModelSource, parse_precision, parse_source
 from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ class ConversionRequest:
     activate: bool = False
     validate: bool = True
     device: str = "CPU"
-    group_size: int = 64
-    ratio: float = 0.6
+    group_size: int = INT4_GROUP_SIZE
+    ratio: float = INT4_RATIO
     revision: str | None = None  # a Hub repository's commit, branch or tag; None: the default branch's latest
     trust_remote_code: bool = False  # the admin confirmed running the code of a repository nobody vouched for
     # The commit of each repository the checkpoint's configuration names, as confirmed (pins.py); one missing is

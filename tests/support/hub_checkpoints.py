@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from model_store.synthetic.builder import CLIP_DIR_NAME
-from tests.support.hub_server import StandInHub
+from devkit.hub_server import StandInHub
+from devkit.synthetic.builder import CLIP_DIR_NAME
 
 CLIP_REPO = "openai/clip-vit-large-patch14-336"
 

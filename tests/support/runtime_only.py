@@ -1,10 +1,11 @@
 """An environment in which Python cannot import what ``pip install phi3bot`` (no extras) leaves out.
 
-What to hide is read from the installed metadata, so it follows pyproject.toml: every distribution that the
-``convert`` extra pulls in and the runtime dependencies do not (torch, torchvision, transformers, optimum,
-NNCF, the nvidia-* libraries, sympy, ...), mapped to the top-level modules it installs. A sitecustomize.py on
-PYTHONPATH marks those modules absent (``sys.modules[name] = None``) in every Python process started with the
-environment, so the bot's model process and a conversion's child process are covered as well as the bot.
+What to hide: every distribution that the ``convert`` extra pulls in and the runtime dependencies do not (torch,
+torchvision, transformers, optimum, NNCF, the nvidia-* libraries, sympy, ...), read from the installed metadata so
+that it follows pyproject.toml, mapped to the top-level modules it installs; and devkit, the clone's development
+package, which the wheel leaves out. A sitecustomize.py on PYTHONPATH marks those modules absent
+(``sys.modules[name] = None``) in every Python process started with the environment, so the bot's model process
+and a conversion's child process are covered as well as the bot.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from packaging.utils import canonicalize_name
 
 PROJECT = "phi3bot"
 EXTRA = "convert"
+DEVELOPMENT_PACKAGES = ("devkit",)
 
 
 def _wanted(requirement: Requirement, extras: Iterable[str]) -> bool:
@@ -68,7 +70,7 @@ def conversion_only_modules() -> list[str]:
 def runtime_only_pythonpath(directory: Path, pythonpath: str) -> str:
     """Write the sitecustomize.py into ``directory``; returns the PYTHONPATH that puts it first."""
     directory.mkdir(parents=True, exist_ok=True)
-    hidden = conversion_only_modules()
+    hidden = [*conversion_only_modules(), *DEVELOPMENT_PACKAGES]
     (directory / "sitecustomize.py").write_text(
         '"""Written by tests/support/runtime_only.py: these modules are not installed by `pip install phi3bot`."""\n'
         "import sys\n\n"

@@ -13,10 +13,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.bot_api_server import FakeBotApi
-from tests.support.harness import ADMIN, USER
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import ADMIN, USER
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[1]
 
 
 def bot_environment(api: FakeBotApi, store_root: Path, data_dir: Path, **extra: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Good files are made with the same libraries people's phones and PDF tools produce files with (FFmpeg's
 encoders through PyAV, Pillow's PDF writer, PDFium); the hostile ones are those files damaged, or shaped by
-hand to claim what they are not.  ``expect`` as in tests/support/hostile_images.py: ``ok`` (images come
+hand to claim what they are not.  ``expect`` as in devkit/hostile_images.py: ``ok`` (images come
 out), ``rejected`` (a friendly refusal), ``either`` (randomly damaged: images or a refusal, quickly).
 """
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from devkit.synthetic.remote_code.configuration_phi3_v import DEFAULT_EMBD_LAYER, Phi3VConfig
+from devkit.synthetic.tokenizer import CHAT_TOKENS, train_tokenizer, write_tokenizer
 from model_store.progress import PhasePlan, ProgressCallback, ignore_progress
-from model_store.synthetic.remote_code.configuration_phi3_v import DEFAULT_EMBD_LAYER, Phi3VConfig
-from model_store.synthetic.tokenizer import CHAT_TOKENS, train_tokenizer, write_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def write_configs(directory: Path, spec: SyntheticSpec) -> tuple[Phi3VConfig, di
 
 def parameter_shapes(config: Phi3VConfig) -> dict[str, torch.Size]:
     """Names and shapes of every floating-point tensor, from a model built on the meta device (no memory)."""
-    from model_store.synthetic.remote_code.modeling_phi3_v import Phi3VForCausalLM
+    from devkit.synthetic.remote_code.modeling_phi3_v import Phi3VForCausalLM
 
     with torch.device("meta"):
         skeleton = Phi3VForCausalLM(config)

@@ -5,6 +5,6 @@ download-free parts (conversion, loading, generation, the bot) run on the real a
 Needs the conversion dependencies (torch, transformers, tokenizers).
 """
 
-from model_store.synthetic.builder import SIZES, SyntheticSpec, build_synthetic_checkpoint
+from devkit.synthetic.builder import SIZES, SyntheticSpec, build_synthetic_checkpoint
 
 __all__ = ["SIZES", "SyntheticSpec", "build_synthetic_checkpoint"]

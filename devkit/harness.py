@@ -23,7 +23,7 @@ from bot.output import buttons
 from bot.output.edits import CURSOR
 from bot.services import Services
 from bot.settings import Settings, load_settings
-from tests.support.bot_api_server import FakeBotApi, SentMessage
+from devkit.bot_api_server import FakeBotApi, SentMessage
 
 ADMIN = 42
 USER = 7
