@@ -1,6 +1,6 @@
 """A conversation kept in memory under the context policy: the terminal's and the benchmarks' history.
 
-The bot keeps the same thing in SQLite (bot/history/context_view.py); both ask engine.context_policy which messages
+The bot keeps the same thing in SQLite (bot/answers/context_view.py); both ask engine.context_policy which messages
 the model sees, so a terminal conversation grows and steps exactly as the bot's do.
 """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot import texts
+from bot.answers.context_view import model_view
 from bot.handlers.questions import Questions
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.output import buttons
@@ -248,7 +249,7 @@ async def test_the_turn_1_photo_is_still_seen_at_turn_30(
         key = ConversationKey(CHAT)
         outline = await bot.services.history.outline(key)
         stored = await stored_messages(bot.services.history, key)
-        view = await bot.services.view(engine, key)
+        view = await model_view(bot.services, engine, key)
     assert outline.window.start is not None and outline.window.pin == stored[0].id, "the photo's exchange is pinned"
     assert len(view.turns) < 40, "older text turns left the view"
     assert len(view.turns[0].images) == 1 and view.turns[0].text == "What is in this photo?"

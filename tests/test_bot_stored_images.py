@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from bot import texts
+from bot.answers.context_view import model_view
 from bot.history import ConversationKey, HistoryStore, NewImage
 from bot.media.image_cache import PreparedImageCache
 from devkit.bot_api_server import FakeBotApi
@@ -89,7 +90,7 @@ async def test_a_question_about_a_pruned_photo_asks_for_it_again_and_a_reply_to_
     assert (question.text, question.images, question.images_pruned) == ("What is it?", (), 1), "the text stays"
     assert answer.text, "and so does the answer"
     assert bot.services.engine is not None
-    view = await bot.services.view(bot.services.engine, ConversationKey(CHAT))
+    view = await model_view(bot.services, bot.services.engine, ConversationKey(CHAT))
     assert view.turns[0].text == f"{texts.images_gone(1)}\nWhat is it?" and view.turns[0].images == ()
 
     api.push_message(CHAT, "/retry", user_id=USER)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from bot import texts
+from bot.answers.context_view import model_view
 from bot.handlers.commands import PERSONA_MAX_CHARS
 from bot.history import ConversationKey
 from bot.output import buttons
@@ -130,7 +131,7 @@ async def test_persona_set_shown_reset_and_kept_across_a_restart_and_reset(
         await wait_text(api, CHAT, texts.persona_too_long(PERSONA_MAX_CHARS + 1, PERSONA_MAX_CHARS))
         engine = bot.services.engine
         assert engine is not None
-        view = await bot.services.view(engine, ConversationKey(CHAT))
+        view = await model_view(bot.services, engine, ConversationKey(CHAT))
     assert view.system_prompt == PIRATE, "line breaks kept, the too long one refused"
 
     async with running_bot(api, settings) as bot:
@@ -191,13 +192,13 @@ async def test_a_new_persona_starts_the_prompt_anew_and_keeps_the_conversation(
         api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
         await wait_answers(api, CHAT, 1)
         await api.wait_for(lambda: engine.stats.prepared >= 1, 30, "the answer read ahead of the next question")
-        before = await bot.services.view(engine, key)
+        before = await model_view(bot.services, engine, key)
         stored = await stored_messages(history, key)
 
         api.push_message(CHAT, f"/persona {PIRATE}", user_id=USER)
         await wait_text(api, CHAT, texts.PERSONA_SET)
         await api.wait_for(lambda: engine.stats.prepared >= 2, 30, "the conversation read after the new persona")
-        after = await bot.services.view(engine, key)
+        after = await model_view(bot.services, engine, key)
         assert await stored_messages(history, key) == stored, "the conversation is kept"
         assert [t.message for t in after.turns] == [t.message for t in before.turns]
         assert (before.system_prompt, after.system_prompt) == (
@@ -211,7 +212,7 @@ async def test_a_new_persona_starts_the_prompt_anew_and_keeps_the_conversation(
         await api.wait_for(lambda: len(with_retry(api, CHAT)) == 2, 30, "the follow-up's answer")
         assert engine.stats.replays == 0, "the follow-up did not read the photo again"
         assert len(await stored_messages(history, key)) == 4
-        view = await bot.services.view(engine, key)
+        view = await model_view(bot.services, engine, key)
         await api.wait_for(lambda: engine.stats.prepared >= 4, 30, "the second answer read ahead")
         other = await engine.prepare(key, view.turns, system_prompt=settings.system_prompt)
     assert other.error is None and other.pieces >= 1, "another system prompt is another prefix, read anew"

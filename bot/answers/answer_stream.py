@@ -133,7 +133,7 @@ class AnswerStream:
 
 
 def _counts(stored: StoredExchange, finished: Finished) -> dict[int, int]:
-    """The token counts the model reported; a message without one is estimated later (bot/history/context_view.py)."""
+    """The token counts the model reported; a message without one is estimated later (bot/answers/context_view.py)."""
     counts = {}
     if finished.report.question_tokens:
         counts[stored.question_id] = finished.report.question_tokens

@@ -19,6 +19,7 @@ from bot import texts
 from bot.admission.answers_in_progress import AnswerInProgress, Waits
 from bot.answers.answer_stream import AnswerStream, StoredExchange
 from bot.answers.asking import Asking
+from bot.answers.context_view import model_view
 from bot.answers.read_ahead import prepare_soon
 from bot.history import ConversationKey
 from bot.output.chat import is_private, tell, unbutton
@@ -86,7 +87,7 @@ async def storage_failed(services: Services, message: Message, error: sqlite3.Er
 async def _answer(services: Services, engine: Engine, asking: Asking, claimed: AnswerInProgress) -> bool:
     """Whether the model answered (or began to): a full line or a retry overtaken by another ends it first."""
     retried = asking.retried
-    view = await services.view(engine, asking.key, before=retried.question.id if retried else None)
+    view = await model_view(services, engine, asking.key, before=retried.question.id if retried else None)
     seed = secrets.randbelow(2**31) if retried else None
     events = engine.ask(
         asking.key, view.turns, asking.question, system_prompt=view.system_prompt, seed=seed, asker=asking.asker

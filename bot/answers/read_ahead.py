@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+from bot.answers.context_view import model_view
 from bot.history import ConversationKey
 from bot.services import Services
 from engine.engine import Engine
@@ -23,7 +24,7 @@ def prepare_soon(services: Services, key: ConversationKey) -> None:
 
 async def _prepare(services: Services, engine: Engine, key: ConversationKey) -> None:
     try:
-        view = await services.view(engine, key)
+        view = await model_view(services, engine, key)
         await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
     except Exception:
         log.exception("could not prepare the conversation in chat %s", key.chat_id)
@@ -40,7 +41,7 @@ def warm_up(services: Services) -> None:
 async def _warm_up(services: Services, engine: Engine, since: float) -> None:
     room = engine.kv_cache_tokens * 3 // 4  # the rest for the questions that come meanwhile
     for key in await services.history.recent_conversations(since):
-        view = await services.view(engine, key)
+        view = await model_view(services, engine, key)
         room -= view.tokens
         if room < 0:
             break

@@ -21,6 +21,7 @@ from bot.admission.access import Sender, sender_of
 from bot.admission.addressing import addressed, is_reaction, question_text
 from bot.answers.answering import answer, conversation_turn, storage_failed
 from bot.answers.asking import Asking
+from bot.answers.context_view import image_gone, model_view
 from bot.handlers.albums import AlbumCollector
 from bot.history import ConversationKey
 from bot.media.decoding import ImageRejected
@@ -95,7 +96,7 @@ class Questions:
             if read is None:  # stopped while its files were read
                 return
             material, prepared = read
-            if not asked.attachments and await self.services.image_gone(asked.key):
+            if not asked.attachments and await image_gone(self.services.history, asked.key):
                 material = replace(material, gone=True)  # answered as the model can, and told to send it again
             if keeping:
                 claimed.answered = await self._keep(asked, engine, material, prepared)
@@ -116,7 +117,7 @@ class Questions:
                 self._limits(engine),
                 self.services.media,
             )
-            return material, await self.services.prepared_all(material.images)
+            return material, await self.services.images.all(material.images)
 
     def _for_the_bot(self, messages: list[Message], first: Message) -> bool:
         """In groups, messages that address the bot; never stickers and GIFs sent as reactions."""
@@ -145,7 +146,7 @@ class Questions:
         if len(asked.attachments) > limit:
             return texts.too_many_images(limit, len(asked.attachments))
         if not asked.attachments and names_pages(asked.text):  # the model would answer about pages it cannot see
-            return unseen_pages(asked.text, (await self.services.view(engine, asked.key)).turns)
+            return unseen_pages(asked.text, (await model_view(self.services, engine, asked.key)).turns)
         return None
 
     def _limits(self, engine: Engine) -> MediaLimits:

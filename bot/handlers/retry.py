@@ -78,7 +78,7 @@ class Retries:
             if claimed is None:
                 return
             try:
-                images = await self.services.prepared_all(exchange.question.images)
+                images = await self.services.images.all(exchange.question.images)
             except ImageRejected as error:
                 await self.services.refusals.note(message, texts.refusal(error.reason, error.data))
                 return

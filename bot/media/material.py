@@ -33,7 +33,7 @@ class Material:
     which: str = ""  # "pages 1-4", "page 3", "4 frames", "one frame"; "" for photos
     whole: str = ""  # what they are of: "a 12-page PDF", "a 0:10 video, at 0:01, 0:04, 0:06, 0:09"
     kind: Kind = "image"
-    gone: bool = False  # a text question straight after a photo that is no longer stored (bot/history/context_view.py)
+    gone: bool = False  # a text question straight after a photo that is no longer stored (bot/answers/context_view.py)
 
     @property
     def context(self) -> str:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from bot import texts
 from bot.history import ConversationKey, HistoryStore, OutlineRow, StoredImage, StoredMessage
 from bot.media.decoding import ImageRejected
+from bot.services import Services
 from engine.context_policy import estimate_tokens, fit, in_view
 from engine.conversation import Turn
+from engine.engine import Engine
 from engine.images import PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
@@ -100,3 +102,17 @@ async def image_gone(history: HistoryStore, key: ConversationKey) -> bool:
     rows = [_counted(row, num_crops=1) for row in outline.rows]  # token counts play no part in what is in view
     last = next((row for row in reversed(in_view(rows, outline.window)) if row.role == "user"), None)
     return last is not None and last.images_pruned > 0
+
+
+async def model_view(services: Services, engine: Engine, key: ConversationKey, before: int | None = None) -> View:
+    """What this engine's model sees of the conversation before its next question, or before message ``before``:
+    its budget and crops, the configured persona, and the images decoded as the bot keeps them."""
+    return await conversation_view(
+        services.history,
+        key,
+        budget=engine.history_tokens,
+        system_prompt=services.settings.system_prompt,
+        num_crops=engine.model.num_crops,
+        prepare=services.images.one,
+        before=before,
+    )
