@@ -26,7 +26,7 @@ PERSONA_MAX_CHARS = 1000  # a system prompt this long still leaves most of the c
 
 
 class Commands:
-    """The gate (bot/admission/gate.py) let the command in: its sender may use the bot here and is not asking too fast.
+    """The gate (bot/handlers/gate.py) let the command in: its sender may use the bot here and is not asking too fast.
     Refusals beyond that (not an admin, not the asker) are said once in a while at most (bot/admission/refusals.py)."""
 
     def __init__(self, services: Services) -> None:
