@@ -147,6 +147,7 @@ class FakeBotApi:
         self._user_message_ids = itertools.count(1)
         self._bot_message_ids = itertools.count(100_000)
         self._new_update = asyncio.Event()
+        self._closing = False  # set on the way out: a long poll still waiting returns at once
         self._faults: dict[str, list[Fault]] = defaultdict(list)
         self._storms: dict[str, tuple[float, int]] = {}
         self._runner: web.AppRunner | None = None
@@ -177,6 +178,10 @@ class FakeBotApi:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None and self._session is not None and self._delivery is not None
+        # The server's shutdown waits for every request still being handled, and a bot that was stopped or killed
+        # leaves its getUpdates waiting here for the rest of its timeout (10 s for ``phi3bot run``).
+        self._closing = True
+        self._new_update.set()
         self._delivery.cancel()
         await asyncio.gather(self._delivery, return_exceptions=True)
         await self._session.close()
@@ -611,7 +616,7 @@ class FakeBotApi:
         if offset:
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
         deadline = time.monotonic() + timeout
-        while not self._updates and time.monotonic() < deadline:
+        while not self._updates and not self._closing and time.monotonic() < deadline:
             self._new_update.clear()
             try:
                 await asyncio.wait_for(self._new_update.wait(), max(deadline - time.monotonic(), 0.001))
