@@ -161,8 +161,9 @@ def _in_child_with_peak(function: Callable[..., Any], *args: Any, **kwargs: Any)
 
 @pytest.fixture
 def _tests_importable_in_readers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A reader's child imports its function's module under its confinement: ``_in_child_with_peak``'s too."""
-    monkeypatch.setattr(child_start, "PROJECT_PACKAGES", (*child_start.PROJECT_PACKAGES, "tests"))
+    """A reader's child imports its function's module under its confinement: ``_in_child_with_peak``'s too, and
+    the files from devkit/ that module imports."""
+    monkeypatch.setattr(child_start, "PROJECT_PACKAGES", (*child_start.PROJECT_PACKAGES, "tests", "devkit"))
 
 
 @pytest.mark.usefixtures("_tests_importable_in_readers")
