@@ -42,9 +42,7 @@ class Cancel(Protocol):
 @dataclass
 class AnswerInProgress:
     runs_under: ConversationKey  # the key the engine was asked with; a group upgrade does not change it
-    asker: (
-        int | None
-    )  # who asked (bot/admission/access.py Sender.id); None when Telegram did not say (only admins stop it)
+    asker: int | None  # who asked (access.py's Sender.id); None when Telegram did not say (only admins stop it)
     cancel: Cancel
     answer_id: int | None = None  # the answer's row in the history once stored: its Stop button names it
     answered: bool = False  # the model answered (or began to): the conversation is read ahead for the next one
