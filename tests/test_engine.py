@@ -339,8 +339,9 @@ async def test_cancelling_one_answer_of_a_batch_leaves_the_others_running(
     )
     assert b_cancelled is True
     b_done, c_done = finished(b_events), finished(c_events)
-    # A token takes about a millisecond here, so the bound leaves room for a busy machine (a CI run once saw 67).
-    assert b_done.status == "cancelled" and 3 <= b_done.report.generated_tokens < 300 and b_done.text
+    # Stopped, not finished: a token takes about a millisecond here, and a loaded CI machine has needed a few hundred
+    # tokens' time to act on the cancel, so the bound is half the answer b would have written rather than a latency.
+    assert b_done.status == "cancelled" and 3 <= b_done.report.generated_tokens < 1500 and b_done.text
     assert c_done.status == "complete" and c_done.report.generated_tokens == 3000
     assert finished(a_events).status == "complete"
     assert len(engine.queue) == 0
