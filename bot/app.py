@@ -158,9 +158,10 @@ async def _open(application: Application, settings: Settings, heartbeat: Heartbe
         log.warning("ADMIN_USER_IDS is empty: nobody can use /convert, and with no allowlist nobody gets answers")
 
 
-def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> None:
-    """Answers stop and their final texts are tried once, not through flood control: recovery at the next start
-    shows what Telegram would not take now, so a shutdown fits in the seconds Docker gives it."""
+def stop_work(application: Application) -> int:
+    """Stops what would hold a shutdown up, and returns how many answers it stopped: answers stop and their final
+    texts are tried once, not through flood control (recovery at the next start shows what Telegram would not take
+    now), files being read and a conversion end, so a shutdown fits in the seconds Docker gives it."""
     services: Services | None = application.bot_data.get("services")
     if services is not None:
         services.stopping.set()
@@ -171,7 +172,11 @@ def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> Non
     pacer = application.bot.rate_limiter
     if isinstance(pacer, Pacer):  # nothing waits for Telegram's rate limit any more: it is shown at the next start
         pacer.stop()
-    stopped = services.answers.stop_all(grace=SHUTDOWN_GRACE_SECONDS) if services is not None else 0
+    return services.answers.stop_all(grace=SHUTDOWN_GRACE_SECONDS) if services is not None else 0
+
+
+def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> None:
+    stopped = stop_work(application)
     log.info("%s: stopping %d running answers and shutting down", signal.Signals(signum).name, stopped)
     shutdown.set()
 

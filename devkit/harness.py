@@ -17,7 +17,7 @@ from PIL import Image
 from telegram.ext import Application
 
 from bot import texts
-from bot.app import build_application, setup, teardown
+from bot.app import build_application, setup, stop_work, teardown
 from bot.history import ConversationKey, HistoryStore, StoredMessage
 from bot.output import buttons
 from bot.output.edits import CURSOR
@@ -76,7 +76,8 @@ async def running_bot(api: FakeBotApi, settings: Settings, *, long_answers: bool
         await application.updater.start_polling(poll_interval=0.0, timeout=1)
         try:
             yield RunningBot(api, application, settings)
-        finally:
+        finally:  # as a signal ends the bot (bot/app.py)
+            stop_work(application)
             await application.updater.stop()
             await application.stop()
             await teardown(application)
