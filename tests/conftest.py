@@ -1,23 +1,34 @@
-"""Shared fixtures: a tiny synthetic Phi-3-vision checkpoint, a store with it converted to INT4, and a
-stand-in Bot API server.
+"""Shared fixtures: a tiny synthetic Phi-3-vision checkpoint, its conversions to INT4 (by ``phi3bot convert``,
+the store most tests serve from), INT8 and FP16 (in this process, their progress recorded), and a stand-in Bot API
+server.
 
-The two model fixtures are built once per test session (about 20 s together) and treated as read-only by
-tests; a test that needs to damage a model copies it first.
+A conversion takes most of half a minute, so each model fixture is built once per test run and treated as
+read-only by tests; a test that needs to damage a model copies it first.  Under pytest-xdist the workers share
+them: the first worker to ask builds one in the run's shared temporary directory while the others wait, instead
+of each converting a model of its own on the same cores.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import AsyncIterator, Iterator
+import pickle
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from devkit.bot_api_server import FakeBotApi
 from devkit.hub_server import StandInHub, stand_in_hub
+from devkit.processes import run_phi3bot
 from devkit.synthetic import build_synthetic_checkpoint
-from model_store.convert import ConversionRequest, convert_in_subprocess
+from model_store.convert import ConversionRequest, run_conversion
+from model_store.progress import Progress
 from model_store.store import ModelEntry, ModelStore
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,18 +48,83 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield
 
 
+def _once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
+    """``build(directory)``, done once for the whole run: alone, in a directory of this session; under xdist, by
+    the first worker to get here, in a directory of the run all workers share, its result kept beside it for the
+    others (which wait on a lock meanwhile)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent
+    result = shared / f"{name}.pickle"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            directory = shared / name
+            directory.mkdir(exist_ok=True)
+            result.write_bytes(pickle.dumps(build(directory)))
+        return pickle.loads(result.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-phi3v", "tiny")
+    return _once_per_run(
+        tmp_path_factory, "ckpt", lambda directory: build_synthetic_checkpoint(directory / "tiny-phi3v", "tiny")
+    )
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A conversion of the tiny checkpoint, and what it showed while it ran."""
+
+    store: ModelStore
+    entry: ModelEntry
+    progress: tuple[Progress, ...] = ()  # what run_conversion reported, for one run in this process
+    stdout: str = ""  # what ``phi3bot convert`` printed, for one run by the command
+    stderr: str = ""
 
 
 @pytest.fixture(scope="session")
-def int4_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> tuple[ModelStore, ModelEntry]:
-    """The tiny checkpoint converted to INT4 in its own process, as the bot and the CLI do it."""
-    root = tmp_path_factory.mktemp("store")
-    request = ConversionRequest(source=str(tiny_checkpoint), store_root=str(root), precision="int4", activate=True)
-    entry = convert_in_subprocess(request)
-    return ModelStore(root), entry
+def int4_conversion(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Converted:
+    """The tiny checkpoint converted to INT4 and made the active model by ``phi3bot convert``, as an operator does
+    it (the command converts in a process of its own, as the bot does)."""
+
+    def convert(directory: Path) -> Converted:
+        environment = {**os.environ, "MODEL_STORE_DIR": str(directory / "store"), "DATA_DIR": str(directory)}
+        arguments = ["convert", "--model", str(tiny_checkpoint), "--precision", "int4"]
+        done = run_phi3bot(arguments, environment, directory)
+        assert done.returncode == 0, done.stderr[-3000:]
+        store = ModelStore(directory / "store")
+        active = store.active()
+        entry = store.entry(active.slug, active.precision) if active is not None else None
+        assert entry is not None, done.stdout
+        return Converted(store, entry, stdout=done.stdout, stderr=done.stderr)
+
+    return _once_per_run(tmp_path_factory, "int4", convert)
+
+
+@pytest.fixture(scope="session")
+def int4_store(int4_conversion: Converted) -> tuple[ModelStore, ModelEntry]:
+    return int4_conversion.store, int4_conversion.entry
+
+
+def _converted_here(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, precision: str) -> Converted:
+    def convert(root: Path) -> Converted:
+        updates: list[Progress] = []
+        request = ConversionRequest(source=str(checkpoint), store_root=str(root), precision=precision)
+        entry = run_conversion(request, updates.append)
+        return Converted(ModelStore(root), entry, progress=tuple(updates))
+
+    return _once_per_run(tmp_path_factory, precision, convert)
+
+
+@pytest.fixture(scope="session")
+def int8_conversion(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Converted:
+    return _converted_here(tmp_path_factory, tiny_checkpoint, "int8")
+
+
+@pytest.fixture(scope="session")
+def fp16_conversion(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Converted:
+    return _converted_here(tmp_path_factory, tiny_checkpoint, "fp16")
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from model_store.layout import detect_weight_precision
 from model_store.loader import pipeline_spec, select_entry
 from model_store.progress import Progress
 from model_store.store import ModelEntry, ModelStore
+from tests.conftest import Converted
 from tests.support.saying import raises_saying
 
 ANSWER_12_TOKENS = GenerationSettings(max_new_tokens=12, ignore_eos=True, system_prompt="")
@@ -95,18 +96,15 @@ def test_int4_conversion_in_its_own_process_runs_in_genai(int4_store: tuple[Mode
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_int8_and_fp16_conversions_run_in_genai(tiny_checkpoint: Path, tmp_path: Path, precision: str) -> None:
-    updates: list[Progress] = []
-    entry = run_conversion(
-        ConversionRequest(source=str(tiny_checkpoint), store_root=str(tmp_path), precision=precision),
-        updates.append,
-    )
+def test_int8_and_fp16_conversions_run_in_genai(request: pytest.FixtureRequest, tmp_path: Path, precision: str) -> None:
+    converted: Converted = request.getfixturevalue(f"{precision}_conversion")  # run_conversion, in this process
+    entry = converted.entry
     assert entry.precision == precision
     assert detect_weight_precision(entry.path) == precision
-    percents = [update.percent for update in updates]
+    percents = [update.percent for update in converted.progress]
     assert percents == sorted(percents), "progress never goes backwards"
     assert percents[-1] == 100.0
-    assert {"check", "export", "compress", "validate", "install"} <= {update.phase for update in updates}
+    assert {"check", "export", "compress", "validate", "install"} <= {update.phase for update in converted.progress}
     text, chunks, _ = _generate_about_image(entry, tmp_path / "cache")
     assert "".join(chunks) == text
     assert any((tmp_path / "cache").iterdir()), "OpenVINO's model cache keeps compiled blobs for the next start"
@@ -138,25 +136,18 @@ def test_fp32_conversion_reproduces_pytorch_greedy_tokens(tiny_checkpoint: Path,
     assert collector.tokens == output[0, ids.shape[1] :].tolist()
 
 
-def test_cli_convert_produces_an_entry_genai_runs(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "MODEL_STORE_DIR": str(tmp_path / "store"), "DATA_DIR": str(tmp_path)}
+def test_cli_convert_produces_an_entry_genai_runs(int4_conversion: Converted) -> None:
+    """The shared INT4 model is the one ``phi3bot convert`` made (tests/conftest.py)."""
+    assert "Converted" in int4_conversion.stdout
+    assert "100.0%" in int4_conversion.stderr
+    store = int4_conversion.store.root
+    env = {**os.environ, "MODEL_STORE_DIR": str(store), "DATA_DIR": str(store.parent)}
     phi3bot = Path(sys.executable).with_name("phi3bot")
-    done = subprocess.run(
-        [str(phi3bot), "convert", "--model", str(tiny_checkpoint), "--precision", "int4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Converted" in done.stdout
-    assert "100.0%" in done.stderr
     listing = subprocess.run(
         [str(phi3bot), "models"], env=env, capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert "* " in listing and "int4" in listing and "(synthetic)" in listing
-    entry = select_entry(ModelStore(tmp_path / "store"), "microsoft/Phi-3.5-vision-instruct", "int4")
+    entry = select_entry(ModelStore(store), "microsoft/Phi-3.5-vision-instruct", "int4")
     text, chunks, _ = _generate_about_image(entry)
     assert chunks and "".join(chunks) == text
 
@@ -203,8 +194,14 @@ def test_validation_failure_keeps_the_old_model(
     def refuse(directory: Path, device: str = "CPU") -> dict[str, float]:
         raise ValidationFailedError("the new model produced nothing")
 
+    def export_as_before(checkpoint: Path, output: Path, precision: str, report: object) -> None:
+        for item in old.path.iterdir():  # the export is tested on its own; here only what follows it counts
+            shutil.copyfile(item, output / item.name)
+
+    monkeypatch.setattr("model_store.convert.export.export_checkpoint", export_as_before)
+    monkeypatch.setattr("model_store.convert.export.compress", lambda *args, **kwargs: None)
     monkeypatch.setattr("model_store.convert.job.validate_model", refuse)
-    with pytest.raises(ValidationFailedError):
+    with pytest.raises(ValidationFailedError, match="produced nothing"):
         run_conversion(ConversionRequest(source=str(tiny_checkpoint), store_root=str(store.root), precision="int4"))
     current = store.entry(old.slug, "int4")
     assert current is not None and current.path == old.path and current.path.is_dir()

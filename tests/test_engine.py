@@ -21,9 +21,9 @@ from engine.fair_queue import AlreadyQueued
 from engine.generation import RETRY_TEMPERATURE, GenerationSettings
 from engine.images import PreparedImage
 from engine.pipeline_process import LoadedModel, load_pipeline
-from model_store.convert import ConversionRequest, run_conversion
 from model_store.loader import pipeline_spec
 from model_store.store import ModelEntry, ModelStore
+from tests.conftest import Converted
 
 SETTINGS = GenerationSettings(max_new_tokens=12, system_prompt="You are a test assistant.", ignore_eos=True)
 
@@ -225,12 +225,10 @@ async def test_time_limit_ends_an_answer_cleanly(engine: Engine) -> None:
 
 
 async def test_hot_swap_switches_at_a_request_boundary(
-    int4_store: tuple[ModelStore, ModelEntry], tiny_checkpoint: Path, tmp_path: Path
+    int4_store: tuple[ModelStore, ModelEntry], int8_conversion: Converted
 ) -> None:
     engine = Engine(load(int4_store[1]), replace(SETTINGS, max_new_tokens=40))
-    int8 = run_conversion(
-        ConversionRequest(source=str(tiny_checkpoint), store_root=str(tmp_path / "s"), precision="int8")
-    )
+    int8 = int8_conversion.entry
     running = asyncio.create_task(collect(engine, "a", [], Turn("user", "Describe.", (photo((5, 5, 5)),))))
     await asyncio.sleep(0.05)
     swapping = asyncio.create_task(engine.swap(load(int8)))

@@ -159,24 +159,6 @@ def test_code_from_another_repository_is_refused_even_when_confirmed(
 
 
 @pytest.mark.timeout(300)
-def test_a_known_repository_converts_without_confirmation_and_its_revisions_are_recorded(
-    hub: StandInHub, tiny_checkpoint: Path, tmp_path: Path
-) -> None:
-    clip = push_clip(hub, tiny_checkpoint)
-    sha = push_phi3v(hub, "microsoft/Phi-3.5-vision-instruct", tiny_checkpoint)
-    request = ConversionRequest(source="phi-3.5-vision", store_root=str(tmp_path), precision="int8", validate=False)
-    entry = convert_in_subprocess(request)
-    assert entry.revision == sha and entry.source == "microsoft/Phi-3.5-vision-instruct"
-    assert entry.manifest["pinned"] == {"microsoft/Phi-3.5-vision-instruct": sha, CLIP_REPO: clip}
-    assert ModelStore(tmp_path).entries() == [entry], "recorded in the store's manifest"
-    read = hub.files_read()
-    assert read and all(
-        path.startswith((f"microsoft/Phi-3.5-vision-instruct/resolve/{sha}/", f"{CLIP_REPO}/resolve/{clip}/"))
-        for path in read
-    )
-
-
-@pytest.mark.timeout(300)
 def test_a_confirmed_conversion_reads_only_what_was_confirmed_offline_and_without_the_token(
     hub: StandInHub, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,11 +226,13 @@ def test_a_confirmed_conversion_reads_only_what_was_confirmed_offline_and_withou
 
 
 @pytest.mark.timeout(300)
-def test_hf_token_in_env_file_opens_a_gated_repository_and_never_reaches_the_logs(
+def test_a_known_repository_converts_without_confirmation_with_the_token_from_env_and_records_its_revisions(
     hub: StandInHub, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """Outside Docker nothing exports .env's HF_TOKEN: Settings reads it, and the Hub's calls get it as an
-    argument (the environment no longer holds it by then); logged at DEBUG, it appears nowhere."""
+    """A repository the bot knows needs no confirmation; what is converted is the commits checked (the
+    repository's and the CLIP repository its configuration names), recorded in the store.  Outside Docker nothing
+    exports .env's HF_TOKEN: Settings reads it, and the Hub's calls get it as an argument (the environment no
+    longer holds it by then); logged at DEBUG, it appears nowhere."""
     token = "hf_fromTheDotEnvFile0123456789abcdef"
     clip = push_clip(hub, tiny_checkpoint)
     sha = push_phi3v(hub, "microsoft/Phi-3.5-vision-instruct", tiny_checkpoint)
@@ -261,5 +245,12 @@ def test_hf_token_in_env_file_opens_a_gated_repository_and_never_reaches_the_log
     done = run_phi3bot(arguments, environment, tmp_path, module="bot.terminal.cli")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Converted microsoft/Phi-3.5-vision-instruct at revision {sha} (int8)" in done.stdout
-    assert ModelStore(tmp_path / "data" / "models").entries()[0].manifest["pinned"][CLIP_REPO] == clip
+    [entry] = ModelStore(tmp_path / "data" / "models").entries()  # recorded in the store's manifest
+    assert entry.revision == sha and entry.source == "microsoft/Phi-3.5-vision-instruct"
+    assert entry.manifest["pinned"] == {"microsoft/Phi-3.5-vision-instruct": sha, CLIP_REPO: clip}
+    read = hub.files_read()
+    assert read and all(
+        path.startswith((f"microsoft/Phi-3.5-vision-instruct/resolve/{sha}/", f"{CLIP_REPO}/resolve/{clip}/"))
+        for path in read
+    )
     assert token not in done.stdout + done.stderr
