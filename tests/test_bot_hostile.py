@@ -138,6 +138,9 @@ async def test_a_group_upgraded_mid_answer_keeps_its_answer_history_and_access(
         await api.wait_for(lambda: settled(api, supergroup), 30, "the answer's final text in the supergroup")
         assert "".join(api.visible_text(supergroup)).strip()
 
+        engine = bot.services.engine
+        assert engine is not None
+        engine.settings = replace(engine.settings, max_new_tokens=40)  # only the first answer needed to be long
         api.push_message(supergroup, f"@{username} and then?", user_id=member)
         await stored_answers(bot, ConversationKey(supergroup), 2)
         stored = await stored_messages(bot.services.history, ConversationKey(supergroup))
