@@ -8,6 +8,8 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
+# pytest-xdist workers: tests wait on the model, timers and child processes, so two workers keep two cores busy.
+WORKERS ?= 2
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 .PHONY: install run test test-all lint bench-convert bench clean
@@ -26,8 +28,9 @@ run: $(STAMP)
 	$(VENV)/bin/phi3bot run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist worksteal
 
+# The slow tests (full-size model, soak) run one at a time, as their bounds were set.
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "slow or not slow"
 
