@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 $(STAMP): pyproject.toml scripts/pip_install.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
-	$(VENV)/bin/python scripts/pip_install.py --quiet -e ".[convert,dev]"
+	$(VENV)/bin/python scripts/pip_install.py --quiet -e ".[convert,serve,dev]"
 	$(VENV)/bin/python -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "phi3bot-clone.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)"
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, estimate_tokens, kv_cache_tokens
 from engine.conversation import Turn
@@ -228,12 +228,6 @@ class Engine:
             self.cancel(conversation, grace=SHUTDOWN_GRACE_SECONDS)
         return len(conversations)
 
-    def _settings(self, system_prompt: str | None, seed: int | None = None) -> GenerationSettings:
-        """The configured settings with a conversation's own system prompt (None: the configured one), and for
-        another take on a question already answered (``seed``) sampling from that seed."""
-        settings = self.settings if system_prompt is None else replace(self.settings, system_prompt=system_prompt)
-        return settings if seed is None else settings.another_take(seed)
-
     async def ask(
         self,
         key: Hashable,
@@ -243,14 +237,16 @@ class Engine:
         system_prompt: str | None = None,
         seed: int | None = None,
         asker: Hashable | None = None,
+        settings: GenerationSettings | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything.
 
         ``system_prompt`` starts the prompt (None: the configured one); a different one is a different prefix,
         which the model reads anew.  ``seed``: the question is answered again, and the answer should differ.
         ``asker``: who asks, so that one asker's questions in several conversations take turns with everyone
-        else's (engine/fair_queue.py)."""
-        settings = self._settings(system_prompt, seed)
+        else's (engine/fair_queue.py).  ``settings``: the request's own in place of the configured ones (the
+        model service's clients send theirs: service/http_app.py)."""
+        settings = (settings or self.settings).for_request(system_prompt, seed)
         alone = self._estimate(question)
         running = _Running(self._stop_grace, alone=alone, estimate=alone)
         ticket = self.queue.enqueue(key, running, owner=asker)
@@ -389,7 +385,9 @@ class Engine:
                 timer.cancel()
                 if done is None:  # the caller went away: stop the job, and keep the slot until it has stopped
                     running.request_stop("cancelled")
-                    await _until_done(replies)
+                    stopped = await _until_done(replies)
+                    self.stats.cancelled += 1
+                    self.stats.generated_tokens += stopped.report.generated_tokens
                 running.ended()
             if attempt == 1 and _lost_before_a_word(done, parts, running, model):
                 log.warning("the model's process died before answering; the question goes to a fresh one")
@@ -447,7 +445,7 @@ class Engine:
             model = await self._live_model()
         except ModelStoreError as error:
             return Prepared(0, 0.0, str(error))
-        settings = self._settings(system_prompt)
+        settings = self.settings.for_request(system_prompt, None)
         done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, settings))
         if done.error is None:
             self.stats.prepared += 1

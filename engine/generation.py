@@ -30,6 +30,12 @@ class GenerationSettings:
         samples (at RETRY_TEMPERATURE when the configured choice is greedy) from a seed of its own."""
         return replace(self, temperature=self.temperature or RETRY_TEMPERATURE, seed=seed)
 
+    def for_request(self, system_prompt: str | None, seed: int | None) -> GenerationSettings:
+        """These settings with a conversation's own system prompt (None: this one), and for another take on a
+        question already answered (``seed``) sampling from that seed."""
+        settings = self if system_prompt is None else replace(self, system_prompt=system_prompt)
+        return settings if seed is None else settings.another_take(seed)
+
     def to_genai(self) -> Any:
         import openvino_genai as genai
 

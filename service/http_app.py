@@ -1,0 +1,296 @@
+"""The model service's HTTP side: the OpenAI chat-completions protocol (engine/openai_wire.py) over an engine.
+
+``POST /v1/chat/completions`` (streamed as server-sent events or whole), ``GET /v1/models`` and ``GET /health``
+are the protocol's; ``POST /v1/phi3bot/prepare`` (read a conversation ahead of its next question) and
+``POST /v1/phi3bot/forget`` (a conversation was reset) are this project's extensions.  The engine behind it
+is anything with the local engine's ``ask``, ``prepare`` and ``forget``: the engine itself, or a handle to
+the replica that holds the conversation (service/deployment.py).
+
+A client that closes the stream stops its answer, as Stop does in the bot: Starlette cancels the response's
+generator when the client goes, and closing the engine's events stops the generation.
+
+Nothing a client sends may cost the service more than it costs the client: the body is read up to
+``max_body_bytes``, images are decoded off the event loop within the bot's own image limits and are cached by
+content so a conversation's photos, sent again with every follow-up, are decoded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cachetools import LRUCache
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
+from engine.conversation import Turn
+from engine.engine import Chunk, Event, Finished, Prepared, Started, Waiting
+from engine.fair_queue import AlreadyQueued, QueueFull
+from engine.generation import GenerationSettings
+from engine.images import PreparedImage
+from engine.openai_wire import (
+    CONVERSATION_HEADER,
+    DONE,
+    WireError,
+    WireMessage,
+    WireRequest,
+    chunk,
+    extension,
+    finish_reason,
+    read_request,
+    sse,
+    usage,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a long conversation with a dozen photos as PNG fits with room to spare
+MAX_IMAGES = 64  # per request
+DECODED_CACHE_BYTES = 512 * 1024 * 1024
+KEEP_ALIVE_SECONDS = 15.0  # a comment line this often while nothing else is sent: clients tell a wait from a dead link
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+class Answerer(Protocol):
+    """What the HTTP side needs of an engine."""
+
+    def ask(
+        self,
+        key: Hashable,
+        past: Sequence[Turn],
+        question: Turn,
+        *,
+        settings: GenerationSettings | None = None,
+        asker: Hashable | None = None,
+    ) -> AsyncIterator[Event]: ...
+
+    async def prepare(self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None) -> Prepared: ...
+
+    def forget(self, key: Hashable) -> None: ...
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the service says of its model: its name in the protocol and the figures a client plans with."""
+
+    model_id: str
+    created: int
+    defaults: GenerationSettings
+    num_crops: int
+    history_tokens: int
+    details: dict[str, Any]  # source, precision, revision, device: shown to people by the bot's /model
+
+    def listing(self) -> dict[str, Any]:
+        extra = {"num_crops": self.num_crops, "history_tokens": self.history_tokens, **self.details}
+        extra["max_tokens"] = self.defaults.max_new_tokens
+        listing = {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "phi3bot"}
+        return {**listing, "phi3bot": extra}
+
+
+def _error(status: int, kind: str, message: str, data: dict[str, object] | None = None) -> JSONResponse:
+    """An error in the shape OpenAI's clients read (``error.message``, ``error.type``), the reason's data beside."""
+    error = {"message": message, "type": kind, "code": kind, **(data or {})}
+    return JSONResponse({"error": error}, status_code=status)
+
+
+class _Images:
+    """Decoded images by content hash, bounded in bytes: every follow-up sends the conversation's photos again."""
+
+    def __init__(self, limits: ImageLimits) -> None:
+        self._limits = limits
+        self._decoded: LRUCache[str, PreparedImage] = LRUCache(DECODED_CACHE_BYTES, getsizeof=_image_bytes)
+
+    async def turns(self, messages: Sequence[WireMessage]) -> list[Turn]:
+        turns = []
+        for message in messages:
+            images = tuple([await self._image(image.data) for image in message.images])
+            turns.append(Turn(message.role, message.text, images))  # type: ignore[arg-type]
+        return turns
+
+    async def _image(self, data: bytes) -> PreparedImage:
+        sha = hashlib.sha256(data).hexdigest()
+        if (known := self._decoded.get(sha)) is not None:
+            return known
+        image = await asyncio.to_thread(prepare_image, data, self._limits)
+        self._decoded[sha] = image
+        return image
+
+
+def _image_bytes(image: PreparedImage) -> int:
+    return int(image.pixels.nbytes)
+
+
+async def _body(request: Request, limit: int) -> Any:
+    """The request's JSON, read no further than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise WireError("body_too_large", megabytes=limit // (1024 * 1024))
+    received = bytearray()
+    async for part in request.stream():
+        received += part
+        if len(received) > limit:
+            raise WireError("body_too_large", megabytes=limit // (1024 * 1024))
+    try:
+        return json.loads(received)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WireError("body_not_json") from error
+
+
+def create_app(
+    engine: Answerer,
+    served: Served,
+    *,
+    alive: Callable[[], bool] = lambda: True,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    image_limits: ImageLimits | None = None,
+) -> FastAPI:
+    app = FastAPI(title="phi3bot model service", docs_url=None, redoc_url=None)
+    images = _Images(image_limits or ImageLimits())
+
+    async def parsed(request: Request) -> tuple[WireRequest, list[Turn]]:
+        wire = read_request(await _body(request, max_body_bytes), served.defaults)
+        if sum(len(message.images) for message in wire.messages) > MAX_IMAGES:
+            raise WireError("too_many_images", most=MAX_IMAGES)
+        return wire, await images.turns(wire.messages)
+
+    @app.exception_handler(WireError)
+    async def wire_error(_: Request, error: WireError) -> JSONResponse:
+        status = 413 if error.reason == "body_too_large" else 400
+        return _error(status, error.reason, f"the request does not follow the protocol: {error.reason}", error.data)
+
+    @app.exception_handler(ImageRejected)
+    async def image_rejected(_: Request, error: ImageRejected) -> JSONResponse:
+        message = f"an image cannot be read: {error.reason}"
+        return _error(400, "image_rejected", message, {"reason": error.reason, **error.data})
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"}) if alive() else _error(503, "model_down", "the model's process is down")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [served.listing()]}
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request) -> Response:
+        wire, turns = await parsed(request)
+        if not turns or turns[-1].role != "user":
+            raise WireError("last_message_not_user")
+        key = request.headers.get(CONVERSATION_HEADER) or f"anonymous-{uuid.uuid4().hex}"
+        events = engine.ask(key, turns[:-1], turns[-1], settings=wire.settings, asker=wire.user)
+        try:
+            first = await anext(aiter(events))
+        except AlreadyQueued:
+            return _error(409, "conversation_busy", "this conversation already has a question being answered")
+        except QueueFull:
+            return _error(429, "queue_full", "too many questions are waiting; try again shortly")
+        completion = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if wire.stream:
+            stream = _stream(first, events, completion, created, served.model_id, wire)
+            return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        finished = await _last(first, events)
+        return JSONResponse(_whole(finished, completion, created, served.model_id, wire))
+
+    @app.post("/v1/phi3bot/prepare")
+    async def prepare(request: Request) -> dict[str, Any]:
+        wire, turns = await parsed(request)
+        key = request.headers.get(CONVERSATION_HEADER)
+        if not key:
+            raise WireError("no_conversation")
+        prepared = await engine.prepare(key, turns, system_prompt=wire.system_prompt)
+        return {"pieces": prepared.pieces, "seconds": prepared.seconds, "error": prepared.error}
+
+    @app.post("/v1/phi3bot/forget")
+    async def forget(request: Request) -> Response:
+        key = request.headers.get(CONVERSATION_HEADER)
+        if not key:
+            raise WireError("no_conversation")
+        engine.forget(key)
+        return Response(status_code=204)
+
+    return app
+
+
+async def _last(first: Event, events: AsyncIterator[Event]) -> Finished:
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        event = first
+        while not isinstance(event, Finished):
+            event = await anext(events)
+        return event
+
+
+def _whole(finished: Finished, completion: str, created: int, model: str, wire: WireRequest) -> dict[str, Any]:
+    return {
+        "id": completion,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": finished.text},
+                "finish_reason": finish_reason(finished, wire.settings.max_new_tokens),
+            }
+        ],
+        "usage": usage(finished),
+        **extension(finished),
+    }
+
+
+async def _stream(
+    first: Event, events: AsyncIterator[Event], completion: str, created: int, model: str, wire: WireRequest
+) -> AsyncIterator[bytes]:
+    """The events as chunks, and a keep-alive comment while none comes.
+
+    Each next event is awaited in a task of its own: when the client goes away, Starlette cancels this
+    generator, and the task, cancelled in turn, lets the engine stop the answer and wait for its process to
+    confirm it (the slot stays taken until then) without that wait being cancelled too."""
+
+    def chunk_of(**fields: Any) -> bytes:
+        return sse(chunk(completion, created, model, **fields))
+
+    yield chunk_of(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    event: Event | None = first
+    upcoming: asyncio.Task[Event | None] | None = None
+    try:
+        while event is not None:
+            if isinstance(event, Waiting | Started):
+                yield chunk_of(**extension(event))
+            elif isinstance(event, Chunk):
+                yield chunk_of(choices=[{"index": 0, "delta": {"content": event.text}, "finish_reason": None}])
+            else:
+                reason = finish_reason(event, wire.settings.max_new_tokens)
+                yield chunk_of(choices=[{"index": 0, "delta": {}, "finish_reason": reason}], **extension(event))
+                if wire.include_usage:
+                    yield chunk_of(usage=usage(event))
+                break
+            upcoming = asyncio.ensure_future(anext(events, None))
+            while not (await asyncio.wait({upcoming}, timeout=KEEP_ALIVE_SECONDS))[0]:
+                yield KEEP_ALIVE
+            event = upcoming.result()
+    finally:
+        if upcoming is not None and not upcoming.done():
+            upcoming.cancel()
+            _stopping.add(upcoming)
+            upcoming.add_done_callback(_stopping.discard)
+        else:
+            _stopping.add(closing := asyncio.ensure_future(_close(events)))
+            closing.add_done_callback(_stopping.discard)
+    yield sse(DONE)
+
+
+_stopping: set[asyncio.Future[Any]] = set()  # answers stopping after their client went: held until they have
+
+
+async def _close(events: AsyncIterator[Event]) -> None:
+    await events.aclose()  # type: ignore[attr-defined]

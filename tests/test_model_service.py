@@ -1,0 +1,220 @@
+"""The model service's HTTP side (service/http_app.py) over the engine on the tiny model, read by the remote
+engine (engine/remote_engine.py) and by a plain client of the OpenAI protocol: the same answers as the local
+engine, Stop closing the stream, the protocol's shapes and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import httpx
+import pytest
+import uvicorn
+
+from engine.conversation import Turn
+from engine.engine import Chunk, Engine, Event, Started
+from engine.fair_queue import AlreadyQueued
+from engine.generation import GenerationSettings
+from engine.openai_wire import CONVERSATION_HEADER, png_data_url
+from engine.remote_engine import RemoteEngine
+from model_store.store import ModelEntry, ModelStore
+from service.http_app import Served, create_app
+from tests.test_engine import SETTINGS, finished, load, photo
+
+
+@dataclass
+class Service:
+    url: str
+    engine: Engine
+
+
+async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, no event)
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def service(int4_store: tuple[ModelStore, ModelEntry]) -> AsyncIterator[Service]:
+    engine = Engine(load(int4_store[1]), SETTINGS)
+    served = Served("phi3bot-tiny", 0, SETTINGS, num_crops=engine.model.num_crops, history_tokens=2000, details={})
+    server, task, url = await serve(create_app(engine, served))
+    try:
+        yield Service(url, engine)
+    finally:
+        server.should_exit = True
+        await task
+        await engine.aclose()
+
+
+async def remote(service: Service, settings: GenerationSettings = SETTINGS) -> RemoteEngine:
+    return await RemoteEngine.connect(service.url, settings, namespace="test-bot")
+
+
+async def collect(events: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in events]
+
+
+async def test_the_service_answers_as_the_local_engine_does_and_keeps_the_conversation(service: Service) -> None:
+    """Greedy answers are the same through the service, so the photo arrived pixel for pixel and the prompt is
+    the one the local engine builds; the follow-up is about the photo sent before."""
+    client = await remote(service)
+    try:
+        assert client.num_crops == service.engine.model.num_crops and client.history_tokens == 2000
+        image = photo((200, 30, 30))
+        question = Turn("user", "What is in this image?", (image,))
+        local = finished([event async for event in service.engine.ask("local", [], question)])
+        events = await collect(client.ask("chat-1", [], question))
+        assert isinstance(events[0], Started) and events[0].images == 1
+        through = finished(events)
+        assert through.status == "complete" and through.text == local.text
+        assert "".join(event.text for event in events if isinstance(event, Chunk)) == through.text
+        assert through.report.generated_tokens == 12 and through.report.input_tokens == local.report.input_tokens
+        past = [question, Turn("assistant", through.text)]
+        follow_up = Turn("user", "And the colour?")
+        local_past = [question, Turn("assistant", local.text)]
+        local_again = finished(await collect(service.engine.ask("local", local_past, follow_up)))
+        again = finished(await collect(client.ask("chat-1", past, follow_up)))
+        assert again.text == local_again.text
+        assert again.report.replays == 0, "the service kept the conversation's photo"
+        assert client.stats.answered == 2
+    finally:
+        await client.aclose()
+
+
+async def test_stop_closes_the_stream_and_the_service_stops_the_answer(service: Service) -> None:
+    service.engine.settings = replace(SETTINGS, max_new_tokens=400)
+    client = await remote(service, replace(SETTINGS, max_new_tokens=400))
+    try:
+        events: list[Event] = []
+        async for event in client.ask("chat-2", [], Turn("user", "Describe it.", (photo((10, 200, 10)),))):
+            events.append(event)
+            if sum(isinstance(e, Chunk) for e in events) == 3:
+                assert client.cancel("chat-2")
+        stopped = finished(events)
+        assert stopped.status == "cancelled" and stopped.text
+        for _ in range(200):  # the service's engine stops it within a token once the stream is closed
+            if service.engine.stats.cancelled == 1 and not service.engine.queue.in_line():
+                break
+            await asyncio.sleep(0.05)
+        assert service.engine.stats.cancelled == 1 and not service.engine.queue.in_line()
+        assert service.engine.stats.generated_tokens < 200, "stopped well before the end"
+        assert not client.cancel("chat-2"), "nothing left to stop"
+    finally:
+        await client.aclose()
+
+
+async def test_a_conversation_asks_one_question_at_a_time(service: Service) -> None:
+    service.engine.settings = replace(SETTINGS, max_new_tokens=200)
+    client = await remote(service, replace(SETTINGS, max_new_tokens=200))
+    try:
+        first = client.ask("chat-3", [], Turn("user", "Tell me a long story."))
+        assert isinstance(await anext(first), Started)
+        with pytest.raises(AlreadyQueued):
+            await anext(client.ask("chat-3", [], Turn("user", "And another one?")))
+        async with httpx.AsyncClient(base_url=service.url) as plain:  # another client naming the same conversation
+            reply = await plain.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}]},
+                headers={CONVERSATION_HEADER: "test-bot/chat-3"},
+            )
+        assert reply.status_code == 409 and reply.json()["error"]["type"] == "conversation_busy"
+        client.cancel("chat-3")
+        assert finished(await collect(first)).status == "cancelled"
+    finally:
+        await client.aclose()
+
+
+def sse_payloads(body: str) -> list[str]:
+    return [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+
+
+async def test_a_plain_openai_client_gets_the_protocols_shapes(service: Service) -> None:
+    image = photo((30, 30, 220))
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": png_data_url(image.pixels)}},
+    ]
+    body = {
+        "model": "anything",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with httpx.AsyncClient(base_url=service.url, timeout=120) as plain:
+        models = (await plain.get("/v1/models")).json()
+        assert models["object"] == "list" and models["data"][0]["id"] == "phi3bot-tiny"
+        assert (await plain.get("/health")).json() == {"status": "ok"}
+        streamed = await plain.post("/v1/chat/completions", json=body)
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        payloads = sse_payloads(streamed.text)
+        assert payloads[-1] == "[DONE]"
+        chunks = [json.loads(payload) for payload in payloads[:-1]]
+        assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        reasons = [choice["finish_reason"] for c in chunks for choice in c["choices"] if choice["finish_reason"]]
+        assert reasons == ["length"], "five tokens asked, five written (ignore_eos)"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+        text = "".join(choice["delta"].get("content", "") for c in chunks for choice in c["choices"])
+        whole = await plain.post("/v1/chat/completions", json={**body, "stream": False, "stream_options": None})
+        answer = whole.json()
+        assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"] == text
+        assert answer["usage"]["prompt_tokens"] == chunks[-1]["usage"]["prompt_tokens"] > 700
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "kind"),
+    [
+        ([{"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}], 400, "image_not_data_url"),
+        ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}], 400, "image_not_base64"),
+        (
+            [
+                {
+                    "type": "image_url",
+                    "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"PK\x03\x04zip").decode()},
+                }
+            ],
+            400,
+            "image_rejected",
+        ),
+        ([{"type": "input_audio", "input_audio": {}}], 400, "unknown_content_part"),
+    ],
+)
+async def test_requests_outside_the_protocol_are_refused_with_their_reason(
+    service: Service, content: list[dict[str, object]], status: int, kind: str
+) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as plain:
+        reply = await plain.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+        assert reply.status_code == status and reply.json()["error"]["type"] == kind
+        for bad in (
+            b"{",
+            b"[]",
+            json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}).encode(),
+        ):
+            reply = await plain.post("/v1/chat/completions", content=bad)
+            assert reply.status_code == 400, bad
+    assert service.engine.stats.answered == 0
+
+
+async def test_a_body_past_the_limit_is_refused_before_it_is_read_whole(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    engine = Engine(load(int4_store[1]), SETTINGS)
+    served = Served("tiny", 0, SETTINGS, num_crops=4, history_tokens=2000, details={})
+    server, task, url = await serve(create_app(engine, served, max_body_bytes=1000))
+    try:
+        async with httpx.AsyncClient(base_url=url) as plain:
+            text = "x" * 2000
+            reply = await plain.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]})
+            assert reply.status_code == 413 and reply.json()["error"]["type"] == "body_too_large"
+    finally:
+        server.should_exit = True
+        await task
+        await engine.aclose()
