@@ -18,7 +18,7 @@ from bot.media.reader import MediaReader
 from bot.output.drafts import Drafts
 from bot.running.background import Background
 from bot.settings import Settings
-from engine.engine import Engine
+from engine.backend import Backend
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Services:
     access: AccessPolicy
     limiter: UserRateLimiter
     background: Background  # an album's question, reading ahead, a conversion: cancelled at shutdown
-    engine: Engine | None = None
+    engine: Backend | None = None
     bot_username: str = ""
     started_at: float = field(default_factory=time.monotonic)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown (bot/app.py)

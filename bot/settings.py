@@ -28,7 +28,7 @@ TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
 # Read once into Settings, then kept from the environment the bot and its children have (bot/running/secrecy.py);
 # HF_TOKEN reaches the Hub's look-ups and downloads as an argument (``Settings.hub_token``), never through an
 # environment.
-SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN", "HF_TOKEN")
+SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN", "HF_TOKEN", "MODEL_SERVICE_API_KEY")
 # Where Docker and Compose mount secrets, one file each; systemd's credentials directory is named by the variable.
 DOCKER_SECRETS_DIR = Path("/run/secrets")
 CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     stored_images_mb: int = Field(default=1024, ge=1, le=1_048_576)
 
     # Model
+    # A model service on another machine (``phi3bot serve``, or any server of the OpenAI chat-completions protocol
+    # with vision), as OpenAI clients take it: http://model-host:8000/v1 (OpenVINO Model Server: .../v3); unset =
+    # the model runs here, in a process of the bot's own.
+    model_service_url: str | None = None
+    model_service_api_key: SecretStr | None = None
     model: str = "microsoft/Phi-3.5-vision-instruct"
     precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
     device: str = "CPU"
@@ -168,6 +173,15 @@ class Settings(BaseSettings):
             parts = urlsplit(value)
             if parts.scheme not in ("https", "http") or not parts.netloc:
                 raise ValueError(f"expected the public https:// address Telegram should post updates to, got {value!r}")
+        return value
+
+    @field_validator("model_service_url")
+    @classmethod
+    def _check_service_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.netloc:
+                raise ValueError(f"expected the API's base address, like http://model-host:8000/v1, got {value!r}")
         return value
 
     @field_validator("webhook_secret_token")

@@ -10,7 +10,7 @@ from model_store.progress import format_elapsed
 if TYPE_CHECKING:
     from bot.admission.refusals import RefusalCounts
     from bot.history.store import StoreStats
-    from engine.engine import EngineStats
+    from engine.engine import EngineStats, Serving
     from engine.fair_queue import FairQueue
     from model_store.progress import Progress
     from model_store.store import ModelEntry
@@ -78,6 +78,10 @@ NO_ANSWER = "The model gave no answer. Please try again, perhaps in other words.
 CONVERSION_CANCELLED = "Conversion cancelled."
 CONFIRMATION_EXPIRED = "That question has expired. Send /convert again."
 CONVERSION_RUNNING = "A conversion is already running; its message shows the progress."
+CONVERT_ON_THE_SERVICE = (
+    "This bot asks a model service on another machine (MODEL_SERVICE_URL), so a model converted here would not be "
+    "served. Convert it on the service's machine (phi3bot convert) and restart phi3bot serve there."
+)
 RETRY_BUTTON = "🔁 Retry"
 NOTHING_TO_RETRY = "There's no answer to retry yet."
 RETRY_KEPT = "There's no answer to retry yet: ask me something about what you sent, or tap Describe."
@@ -522,21 +526,24 @@ def from_a_directory(name: str) -> str:
     return f"{name} (converted from a local directory)"
 
 
-def model_shown(name: str, entry: ModelEntry, device: str, queue: FairQueue) -> str:
-    """What /model says; ``name``: the model's, as the person asking may see it."""
-    return "\n".join(
-        [
-            f"Model: {name}" + (" (synthetic test model)" if entry.synthetic else ""),
-            f"Precision: {entry.precision}",
-            f"Device: {device}",
-            f"Queue: {queue.running} answering, {queue.waiting} waiting",
-        ]
-    )
+def model_shown(name: str, serving: Serving, queue: FairQueue | None) -> str:
+    """What /model says; ``name``: the model's, as the person asking may see it; ``queue``: the local engine's line
+    (a model service keeps its own)."""
+    lines = [
+        f"Model: {name}" + (" (synthetic test model)" if serving.synthetic else ""),
+        f"Precision: {serving.precision}",
+        f"Device: {serving.device}",
+    ]
+    if serving.service is not None:
+        lines.append("Served by a model service on another machine")
+    if queue is not None:
+        lines.append(f"Queue: {queue.running} answering, {queue.waiting} waiting")
+    return "\n".join(lines)
 
 
 def stats_shown(
     uptime: float,
-    running: tuple[EngineStats, FairQueue] | None,
+    running: tuple[EngineStats, FairQueue | None] | None,
     refused: RefusalCounts,
     skipped: int,
     history: StoreStats,
@@ -548,8 +555,9 @@ def stats_shown(
         lines += [
             f"Answered: {s.answered}, stopped: {s.cancelled}, timed out: {s.timed_out}, failed: {s.failed}",
             f"Tokens generated: {s.generated_tokens}, busy: {format_elapsed(s.busy_seconds)}",
-            f"Queue: {queue.running} answering, {queue.waiting} waiting, {queue.served} served",
         ]
+        if queue is not None:
+            lines.append(f"Queue: {queue.running} answering, {queue.waiting} waiting, {queue.served} served")
     lines.append(
         f"Refusals: {refused.sent} sent, {refused.repeated} not repeated, {refused.dropped} dropped for "
         f"Telegram's rate limit; {skipped} requests in all left unsent for it"

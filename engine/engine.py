@@ -149,6 +149,17 @@ class _Running:
             self._overdue.cancel()
 
 
+@dataclass(frozen=True)
+class Serving:
+    """The model answering, as people are shown it."""
+
+    source: str  # the repository or directory it was converted from (a service's model id if it says no more)
+    precision: str
+    device: str
+    synthetic: bool = False
+    service: str | None = None  # the model service's address, when it answers from there
+
+
 @dataclass
 class EngineStats:
     answered: int = 0
@@ -189,6 +200,15 @@ class Engine:
     @property
     def model(self) -> LoadedModel:
         return self._model
+
+    @property
+    def num_crops(self) -> int:
+        return self._model.num_crops
+
+    @property
+    def serving(self) -> Serving:
+        entry = self._model.entry
+        return Serving(entry.source, entry.precision, self._model.device, entry.synthetic)
 
     @property
     def kv_cache_tokens(self) -> int:

@@ -23,7 +23,7 @@ import binascii
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -193,13 +193,13 @@ def read_request(body: object, defaults: GenerationSettings) -> WireRequest:
         raise WireError("bad_parameter", name="seed")
     user = body.get("user")
     options = body.get("stream_options")
-    settings = GenerationSettings(
+    settings = replace(
+        defaults,  # what a request cannot say (a time limit, ignore_eos for benchmarks) is the service's
         max_new_tokens=min(int(max_tokens), defaults.max_new_tokens),  # the service's bound holds for everyone
         temperature=_number(body, "temperature", defaults.temperature, 0.0, 2.0),
         top_p=_number(body, "top_p", defaults.top_p, 0.0, 1.0),
         repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty, 0.5, 2.0),
         system_prompt="\n".join(system),
-        timeout_seconds=defaults.timeout_seconds,
         seed=seed,
     )
     return WireRequest(

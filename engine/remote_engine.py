@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from engine.conversation import Turn
-from engine.engine import EngineStats, Event, Finished, Prepared
+from engine.engine import EngineStats, Event, Finished, Prepared, Serving
 from engine.fair_queue import AlreadyQueued, QueueFull
 from engine.generation import GenerationSettings
 from engine.openai_wire import CONVERSATION_HEADER, StreamReader, WireError, request_body
@@ -45,12 +45,14 @@ class ServiceUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the service says of its model (``GET /v1/models``); servers without the extension give only the id."""
+    """What the service says of its model (``GET /v1/models``), over what this side assumes
+    (``RemoteEngine``'s ``assumed``) where it says nothing: servers without the extension give only the id."""
 
     model_id: str
     num_crops: int
     history_tokens: int
-    details: dict[str, Any] = field(default_factory=dict)
+    kv_cache_tokens: int
+    details: dict[str, Any] = field(default_factory=dict)  # source, precision, device: as people are shown them
     extensions: bool = False
 
 
@@ -60,60 +62,54 @@ class _Asking:
 
 
 class RemoteEngine:
-    """Questions and reading ahead sent to a model service; the interface of engine.engine.Engine."""
+    """Questions and reading ahead sent to a model service; the interface of engine.engine.Engine.
+
+    The service may start after the bot (or restart under it): until it has listed its model, this side plans
+    with what it ``assumed`` (the configured crops and history budget), and asks again with each question."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
-        model: ServedModel,
+        url: str,
         settings: GenerationSettings,
         *,
         namespace: str,
+        assumed: ServedModel,
+        api_key: str | None = None,
     ) -> None:
-        self._client = client
-        self.served = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeout = httpx.Timeout(SILENCE_SECONDS, connect=CONNECT_SECONDS)
+        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.url = url
+        self.served = assumed
+        self.listed = False  # the service has said what it serves
         self.settings = settings
         self._namespace = namespace  # keeps this bot's conversations apart from other clients' of the service
         self._asking: dict[Hashable, _Asking] = {}
         self._errands: set[asyncio.Task[None]] = set()
         self.stats = EngineStats()
 
-    @classmethod
-    async def connect(
-        cls,
-        url: str,
-        settings: GenerationSettings,
-        *,
-        namespace: str,
-        api_key: str | None = None,
-        num_crops: int = 4,
-        history_tokens: int = 3000,
-    ) -> RemoteEngine:
-        """A client of the service at ``url`` (its ``/v1`` is added), which must list its model;
-        ``num_crops`` and ``history_tokens`` are used where the server does not say them."""
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        timeout = httpx.Timeout(SILENCE_SECONDS, connect=CONNECT_SECONDS)
-        client = httpx.AsyncClient(base_url=url.rstrip("/") + "/v1", headers=headers, timeout=timeout)
-        try:
-            listing = await _json(client, "GET", "/models")
-            data = listing.get("data") if isinstance(listing, dict) else None
-            if not isinstance(data, list) or not data or not isinstance(data[0], dict) or "id" not in data[0]:
-                raise ServiceUnavailable("no_model_listed")
-        except BaseException:
-            await client.aclose()
-            raise
+    async def describe(self) -> ServedModel:
+        """What the service serves, asked of it; raises ServiceUnavailable when it does not say."""
+        listing = await _json(self._client, "GET", "/models")
+        data = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(data, list) or not data or not isinstance(data[0], dict) or "id" not in data[0]:
+            raise ServiceUnavailable("no_model_listed")
         ours = data[0].get("phi3bot")
+        assumed = self.served
         if isinstance(ours, dict):
-            model = ServedModel(
+            history = int(ours.get("history_tokens", assumed.history_tokens))
+            self.served = ServedModel(
                 str(data[0]["id"]),
-                int(ours.get("num_crops", num_crops)),
-                int(ours.get("history_tokens", history_tokens)),
-                {k: v for k, v in ours.items() if k not in ("num_crops", "history_tokens")},
+                int(ours.get("num_crops", assumed.num_crops)),
+                history,
+                int(ours.get("kv_cache_tokens", history)),
+                {k: v for k, v in ours.items() if k not in ("num_crops", "history_tokens", "kv_cache_tokens")},
                 extensions=True,
             )
         else:
-            model = ServedModel(str(data[0]["id"]), num_crops, history_tokens)
-        return cls(client, model, settings, namespace=namespace)
+            self.served = replace(assumed, model_id=str(data[0]["id"]), details={}, extensions=False)
+        self.listed = True
+        return self.served
 
     @property
     def history_tokens(self) -> int:
@@ -122,6 +118,17 @@ class RemoteEngine:
     @property
     def num_crops(self) -> int:
         return self.served.num_crops
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.served.kv_cache_tokens
+
+    @property
+    def serving(self) -> Serving:
+        said = self.served.details
+        source = str(said.get("source") or self.served.model_id)
+        precision, device = str(said.get("precision") or "unknown"), str(said.get("device") or "unknown")
+        return Serving(source, precision, device, bool(said.get("synthetic")), service=self.url)
 
     def _headers(self, key: Hashable) -> dict[str, str]:
         return {CONVERSATION_HEADER: f"{self._namespace}/{key}"}
@@ -139,11 +146,14 @@ class RemoteEngine:
         """As Engine.ask: raises AlreadyQueued / QueueFull before yielding anything."""
         if key in self._asking:
             raise AlreadyQueued
-        settings = self.settings.for_request(system_prompt, seed)
-        body = request_body(past, question, settings, asker=None if asker is None else str(asker), stream=True)
         asking = self._asking[key] = _Asking()
         started = time.monotonic()
         try:
+            if not self.listed:
+                with contextlib.suppress(ServiceUnavailable):
+                    await self.describe()
+            settings = self.settings.for_request(system_prompt, seed)
+            body = request_body(past, question, settings, asker=None if asker is None else str(asker), stream=True)
             for attempt in (1, 2):
                 reader = StreamReader()
                 events: _Feed = asyncio.Queue()

@@ -88,9 +88,12 @@ class Served:
     num_crops: int
     history_tokens: int
     details: dict[str, Any]  # source, precision, revision, device: shown to people by the bot's /model
+    kv_cache_tokens: int | None = None  # what a client may read ahead for its conversations in all
 
     def listing(self) -> dict[str, Any]:
         extra = {"num_crops": self.num_crops, "history_tokens": self.history_tokens, **self.details}
+        if self.kv_cache_tokens is not None:
+            extra["kv_cache_tokens"] = self.kv_cache_tokens
         extra["max_tokens"] = self.defaults.max_new_tokens
         listing = {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "phi3bot"}
         return {**listing, "phi3bot": extra}

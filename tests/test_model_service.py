@@ -12,14 +12,14 @@ from dataclasses import dataclass, replace
 
 import httpx
 import pytest
-import uvicorn
 
+from devkit.uvicorn_server import serving
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Started
 from engine.fair_queue import AlreadyQueued
 from engine.generation import GenerationSettings
 from engine.openai_wire import CONVERSATION_HEADER, png_data_url
-from engine.remote_engine import RemoteEngine
+from engine.remote_engine import RemoteEngine, ServedModel
 from model_store.store import ModelEntry, ModelStore
 from service.http_app import Served, create_app
 from tests.test_engine import SETTINGS, finished, load, photo
@@ -31,30 +31,24 @@ class Service:
     engine: Engine
 
 
-async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, no event)
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return server, task, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 async def service(int4_store: tuple[ModelStore, ModelEntry]) -> AsyncIterator[Service]:
     engine = Engine(load(int4_store[1]), SETTINGS)
-    served = Served("phi3bot-tiny", 0, SETTINGS, num_crops=engine.model.num_crops, history_tokens=2000, details={})
-    server, task, url = await serve(create_app(engine, served))
+    served = Served("phi3bot-tiny", 0, SETTINGS, num_crops=engine.num_crops, history_tokens=2000, details={})
     try:
-        yield Service(url, engine)
+        async with serving(create_app(engine, served)) as url:
+            yield Service(url, engine)
     finally:
-        server.should_exit = True
-        await task
         await engine.aclose()
 
 
+ASSUMED = ServedModel("assumed", num_crops=16, history_tokens=500, kv_cache_tokens=500)
+
+
 async def remote(service: Service, settings: GenerationSettings = SETTINGS) -> RemoteEngine:
-    return await RemoteEngine.connect(service.url, settings, namespace="test-bot")
+    client = RemoteEngine(f"{service.url}/v1", settings, namespace="test-bot", assumed=ASSUMED)
+    await client.describe()
+    return client
 
 
 async def collect(events: AsyncIterator[Event]) -> list[Event]:
@@ -66,7 +60,7 @@ async def test_the_service_answers_as_the_local_engine_does_and_keeps_the_conver
     the one the local engine builds; the follow-up is about the photo sent before."""
     client = await remote(service)
     try:
-        assert client.num_crops == service.engine.model.num_crops and client.history_tokens == 2000
+        assert client.num_crops == service.engine.num_crops and client.history_tokens == 2000
         image = photo((200, 30, 30))
         question = Turn("user", "What is in this image?", (image,))
         local = finished([event async for event in service.engine.ask("local", [], question)])
@@ -208,13 +202,11 @@ async def test_a_body_past_the_limit_is_refused_before_it_is_read_whole(
 ) -> None:
     engine = Engine(load(int4_store[1]), SETTINGS)
     served = Served("tiny", 0, SETTINGS, num_crops=4, history_tokens=2000, details={})
-    server, task, url = await serve(create_app(engine, served, max_body_bytes=1000))
     try:
-        async with httpx.AsyncClient(base_url=url) as plain:
+        async with serving(create_app(engine, served, max_body_bytes=1000)) as url, httpx.AsyncClient() as plain:
             text = "x" * 2000
-            reply = await plain.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]})
+            body = {"messages": [{"role": "user", "content": text}]}
+            reply = await plain.post(f"{url}/v1/chat/completions", json=body)
             assert reply.status_code == 413 and reply.json()["error"]["type"] == "body_too_large"
     finally:
-        server.should_exit = True
-        await task
         await engine.aclose()

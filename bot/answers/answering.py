@@ -24,7 +24,8 @@ from bot.answers.read_ahead import prepare_soon
 from bot.history import ConversationKey
 from bot.output.chat import is_private, tell, unbutton
 from bot.services import Services
-from engine.engine import Engine, Event
+from engine.backend import Backend
+from engine.engine import Event
 from engine.fair_queue import AlreadyQueued, QueueFull
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ async def storage_failed(services: Services, message: Message, error: sqlite3.Er
     await services.refusals.note(message, texts.NOT_STORED)
 
 
-async def _answer(services: Services, engine: Engine, asking: Asking, claimed: AnswerInProgress) -> bool:
+async def _answer(services: Services, engine: Backend, asking: Asking, claimed: AnswerInProgress) -> bool:
     """Whether the model answered (or began to): a full line or a retry overtaken by another ends it first."""
     retried = asking.retried
     view = await model_view(services, engine, asking.key, before=retried.question.id if retried else None)

@@ -18,9 +18,9 @@ from bot import texts
 from bot.history import ConversationKey, HistoryStore, OutlineRow, StoredImage, StoredMessage
 from bot.media.decoding import ImageRejected
 from bot.services import Services
+from engine.backend import Backend
 from engine.context_policy import estimate_tokens, fit, in_view
 from engine.conversation import Turn
-from engine.engine import Engine
 from engine.images import PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ async def image_gone(history: HistoryStore, key: ConversationKey) -> bool:
     return last is not None and last.images_pruned > 0
 
 
-async def model_view(services: Services, engine: Engine, key: ConversationKey, before: int | None = None) -> View:
+async def model_view(services: Services, engine: Backend, key: ConversationKey, before: int | None = None) -> View:
     """What this engine's model sees of the conversation before its next question, or before message ``before``:
     its budget and crops, the configured persona, and the images decoded as the bot keeps them."""
     return await conversation_view(
@@ -112,7 +112,7 @@ async def model_view(services: Services, engine: Engine, key: ConversationKey, b
         key,
         budget=engine.history_tokens,
         system_prompt=services.settings.system_prompt,
-        num_crops=engine.model.num_crops,
+        num_crops=engine.num_crops,
         prepare=services.images.one,
         before=before,
     )

@@ -9,7 +9,7 @@ import time
 from bot.answers.context_view import model_view
 from bot.history import ConversationKey
 from bot.services import Services
-from engine.engine import Engine
+from engine.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def prepare_soon(services: Services, key: ConversationKey) -> None:
         services.background.start(_prepare(services, engine, key))
 
 
-async def _prepare(services: Services, engine: Engine, key: ConversationKey) -> None:
+async def _prepare(services: Services, engine: Backend, key: ConversationKey) -> None:
     try:
         view = await model_view(services, engine, key)
         await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
@@ -38,7 +38,7 @@ def warm_up(services: Services) -> None:
         services.background.start(_warm_up(services, engine, time.time() - hours * 3600))
 
 
-async def _warm_up(services: Services, engine: Engine, since: float) -> None:
+async def _warm_up(services: Services, engine: Backend, since: float) -> None:
     room = engine.kv_cache_tokens * 3 // 4  # the rest for the questions that come meanwhile
     for key in await services.history.recent_conversations(since):
         view = await model_view(services, engine, key)

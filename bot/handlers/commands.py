@@ -18,7 +18,7 @@ from bot.history import ConversationKey
 from bot.output.chat import conversation_key, is_private, reply, tell, unbutton
 from bot.output.pace import Pacer
 from bot.services import Services
-from model_store.store import ModelEntry
+from engine.engine import Engine, Serving
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,9 @@ class Commands:
         message = update.effective_message
         if message is None:
             return
-        engine = self.services.engine
-        running = (engine.model.entry.source, engine.model.device) if engine is not None else None
-        if running is not None and not is_admin(self.services, update):
-            running = (_model_name(engine.model.entry, admin=False), running[1])  # type: ignore[union-attr]
-        await reply(message, texts.help_text(running, admin=is_admin(self.services, update)))
+        engine, admin = self.services.engine, is_admin(self.services, update)
+        running = (_model_name(engine.serving, admin), engine.serving.device) if engine is not None else None
+        await reply(message, texts.help_text(running, admin=admin))
 
     async def reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message, sender = update.effective_message, sender_for(update)
@@ -145,9 +143,9 @@ class Commands:
         if engine is None:
             await reply(message, texts.NO_MODEL)
             return
-        entry = engine.model.entry
-        name = _model_name(entry, is_admin(self.services, update))
-        await reply(message, texts.model_shown(name, entry, engine.model.device, engine.queue))
+        name = _model_name(engine.serving, is_admin(self.services, update))
+        queue = engine.queue if isinstance(engine, Engine) else None
+        await reply(message, texts.model_shown(name, engine.serving, queue))
 
     async def stats(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         admitted = await for_admins(self.services, update)
@@ -157,7 +155,7 @@ class Commands:
         history = await self.services.history.stats()
         uptime = time.monotonic() - self.services.started_at
         engine = self.services.engine
-        running = (engine.stats, engine.queue) if engine is not None else None
+        running = (engine.stats, engine.queue if isinstance(engine, Engine) else None) if engine is not None else None
         pacer = context.bot.rate_limiter
         skipped = pacer.skipped if isinstance(pacer, Pacer) else 0
         await reply(message, texts.stats_shown(uptime, running, self.services.refusals.counts, skipped, history))
@@ -169,10 +167,10 @@ def _command_argument(text: str) -> str:
     return parts[1].strip() if len(parts) == 2 else ""
 
 
-def _model_name(entry: ModelEntry, admin: bool) -> str:
-    """A model converted from a directory is named by its path on this server, which only admins see."""
-    path = Path(entry.source)
-    return entry.source if admin or not path.is_absolute() else texts.from_a_directory(path.name)
+def _model_name(serving: Serving, admin: bool) -> str:
+    """A model converted from a directory is named by its path on the server, which only admins see."""
+    path = Path(serving.source)
+    return serving.source if admin or not path.is_absolute() else texts.from_a_directory(path.name)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

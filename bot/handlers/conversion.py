@@ -66,6 +66,9 @@ class Conversion:
         if admitted is None:
             return
         message, _ = admitted
+        if self.services.settings.model_service_url is not None:  # nothing converted here would be served
+            await message.reply_text(texts.CONVERT_ON_THE_SERVICE)
+            return
         if self._converting():
             await message.reply_text(texts.CONVERSION_RUNNING)
             return

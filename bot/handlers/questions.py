@@ -31,9 +31,9 @@ from bot.media.pages import names_pages
 from bot.output.buttons import describe_keyboard
 from bot.output.chat import conversation_key, is_private, tell, unbutton
 from bot.services import Services
+from engine.backend import Backend
 from engine.context_policy import estimate_tokens
 from engine.conversation import Turn
-from engine.engine import Engine
 from engine.images import PreparedImage, image_tokens
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Questions:
             asking = Asking(first, asked.key, sender.id, question, material, first.message_id)
             await answer(self.services, asking, claimed)
 
-    async def _read(self, asked: _Asked, engine: Engine) -> tuple[Material, list[PreparedImage]]:
+    async def _read(self, asked: _Asked, engine: Backend) -> tuple[Material, list[PreparedImage]]:
         """The question's files, downloaded and read, one file of a person's at a time (bot/media/reader.py);
         raises IntakeError or ImageRejected."""
         async with self.services.media.for_person(asked.sender.id):
@@ -141,7 +141,7 @@ class Questions:
         keep_for_later = sent_alone and not text and is_private(first)
         return _Asked(first, sender, conversation_key(first), attachments, text, keep_for_later)
 
-    async def _refusal(self, asked: _Asked, engine: Engine) -> str | None:
+    async def _refusal(self, asked: _Asked, engine: Backend) -> str | None:
         limit = self.services.settings.max_images_per_turn
         if len(asked.attachments) > limit:
             return texts.too_many_images(limit, len(asked.attachments))
@@ -149,24 +149,24 @@ class Questions:
             return unseen_pages(asked.text, (await model_view(self.services, engine, asked.key)).turns)
         return None
 
-    def _limits(self, engine: Engine) -> MediaLimits:
+    def _limits(self, engine: Backend) -> MediaLimits:
         """A PDF's pages or a clip's frames may take two thirds of the conversation's token budget, so the
         question stays in view, pinned, with room for the follow-ups about it (engine/context_policy.py)."""
         settings = self.services.settings
-        per_image = image_tokens(1, 1, engine.model.num_crops)
+        per_image = image_tokens(1, 1, engine.num_crops)
         return MediaLimits(
             pdf_pages=settings.pdf_pages,
             video_frames=settings.video_frames,
             video_max_seconds=settings.video_max_seconds,
-            num_crops=engine.model.num_crops,
+            num_crops=engine.num_crops,
             max_images=max(1, engine.history_tokens * 2 // 3 // per_image),
         )
 
-    async def _keep(self, asked: _Asked, engine: Engine, material: Material, prepared: list[PreparedImage]) -> bool:
+    async def _keep(self, asked: _Asked, engine: Backend, material: Material, prepared: list[PreparedImage]) -> bool:
         """Stored for the question to come, and read by the model right away (once the claim is released);
         False when it could not be stored."""
         tokens = estimate_tokens(
-            material.context, [image_tokens(i.width, i.height, engine.model.num_crops) for i in prepared]
+            material.context, [image_tokens(i.width, i.height, engine.num_crops) for i in prepared]
         )
         try:
             await self.services.history.add_user_message(

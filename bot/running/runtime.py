@@ -6,13 +6,20 @@ import asyncio
 import logging
 
 from bot.settings import Settings
+from engine.backend import Backend
 from engine.engine import Engine
 from engine.generation import GenerationSettings
 from engine.pipeline_process import LoadedModel, load_pipeline
+from engine.remote_engine import RemoteEngine, ServedModel, ServiceUnavailable
 from model_store.loader import CpuTuning, pipeline_spec, select_entry
 from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
+
+# A conversation's budget where neither the settings nor the service say one: what the local engine derives for
+# the default KV cache and batch (engine.context_policy.default_history_tokens) is larger; this keeps a third-party
+# server's context safe.
+ASSUMED_HISTORY_TOKENS = 3000
 
 
 def generation_settings(settings: Settings) -> GenerationSettings:
@@ -45,8 +52,11 @@ def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedMod
     return load_pipeline(spec)
 
 
-async def build_engine(settings: Settings, entry: ModelEntry | None = None) -> Engine:
-    """``entry``: a model to serve instead of the one chosen by the store and the settings."""
+async def build_engine(settings: Settings, entry: ModelEntry | None = None) -> Backend:
+    """``entry``: a model to serve instead of the one chosen by the store and the settings.  With a model service
+    configured, a client of it, whether or not the service answers yet."""
+    if settings.model_service_url is not None and entry is None:
+        return await _service_client(settings, settings.model_service_url)
     model = await asyncio.to_thread(load_model, settings, entry)
     return Engine(
         model,
@@ -61,3 +71,26 @@ async def load_and_swap(engine: Engine, settings: Settings, entry: ModelEntry) -
     """Hot swap: load the new model beside the old one, switch at a request boundary; a failure keeps the old."""
     model = await asyncio.to_thread(load_model, settings, entry)
     await engine.swap(model)
+
+
+async def _service_client(settings: Settings, url: str) -> RemoteEngine:
+    """Where the service says nothing of its model, it is planned for as the settings say (crops, history)."""
+    tokens = settings.history_tokens or ASSUMED_HISTORY_TOKENS
+    assumed = ServedModel(settings.model, settings.num_crops, tokens, tokens)
+    key = settings.model_service_api_key
+    token = settings.telegram_bot_token
+    namespace = f"bot{token.get_secret_value().split(':')[0]}" if token is not None else "phi3bot"
+    client = RemoteEngine(
+        url,
+        generation_settings(settings),
+        namespace=namespace,
+        assumed=assumed,
+        api_key=key.get_secret_value() if key is not None else None,
+    )
+    try:
+        served = await client.describe()
+    except ServiceUnavailable as error:
+        log.warning("the model service does not answer yet (%s); each question will try it", error.reason)
+    else:
+        log.info("asking the model service's %s", served.model_id)
+    return client

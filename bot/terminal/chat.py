@@ -13,9 +13,10 @@ from bot.media.decoding import ImageLimits, ImageRejected, prepare_image
 from bot.running.background import Background
 from bot.running.runtime import build_engine
 from bot.settings import Settings
+from engine.backend import Backend
 from engine.conversation import Turn
 from engine.conversation_memory import ConversationMemory
-from engine.engine import Chunk, Engine, Finished, Waiting
+from engine.engine import Chunk, Finished, Waiting
 from engine.images import PreparedImage
 
 TERMINAL = ("terminal", 0)
@@ -32,7 +33,7 @@ def _load_image(path: Path) -> tuple[PreparedImage, ...]:
     return (prepare_image(path.read_bytes(), ImageLimits()),)
 
 
-async def _answer(engine: Engine, past: list[Turn], question: Turn, out: TextIO) -> Finished:
+async def _answer(engine: Backend, past: list[Turn], question: Turn, out: TextIO) -> Finished:
     finished: Finished | None = None
     async for event in engine.ask(TERMINAL, past, question):
         if isinstance(event, Waiting):
@@ -66,7 +67,7 @@ async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin
     by the model while the question is typed, as a photo sent alone to the bot is."""
     first = await asyncio.to_thread(_load_image, image) if image else ()
     engine = await build_engine(settings)
-    memory = ConversationMemory(engine.history_tokens, settings.system_prompt, engine.model.num_crops)
+    memory = ConversationMemory(engine.history_tokens, settings.system_prompt, engine.num_crops)
     reading = Background(_reading_failed)
 
     def keep(images: tuple[PreparedImage, ...]) -> None:
@@ -75,7 +76,7 @@ async def chat(settings: Settings, image: Path | None, stdin: TextIO = sys.stdin
 
     if first:
         keep(first)
-    out.write(f"Model: {engine.model.entry.source} ({engine.model.entry.precision}). {CHAT_HELP}\n")
+    out.write(f"Model: {engine.serving.source} ({engine.serving.precision}). {CHAT_HELP}\n")
     try:
         while True:
             out.write("you> ")
