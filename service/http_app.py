@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -155,9 +156,22 @@ def create_app(
     alive: Callable[[], bool] = lambda: True,
     max_body_bytes: int = MAX_BODY_BYTES,
     image_limits: ImageLimits | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
+    """``api_key``: every request but the health check must carry it as a bearer token (OpenAI's clients send their
+    key so); None: anyone who reaches the port may ask."""
     app = FastAPI(title="phi3bot model service", docs_url=None, redoc_url=None)
     images = _Images(image_limits or ImageLimits())
+
+    if api_key is not None:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def authorised(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path != "/health" and not hmac.compare_digest(given, expected):
+                return _error(401, "invalid_api_key", "a valid API key is needed (Authorization: Bearer ...)")
+            return await call_next(request)
 
     async def parsed(request: Request) -> tuple[WireRequest, list[Turn]]:
         wire = read_request(await _body(request, max_body_bytes), served.defaults)

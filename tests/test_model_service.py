@@ -210,3 +210,24 @@ async def test_a_body_past_the_limit_is_refused_before_it_is_read_whole(
             assert reply.status_code == 413 and reply.json()["error"]["type"] == "body_too_large"
     finally:
         await engine.aclose()
+
+
+async def test_with_a_key_only_its_holders_are_answered(int4_store: tuple[ModelStore, ModelEntry]) -> None:
+    """The key is compared as a whole; the health check stays open for orchestrators."""
+    engine = Engine(load(int4_store[1]), SETTINGS)
+    served = Served("tiny", 0, SETTINGS, num_crops=4, history_tokens=2000, details={})
+    try:
+        async with serving(create_app(engine, served, api_key="s3cret")) as url, httpx.AsyncClient() as plain:
+            assert (await plain.get(f"{url}/health")).status_code == 200
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cre"}):
+                reply = await plain.get(f"{url}/v1/models", headers=headers)
+                assert reply.status_code == 401 and reply.json()["error"]["type"] == "invalid_api_key"
+            client = RemoteEngine(f"{url}/v1", SETTINGS, namespace="t", assumed=ASSUMED, api_key="s3cret")
+            try:
+                assert (await client.describe()).model_id == "tiny"
+                answer = finished(await collect(client.ask("c", [], Turn("user", "hi"))))
+                assert answer.status == "complete"
+            finally:
+                await client.aclose()
+    finally:
+        await engine.aclose()
