@@ -131,3 +131,20 @@ async def test_the_bot_starts_before_its_service_and_asks_it_once_it_is_up(
                 assert engine.listed and local.stats.answered == 1
         finally:
             await local.aclose()
+
+
+async def test_a_bot_restart_keeps_the_services_cache(api: FakeBotApi, service: Service, tmp_path: Path) -> None:
+    """The model's state lives in the service: after the bot restarts, a follow-up about the photo is read from
+    the service's cache, not read again (the local engine's new process would read the photo again)."""
+    settings = bot_settings(
+        api, tmp_path / "store", tmp_path, model_service_url=service.url, max_new_tokens=12, warm_up_hours=0
+    )  # no warm-up at the start, which would read the conversation again if the service had lost it
+    async with running_bot(api, settings):
+        api.push_message(CHAT, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
+        await wait_answers(api, CHAT, 1)
+    async with running_bot(api, settings) as bot:
+        api.push_message(CHAT, "And its colours?", user_id=USER)
+        await wait_answers(api, CHAT, 2)
+        stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
+    assert [m.status for m in stored] == ["complete"] * 4
+    assert service.engine.stats.answered == 2 and service.engine.stats.replays == 0, "the photo was not read again"
