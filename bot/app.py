@@ -267,7 +267,13 @@ def run_bot(settings: Settings) -> int:
         )
         return 2
     secret = _webhook_secret(settings) if settings.webhook_url else ""
-    install_redaction(settings.telegram_bot_token.get_secret_value(), secret, settings.hub_token or "")
+    service_key = settings.model_service_api_key
+    install_redaction(
+        settings.telegram_bot_token.get_secret_value(),
+        secret,
+        settings.hub_token or "",
+        service_key.get_secret_value() if service_key is not None else "",
+    )
     try:
         asyncio.run(serve(build_application(settings), settings, secret))
     except (StartupError, HistoryError) as error:

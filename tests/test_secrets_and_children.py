@@ -4,7 +4,8 @@ model_store/child_start.py).
 Children are started the way the bot starts them, from a process that went through the bot's own start-up:
 ``phi3bot run`` itself, or variants of ``phi3bot models`` (tests/support/looking_children.py,
 tests/support/lingering_children.py).  The token comes from the environment, the webhook's secret from
-``.env``, a Hugging Face token from both, and a variable no list names (``SOME_SECRET``) from the environment.
+``.env``, a Hugging Face token from both, the model service's key and a variable no list names (``SOME_SECRET``)
+from the environment.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ TOKEN = "123456:AAHsecretTokenOfTheBotUnderTest_012"
 WEBHOOK_SECRET = "webhook_Secret_from_dotenv"
 HF_TOKEN_ENVIRONMENT, HF_TOKEN_DOTENV = "hf_TokenFromTheEnvironment", "hf_TokenFromDotenv"
 UNLISTED = "x-unlisted-value"
-SECRETS = (TOKEN, TOKEN.split(":")[1], WEBHOOK_SECRET, HF_TOKEN_ENVIRONMENT, HF_TOKEN_DOTENV, UNLISTED)
+SERVICE_KEY = "model-service-key-of-the-bot"
+SECRETS = (TOKEN, TOKEN.split(":")[1], WEBHOOK_SECRET, HF_TOKEN_ENVIRONMENT, HF_TOKEN_DOTENV, UNLISTED, SERVICE_KEY)
 GONE_WITHIN_SECONDS = 3.0
 
 
@@ -51,6 +53,7 @@ def work_directory(tmp_path: Path) -> dict[str, str]:
         "TELEGRAM_BOT_TOKEN": TOKEN,
         "HF_TOKEN": HF_TOKEN_ENVIRONMENT,
         "SOME_SECRET": UNLISTED,
+        "MODEL_SERVICE_API_KEY": SERVICE_KEY,
         "DATA_DIR": str(tmp_path / "data"),
     }
 
@@ -64,7 +67,7 @@ def no_secret_in(found: object, where: str, secrets: tuple[str, ...] = SECRETS) 
 def only_allowed_variables(environment: dict[str, str], where: str) -> None:
     unlisted = sorted(name for name in environment if not allowed(name))
     assert unlisted == [], f"{where} got variables no list names: {unlisted}"
-    assert not {"SOME_SECRET", "HF_TOKEN", "TELEGRAM_BOT_TOKEN"} & set(environment), where
+    assert not {"SOME_SECRET", "HF_TOKEN", "TELEGRAM_BOT_TOKEN", "MODEL_SERVICE_API_KEY"} & set(environment), where
 
 
 def test_children_find_no_secret_and_the_confined_ones_can_read_neither_env_nor_the_history(tmp_path: Path) -> None:
