@@ -28,7 +28,13 @@ TOKEN_FORMAT = re.compile(r"[0-9]+:[A-Za-z0-9_-]{35}")
 # Read once into Settings, then kept from the environment the bot and its children have (bot/running/secrecy.py);
 # HF_TOKEN reaches the Hub's look-ups and downloads as an argument (``Settings.hub_token``), never through an
 # environment.
-SECRET_VARIABLES = ("TELEGRAM_BOT_TOKEN", "WEBHOOK_SECRET_TOKEN", "HF_TOKEN", "MODEL_SERVICE_API_KEY")
+SECRET_VARIABLES = (
+    "TELEGRAM_BOT_TOKEN",
+    "WEBHOOK_SECRET_TOKEN",
+    "HF_TOKEN",
+    "MODEL_SERVICE_API_KEY",
+    "SERVICE_API_KEY",
+)
 # Where Docker and Compose mount secrets, one file each; systemd's credentials directory is named by the variable.
 DOCKER_SECRETS_DIR = Path("/run/secrets")
 CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
@@ -73,6 +79,9 @@ class Settings(BaseSettings):
     # the model runs here, in a process of the bot's own.
     model_service_url: str | None = None
     model_service_api_key: SecretStr | None = None
+    # phi3bot serve: the key its clients must send (MODEL_SERVICE_API_KEY on the bot's side); unset = anyone who
+    # reaches its port may ask.
+    service_api_key: SecretStr | None = None
     model: str = "microsoft/Phi-3.5-vision-instruct"
     precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
     device: str = "CPU"

@@ -137,6 +137,35 @@ def pipeline_spec(
     return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, num_crops)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which converted model to serve and how to compile it, as plain values: from the bot's settings, or sent
+    to each replica of a model service (no secret among them)."""
+
+    store_dir: Path
+    model: str  # as MODEL names it; the store's active model wins (select_entry)
+    precision: str
+    device: str = "CPU"
+    num_crops: int | None = None  # None: the model's own
+    views_dir: Path | None = None  # needed for another num_crops than the model's own
+    compile_cache_dir: Path | None = None
+    kv_cache_gb: float = 4.0
+    cpu: CpuTuning | None = None
+
+    def spec(self, entry: ModelEntry | None = None) -> PipelineSpec:
+        """``entry``: a model to serve instead of the one the store and the choice select."""
+        chosen = entry or select_entry(ModelStore(self.store_dir), self.model, self.precision)
+        return pipeline_spec(
+            chosen,
+            self.device,
+            views_dir=self.views_dir,
+            compile_cache_dir=self.compile_cache_dir,
+            num_crops=self.num_crops,
+            kv_cache_gb=self.kv_cache_gb,
+            cpu=self.cpu,
+        )
+
+
 def prefix_caching_scheduler(kv_cache_gb: float) -> Any:
     """GenAI's scheduler with prefix caching, KV blocks bounded by ``kv_cache_gb`` (0: grown as needed)."""
     import openvino_genai as genai

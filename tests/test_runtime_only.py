@@ -1,10 +1,10 @@
-"""A runtime-only install (``pip install phi3bot``, no conversion extra) serves a converted model.
+"""A runtime-only install (``pip install phi3bot``, no conversion or service extra) serves a converted model.
 
 The processes here run with everything that only the conversion extra brings hidden from imports
 (tests/support/runtime_only.py): the bot starts, answers a photo question, reports its health and stops on
 SIGTERM; ``/convert`` and ``phi3bot convert --model`` say what to install instead of failing in an import;
 ``phi3bot convert --from-ir`` takes a converted model into the store; ``phi3bot synthetic`` asks for a development
-install.
+install and ``phi3bot serve`` for the service's extra.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.terminal.cli import SYNTHETIC_NEEDS_DEVKIT
+from bot.terminal.cli import SERVE_NEEDS_EXTRA, SYNTHETIC_NEEDS_DEVKIT
 from devkit.bot_api_server import FakeBotApi
 from devkit.harness import ADMIN, USER, photo_bytes, wait_answers
 from devkit.processes import ROOT, bot_environment, bot_process, run_phi3bot
@@ -45,7 +45,9 @@ def test_the_conversion_check_names_what_is_missing_and_what_to_install(monkeypa
 def test_what_is_hidden_is_the_conversion_extra_and_not_the_runtime() -> None:
     hidden = set(conversion_only_modules())
     assert {"torch", "torchvision", "transformers", "optimum", "nncf", "nvidia", "triton"} <= hidden
-    assert not hidden & {"openvino", "openvino_genai", "openvino_tokenizers", "telegram", "PIL", "numpy", "pydantic"}
+    assert {"ray", "fastapi", "uvicorn", "starlette"} <= hidden, "the service's extra"
+    runtime = {"openvino", "openvino_genai", "openvino_tokenizers", "telegram", "PIL", "numpy", "pydantic", "httpx"}
+    assert not hidden & runtime
 
 
 def cli(environment: dict[str, str], workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -127,3 +129,9 @@ def test_the_synthetic_command_asks_for_a_development_install(tmp_path: Path) ->
     done = cli(environment, tmp_path, "synthetic", "tiny", str(tmp_path / "tiny"))
     assert done.returncode == 2 and done.stderr.splitlines() == [SYNTHETIC_NEEDS_DEVKIT], done.stderr[-2000:]
     assert not (tmp_path / "tiny").exists()
+
+
+def test_the_serve_command_asks_for_the_services_extra(tmp_path: Path) -> None:
+    environment = runtime_only({**os.environ, "PYTHONPATH": str(ROOT), "DATA_DIR": str(tmp_path / "data")}, tmp_path)
+    done = cli(environment, tmp_path, "serve")
+    assert done.returncode == 2 and done.stderr.splitlines() == [SERVE_NEEDS_EXTRA], done.stderr[-2000:]

@@ -11,8 +11,8 @@ from engine.engine import Engine
 from engine.generation import GenerationSettings
 from engine.pipeline_process import LoadedModel, load_pipeline
 from engine.remote_engine import RemoteEngine, ServedModel, ServiceUnavailable
-from model_store.loader import CpuTuning, pipeline_spec, select_entry
-from model_store.store import ModelEntry, ModelStore
+from model_store.loader import CpuTuning, ModelChoice
+from model_store.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +37,23 @@ def cpu_tuning(settings: Settings) -> CpuTuning:
     return CpuTuning(settings.dynamic_quantization_group_size, settings.inference_threads)
 
 
-def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
-    """Blocking: starts the model's process and compiles the model there (seconds)."""
-    chosen = entry or select_entry(ModelStore(settings.store_dir), settings.model, settings.precision)
-    spec = pipeline_spec(
-        chosen,
+def model_choice(settings: Settings) -> ModelChoice:
+    return ModelChoice(
+        settings.store_dir,
+        settings.model,
+        settings.precision,
         settings.device,
+        num_crops=settings.num_crops,
         views_dir=settings.views_dir,
         compile_cache_dir=settings.compile_cache_dir,
-        num_crops=settings.num_crops,
         kv_cache_gb=settings.kv_cache_gb,
         cpu=cpu_tuning(settings),
     )
-    return load_pipeline(spec)
+
+
+def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
+    """Blocking: starts the model's process and compiles the model there (seconds)."""
+    return load_pipeline(model_choice(settings).spec(entry))
 
 
 async def build_engine(settings: Settings, entry: ModelEntry | None = None) -> Backend:

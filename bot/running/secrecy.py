@@ -53,14 +53,16 @@ def make_undumpable() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
-def allowed(name: str) -> bool:
-    return name.upper() not in SECRET_VARIABLES and (name in ALLOWED_VARIABLES or name.startswith(ALLOWED_PREFIXES))
+def allowed(name: str, also: tuple[str, ...] = ()) -> bool:
+    """``also``: prefixes a command needs beyond the bot's (``phi3bot serve``: Ray's ``RAY_``)."""
+    listed = name in ALLOWED_VARIABLES or name.startswith((*ALLOWED_PREFIXES, *also))
+    return name.upper() not in SECRET_VARIABLES and listed
 
 
-def keep_allowed_environment() -> None:
+def keep_allowed_environment(also: tuple[str, ...] = ()) -> None:
     """Called once Settings are read, while this process has a single thread (libc's environment is not
     thread-safe to change)."""
-    for name in [name for name in os.environ if not allowed(name)]:
+    for name in [name for name in os.environ if not allowed(name, also)]:
         del os.environ[name]
     if sys.platform == "linux":
         _wipe_original_environment()

@@ -1,8 +1,9 @@
-"""The ``phi3bot`` command: run the bot, convert models, check its health, back up its history.
+"""The ``phi3bot`` command: run the bot, convert models, serve the model, check its health, back up its history.
 
 Exit codes: 0 success, 1 a model-store error (message printed), 2 bad configuration or arguments (also
-``synthetic`` outside a development install; for ``run`` also any reason it cannot start: a rejected token, a Bot
-API server that fails, an unusable directory or history database, a webhook port in use), 130 interrupted.
+``synthetic`` outside a development install, ``serve`` without the ``[serve]`` extra; for ``run`` also any reason
+it cannot start: a rejected token, a Bot API server that fails, an unusable directory or history database, a
+webhook port in use), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from model_store.sources import INT4_GROUP_SIZE, INT4_RATIO, PRECISIONS
 PRIVATE_UMASK = 0o077
 # ``phi3bot synthetic`` where devkit/ is not importable (``pip install phi3bot``, the Docker images).
 SYNTHETIC_NEEDS_DEVKIT = "phi3bot synthetic needs a development install: `make install` in a clone of the repository."
+SERVE_NEEDS_EXTRA = "phi3bot serve needs the service's extra: pip install 'phi3bot[serve]' (make install has it)."
 
 log = logging.getLogger("phi3bot")
 
@@ -64,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-validate", action="store_true", help="skip the test generation (not recommended)")
 
     commands.add_parser("models", help="list the converted models and the one in use")
+
+    serve = commands.add_parser(
+        "serve", help="serve the model to bots on other machines (Ray Serve; the OpenAI chat-completions protocol)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--replicas", type=int, default=1, help="model replicas, each a model process (default 1)")
+    serve.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="Ray CPUs each replica reserves (placement only; default 1)"
+    )
 
     commands.add_parser("health", help="exit 0 if a running bot wrote its heartbeat lately (for health checks)")
 
@@ -197,6 +209,36 @@ def _terminal(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The model and generation settings are the bot's own (the same .env works on both machines)."""
+    try:
+        from service.deployment import ReplicaModel, run
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] not in ("ray", "fastapi", "starlette", "uvicorn"):
+            raise
+        print(SERVE_NEEDS_EXTRA, file=sys.stderr)
+        return 2
+    from bot.app import install_redaction
+    from bot.running.runtime import generation_settings, model_choice
+    from model_store.loader import select_entry
+    from model_store.store import ModelStore
+
+    select_entry(ModelStore(settings.store_dir), settings.model, settings.precision)  # a model to serve, before Ray
+    key = settings.service_api_key.get_secret_value() if settings.service_api_key is not None else None
+    install_redaction(key or "")
+    model = ReplicaModel(
+        model_choice(settings),
+        generation_settings(settings),
+        queue_max=settings.queue_max,
+        batch_max=settings.batch_size,
+        history_tokens=settings.history_tokens,
+    )
+    if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without SERVICE_API_KEY: anyone who reaches the port may ask", args.host)
+    run(model, replicas=args.replicas, host=args.host, port=args.port, replica_cpus=args.replica_cpus, api_key=key)
+    return 0
+
+
 def _run(settings: Settings) -> int:
     from bot.app import run_bot
 
@@ -214,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
-    keep_allowed_environment()
+    keep_allowed_environment(also=("RAY_",) if args.command == "serve" else ())
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "convert":
@@ -229,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _synthetic(args)
         if args.command in ("ask", "chat"):
             return _terminal(args, settings)
+        if args.command == "serve":
+            return _serve(args, settings)
         return _run(settings)
     except ConversionInterruptedError as error:
         print(f"\n{texts.store_error(error.reason, error.data)}", file=sys.stderr)

@@ -1,11 +1,11 @@
 """An environment in which Python cannot import what ``pip install phi3bot`` (no extras) leaves out.
 
-What to hide: every distribution that the ``convert`` extra pulls in and the runtime dependencies do not (torch,
-torchvision, transformers, optimum, NNCF, the nvidia-* libraries, sympy, ...), read from the installed metadata so
-that it follows pyproject.toml, mapped to the top-level modules it installs; and devkit, the clone's development
-package, which the wheel leaves out. A sitecustomize.py on PYTHONPATH marks those modules absent
-(``sys.modules[name] = None``) in every Python process started with the environment, so the bot's model process
-and a conversion's child process are covered as well as the bot.
+What to hide: every distribution that the ``convert`` and ``serve`` extras pull in and the runtime dependencies do
+not (torch, torchvision, transformers, optimum, NNCF, the nvidia-* libraries, sympy, Ray, FastAPI, uvicorn, ...),
+read from the installed metadata so that it follows pyproject.toml, mapped to the top-level modules it installs;
+and devkit, the clone's development package, which the wheel leaves out. A sitecustomize.py on PYTHONPATH marks
+those modules absent (``sys.modules[name] = None``) in every Python process started with the environment, so the
+bot's model process and a conversion's child process are covered as well as the bot.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = "phi3bot"
-EXTRA = "convert"
+EXTRAS = ("convert", "serve")
 DEVELOPMENT_PACKAGES = ("devkit",)
 
 
@@ -53,12 +53,12 @@ def _closure(roots: Iterable[Requirement]) -> set[str]:
 def conversion_only_distributions() -> set[str]:
     requirements = [Requirement(text) for text in metadata.distribution(PROJECT).requires or []]
     runtime = _closure(r for r in requirements if _wanted(r, ()))
-    with_extra = _closure(r for r in requirements if _wanted(r, (EXTRA,)))
+    with_extra = _closure(r for r in requirements if _wanted(r, EXTRAS))
     return with_extra - runtime
 
 
 def conversion_only_modules() -> list[str]:
-    """Top-level modules whose every provider is conversion-only (a namespace such as nvidia has several)."""
+    """Top-level modules whose every provider only an extra brings (a namespace such as nvidia has several)."""
     only = conversion_only_distributions()
     return sorted(
         module
