@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from engine.backend import Backend
     from engine.conversation import Turn
     from engine.engine import Engine, Finished
     from model_store.loader import CpuTuning
@@ -140,8 +141,8 @@ class TimedAnswer:
     finished: Finished
 
 
-async def timed_answer(engine: Engine, key: Hashable, past: Sequence[Turn], question: Turn) -> TimedAnswer:
-    """One answer through the engine, timed as a chat sees it."""
+async def timed_answer(engine: Backend, key: Hashable, past: Sequence[Turn], question: Turn) -> TimedAnswer:
+    """One answer through the engine (or a model service), timed as a chat sees it."""
     from engine.engine import Chunk, Finished
 
     started = time.monotonic()
