@@ -27,6 +27,7 @@ COPY scripts/pip_install.py scripts/
 COPY bot bot
 COPY engine engine
 COPY model_store model_store
+COPY service service
 RUN TORCH_INDEX="$TORCH_INDEX" /opt/phi3bot/bin/python scripts/pip_install.py ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim-bookworm
