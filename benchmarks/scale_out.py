@@ -12,6 +12,8 @@ Variants, each in a process of its own so memory and caches do not leak between 
 * ``ray-1``, ``ray-2``: ``phi3bot serve``'s Ray Serve application with one and two replicas on this machine,
   asked through its HTTP ingress (on 2 cores two replicas share the CPU: the figures to read are the overhead
   against ``local`` and the affinity, not a speed-up).
+The engine's own time to the follow-ups' first text (the service's, through the protocol's extension) is kept
+beside the client's, to tell the service's time from the link's.
 Goals: the service's first text and throughput within 5 % of the local engine's; every follow-up served by
 the replica that holds its conversation.
 
@@ -175,18 +177,21 @@ async def _long_conversation(backend: Any, follow_ups: int) -> dict[str, Any]:
     first = Turn("user", "What is in this photo?", (_photo(99),))
     opening = await timed_answer(backend, "long", past, first)
     past += [first, Turn("assistant", opening.finished.text)]
-    times, replays = [], 0
+    times, engine_times, replays = [], [], 0
     for number in range(follow_ups):
         question = Turn("user", f"Follow-up {number + 1}: and what else do you notice?")
         answer = await timed_answer(backend, "long", past, question)
         if answer.first_text is not None:
             times.append(answer.first_text)
+        if answer.finished.ttft_seconds is not None:  # as the engine that answered measured it, link left out
+            engine_times.append(answer.finished.ttft_seconds)
         replays += answer.finished.report.replays
         past += [question, Turn("assistant", answer.finished.text)]
     return {
         "photo_first_text": opening.first_text,
         "follow_up_median": statistics.median(times),
         "follow_up_max": max(times),
+        "engine_follow_up_median": statistics.median(engine_times) if engine_times else None,
         "replays": replays,
     }
 
