@@ -153,7 +153,9 @@ class RemoteEngine:
                 with contextlib.suppress(ServiceUnavailable):
                     await self.describe()
             settings = self.settings.for_request(system_prompt, seed)
-            body = request_body(past, question, settings, asker=None if asker is None else str(asker), stream=True)
+            asked_by = None if asker is None else str(asker)
+            # off the event loop: each photo in view is encoded as PNG (about a quarter of a second for a large one)
+            body = await asyncio.to_thread(request_body, past, question, settings, asker=asked_by, stream=True)
             for attempt in (1, 2):
                 reader = StreamReader()
                 events: _Feed = asyncio.Queue()
@@ -257,7 +259,7 @@ class RemoteEngine:
         if not self.served.extensions:
             return Prepared(0, 0.0, "not offered by the service")
         settings = self.settings.for_request(system_prompt, None)
-        body = request_body(past, None, settings, asker=None, stream=False)
+        body = await asyncio.to_thread(request_body, past, None, settings, asker=None, stream=False)
         try:
             answer = await _json(self._client, "POST", "/phi3bot/prepare", json=body, headers=self._headers(key))
         except ServiceUnavailable as error:

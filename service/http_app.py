@@ -133,8 +133,8 @@ def _image_bytes(image: PreparedImage) -> int:
     return int(image.pixels.nbytes)
 
 
-async def _body(request: Request, limit: int) -> Any:
-    """The request's JSON, read no further than ``limit`` bytes."""
+async def _body(request: Request, limit: int) -> bytes:
+    """The request's body, read no further than ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise WireError("body_too_large", megabytes=limit // (1024 * 1024))
@@ -143,10 +143,15 @@ async def _body(request: Request, limit: int) -> Any:
         received += part
         if len(received) > limit:
             raise WireError("body_too_large", megabytes=limit // (1024 * 1024))
+    return bytes(received)
+
+
+def _read(received: bytes, defaults: GenerationSettings) -> WireRequest:
     try:
-        return json.loads(received)
+        body = json.loads(received)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WireError("body_not_json") from error
+    return read_request(body, defaults)
 
 
 def create_app(
@@ -174,7 +179,8 @@ def create_app(
             return await call_next(request)
 
     async def parsed(request: Request) -> tuple[WireRequest, list[Turn]]:
-        wire = read_request(await _body(request, max_body_bytes), served.defaults)
+        received = await _body(request, max_body_bytes)
+        wire = await asyncio.to_thread(_read, received, served.defaults)  # tens of MB of JSON and base64
         if sum(len(message.images) for message in wire.messages) > MAX_IMAGES:
             raise WireError("too_many_images", most=MAX_IMAGES)
         return wire, await images.turns(wire.messages)
