@@ -72,23 +72,29 @@ async def _backend(variant: str, model: Path, tokens: int) -> AsyncIterator[Any]
             await engine.aclose()
         return
     from devkit.uvicorn_server import serving
-    from engine.remote_engine import RemoteEngine, ServedModel
     from service.http_app import Served, create_app
 
     if variant != "http":
         raise SystemExit(f"unknown variant {variant}")
     served = Served("bench", 0, engine.settings, num_crops=NUM_CROPS, history_tokens=engine.history_tokens, details={})
     try:
-        async with serving(create_app(engine, served)) as url:
-            assumed = ServedModel("bench", NUM_CROPS, engine.history_tokens, engine.kv_cache_tokens)
-            client = RemoteEngine(f"{url}/v1", engine.settings, namespace="bench", assumed=assumed)
-            await client.describe()
-            try:
-                yield client
-            finally:
-                await client.aclose()
+        async with serving(create_app(engine, served)) as url, _client(f"{url}/v1", engine.settings) as client:
+            yield client
     finally:
         await engine.aclose()
+
+
+@asynccontextmanager
+async def _client(url: str, settings: Any) -> AsyncIterator[Any]:
+    """The remote engine as the bot opens it, once the service has said what it serves."""
+    from engine.remote_engine import RemoteEngine, ServedModel
+
+    client = RemoteEngine(url, settings, namespace="bench", assumed=ServedModel("bench", NUM_CROPS, 3000, 3000))
+    try:
+        await client.describe()
+        yield client
+    finally:
+        await client.aclose()
 
 
 @asynccontextmanager
@@ -106,7 +112,6 @@ async def _ray_service(model: Path, tokens: int, replicas: int) -> AsyncIterator
     from benchmarks.common import bot_cpu_tuning
     from bot.settings import Settings
     from engine.generation import GenerationSettings
-    from engine.remote_engine import RemoteEngine, ServedModel
     from model_store.loader import ModelChoice
     from model_store.store import ModelStore
     from service.deployment import APP_NAME, ReplicaModel, build_app
@@ -134,13 +139,8 @@ async def _ray_service(model: Path, tokens: int, replicas: int) -> AsyncIterator
         )
         replica = ReplicaModel(choice, settings, batch_max=defaults["batch_size"].default)
         serve.run(build_app(replica, replicas=replicas, replica_cpus=0.5), name=APP_NAME, route_prefix="/")
-        assumed = ServedModel("bench", NUM_CROPS, 3000, 3000)
-        client = RemoteEngine(f"http://127.0.0.1:{port}/v1", settings, namespace="bench", assumed=assumed)
-        await client.describe()
-        try:
+        async with _client(f"http://127.0.0.1:{port}/v1", settings) as client:
             yield client
-        finally:
-            await client.aclose()
     finally:
         serve.shutdown()
         ray.shutdown()
