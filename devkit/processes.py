@@ -54,14 +54,15 @@ class BotProcess:
 
 @asynccontextmanager
 async def bot_process(
-    environment: dict[str, str], workdir: Path, module: str = "bot.terminal.cli"
+    environment: dict[str, str], workdir: Path, module: str = "bot.terminal.cli", command: Sequence[str] = ("run",)
 ) -> AsyncIterator[BotProcess]:
-    """Runs ``python -m module run``; on the way out makes sure it is gone and keeps what it logged."""
+    """Runs ``python -m module run`` (or another of its commands); on the way out makes sure it is gone and keeps
+    what it logged."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         module,
-        "run",
+        *command,
         cwd=workdir,  # no stray .env
         env=environment,
         stdout=asyncio.subprocess.DEVNULL,

@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncGenerator, Hashable, Sequence
 from dataclasses import asdict, dataclass
@@ -341,11 +342,14 @@ def run(
     replica_cpus: float = 1.0,
     api_key: str | None = None,
 ) -> None:
-    """Blocking: serves on ``host:port`` until interrupted (Ctrl-C), in the Ray cluster RAY_ADDRESS names or else
-    in a local one started here (without its dashboard and usage reports).  Interrupted, it deletes the service,
-    whose replicas finish their answers first (a Serve application outlives its driver in a shared cluster)."""
+    """Blocking: serves on ``host:port`` until interrupted (Ctrl-C, or SIGTERM from a service manager), in the Ray
+    cluster RAY_ADDRESS names or else in a local one started here (without its dashboard and usage reports).
+    Interrupted, it deletes the service, whose replicas finish their answers first (a Serve application outlives
+    its driver in a shared cluster); a local cluster ends with this process."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False)
+    # ray.init's own SIGTERM handler exits at once, which would leave the application in a shared cluster.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     serve.start(http_options={"host": host, "port": port})
     app = build_app(model, replicas=replicas, replica_cpus=replica_cpus, api_key=api_key)
     try:

@@ -2,7 +2,8 @@
 of this module's own, asked over HTTP by the remote engine and by a plain client.  A conversation stays on the
 replica that holds its cache, a new one goes to the idle replica, Stop stops the answer on its replica, and a
 replica killed mid-answer ends that answer as failed, has the question waiting there asked once more elsewhere,
-and leaves its conversations to the live replica.
+and leaves its conversations to the live replica.  The bot, given the service's address, drafts, retries, reads a
+PDF and stops through it as it does with its own model.
 
 Each module (each pytest-xdist worker) starts a cluster of its own: its own temporary directory, free ports, and
 a token of its own (Ray's default would be written to ~/.ray and shared)."""
@@ -18,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +27,22 @@ import pytest
 import ray
 from ray import serve
 
+from bot.history import ConversationKey
+from bot.output import buttons
+from devkit.bot_api_server import FakeBotApi
+from devkit.harness import (
+    ADMIN,
+    USER,
+    answer_drafts,
+    bot_settings,
+    photo_bytes,
+    press,
+    running_bot,
+    stored_messages,
+    streaming,
+    wait_answers,
+)
+from devkit.media_files import pdf
 from engine.conversation import Turn
 from engine.engine import Chunk, Event, Finished, Waiting
 from engine.generation import GenerationSettings
@@ -132,11 +150,28 @@ async def asked(
     return reply.headers[REPLICA_HEADER], reader.end()
 
 
-async def home(plain: httpx.AsyncClient, conversation: str) -> dict[str, Any]:
+async def home(plain: httpx.AsyncClient, conversation: str, namespace: str = NAMESPACE) -> dict[str, Any]:
     """The replica the conversation's calls go to, and its engine's counts."""
-    reply = await plain.get("/v1/phi3bot/replica", headers={CONVERSATION_HEADER: f"{NAMESPACE}/{conversation}"})
+    reply = await plain.get("/v1/phi3bot/replica", headers={CONVERSATION_HEADER: f"{namespace}/{conversation}"})
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+async def stopped_on_its_replica(
+    plain: httpx.AsyncClient, conversation: str, before: dict[str, Any], namespace: str = NAMESPACE
+) -> None:
+    """The replica's engine stops an answer within a token once its stream closes: soon after, the replica that
+    held the conversation counts one more cancelled answer, well before its end, and nothing in line."""
+    after = before
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = await home(plain, conversation, namespace)
+        if after["cancelled"] > before["cancelled"] and after["in_line"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert after["replica"] == before["replica"]
+    assert after["cancelled"] == before["cancelled"] + 1 and after["in_line"] == 0
+    assert after["generated_tokens"] - before["generated_tokens"] < 1000, "stopped well before the end"
 
 
 async def test_a_conversation_stays_on_the_replica_that_holds_it(service: str) -> None:
@@ -198,16 +233,7 @@ async def test_stop_stops_the_answer_on_its_replica(service: str) -> None:
         stopped = events[-1]
         assert isinstance(stopped, Finished) and stopped.status == "cancelled" and stopped.text
         assert before is not None
-        after = before
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the replica's engine stops it within a token once the stream closes
-            after = await home(plain, "stop")
-            if after["cancelled"] > before["cancelled"] and after["in_line"] == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert after["replica"] == before["replica"]
-        assert after["cancelled"] == before["cancelled"] + 1 and after["in_line"] == 0
-        assert after["generated_tokens"] - before["generated_tokens"] < 1000, "stopped well before the end"
+        await stopped_on_its_replica(plain, "stop", before)
 
 
 async def test_a_replica_killed_mid_answer_fails_that_answer_and_its_conversations_go_on(service: str) -> None:
@@ -247,3 +273,43 @@ async def test_a_replica_killed_mid_answer_fails_that_answer_and_its_conversatio
         past = [question, Turn("assistant", first.text), Turn("user", "Tell me more."), Turn("assistant", cut.text)]
         took, answer = await asked(plain, "killed", past, Turn("user", "And the colour?"))
         assert took != doomed and answer.status == "complete"
+
+
+async def test_a_chat_through_ray_photo_follow_up_drafts_retry_a_pdf_and_stop(
+    service: str, api: FakeBotApi, tmp_path: Path
+) -> None:
+    """The bot with MODEL_SERVICE_URL at the Ray service: one replica holds the chat, reads its photo once and
+    answers every question of it, drafted as the words come; Retry, a PDF's pages and Stop work as locally."""
+    empty_store = tmp_path / "no-models-here"
+    settings = bot_settings(api, empty_store, tmp_path, model_service_url=f"{service}/v1", max_new_tokens=24)
+    bot_namespace = f"bot{api.token.split(':')[0]}"  # how the bot names its conversations to a service
+    async with running_bot(api, settings) as bot, httpx.AsyncClient(base_url=service, timeout=60) as plain:
+        api.push_message(USER, photo=photo_bytes(), caption="What is in this picture?", user_id=USER)
+        await wait_answers(api, USER, 1)
+        assert answer_drafts(api, USER), "the answer was drafted as its words came"
+        before = await home(plain, str(ConversationKey(USER)), bot_namespace)
+        api.push_message(USER, "And the colours?", user_id=USER)
+        await wait_answers(api, USER, 2)
+        held = await home(plain, str(ConversationKey(USER)), bot_namespace)
+        assert held["replica"] == before["replica"] and held["answered"] == before["answered"] + 1
+        assert held["replays"] == before["replays"], "the follow-up was read from the replica's cache"
+
+        press(api, api.messages(USER)[1], buttons.RETRY, user_id=USER)
+        await wait_answers(api, USER, 3)
+        assert api.messages(USER)[2].text.strip(), "another take"
+
+        api.push_message(USER, document=(pdf(2), "two.pdf", "application/pdf"), caption="Summarise it.", user_id=USER)
+        await wait_answers(api, USER, 4)
+        assert api.messages(USER)[3].text.endswith("📄 I looked at pages 1 and 2 of a 2-page PDF.")
+        stored = await stored_messages(bot.services.history, ConversationKey(USER))
+        assert [m.status for m in stored] == ["complete"] * len(stored) and len(stored[-2].images) == 2
+
+        engine = bot.services.engine
+        engine.settings = replace(engine.settings, max_new_tokens=4000)  # the bot asks for a long answer
+        idle = await home(plain, str(ConversationKey(ADMIN)), bot_namespace)
+        api.push_message(ADMIN, "Write a very long story.", user_id=ADMIN)
+        await api.wait_for(lambda: streaming(api, ADMIN), 60, "streaming started")
+        api.push_message(ADMIN, "/stop", user_id=ADMIN)  # a drafted answer has no button yet
+        await api.wait_for(lambda: any(t.endswith("Stopped.") for t in api.visible_text(ADMIN)), 30, "stopped")
+        await stopped_on_its_replica(plain, str(ConversationKey(ADMIN)), idle, bot_namespace)
+    assert not list(empty_store.glob("*/*")), "nothing was loaded where the bot runs"
