@@ -80,15 +80,22 @@ def message(turn: Turn) -> dict[str, Any]:
 
 
 def request_body(
-    past: Sequence[Turn], question: Turn | None, settings: GenerationSettings, *, asker: str | None, stream: bool
+    past: Sequence[Turn],
+    question: Turn | None,
+    settings: GenerationSettings,
+    *,
+    model: str,
+    asker: str | None,
+    stream: bool,
 ) -> dict[str, Any]:
     """A chat-completions request for ``question`` after ``past``, or (``question`` None) for reading ``past``
-    ahead of the next question; ``settings.system_prompt`` comes first, as the local engine puts it."""
+    ahead of the next question; ``settings.system_prompt`` comes first, as the local engine puts it.  ``model``:
+    as the server names it (vLLM and OpenVINO Model Server refuse a request for a model they do not serve)."""
     turns = [*past, question] if question is not None else list(past)
     messages = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     messages += [message(turn) for turn in turns]
     body: dict[str, Any] = {
-        "model": "phi3bot",
+        "model": model,
         "messages": messages,
         "max_tokens": settings.max_new_tokens,
         "temperature": settings.temperature,

@@ -155,7 +155,9 @@ class RemoteEngine:
             settings = self.settings.for_request(system_prompt, seed)
             asked_by = None if asker is None else str(asker)
             # off the event loop: each photo in view is encoded as PNG (about a quarter of a second for a large one)
-            body = await asyncio.to_thread(request_body, past, question, settings, asker=asked_by, stream=True)
+            body = await asyncio.to_thread(
+                request_body, past, question, settings, model=self.served.model_id, asker=asked_by, stream=True
+            )
             for attempt in (1, 2):
                 reader = StreamReader()
                 events: _Feed = asyncio.Queue()
@@ -259,7 +261,9 @@ class RemoteEngine:
         if not self.served.extensions:
             return Prepared(0, 0.0, "not offered by the service")
         settings = self.settings.for_request(system_prompt, None)
-        body = await asyncio.to_thread(request_body, past, None, settings, asker=None, stream=False)
+        body = await asyncio.to_thread(
+            request_body, past, None, settings, model=self.served.model_id, asker=None, stream=False
+        )
         try:
             answer = await _json(self._client, "POST", "/phi3bot/prepare", json=body, headers=self._headers(key))
         except ServiceUnavailable as error:

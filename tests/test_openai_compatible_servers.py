@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -24,13 +24,14 @@ from engine.generation import GenerationSettings
 from engine.remote_engine import RemoteEngine, ServedModel
 
 SETTINGS = GenerationSettings(max_new_tokens=64, system_prompt="Be brief.")
-ASSUMED = ServedModel("assumed", num_crops=4, history_tokens=3000, kv_cache_tokens=3000)
+SERVED = "phi-3.5-v"  # the model the stand-in serves, as the bot's MODEL names it where a server lists none
+ASSUMED = ServedModel(SERVED, num_crops=4, history_tokens=3000, kv_cache_tokens=3000)
 
 
 def vllm_chunks(words: list[str], finish: str = "stop") -> list[str]:
     """vLLM's OpenAI-compatible server: a role chunk, content deltas, the finish reason with ``stop_reason``, the
     usage chunk (``stream_options.include_usage``), ``[DONE]``."""
-    head = {"id": "chatcmpl-9f3", "object": "chat.completion.chunk", "created": 1764720000, "model": "phi-3.5-v"}
+    head = {"id": "chatcmpl-9f3", "object": "chat.completion.chunk", "created": 1764720000, "model": SERVED}
 
     def choice(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
         extra = {"stop_reason": None} if reason else {}
@@ -50,7 +51,7 @@ def ovms_chunks(words: list[str]) -> list[str]:
         {
             "choices": [{"delta": {"content": word}, "finish_reason": None, "index": 0, "logprobs": None}],
             "created": 1764720000,
-            "model": "phi-3.5-v",
+            "model": SERVED,
             "object": "chat.completion.chunk",
         }
         for word in words
@@ -59,7 +60,7 @@ def ovms_chunks(words: list[str]) -> list[str]:
         {
             "choices": [{"delta": {}, "finish_reason": "stop", "index": 0, "logprobs": None}],
             "created": 1764720000,
-            "model": "phi-3.5-v",
+            "model": SERVED,
             "object": "chat.completion.chunk",
         }
     )
@@ -67,7 +68,7 @@ def ovms_chunks(words: list[str]) -> list[str]:
         {
             "choices": [],
             "created": 1764720000,
-            "model": "phi-3.5-v",
+            "model": SERVED,
             "object": "chat.completion.chunk",
             "usage": {"prompt_tokens": 790, "completion_tokens": len(words), "total_tokens": 790 + len(words)},
         }
@@ -91,10 +92,15 @@ def stand_in(replay: Replay, prefix: str) -> Starlette:
     async def models(_: Request) -> Response:
         if not replay.listed:
             return JSONResponse({"error": "Not Found"}, status_code=404)
-        return JSONResponse({"object": "list", "data": [{"id": "phi-3.5-v", "object": "model", "owned_by": "x"}]})
+        return JSONResponse({"object": "list", "data": [{"id": SERVED, "object": "model", "owned_by": "x"}]})
 
     async def completions(request: Request) -> Response:
-        replay.requests.append(await request.json())
+        body = await request.json()
+        replay.requests.append(body)
+        if body.get("model") != SERVED:  # as vLLM refuses it (OpenVINO Model Server: 404 too)
+            message = f"The model `{body.get('model')}` does not exist."
+            error = {"object": "error", "message": message, "type": "NotFoundError", "param": None, "code": 404}
+            return JSONResponse(error, status_code=404)
         answer = replay.answers.pop(0)
         if isinstance(answer, int):
             return JSONResponse({"error": {"message": "no", "type": "x"}}, status_code=answer)
@@ -125,8 +131,10 @@ def replayed() -> Callable[..., Any]:
     return start
 
 
-async def ask(url: str, question: str = "What is this?", **options: Any) -> tuple[RemoteEngine, list[Event]]:
-    client = RemoteEngine(url, SETTINGS, namespace="bot1", assumed=ASSUMED, **options)
+async def ask(
+    url: str, question: str = "What is this?", assumed: ServedModel = ASSUMED, **options: Any
+) -> tuple[RemoteEngine, list[Event]]:
+    client = RemoteEngine(url, SETTINGS, namespace="bot1", assumed=assumed, **options)
     try:
         return client, [event async for event in client.ask("chat", [], Turn("user", question), asker=7)]
     finally:
@@ -152,7 +160,7 @@ async def test_a_vllm_stream_is_read_as_the_engines_events(replayed: Callable[..
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "What is this?"},
     ]
-    assert request["max_tokens"] == 64 and request["user"] == "7"
+    assert request["max_tokens"] == 64 and request["user"] == "7" and request["model"] == SERVED
 
 
 async def test_openvino_model_server_without_a_model_list_is_asked_as_assumed(replayed: Callable[..., Any]) -> None:
@@ -228,3 +236,16 @@ async def test_stop_closes_the_stream(replayed: Callable[..., Any]) -> None:
     answer = ended(events)
     assert answer.status == "cancelled" and answer.text.startswith("w0 w1 w2 ")
     assert len(answer.text.split()) < 50
+
+
+async def test_a_server_that_lists_no_model_is_asked_for_the_one_the_settings_name(
+    replayed: Callable[..., Any],
+) -> None:
+    """Without a model list the request names MODEL; a server that serves another refuses it, and the answer ends
+    as failed with the server's reason (after the one try more that a failure before the first word gets)."""
+    replay, server = replayed([], listed=False)
+    async with server as url:
+        _, events = await ask(f"{url}/v1", assumed=replace(ASSUMED, model_id="someone/other-model"))
+    answer = ended(events)
+    assert answer.status == "failed" and "does not exist" in (answer.error or ""), answer
+    assert [request["model"] for request in replay.requests] == ["someone/other-model"] * 2

@@ -139,7 +139,7 @@ async def asked(
 ) -> tuple[str, Finished]:
     """A question asked as the remote engine asks it (``conversation`` in the remote engine's namespace): the
     replica that took it, and how its answer ended."""
-    body = request_body(past, question, settings, asker=None, stream=True)
+    body = request_body(past, question, settings, model="phi3bot", asker=None, stream=True)
     headers = {CONVERSATION_HEADER: f"{NAMESPACE}/{conversation}"}
     reader = StreamReader()
     async with plain.stream("POST", "/v1/chat/completions", json=body, headers=headers) as reply:
