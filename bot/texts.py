@@ -521,6 +521,17 @@ def store_failed(reason: str, data: Mapping[str, object]) -> str:
     return f"❌ {store_error(reason, data)}"
 
 
+def ovms_exported(source: str, precision: str, path: str, repository: str, name: str) -> str:
+    """What ``phi3bot export-ovms`` did, and how to serve the result."""
+    return (
+        f"Exported {source} ({precision}) to {path} as the servable {name!r}. Serve it with OpenVINO Model Server "
+        f"2025.1 or later:\n"
+        f"  docker run -d -p 8000:8000 -v {repository}:/models:ro openvino/model_server:latest "
+        f"--rest_port 8000 --config_path /models/config.json\n"
+        f"and give the bot MODEL_SERVICE_URL=http://<that host>:8000/v3 (and MODEL={name} if it is not already)."
+    )
+
+
 def from_a_directory(name: str) -> str:
     """A model converted from a directory, to people who may not see its path on this server."""
     return f"{name} (converted from a local directory)"

@@ -166,13 +166,18 @@ class ModelChoice:
         )
 
 
+def kv_cache_size_gb(kv_cache_gb: float) -> int:
+    """KV_CACHE_GB as GenAI's scheduler takes it: whole gigabytes, at least one, or 0 (grown as needed)."""
+    return max(1, round(kv_cache_gb)) if kv_cache_gb else 0
+
+
 def prefix_caching_scheduler(kv_cache_gb: float) -> Any:
     """GenAI's scheduler with prefix caching, KV blocks bounded by ``kv_cache_gb`` (0: grown as needed)."""
     import openvino_genai as genai
 
     scheduler = genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True
-    scheduler.cache_size = max(1, round(kv_cache_gb)) if kv_cache_gb else 0
+    scheduler.cache_size = kv_cache_size_gb(kv_cache_gb)
     return scheduler
 
 

@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--replica-cpus", type=float, default=1.0, help="Ray CPUs each replica reserves (placement only; default 1)"
     )
 
+    export = commands.add_parser(
+        "export-ovms", help="lay out the model as OpenVINO Model Server serves it (its model repository)"
+    )
+    export.add_argument("repository", type=Path, help="the OVMS model repository to write to (made if missing)")
+    export.add_argument("--name", help="the servable's name (default: MODEL, which the bot asks for)")
+
     commands.add_parser("health", help="exit 0 if a running bot wrote its heartbeat lately (for health checks)")
 
     backup = commands.add_parser("backup", help="copy the history database consistently, also while the bot runs")
@@ -151,6 +157,17 @@ def _models(settings: Settings) -> int:
         mark = "*" if active and (active.slug, active.precision) == (entry.slug, entry.precision) else " "
         note = " (synthetic)" if entry.synthetic else ""
         print(f"{mark} {entry.source:45} {entry.precision:5} {entry.size_bytes / 1e9:6.2f} GB{note}")
+    return 0
+
+
+def _export_ovms(args: argparse.Namespace, settings: Settings) -> int:
+    """With the bot's own settings (NUM_CROPS, KV_CACHE_GB, BATCH_SIZE, DEVICE, the CPU options)."""
+    from bot.running.runtime import model_choice
+    from model_store.ovms_export import export_for_ovms
+
+    name = args.name or settings.model
+    entry, path = export_for_ovms(model_choice(settings), args.repository, name=name, max_num_seqs=settings.batch_size)
+    print(texts.ovms_exported(entry.source, entry.precision, str(path), str(args.repository), name))
     return 0
 
 
@@ -263,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args, settings)
         if args.command == "models":
             return _models(settings)
+        if args.command == "export-ovms":
+            return _export_ovms(args, settings)
         if args.command == "health":
             return _health(settings)
         if args.command == "backup":
