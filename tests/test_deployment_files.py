@@ -22,6 +22,7 @@ from scripts import pip_install
 
 ROOT = Path(__file__).parents[1]
 TOOLS = Path(sys.executable).parent
+SERVICE_PROFILE = ["ray-head", "ray-worker", "model-service"]  # the model as a service: README, "Beyond one machine"
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +42,7 @@ def test_compose_file_follows_the_compose_specification() -> None:
 @pytest.fixture(scope="module")
 def compose() -> dict:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    assert list(compose["services"]) == ["bot", "convert"]
+    assert list(compose["services"]) == ["bot", "convert", *SERVICE_PROFILE]
     return compose
 
 
@@ -85,8 +86,8 @@ def test_a_new_volume_is_writable_by_the_images_user(compose: dict) -> None:
     assert targets == set(owned.group(1).split()), "every mount point of both services, and nothing else"
 
 
-@pytest.mark.parametrize("name", ["bot", "convert"])
-def test_both_containers_run_hardened(compose: dict, name: str) -> None:
+@pytest.mark.parametrize("name", ["bot", "convert", *SERVICE_PROFILE])
+def test_every_container_runs_hardened(compose: dict, name: str) -> None:
     service = compose["services"][name]
     assert service["read_only"] is True, "a read-only root filesystem"
     [tmp] = service["tmpfs"]
@@ -151,3 +152,31 @@ def test_the_image_gets_every_package_and_the_install_script() -> None:
     assert {f"!{name}/" if (ROOT / name).is_dir() else f"!{name}" for name in needed} <= allowed
     assert "pip_install.py" in dockerfile and pip_install.CPU_INDEX in dockerfile, "CPU torch by default"
     assert "USER 1000:1000" in dockerfile, "runs as a non-root user"
+
+
+def test_the_service_profile_is_a_ray_cluster_that_serves_the_model_and_never_sees_the_history(
+    compose: dict, service: dict
+) -> None:
+    """A head and a worker with one Ray CPU each (one replica per node), ``phi3bot serve`` placing the replicas
+    in their cluster; Ray's token as a secret file; the model store read-only; nothing published to the host;
+    never the history's volume or the bot's token."""
+    head, worker, serving = (compose["services"][name] for name in SERVICE_PROFILE)
+    for node in (head, worker, serving):
+        assert node["profiles"] == ["service"] and node["image"] == head["image"] != service["image"]
+        assert mounts(node) == {"models": service["environment"]["MODEL_STORE_DIR"]}
+        assert all(mount.endswith(":ro") for mount in node["volumes"]), "the model store, read-only"
+        assert node["secrets"] == ["ray_auth_token"] and "ports" not in node
+        environment = node["environment"]
+        assert environment["RAY_AUTH_MODE"] == "token"
+        assert environment["RAY_AUTH_TOKEN_PATH"] == f"{DOCKER_SECRETS_DIR}/ray_auth_token"
+        assert environment["DATA_DIR"].startswith("/tmp/"), "only the model's views, in the tmpfs"
+    assert head["build"]["args"] == {"EXTRAS": "serve"}
+    assert head["entrypoint"][:4] == ["ray", "start", "--head", "--block"] and "--num-cpus=1" in head["entrypoint"]
+    assert worker["entrypoint"][:3] == ["ray", "start", "--block"] and "--address=ray-head:6379" in worker["entrypoint"]
+    assert "--num-cpus=1" in worker["entrypoint"]
+    assert serving["environment"]["RAY_ADDRESS"] == "ray-head:6379"
+    arguments = _parser().parse_args([*serving["entrypoint"][1:], *serving["command"]])
+    assert arguments.command == "serve" and arguments.replicas == 2 and arguments.replica_cpus == 1
+    assert arguments.host == "0.0.0.0", "reached by the bot over the Compose network"
+    assert serving["stop_signal"] == "SIGTERM", "phi3bot serve deletes the service on SIGTERM"
+    assert compose["secrets"]["ray_auth_token"] == {"file": "./secrets/ray_auth_token"}
