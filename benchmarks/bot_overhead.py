@@ -26,7 +26,7 @@ from benchmarks.common import BENCH_DIR, full_int4_model, png, synthetic_photo, 
 from bot import texts
 from bot.media.decoding import prepare_image
 from devkit.bot_api_server import FakeBotApi, SentMessage
-from devkit.harness import bot_settings, running_bot
+from devkit.harness import answer_drafts, bot_settings, finished, running_bot
 from engine.conversation import Turn
 from engine.engine import Engine
 
@@ -37,22 +37,27 @@ def seen(message: SentMessage) -> tuple[bool, bool]:
     """(answer text is showing, the answer is final)."""
     statuses = ("Looking at", "in line")
     showing = any(edit != texts.PLACEHOLDER and not any(s in edit for s in statuses) for edit in message.edits)
-    return showing, message.reply_markup is None and message.text != texts.PLACEHOLDER
+    return showing, finished(message)
 
 
-async def watch(api: FakeBotApi, chat: int, started: float) -> dict[str, Any]:
+async def watch(api: FakeBotApi, chat: int, started: float, index: int = 0, drafts: bool = False) -> dict[str, Any]:
+    """How the answer in the chat's message number ``index`` showed: its first text (in a draft, with ``drafts``:
+    a private chat's default) and its final edit."""
     first: float | None = None
+    drafted = len(answer_drafts(api, chat))
     while True:
+        if drafts and first is None and len(answer_drafts(api, chat)) > drafted:
+            first = time.monotonic() - started
         messages = api.messages(chat)
-        if messages:
-            showing, final = seen(messages[0])
-            if showing and first is None:
+        if len(messages) > index:
+            showing, final = seen(messages[index])
+            if showing and first is None and not drafts:
                 first = time.monotonic() - started
             if final:
                 return {
                     "first_text": round(first if first is not None else time.monotonic() - started, 2),
                     "final": round(time.monotonic() - started, 2),
-                    "edits": len(messages[0].edits) - 1,
+                    "edits": len(messages[index].edits) - 1,
                 }
         await asyncio.sleep(0.02)
 

@@ -174,7 +174,7 @@ class FirstChunkTimer:
         return self.first if self.first is not None else float("nan")
 
 
-async def bot_like_engine(model: Path, *, num_crops: int, answer_tokens: int) -> Engine:
+async def bot_like_engine(model: Path, *, num_crops: int, answer_tokens: int, kv_cache_gb: float = 4) -> Engine:
     """The engine as the bot runs it (its CPU options, batch size, KV cache and system prompt), on ``model``
     at ``num_crops``, writing every answer to ``answer_tokens`` tokens: a random-weight model otherwise stops
     anywhere."""
@@ -189,7 +189,9 @@ async def bot_like_engine(model: Path, *, num_crops: int, answer_tokens: int) ->
 
     defaults = Settings.model_fields
     entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
-    spec = pipeline_spec(entry, kv_cache_gb=4, cpu=bot_cpu_tuning(), num_crops=num_crops, views_dir=BENCH_DIR / "views")
+    spec = pipeline_spec(
+        entry, kv_cache_gb=kv_cache_gb, cpu=bot_cpu_tuning(), num_crops=num_crops, views_dir=BENCH_DIR / "views"
+    )
     settings = GenerationSettings(
         max_new_tokens=answer_tokens, system_prompt=str(defaults["system_prompt"].default), ignore_eos=True
     )

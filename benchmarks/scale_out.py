@@ -18,6 +18,7 @@ Goals: the service's first text and throughput within 5 % of the local engine's;
 the replica that holds its conversation.
 
 Usage: python benchmarks/scale_out.py [--variants local,http,ray-1,ray-2] [--tokens 32] [--follow-ups 10]
+       [--kv-cache-gb 4]
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ def _photo(seed: int) -> Any:
 
 
 @asynccontextmanager
-async def _backend(variant: str, model: Path, tokens: int) -> AsyncIterator[Any]:
+async def _backend(variant: str, model: Path, tokens: int, kv_cache_gb: float) -> AsyncIterator[Any]:
     """The engine, or a client of a service that serves it, as the bot would ask it."""
     if variant.startswith("ray-"):
-        async with _ray_service(model, tokens, int(variant.removeprefix("ray-"))) as client:
+        async with _ray_service(model, tokens, int(variant.removeprefix("ray-")), kv_cache_gb) as client:
             yield client
         return
-    engine = await bot_like_engine(model, num_crops=NUM_CROPS, answer_tokens=tokens)
+    engine = await bot_like_engine(model, num_crops=NUM_CROPS, answer_tokens=tokens, kv_cache_gb=kv_cache_gb)
     if variant == "local":
         try:
             yield engine
@@ -98,7 +99,7 @@ async def _client(url: str, settings: Any) -> AsyncIterator[Any]:
 
 
 @asynccontextmanager
-async def _ray_service(model: Path, tokens: int, replicas: int) -> AsyncIterator[Any]:
+async def _ray_service(model: Path, tokens: int, replicas: int, kv_cache_gb: float) -> AsyncIterator[Any]:
     """phi3bot serve's application in a local Ray cluster of this process, each replica the engine as
     bot_like_engine builds it, asked over HTTP by the remote engine."""
     import os
@@ -134,7 +135,7 @@ async def _ray_service(model: Path, tokens: int, replicas: int) -> AsyncIterator
             "int4",
             num_crops=NUM_CROPS,
             views_dir=BENCH_DIR / "views",
-            kv_cache_gb=4,
+            kv_cache_gb=kv_cache_gb,
             cpu=bot_cpu_tuning(),
         )
         replica = ReplicaModel(choice, settings, batch_max=defaults["batch_size"].default)
@@ -196,9 +197,9 @@ async def _long_conversation(backend: Any, follow_ups: int) -> dict[str, Any]:
     }
 
 
-async def _run(variant: str, tokens: int, follow_ups: int) -> dict[str, Any]:
+async def _run(variant: str, tokens: int, follow_ups: int, kv_cache_gb: float) -> dict[str, Any]:
     model = full_int4_model()
-    async with _backend(variant, model, tokens) as backend:
+    async with _backend(variant, model, tokens, kv_cache_gb) as backend:
         await timed_answer(backend, "warm-up", [], _warm_up_question())  # OpenVINO's first photo is slow
         return {
             "ten_chats": await _ten_chats(backend),
@@ -217,16 +218,18 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--follow-ups", type=int, default=10)
+    # KV_CACHE_GB of every variant's engine: two replicas at the bot's 4 GB (about 2 x 9.8 GB) do not fit in 24 GB
+    parser.add_argument("--kv-cache-gb", type=float, default=4.0)
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in this process: JSON on stdout
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(asyncio.run(_run(args.variant, args.tokens, args.follow_ups))))
+        print(json.dumps(asyncio.run(_run(args.variant, args.tokens, args.follow_ups, args.kv_cache_gb))))
         return
     full_int4_model()  # built once, before any variant's clock starts
     results: dict[str, Any] = {}
     for variant in args.variants.split(","):
         command = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens)]
-        command += ["--follow-ups", str(args.follow_ups)]
+        command += ["--follow-ups", str(args.follow_ups), "--kv-cache-gb", str(args.kv_cache_gb)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(f"{variant}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
@@ -234,7 +237,8 @@ def main() -> None:
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         print(variant, json.dumps(results[variant]), flush=True)
     _print_table(results)
-    path = write_results("scale_out", {"tokens": args.tokens, "follow_ups": args.follow_ups, "variants": results})
+    settings = {"tokens": args.tokens, "follow_ups": args.follow_ups, "kv_cache_gb": args.kv_cache_gb}
+    path = write_results("scale_out", {**settings, "variants": results})
     print(f"written to {path} (bench data in {BENCH_DIR})")
 
 

@@ -9,9 +9,11 @@ the replica that holds the conversation (service/deployment.py).
 A client that closes the stream stops its answer, as Stop does in the bot: Starlette cancels the response's
 generator when the client goes, and closing the engine's events stops the generation.
 
-Nothing a client sends may cost the service more than it costs the client: the body is read up to
-``max_body_bytes``, images are decoded off the event loop within the bot's own image limits and are cached by
-content so a conversation's photos, sent again with every follow-up, are decoded once.
+Nothing a client sends may cost the service more than it costs the client: a few requests at a time have their
+bodies read (each up to ``max_body_bytes``, within BODY_SECONDS, so a slow sender gives its turn up) and parsed,
+a request's images are decoded off the event loop within the bot's own image limits and up to
+MAX_DECODED_BYTES in all, and decoded images are cached by content so a conversation's photos, sent again with
+every follow-up, are decoded once.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a long conversation with a dozen photos as PNG fits with room to spare
 MAX_IMAGES = 64  # per request
+MAX_DECODED_BYTES = 256 * 1024 * 1024  # a request's images decoded: a dozen at the largest size the bot allows
 DECODED_CACHE_BYTES = 512 * 1024 * 1024
+PARSING_AT_ONCE = 2  # requests whose bodies are read, parsed and decoded at once: the rest wait their turn
+BODY_SECONDS = 60.0  # to send a whole body once its turn came
 KEEP_ALIVE_SECONDS = 15.0  # a comment line this often while nothing else is sent: clients tell a wait from a dead link
 KEEP_ALIVE = b": keep-alive\n\n"
 
@@ -114,10 +119,17 @@ class _Images:
         self._decoded: LRUCache[str, PreparedImage] = LRUCache(DECODED_CACHE_BYTES, getsizeof=_image_bytes)
 
     async def turns(self, messages: Sequence[WireMessage]) -> list[Turn]:
-        turns = []
+        """Decoded one by one, so a request past MAX_DECODED_BYTES holds at most one image more."""
+        turns, decoded = [], 0
         for message in messages:
-            images = tuple([await self._image(image.data) for image in message.images])
-            turns.append(Turn(message.role, message.text, images))  # type: ignore[arg-type]
+            images = []
+            for part in message.images:
+                image = await self._image(part.data)
+                decoded += _image_bytes(image)
+                if decoded > MAX_DECODED_BYTES:
+                    raise WireError("images_too_large", megabytes=MAX_DECODED_BYTES // (1024 * 1024))
+                images.append(image)
+            turns.append(Turn(message.role, message.text, tuple(images)))  # type: ignore[arg-type]
         return turns
 
     async def _image(self, data: bytes) -> PreparedImage:
@@ -158,7 +170,6 @@ def create_app(
     engine: Answerer,
     served: Served,
     *,
-    alive: Callable[[], bool] = lambda: True,
     max_body_bytes: int = MAX_BODY_BYTES,
     image_limits: ImageLimits | None = None,
     api_key: str | None = None,
@@ -167,6 +178,7 @@ def create_app(
     key so); None: anyone who reaches the port may ask."""
     app = FastAPI(title="phi3bot model service", docs_url=None, redoc_url=None)
     images = _Images(image_limits or ImageLimits())
+    parsing = asyncio.Semaphore(PARSING_AT_ONCE)
 
     if api_key is not None:
         expected = f"Bearer {api_key}".encode()
@@ -179,15 +191,21 @@ def create_app(
             return await call_next(request)
 
     async def parsed(request: Request) -> tuple[WireRequest, list[Turn]]:
-        received = await _body(request, max_body_bytes)
-        wire = await asyncio.to_thread(_read, received, served.defaults)  # tens of MB of JSON and base64
-        if sum(len(message.images) for message in wire.messages) > MAX_IMAGES:
-            raise WireError("too_many_images", most=MAX_IMAGES)
-        return wire, await images.turns(wire.messages)
+        """A body waits in its connection until its turn, so waiting costs no memory here."""
+        async with parsing:
+            try:
+                received = await asyncio.wait_for(_body(request, max_body_bytes), BODY_SECONDS)
+            except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+                raise WireError("body_too_slow", seconds=BODY_SECONDS) from None
+            wire = await asyncio.to_thread(_read, received, served.defaults)  # tens of MB of JSON and base64
+            del received
+            if sum(len(message.images) for message in wire.messages) > MAX_IMAGES:
+                raise WireError("too_many_images", most=MAX_IMAGES)
+            return wire, await images.turns(wire.messages)
 
     @app.exception_handler(WireError)
     async def wire_error(_: Request, error: WireError) -> JSONResponse:
-        status = 413 if error.reason == "body_too_large" else 400
+        status = {"body_too_large": 413, "images_too_large": 413, "body_too_slow": 408}.get(error.reason, 400)
         return _error(status, error.reason, f"the request does not follow the protocol: {error.reason}", error.data)
 
     @app.exception_handler(ImageRejected)
@@ -196,8 +214,9 @@ def create_app(
         return _error(400, "image_rejected", message, {"reason": error.reason, **error.data})
 
     @app.get("/health")
-    async def health() -> Response:
-        return JSONResponse({"status": "ok"}) if alive() else _error(503, "model_down", "the model's process is down")
+    async def health() -> dict[str, str]:
+        """The service answers; its model's process is the engine's to restart (Ray's, a replica's)."""
+        return {"status": "ok"}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -9,10 +9,13 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from bot.media.decoding import ImageLimits
 from devkit.uvicorn_server import serving
 from engine.conversation import Turn
 from engine.engine import Chunk, Engine, Event, Started
@@ -21,6 +24,7 @@ from engine.generation import GenerationSettings
 from engine.openai_wire import CONVERSATION_HEADER, png_data_url
 from engine.remote_engine import RemoteEngine, ServedModel
 from model_store.store import ModelEntry, ModelStore
+from service import http_app
 from service.http_app import Served, create_app
 from tests.test_engine import SETTINGS, finished, load, photo
 
@@ -210,6 +214,48 @@ async def test_a_body_past_the_limit_is_refused_before_it_is_read_whole(
             assert reply.status_code == 413 and reply.json()["error"]["type"] == "body_too_large"
     finally:
         await engine.aclose()
+
+
+async def test_a_request_whose_images_decode_past_the_bound_is_refused(service: Service) -> None:
+    """Thirteen plain images at the largest size the bot allows: a few kilobytes each as PNG, 21.7 MB each
+    decoded, so the request is refused at the twelfth (MAX_DECODED_BYTES), before the engine sees it."""
+    side = ImageLimits().max_side
+    content: list[dict[str, Any]] = [{"type": "text", "text": "Compare them."}]
+    content += [
+        {"type": "image_url", "image_url": {"url": png_data_url(np.full((side, side, 3), shade, np.uint8))}}
+        for shade in range(13)
+    ]
+    async with httpx.AsyncClient(base_url=service.url, timeout=120) as plain:
+        reply = await plain.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+    assert reply.status_code == 413 and reply.json()["error"]["type"] == "images_too_large"
+    assert reply.json()["error"]["megabytes"] == http_app.MAX_DECODED_BYTES // (1024 * 1024)
+    assert service.engine.stats.answered == 0
+
+
+async def test_slow_senders_give_their_turn_up_and_others_are_answered(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every parsing turn taken by a client that declared a body and sends it a byte at a time: each is refused
+    after BODY_SECONDS, and a question waiting behind them is then answered."""
+    monkeypatch.setattr(http_app, "BODY_SECONDS", 1.0)
+    host, port = service.url.removeprefix("http://").split(":")
+    slow = []
+    for _ in range(http_app.PARSING_AT_ONCE):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{"
+        )
+        await writer.drain()
+        slow.append((reader, writer))
+    await asyncio.sleep(0.2)  # their bodies are being waited for
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as plain:
+        reply = await plain.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello?"}]})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    for reader, writer in slow:
+        status = await asyncio.wait_for(reader.readline(), 10)
+        assert status.split()[1] == b"408", status
+        writer.close()
 
 
 async def test_with_a_key_only_its_holders_are_answered(int4_store: tuple[ModelStore, ModelEntry]) -> None:
