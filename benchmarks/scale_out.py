@@ -18,7 +18,7 @@ Goals: the service's first text and throughput within 5 % of the local engine's;
 the replica that holds its conversation.
 
 Usage: python benchmarks/scale_out.py [--variants local,http,ray-1,ray-2] [--tokens 32] [--follow-ups 10]
-       [--kv-cache-gb 4]
+       [--kv-cache-gb 4] [--results scale_out]
 """
 
 from __future__ import annotations
@@ -115,14 +115,14 @@ async def _ray_service(model: Path, tokens: int, replicas: int, kv_cache_gb: flo
     from engine.generation import GenerationSettings
     from model_store.loader import ModelChoice
     from model_store.store import ModelStore
-    from service.deployment import APP_NAME, ReplicaModel, build_app
+    from service.deployment import APP_NAME, CLUSTER_ENVIRONMENT, ReplicaModel, build_app
 
     defaults = Settings.model_fields
     settings = GenerationSettings(
         max_new_tokens=tokens, system_prompt=str(defaults["system_prompt"].default), ignore_eos=True
     )
     [entry] = [entry for entry in ModelStore(BENCH_DIR / "store").entries() if entry.path == model]
-    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    os.environ.update(CLUSTER_ENVIRONMENT, RAY_AUTH_TOKEN=secrets.token_hex(32))  # as phi3bot serve starts one
     ray.init(address="local", include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -220,6 +220,7 @@ def main() -> None:
     parser.add_argument("--follow-ups", type=int, default=10)
     # KV_CACHE_GB of every variant's engine: two replicas at the bot's 4 GB (about 2 x 9.8 GB) do not fit in 24 GB
     parser.add_argument("--kv-cache-gb", type=float, default=4.0)
+    parser.add_argument("--results", default="scale_out", help="the results file's name in benchmarks/results/")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in this process: JSON on stdout
     args = parser.parse_args()
     if args.variant:
@@ -238,7 +239,7 @@ def main() -> None:
         print(variant, json.dumps(results[variant]), flush=True)
     _print_table(results)
     settings = {"tokens": args.tokens, "follow_ups": args.follow_ups, "kv_cache_gb": args.kv_cache_gb}
-    path = write_results("scale_out", {**settings, "variants": results})
+    path = write_results(args.results, {**settings, "variants": results})
     print(f"written to {path} (bench data in {BENCH_DIR})")
 
 

@@ -48,6 +48,19 @@ from service.http_app import Served, create_app
 
 log = logging.getLogger(__name__)
 
+# Where this process starts a Ray cluster: no usage reports; workers at the normal priority (Ray starts them at
+# nice 15 so that its own processes stay responsive, and a replica's model process, the work the service exists
+# for, would lose the CPU to everything else on the machine); and Serve's control loop and metrics once a second
+# rather than ten times, so Ray itself takes less of a small machine's CPU (README, "What the service costs"; a
+# replica that dies is then replaced a second later at most). A cluster started with `ray start` takes the same
+# variables from that command's environment (README, "Beyond one machine").
+CLUSTER_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_worker_niceness": "0",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+}
+
 APP_NAME = "phi3bot"
 REPLICA_HEADER = "x-phi3bot-replica"  # names the replica that took a question, for operators and tests
 SPARE_REQUESTS = 8  # a replica's room for preparations, resets and reports beside a full line of questions
@@ -346,7 +359,8 @@ def run(
     cluster RAY_ADDRESS names or else in a local one started here (without its dashboard and usage reports).
     Interrupted, it deletes the service, whose replicas finish their answers first (a Serve application outlives
     its driver in a shared cluster); a local cluster ends with this process."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, value in CLUSTER_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     ray.init(include_dashboard=False)
     # ray.init's own SIGTERM handler exits at once, which would leave the application in a shared cluster.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

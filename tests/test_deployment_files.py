@@ -19,6 +19,7 @@ import yaml
 from bot.settings import DOCKER_SECRETS_DIR, Settings
 from bot.terminal.cli import _parser
 from scripts import pip_install
+from service.deployment import CLUSTER_ENVIRONMENT
 
 ROOT = Path(__file__).parents[1]
 TOOLS = Path(sys.executable).parent
@@ -170,6 +171,7 @@ def test_the_service_profile_is_a_ray_cluster_that_serves_the_model_and_never_se
         assert environment["RAY_AUTH_MODE"] == "token"
         assert environment["RAY_AUTH_TOKEN_PATH"] == f"{DOCKER_SECRETS_DIR}/ray_auth_token"
         assert environment["DATA_DIR"].startswith("/tmp/"), "only the model's views, in the tmpfs"
+        assert CLUSTER_ENVIRONMENT.items() <= environment.items(), "as phi3bot serve starts a cluster of its own"
     assert head["build"]["args"] == {"EXTRAS": "serve"}
     assert head["entrypoint"][:4] == ["ray", "start", "--head", "--block"] and "--num-cpus=1" in head["entrypoint"]
     assert worker["entrypoint"][:3] == ["ray", "start", "--block"] and "--address=ray-head:6379" in worker["entrypoint"]

@@ -50,7 +50,7 @@ from engine.openai_wire import CONVERSATION_HEADER, StreamReader, request_body
 from engine.remote_engine import RemoteEngine, ServedModel
 from model_store.loader import ModelChoice
 from model_store.store import ModelEntry, ModelStore
-from service.deployment import APP_NAME, REPLICA_HEADER, ReplicaModel, build_app
+from service.deployment import APP_NAME, CLUSTER_ENVIRONMENT, REPLICA_HEADER, ReplicaModel, build_app
 from tests.test_engine import SETTINGS, photo
 
 # The service's bounds: long answers to stop or cut (the random-weight model may say <|end|> at any point).
@@ -73,7 +73,8 @@ def service(int4_store: tuple[ModelStore, ModelEntry]) -> Iterator[str]:
     temporary = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+            for name, value in CLUSTER_ENVIRONMENT.items():  # as phi3bot serve starts a cluster
+                patch.setenv(name, value)
             patch.delenv("RAY_AUTH_MODE", raising=False)  # a new local cluster asks for a token (ray.init sets it)
             patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
             ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temporary)

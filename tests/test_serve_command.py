@@ -5,6 +5,7 @@ service manager's stop) deletes the service and leaves no process of its own or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -52,6 +53,14 @@ async def until_serving(url: str, timeout: float) -> None:
             await asyncio.sleep(0.5)
 
 
+def niceness(processes: list[psutil.Process]) -> set[int]:
+    values = set()
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):  # an idle worker Ray let go
+            values.add(process.nice())
+    return values
+
+
 @pytest.mark.timeout(300)
 async def test_serve_answers_those_with_its_key_and_sigterm_deletes_it_and_its_cluster(
     int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, ray_directory: Path
@@ -76,6 +85,7 @@ async def test_serve_answers_those_with_its_key_and_sigterm_deletes_it_and_its_c
         await until_serving(url, 180)
         family = psutil.Process(served.process.pid).children(recursive=True)
         assert len(family) >= 3, "the cluster's processes and the replica's model process"
+        assert niceness(family) == {0}, "the replica and its model at the normal priority (Ray's workers: 15)"
 
         async with httpx.AsyncClient(base_url=url, timeout=30) as stranger:
             refused = await stranger.get("/v1/models")
