@@ -31,8 +31,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bot_overhead import watch
@@ -40,7 +38,7 @@ from benchmarks.common import BENCH_DIR, full_int4_model, png, synthetic_photo, 
 from bot.settings import Settings
 from devkit.bot_api_server import FakeBotApi
 from devkit.harness import USER, bot_settings, running_bot
-from devkit.processes import ROOT, bot_process, free_port
+from devkit.processes import ROOT, bot_process, free_port, until_serving
 
 VARIANTS = ("local", "service")
 CHAT = USER
@@ -110,17 +108,7 @@ async def _service(tokens: int, workdir: Path) -> AsyncIterator[str]:
     environment.pop("RAY_ADDRESS", None)
     url = f"http://127.0.0.1:{port}"
     async with bot_process(environment, workdir, command=("serve", "--port", str(port))) as served:
-        deadline = time.monotonic() + 600
-        async with httpx.AsyncClient(timeout=5) as client:
-            while True:
-                try:
-                    if (await client.get(f"{url}/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if served.process.returncode is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"phi3bot serve did not start:\n{''.join(served.lines)[-3000:]}")
-                await asyncio.sleep(1)
+        await until_serving(url, served, 600)
         try:
             yield f"{url}/v1"
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,6 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from devkit.bot_api_server import FakeBotApi
 from devkit.harness import ADMIN, USER
@@ -120,3 +123,17 @@ def listening(port: int) -> bool:
     """Something accepts connections on ``port`` of 127.0.0.1 (a webhook server the bot starts, say)."""
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def until_serving(url: str, served: BotProcess, timeout: float) -> None:
+    """``phi3bot serve`` (``served``) answers at ``url``/health; fails with its log if it ends or stays silent."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(f"{url}/health")).status_code == 200:
+                    return
+            log = "".join(served.lines)[-3000:]
+            assert served.process.returncode is None, f"phi3bot serve ended:\n{log}"
+            assert time.monotonic() < deadline, f"phi3bot serve did not answer at {url}/health:\n{log}"
+            await asyncio.sleep(0.5)

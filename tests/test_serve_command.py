@@ -11,7 +11,6 @@ import secrets
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from devkit.processes import ROOT, bot_process, free_port
+from devkit.processes import ROOT, bot_process, free_port, until_serving
 from engine.conversation import Turn
 from engine.engine import Finished
 from engine.remote_engine import RemoteEngine
@@ -38,19 +37,6 @@ def ray_directory() -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-async def until_serving(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=5) as client:
-        while True:
-            try:
-                if (await client.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"phi3bot serve did not answer at {url}/health"
-            await asyncio.sleep(0.5)
 
 
 def niceness(processes: list[psutil.Process]) -> set[int]:
@@ -82,7 +68,7 @@ async def test_serve_answers_those_with_its_key_and_sigterm_deletes_it_and_its_c
     url = f"http://127.0.0.1:{port}"
     command = ("serve", "--port", str(port), "--replica-cpus", "0.5")
     async with bot_process(environment, tmp_path, command=command) as served:
-        await until_serving(url, 180)
+        await until_serving(url, served, 180)
         family = psutil.Process(served.process.pid).children(recursive=True)
         assert len(family) >= 3, "the cluster's processes and the replica's model process"
         assert niceness(family) == {0}, "the replica and its model at the normal priority (Ray's workers: 15)"
