@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a long conversation with a dozen photos as PNG fits with room to spare
 MAX_IMAGES = 64  # per request
-MAX_DECODED_BYTES = 256 * 1024 * 1024  # a request's images decoded: a dozen at the largest size the bot allows
+MAX_DECODED_BYTES = 256 * 1024 * 1024  # a request's images decoded: eleven of 2688 px a side, the most the bot allows
 DECODED_CACHE_BYTES = 512 * 1024 * 1024
 PARSING_AT_ONCE = 2  # requests whose bodies are read, parsed and decoded at once: the rest wait their turn
 BODY_SECONDS = 60.0  # to send a whole body once its turn came
