@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,24 @@ def crops_view(entry: ModelEntry, num_crops: int, views_dir: Path) -> Path:
     if not (view / "preprocessor_config.json").is_file():
         staging = view.with_name(view.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for item in entry.path.iterdir():
-            if item.name != "preprocessor_config.json":
-                (staging / item.name).symlink_to(item)
-        (staging / "preprocessor_config.json").write_text(json.dumps({**config, "num_crops": num_crops}, indent=2))
+        lay_out_with_crops(entry.path, staging, num_crops, Path.symlink_to)
         shutil.rmtree(view, ignore_errors=True)
         staging.rename(view)
     return view
+
+
+def lay_out_with_crops(source: Path, target: Path, num_crops: int | None, link: Callable[[Path, Path], object]) -> None:
+    """The model's files in the new directory ``target``, each placed by ``link(placed, original)``, except
+    preprocessor_config.json, written there with ``num_crops`` (kept as is for None): GenAI reads the setting
+    only from that file, and the store's entries are never changed in place."""
+    config = read_json(source / "preprocessor_config.json")
+    if num_crops is not None:
+        config["num_crops"] = num_crops
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file() and item.name != "preprocessor_config.json":
+            link(target / item.name, item)
+    (target / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

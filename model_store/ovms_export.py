@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from model_store.layout import check_ir_directory, read_json
-from model_store.loader import ModelChoice, kv_cache_size_gb, select_entry
+from model_store.layout import check_ir_directory
+from model_store.loader import ModelChoice, kv_cache_size_gb, lay_out_with_crops, select_entry
 from model_store.store import ModelEntry, ModelStore
 
 GRAPH = "graph.pbtxt"
@@ -76,14 +76,7 @@ def export_for_ovms(choice: ModelChoice, repository: Path, *, name: str, max_num
         raise FileExistsError(f"{target} exists and is not an earlier export (it has no {GRAPH}); choose another")
     staging = target.with_name(target.name + ".exporting")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for item in entry.path.iterdir():
-        if item.is_file() and item.name != "preprocessor_config.json":
-            _link_or_copy(item, staging / item.name)
-    preprocessor = read_json(entry.path / "preprocessor_config.json")
-    if choice.num_crops is not None:
-        preprocessor["num_crops"] = choice.num_crops
-    (staging / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    lay_out_with_crops(entry.path, staging, choice.num_crops, _link_or_copy)
     (staging / GRAPH).write_text(graph(choice, max_num_seqs))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
@@ -102,11 +95,11 @@ def graph(choice: ModelChoice, max_num_seqs: int) -> str:
     )
 
 
-def _link_or_copy(source: Path, destination: Path) -> None:
+def _link_or_copy(placed: Path, original: Path) -> None:
     try:
-        os.link(source, destination)
+        os.link(original, placed)
     except OSError:  # another file system, or links not allowed there
-        shutil.copy2(source, destination)
+        shutil.copy2(original, placed)
 
 
 def _list_servable(config_path: Path, name: str) -> None:
