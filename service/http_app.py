@@ -133,12 +133,16 @@ class _Images:
         return turns
 
     async def _image(self, data: bytes) -> PreparedImage:
-        sha = hashlib.sha256(data).hexdigest()
+        sha = await asyncio.to_thread(_content_hash, data)  # up to MAX_BODY_BYTES: not on the event loop
         if (known := self._decoded.get(sha)) is not None:
             return known
         image = await asyncio.to_thread(prepare_image, data, self._limits)
         self._decoded[sha] = image
         return image
+
+
+def _content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _image_bytes(image: PreparedImage) -> int:
