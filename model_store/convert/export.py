@@ -66,6 +66,9 @@ def _export_here(checkpoint: Path, output: Path, precision: str) -> None:
     from optimum.intel import OVConfig
 
     _quiet_libraries()
+    # optimum collects garbage after each part; with torch and transformers imported, each collection walks
+    # millions of their objects, which nothing frees: frozen, they are left out of every collection.
+    gc.freeze()
     main_export(
         str(checkpoint),
         output,
