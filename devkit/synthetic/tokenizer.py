@@ -45,7 +45,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _corpus(max_chars: int) -> Iterator[str]:
+def corpus(max_chars: int) -> Iterator[str]:
     """Lines of English and code that every CPython installation carries, in a stable order."""
     from pydoc_data.topics import topics
 
@@ -77,7 +77,7 @@ def train_tokenizer(base_vocab_size: int, max_chars: int) -> Tokenizer:
     draft = Tokenizer(models.BPE(unk_token="<unk>"))
     draft.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always")
     trainer = trainers.BpeTrainer(vocab_size=learned_target, show_progress=False, special_tokens=[])
-    draft.train_from_iterator(_corpus(max_chars), trainer=trainer)
+    draft.train_from_iterator(corpus(max_chars), trainer=trainer)
     draft_model = json.loads(draft.to_str())["model"]
     learned = sorted(draft_model["vocab"].items(), key=lambda item: item[1])
 
