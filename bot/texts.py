@@ -465,9 +465,17 @@ STORE_ERRORS: dict[str, str | Callable[..., str]] = {
         "available. Close other programs, or convert on a bigger machine and bring the result with --from-ir."
     ),
     "busy": "Another conversion is already running; wait for it to finish.",
-    "not_phi3_v": lambda directory, model_type: (
-        f"{directory} holds a {model_type!r} model; this bot converts Phi-3-vision (phi3_v) checkpoints such as "
-        "microsoft/Phi-3.5-vision-instruct."
+    "unsupported_model_type": lambda config, model_type: (
+        f"{config} says model_type={model_type!r}; this bot converts and runs Phi-3-vision (phi3_v) models such "
+        "as microsoft/Phi-3.5-vision-instruct, and Whisper (whisper) ones such as openai/whisper-base for voice "
+        "messages."
+    ),
+    "no_int4": (
+        "INT4 is for a vision model's language model; a {kind} model converts to int8 (its default), fp16 or fp32."
+    ),
+    "wrong_kind": lambda config, model_type, wanted: (
+        f"{config} holds a {model_type!r} model, which is not a {wanted} model; choose a "
+        + ("Phi-3-vision model (MODEL)." if wanted == "vision" else "Whisper model.")
     ),
     "no_weights": "{directory} has a config.json but no weights (*.safetensors).",
     "export_failed": "The export failed: {error}." + KEEPS_SERVING,
@@ -494,9 +502,6 @@ STORE_ERRORS: dict[str, str | Callable[..., str]] = {
     "no_model_at": (
         "No converted model at {directory}. Convert one first, e.g. "
         "`phi3bot convert --model microsoft/Phi-3.5-vision-instruct --precision int4`."
-    ),
-    "not_phi3_v_ir": lambda config, model_type: (
-        f"{config} says model_type={model_type!r}; this bot runs Phi-3-vision models (phi3_v)."
     ),
     "incomplete": lambda directory, missing: (
         f"The model in {directory} is incomplete: {', '.join(missing)} missing. Convert it again."

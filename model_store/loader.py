@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.errors import MissingModelError, ModelStoreError
-from model_store.layout import check_ir_directory, read_json
+from model_store.layout import VISION, check_ir_directory, read_json
 from model_store.sources import parse_source
 from model_store.store import ModelEntry, ModelStore, Selection
 
@@ -66,7 +66,7 @@ def select_entry(store: ModelStore, model: str, precision: str) -> ModelEntry:
     slug = parse_source(model).slug if Path(model).expanduser().is_dir() or "/" in model else model
     entry = store.entry(slug, precision)
     if entry is None:
-        available = [(e.source, e.precision) for e in store.entries()]
+        available = [(e.source, e.precision) for e in store.entries() if e.kind == VISION.name]
         raise MissingModelError(
             "not_converted", model=model, precision=precision, root=str(store.root), available=available
         )
@@ -133,7 +133,7 @@ def pipeline_spec(
 
     ``views_dir`` is where a view for another ``num_crops`` than the model's own is made (see crops_view).
     """
-    check_ir_directory(entry.path)
+    check_ir_directory(entry.path, VISION)
     properties: dict[str, Any] = cpu.properties() if cpu is not None else {}
     if compile_cache_dir is not None:
         compile_cache_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from model_store.layout import check_ir_directory
+from model_store.layout import VISION, check_ir_directory
 from model_store.loader import ModelChoice, kv_cache_size_gb, lay_out_with_crops, select_entry
 from model_store.store import ModelEntry, ModelStore
 
@@ -70,7 +70,7 @@ def export_for_ovms(choice: ModelChoice, repository: Path, *, name: str, max_num
     """The model ``choice`` selects, as the servable ``name`` of the OVMS model repository ``repository`` (made
     if missing; other servables in its config.json are kept, an earlier export of ``name`` is replaced)."""
     entry = select_entry(ModelStore(choice.store_dir), choice.model, choice.precision)
-    check_ir_directory(entry.path)
+    check_ir_directory(entry.path, VISION)
     target = repository / name
     if target.exists() and not (target / GRAPH).is_file():
         raise FileExistsError(f"{target} exists and is not an earlier export (it has no {GRAPH}); choose another")

@@ -17,9 +17,12 @@ INT4_RATIO = 0.6
 KNOWN_MODELS = {
     "phi-3.5-vision": "microsoft/Phi-3.5-vision-instruct",
     "phi-3-vision-128k": "microsoft/Phi-3-vision-128k-instruct",
+    "whisper-base": "openai/whisper-base",  # speech models, for voice messages
+    "whisper-small": "openai/whisper-small",
 }
-# Converting a checkpoint runs the Python code it ships (Phi-3-vision's modelling code is not part of
-# transformers); these repositories' code is Microsoft's, any other needs the admin's confirmation.
+# Converting a Phi-3-vision checkpoint runs the Python code it ships (its modelling code is not part of
+# transformers); the known repositories' code is Microsoft's, any other needs the admin's confirmation.  A Whisper
+# checkpoint's export runs transformers' own code only.
 TRUSTED_REPOSITORIES = frozenset(repo.lower() for repo in KNOWN_MODELS.values())
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 

@@ -5,7 +5,8 @@ Layout under the store root::
     <slug>/<precision>              symlink to the live version of that model and precision
     <slug>/.<precision>-<stamp>/    an immutable converted model (OpenVINO IR + manifest.json)
     .staging/<id>/                  work directories of conversions in progress
-    active.json                     the model chosen with /convert or ``phi3bot convert --activate``
+    active.json                     the vision model chosen with /convert or ``phi3bot convert`` (activated)
+    active-speech.json              the speech model chosen the same way
     convert.lock                    held by the one conversion allowed at a time
 
 A model is replaced by renaming a new symlink over the old one, which is atomic on POSIX: a reader sees the
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.errors import BusyError, CorruptModelError
+from model_store.layout import VISION
 from model_store.sources import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,12 @@ class ModelEntry:
     def revision(self) -> str | None:
         """The Hub commit converted (pinned when the conversion started); None for a local directory."""
         return self.manifest.get("revision")
+
+    @property
+    def kind(self) -> str:
+        """The kind of model, "vision" or "speech" (layout.py); a model converted before there were kinds is a
+        vision model."""
+        return str(self.manifest.get("kind", VISION.name))
 
     @property
     def synthetic(self) -> bool:
@@ -109,8 +117,12 @@ class ModelStore:
                         found.append(entry)
         return found
 
-    def active(self) -> Selection | None:
-        path = self.root / ACTIVE
+    def _active_file(self, kind: str) -> Path:
+        return self.root / (ACTIVE if kind == VISION.name else f"active-{kind}.json")
+
+    def active(self, kind: str = VISION.name) -> Selection | None:
+        """The model of ``kind`` chosen last, if any."""
+        path = self._active_file(kind)
         try:
             data = json.loads(path.read_text())
             return Selection(slug=data["slug"], precision=data["precision"], source=data.get("source", data["slug"]))
@@ -129,7 +141,7 @@ class ModelStore:
             "source": entry.source,
             "selected_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        self._write_atomically(self.root / ACTIVE, json.dumps(data, indent=2) + "\n")
+        self._write_atomically(self._active_file(entry.kind), json.dumps(data, indent=2) + "\n")
 
     @contextlib.contextmanager
     def conversion_lock(self) -> Iterator[None]:

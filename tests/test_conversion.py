@@ -194,7 +194,7 @@ def test_validation_failure_keeps_the_old_model(
     def refuse(directory: Path, device: str = "CPU") -> dict[str, float]:
         raise ValidationFailedError("the new model produced nothing")
 
-    def export_as_before(checkpoint: Path, output: Path, precision: str, report: object) -> None:
+    def export_as_before(checkpoint: Path, output: Path, precision: str, kind: object, report: object) -> None:
         for item in old.path.iterdir():  # the export is tested on its own; here only what follows it counts
             shutil.copyfile(item, output / item.name)
 

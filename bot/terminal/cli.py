@@ -25,6 +25,7 @@ from model_store.sources import INT4_GROUP_SIZE, INT4_RATIO, PRECISIONS
 # What phi3bot writes (the history, its WAL, backups, stored photos, the heartbeat, models) is its user's alone.
 PRIVATE_UMASK = 0o077
 # ``phi3bot synthetic`` where devkit/ is not importable (``pip install phi3bot``, the Docker images).
+WHISPER_SIZES = ("tiny", "base", "small")  # devkit/synthetic/whisper.py's
 SYNTHETIC_NEEDS_DEVKIT = "phi3bot synthetic needs a development install: `make install` in a clone of the repository."
 SERVE_NEEDS_EXTRA = "phi3bot serve needs the service's extra: pip install 'phi3bot[serve]' (make install has it)."
 
@@ -37,11 +38,17 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("run", help="start the Telegram bot (settings from the environment and .env)")
 
-    convert = commands.add_parser("convert", help="convert a Phi-3-vision checkpoint into the model store")
+    convert = commands.add_parser(
+        "convert", help="convert a Phi-3-vision (or, for voice messages, Whisper) checkpoint into the model store"
+    )
     source = convert.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="Hugging Face id (microsoft/Phi-3.5-vision-instruct) or checkpoint directory")
     source.add_argument("--from-ir", metavar="REPO_OR_DIR", help="take an already converted OpenVINO model")
-    convert.add_argument("--precision", choices=PRECISIONS, help="weight format (default int4; detected for --from-ir)")
+    convert.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="weight format (default: int4 for Phi-3-vision, int8 for Whisper; detected for --from-ir)",
+    )
     convert.add_argument(
         "--group-size", type=int, default=INT4_GROUP_SIZE, help=f"INT4 group size (default {INT4_GROUP_SIZE})"
     )
@@ -96,9 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("image", type=Path, nargs="?", help="a photo to start with")
 
     synthetic = commands.add_parser(
-        "synthetic", help="build a random-weight Phi-3-vision checkpoint (tests, benchmarks; a development install)"
+        "synthetic",
+        help="build a random-weight Phi-3-vision or Whisper checkpoint (tests, benchmarks; a development install)",
     )
-    synthetic.add_argument("size", choices=("tiny", "full"))
+    synthetic.add_argument("size", choices=("tiny", "full", *(f"whisper-{size}" for size in WHISPER_SIZES)))
     synthetic.add_argument("directory", type=Path)
     synthetic.add_argument("--seed", type=int, default=0)
     return parser
@@ -123,7 +131,7 @@ def _convert(args: argparse.Namespace, settings: Settings) -> int:
     request = ConversionRequest(
         source=args.model or args.from_ir,
         store_root=str(settings.store_dir),
-        precision=args.precision or (None if args.from_ir else "int4"),
+        precision=args.precision,
         from_ir=bool(args.from_ir),
         activate=not args.no_activate,
         validate=not args.no_validate,
@@ -145,18 +153,21 @@ def _convert(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models(settings: Settings) -> int:
+    from model_store.layout import KINDS
     from model_store.store import ModelStore
 
     store = ModelStore(settings.store_dir)
-    active = store.active()
     entries = store.entries()
     if not entries:
         print(f"No converted models in {settings.store_dir}. Try: phi3bot convert --model {settings.model}")
         return 0
+    chosen = {kind.name: store.active(kind.name) for kind in KINDS}
     for entry in entries:
+        active = chosen[entry.kind]
         mark = "*" if active and (active.slug, active.precision) == (entry.slug, entry.precision) else " "
         note = " (synthetic)" if entry.synthetic else ""
-        print(f"{mark} {entry.source:45} {entry.precision:5} {entry.size_bytes / 1e9:6.2f} GB{note}")
+        size = entry.size_bytes / 1e9
+        print(f"{mark} {entry.kind:6} {entry.source:45} {entry.precision:5} {size:6.2f} GB{note}")
     return 0
 
 
@@ -200,12 +211,16 @@ def _backup(settings: Settings, destination: Path) -> int:
 def _synthetic(args: argparse.Namespace) -> int:
     """The builder is development's (devkit/, next to bot/ in a clone), which the installed package leaves out."""
     try:
-        from devkit.synthetic import build_synthetic_checkpoint
+        from devkit.synthetic import build_synthetic_checkpoint, build_synthetic_whisper
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] != "devkit":
             raise
         print(SYNTHETIC_NEEDS_DEVKIT, file=sys.stderr)
         return 2
+    if args.size.startswith("whisper-"):
+        build_synthetic_whisper(args.directory, args.size.removeprefix("whisper-"), seed=args.seed)
+        print(f"Built a synthetic {args.size} checkpoint in {args.directory}")
+        return 0
     build_synthetic_checkpoint(args.directory, args.size, seed=args.seed, progress=TerminalProgress())
     print(f"Built a synthetic {args.size} Phi-3-vision checkpoint in {args.directory}")
     return 0

@@ -27,18 +27,11 @@ from pathlib import Path
 from model_store.child_start import OPENVINO_TELEMETRY, Confinement, die_with, modules_cache, runtime_readable
 from model_store.convert.heartbeat import Heartbeat
 from model_store.errors import ConversionFailedError
-from model_store.layout import SIDE_FILES, SUBMODELS
+from model_store.layout import KINDS, SIDE_FILES, SPEECH, ModelKind
 from model_store.progress import format_elapsed
 
 log = logging.getLogger(__name__)
 
-LANGUAGE_MODEL = "openvino_language_model"
-COMPRESSIBLE = (
-    "openvino_language_model",
-    "openvino_text_embeddings_model",
-    "openvino_vision_embeddings_model",
-    "openvino_vision_projection_model",
-)
 
 # The export loads what was pinned and staged, and nothing else (pins.py); its process has no token.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -60,20 +53,31 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _export_here(checkpoint: Path, output: Path, precision: str) -> None:
+def _allow_whisper_on_this_transformers() -> None:
+    """optimum-intel 2.2.0 asks transformers 4.57 of every model whose export names no range of its own, Whisper's
+    included, while its Phi-3-vision export takes 4.53.3 at most (pyproject.toml pins that).  Whisper's export runs
+    on 4.53: tests/test_speech_conversion.py holds what it gives to transformers' own transcription."""
+    from optimum.exporters.openvino.model_configs import WhisperOpenVINOConfig
+
+    WhisperOpenVINOConfig.MIN_TRANSFORMERS_VERSION = "4.51.0"
+
+
+def _export_here(checkpoint: Path, output: Path, precision: str, kind: ModelKind) -> None:
     """The export itself, in the export's own process (``main``)."""
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
     _quiet_libraries()
+    if kind is SPEECH:
+        _allow_whisper_on_this_transformers()
     # optimum collects garbage after each part; with torch and transformers imported, each collection walks
     # millions of their objects, which nothing frees: frozen, they are left out of every collection.
     gc.freeze()
     main_export(
         str(checkpoint),
         output,
-        task="image-text-to-text",
-        trust_remote_code=True,
+        task=kind.export_task,
+        trust_remote_code=kind.runs_code,
         ov_config=OVConfig(dtype="fp32" if precision == "fp32" else "fp16"),
         convert_tokenizer=True,
     )
@@ -105,17 +109,18 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Report) -> None:
+def export_checkpoint(checkpoint: Path, output: Path, precision: str, kind: ModelKind, report: Report) -> None:
     """Write the uncompressed IR (FP16, or FP32 when asked) with tokenizers into ``output``.
 
-    The export runs the checkpoint's Python code (``trust_remote_code``), in a process of its own that is
+    The export runs the checkpoint's Python code (``trust_remote_code``, for a kind that has some), in a process of
+    its own that is
     offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE): whatever that code or the libraries would fetch beyond the
     pinned files staged in ``checkpoint`` (pins.py) fails instead, and no Hugging Face token is in its
     environment."""
-    expected = len(SUBMODELS)
+    expected = len(kind.submodels)
 
     def tick(elapsed: float) -> None:
-        written = sum(1 for name in SUBMODELS if (output / f"{name}.xml").exists())
+        written = sum(1 for name in kind.submodels if (output / f"{name}.xml").exists())
         report(written / expected, f"{written} of {expected} parts written, {format_elapsed(elapsed)}")
 
     with tempfile.TemporaryDirectory(prefix="phi3bot-export-") as notes:
@@ -128,6 +133,7 @@ def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Re
             str(checkpoint),
             str(output),
             precision,
+            kind.name,
             str(failure),
         ]
         with _sigterm_unwinds(), Heartbeat(tick):
@@ -148,7 +154,7 @@ def export_checkpoint(checkpoint: Path, output: Path, precision: str, report: Re
     report(1.0, "exported")
 
 
-def compress(output: Path, precision: str, report: Report, *, group_size: int, ratio: float) -> None:
+def compress(output: Path, precision: str, kind: ModelKind, report: Report, *, group_size: int, ratio: float) -> None:
     """Compress the weights of each sub-model in place, largest first so the percentage moves honestly."""
     if precision not in ("int4", "int8"):
         report(1.0, "no compression for " + precision)
@@ -157,18 +163,18 @@ def compress(output: Path, precision: str, report: Report, *, group_size: int, r
     import openvino as ov
 
     core = ov.Core()
-    sizes = {name: (output / f"{name}.bin").stat().st_size for name in COMPRESSIBLE}
+    sizes = {name: (output / f"{name}.bin").stat().st_size for name in kind.compressible}
     total = sum(sizes.values())
     done = 0
-    for name in sorted(COMPRESSIBLE, key=lambda n: -sizes[n]):
-        label = "language model" if name == LANGUAGE_MODEL else name.removeprefix("openvino_").replace("_", " ")
+    for name in sorted(kind.compressible, key=lambda n: -sizes[n]):
+        label = name.removeprefix("openvino_").removesuffix("_model").replace("_", " ") + " model"
 
         def tick(elapsed: float, label: str = label, done: int = done) -> None:
             report(done / total, f"compressing the {label}, {format_elapsed(elapsed)}")
 
         with Heartbeat(tick, interval=5.0):
             model = core.read_model(output / f"{name}.xml")
-            if precision == "int4" and name == LANGUAGE_MODEL:
+            if precision == "int4" and name == kind.int4_part:
                 compressed = nncf.compress_weights(
                     model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=ratio
                 )
@@ -201,14 +207,15 @@ def _confinement(view: Path, output: Path) -> Confinement:
 
 
 def main(arguments: list[str]) -> int:
-    """The export's process: ``PARENT CHECKPOINT OUTPUT PRECISION FAILURE_FILE``; it dies with the conversion's
-    process (``PARENT``), which dies with the bot; a failure's reason goes to the file."""
-    parent, checkpoint, output, precision, failure = arguments
+    """The export's process: ``PARENT CHECKPOINT OUTPUT PRECISION KIND FAILURE_FILE``; it dies with the
+    conversion's process (``PARENT``), which dies with the bot; a failure's reason goes to the file."""
+    parent, checkpoint, output, precision, kind_name, failure = arguments
+    [kind] = [kind for kind in KINDS if kind.name == kind_name]
     die_with(int(parent))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s export: %(message)s")
     try:
         with _confinement(Path(checkpoint), Path(output)).entered():
-            _export_here(Path(checkpoint), Path(output), precision)
+            _export_here(Path(checkpoint), Path(output), precision, kind)
     except Exception as error:
         log.exception("the export failed")
         Path(failure).write_text(f"{type(error).__name__}: {error}", encoding="utf-8")

@@ -18,7 +18,7 @@ from model_store.convert import hub, pins, preflight
 from model_store.convert.extra import require_conversion_extra
 from model_store.convert.validate import validate_model
 from model_store.errors import CorruptModelError, MissingModelError, UntrustedCodeError
-from model_store.layout import check_ir_directory, detect_weight_precision, read_json
+from model_store.layout import ModelKind, check_ir_directory, detect_weight_precision, kind_of, read_json
 from model_store.progress import PhasePlan, ProgressCallback, ignore_progress
 from model_store.sources import INT4_GROUP_SIZE, INT4_RATIO, ModelSource, parse_precision, parse_source
 from model_store.store import ModelEntry, ModelStore
@@ -34,7 +34,7 @@ class ConversionRequest:
 
     source: str
     store_root: str
-    precision: str | None = "int4"
+    precision: str | None = None  # None: the kind's own (layout.py), or for from_ir what the IR holds
     from_ir: bool = False
     activate: bool = False
     validate: bool = True
@@ -54,13 +54,19 @@ def _checkpoint_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in directory.glob(pattern))
 
 
-def _check_checkpoint(directory: Path) -> dict[str, Any]:
-    config = read_json(directory / "config.json")
-    if config.get("model_type") != "phi3_v":
-        raise CorruptModelError("not_phi3_v", directory=str(directory), model_type=config.get("model_type"))
+def _check_checkpoint(directory: Path) -> ModelKind:
+    kind = kind_of(read_json(directory / "config.json"), directory / "config.json")
     if _checkpoint_bytes(directory) == 0:
         raise MissingModelError("no_weights", directory=str(directory))
-    return config
+    return kind
+
+
+def _precision(request: ConversionRequest, kind: ModelKind) -> str:
+    """The one asked for, else the kind's own; INT4 only where the kind has a part it suits."""
+    precision = parse_precision(request.precision or kind.default_precision)
+    if precision == "int4" and kind.int4_part is None:
+        raise CorruptModelError("no_int4", kind=kind.name)
+    return precision
 
 
 def _manifest(source: ModelSource, precision: str, files: Path, **extra: Any) -> dict[str, Any]:
@@ -81,11 +87,12 @@ def _pinned(found: pins.Pins) -> dict[str, Any]:
     return {**revision, "pinned": found.revisions} if found.revisions else revision
 
 
-def _require_confirmation(request: ConversionRequest, source: ModelSource, found: pins.Pins) -> None:
+def _require_confirmation(request: ConversionRequest, source: ModelSource, found: pins.Pins, kind: ModelKind) -> None:
     """A repository nobody vouched for runs its code only when confirmed, and a confirmation covers the
-    repositories its configuration names only at the commits it gave (``named_revisions``)."""
+    repositories its configuration names only at the commits it gave (``named_revisions``).  A kind whose export
+    runs no code of the checkpoint's (Whisper: transformers' own) needs none."""
     unconfirmed = [other for other in found.named if other.repo_id not in request.named_revisions]
-    if source.vouched_for or (request.trust_remote_code and not unconfirmed):
+    if not kind.runs_code or source.vouched_for or (request.trust_remote_code and not unconfirmed):
         return
     assert found.checkpoint is not None
     named = [(other.repo_id, other.revision) for other in found.named]
@@ -99,18 +106,20 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
     from model_store.convert.export import compress, export_checkpoint
 
     source = parse_source(request.source)
-    precision = parse_precision(request.precision or "int4")
     plan.report("check", 0.0, f"checking {source.display}")
     local = source.local_dir
-    config = _check_checkpoint(local) if local is not None else {"torch_dtype": "bfloat16"}
+    if local is not None:
+        _check_checkpoint(local)
     found = pins.resolve(source, request.revision, request.named_revisions, request.hf_token)
-    _require_confirmation(request, source, found)
+    kind = kind_of(found.config, Path(source.display) / "config.json")
+    precision = _precision(request, kind)
+    _require_confirmation(request, source, found, kind)
     if found.checkpoint is None:
         assert local is not None
         checkpoint_bytes, download_bytes = _checkpoint_bytes(local), 0
     else:
         checkpoint_bytes = download_bytes = found.checkpoint.size
-    stored = DTYPE_BYTES.get(str(config.get("torch_dtype", "bfloat16")), 2)
+    stored = DTYPE_BYTES.get(str(found.config.get("torch_dtype", "bfloat16")), 2)
     preflight.check(preflight.estimate(checkpoint_bytes, stored, precision, download_bytes), store.root)
 
     if found.checkpoint is None:
@@ -126,7 +135,7 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
     view = store.new_staging_dir()
     try:
         export_checkpoint(
-            pins.stage(checkpoint, named, view), staging, precision, lambda f, d: plan.report("export", f, d)
+            pins.stage(checkpoint, named, view), staging, precision, kind, lambda f, d: plan.report("export", f, d)
         )
     finally:
         shutil.rmtree(view, ignore_errors=True)
@@ -134,6 +143,7 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
     compress(
         staging,
         precision,
+        kind,
         lambda f, d: plan.report("compress", f, d),
         group_size=request.group_size,
         ratio=request.ratio,
@@ -152,7 +162,7 @@ def _convert_checkpoint(request: ConversionRequest, store: ModelStore, staging: 
         source,
         precision,
         plan,
-        _manifest(source, precision, checkpoint, compression=compression, **_pinned(found)),
+        _manifest(source, precision, checkpoint, kind=kind.name, compression=compression, **_pinned(found)),
     )
 
 
@@ -162,7 +172,7 @@ def _take_ir(request: ConversionRequest, store: ModelStore, staging: Path, plan:
     revision: dict[str, str] = {}
     if source.local_dir is not None:
         origin = source.local_dir
-        check_ir_directory(origin)
+        kind = check_ir_directory(origin)
         size = sum(p.stat().st_size for p in origin.iterdir() if p.is_file())
         preflight.check(preflight.Requirements(disk_bytes=size + preflight.DISK_MARGIN, memory_bytes=0), store.root)
     else:
@@ -171,15 +181,15 @@ def _take_ir(request: ConversionRequest, store: ModelStore, staging: Path, plan:
         disk = 2 * pinned.size + preflight.DISK_MARGIN
         preflight.check(preflight.Requirements(disk_bytes=disk, memory_bytes=0), store.root)
         origin = hub.download(pinned, hub.IR_PATTERNS, lambda f, d: plan.report("download", f, d), request.hf_token)
-        check_ir_directory(origin)
+        kind = check_ir_directory(origin)
         revision["revision"] = pinned.revision
     plan.report("copy", 0.0, "copying the model into the store")
     for item in origin.iterdir():
         if item.is_file():
             shutil.copyfile(item, staging / item.name)
-    precision = parse_precision(request.precision) if request.precision else detect_weight_precision(staging)
+    precision = parse_precision(request.precision) if request.precision else detect_weight_precision(staging, kind)
     plan.report("copy", 1.0, "copied")
-    manifest = _manifest(source, precision, staging, from_ir=True, **revision)
+    manifest = _manifest(source, precision, staging, kind=kind.name, from_ir=True, **revision)
     return _validate_and_install(request, store, staging, source, precision, plan, manifest)
 
 
@@ -193,7 +203,7 @@ def _validate_and_install(
     manifest: dict[str, Any],
 ) -> ModelEntry:
     if request.validate:
-        plan.report("validate", 0.0, "loading the new model and asking it about an image")
+        plan.report("validate", 0.0, "loading the new model and trying it")
         manifest["validation"] = validate_model(staging, request.device)
     plan.report("install", 0.0, "switching to the new model")
     entry = store.install(staging, source.slug, precision, manifest)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class Pins:
 
     checkpoint: hub.Snapshot | None
     named: tuple[hub.Snapshot, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)  # the checkpoint's config.json, read before any weight
 
     @property
     def named_revisions(self) -> dict[str, str]:
@@ -104,12 +105,13 @@ def resolve(source: ModelSource, revision: str | None, confirmed: Mapping[str, s
         assert source.local_dir is not None
         configs = source.local_dir
     refuse_code_from_elsewhere(configs, source.display)
+    config = read_json(configs / CONFIG)
     named: list[hub.Snapshot] = []
-    for repo_id in named_repositories(read_json(configs / CONFIG), source.display, pinned is not None):
+    for repo_id in named_repositories(config, source.display, pinned is not None):
         other = hub.snapshot(repo_id, hub.CONFIG_PATTERNS, confirmed.get(repo_id), token)
         _refuse_code(hub.download(other, hub.CONFIG_PATTERNS, token=token), repo_id, source.display)
         named.append(other)
-    return Pins(pinned, tuple(named))
+    return Pins(pinned, tuple(named), config)
 
 
 def stage(checkpoint: Path, named: Mapping[str, Path], into: Path) -> Path:
