@@ -311,6 +311,13 @@ REFUSALS: dict[str, str | Callable[..., str]] = {
     "frames_too_large": "That clip's frames are {width}×{height} pixels, too large for me to read.",
     "too_long": _too_long,
     "no_frames": "I couldn't find a single picture in that clip.",
+    # a voice message or an audio file (bot/media/sound.py)
+    "no_sound": "I couldn't hear anything in that file: it holds no sound.",
+    "sound_unreadable": "I couldn't read that recording; it seems damaged or in a format I don't know.",
+    "sound_too_long": lambda duration, max_seconds: (
+        f"That recording is {clock(duration)} long; I can listen to up to {clock(max_seconds)}."
+    ),
+    "silent": "That recording is silent, so there is no question in it for me to hear.",
     # what Telegram announces or gives (bot/media/intake.py)
     "announced_too_large": "That {name}'s frames are too large for me to read.",
     "too_big": "That file is larger than 20 MB, which is as much as Telegram lets bots download.",

@@ -137,7 +137,7 @@ def gif(frames: int = 6, milliseconds: int = 100, size: tuple[int, int] = (80, 6
     return out.getvalue()
 
 
-def _damaged(rng: random.Random, data: bytes) -> bytes:
+def damaged(rng: random.Random, data: bytes) -> bytes:
     if rng.random() < 0.5:
         return data[: rng.randint(0, max(1, len(data) - 1))]
     flipped = bytearray(data)
@@ -176,7 +176,7 @@ def hostile_media(count: int, seed: int = 3) -> Iterator[MediaCase]:
     ]
     for index in range(count):
         media, data = sources[index % len(sources)]
-        yield MediaCase(f"{media} damaged", media, _damaged(rng, data), "either")
+        yield MediaCase(f"{media} damaged", media, damaged(rng, data), "either")
 
 
 def hours_long_clip() -> bytes:

@@ -1,5 +1,5 @@
-"""Reading the files people send (photos, image files, PDFs, clips) in a process of its own, with a deadline, a memory
-limit and a memory of what it read.
+"""Reading the files people send (photos, image files, PDFs, clips, recordings) in a process of its own, with a
+deadline, a memory limit and a memory of what it read.
 
 Why a process: Pillow's decoders, PDFium and FFmpeg are C libraries reading files from strangers.  A page that draws
 one large image a few thousand times renders for minutes, a clip can be built to decode slowly, a small PNG can hold
@@ -47,6 +47,7 @@ from bot import texts
 from bot.media.frames import Frames, sample
 from bot.media.pages import NoSuchPage, Pages, render
 from bot.media.refusal import Refusal
+from bot.media.sound import Sound, listen
 from bot.media.stills import Still, still
 from model_store.child_process import in_thread_until_cancelled, stop_process
 from model_store.child_start import Confinement, new_child, receive
@@ -61,7 +62,7 @@ REMEMBERED_BYTES = 64 * 1024 * 1024  # files' images and refusals kept for a rep
 POLL_SECONDS = 0.1
 CHILD_NAME = "phi3bot-read"
 CONFINEMENT = Confinement()  # the file comes through a pipe: nothing to read or write beyond running Python
-ANSWERS = (Still, Frames, Pages)
+ANSWERS = (Still, Frames, Pages, Sound)
 ANSWER_CLASSES = frozenset((answer.__module__, answer.__qualname__) for answer in ANSWERS)
 REFUSAL_CHARACTERS = 1000  # a child's refusal, as said to the person who sent the file
 # Why a read failed, as MediaError.reason.  A refusal is the file's own, and remembered with it, unless it refuses
@@ -142,6 +143,10 @@ class MediaReader:
         """bot/media/frames.py's ``sample``, in a child process."""
         return await self.run(sample, data, limit=limit, max_seconds=max_seconds, long_side=long_side)
 
+    async def sound(self, data: bytes, *, max_seconds: float) -> Sound:
+        """bot/media/sound.py's ``listen``, in a child process."""
+        return await self.run(listen, data, max_seconds=max_seconds)
+
     async def remembered(self, file: str, read: Callable[[], Awaitable[T]], variant: Hashable = None) -> T:
         """What ``read()`` gave for ``file`` (an id that stays the same for the same file's bytes) and
         ``variant`` (whatever else the result depends on), or a refusal of the file, whatever the variant; read
@@ -186,6 +191,8 @@ def _size(value: object) -> int:
     """Bytes a remembered value takes, roughly: its images; a refusal, a little."""
     if isinstance(value, Still):
         return len(value.data) + 256
+    if isinstance(value, Sound):
+        return len(value.samples) + 256
     if isinstance(value, Frames | Pages):
         return sum(len(image) for image in value.images) + 256
     return 1024

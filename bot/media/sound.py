@@ -1,0 +1,102 @@
+"""Voice messages and audio files as the speech model hears them: 16 kHz mono samples, read in the file reader.
+
+Why PyAV: FFmpeg's decoders (Opus in Telegram's OGG voice messages, MP3, AAC, FLAC, WAV, ...) and its resampler
+in the wheel that already reads clips.  What a file claims is checked first (its duration, from the stream's or
+the container's header, against ``max_seconds``); what it holds is checked as it is decoded, because a header
+can lie: decoding stops, and the file is refused, once it has given more than ``max_seconds`` of sound or read
+``MAX_PACKETS`` packets, so a file claiming seconds and holding hours costs at most ``max_seconds`` of decoding.
+A sound that is nowhere louder than ``SILENCE_RMS`` is refused as silence: Whisper writes invented words for it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from bot.media.refusal import Refusal
+
+SAMPLE_RATE = 16000  # what Whisper's feature extractor takes
+MAX_PACKETS = 200_000  # an Opus packet is 20 ms: over an hour of voice, whatever the header says
+MIN_SECONDS = 0.1
+SILENCE_RMS = 1e-3  # about -60 dBFS in every 30 ms window: nothing a microphone would call speech
+WINDOW = int(0.03 * SAMPLE_RATE)
+
+
+class SoundError(Refusal):
+    """Why a voice message or an audio file cannot be heard."""
+
+
+@dataclass(frozen=True)
+class Sound:
+    """What the speech model hears: float32 samples (little-endian bytes, so it pickles small), mono, 16 kHz."""
+
+    samples: bytes
+    seconds: float
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(self.samples, dtype="<f4")
+
+
+def listen(data: bytes, *, max_seconds: float) -> Sound:
+    """The sound in ``data`` at 16 kHz mono; raises SoundError for what cannot be heard or is too long."""
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise SoundError("no_sound")
+            stream = container.streams.audio[0]
+            if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
+                raise SoundError("sound_unreadable")
+            announced = _announced(container, stream)
+            if announced is not None and announced > max_seconds:
+                raise SoundError("sound_too_long", duration=announced, max_seconds=max_seconds)
+            samples = _decoded(container, stream, int(max_seconds * SAMPLE_RATE), max_seconds)
+    except av.FFmpegError as error:
+        if isinstance(error, MemoryError):  # more than the reader's memory: its own refusal (bot/media/reader.py)
+            raise
+        raise SoundError("sound_unreadable") from error
+    if samples.size < MIN_SECONDS * SAMPLE_RATE:
+        raise SoundError("no_sound")
+    if _loudest_window(samples) < SILENCE_RMS:
+        raise SoundError("silent")
+    return Sound(samples.astype("<f4").tobytes(), round(samples.size / SAMPLE_RATE, 2))
+
+
+def _announced(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
+    """Seconds, as the stream's header or the container's says, if either does."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def _decoded(
+    container: av.container.InputContainer, stream: av.AudioStream, limit: int, max_seconds: float
+) -> np.ndarray:
+    """Every sample, resampled as they come; refused past ``limit`` samples or MAX_PACKETS packets."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    parts: list[np.ndarray] = []
+    count = 0
+    for packets, packet in enumerate(container.demux(stream), 1):
+        if packets > MAX_PACKETS:
+            raise SoundError("sound_too_long", duration=count / SAMPLE_RATE, max_seconds=max_seconds)
+        for frame in packet.decode():
+            for resampled in resampler.resample(frame):
+                part = resampled.to_ndarray().reshape(-1)
+                parts.append(part)
+                count += part.size
+        if count > limit + SAMPLE_RATE:  # a second's grace: encoders pad, headers round
+            raise SoundError("sound_too_long", duration=count / SAMPLE_RATE, max_seconds=max_seconds)
+    for resampled in resampler.resample(None):
+        parts.append(resampled.to_ndarray().reshape(-1))
+    return np.concatenate(parts)[:limit] if parts else np.zeros(0, np.float32)
+
+
+def _loudest_window(samples: np.ndarray) -> float:
+    """The root mean square of the loudest 30 ms of ``samples``."""
+    usable = samples[: samples.size // WINDOW * WINDOW] if samples.size >= WINDOW else samples
+    windows = usable.reshape(-1, min(WINDOW, usable.size))
+    return float(np.sqrt((windows.astype(np.float64) ** 2).mean(axis=1)).max())
