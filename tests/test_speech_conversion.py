@@ -41,7 +41,7 @@ def test_phi3bot_convert_makes_a_whisper_checkpoint_the_int8_speech_model_beside
     environment = {**os.environ, "MODEL_STORE_DIR": str(store.root), "DATA_DIR": str(tmp_path)}
     done = run_phi3bot(["convert", "--model", str(tiny_whisper)], environment, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "(int8)" in done.stdout
+    assert "(int8)" in done.stdout and "now the store's speech model" in done.stdout
 
     [entry] = store.entries()
     assert (entry.kind, entry.precision) == ("speech", "int8")

@@ -147,7 +147,9 @@ def _convert(args: argparse.Namespace, settings: Settings) -> int:
     entry = convert_in_subprocess(request, TerminalProgress())
     revision = f" at revision {entry.revision}" if entry.revision else ""
     print(f"Converted {entry.source}{revision} ({entry.precision}) into {entry.path}")
-    if request.activate:
+    if request.activate and entry.kind == "speech":
+        print("It is now the store's speech model, for voice messages.")
+    elif request.activate:
         print("The bot will use this model (a running bot switches at once after /convert; otherwise on restart).")
     return 0
 
