@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from engine.conversation import Turn
     from engine.engine import Engine, Finished
     from model_store.loader import CpuTuning
+    from model_store.store import ModelEntry
 
 import psutil
 
@@ -174,10 +175,12 @@ class FirstChunkTimer:
         return self.first if self.first is not None else float("nan")
 
 
-async def bot_like_engine(model: Path, *, num_crops: int, answer_tokens: int, kv_cache_gb: float = 4) -> Engine:
+async def bot_like_engine(
+    model: Path, *, num_crops: int, answer_tokens: int, kv_cache_gb: float = 4, speech: ModelEntry | None = None
+) -> Engine:
     """The engine as the bot runs it (its CPU options, batch size, KV cache and system prompt), on ``model``
     at ``num_crops``, writing every answer to ``answer_tokens`` tokens: a random-weight model otherwise stops
-    anywhere."""
+    anywhere; with ``speech``, that speech model beside it."""
     import asyncio
 
     from bot.settings import Settings
@@ -190,7 +193,12 @@ async def bot_like_engine(model: Path, *, num_crops: int, answer_tokens: int, kv
     defaults = Settings.model_fields
     entry = ModelEntry(slug="bench", precision="int4", path=model, manifest={})
     spec = pipeline_spec(
-        entry, kv_cache_gb=kv_cache_gb, cpu=bot_cpu_tuning(), num_crops=num_crops, views_dir=BENCH_DIR / "views"
+        entry,
+        kv_cache_gb=kv_cache_gb,
+        cpu=bot_cpu_tuning(),
+        num_crops=num_crops,
+        views_dir=BENCH_DIR / "views",
+        speech=speech,
     )
     settings = GenerationSettings(
         max_new_tokens=answer_tokens, system_prompt=str(defaults["system_prompt"].default), ignore_eos=True

@@ -36,7 +36,8 @@ from engine.fair_queue import FairQueue, Ticket, TicketCancelled
 from engine.generation import GenerationSettings, Status
 from engine.images import image_tokens
 from engine.pipeline_process import LoadedModel
-from engine.pipeline_protocol import Done, Reply, Report
+from engine.pipeline_protocol import Done, Reply, Report, Speech
+from engine.pipeline_protocol import Heard as HeardReply
 from model_store.errors import ModelStoreError
 from model_store.layout import read_json
 
@@ -65,6 +66,16 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Heard:
+    """What a question asked aloud says, written down before its answer starts; empty when no words were made
+    out, and then no answer follows."""
+
+    text: str
+    language: str | None = None  # as Whisper names it ("<|en|>")
+    seconds: float = 0.0  # spent transcribing
+
+
+@dataclass(frozen=True)
 class Chunk:
     text: str
 
@@ -89,7 +100,7 @@ class Finished:
         return generated + MESSAGE_OVERHEAD if generated else 0
 
 
-Event = Waiting | Started | Chunk | Finished
+Event = Waiting | Started | Heard | Chunk | Finished
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,11 @@ class Engine:
         return self._model.num_crops
 
     @property
+    def hears(self) -> bool:
+        """A speech model is loaded: questions may be asked aloud (``ask``'s ``speech``)."""
+        return self._model.pipeline.hears
+
+    @property
     def serving(self) -> Serving:
         entry = self._model.entry
         return Serving(entry.source, entry.precision, self._model.device, entry.synthetic)
@@ -258,6 +274,7 @@ class Engine:
         seed: int | None = None,
         asker: Hashable | None = None,
         settings: GenerationSettings | None = None,
+        speech: Speech | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Answer ``question``; raises the queue's AlreadyQueued / QueueFull before yielding anything.
 
@@ -265,7 +282,9 @@ class Engine:
         which the model reads anew.  ``seed``: the question is answered again, and the answer should differ.
         ``asker``: who asks, so that one asker's questions in several conversations take turns with everyone
         else's (engine/fair_queue.py).  ``settings``: the request's own in place of the configured ones (the
-        model service's clients send theirs: service/http_app.py)."""
+        model service's clients send theirs: service/http_app.py).  ``speech``: the question asked aloud; in
+        its turn the model's process writes it down (``Heard``, before any other text) and answers what it heard
+        after the question's own text."""
         settings = (settings or self.settings).for_request(system_prompt, seed)
         alone = self._estimate(question)
         running = _Running(self._stop_grace, alone=alone, estimate=alone)
@@ -284,7 +303,7 @@ class Engine:
                 running.started = time.monotonic()
                 first_text = running.estimate.first_text if running.estimate is not None else None
                 yield Started(first_text, len(question.images))
-                generation = self._generate(key, past, question, settings, running, ticket.batched)
+                generation = self._generate(key, past, question, settings, running, ticket.batched, speech)
                 async with contextlib.aclosing(generation) as events:
                     async for event in events:
                         yield event
@@ -369,10 +388,12 @@ class Engine:
         settings: GenerationSettings,
         running: _Running,
         batched: bool,
+        speech: Speech | None,
     ) -> AsyncIterator[Event]:
         started = time.monotonic()
         parts: list[str] = []
         ttft: float | None = None
+        heard: str | None = None
         for attempt in (1, 2):
             try:
                 model = await self._live_model()
@@ -381,7 +402,7 @@ class Engine:
                 yield Finished(text="", status="failed", error=str(error))
                 return
             request_id = next(self._request_ids)
-            replies = model.pipeline.ask(request_id, key, past, question, settings, batched=batched)
+            replies = model.pipeline.ask(request_id, key, past, question, settings, batched=batched, speech=speech)
             running.stop = functools.partial(model.pipeline.cancel, request_id)
             running.replace = model.pipeline.kill
             if running.reason is not None:  # stopped between the ticket and here
@@ -396,6 +417,10 @@ class Engine:
                     if isinstance(reply, Done):
                         done = reply
                         continue
+                    if isinstance(reply, HeardReply):
+                        heard = reply.text
+                        yield Heard(reply.text, reply.language, reply.seconds)
+                        continue
                     if ttft is None:
                         ttft = time.monotonic() - started
                         running.first_text = True
@@ -409,14 +434,15 @@ class Engine:
                     self.stats.cancelled += 1
                     self.stats.generated_tokens += stopped.report.generated_tokens
                 running.ended()
-            if attempt == 1 and _lost_before_a_word(done, parts, running, model):
+            if attempt == 1 and heard is None and _lost_before_a_word(done, parts, running, model):
                 log.warning("the model's process died before answering; the question goes to a fresh one")
                 continue
             break
         finished = self._finish(done, "".join(parts), running, started, ttft)
-        if not batched:
+        taught = speech is None  # a spoken question's first text came after its transcription: no measure of speed
+        if taught and not batched:
             self._learn(question, finished)
-        elif running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
+        elif taught and running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
             self.speed.record_batch(finished.ttft_seconds, running.batch)
         yield finished
 

@@ -15,6 +15,10 @@ Preparations (``Prepare``) are read only while no job waits, one piece at a time
 a question that arrives meanwhile waits for the piece being read, not for the whole preparation.  Text is
 cut into pieces sized from the reading speed measured here, so that each takes about ``PIECE_SECONDS``; a
 photo message is one piece, because GenAI encodes and reads an image in one call.
+
+The store's speech model (Whisper), when there is one, is loaded here beside the vision model: a question asked
+aloud comes as a job with its sound and is written down when its turn comes, then answered as if typed.  Both
+models share the process's cores, and the fair queue orders voice questions with everyone else's.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -39,6 +44,7 @@ from engine.pipeline_protocol import (
     Command,
     Done,
     Drop,
+    Heard,
     Job,
     LoadFailed,
     NewImages,
@@ -47,15 +53,19 @@ from engine.pipeline_protocol import (
     Reply,
     Report,
     Shutdown,
+    Speech,
     Text,
 )
 from model_store.errors import ModelStoreError
-from model_store.loader import PipelineSpec, compile_pipeline
+from model_store.loader import PipelineSpec, compile_pipeline, compile_speech
 
 log = logging.getLogger(__name__)
 
 PIECE_SECONDS = 1.0  # how long a piece of text read ahead may take: another conversation's question waits at most this
 FIRST_PIECE_TOKENS = 64  # until the reading speed has been measured here
+NO_SPEECH_MODEL = "no speech model is loaded"
+# A timestamp token a model writes though none were asked for (one with random weights does): not words.
+_TIMESTAMP = re.compile(r"<\|\d+\.\d+\|>")
 
 
 def serve(spec: PipelineSpec, connection: Connection, log_level: int) -> None:
@@ -76,8 +86,23 @@ def serve(spec: PipelineSpec, connection: Connection, log_level: int) -> None:
         return
     seconds = time.monotonic() - started
     log.info("loaded %s (%s) on %s in %.1f s", spec.entry.source, spec.entry.precision, spec.device, seconds)
-    connection.send(Ready(seconds))
-    Host(pipeline, spec.num_crops, connection).run()
+    speech = _speech_pipeline(spec)
+    connection.send(Ready(time.monotonic() - started, hears=speech is not None))
+    Host(pipeline, spec.num_crops, connection, speech).run()
+
+
+def _speech_pipeline(spec: PipelineSpec) -> Any:
+    """The speech model, if the spec has one; one that fails to load leaves the vision model serving (voice
+    questions are then answered as without a speech model) and says why in the log."""
+    if spec.speech is None:
+        return None
+    try:
+        return compile_speech(spec)
+    except ModelStoreError as error:
+        log.error("the speech model did not load: %s", error)
+    except Exception:
+        log.exception("the speech model did not load")
+    return None
 
 
 @dataclass
@@ -114,8 +139,9 @@ class _ReadingSpeed:
 
 
 class Host:
-    def __init__(self, pipeline: Any, num_crops: int, connection: Connection) -> None:
+    def __init__(self, pipeline: Any, num_crops: int, connection: Connection, speech: Any = None) -> None:
         self._pipeline = pipeline
+        self._speech = speech  # openvino_genai.WhisperPipeline, or None
         self._num_crops = num_crops
         self._connection = connection
         self._tokenizer = pipeline.get_tokenizer()
@@ -140,10 +166,12 @@ class Host:
             if self._stopping:
                 break
             if self._waiting and not self._waiting[0].batched and not self._batch:
-                self._answer_alone(self._waiting.popleft())
+                if (job := self._heard(self._waiting.popleft())) is not None:
+                    self._answer_alone(job)
                 continue
             while self._waiting and self._waiting[0].batched:
-                self._admit(self._waiting.popleft())
+                if (job := self._heard(self._waiting.popleft())) is not None:
+                    self._admit(job)
             if self._batch:
                 self._step()
             elif self._preparing:
@@ -298,6 +326,41 @@ class Host:
         return len(self._tokens.ids(text))
 
     # --- questions ---------------------------------------------------------------------------------------------
+
+    def _heard(self, job: Job) -> Job | None:
+        """A question asked aloud, written down: the job with what was heard as its question (after its caption),
+        or None when it ended here (no speech model, no words made out, a failure).  Between two steps of a
+        batch, a voice message holds the batch for as long as it takes to transcribe (benchmarks/voice.py)."""
+        if job.speech is None:
+            return job
+        if self._speech is None:
+            self._finish(Done(job.request_id, error=NO_SPEECH_MODEL))
+            return None
+        started = time.monotonic()
+        try:
+            heard, language = self._transcribe(job.speech)
+        except Exception as error:
+            log.exception("transcribing a voice question failed")
+            self._finish(Done(job.request_id, error=str(error)))
+            return None
+        self._send(Heard(job.request_id, heard, language, time.monotonic() - started))
+        if not heard or job.request_id in self._cancelled:
+            self._finish(Done(job.request_id))
+            return None
+        text = f"{job.question.text}\n{heard}" if job.question.text else heard
+        return replace(job, question=replace(job.question, text=text), speech=None)
+
+    def _transcribe(self, speech: Speech) -> tuple[str, str | None]:
+        import numpy as np
+
+        config = self._speech.get_generation_config()
+        config.task = "transcribe"
+        config.language = speech.language
+        config.return_timestamps = False
+        samples = np.frombuffer(speech.samples, dtype="<f4")
+        result = self._speech.generate(samples.tolist(), config)
+        languages = list(getattr(result, "languages", None) or [])
+        return _TIMESTAMP.sub("", result.texts[0]).strip(), (languages[0] if languages else None)
 
     def _answer_alone(self, job: Job) -> None:
         while self._pipeline.has_non_finished_requests():  # a cancelled batch request still being let go

@@ -40,6 +40,7 @@ from engine.pipeline_protocol import (
     Ready,
     Reply,
     Shutdown,
+    Speech,
 )
 from model_store.child_start import new_child
 from model_store.errors import ModelStoreError
@@ -110,10 +111,12 @@ class PipelineProcess:
         self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: the writer's last
         self._dead: str | None = None
         try:
-            self.load_seconds = self._await_ready()
+            ready = self._await_ready()
         except BaseException:
             self._reap(CLOSE_GRACE_SECONDS)
             raise
+        self.load_seconds = ready.load_seconds
+        self.hears = ready.hears  # a speech model loaded beside the vision model
         self._writer = threading.Thread(target=self._write, name="model-commands", daemon=True)
         self._reader = threading.Thread(target=self._read, name="model-replies", daemon=True)
         self._writer.start()
@@ -127,7 +130,7 @@ class PipelineProcess:
     def alive(self) -> bool:
         return self._dead is None
 
-    def _await_ready(self) -> float:
+    def _await_ready(self) -> Ready:
         while True:
             if self._connection.poll(POLL_SECONDS):
                 try:
@@ -135,7 +138,7 @@ class PipelineProcess:
                 except EOFError:
                     break
                 if isinstance(reply, Ready):
-                    return reply.load_seconds
+                    return reply
                 if isinstance(reply, LoadFailed):
                     raise ModelStoreError(reply.reason, **reply.data)
             elif not self._process.is_alive():
@@ -152,12 +155,14 @@ class PipelineProcess:
         settings: GenerationSettings,
         *,
         batched: bool,
+        speech: Speech | None = None,
     ) -> asyncio.Queue[Reply]:
-        """The answer's replies arrive on the returned queue: ``Text`` chunks, then one ``Done``."""
+        """The answer's replies arrive on the returned queue: for ``speech``, first what was ``Heard``; then
+        ``Text`` chunks, then one ``Done``."""
 
         def job(images: NewImages, forget: tuple[str, ...]) -> Job:
             messages = tuple(turn.message for turn in past)
-            return Job(request_id, key, messages, question.message, settings, batched, images, forget)
+            return Job(request_id, key, messages, question.message, settings, batched, images, forget, speech)
 
         return self._submit(request_id, _images([*past, question]), job)
 

@@ -20,8 +20,18 @@ NewImages = dict[str, np.ndarray]  # sha256 -> H x W x 3 uint8 pixels
 
 
 @dataclass(frozen=True)
+class Speech:
+    """A question asked aloud: float32 samples (little-endian bytes), mono, 16 kHz, as bot/media/sound.py makes
+    them.  The model's process writes it down with the speech model and asks what it heard."""
+
+    samples: bytes
+    language: str | None = None  # as Whisper names it ("<|fr|>"); None: Whisper tells from the sound
+
+
+@dataclass(frozen=True)
 class Job:
-    """Answer ``question`` after ``past``; ``batched`` jobs run together, the others alone (see FairQueue)."""
+    """Answer ``question`` after ``past``; ``batched`` jobs run together, the others alone (see FairQueue).
+    With ``speech``, the question's text is what was heard, after the text it has (a caption)."""
 
     request_id: int
     key: Hashable
@@ -31,6 +41,7 @@ class Job:
     batched: bool
     images: NewImages = field(default_factory=dict)
     forget: tuple[str, ...] = ()
+    speech: Speech | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class Shutdown:
 @dataclass(frozen=True)
 class Ready:
     load_seconds: float
+    hears: bool = False  # a speech model is loaded beside the vision model
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,17 @@ class LoadFailed:
 class Text:
     request_id: int
     text: str
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a question asked aloud says, before its answer; ``text`` is empty when no words were made out (no
+    answer follows then)."""
+
+    request_id: int
+    text: str
+    language: str | None
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -107,4 +130,4 @@ class Done:
 
 
 Command = Job | Prepare | Cancel | Drop | Shutdown
-Reply = Ready | LoadFailed | Text | Done
+Reply = Ready | LoadFailed | Text | Heard | Done

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.errors import MissingModelError, ModelStoreError
-from model_store.layout import VISION, check_ir_directory, read_json
+from model_store.layout import SPEECH, VISION, check_ir_directory, read_json
 from model_store.sources import parse_source
 from model_store.store import ModelEntry, ModelStore, Selection
 
@@ -117,6 +117,7 @@ class PipelineSpec:
     properties: dict[str, Any]
     kv_cache_gb: float
     num_crops: int
+    speech: ModelEntry | None = None  # the speech model loaded beside it (voice questions), if the store has one
 
 
 def pipeline_spec(
@@ -128,12 +129,15 @@ def pipeline_spec(
     num_crops: int | None = None,
     kv_cache_gb: float = 4.0,
     cpu: CpuTuning | None = None,
+    speech: ModelEntry | None = None,
 ) -> PipelineSpec:
-    """Checks the model's files first, so a damaged entry is named before any process is started.
+    """Checks the models' files first, so a damaged entry is named before any process is started.
 
     ``views_dir`` is where a view for another ``num_crops`` than the model's own is made (see crops_view).
     """
     check_ir_directory(entry.path, VISION)
+    if speech is not None:
+        check_ir_directory(speech.path, SPEECH)
     properties: dict[str, Any] = cpu.properties() if cpu is not None else {}
     if compile_cache_dir is not None:
         compile_cache_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,7 @@ def pipeline_spec(
         raise ValueError("a views_dir is needed to choose num_crops")
     else:
         path = crops_view(entry, num_crops, views_dir)
-    return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, num_crops)
+    return PipelineSpec(entry, path, normalise_device(device), properties, kv_cache_gb, num_crops, speech)
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,10 @@ class ModelChoice:
     cpu: CpuTuning | None = None
 
     def spec(self, entry: ModelEntry | None = None) -> PipelineSpec:
-        """``entry``: a model to serve instead of the one the store and the choice select."""
-        chosen = entry or select_entry(ModelStore(self.store_dir), self.model, self.precision)
+        """``entry``: a model to serve instead of the one the store and the choice select; the store's speech
+        model, if it has one, is loaded beside it."""
+        store = ModelStore(self.store_dir)
+        chosen = entry or select_entry(store, self.model, self.precision)
         return pipeline_spec(
             chosen,
             self.device,
@@ -174,7 +180,17 @@ class ModelChoice:
             num_crops=self.num_crops,
             kv_cache_gb=self.kv_cache_gb,
             cpu=self.cpu,
+            speech=speech_entry(store),
         )
+
+
+def speech_entry(store: ModelStore) -> ModelEntry | None:
+    """The store's speech model: the one chosen last, while it is there."""
+    chosen = store.active(SPEECH.name)
+    entry = store.entry(chosen.slug, chosen.precision) if chosen is not None else None
+    if chosen is not None and entry is None:
+        log.warning("the speech model chosen earlier (%s, %s) is gone", chosen.source, chosen.precision)
+    return entry
 
 
 def kv_cache_size_gb(kv_cache_gb: float) -> int:
@@ -190,6 +206,20 @@ def prefix_caching_scheduler(kv_cache_gb: float) -> Any:
     scheduler.enable_prefix_caching = True
     scheduler.cache_size = kv_cache_size_gb(kv_cache_gb)
     return scheduler
+
+
+def compile_speech(spec: PipelineSpec) -> Any:
+    """An ``openvino_genai.WhisperPipeline`` of the spec's speech model, on its device with its CPU options."""
+    import openvino_genai as genai
+
+    assert spec.speech is not None
+    try:
+        return genai.WhisperPipeline(str(spec.speech.path), spec.device, **spec.properties)
+    except RuntimeError as error:
+        speech = spec.speech
+        raise ModelStoreError(
+            "not_loaded", source=speech.source, precision=speech.precision, device=spec.device, error=str(error)
+        ) from error
 
 
 def compile_pipeline(spec: PipelineSpec) -> Any:

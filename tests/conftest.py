@@ -23,7 +23,7 @@ import pytest
 from devkit.bot_api_server import FakeBotApi
 from devkit.hub_server import StandInHub, stand_in_hub
 from devkit.processes import run_phi3bot
-from devkit.synthetic import build_synthetic_checkpoint
+from devkit.synthetic import build_synthetic_checkpoint, build_synthetic_whisper
 from model_store.convert import ConversionRequest, run_conversion
 from model_store.progress import Progress
 from model_store.store import ModelEntry, ModelStore
@@ -107,24 +107,49 @@ def int4_store(int4_conversion: Converted) -> tuple[ModelStore, ModelEntry]:
     return int4_conversion.store, int4_conversion.entry
 
 
-def _converted_here(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, precision: str) -> Converted:
+def _converted_here(
+    tmp_path_factory: pytest.TempPathFactory,
+    checkpoint: Path,
+    name: str,
+    precision: str | None,
+    *,
+    activate: bool = False,
+) -> Converted:
+    """``precision``: None for the kind's own."""
+
     def convert(root: Path) -> Converted:
         updates: list[Progress] = []
-        request = ConversionRequest(source=str(checkpoint), store_root=str(root), precision=precision)
+        request = ConversionRequest(
+            source=str(checkpoint), store_root=str(root), precision=precision, activate=activate
+        )
         entry = run_conversion(request, updates.append)
         return Converted(ModelStore(root), entry, progress=tuple(updates))
 
-    return _once_per_run(tmp_path_factory, precision, convert)
+    return _once_per_run(tmp_path_factory, name, convert)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _once_per_run(
+        tmp_path_factory, "whisper", lambda directory: build_synthetic_whisper(directory / "tiny-whisper", "tiny")
+    )
+
+
+@pytest.fixture(scope="session")
+def speech_conversion(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Path) -> Converted:
+    """The tiny Whisper checkpoint converted as a speech model (INT8, its default) and chosen as its store's speech
+    model, in this process."""
+    return _converted_here(tmp_path_factory, tiny_whisper, "speech", None, activate=True)
 
 
 @pytest.fixture(scope="session")
 def int8_conversion(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Converted:
-    return _converted_here(tmp_path_factory, tiny_checkpoint, "int8")
+    return _converted_here(tmp_path_factory, tiny_checkpoint, "int8", "int8")
 
 
 @pytest.fixture(scope="session")
 def fp16_conversion(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Converted:
-    return _converted_here(tmp_path_factory, tiny_checkpoint, "fp16")
+    return _converted_here(tmp_path_factory, tiny_checkpoint, "fp16", "fp16")
 
 
 @pytest.fixture

@@ -13,17 +13,11 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from devkit.processes import run_phi3bot
-from devkit.synthetic.whisper import build_synthetic_whisper
 from model_store.convert import ConversionRequest, run_conversion
 from model_store.errors import CorruptModelError
 from model_store.layout import SPEECH, detect_weight_precision
 from model_store.loader import pipeline_spec
 from model_store.store import ModelStore
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_synthetic_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper", "tiny")
 
 
 def _speech(seconds: float = 3.0) -> np.ndarray:

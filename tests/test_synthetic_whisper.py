@@ -12,12 +12,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
-from devkit.synthetic.whisper import SIZES, TASK_TOKENS, build_synthetic_whisper, model_config, vocabulary_size
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_synthetic_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper", "tiny")
+from devkit.synthetic.whisper import SIZES, TASK_TOKENS, model_config, vocabulary_size
 
 
 def test_the_tokenizer_has_whispers_layout_and_the_generation_settings_name_its_ids(tiny_whisper: Path) -> None:
