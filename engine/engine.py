@@ -68,9 +68,11 @@ class Started:
 @dataclass(frozen=True)
 class Heard:
     """What a question asked aloud says, written down before its answer starts; empty when no words were made
-    out, and then no answer follows."""
+    out, and then no answer follows.  ``question``: the text answered (the question's own, then what was heard),
+    which the conversation's history keeps in the question's place."""
 
     text: str
+    question: str
     language: str | None = None  # as Whisper names it ("<|en|>")
     seconds: float = 0.0  # spent transcribing
 
@@ -419,7 +421,7 @@ class Engine:
                         continue
                     if isinstance(reply, HeardReply):
                         heard = reply.text
-                        yield Heard(reply.text, reply.language, reply.seconds)
+                        yield Heard(reply.text, reply.question, reply.language, reply.seconds)
                         continue
                     if ttft is None:
                         ttft = time.monotonic() - started

@@ -40,6 +40,7 @@ from engine.conversation import Message, Piece, Session, Sessions, Tokens, conve
 from engine.generation import GenerationSettings
 from engine.images import for_genai, image_tokens
 from engine.pipeline_protocol import (
+    SPEECH_SAMPLE_RATE,
     Cancel,
     Command,
     Done,
@@ -56,6 +57,7 @@ from engine.pipeline_protocol import (
     Speech,
     Text,
 )
+from engine.prompt_text import as_plain_text
 from model_store.errors import ModelStoreError
 from model_store.loader import PipelineSpec, compile_pipeline, compile_speech
 
@@ -64,6 +66,10 @@ log = logging.getLogger(__name__)
 PIECE_SECONDS = 1.0  # how long a piece of text read ahead may take: another conversation's question waits at most this
 FIRST_PIECE_TOKENS = 64  # until the reading speed has been measured here
 NO_SPEECH_MODEL = "no speech model is loaded"
+# Fast speech is about five tokens a second; Whisper writes each 30 s window on its own.
+TRANSCRIPT_TOKENS_PER_SECOND = 6
+TRANSCRIPT_SPARE_TOKENS = 16
+WHISPER_WINDOW_SECONDS = 30.0
 # A timestamp token a model writes though none were asked for (one with random weights does): not words.
 _TIMESTAMP = re.compile(r"<\|\d+\.\d+\|>")
 
@@ -343,24 +349,29 @@ class Host:
             log.exception("transcribing a voice question failed")
             self._finish(Done(job.request_id, error=str(error)))
             return None
-        self._send(Heard(job.request_id, heard, language, time.monotonic() - started))
+        text = f"{job.question.text}\n{heard}" if job.question.text and heard else heard
+        self._send(Heard(job.request_id, heard, text, language, time.monotonic() - started))
         if not heard or job.request_id in self._cancelled:
             self._finish(Done(job.request_id))
             return None
-        text = f"{job.question.text}\n{heard}" if job.question.text else heard
         return replace(job, question=replace(job.question, text=text), speech=None)
 
     def _transcribe(self, speech: Speech) -> tuple[str, str | None]:
+        """What was said, as plain text (engine/prompt_text.py: the conversation's history keeps it so), and the
+        language Whisper heard.  The transcript is bounded by the sound's length: Whisper can loop on noise."""
         import numpy as np
 
+        samples = np.frombuffer(speech.samples, dtype="<f4")
+        seconds = min(samples.size / SPEECH_SAMPLE_RATE, WHISPER_WINDOW_SECONDS)
         config = self._speech.get_generation_config()
         config.task = "transcribe"
         config.language = speech.language
         config.return_timestamps = False
-        samples = np.frombuffer(speech.samples, dtype="<f4")
+        config.max_new_tokens = int(TRANSCRIPT_TOKENS_PER_SECOND * seconds) + TRANSCRIPT_SPARE_TOKENS
         result = self._speech.generate(samples.tolist(), config)
         languages = list(getattr(result, "languages", None) or [])
-        return _TIMESTAMP.sub("", result.texts[0]).strip(), (languages[0] if languages else None)
+        heard = as_plain_text(_TIMESTAMP.sub("", result.texts[0]).strip())
+        return heard, (languages[0] if languages else None)
 
     def _answer_alone(self, job: Job) -> None:
         while self._pipeline.has_non_finished_requests():  # a cancelled batch request still being let go

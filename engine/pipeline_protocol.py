@@ -17,6 +17,7 @@ from engine.conversation import Message
 from engine.generation import GenerationSettings
 
 NewImages = dict[str, np.ndarray]  # sha256 -> H x W x 3 uint8 pixels
+SPEECH_SAMPLE_RATE = 16000  # what Whisper's feature extractor takes
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,12 @@ class Text:
 @dataclass(frozen=True)
 class Heard:
     """What a question asked aloud says, before its answer; ``text`` is empty when no words were made out (no
-    answer follows then)."""
+    answer follows then).  ``question``: the text the model answers (the question's own, then what was heard),
+    as the conversation's history must keep it for the next question to find it read."""
 
     request_id: int
     text: str
+    question: str
     language: str | None
     seconds: float
 

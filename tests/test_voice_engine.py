@@ -41,13 +41,18 @@ async def test_a_question_asked_aloud_is_heard_then_answered_as_the_same_questio
     answer = finished(spoken)
     assert answer.status == "complete" and answer.report.generated_tokens == SETTINGS.max_new_tokens
 
+    assert heard.question == heard.text
     typed = finished(await _asked(engine, "typed", [], Turn("user", heard.text, (picture,)), None))
     assert (typed.text, typed.report.input_tokens) == (answer.text, answer.report.input_tokens)
 
+    past = [Turn("user", heard.question, (picture,)), Turn("assistant", answer.text)]
+    follow_up = finished(await _asked(engine, "voice", past, Turn("user", "And the colours?"), None))
+    assert follow_up.report.replays == 0, "the history's question is the one the model read: its cache holds"
+
     captioned = await _asked(engine, "caption", [], Turn("user", "Please answer briefly.", (picture,)), VOICE)
-    typed_both = finished(
-        await _asked(engine, "both", [], Turn("user", f"Please answer briefly.\n{heard.text}", (picture,)), None)
-    )
+    [heard_again] = [event for event in captioned if isinstance(event, Heard)]
+    assert heard_again.question == f"Please answer briefly.\n{heard_again.text}"
+    typed_both = finished(await _asked(engine, "both", [], Turn("user", heard_again.question, (picture,)), None))
     assert (finished(captioned).text, finished(captioned).report.input_tokens) == (
         typed_both.text,
         typed_both.report.input_tokens,
@@ -67,7 +72,7 @@ async def test_a_voice_question_joins_a_running_batch_between_its_steps(
     assert any(isinstance(event, Waiting) for event in c), "the voice question waited for the lone answer"
     assert finished(b).status == finished(c).status == "complete"
     [heard] = [event for event in c if isinstance(event, Heard)]
-    alone = finished(await _asked(engine, "c-alone", [], Turn("user", heard.text), None))
+    alone = finished(await _asked(engine, "c-alone", [], Turn("user", heard.question), None))
     assert finished(c).text == alone.text, "heard in a batch, answered as the same question typed alone"
     await engine.aclose()
 

@@ -17,8 +17,8 @@ import av
 import numpy as np
 
 from bot.media.refusal import Refusal
+from engine.pipeline_protocol import SPEECH_SAMPLE_RATE as SAMPLE_RATE
 
-SAMPLE_RATE = 16000  # what Whisper's feature extractor takes
 MAX_PACKETS = 200_000  # an Opus packet is 20 ms: over an hour of voice, whatever the header says
 MIN_SECONDS = 0.1
 SILENCE_RMS = 1e-3  # about -60 dBFS in every 30 ms window: nothing a microphone would call speech
