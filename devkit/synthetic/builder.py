@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -245,6 +246,21 @@ def parameter_shapes(config: Phi3VConfig) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in skeleton.state_dict().items() if tensor.is_floating_point()}
 
 
+def known_size(size: str, sizes: Mapping[str, object]) -> str:
+    if size not in sizes:
+        raise ValueError(f"unknown synthetic size {size!r}; choose one of {', '.join(sizes)}")
+    return size
+
+
+def new_checkpoint_directory(directory: Path) -> Path:
+    """``directory``, made; refused unless it is empty or absent, so no checkpoint is built over another."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} is not empty; choose a new directory for the synthetic checkpoint")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 def build_synthetic_checkpoint(
     directory: Path,
     size: str = "tiny",
@@ -253,13 +269,8 @@ def build_synthetic_checkpoint(
     progress: ProgressCallback = ignore_progress,
 ) -> Path:
     """Build into ``directory`` (created; must be empty or absent) and return it."""
-    if size not in SIZES:
-        raise ValueError(f"unknown synthetic size {size!r}; choose one of {', '.join(SIZES)}")
-    spec = SIZES[size]
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{directory} is not empty; choose a new directory for the synthetic checkpoint")
-    directory.mkdir(parents=True, exist_ok=True)
+    spec = SIZES[known_size(size, SIZES)]
+    directory = new_checkpoint_directory(directory)
     plan = PhasePlan([("configure", 1), ("weights", 20 if size == "full" else 2)], progress)
     plan.report("configure", 0.0, "training the tokenizer and writing configuration")
     config, token_ids = write_configs(directory, spec)

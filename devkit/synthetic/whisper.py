@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
+from devkit.synthetic.builder import known_size, new_checkpoint_directory
 from devkit.synthetic.tokenizer import corpus
 
 log = logging.getLogger(__name__)
@@ -177,13 +178,8 @@ def model_config(spec: WhisperSpec, start: int, end: int) -> WhisperConfig:
 
 def build_synthetic_whisper(directory: Path, size: str = "tiny", *, seed: int = 0) -> Path:
     """Build into ``directory`` (created; must be empty or absent) and return it."""
-    if size not in SIZES:
-        raise ValueError(f"unknown synthetic Whisper size {size!r}; choose one of {', '.join(SIZES)}")
-    spec = SIZES[size]
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{directory} is not empty; choose a new directory for the synthetic checkpoint")
-    directory.mkdir(parents=True, exist_ok=True)
+    spec = SIZES[known_size(size, SIZES)]
+    directory = new_checkpoint_directory(directory)
     tokenizer = train_whisper_tokenizer(spec)
     ids = _write_tokenizer(directory, tokenizer)
     vocab = tokenizer.get_vocab_size()

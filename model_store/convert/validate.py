@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,64 +35,60 @@ def sample_sound(seconds: float = 2.0, rate: int = 16000) -> np.ndarray:
 
 def validate_model(directory: Path, device: str = "CPU") -> dict[str, float | int]:
     """Load ``directory`` in the pipeline of its kind and generate a few tokens; raise if anything fails."""
+    import openvino_genai as genai
+
     if check_ir_directory(directory) is SPEECH:
-        return _validate_speech(directory, device)
-    try:
-        import openvino as ov
-        import openvino_genai as genai
+        return _tried(directory, lambda: genai.WhisperPipeline(str(directory), device), _transcribe)
+    return _tried(directory, lambda: genai.VLMPipeline(str(directory), device), _describe)
 
-        started = time.monotonic()
-        pipeline = genai.VLMPipeline(str(directory), device)
-        loaded = time.monotonic()
-        config = genai.GenerationConfig()
-        config.max_new_tokens = VALIDATION_TOKENS
-        config.ignore_eos = True
-        chunks: list[str] = []
 
-        def collect(chunk: str) -> bool:
-            chunks.append(chunk)
-            return False
+def _describe(pipeline: Any) -> tuple[int, dict[str, int]]:
+    import openvino as ov
+    import openvino_genai as genai
 
-        result = pipeline.generate(
-            "What is in this image?", images=[ov.Tensor(sample_image())], generation_config=config, streamer=collect
-        )
-        generated = int(result.perf_metrics.get_num_generated_tokens())
-        input_tokens = int(result.perf_metrics.get_num_input_tokens())
-    except Exception as error:
-        raise ValidationFailedError("did_not_run", error=str(error)) from error
-    if generated < 1:
-        raise ValidationFailedError("no_tokens")
-    finished = time.monotonic()
-    log.info("validated %s: %d input tokens, %d generated", directory, input_tokens, generated)
-    return {
-        "load_seconds": round(loaded - started, 2),
-        "generate_seconds": round(finished - loaded, 2),
-        "input_tokens": input_tokens,
-        "generated_tokens": generated,
+    config = genai.GenerationConfig()
+    config.max_new_tokens = VALIDATION_TOKENS
+    config.ignore_eos = True
+    chunks: list[str] = []
+
+    def collect(chunk: str) -> bool:
+        chunks.append(chunk)
+        return False
+
+    result = pipeline.generate(
+        "What is in this image?", images=[ov.Tensor(sample_image())], generation_config=config, streamer=collect
+    )
+    return int(result.perf_metrics.get_num_generated_tokens()), {
+        "input_tokens": int(result.perf_metrics.get_num_input_tokens())
     }
 
 
-def _validate_speech(directory: Path, device: str) -> dict[str, float | int]:
-    """WhisperPipeline transcribing a sound: a model that loads and writes tokens (random weights may write only
-    timestamps, which are tokens as well)."""
-    try:
-        import openvino_genai as genai
+def _transcribe(pipeline: Any) -> tuple[int, dict[str, int]]:
+    """Random weights may write only timestamps, which are tokens as well."""
+    config = pipeline.get_generation_config()
+    config.max_new_tokens = VALIDATION_TOKENS
+    result = pipeline.generate(sample_sound().tolist(), config)
+    return int(result.perf_metrics.get_num_generated_tokens()), {}
 
+
+def _tried(
+    directory: Path, load: Callable[[], Any], ask: Callable[[Any], tuple[int, dict[str, int]]]
+) -> dict[str, float | int]:
+    """The pipeline ``load`` makes, asked by ``ask`` (tokens generated, and what else it measured), timed."""
+    try:
         started = time.monotonic()
-        pipeline = genai.WhisperPipeline(str(directory), device)
+        pipeline = load()
         loaded = time.monotonic()
-        config = pipeline.get_generation_config()
-        config.max_new_tokens = VALIDATION_TOKENS
-        result = pipeline.generate(sample_sound().tolist(), config)
-        generated = int(result.perf_metrics.get_num_generated_tokens())
+        generated, measured = ask(pipeline)
     except Exception as error:
         raise ValidationFailedError("did_not_run", error=str(error)) from error
     if generated < 1:
         raise ValidationFailedError("no_tokens")
     finished = time.monotonic()
-    log.info("validated %s: %d tokens transcribed", directory, generated)
+    log.info("validated %s: %d tokens generated (%s)", directory, generated, measured)
     return {
         "load_seconds": round(loaded - started, 2),
         "generate_seconds": round(finished - loaded, 2),
+        **measured,
         "generated_tokens": generated,
     }
