@@ -27,6 +27,7 @@ from fractions import Fraction
 import av
 
 from bot.media.decoding import ImageLimits
+from bot.media.ffmpeg import header_seconds, opened
 from bot.media.refusal import Refusal
 
 FRAMES_PER_SECOND = 2.0  # at most this many frames per second of clip: a 1 s GIF gets 2, not 8
@@ -57,41 +58,35 @@ def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Fr
     """Up to ``limit`` frames spread evenly over the clip in ``data``, each at most ``long_side`` pixels on its
     long side (the engine would scale it to that anyway); raises VideoError for what cannot be read."""
     max_pixels = ImageLimits().max_pixels
-    try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-            if not container.streams.video:
-                raise VideoError("no_pictures")
-            stream = container.streams.video[0]
-            if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
-                raise VideoError("clip_unreadable")
-            width, height = stream.codec_context.width, stream.codec_context.height
-            if width * height > max_pixels:
-                raise VideoError("frames_too_large", width=width, height=height)
-            stream.codec_context.thread_count = DECODE_THREADS
-            stream.codec_context.options = {"max_pixels": str(max_pixels)}  # larger frames: a decoding error
-            duration = _duration(container, stream)
-            if duration > max_seconds:
-                raise VideoError("too_long", duration=duration, max_seconds=max_seconds)
-            start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
-            count = frame_count(duration, limit)
-            targets = [start + duration * (index + 0.5) / count for index in range(count)]
-            taken = _frames_at(container, stream, targets, _Budget(max_pixels), long_side)
-            if not taken:
-                raise VideoError("no_frames")
-    except av.FFmpegError as error:
-        if isinstance(error, MemoryError):  # more than the reader's memory: its own refusal (bot/media/reader.py)
-            raise
-        raise VideoError("clip_unreadable") from error
+    with opened(data, lambda: VideoError("clip_unreadable")) as container:
+        if not container.streams.video:
+            raise VideoError("no_pictures")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
+            raise VideoError("clip_unreadable")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise VideoError("frames_too_large", width=width, height=height)
+        stream.codec_context.thread_count = DECODE_THREADS
+        stream.codec_context.options = {"max_pixels": str(max_pixels)}  # larger frames: a decoding error
+        duration = _duration(container, stream)
+        if duration > max_seconds:
+            raise VideoError("too_long", duration=duration, max_seconds=max_seconds)
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        count = frame_count(duration, limit)
+        targets = [start + duration * (index + 0.5) / count for index in range(count)]
+        taken = _frames_at(container, stream, targets, _Budget(max_pixels), long_side)
+        if not taken:
+            raise VideoError("no_frames")
     seconds = tuple(round(max(0.0, (shown if shown is not None else start) - start), 2) for shown, _ in taken)
     return Frames(seconds, duration, tuple(image for _, image in taken))
 
 
 def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float:
     """Seconds, from the stream's header, the container's, or else the packets' timestamps."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
+    announced = header_seconds(container, stream)
+    if announced is not None:
+        return announced
     end = 0.0
     for packets, packet in enumerate(container.demux(stream), 1):
         if packet.pts is not None and packet.time_base:

@@ -10,12 +10,12 @@ A sound that is nowhere louder than ``SILENCE_RMS`` is refused as silence: Whisp
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
+from bot.media.ffmpeg import header_seconds, opened
 from bot.media.refusal import Refusal
 from engine.pipeline_protocol import SPEECH_SAMPLE_RATE as SAMPLE_RATE
 
@@ -42,35 +42,21 @@ class Sound:
 
 def listen(data: bytes, *, max_seconds: float) -> Sound:
     """The sound in ``data`` at 16 kHz mono; raises SoundError for what cannot be heard or is too long."""
-    try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                raise SoundError("no_sound")
-            stream = container.streams.audio[0]
-            if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
-                raise SoundError("sound_unreadable")
-            announced = _announced(container, stream)
-            if announced is not None and announced > max_seconds:
-                raise SoundError("sound_too_long", duration=announced, max_seconds=max_seconds)
-            samples = _decoded(container, stream, int(max_seconds * SAMPLE_RATE), max_seconds)
-    except av.FFmpegError as error:
-        if isinstance(error, MemoryError):  # more than the reader's memory: its own refusal (bot/media/reader.py)
-            raise
-        raise SoundError("sound_unreadable") from error
+    with opened(data, lambda: SoundError("sound_unreadable")) as container:
+        if not container.streams.audio:
+            raise SoundError("no_sound")
+        stream = container.streams.audio[0]
+        if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
+            raise SoundError("sound_unreadable")
+        announced = header_seconds(container, stream)
+        if announced is not None and announced > max_seconds:
+            raise SoundError("sound_too_long", duration=announced, max_seconds=max_seconds)
+        samples = _decoded(container, stream, int(max_seconds * SAMPLE_RATE), max_seconds)
     if samples.size < MIN_SECONDS * SAMPLE_RATE:
         raise SoundError("no_sound")
     if _loudest_window(samples) < SILENCE_RMS:
         raise SoundError("silent")
     return Sound(samples.astype("<f4").tobytes(), round(samples.size / SAMPLE_RATE, 2))
-
-
-def _announced(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
-    """Seconds, as the stream's header or the container's says, if either does."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    return None
 
 
 def _decoded(
@@ -97,6 +83,5 @@ def _decoded(
 
 def _loudest_window(samples: np.ndarray) -> float:
     """The root mean square of the loudest 30 ms of ``samples``."""
-    usable = samples[: samples.size // WINDOW * WINDOW] if samples.size >= WINDOW else samples
-    windows = usable.reshape(-1, min(WINDOW, usable.size))
+    windows = samples[: samples.size // WINDOW * WINDOW].reshape(-1, WINDOW)  # MIN_SECONDS holds many windows
     return float(np.sqrt((windows.astype(np.float64) ** 2).mean(axis=1)).max())
