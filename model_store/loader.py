@@ -18,7 +18,7 @@ from typing import Any
 from model_store.errors import MissingModelError, ModelStoreError
 from model_store.layout import SPEECH, VISION, check_ir_directory, read_json
 from model_store.sources import parse_source
-from model_store.store import ModelEntry, ModelStore, Selection
+from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,9 @@ def normalise_device(device: str) -> str:
 
 def select_entry(store: ModelStore, model: str, precision: str) -> ModelEntry:
     """The admin's last choice (active.json) wins over the configured default, so /convert survives restarts."""
-    chosen: Selection | None = store.active()
-    if chosen is not None:
-        entry = store.entry(chosen.slug, chosen.precision)
-        if entry is not None:
-            return entry
-        log.warning(
-            "the model chosen earlier (%s, %s) is gone; using the configured one", chosen.source, chosen.precision
-        )
+    entry = chosen_entry(store, VISION.name)
+    if entry is not None:
+        return entry
     slug = parse_source(model).slug if Path(model).expanduser().is_dir() or "/" in model else model
     entry = store.entry(slug, precision)
     if entry is None:
@@ -180,16 +175,16 @@ class ModelChoice:
             num_crops=self.num_crops,
             kv_cache_gb=self.kv_cache_gb,
             cpu=self.cpu,
-            speech=speech_entry(store),
+            speech=chosen_entry(store, SPEECH.name),
         )
 
 
-def speech_entry(store: ModelStore) -> ModelEntry | None:
-    """The store's speech model: the one chosen last, while it is there."""
-    chosen = store.active(SPEECH.name)
+def chosen_entry(store: ModelStore, kind: str) -> ModelEntry | None:
+    """The store's model of ``kind`` chosen last (active.json, active-speech.json), while it is there."""
+    chosen = store.active(kind)
     entry = store.entry(chosen.slug, chosen.precision) if chosen is not None else None
     if chosen is not None and entry is None:
-        log.warning("the speech model chosen earlier (%s, %s) is gone", chosen.source, chosen.precision)
+        log.warning("the %s model chosen earlier (%s, %s) is gone", kind, chosen.source, chosen.precision)
     return entry
 
 
