@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     pdf_pages: int = Field(default=4, ge=1, le=32)
     video_frames: int = Field(default=8, ge=1, le=32)
     video_max_seconds: float = Field(default=600.0, gt=0, le=86400.0)
+    # Voice messages and audio files up to this long are heard; longer ones are refused before downloading.
+    voice_max_seconds: float = Field(default=180.0, gt=0, le=3600.0)
     # Memory a file reader (a child process per photo, PDF or clip) may take beyond its libraries' own, in MB.
     reader_memory_mb: int = Field(default=1536, ge=256, le=65536)
     # Decoded photos kept for follow-ups, in MB of pixels (a photo decodes to at most about 5 MB).

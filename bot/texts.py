@@ -75,6 +75,17 @@ ASKER_ONLY = "Only the person who asked can stop this answer."
 GROUP_ADMINS_ONLY = "Only this group's administrators can reset its conversation."
 FAILED = "Sorry, something went wrong while answering. Please try again."
 NO_ANSWER = "The model gave no answer. Please try again, perhaps in other words."
+# Voice questions (bot/handlers/questions.py, bot/answers/answer_stream.py)
+LISTENING = "🎤 Listening…"
+NOT_HEARD = "🎤 I couldn't make out any words in that recording. Please try again, or type your question."
+NO_SPEECH_MODEL = (
+    "I can't listen to voice messages yet: no speech model is installed. An admin can add one with "
+    "/convert openai/whisper-base. Meanwhile, please type your question."
+)
+NO_SPEECH_HERE = (
+    "I can't listen to voice messages here: my model runs on a model service, which takes typed questions only. "
+    "Please type your question."
+)
 CONVERSION_CANCELLED = "Conversion cancelled."
 CONFIRMATION_EXPIRED = "That question has expired. Send /convert again."
 CONVERSION_RUNNING = "A conversion is already running; its message shows the progress."
@@ -218,8 +229,6 @@ def pages_not_in_view(shown: str, count: int) -> str:
 # Media the bot cannot read (bot/media/intake.py's unsupported_kind), as the reply names it.
 UNSUPPORTED = {
     "animated_sticker": "animated stickers",
-    "voice": "voice messages",
-    "audio": "audio files",
     "location": "locations",
     "contact": "contacts",
     "poll": "polls",
@@ -229,6 +238,15 @@ UNSUPPORTED = {
 
 def unsupported(kind: str) -> str:
     return f"I can't read {UNSUPPORTED[kind]}. Send me a photo, a PDF or a short video with a question."
+
+
+HEARD_SHOWN = 1500  # characters of a transcript shown above its answer: the answer must fit beside it
+
+
+def heard(transcript: str) -> str:
+    """Above the answer to a question asked aloud: what the bot heard, so a misheard question is plain to see."""
+    shown = transcript if len(transcript) <= HEARD_SHOWN else transcript[: HEARD_SHOWN - 1].rstrip() + "…"
+    return f"🎤 {shown}\n\n"
 
 
 def footer(status: str, text: str, note: str = "") -> str:
@@ -322,7 +340,7 @@ REFUSALS: dict[str, str | Callable[..., str]] = {
     "announced_too_large": "That {name}'s frames are too large for me to read.",
     "too_big": "That file is larger than 20 MB, which is as much as Telegram lets bots download.",
     "not_downloaded": NOT_DOWNLOADED,
-    "one_at_a_time": "Please send the {name} on its own: I can read one PDF or clip per question.",
+    "one_at_a_time": "Please send the {name} on its own: I can read one PDF, clip or recording per question.",
     # the file reader (bot/media/reader.py)
     "too_slow": (
         "That file takes too long to read (over {seconds:.0f} s), so I gave up on it. Please send a simpler one."
@@ -489,6 +507,10 @@ STORE_ERRORS: dict[str, str | Callable[..., str]] = {
     "export_ended": lambda exitcode: f"The export failed: its process {ended(exitcode)}.{KEEPS_SERVING}",
     "did_not_run": "The converted model did not run in OpenVINO GenAI: {error}." + KEEPS_SERVING,
     "no_tokens": "The converted model generated no tokens." + KEEPS_SERVING,
+    "speech_not_loaded": (
+        "{source} was converted but did not load as the speech model here (the log says why); voice questions go "
+        "on as before."
+    ),
     "cancelled": "The conversion was cancelled." + KEEPS_SERVING,
     "interrupted": "The conversion was interrupted." + KEEPS_SERVING,
     "conversion_ended": lambda exitcode: f"The conversion process {ended(exitcode)}.{KEEPS_SERVING}",
@@ -557,6 +579,10 @@ def model_shown(name: str, serving: Serving, queue: FairQueue | None) -> str:
         f"Precision: {serving.precision}",
         f"Device: {serving.device}",
     ]
+    if serving.speech is not None:
+        lines.append(f"Voice questions: {serving.speech}")
+    elif serving.service is None:
+        lines.append("Voice questions: no speech model (an admin can add one with /convert openai/whisper-base)")
     if serving.service is not None:
         lines.append("Served by a model service on another machine")
     if queue is not None:
@@ -592,9 +618,10 @@ def stats_shown(
     return "\n".join(lines)
 
 
-def converting(model: str, precision: str, progress: Progress | None = None, *, loading: bool = False) -> str:
-    """The message that follows a conversion: started, at ``progress``, or loading the model it made."""
-    header = f"🔧 Converting {model} to {precision}"
+def converting(model: str, precision: str | None, progress: Progress | None = None, *, loading: bool = False) -> str:
+    """The message that follows a conversion: started, at ``progress``, or loading the model it made;
+    ``precision``: None while it is not known (a directory whose configuration says nothing the bot can read)."""
+    header = f"🔧 Converting {model} to {precision}" if precision else f"🔧 Converting {model}"
     if progress is not None:
         return f"{header}\n{progress.percent:.0f}% — {progress.phase}: {progress.detail}"
     return f"{header}\nLoading the new model…" if loading else f"{header}…"
@@ -606,4 +633,7 @@ def not_loaded(error: str) -> str:
 
 
 def now_serving(entry: ModelEntry, seconds: float) -> str:
-    return f"✅ Now serving {entry.source} ({entry.precision}). Took {format_elapsed(seconds)}."
+    took = f"Took {format_elapsed(seconds)}."
+    if entry.kind == "speech":
+        return f"✅ Voice questions are now heard by {entry.source} ({entry.precision}). {took}"
+    return f"✅ Now serving {entry.source} ({entry.precision}). {took}"

@@ -399,15 +399,19 @@ class FakeBotApi:
         file_size: int | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """A message carrying a clip, shaped as the Bot API sends it: ``kind`` is "video", "animation" (which
-        Telegram also sends as ``document``, for older clients), "video_note" (square: ``length``, no width or
-        height) or "sticker" (a video sticker, WebM). ``file_size`` and ``duration`` may claim what the file
-        is not, as a hostile client's upload can."""
+        """A message carrying a clip or a recording, shaped as the Bot API sends it: ``kind`` is "video",
+        "animation" (which Telegram also sends as ``document``, for older clients), "video_note" (square:
+        ``length``, no width or height), "sticker" (a video sticker, WebM), "voice" (OGG Opus) or "audio" (a music
+        file).  ``file_size`` and ``duration`` may claim what the file is not, as a hostile client's upload can."""
         file_id, unique = self.add_file(data, file_size=file_size)
         size = len(data) if file_size is None else file_size
         media: dict[str, Any] = {"file_id": file_id, "file_unique_id": unique, "file_size": size}
         extra: dict[str, Any] = {}
-        if kind == "video_note":
+        if kind == "voice":
+            media.update(duration=duration, mime_type="audio/ogg")
+        elif kind == "audio":
+            media.update(duration=duration, mime_type="audio/mpeg", file_name="recording.mp3", title="Recording")
+        elif kind == "video_note":
             media.update(length=width, duration=duration)
         elif kind == "sticker":
             media.update(type="regular", width=width, height=height, is_animated=False, is_video=True)

@@ -171,6 +171,7 @@ class Serving:
     device: str
     synthetic: bool = False
     service: str | None = None  # the model service's address, when it answers from there
+    speech: str | None = None  # the speech model that hears voice questions ("openai/whisper-base, int8"), if loaded
 
 
 @dataclass
@@ -225,8 +226,9 @@ class Engine:
 
     @property
     def serving(self) -> Serving:
-        entry = self._model.entry
-        return Serving(entry.source, entry.precision, self._model.device, entry.synthetic)
+        entry, speech = self._model.entry, self._model.pipeline.spec.speech
+        heard_by = f"{speech.source}, {speech.precision}" if speech is not None and self.hears else None
+        return Serving(entry.source, entry.precision, self._model.device, entry.synthetic, speech=heard_by)
 
     @property
     def kv_cache_tokens(self) -> int:

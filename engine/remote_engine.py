@@ -25,6 +25,7 @@ from engine.engine import EngineStats, Event, Finished, Prepared, Serving
 from engine.fair_queue import AlreadyQueued, QueueFull
 from engine.generation import GenerationSettings
 from engine.openai_wire import CONVERSATION_HEADER, StreamReader, WireError, request_body
+from engine.pipeline_protocol import Speech
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,11 @@ class RemoteEngine:
         return self.served.history_tokens
 
     @property
+    def hears(self) -> bool:
+        """The OpenAI chat protocol carries no recordings to transcribe: voice questions need the local engine."""
+        return False
+
+    @property
     def num_crops(self) -> int:
         return self.served.num_crops
 
@@ -142,10 +148,15 @@ class RemoteEngine:
         system_prompt: str | None = None,
         seed: int | None = None,
         asker: Hashable | None = None,
+        speech: Speech | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """As Engine.ask: raises AlreadyQueued / QueueFull before yielding anything."""
+        """As Engine.ask: raises AlreadyQueued / QueueFull before yielding anything.  ``speech`` fails the answer:
+        the protocol has no place for a recording (``hears``)."""
         if key in self._asking:
             raise AlreadyQueued
+        if speech is not None:
+            yield Finished(text="", status="failed", error="the model service hears no recordings")
+            return
         asking = self._asking[key] = _Asking()
         started = time.monotonic()
         try:

@@ -162,9 +162,9 @@ class ModelChoice:
     kv_cache_gb: float = 4.0
     cpu: CpuTuning | None = None
 
-    def spec(self, entry: ModelEntry | None = None) -> PipelineSpec:
+    def spec(self, entry: ModelEntry | None = None, speech: ModelEntry | None = None) -> PipelineSpec:
         """``entry``: a model to serve instead of the one the store and the choice select; the store's speech
-        model, if it has one, is loaded beside it."""
+        model, if it has one, is loaded beside it, or ``speech`` instead."""
         store = ModelStore(self.store_dir)
         chosen = entry or select_entry(store, self.model, self.precision)
         return pipeline_spec(
@@ -175,7 +175,7 @@ class ModelChoice:
             num_crops=self.num_crops,
             kv_cache_gb=self.kv_cache_gb,
             cpu=self.cpu,
-            speech=chosen_entry(store, SPEECH.name),
+            speech=speech or chosen_entry(store, SPEECH.name),
         )
 
 

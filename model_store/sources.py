@@ -14,11 +14,11 @@ PRECISIONS = ("int4", "int8", "fp16", "fp32")
 # of 64, and that share of the language model's layers in INT4, the rest in INT8.
 INT4_GROUP_SIZE = 64
 INT4_RATIO = 0.6
+KNOWN_SPEECH_MODELS = {"whisper-base": "openai/whisper-base", "whisper-small": "openai/whisper-small"}
 KNOWN_MODELS = {
     "phi-3.5-vision": "microsoft/Phi-3.5-vision-instruct",
     "phi-3-vision-128k": "microsoft/Phi-3-vision-128k-instruct",
-    "whisper-base": "openai/whisper-base",  # speech models, for voice messages
-    "whisper-small": "openai/whisper-small",
+    **KNOWN_SPEECH_MODELS,  # for voice messages
 }
 # Converting a Phi-3-vision checkpoint runs the Python code it ships (its modelling code is not part of
 # transformers); the known repositories' code is Microsoft's, any other needs the admin's confirmation.  A Whisper

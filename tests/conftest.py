@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,24 @@ def speech_conversion(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Pa
     """The tiny Whisper checkpoint converted as a speech model (INT8, its default) and chosen as its store's speech
     model, in this process."""
     return _converted_here(tmp_path_factory, tiny_whisper, "speech", None, activate=True)
+
+
+@pytest.fixture(scope="session")
+def voice_store(
+    tmp_path_factory: pytest.TempPathFactory, int4_conversion: Converted, speech_conversion: Converted
+) -> Path:
+    """A store holding the INT4 vision model and the speech model, each the one chosen: what a bot that hears
+    serves.  Its models are hard links to the other fixtures' (read-only like them)."""
+
+    def build(directory: Path) -> Path:
+        root = directory / "store"
+        shutil.copytree(int4_conversion.store.root, root, symlinks=True, copy_function=os.link)
+        speech = speech_conversion.entry
+        shutil.copytree(speech.path.parent, root / speech.slug, symlinks=True, copy_function=os.link)
+        ModelStore(root).set_active(speech)
+        return root
+
+    return _once_per_run(tmp_path_factory, "voice-store", build)
 
 
 @pytest.fixture(scope="session")

@@ -640,7 +640,8 @@ async def test_a_question_replying_to_a_photo_is_about_that_photo(bot: RunningBo
 
 
 async def test_animated_stickers_and_voice_get_a_friendly_note(bot: RunningBot) -> None:
-    """Animated stickers are Lottie animations (TGS), which no video decoder reads; video stickers are clips."""
+    """Animated stickers are Lottie animations (TGS), which no video decoder reads; video stickers are clips.  A
+    voice message needs a speech model, which this bot has not (tests/test_bot_voice.py has one)."""
     api = bot.api
     sticker = {
         "file_id": "sticker-1",
@@ -655,7 +656,7 @@ async def test_animated_stickers_and_voice_get_a_friendly_note(bot: RunningBot) 
     api.push_message(CHAT, "What is this sticker?", user_id=USER, reply_to=sent)
     api.push_message(CHAT, user_id=USER, extra={"voice": {"file_id": "v1", "file_unique_id": "v1u", "duration": 3}})
     await api.wait_for(lambda: len(api.visible_text(CHAT)) == 2, 20, "two notes")
-    assert api.visible_text(CHAT) == [texts.unsupported("animated_sticker"), texts.unsupported("voice")]
+    assert api.visible_text(CHAT) == [texts.unsupported("animated_sticker"), texts.NO_SPEECH_MODEL]
 
 
 async def test_a_second_chat_sees_its_place_in_line(

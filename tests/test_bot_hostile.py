@@ -336,7 +336,8 @@ async def test_one_users_flood_is_refused_without_starving_others(
 async def test_files_sent_with_a_question_get_a_note_and_the_model_never_sees_them(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
-    """Answered as text-only questions, a real model would make up what the file says."""
+    """Answered as text-only questions, a real model would make up what the file says (a recording is heard only by
+    a speech model, which this bot has not)."""
     video = {"file_id": "video-1", "file_unique_id": "video-1u", "width": 640, "height": 480, "duration": 5}
     voice = {"file_id": "voice-1", "file_unique_id": "voice-1u", "duration": 3}
     audio = {"file_id": "audio-1", "file_unique_id": "audio-1u", "duration": 30}
@@ -350,9 +351,9 @@ async def test_files_sent_with_a_question_get_a_note_and_the_model_never_sees_th
         api.push_message(USER, photo=photo_bytes(), caption="Compare these", media_group_id="mixed", user_id=USER)
         api.push_message(USER, user_id=USER, extra={"video": video, "media_group_id": "mixed"})
         await api.wait_for(lambda: len(api.visible_text(USER)) == 5, 30, "five notes")
-        kinds = ["file", "voice", "audio", "file"]
-        one_at_a_time = "Please send the video on its own: I can read one PDF or clip per question."
-        assert sorted(api.visible_text(USER)) == sorted([*(texts.unsupported(kind) for kind in kinds), one_at_a_time])
+        notes = [texts.unsupported("file"), texts.NO_SPEECH_MODEL, texts.NO_SPEECH_MODEL, texts.unsupported("file")]
+        one_at_a_time = "Please send the video on its own: I can read one PDF, clip or recording per question."
+        assert sorted(api.visible_text(USER)) == sorted([*notes, one_at_a_time])
         assert await stored_messages(bot.services.history, ConversationKey(USER)) == []
         assert bot.services.engine is not None and bot.services.engine.queue.served == 0
 

@@ -1,5 +1,6 @@
 """One answer shown as the model writes it: the engine's events become the status line, the streamed text,
-and the final message with its footer and 🔁 button.
+and the final message with its footer and 🔁 button.  A question asked aloud shows what was heard above its
+answer (and is stored as heard); one in which no words were made out is told so and forgotten.
 
 The answer is recorded before each step of it is shown (bot/output/recovery.py), and settled once its messages show
 the final text: a crash or a hurried shutdown at any point leaves it repairable.
@@ -22,7 +23,7 @@ from bot.output.recovery import AnswerRecord
 from bot.output.reply_stream import ReplyStream
 from bot.output.retries import Postponed, Undeliverable
 from bot.services import Services
-from engine.engine import Chunk, Event, Finished, Started, Waiting
+from engine.engine import Chunk, Event, Finished, Heard, Started, Waiting
 from engine.generation import Status
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class AnswerStream:
         )
         self.text = ""
         self._claimed: AnswerInProgress | None = None
+        self._listening = asking.speech is not None  # until the speech model has written the question down
+        self._unheard = False  # a recording without words: nothing was asked
+        self._images = 0  # new images the question shows the model
 
     async def show(self, events: AsyncIterator[Event], claimed: AnswerInProgress) -> None:
         """``claimed`` is released once the model is done: the conversation may ask again while the final text
@@ -71,6 +75,9 @@ class AnswerStream:
             await self.stream.start(texts.PLACEHOLDER)
             finished = await self._follow(events)
             claimed.release()
+            if self._unheard:
+                await self._nothing_asked()
+                return
             final = finished.text or self.text
             self.record.status = finished.status
             if finished.status == "complete" and not final.strip():
@@ -103,7 +110,13 @@ class AnswerStream:
             if isinstance(event, Waiting):
                 await self.stream.status(texts.waiting(event.position, event.seconds))
             elif isinstance(event, Started):
-                await self.stream.status(texts.looking(event.images, event.seconds, self.material.label))
+                self._images = event.images
+                label = self.material.label
+                await self.stream.status(
+                    texts.LISTENING if self._listening else texts.looking(event.images, event.seconds, label)
+                )
+            elif isinstance(event, Heard):
+                await self._heard(event)
             elif isinstance(event, Chunk):
                 self.text += event.text
                 await self.stream.update(self.text)
@@ -112,6 +125,23 @@ class AnswerStream:
         if finished is None:
             raise RuntimeError("the engine's events ended without an answer's end")
         return finished
+
+    async def _heard(self, heard: Heard) -> None:
+        """The question as the speech model wrote it down: stored in the question's place and shown above the
+        answer from now on."""
+        self._listening = False
+        if not heard.text.strip():
+            self._unheard = True
+            return
+        await self.services.history.hear(self.stored.question_id, heard.question, heard.text)
+        self.stream.head(texts.heard(heard.text))
+        await self.stream.status(texts.looking(self._images, None, self.material.label))
+
+    async def _nothing_asked(self) -> None:
+        """No words in the recording: the exchange is forgotten (before it is shown, so the history never keeps
+        an empty question whatever happens to the message), and the placeholder says so, without a 🔁 button."""
+        await self.services.history.forget_exchange(self.stored.question_id, self.stored.answer_id)
+        await self.stream.finish("", texts.NOT_HEARD)
 
     async def _finish(self, text: str) -> None:
         footer = texts.footer(self.record.status, text, self.material.note)

@@ -91,7 +91,13 @@ async def _answer(services: Services, engine: Backend, asking: Asking, claimed: 
     view = await model_view(services, engine, asking.key, before=retried.question.id if retried else None)
     seed = secrets.randbelow(2**31) if retried else None
     events = engine.ask(
-        asking.key, view.turns, asking.question, system_prompt=view.system_prompt, seed=seed, asker=asking.asker
+        asking.key,
+        view.turns,
+        asking.question,
+        system_prompt=view.system_prompt,
+        seed=seed,
+        asker=asking.asker,
+        speech=asking.speech,
     )
     try:
         if claimed.stopped:  # stopped while its view was read: never asked (no await from here to the line)

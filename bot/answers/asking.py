@@ -9,6 +9,7 @@ from telegram import Message
 from bot.history import ConversationKey, Exchange
 from bot.media.material import Material
 from engine.conversation import Turn
+from engine.pipeline_protocol import Speech
 
 
 @dataclass(frozen=True)
@@ -20,3 +21,4 @@ class Asking:
     material: Material = field(default_factory=Material)  # images new to the history, and what they are
     telegram_message_id: int | None = None  # the question's own message, if it is one
     retried: Exchange | None = None  # the exchange answered again; its answer is replaced
+    speech: Speech | None = None  # the question asked aloud: heard by the speech model, after ``question``'s text

@@ -1,6 +1,8 @@
-"""/convert and what follows it: a repository nobody vouched for is looked up and its revisions shown to the admin,
-who confirms with a button; the conversion then runs in its own process (model_store/convert/), its progress
-shown by editing one message, and the new model loaded and swapped in."""
+"""/convert and what follows it: a repository nobody vouched for is looked up and, when its conversion would run
+its code (a vision model's), its revisions are shown to the admin, who confirms with a button; the conversion then
+runs in its own process (model_store/convert/), its progress shown by editing one message, and the new model
+loaded and swapped in.  A speech model (Whisper) is converted at the revision looked up without a question (its
+export runs transformers' own code), and becomes the one that hears voice questions beside the vision model."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from cachetools import TTLCache
 from telegram import Message, Update
@@ -23,12 +26,14 @@ from bot.output.buttons import confirm_keyboard
 from bot.output.chat import is_private
 from bot.running.runtime import build_engine, load_and_swap
 from bot.services import Services
+from engine.engine import Engine
 from model_store.convert import ConversionRequest, convert_async, pins
 from model_store.convert.extra import require_conversion_extra
-from model_store.errors import MissingDependencyError, ModelStoreError
+from model_store.errors import MissingDependencyError, ModelStoreError, ValidationFailedError
+from model_store.layout import SPEECH, VISION, ModelKind, kind_of, read_json
 from model_store.progress import Progress
-from model_store.sources import PRECISIONS, parse_source
-from model_store.store import ModelStore
+from model_store.sources import KNOWN_SPEECH_MODELS, PRECISIONS, ModelSource, parse_source
+from model_store.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ class _Confirmation:
     repositories its configuration names at theirs)."""
 
     pinned: pins.Pins
-    precision: str
+    precision: str | None  # None: the configured one
     chat_id: int  # the message that asks, and whose buttons answer
     message_id: int
 
@@ -79,30 +84,42 @@ class Conversion:
             return
         settings = self.services.settings
         args = list(context.args or [])
-        precision = settings.precision
-        if args and args[-1].lower() in PRECISIONS:
-            precision = args.pop().lower()
+        precision = args.pop().lower() if args and args[-1].lower() in PRECISIONS else None
         model = args[0] if args else settings.model
+        found: pins.Pins | None = None
         try:
             source = parse_source(model)
-            if not source.vouched_for:  # its code would run here: the admin sees which revisions and confirms
+            if not source.vouched_for:
                 found = await look_up(source, settings, self.services.stopping)
-                if found is not None:  # else the bot is stopping
+                if found is None:  # the bot is stopping
+                    return
+                kind = kind_of(found.config, Path("config.json"))
+                if kind.runs_code:  # its code would run here: the admin sees which revisions and confirms
                     await self._ask_to_trust(message, found, precision)
-                return
+                    return
+            else:
+                kind = _vouched_kind(source)
         except TimeoutError:
             await message.reply_text(texts.hub_too_slow(WHOLE_LOOK_UP * settings.hub_timeout_seconds))
             return
         except ModelStoreError as error:
             await message.reply_text(texts.store_failed(error.reason, error.data))
             return
-        status = await message.reply_text(texts.converting(model, precision), do_quote=not is_private(message))
-        self._running = self.services.background.start(self._convert(status, model, precision), update)
+        shown = self._precision(precision, kind)
+        status = await message.reply_text(texts.converting(model, shown), do_quote=not is_private(message))
+        self._running = self.services.background.start(self._convert(status, model, precision, found), update)
+
+    def _precision(self, asked: str | None, kind: ModelKind | None) -> str | None:
+        """What a conversion of ``kind`` (None: not known before it starts) makes: as asked, else the configured one
+        for a vision model, else the kind's own (model_store/convert/job.py)."""
+        if asked is not None or kind is None:
+            return asked
+        return self.services.settings.precision if kind is VISION else kind.default_precision
 
     def _converting(self) -> bool:
         return self._running is not None and not self._running.done()
 
-    async def _ask_to_trust(self, message: Message, found: pins.Pins, precision: str) -> None:
+    async def _ask_to_trust(self, message: Message, found: pins.Pins, precision: str | None) -> None:
         """The question names its ticket, and the ticket the message that asks it: a press counts only there."""
         assert found.checkpoint is not None
         ticket = secrets.token_urlsafe(8)
@@ -148,13 +165,22 @@ class Conversion:
         assert found.checkpoint is not None
         log.info("admin %s confirmed running the code of %s", query.from_user.id, found.revisions)
         model = f"{found.checkpoint.repo_id}@{found.checkpoint.revision[:12]}"
-        await query.message.edit_text(texts.converting(model, confirmation.precision))
-        converting = self._convert(query.message, model, confirmation.precision, confirmed=found)
+        await query.message.edit_text(texts.converting(model, self._precision(confirmation.precision, VISION)))
+        converting = self._convert(query.message, model, confirmation.precision, found, confirmed=True)
         self._running = self.services.background.start(converting, update)
 
-    async def _convert(self, status: Message, model: str, precision: str, confirmed: pins.Pins | None = None) -> None:
+    async def _convert(
+        self,
+        status: Message,
+        model: str,
+        precision: str | None,
+        pinned: pins.Pins | None = None,
+        *,
+        confirmed: bool = False,
+    ) -> None:
         """Runs in the background: progress is shown by editing one message every few seconds, whatever the pace.
-        ``confirmed``: the revisions the admin agreed to run the code of (and to read), and only those."""
+        ``pinned``: the revisions looked up, read and only those; ``confirmed``: the admin agreed to run their
+        code."""
         settings = self.services.settings
         started = time.monotonic()
         latest: list[Progress] = []
@@ -171,20 +197,21 @@ class Conversion:
                 await asyncio.sleep(PROGRESS_EDIT_SECONDS)
                 if latest and latest[-1] != shown:
                     shown = latest[-1]
-                    await show(texts.converting(model, precision, shown))
+                    await show(texts.converting(model, self._precision(precision, None), shown))
 
         # Chosen for the next start (active.json) only once it has loaded here, so a model that fails to load
         # is not the one a restart loads.
-        pinned = confirmed.checkpoint if confirmed else None
+        checkpoint = pinned.checkpoint if pinned else None
         request = ConversionRequest(
-            source=pinned.repo_id if pinned else model,
+            source=checkpoint.repo_id if checkpoint else model,
             store_root=str(settings.store_dir),
             precision=precision,
+            vision_precision=settings.precision,
             activate=False,
             device=settings.device,
-            revision=pinned.revision if pinned else None,
-            trust_remote_code=confirmed is not None,
-            named_revisions=confirmed.named_revisions if confirmed else {},
+            revision=checkpoint.revision if checkpoint else None,
+            trust_remote_code=confirmed,
+            named_revisions=pinned.named_revisions if pinned else {},
             hf_token=settings.hub_token,
             hub_timeout=settings.hub_timeout_seconds,
         )
@@ -192,12 +219,8 @@ class Conversion:
         try:
             entry = await convert_async(request, lambda update: latest.__setitem__(slice(None), [update]))
             reporter.cancel()
-            await show(texts.converting(model, precision, loading=True))
-            if self.services.engine is None:
-                self.services.engine = await build_engine(settings, entry)
-            else:
-                await load_and_swap(self.services.engine, settings, entry)
-            ModelStore(settings.store_dir).set_active(entry)
+            await show(texts.converting(model, entry.precision, loading=True))
+            await self._serve(entry)
             warm_up(self.services)  # the new model has read nothing yet
         except ModelStoreError as error:
             await show(texts.store_failed(error.reason, error.data))
@@ -209,3 +232,40 @@ class Conversion:
         finally:
             reporter.cancel()
         await show(texts.now_serving(entry, time.monotonic() - started))
+
+    async def _serve(self, entry: ModelEntry) -> None:
+        """The new model loaded and swapped in, then chosen for the next start, so that one that fails to load is
+        not what a restart loads.  A speech model is loaded beside the vision model serving now (a model process
+        holds both), and refused, the previous one kept, when it does not load."""
+        store = ModelStore(self.services.settings.store_dir)
+        if entry.kind != SPEECH.name:
+            await self._load(entry)
+        elif self.services.engine is not None:  # else it is loaded with the first vision model
+            await self._load(None, speech=entry)
+            engine = self.services.engine
+            if isinstance(engine, Engine) and not engine.hears:
+                await self._load(None)  # back to the speech model chosen before, if there is one
+                raise ValidationFailedError("speech_not_loaded", source=entry.source)
+        store.set_active(entry)
+
+    async def _load(self, entry: ModelEntry | None, *, speech: ModelEntry | None = None) -> None:
+        """``entry``: the vision model to serve (None: the one chosen); ``speech``: a speech model instead of the
+        store's."""
+        settings, engine = self.services.settings, self.services.engine
+        if engine is None:
+            self.services.engine = await build_engine(settings, entry)
+        else:
+            assert isinstance(engine, Engine)  # /convert refuses with a model service
+            await load_and_swap(engine, settings, entry, speech=speech)
+
+
+def _vouched_kind(source: ModelSource) -> ModelKind | None:
+    """The kind of a source converted without a look-up: a known repository's, or what a directory's configuration
+    says (None when it cannot be read: the conversion says why)."""
+    if source.local_dir is None:
+        assert source.repo_id is not None
+        return SPEECH if source.repo_id.lower() in KNOWN_SPEECH_MODELS.values() else VISION
+    try:
+        return kind_of(read_json(source.local_dir / "config.json"), source.local_dir / "config.json")
+    except ModelStoreError:
+        return None

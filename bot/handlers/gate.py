@@ -21,8 +21,9 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 from bot import texts
 from bot.admission.access import sender_of
 from bot.admission.addressing import addressed, is_reaction
+from bot.media.intake import attachments_in, recording_in
 from bot.output.buttons import is_stop, offered
-from bot.output.chat import is_private
+from bot.output.chat import conversation_key, is_private
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Gate:
         if message.migrate_to_chat_id or message.migrate_from_chat_id:
             return  # a group's upgrade: bot/handlers/group_upgrades.py checks both of Telegram's announcements itself
         command = _command(message, self.services.bot_username)
-        if command is None and not self._for_the_bot(message):
+        if command is None and not await self._for_the_bot(message):
             raise ApplicationHandlerStop
         sender = sender_of(message)
         if sender is None:  # another bot
@@ -82,14 +83,22 @@ class Gate:
             await self.services.refusals.say(message, sender.id, texts.TOO_FAST)
             raise ApplicationHandlerStop
 
-    def _for_the_bot(self, message: Message) -> bool:
-        """Private messages; in groups a mention of the bot or a reply to it, and the parts of an album (only one
-        of which carries the mention; bot/handlers/questions.py looks at the album whole).  A sticker or a caption-less
+    async def _for_the_bot(self, message: Message) -> bool:
+        """Private messages; in groups a mention of the bot or a reply to it, a recording replying to a message the
+        bot was asked about (a voice message cannot mention it), and the parts of an album (only one of which
+        carries the mention; bot/handlers/questions.py looks at the album whole).  A sticker or a caption-less
         GIF is a reaction, never a question."""
         if is_reaction(message):
             return False
         username = self.services.bot_username
-        return is_private(message) or message.media_group_id is not None or addressed(message, username)
+        if is_private(message) or message.media_group_id is not None or addressed(message, username):
+            return True
+        replied = message.reply_to_message
+        if replied is None or recording_in(message) is None:
+            return False
+        shown = attachments_in(replied)
+        photo = shown[0].file_unique_id if shown else None
+        return await self.services.history.brought(conversation_key(message), replied.message_id, photo)
 
     async def _button(self, query: CallbackQuery) -> None:
         message = query.message

@@ -1,6 +1,10 @@
 """Messages that ask the model something, from the update to the question put: whether the message is meant
 for the bot, who may ask, what is asked (text, photos, a PDF or a clip, or those of the message it replies
-to), and the checks that refuse it with a friendly reply before anything is stored or queued.
+to; or a recording, heard by the speech model as the question), and the checks that refuse it with a friendly
+reply before anything is stored or queued.
+
+A voice message or an audio file asks what it says, about the photos in view: those of the message it replies
+to, or the conversation's.
 
 A photo or album sent without a question in a private chat is kept and read by the model at once, so the
 question typed next starts like a follow-up; its Describe button asks for a description instead.
@@ -25,9 +29,19 @@ from bot.answers.context_view import image_gone, model_view
 from bot.handlers.albums import AlbumCollector
 from bot.history import ConversationKey
 from bot.media.decoding import ImageRejected
-from bot.media.intake import Attachment, IntakeError, MediaLimits, attachments_in, gather, unreadable
+from bot.media.intake import (
+    Attachment,
+    IntakeError,
+    MediaLimits,
+    attachments_in,
+    gather,
+    listen_to,
+    recording_in,
+    unreadable,
+)
 from bot.media.material import Kind, Material, ask_about, unseen_pages
 from bot.media.pages import names_pages
+from bot.media.sound import Sound
 from bot.output.buttons import describe_keyboard
 from bot.output.chat import conversation_key, is_private, tell, unbutton
 from bot.services import Services
@@ -35,6 +49,8 @@ from engine.backend import Backend
 from engine.context_policy import estimate_tokens
 from engine.conversation import Turn
 from engine.images import PreparedImage, image_tokens
+from engine.pipeline_protocol import Speech
+from engine.remote_engine import RemoteEngine
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +65,7 @@ class _Asked:
     attachments: list[Attachment]
     text: str
     keep_for_later: bool  # a photo, PDF or clip sent alone in a private chat: kept for the question to come
+    recording: Attachment | None = None  # a voice message or an audio file: what it says is the question
 
 
 class Questions:
@@ -95,34 +112,37 @@ class Questions:
                 return
             if read is None:  # stopped while its files were read
                 return
-            material, prepared = read
+            material, prepared, sound = read
             if not asked.attachments and await image_gone(self.services.history, asked.key):
                 material = replace(material, gone=True)  # answered as the model can, and told to send it again
             if keeping:
                 claimed.answered = await self._keep(asked, engine, material, prepared)
                 return
-            question = Turn("user", material.told(asked.text or material.asks), tuple(prepared))
-            asking = Asking(first, asked.key, sender.id, question, material, first.message_id)
+            speech = Speech(sound.samples) if sound is not None else None
+            typed = asked.text or ("" if speech is not None else material.asks)  # a recording says its question
+            question = Turn("user", material.told(typed), tuple(prepared))
+            asking = Asking(first, asked.key, sender.id, question, material, first.message_id, speech=speech)
             await answer(self.services, asking, claimed)
 
-    async def _read(self, asked: _Asked, engine: Backend) -> tuple[Material, list[PreparedImage]]:
+    async def _read(self, asked: _Asked, engine: Backend) -> tuple[Material, list[PreparedImage], Sound | None]:
         """The question's files, downloaded and read, one file of a person's at a time (bot/media/reader.py);
         raises IntakeError or ImageRejected."""
-        async with self.services.media.for_person(asked.sender.id):
-            material = await gather(
-                asked.first.get_bot(),
-                self.services.history,
-                asked.attachments,
-                asked.text,
-                self._limits(engine),
-                self.services.media,
-            )
-            return material, await self.services.images.all(material.images)
+        services = self.services
+        async with services.media.for_person(asked.sender.id):
+            bot = asked.first.get_bot()
+            sound = None
+            if asked.recording is not None:
+                limit = services.settings.voice_max_seconds
+                sound = await listen_to(bot, asked.recording, services.media, max_seconds=limit)
+            limits = self._limits(engine)
+            material = await gather(bot, services.history, asked.attachments, asked.text, limits, services.media)
+            return material, await services.images.all(material.images), sound
 
     def _for_the_bot(self, messages: list[Message], first: Message) -> bool:
-        """In groups, messages that address the bot; never stickers and GIFs sent as reactions."""
+        """In groups, an album whose part addressing the bot has come (the gate, bot/handlers/gate.py, let each
+        part through and decided for single messages); never stickers and GIFs sent as reactions."""
         username = self.services.bot_username
-        if not is_private(first) and not any(addressed(m, username) for m in messages):
+        if first.media_group_id and not is_private(first) and not any(addressed(m, username) for m in messages):
             return False
         return not all(is_reaction(message) for message in messages)
 
@@ -132,16 +152,25 @@ class Questions:
         if kind is not None:  # answered without it, the model would make up what the file says
             return texts.unsupported(kind)
         attachments = [attachment for message in messages for attachment in attachments_in(message)]
+        recordings = [recording for message in messages if (recording := recording_in(message)) is not None]
+        if len(recordings) > 1 or (recordings and attachments):
+            return texts.refusal("one_at_a_time", {"name": recordings[0].name})
         sent_alone = bool(attachments)  # the images came with these messages, not with a replied-to one
-        if not attachments and first.reply_to_message is not None:
-            attachments = attachments_in(first.reply_to_message)
+        replied = first.reply_to_message
+        if not attachments and replied is not None:
+            attachments = attachments_in(replied)
+            if not attachments and not recordings and (recording := recording_in(replied)) is not None:
+                recordings = [recording]  # a question typed in reply to a recording asks about what it says
         text = question_text(first, self.services.bot_username)
-        if not attachments and not text:
+        if not attachments and not text and not recordings:
             return texts.EMPTY
         keep_for_later = sent_alone and not text and is_private(first)
-        return _Asked(first, sender, conversation_key(first), attachments, text, keep_for_later)
+        recording = recordings[0] if recordings else None
+        return _Asked(first, sender, conversation_key(first), attachments, text, keep_for_later, recording)
 
     async def _refusal(self, asked: _Asked, engine: Backend) -> str | None:
+        if asked.recording is not None and not engine.hears:
+            return texts.NO_SPEECH_HERE if isinstance(engine, RemoteEngine) else texts.NO_SPEECH_MODEL
         limit = self.services.settings.max_images_per_turn
         if len(asked.attachments) > limit:
             return texts.too_many_images(limit, len(asked.attachments))

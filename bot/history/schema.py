@@ -140,6 +140,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX images_by_size ON images (size)",
         ),
     ),
+    # a question asked aloud keeps what the speech model heard; its text is the question as the model read it
+    # (the caption, then the transcript): NULL for typed questions
+    Migration("heard-questions", ("ALTER TABLE messages ADD COLUMN heard TEXT",)),
 )
 
 

@@ -58,6 +58,7 @@ class StoredMessage:
     created_at: float
     images: tuple[StoredImage, ...]
     images_pruned: int = 0  # images it had that were deleted under the limits on stored images
+    heard: str | None = None  # a question asked aloud: what the speech model heard (its text is the question read)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,20 @@ class HistoryStore:
                 (text, status, json.dumps(list(telegram_message_ids)), message_id),
             )
 
+    async def hear(self, question_id: int, question: str, transcript: str) -> None:
+        """A question asked aloud, once heard: ``question`` as the model reads it takes the question's place, and
+        ``transcript`` is kept as what was heard."""
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE messages SET text = ?, heard = ? WHERE id = ? AND role = 'user'",
+                (question, transcript, question_id),
+            )
+
+    async def forget_exchange(self, question_id: int, answer_id: int) -> None:
+        """An exchange that asked nothing (a recording without words): gone, with images only it showed."""
+        async with self._transaction():
+            await self._db.execute("DELETE FROM messages WHERE id IN (?, ?)", (question_id, answer_id))
+
     async def replace_answer(self, exchange: Exchange) -> int | None:
         """A new answer, empty and streaming, takes the place of the exchange's answer in one write (the old
         one is forgotten, the question kept); returns the new answer's id, or None if the old one is gone.
@@ -399,7 +414,7 @@ class HistoryStore:
         async with (
             self._reading(),
             self._db.execute(
-                "SELECT id, role, text, status, user_id, telegram_message_ids, created_at, images_pruned "  # noqa: S608
+                "SELECT id, role, text, status, user_id, telegram_message_ids, created_at, images_pruned, heard "  # noqa: S608
                 f"FROM messages WHERE id IN ({marks}) ORDER BY id",
                 list(message_ids),
             ) as cursor,
@@ -417,6 +432,7 @@ class HistoryStore:
                 created_at=float(row[6]),
                 images=tuple(images.get(int(row[0]), [])),
                 images_pruned=int(row[7]),
+                heard=row[8],
             )
             for row in rows
         ]
@@ -451,6 +467,23 @@ class HistoryStore:
         ):
             row = await cursor.fetchone()
         return None if row is None else tuple(json.loads(row[0]))
+
+    async def brought(self, key: ConversationKey, telegram_message_id: int, file_unique_id: str | None) -> bool:
+        """Whether Telegram message ``telegram_message_id`` brought a question (or a photo kept for one) to the
+        conversation, or the image with ``file_unique_id`` is one of the conversation's: a message the bot
+        answered, or a photo it was asked about in a reply."""
+        async with (
+            self._reading(),
+            self._db.execute(
+                "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE c.chat_id = ? AND c.thread_id = ? AND m.role = 'user' AND ("
+                "EXISTS (SELECT 1 FROM json_each(m.telegram_message_ids) WHERE value = ?) OR EXISTS ("
+                "SELECT 1 FROM message_images mi JOIN images i ON i.sha256 = mi.image_sha256 "
+                "WHERE mi.message_id = m.id AND i.file_unique_id = ?)) LIMIT 1",
+                (key.chat_id, key.thread_id, telegram_message_id, file_unique_id),
+            ) as cursor,
+        ):
+            return await cursor.fetchone() is not None
 
     async def awaits_question(self, key: ConversationKey) -> bool:
         """Whether the conversation's latest message is a photo or file kept without a question, still unasked."""

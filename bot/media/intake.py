@@ -3,9 +3,11 @@
 Photos come as several sizes (the last is the largest); images sent "as a file" are documents with an image
 MIME type or file name; a PDF becomes the images of its pages (bot/media/pages.py) and a video, an animation, a
 video message or a video sticker the images of a few frames (bot/media/frames.py); a question may reply to a
-message that holds any of these.  Files over Telegram's 20 MB bot download limit, and clips longer or larger
-than the limits, are refused from what Telegram announces, before any download; an image seen before (same
-``file_unique_id``) is taken from the history database instead of Telegram.
+message that holds any of these.  A voice message, an audio file or an audio document is a recording, heard
+by the speech model as the question (``recording_in``, ``listen_to``).  Files over Telegram's 20 MB bot
+download limit, and clips and recordings longer or larger than the limits, are refused from what Telegram
+announces, before any download; an image seen before (same ``file_unique_id``) is taken from the history
+database instead of Telegram.
 
 Every file is read by the file reader's child process (bot/media/reader.py), photos too: what the bot keeps of
 a photo is a decoded, downscaled copy made there (bot/media/stills.py), and the bot's own process decodes nothing
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from telegram import Animation, Bot, Document, Message, Sticker, Video, VideoNote
+from telegram import Animation, Audio, Bot, Document, Message, Sticker, Video, VideoNote, Voice
 from telegram.error import BadRequest, TelegramError
 
 from bot.history import HistoryStore, NewImage, StoredImage
@@ -35,6 +37,7 @@ from bot.media.material import Kind, Material, of_frames, of_pages
 from bot.media.pages import PDF_MIME, Pages
 from bot.media.reader import MediaError, MediaReader
 from bot.media.refusal import Refusal
+from bot.media.sound import Sound
 from bot.media.stills import Still
 from engine.images import grid_side
 
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".3gp")
+AUDIO_EXTENSIONS = (".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".flac", ".wav")
 
 
 class IntakeError(Refusal):
@@ -57,7 +61,7 @@ class Attachment:
     mime_type: str | None
     kind: Kind = "image"
     name: str = "photo"  # what people call it, for replies: "PDF", "video", "GIF", "video message", "sticker"
-    duration: float | None = None  # seconds, as Telegram announces a clip
+    duration: float | None = None  # seconds, as Telegram announces a clip or a recording
     pixels: int | None = None  # a clip's frame size (width x height), as Telegram announces it
 
 
@@ -98,6 +102,35 @@ def _document(document: Document) -> list[Attachment]:
     return []
 
 
+def _is_audio_document(document: Document) -> bool:
+    name, mime = (document.file_name or "").lower(), document.mime_type or ""
+    return mime.startswith("audio/") or mime == "application/ogg" or name.endswith(AUDIO_EXTENSIONS)
+
+
+def recording_in(message: Message) -> Attachment | None:
+    """The recording ``message`` carries, to be heard as a question: a voice message, an audio file, or audio sent
+    as a file."""
+    media: Voice | Audio | Document | None = message.voice or message.audio
+    name = "voice message" if message.voice is not None else "audio file"
+    if media is None and message.document is not None and _is_audio_document(message.document):
+        media = message.document
+    if media is None:
+        return None
+    duration = _seconds(getattr(media, "duration", None))
+    return Attachment(media.file_id, media.file_unique_id, media.file_size, media.mime_type, "sound", name, duration)
+
+
+async def listen_to(bot: Bot, recording: Attachment, reader: MediaReader, *, max_seconds: float) -> Sound:
+    """The recording as the speech model hears it, read by ``reader``; refused from what Telegram announces
+    before anything is downloaded.  Raises IntakeError."""
+    if recording.duration is not None and recording.duration > max_seconds:
+        raise IntakeError("sound_too_long", duration=recording.duration, max_seconds=max_seconds)
+    try:
+        return await reader.sound(await _download(bot, recording), max_seconds=max_seconds)
+    except MediaError as error:
+        raise IntakeError(error.reason, **error.data) from error
+
+
 def attachments_in(message: Message) -> list[Attachment]:
     """What in ``message`` the model can be shown: a photo, an image file, a PDF, or a clip (a video, an
     animation, a video message, a video sticker, a video or GIF sent as a file)."""
@@ -124,10 +157,10 @@ def unsupported_kind(message: Message) -> str | None:
     can say what it got."""
     if message.sticker is not None and message.sticker.is_animated and not message.sticker.is_video:
         return "animated_sticker"
-    for attribute in ("voice", "audio", "location", "contact", "poll"):
+    for attribute in ("location", "contact", "poll"):
         if getattr(message, attribute, None):
             return attribute
-    if message.document is not None and not attachments_in(message):
+    if message.document is not None and not attachments_in(message) and recording_in(message) is None:
         return "file"
     return None
 
@@ -136,9 +169,9 @@ def unreadable(messages: Sequence[Message]) -> str | None:
     """What kind of media in a question the bot cannot read, or None: the one place that decides which
     questions are refused for their attachments.
 
-    Anything sent with the question that the model cannot be shown counts, caption or not (an album with a
-    voice message among its photos too), and so does the message a question without attachments replies to:
-    a question about a file the model never sees would only get an invented answer."""
+    Anything sent with the question that the model can neither be shown nor hear counts, caption or not (a
+    file of another kind among an album's photos too), and so does the message a question without attachments
+    replies to: a question about a file the model never sees would only get an invented answer."""
     for message in messages:
         kind = unsupported_kind(message)
         if kind is not None:

@@ -20,7 +20,7 @@ from bot.media.frames import Frames
 from bot.media.pages import Pages, named_pages, page_list
 from engine.conversation import Turn
 
-Kind = Literal["image", "pdf", "clip"]
+Kind = Literal["image", "pdf", "clip", "sound"]  # "sound": a recording, heard as the question (bot/media/intake.py)
 _CONTEXT = re.compile(r"^\[The (?:image is|images are) (?P<which>.+?) of (?P<whole>a .+)\.\]$")
 _PDF_PAGES = re.compile(r"^a (?P<count>\d+)-page PDF$")
 

@@ -28,7 +28,7 @@ from telegram import Bot, InlineKeyboardMarkup, ReplyParameters
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.output.chat import unbutton
-from bot.output.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts
+from bot.output.formatting import TELEGRAM_TEXT_LIMIT, FormattedPart, formatted_parts, headed, utf16_len
 from bot.output.pace import Skipped
 from bot.output.retries import Undeliverable, deliver, flood_seconds, pause
 
@@ -55,11 +55,13 @@ def _message_gone(error: BadRequest) -> bool:
     return "message to edit not found" in text or "message can't be edited" in text
 
 
-def _final_parts(text: str, footer: str) -> list[FormattedPart]:
-    """The formatted answer with its footer; the footer alone (or "…") when there are no words."""
+def _final_parts(text: str, footer: str, header: str = "") -> list[FormattedPart]:
+    """The formatted answer with its header and footer; the footer alone (or "…") when there are no words."""
     if not text.strip():
-        return [FormattedPart(footer.strip() or "…")]
-    parts = formatted_parts(text)
+        return [FormattedPart(header + (footer.strip() or "…"))]
+    parts = formatted_parts(text, TELEGRAM_TEXT_LIMIT - utf16_len(header))
+    if header:
+        parts[0] = headed(header, parts[0])
     if footer:
         parts = [*parts[:-1], FormattedPart(parts[-1].text + footer, parts[-1].entities)]
         if len(parts[-1].text) > TELEGRAM_TEXT_LIMIT:
@@ -86,6 +88,7 @@ class Delivery:
     stopping: asyncio.Event  # set at shutdown: the final text stops waiting
     patience: float
     text: str = ""  # the answer as last recorded
+    header: str = ""  # shown above the answer in every view, and never recorded as its text (what was heard)
     shown: list[str] = field(init=False)
     flood_until: float = 0.0
     blocked: bool = False  # Telegram answered 403: the chat takes no messages from the bot (blocked, removed)
@@ -187,7 +190,7 @@ class Delivery:
         await self.save(text)
         # Telegram said when it would accept more; asking earlier only earns another 429.
         await pause(self.stopping, self.flood_until - time.monotonic())
-        await self._in_order(functools.partial(self._show_final, _final_parts(text, footer), markup))
+        await self._in_order(functools.partial(self._show_final, _final_parts(text, footer, self.header), markup))
         return self.message_ids
 
     async def _show_final(self, parts: list[FormattedPart], markup: InlineKeyboardMarkup | None) -> None:

@@ -67,7 +67,7 @@ class DraftView:
     async def status(self, text: str) -> None:
         if not self._live:
             await self._fallback.status(text)
-        elif not await self._show(text):
+        elif not await self._show(self._delivery.header + text):
             await self._fallback.start(text)
 
     async def update(self, text: str) -> None:
@@ -77,7 +77,7 @@ class DraftView:
             return
         if time.monotonic() < self._next:
             return
-        draft = plain_parts(text, TELEGRAM_TEXT_LIMIT)[-1].text
+        draft = plain_parts(self._delivery.header + text, TELEGRAM_TEXT_LIMIT)[-1].text
         if draft == self._drafted:
             return
         await self._delivery.save(text)

@@ -32,20 +32,20 @@ class EditView:
         """A message saying ``text``; best effort, as every message shown while the answer is written: the first
         update places it otherwise."""
         with contextlib.suppress(Moved):
-            await self._delivery.place_now(0, text, self._stop_button)
+            await self._delivery.place_now(0, self._delivery.header + text, self._stop_button)
         self.next_edit = time.monotonic() + self._interval
 
     async def status(self, text: str) -> None:
         """The placeholder says ``text`` instead."""
         if len(self._delivery.message_ids) == 1:
             with contextlib.suppress(Moved):  # the next update sends the answer to the new chat
-                await self._delivery.edit_now(0, text, self._stop_button)
+                await self._delivery.edit_now(0, self._delivery.header + text, self._stop_button)
 
     async def update(self, text: str) -> None:
         """The answer so far with a cursor, in as many parts as it needs, if the interval allows."""
         if time.monotonic() < self.next_edit:
             return
-        parts = [part.text for part in plain_parts(text + CURSOR, TELEGRAM_TEXT_LIMIT)]
+        parts = [part.text for part in plain_parts(self._delivery.header + text + CURSOR, TELEGRAM_TEXT_LIMIT)]
         if parts == self._delivery.shown:
             return
         await self._delivery.save(text)

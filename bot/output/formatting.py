@@ -53,6 +53,13 @@ def _plain_parts(text: str, limit: int) -> list[FormattedPart]:
     return parts or [FormattedPart(text or "…")]
 
 
+def headed(header: str, part: FormattedPart) -> FormattedPart:
+    """``part`` with plain ``header`` before it, its entities moved along."""
+    shift = utf16_len(header)
+    moved = (MessageEntity.de_json({**e.to_dict(), "offset": e.offset + shift}, None) for e in part.entities)
+    return FormattedPart(header + part.text, tuple(entity for entity in moved if entity is not None))
+
+
 def plain_parts(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[FormattedPart]:
     """For streaming edits: no formatting, only a safe split."""
     return _plain_parts(text, limit)

@@ -88,6 +88,11 @@ class ReplyStream:
         if not (self._delivery.closed or self._delivery.flooded()):
             await self._view.status(text)
 
+    def head(self, header: str) -> None:
+        """``header`` goes above the answer from now on, in every view and in the final text, but not into the
+        answer's record: what the person said, heard by the speech model."""
+        self._delivery.header = header
+
     async def update(self, text: str) -> None:
         """Show the answer so far, if the view's pace allows; cheap to call on every chunk."""
         self._delivery.check_open()

@@ -51,9 +51,9 @@ def model_choice(settings: Settings) -> ModelChoice:
     )
 
 
-def load_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
+def load_model(settings: Settings, entry: ModelEntry | None = None, speech: ModelEntry | None = None) -> LoadedModel:
     """Blocking: starts the model's process and compiles the model there (seconds)."""
-    return load_pipeline(model_choice(settings).spec(entry))
+    return load_pipeline(model_choice(settings).spec(entry, speech))
 
 
 async def build_engine(settings: Settings, entry: ModelEntry | None = None) -> Backend:
@@ -71,9 +71,12 @@ async def build_engine(settings: Settings, entry: ModelEntry | None = None) -> B
     )
 
 
-async def load_and_swap(engine: Engine, settings: Settings, entry: ModelEntry) -> None:
-    """Hot swap: load the new model beside the old one, switch at a request boundary; a failure keeps the old."""
-    model = await asyncio.to_thread(load_model, settings, entry)
+async def load_and_swap(
+    engine: Engine, settings: Settings, entry: ModelEntry | None, *, speech: ModelEntry | None = None
+) -> None:
+    """Hot swap: load the new model beside the old one, switch at a request boundary; a failure keeps the old.
+    ``entry``: the vision model (None: the one chosen); ``speech``: a speech model instead of the store's."""
+    model = await asyncio.to_thread(load_model, settings, entry, speech)
     await engine.swap(model)
 
 

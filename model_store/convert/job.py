@@ -18,7 +18,7 @@ from model_store.convert import hub, pins, preflight
 from model_store.convert.extra import require_conversion_extra
 from model_store.convert.validate import validate_model
 from model_store.errors import CorruptModelError, MissingModelError, UntrustedCodeError
-from model_store.layout import ModelKind, check_ir_directory, detect_weight_precision, kind_of, read_json
+from model_store.layout import VISION, ModelKind, check_ir_directory, detect_weight_precision, kind_of, read_json
 from model_store.progress import PhasePlan, ProgressCallback, ignore_progress
 from model_store.sources import INT4_GROUP_SIZE, INT4_RATIO, ModelSource, parse_precision, parse_source
 from model_store.store import ModelEntry, ModelStore
@@ -34,7 +34,8 @@ class ConversionRequest:
 
     source: str
     store_root: str
-    precision: str | None = None  # None: the kind's own (layout.py), or for from_ir what the IR holds
+    precision: str | None = None  # None: the kind's own (layout.py) or ``vision_precision``; for from_ir the IR's
+    vision_precision: str | None = None  # a vision model's when none is asked (the bot's PRECISION setting)
     from_ir: bool = False
     activate: bool = False
     validate: bool = True
@@ -62,8 +63,10 @@ def _check_checkpoint(directory: Path) -> ModelKind:
 
 
 def _precision(request: ConversionRequest, kind: ModelKind) -> str:
-    """The one asked for, else the kind's own; INT4 only where the kind has a part it suits."""
-    precision = parse_precision(request.precision or kind.default_precision)
+    """The one asked for, else the configured one for a vision model, else the kind's own; INT4 only where the
+    kind has a part it suits."""
+    configured = request.vision_precision if kind is VISION else None
+    precision = parse_precision(request.precision or configured or kind.default_precision)
     if precision == "int4" and kind.int4_part is None:
         raise CorruptModelError("no_int4", kind=kind.name)
     return precision
