@@ -11,8 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from telegram import Message
 
 from bot import texts
+from bot.admission.answers_in_progress import AnswerInProgress
+from bot.answers.answer_stream import AnswerStream, StoredExchange
+from bot.answers.asking import Asking
 from bot.history import ConversationKey
 from devkit.bot_api_server import FakeBotApi
 from devkit.harness import (
@@ -26,7 +30,9 @@ from devkit.harness import (
     wait_answers,
 )
 from devkit.sound_files import encoded, voice
-from engine.engine import Engine
+from engine.conversation import Turn
+from engine.engine import Engine, Event, Finished, Heard, Started
+from engine.pipeline_protocol import Speech
 from model_store.layout import SPEECH
 from model_store.store import ModelEntry, ModelStore
 
@@ -178,3 +184,27 @@ async def test_an_admin_converts_a_speech_model_from_the_chat_and_voice_notes_ar
         api.push_media(ADMIN, "voice", voice(2.0), duration=2, user_id=ADMIN)
         await wait_answers(api, ADMIN, 2)  # the conversion's message, then the answer
         _heard_above(api.messages(ADMIN)[-1].text)
+
+
+async def test_a_recording_without_words_is_told_so_and_leaves_no_question_behind(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """The engine hears nothing in it (``Heard`` with no words, then an empty end): what the answer's stream makes
+    of those events, fed to it as the engine gives them (a random-weight speech model always hears something)."""
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as running:
+        services, key = running.services, ConversationKey(CHAT)
+        sent = {"message_id": 5, "date": 0, "chat": {"id": CHAT, "type": "private"}, "from": api.user(USER)}
+        message = Message.de_json(sent, running.application.bot)
+        question_id, answer_id = await services.history.start_exchange(key, "", telegram_message_id=5, user_id=USER)
+        asking = Asking(message, key, USER, Turn("user", ""), speech=Speech(b"\x00" * 64))
+
+        async def events() -> AsyncIterator[Event]:
+            yield Started()
+            yield Heard("", "")
+            yield Finished("", "complete")
+
+        async with services.answers.claim(key, USER, lambda *_: None) as claimed:
+            assert isinstance(claimed, AnswerInProgress)
+            await AnswerStream(services, asking, StoredExchange(question_id, answer_id), 5).show(events(), claimed)
+        assert api.messages(CHAT)[-1].text == texts.NOT_HEARD and not api.messages(CHAT)[-1].reply_markup
+        assert await stored_messages(services.history, key) == []

@@ -381,7 +381,8 @@ async def test_images_stored_as_sent_before_copies_are_told_apart_from_pages_and
     """Before the bot kept copies, a photo was stored as sent (with its Telegram file id) and may be a 20 MB
     original, which the bot's process must not decode; pages and frames were always the bot's own."""
     path = tmp_path / "old.sqlite3"
-    with at_schema(path, len(MIGRATIONS) - 1) as raw:
+    before_copies = [migration.name for migration in MIGRATIONS].index("bounded-and-pruned-images")
+    with at_schema(path, before_copies) as raw:
         raw.execute("INSERT INTO conversations (chat_id, thread_id, created_at, updated_at) VALUES (7, 0, 1, 1)")
         raw.execute("INSERT INTO messages (conversation_id, role, text, created_at) VALUES (1, 'user', 'q', 1)")
         for position, (sha, unique) in enumerate((("photo", "AgAD"), ("page", None))):
