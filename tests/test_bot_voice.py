@@ -17,7 +17,7 @@ from bot import texts
 from bot.admission.answers_in_progress import AnswerInProgress
 from bot.answers.answer_stream import AnswerStream, StoredExchange
 from bot.answers.asking import Asking
-from bot.history import ConversationKey
+from bot.history import ConversationKey, HistoryStore
 from devkit.bot_api_server import FakeBotApi
 from devkit.harness import (
     ADMIN,
@@ -208,3 +208,20 @@ async def test_a_recording_without_words_is_told_so_and_leaves_no_question_behin
             await AnswerStream(services, asking, StoredExchange(question_id, answer_id), 5).show(events(), claimed)
         assert api.messages(CHAT)[-1].text == texts.NOT_HEARD and not api.messages(CHAT)[-1].reply_markup
         assert await stored_messages(services.history, key) == []
+
+
+async def test_an_answer_to_a_voice_question_cut_by_a_crash_is_repaired_below_what_was_heard(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    """As a kill -9 leaves it while the answer was a draft (tests/test_bot_process.py kills a running bot): the
+    question heard, the answer's text saved, no message shown yet."""
+    key = ConversationKey(CHAT)
+    async with await HistoryStore.open(tmp_path / "history.sqlite3") as history:
+        question_id, answer_id = await history.start_exchange(key, "", telegram_message_id=5, user_id=USER)
+        await history.hear(question_id, "what plant is this", "what plant is this")
+        await history.update_assistant_message(answer_id, "It is a fern", telegram_message_ids=[], status="streaming")
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)):
+        await api.wait_for(lambda: bool(api.messages(CHAT)), 20, "the repair")
+        [repaired] = api.messages(CHAT)
+        assert repaired.text.startswith("🎤 what plant is this\n\nIt is a fern"), repaired.text
+        assert repaired.text.endswith(texts.INTERRUPTED.strip()) and repaired.reply_to == 5

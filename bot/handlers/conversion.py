@@ -105,9 +105,10 @@ class Conversion:
         except ModelStoreError as error:
             await message.reply_text(texts.store_failed(error.reason, error.data))
             return
-        shown = self._precision(precision, kind)
-        status = await message.reply_text(texts.converting(model, shown), do_quote=not is_private(message))
-        self._running = self.services.background.start(self._convert(status, model, precision, found), update)
+        makes = self._precision(precision, kind)
+        status = await message.reply_text(texts.converting(model, makes), do_quote=not is_private(message))
+        converting = self._convert(status, model, (precision, makes), found)
+        self._running = self.services.background.start(converting, update)
 
     def _precision(self, asked: str | None, kind: ModelKind | None) -> str | None:
         """What a conversion of ``kind`` (None: not known before it starts) makes: as asked, else the configured one
@@ -165,23 +166,26 @@ class Conversion:
         assert found.checkpoint is not None
         log.info("admin %s confirmed running the code of %s", query.from_user.id, found.revisions)
         model = f"{found.checkpoint.repo_id}@{found.checkpoint.revision[:12]}"
-        await query.message.edit_text(texts.converting(model, self._precision(confirmation.precision, VISION)))
-        converting = self._convert(query.message, model, confirmation.precision, found, confirmed=True)
+        makes = self._precision(confirmation.precision, VISION)
+        await query.message.edit_text(texts.converting(model, makes))
+        converting = self._convert(query.message, model, (confirmation.precision, makes), found, confirmed=True)
         self._running = self.services.background.start(converting, update)
 
     async def _convert(
         self,
         status: Message,
         model: str,
-        precision: str | None,
+        precisions: tuple[str | None, str | None],
         pinned: pins.Pins | None = None,
         *,
         confirmed: bool = False,
     ) -> None:
         """Runs in the background: progress is shown by editing one message every few seconds, whatever the pace.
-        ``pinned``: the revisions looked up, read and only those; ``confirmed``: the admin agreed to run their
-        code."""
+        ``precisions``: the one asked for (None: the configured or the kind's own) and the one it makes, as far as
+        is known before it starts; ``pinned``: the revisions looked up, read and only those; ``confirmed``: the
+        admin agreed to run their code."""
         settings = self.services.settings
+        precision, makes = precisions
         started = time.monotonic()
         latest: list[Progress] = []
 
@@ -197,7 +201,7 @@ class Conversion:
                 await asyncio.sleep(PROGRESS_EDIT_SECONDS)
                 if latest and latest[-1] != shown:
                     shown = latest[-1]
-                    await show(texts.converting(model, self._precision(precision, None), shown))
+                    await show(texts.converting(model, makes, shown))
 
         # Chosen for the next start (active.json) only once it has loaded here, so a model that fails to load
         # is not the one a restart loads.

@@ -91,6 +91,7 @@ class Interrupted:
     text: str
     status: StoredStatus
     question_message_id: int | None = None  # the question's Telegram message, which a repaired answer replies to
+    heard: str | None = None  # what was heard of a question asked aloud, shown above its answer
 
 
 @dataclass(frozen=True)
@@ -353,8 +354,9 @@ class HistoryStore:
         async with self._transaction():
             async with self._db.execute(
                 "SELECT m.id, c.chat_id, c.thread_id, m.telegram_message_ids, m.text, m.status, "
-                "(SELECT q.telegram_message_ids FROM messages q WHERE q.conversation_id = m.conversation_id "
-                "AND q.role = 'user' AND q.id < m.id ORDER BY q.id DESC LIMIT 1) FROM messages m "
+                "q.telegram_message_ids, q.heard FROM messages m LEFT JOIN messages q ON q.id = ("
+                "SELECT MAX(id) FROM messages WHERE conversation_id = m.conversation_id AND role = 'user' "
+                "AND id < m.id) "
                 "JOIN conversations c ON c.id = m.conversation_id "
                 "WHERE m.role = 'assistant' AND (m.status = 'streaming' OR m.settled = 0) ORDER BY m.id"
             ) as cursor:
@@ -369,6 +371,7 @@ class HistoryStore:
                 row[4],
                 _status(row[5]),
                 next(iter(json.loads(row[6] or "[]")), None),
+                row[7],
             )
             for row in rows
         ]

@@ -4,8 +4,8 @@ While an answer streams, ``AnswerRecord`` saves its text and every message id it
 stream shows them (bot/output/delivery.py), so the database always covers what the chat shows.  After a crash or
 kill -9, such answers still show a cursor and a Stop button that no longer work, in every part; after a
 shutdown that did not wait for flood control, the final text may not be shown yet.  At the next start each is
-finished the way a reply stream finishes: its saved text, formatted, in every part, with a note
-("Interrupted" for one the crash cut short), and no button left.
+finished the way a reply stream finishes: its saved text, formatted, in every part (below what was heard, for a
+question asked aloud), with a note ("Interrupted" for one the crash cut short), and no button left.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ async def _finish_all(bot: Bot, history: HistoryStore, answers: Sequence[Interru
             message_ids=list(answer.telegram_message_ids),
             patience=max(give_up_at - time.monotonic(), 0.0),
         )
+        if answer.heard:
+            stream.head(texts.heard(answer.heard))
         try:
             await stream.finish(answer.text, texts.INTERRUPTED if cut else texts.footer(answer.status, answer.text))
         except Postponed as error:
