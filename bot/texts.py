@@ -632,6 +632,14 @@ def not_loaded(error: str) -> str:
     return f"❌ The new model could not be loaded ({error}). The previous model keeps serving."
 
 
+def heard_later(entry: ModelEntry, seconds: float) -> str:
+    """A speech model converted while no vision model is loaded: nothing hears until one is."""
+    return (
+        f"✅ Converted {entry.source} ({entry.precision}) in {format_elapsed(seconds)}. Voice questions will be heard "
+        "once a vision model is loaded: convert one with /convert."
+    )
+
+
 def now_serving(entry: ModelEntry, seconds: float) -> str:
     took = f"Took {format_elapsed(seconds)}."
     if entry.kind == "speech":

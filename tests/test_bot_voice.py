@@ -18,13 +18,17 @@ from bot.admission.answers_in_progress import AnswerInProgress
 from bot.answers.answer_stream import AnswerStream, StoredExchange
 from bot.answers.asking import Asking
 from bot.history import ConversationKey, HistoryStore
+from bot.output import buttons
 from devkit.bot_api_server import FakeBotApi
 from devkit.harness import (
     ADMIN,
+    STRANGER,
     USER,
     RunningBot,
     bot_settings,
+    finished,
     photo_bytes,
+    press,
     running_bot,
     stored_messages,
     wait_answers,
@@ -69,12 +73,18 @@ async def test_a_voice_note_after_a_photo_is_heard_shown_above_its_answer_and_st
     assert not question.images, "the photo in view was the kept one"
     assert not stored_answer.text.startswith("🎤"), "the answer is stored without what was heard above it"
 
+    engine = bot.services.engine
+    assert isinstance(engine, Engine) and engine.stats.replays == 0, "the kept photo was read while it was spoken"
+    press(api, answer, buttons.RETRY, USER)  # answered again below what was heard
+    await api.wait_for(lambda: len([m for m in api.messages(CHAT) if finished(m)]) >= 2, 60, "the retried answer")
+    assert _heard_above(api.messages(CHAT)[-1].text) == heard
+
+    read_again = engine.stats.replays
     api.push_message(CHAT, "And what colour is it?", user_id=USER)  # a typed follow-up, the voice note in view
-    await wait_answers(api, CHAT, 2)
+    await wait_answers(api, CHAT, 3)
     stored = await stored_messages(bot.services.history, ConversationKey(CHAT))
     assert [m.heard for m in stored[-2:]] == [None, None] and not api.messages(CHAT)[-1].text.startswith("🎤")
-    engine = bot.services.engine
-    assert isinstance(engine, Engine) and engine.stats.replays == 0
+    assert engine.stats.replays == read_again, "the follow-up reads its question only: the history is what was read"
 
 
 async def test_in_a_group_a_voice_note_counts_when_it_replies_to_a_photo_the_bot_answered(bot: RunningBot) -> None:
@@ -86,9 +96,10 @@ async def test_in_a_group_a_voice_note_counts_when_it_replies_to_a_photo_the_bot
     other = api.push_message(GROUP, "lunch anyone?", user_id=USER, chat_type="supergroup")
     api.push_media(GROUP, "voice", voice(2.0), duration=2, user_id=USER, chat_type="supergroup")  # to the group
     api.push_media(GROUP, "voice", voice(2.0), duration=2, user_id=USER, reply_to=other, chat_type="supergroup")
+    api.push_media(GROUP, "voice", voice(2.0), duration=2, user_id=STRANGER, reply_to=photo, chat_type="supergroup")
     api.push_media(GROUP, "voice", voice(3.0), duration=3, user_id=USER, reply_to=photo, chat_type="supergroup")
     await wait_answers(api, GROUP, 2)
-    assert len([m for m in api.messages(GROUP) if m.text.startswith("🎤")]) == 1, "only the reply to the photo"
+    assert len([m for m in api.messages(GROUP) if m.text.startswith("🎤")]) == 1, "only the member's reply to the photo"
     stored = await stored_messages(bot.services.history, ConversationKey(GROUP))
     assert [m.role for m in stored] == ["user", "assistant"] * 2
     assert stored[2].heard and stored[2].images == stored[0].images, "it asks about the photo it replies to"
@@ -186,11 +197,21 @@ async def test_an_admin_converts_a_speech_model_from_the_chat_and_voice_notes_ar
         _heard_above(api.messages(ADMIN)[-1].text)
 
 
-async def test_a_recording_without_words_is_told_so_and_leaves_no_question_behind(
-    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+@pytest.mark.parametrize(
+    ("ending", "said"),
+    [
+        ((Started(), Heard("", ""), Finished("", "complete")), texts.NOT_HEARD),
+        ((Started(), Finished("", "cancelled")), "⏹ Stopped."),  # /stop while it waited to be written down
+        ((Started(), Finished("", "failed", error="no speech model is loaded")), "⚠️ " + texts.NO_ANSWER),
+    ],
+    ids=["no words heard", "stopped before", "failed before"],
+)
+async def test_a_voice_question_that_asked_nothing_is_told_so_and_leaves_no_question_behind(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path, ending: tuple[Event, ...], said: str
 ) -> None:
-    """The engine hears nothing in it (``Heard`` with no words, then an empty end): what the answer's stream makes
-    of those events, fed to it as the engine gives them (a random-weight speech model always hears something)."""
+    """The engine hears no words in it, or it ends before anything is heard: what the answer's stream makes of
+    those events, fed to it as the engine gives them (a random-weight speech model always hears something).  No 🔁:
+    there is no question to ask again."""
     async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path)) as running:
         services, key = running.services, ConversationKey(CHAT)
         sent = {"message_id": 5, "date": 0, "chat": {"id": CHAT, "type": "private"}, "from": api.user(USER)}
@@ -199,14 +220,14 @@ async def test_a_recording_without_words_is_told_so_and_leaves_no_question_behin
         asking = Asking(message, key, USER, Turn("user", ""), speech=Speech(b"\x00" * 64))
 
         async def events() -> AsyncIterator[Event]:
-            yield Started()
-            yield Heard("", "")
-            yield Finished("", "complete")
+            for event in ending:
+                yield event
 
         async with services.answers.claim(key, USER, lambda *_: None) as claimed:
             assert isinstance(claimed, AnswerInProgress)
             await AnswerStream(services, asking, StoredExchange(question_id, answer_id), 5).show(events(), claimed)
-        assert api.messages(CHAT)[-1].text == texts.NOT_HEARD and not api.messages(CHAT)[-1].reply_markup
+            assert await stored_messages(services.history, key) == [], "forgotten while the conversation is claimed"
+        assert api.messages(CHAT)[-1].text == said and not api.messages(CHAT)[-1].reply_markup
         assert await stored_messages(services.history, key) == []
 
 

@@ -65,6 +65,9 @@ class AnswerStream:
         self._listening = asking.speech is not None  # until the speech model has written the question down
         self._unheard = False  # a recording without words: nothing was asked
         self._images = 0  # new images the question shows the model
+        retried = asking.retried
+        if retried is not None and retried.question.heard:  # answered again below what was heard, as the first time
+            self.stream.head(texts.heard(retried.question.heard))
 
     async def show(self, events: AsyncIterator[Event], claimed: AnswerInProgress) -> None:
         """``claimed`` is released once the model is done: the conversation may ask again while the final text
@@ -74,10 +77,10 @@ class AnswerStream:
         try:
             await self.stream.start(texts.PLACEHOLDER)
             finished = await self._follow(events)
-            claimed.release()
-            if self._unheard:
-                await self._nothing_asked()
+            if self._unheard or self._listening:  # no words in the recording, or it ended before they were heard
+                await self._nothing_asked(finished)
                 return
+            claimed.release()
             final = finished.text or self.text
             self.record.status = finished.status
             if finished.status == "complete" and not final.strip():
@@ -137,11 +140,16 @@ class AnswerStream:
         self.stream.head(texts.heard(heard.text))
         await self.stream.status(texts.looking(self._images, None, self.material.label))
 
-    async def _nothing_asked(self) -> None:
-        """No words in the recording: the exchange is forgotten (before it is shown, so the history never keeps
-        an empty question whatever happens to the message), and the placeholder says so, without a 🔁 button."""
+    async def _nothing_asked(self, finished: Finished) -> None:
+        """A question asked aloud that asked nothing: no words were made out, or it was stopped, timed out or
+        failed before they were.  The placeholder says so, without a 🔁 button (there is no question to ask again),
+        then the exchange is forgotten, all while the conversation is still claimed, so no follow-up's view ever
+        holds its empty question; should Telegram keep the message waiting, the rows stay for the next start's
+        repair."""
+        self.record.status = "cancelled" if finished.status in ("cancelled", "timeout") else "failed"
+        note = texts.NOT_HEARD if self._unheard else texts.footer(finished.status, "").strip()
+        await self.stream.finish("", note)
         await self.services.history.forget_exchange(self.stored.question_id, self.stored.answer_id)
-        await self.stream.finish("", texts.NOT_HEARD)
 
     async def _finish(self, text: str) -> None:
         footer = texts.footer(self.record.status, text, self.material.note)

@@ -31,6 +31,7 @@ from model_store.convert import ConversionRequest, convert_async, pins
 from model_store.convert.extra import require_conversion_extra
 from model_store.errors import MissingDependencyError, ModelStoreError, ValidationFailedError
 from model_store.layout import SPEECH, VISION, ModelKind, kind_of, read_json
+from model_store.loader import chosen_entry
 from model_store.progress import Progress
 from model_store.sources import KNOWN_SPEECH_MODELS, PRECISIONS, ModelSource, parse_source
 from model_store.store import ModelEntry, ModelStore
@@ -235,7 +236,10 @@ class Conversion:
             return
         finally:
             reporter.cancel()
-        await show(texts.now_serving(entry, time.monotonic() - started))
+        took = time.monotonic() - started
+        await show(
+            texts.now_serving(entry, took) if self.services.engine is not None else texts.heard_later(entry, took)
+        )
 
     async def _serve(self, entry: ModelEntry) -> None:
         """The new model loaded and swapped in, then chosen for the next start, so that one that fails to load is
@@ -248,7 +252,8 @@ class Conversion:
             await self._load(None, speech=entry)
             engine = self.services.engine
             if isinstance(engine, Engine) and not engine.hears:
-                await self._load(None)  # back to the speech model chosen before, if there is one
+                if chosen_entry(store, SPEECH.name) is not None:  # back to the speech model chosen before
+                    await self._load(None)
                 raise ValidationFailedError("speech_not_loaded", source=entry.source)
         store.set_active(entry)
 

@@ -93,8 +93,12 @@ class Gate:
         username = self.services.bot_username
         if is_private(message) or message.media_group_id is not None or addressed(message, username):
             return True
-        replied = message.reply_to_message
-        if replied is None or recording_in(message) is None:
+        replied, sender = message.reply_to_message, sender_of(message)
+        if replied is None or recording_in(message) is None or sender is None:
+            return False
+        if replied.message_id == message.message_thread_id:  # in a forum topic every message replies to its first
+            return False
+        if not self.services.access.may_ask(sender.user_id, message.chat_id):  # a stranger costs no look-up
             return False
         shown = attachments_in(replied)
         photo = shown[0].file_unique_id if shown else None

@@ -39,6 +39,7 @@ from engine.generation import Status
 # (migration "conversations-messages-images") lists the same; tests/test_history_store.py compares them.
 StoredStatus = Status | Literal["streaming"]
 STATUSES: tuple[str, ...] = ("streaming", *get_args(Status))
+RECENT_QUESTIONS = 500  # a recording replying to a message the bot was asked about counts among these (``brought``)
 
 
 @dataclass(frozen=True)
@@ -472,18 +473,20 @@ class HistoryStore:
         return None if row is None else tuple(json.loads(row[0]))
 
     async def brought(self, key: ConversationKey, telegram_message_id: int, file_unique_id: str | None) -> bool:
-        """Whether Telegram message ``telegram_message_id`` brought a question (or a photo kept for one) to the
-        conversation, or the image with ``file_unique_id`` is one of the conversation's: a message the bot
-        answered, or a photo it was asked about in a reply."""
+        """Whether Telegram message ``telegram_message_id`` brought one of the conversation's ``RECENT_QUESTIONS``
+        latest questions (or a photo kept for one), or the image with ``file_unique_id`` is one of theirs: a
+        message the bot answered, or a photo it was asked about in a reply.  Bounded, as the gate asks it for
+        messages nobody has counted against a rate yet."""
         async with (
             self._reading(),
             self._db.execute(
-                "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                "WHERE c.chat_id = ? AND c.thread_id = ? AND m.role = 'user' AND ("
-                "EXISTS (SELECT 1 FROM json_each(m.telegram_message_ids) WHERE value = ?) OR EXISTS ("
+                "SELECT 1 FROM (SELECT m.id, m.telegram_message_ids FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id WHERE c.chat_id = ? AND c.thread_id = ? "
+                "AND m.role = 'user' ORDER BY m.id DESC LIMIT ?) AS recent WHERE "
+                "EXISTS (SELECT 1 FROM json_each(recent.telegram_message_ids) WHERE value = ?) OR EXISTS ("
                 "SELECT 1 FROM message_images mi JOIN images i ON i.sha256 = mi.image_sha256 "
-                "WHERE mi.message_id = m.id AND i.file_unique_id = ?)) LIMIT 1",
-                (key.chat_id, key.thread_id, telegram_message_id, file_unique_id),
+                "WHERE mi.message_id = recent.id AND i.file_unique_id = ?) LIMIT 1",
+                (key.chat_id, key.thread_id, RECENT_QUESTIONS, telegram_message_id, file_unique_id),
             ) as cursor,
         ):
             return await cursor.fetchone() is not None

@@ -64,7 +64,7 @@ def _final_parts(text: str, footer: str, header: str = "") -> list[FormattedPart
         parts[0] = headed(header, parts[0])
     if footer:
         parts = [*parts[:-1], FormattedPart(parts[-1].text + footer, parts[-1].entities)]
-        if len(parts[-1].text) > TELEGRAM_TEXT_LIMIT:
+        if utf16_len(parts[-1].text) > TELEGRAM_TEXT_LIMIT:
             parts = [
                 *parts[:-1],
                 FormattedPart(parts[-1].text[: -len(footer)], parts[-1].entities),
