@@ -42,7 +42,7 @@ bench-convert: $(STAMP)
 	$(VENV)/bin/python benchmarks/convert_full.py
 
 # Every benchmark in turn (about 2.5 hours on 2 cores; builds and converts the full synthetic model first).
-BENCHMARKS := convert_full engine_latency long_conversation alternatives crops_cost cpu_options bandwidth_bound \
+BENCHMARKS := convert_full engine_latency long_conversation alternatives crops_cost cpu_options bandwidth_bound compute_bound \
 	load_time batching gil_hold bot_overhead preprocessing_fidelity progress_estimates
 bench: $(STAMP)
 	set -e; for name in $(BENCHMARKS); do $(VENV)/bin/python benchmarks/$$name.py; done
