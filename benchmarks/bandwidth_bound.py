@@ -40,10 +40,11 @@ def read_bandwidth(threads: int) -> float:
     return best
 
 
-def decode_speed(model: Path, tokens: int = 64) -> float:
+def decode_speed(model: Path, tokens: int = 64, properties: dict[str, Any] | None = None) -> float:
+    """Tokens/s after a short text prompt; ``properties``: CPU options (OpenVINO's defaults when None)."""
     import openvino_genai as genai
 
-    pipeline = genai.VLMPipeline(str(model), "CPU")
+    pipeline = genai.VLMPipeline(str(model), "CPU", **(properties or {}))
     config = genai.GenerationConfig()
     config.max_new_tokens = tokens
     config.ignore_eos = True

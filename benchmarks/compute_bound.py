@@ -11,7 +11,10 @@ they run in bounds them.  Measured here, on all cores with the bot's CPU options
   the dynamic quantization of activations the engine uses;
 - the achieved throughput: the full synthetic Phi-3.5-vision INT4's vision encoder on five crops and its language
   model on a 757-token prompt of embeddings, each timed alone through OpenVINO, with the operations each needs
-  counted from the model's shapes (its config.json and CLIP's).
+  counted from the model's shapes (its config.json and CLIP's);
+- decoding, one token at a time, against the same products with a single row (what a token's step multiplies:
+  every weight once, unpacked), so it can be placed against compute as bandwidth_bound.py places it against
+  memory.
 
 Usage: python benchmarks/compute_bound.py
 """
@@ -28,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bandwidth_bound import decode_speed
 from benchmarks.common import bot_cpu_tuning, full_int4_model, write_results
 
 M, K, N = 1024, 4096, 4096  # a prompt's worth of rows against a layer's weights
@@ -69,19 +73,19 @@ def _weights(kind: str) -> Any:
     return ops.convert(flat, ov.Type.f32)
 
 
-def matmul_gflops(kind: str, precision_hint: str | None) -> float:
-    """Best GFLOP/s of ``x @ W.T`` for one kind of weight, compiled with the bot's CPU options."""
+def matmul_gflops(kind: str, precision_hint: str | None, rows: int = M) -> float:
+    """Best GFLOP/s of ``x @ W.T`` for one kind of weight, ``x`` of ``rows`` rows, with the bot's CPU options."""
     import openvino as ov
     import openvino.opset13 as ops
 
-    x = ops.parameter([M, K], ov.Type.f32, name="x")
+    x = ops.parameter([rows, K], ov.Type.f32, name="x")
     model = ov.Model([ops.matmul(x, _weights(kind), False, True)], [x], f"matmul-{kind}")
     compiled = ov.Core().compile_model(model, "CPU", _properties(precision_hint))
     request = compiled.create_infer_request()
-    data = np.random.default_rng(1).standard_normal((M, K)).astype(np.float32)
+    data = np.random.default_rng(1).standard_normal((rows, K)).astype(np.float32)
     request.infer({0: data})
-    best = min(_timed(lambda: request.infer({0: data})) for _ in range(REPEATS))
-    return 2 * M * K * N / best / 1e9
+    best = min(_timed(lambda: request.infer({0: data})) for _ in range(REPEATS * (1 if rows > 1 else 20)))
+    return 2 * rows * K * N / best / 1e9
 
 
 def _timed(call: Any) -> float:
@@ -171,11 +175,26 @@ def main() -> None:
         achieved[name]["of_ceiling"] = ratios
         shown = ", ".join(f"{ratio:.0%} of {ceiling}" for ceiling, ratio in ratios.items())
         print(f"{name}: {flops / 1e12:.2f} TFLOP in {seconds:.2f} s = {rate:.1f} GFLOP/s ({shown})")
+    one_row = {"int8 weights": matmul_gflops("u8", None, rows=1), "int4 weights": matmul_gflops("u4", None, rows=1)}
+    tokens_per_second = decode_speed(model, properties=_properties(None))
+    per_token = prompt_operations(model, 1)
+    rate = tokens_per_second * per_token / 1e9
+    decoding = {
+        "tokens_per_second": round(tokens_per_second, 2),
+        "gflop_per_token": round(per_token / 1e9, 2),
+        "gflops": round(rate, 1),
+        "of_one_row_ceiling": {name: round(rate / value, 3) for name, value in one_row.items()},
+    }
+    shown = ", ".join(f"{ratio:.0%} of {name}" for name, ratio in decoding["of_one_row_ceiling"].items())
+    print("one-row ceiling: " + ", ".join(f"{name} {value:.1f} GFLOP/s" for name, value in one_row.items()))
+    print(f"decoding: {tokens_per_second:.2f} tokens/s x {per_token / 1e9:.2f} GFLOP = {rate:.1f} GFLOP/s ({shown})")
     results = {
         "matmul": {"m": M, "k": K, "n": N, "int4_group": GROUP},
         "cpu_capabilities": list(capabilities),
         "ceilings_gflops": {name: round(value, 1) for name, value in ceilings.items()},
+        "one_row_ceilings_gflops": {name: round(value, 1) for name, value in one_row.items()},
         "achieved": achieved,
+        "decoding": decoding,
     }
     print(f"results: {write_results('compute_bound', results)}")
 
