@@ -28,8 +28,8 @@ from devkit.harness import (
     running_bot,
     stored_answers,
     stored_messages,
-    wait_answers,
 )
+from devkit.harness import finished as looks_finished
 from devkit.processes import bot_environment, bot_process
 from engine.conversation import Turn
 from engine.engine import SHUTDOWN_GRACE_SECONDS, STOP_GRACE_SECONDS, Engine, Finished
@@ -188,8 +188,10 @@ async def test_with_the_model_process_stopped_model_is_answered_at_once_and_stop
                     lambda: engine.queue.running == 0, STOP_GRACE_SECONDS + 3, "the stopped answer to end"
                 )
                 ended_in = loop.time() - stopped_at
-                await wait_answers(api, USER, 1, timeout=5)
-            stored = await stored_messages(bot.services.history, ConversationKey(USER))
+                # the answer's own message, not the "Stopping." reply (which looks finished too), and its record
+                shown = lambda: any(looks_finished(m) and m.text != texts.STOPPING for m in api.messages(USER))  # noqa: E731
+                await api.wait_for(shown, 5, "the stopped answer shown")
+            stored = await stored_answers(bot, ConversationKey(USER), 1, timeout=5)
         assert watch.longest < 0.2, f"the event loop stalled for {watch.longest:.2f} s"
         assert ended_in <= STOP_GRACE_SECONDS + 2, f"the stopped answer ended {ended_in:.1f} s after /stop"
         assert [m.status for m in stored] == ["complete", "cancelled"]
