@@ -1,15 +1,18 @@
 """FFmpeg through PyAV, as the file reader opens clips and recordings: a file from bytes whose every FFmpeg error is
-the file's refusal, and its length as its headers say."""
+the file's refusal, the stream it is read for, and its length as its headers say."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import av
 
 from bot.media.refusal import Refusal
+
+S = TypeVar("S", bound=av.stream.Stream)
 
 
 @contextmanager
@@ -23,6 +26,17 @@ def opened(data: bytes, unreadable: Callable[[], Refusal]) -> Iterator[av.contai
         if isinstance(error, MemoryError):
             raise
         raise unreadable() from error
+
+
+def first_stream(streams: Sequence[S], missing: Callable[[], Refusal], unreadable: Callable[[], Refusal]) -> S:
+    """The first of a file's streams of one kind (its pictures, its sound); raises ``missing()`` when it has none and
+    ``unreadable()`` when FFmpeg has no decoder for it or its header is too damaged to say which."""
+    if not streams:
+        raise missing()
+    stream = streams[0]
+    if stream.codec_context is None:
+        raise unreadable()
+    return stream
 
 
 def header_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:

@@ -18,6 +18,7 @@ work.  A frame taken is converted straight to the size the model reads, never at
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from fractions import Fraction
 import av
 
 from bot.media.decoding import ImageLimits
-from bot.media.ffmpeg import header_seconds, opened
+from bot.media.ffmpeg import first_stream, header_seconds, opened
 from bot.media.refusal import Refusal
 
 FRAMES_PER_SECOND = 2.0  # at most this many frames per second of clip: a 1 s GIF gets 2, not 8
@@ -58,12 +59,9 @@ def sample(data: bytes, *, limit: int, max_seconds: float, long_side: int) -> Fr
     """Up to ``limit`` frames spread evenly over the clip in ``data``, each at most ``long_side`` pixels on its
     long side (the engine would scale it to that anyway); raises VideoError for what cannot be read."""
     max_pixels = ImageLimits().max_pixels
-    with opened(data, lambda: VideoError("clip_unreadable")) as container:
-        if not container.streams.video:
-            raise VideoError("no_pictures")
-        stream = container.streams.video[0]
-        if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
-            raise VideoError("clip_unreadable")
+    unreadable = functools.partial(VideoError, "clip_unreadable")
+    with opened(data, unreadable) as container:
+        stream = first_stream(container.streams.video, functools.partial(VideoError, "no_pictures"), unreadable)
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > max_pixels:
             raise VideoError("frames_too_large", width=width, height=height)

@@ -10,12 +10,13 @@ A sound that is nowhere louder than ``SILENCE_RMS`` is refused as silence: Whisp
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
-from bot.media.ffmpeg import header_seconds, opened
+from bot.media.ffmpeg import first_stream, header_seconds, opened
 from bot.media.refusal import Refusal
 from engine.pipeline_protocol import SPEECH_SAMPLE_RATE as SAMPLE_RATE
 
@@ -42,12 +43,9 @@ class Sound:
 
 def listen(data: bytes, *, max_seconds: float) -> Sound:
     """The sound in ``data`` at 16 kHz mono; raises SoundError for what cannot be heard or is too long."""
-    with opened(data, lambda: SoundError("sound_unreadable")) as container:
-        if not container.streams.audio:
-            raise SoundError("no_sound")
-        stream = container.streams.audio[0]
-        if stream.codec_context is None:  # a codec FFmpeg does not have, or a header too damaged to say
-            raise SoundError("sound_unreadable")
+    unreadable = functools.partial(SoundError, "sound_unreadable")
+    with opened(data, unreadable) as container:
+        stream = first_stream(container.streams.audio, functools.partial(SoundError, "no_sound"), unreadable)
         announced = header_seconds(container, stream)
         if announced is not None and announced > max_seconds:
             raise SoundError("sound_too_long", duration=announced, max_seconds=max_seconds)
