@@ -22,6 +22,7 @@ from engine.pipeline_protocol import SPEECH_SAMPLE_RATE as SAMPLE_RATE
 
 MAX_PACKETS = 200_000  # an Opus packet is 20 ms: over an hour of voice, whatever the header says
 MIN_SECONDS = 0.1
+GRACE_SECONDS = 1.0  # encoders pad and headers round: a recording of exactly the limit says a little more
 SILENCE_RMS = 1e-3  # about -60 dBFS in every 30 ms window: nothing a microphone would call speech
 WINDOW = int(0.03 * SAMPLE_RATE)
 
@@ -47,7 +48,7 @@ def listen(data: bytes, *, max_seconds: float) -> Sound:
     with opened(data, unreadable) as container:
         stream = first_stream(container.streams.audio, functools.partial(SoundError, "no_sound"), unreadable)
         announced = header_seconds(container, stream)
-        if announced is not None and announced > max_seconds:
+        if announced is not None and announced > max_seconds + GRACE_SECONDS:
             raise SoundError("sound_too_long", duration=announced, max_seconds=max_seconds)
         samples = _decoded(container, stream, int(max_seconds * SAMPLE_RATE), max_seconds)
     if samples.size < MIN_SECONDS * SAMPLE_RATE:
@@ -72,7 +73,7 @@ def _decoded(
                 part = resampled.to_ndarray().reshape(-1)
                 parts.append(part)
                 count += part.size
-        if count > limit + SAMPLE_RATE:  # a second's grace: encoders pad, headers round
+        if count > limit + GRACE_SECONDS * SAMPLE_RATE:
             raise SoundError("sound_too_long", duration=count / SAMPLE_RATE, max_seconds=max_seconds)
     for resampled in resampler.resample(None):
         parts.append(resampled.to_ndarray().reshape(-1))
