@@ -7,19 +7,21 @@ the bot does at start), B asks while A's is being read, then A asks once A's is 
 chat sends a photo alone and A asks 3 s later, while that photo is read.  Answers are 32 tokens.
 
 The engine variant keeps each chat's history under the bot's context policy (engine/conversation_memory.py)
-and, as the bot does, has the model read each conversation ahead after every answer.  The raw variant is
-OpenVINO GenAI's ContinuousBatchingPipeline with prefix caching and one ChatHistory per chat, given the very
-prompts the engine run saw (read from its results); when a prompt no longer starts as the previous one did,
-it starts a new ChatHistory and sends the photo messages again, as GenAI attaches images only to the last
+and, as the bot does, has the model read each conversation ahead after every answer, and the view after its
+coming step once that is planned (``--no-step-ahead``: only once the step is taken, the earlier way).  The raw
+variant is OpenVINO GenAI's ContinuousBatchingPipeline with prefix caching and one ChatHistory per chat, given
+the very prompts the engine run saw (read from its results); when a prompt no longer starts as the previous one
+did, it starts a new ChatHistory and sends the photo messages again, as GenAI attaches images only to the last
 user message.  Each variant runs in its own process.
 
-Goals (full-size synthetic INT4): follow-ups median <= 1.5 s and 95th percentile <= 3 s; the question 15 s
-after a photo sent alone <= 2 s; the first follow-ups after a restart <= 3 s.  Also printed: how long a
+Goals (full-size synthetic INT4): follow-ups median <= 1.5 s and 95th percentile <= 3 s, the slowest of them
+(a step of the policy included) <= 3 s up to turn 40; the question 15 s after a photo sent alone <= 2 s; the
+first follow-ups after a restart <= 3 s.  Also printed: how long a
 question waited in the model's process behind work read ahead (one piece at most: a piece of text, or a
 photo, which GenAI encodes and reads in one call).
 
 Usage: python benchmarks/long_conversation.py [--turns 40] [--typing 5] [--history-tokens N] [--model DIR]
-       [--name NAME]
+       [--name NAME] [--no-step-ahead]
 """
 
 from __future__ import annotations
@@ -88,7 +90,9 @@ def _photo(seed: int) -> Any:
 # --- the engine, as the bot drives it -----------------------------------------------------------------------
 
 
-async def _engine(model: Path, turns: int, typing: float, history_tokens: int | None) -> dict[str, Any]:
+async def _engine(
+    model: Path, turns: int, typing: float, history_tokens: int | None, step_ahead: bool
+) -> dict[str, Any]:
     from bot.settings import Settings
     from engine.context_policy import default_history_tokens, kv_cache_tokens
     from engine.conversation import Turn
@@ -122,9 +126,13 @@ async def _engine(model: Path, turns: int, typing: float, history_tokens: int | 
     results: dict[str, Any] = {"history_tokens": budget, "turns": {}, "prompts": {}}
 
     def read_ahead(chat: str) -> None:
-        task = asyncio.create_task(engine.prepare(chat, memories[chat].view()))
-        reading.add(task)
-        task.add_done_callback(reading.discard)
+        views = [(memories[chat].view(), False)]
+        if step_ahead and (next_view := memories[chat].next_view()) is not None:
+            views.append((next_view, True))  # the view after the coming step, as the bot reads it
+        for view, ahead in views:
+            task = asyncio.create_task(engine.prepare(chat, view, ahead=ahead))
+            reading.add(task)
+            task.add_done_callback(reading.discard)
 
     def written(turns_: list[Any]) -> list[list[Any]]:
         return [[t.role, t.text, [seeds[i.sha256] for i in t.images]] for t in turns_]
@@ -271,12 +279,18 @@ def _follow_ups(turns: dict[str, Any]) -> list[str]:
 
 
 def _summary(turns: dict[str, Any]) -> dict[str, float]:
-    times = [turns[name]["ttft"] for name in _follow_ups(turns)]
+    """``slowest``: of the follow-ups up to the last full turn, the first ones after the restart aside (they have
+    a goal of their own); the last turn is asked while another chat's photo is read."""
+    names = _follow_ups(turns)
+    times = [turns[name]["ttft"] for name in names]
+    last = max(int(name[1:]) for name in turns)
+    ordinary = [turns[name]["ttft"] for name in names if int(name[1:]) not in (RESTART_AFTER + 1, last)]
     return {
         "follow_ups": len(times),
         "median": round(statistics.median(times), 2),
         "p95": round(_percentile(times, 95), 2),
         "max": max(times),
+        "slowest": max(ordinary),
         "after_photo_alone": turns[f"A{ALONE_TURN}"]["ttft"],
         "after_restart": max(turns[f"{chat}{RESTART_AFTER + 1}"]["ttft"] for chat in "AB"),
     }
@@ -296,12 +310,16 @@ def main() -> None:
     parser.add_argument("--history-tokens", type=int, help="HISTORY_TOKENS (default: the bot's, derived)")
     parser.add_argument("--model", type=Path, help="a converted model directory (default: the full synthetic INT4)")
     parser.add_argument("--name", default="long_conversation", help="results file name")
+    parser.add_argument(
+        "--no-step-ahead", action="store_true", help="read a step's view only once it is taken (the earlier way)"
+    )
     parser.add_argument("--variant", choices=("engine", "raw"), help=argparse.SUPPRESS)
     parser.add_argument("--prompts", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     model = args.model or full_int4_model()  # built and converted once, before timing anything
     if args.variant == "engine":
-        print(json.dumps(asyncio.run(_engine(model, args.turns, args.typing, args.history_tokens))))
+        engine = _engine(model, args.turns, args.typing, args.history_tokens, not args.no_step_ahead)
+        print(json.dumps(asyncio.run(engine)))
         return
     if args.variant == "raw":
         print(json.dumps(_raw(model, json.loads(args.prompts.read_text()), args.typing)))
@@ -309,6 +327,8 @@ def main() -> None:
     common = ["--turns", str(args.turns), "--typing", str(args.typing), "--model", str(model)]
     if args.history_tokens:
         common += ["--history-tokens", str(args.history_tokens)]
+    if args.no_step_ahead:
+        common += ["--no-step-ahead"]
     print("running the engine ...", flush=True)
     engine = _run(["--variant", "engine", *common])
     prompts = Path(f"/tmp/{args.name}-prompts.json")
@@ -331,12 +351,13 @@ def main() -> None:
             f"{other['ttft']:>8.2f}{other['replays']:>13}{mark}"
         )
     summaries = {"engine": _summary(engine["turns"]), "raw": _summary(raw["turns"])}
-    goals = {"median": 1.5, "p95": 3.0, "after_photo_alone": 2.0, "after_restart": 3.0}
+    goals = {"median": 1.5, "p95": 3.0, "slowest": 3.0, "after_photo_alone": 2.0, "after_restart": 3.0}
     print(f"\n{'':<34}{'engine':>9}{'raw':>9}{'goal':>8}")
     for key, label in (
         ("median", "follow-ups, median"),
         ("p95", "follow-ups, 95th percentile"),
-        ("max", "follow-ups, slowest"),
+        ("max", "follow-ups, slowest of all"),
+        ("slowest", f"slowest to turn {args.turns}, restart aside"),
         ("after_photo_alone", "15 s after a photo sent alone"),
         ("after_restart", "first follow-ups after the restart"),
     ):
@@ -351,7 +372,13 @@ def main() -> None:
     )
     print(f"waited behind work read ahead: in text pieces at most {text:.2f} s; where a photo was being read: {photos}")
     print(f"restart: engine {engine['restart']}, raw {raw['restart']}")
-    settings = {"turns": args.turns, "typing": args.typing, "tokens": TOKENS, "cpu": bot_cpu_tuning().properties()}
+    settings = {
+        "turns": args.turns,
+        "typing": args.typing,
+        "tokens": TOKENS,
+        "step_ahead": not args.no_step_ahead,
+        "cpu": bot_cpu_tuning().properties(),
+    }
     path = write_results(args.name, {**settings, "summary": summaries, "engine": engine, "raw": raw})
     print(f"results: {path}")
 

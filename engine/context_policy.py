@@ -3,8 +3,19 @@
 Why steps: prefix caching and GenAI's chat state make a follow-up cheap only while the prompt starts the same
 way as the previous one.  A window that slides by one message per turn changes the prompt's start at every
 turn, so each follow-up reads the whole conversation again.  Here the view keeps its start until the history
-outgrows ``budget`` tokens, then drops the oldest exchanges at once until at most half the budget is left;
-the prompt's prefix changes once per step, and that step can be prepared before the next question comes.
+outgrows ``budget`` tokens, then drops the oldest exchanges at once, down to about half the budget; the
+prompt's prefix changes once per step.
+
+Why the step is planned an eighth of the budget early: reading the new view (its pinned photo and a few
+thousand tokens of text) takes far longer than a person takes to type a follow-up.  Once the view passes
+``PLAN_AT`` of the budget, where the next step will start is decided from the messages up to that point
+(``planned_step``) and never moves again, so the new view can be read beside the current one, between
+questions, while the last eighth fills (a few exchanges); the question that crosses the budget is then a plain
+follow-up.  The plan keeps at most three eighths of the budget, so that with the eighth that follows it the
+view after the step holds about half, as a step taken at once would.  A long answer can pass the mark and the
+budget at once; the step then waits one exchange, so that it too is read ahead.
+The plan is a function of the stored messages alone: a conversation read ahead and one that was not step to
+the same view and get the same answer.
 
 Why a pinned photo: people keep asking about the photo they sent long after its turn would have been
 dropped.  At each step the latest exchange that carries images (a question with its photo or album, and its
@@ -92,26 +103,70 @@ def _tokens(messages: Sequence[Counted]) -> int:
     return sum(message.tokens for message in messages)
 
 
-def fit(messages: Sequence[Counted], window: Window, budget: int, system_tokens: int = 0) -> Window:
-    """The window for the next question: ``window`` itself while the view fits ``budget``; otherwise a step.
+PLAN_AT = 7 / 8  # the share of the budget past which the next step is planned, and its view read ahead
 
-    A step drops the oldest exchanges until the view holds at most half the budget, but never the latest
-    exchange, and pins the latest exchange with images if it would otherwise leave the view.
+
+def fit(messages: Sequence[Counted], window: Window, budget: int, system_tokens: int = 0) -> Window:
+    """The window for the next question: ``window`` itself while the view fits ``budget``; otherwise a step, to
+    the planned window (``planned_step``), or, when that would not fit (an exchange after the plan too large for
+    it), down to half the budget from the whole view.
+
+    An exchange that passes the plan's mark and the budget at once (a long answer) leaves no time to read the
+    plan ahead: the step then waits for the next exchange, the view over the budget by at most an eighth of it.
     """
-    view = in_view(messages, window)
-    if system_tokens + _tokens(view) <= budget:
-        return window
     pinned = _pinned(messages, window)
-    groups = exchanges([m for m in messages if window.start is None or m.id >= window.start])
+    groups = _groups(messages, window)
+    total = system_tokens + _tokens(pinned) + sum(_tokens(group) for group in groups)
+    if total <= budget:
+        return window
+    crossing = _plan_crossing(pinned, groups, budget, system_tokens)
+    if crossing == len(groups) and total <= budget + budget // 8:
+        return window
+    planned = planned_step(messages, window, budget, system_tokens)
+    if planned is not None and system_tokens + _tokens(in_view(messages, planned)) <= budget:
+        return planned
+    return _dropped(pinned, groups, budget // 2, system_tokens) or window
+
+
+def planned_step(messages: Sequence[Counted], window: Window, budget: int, system_tokens: int = 0) -> Window | None:
+    """Where the next step will start, once the view has passed ``PLAN_AT`` of the budget (None before; the
+    current window itself if nothing can be dropped).  Decided by the exchanges up to the one that passed the
+    mark, so later messages never move it."""
+    pinned = _pinned(messages, window)
+    groups = _groups(messages, window)
+    crossing = _plan_crossing(pinned, groups, budget, system_tokens)
+    if crossing is None:
+        return None
+    return _dropped(pinned, groups[:crossing], int(budget * (PLAN_AT - 1 / 2)), system_tokens) or window
+
+
+def _plan_crossing(pinned: list[Counted], groups: list[list[Counted]], budget: int, system_tokens: int) -> int | None:
+    """How many exchanges of the view it takes to pass ``PLAN_AT`` of the budget; None if all of them do not."""
+    total = system_tokens + _tokens(pinned)
+    for count, group in enumerate(groups, 1):
+        total += _tokens(group)
+        if total > budget * PLAN_AT:
+            return count
+    return None
+
+
+def _groups(messages: Sequence[Counted], window: Window) -> list[list[Counted]]:
+    return exchanges([m for m in messages if window.start is None or m.id >= window.start])
+
+
+def _dropped(pinned: list[Counted], groups: list[list[Counted]], keep: int, system_tokens: int) -> Window | None:
+    """The oldest exchanges dropped until at most ``keep`` tokens are left, but never the latest exchange, and
+    the latest exchange with images pinned if it would otherwise leave the view; None for a single exchange
+    (nothing can be dropped)."""
     with_images = [group for group in [pinned, *groups] if any(m.has_images for m in group)]
     latest_photo = with_images[-1] if with_images else None
     for keep_from in range(1, len(groups)):
         kept = [m for group in groups[keep_from:] for m in group]
         start = kept[0].id
         pin = latest_photo if latest_photo is not None and latest_photo[0].id < start else None
-        if keep_from == len(groups) - 1 or system_tokens + _tokens(pin or []) + _tokens(kept) <= budget // 2:
+        if keep_from == len(groups) - 1 or system_tokens + _tokens(pin or []) + _tokens(kept) <= keep:
             return Window(start, pin[0].id if pin else None)
-    return window  # a single exchange: nothing can be dropped
+    return None
 
 
 FALLBACK_KV_CACHE_GB = 4.0  # KV_CACHE_GB=0 lets the cache grow; the budget still needs a size to share

@@ -111,35 +111,65 @@ class Piece:
     tokens: int  # about how many tokens this call reads that were not read before
 
 
+def _starts(wanted: Sequence[Message], session: Session) -> bool:
+    """``wanted`` starts with what the session has read (GenAI can go on from there)."""
+    return list(wanted[: len(session.known)]) == session.known
+
+
 def _has_images(message: Message) -> bool:
     return message.role == "user" and bool(message.images)
 
 
 class Sessions:
-    """Per-conversation GenAI chat state, bounded; lives in the model's process (engine/pipeline_host.py)."""
+    """Per-conversation GenAI chat state, bounded; lives in the model's process (engine/pipeline_host.py).
+
+    Beside each conversation's session there may be one for the view it will have after its coming step
+    (engine/context_policy.py), read ahead; the step's question finds it and it becomes the conversation's.
+    """
 
     def __init__(self, capacity: int = 16) -> None:  # each keeps its photos encoded; more rarely fit the KV cache
         self._capacity = capacity
         self._sessions: OrderedDict[Hashable, Session] = OrderedDict()
+        self._ahead: OrderedDict[Hashable, Session] = OrderedDict()
 
     def session(self, key: Hashable, wanted: Sequence[Message]) -> Session:
-        """The conversation's session, or a new one if what it has read is not where ``wanted`` starts."""
+        """The conversation's session, the one read ahead for it if that is where ``wanted`` starts, or a new one
+        if neither has read what ``wanted`` starts with."""
         import openvino_genai as genai
 
         session = self._sessions.pop(key, None)
-        if session is None or list(wanted[: len(session.known)]) != session.known:
+        if session is None or not _starts(wanted, session):
             if session is not None:
                 session.previous = None  # one older state is kept alive, not a chain of them
-            session = Session(genai.ChatHistory(), previous=session)
-            log.debug("rebuilding chat state for %s", key)
+            ahead = self._ahead.pop(key, None)
+            if ahead is not None and _starts(wanted, ahead):
+                ahead.previous = session
+                session = ahead
+                log.debug("the step of %s was read ahead", key)
+            else:
+                session = Session(genai.ChatHistory(), previous=session)
+                log.debug("rebuilding chat state for %s", key)
         self._sessions[key] = session
         while len(self._sessions) > self._capacity:
-            self._sessions.popitem(last=False)
+            evicted, _ = self._sessions.popitem(last=False)
+            self._ahead.pop(evicted, None)
         return session
 
-    def holds(self, key: Hashable, wanted: Sequence[Message]) -> bool:
+    def ahead(self, key: Hashable, wanted: Sequence[Message]) -> Session:
+        """The session of the conversation's view after its coming step, kept beside its current one."""
+        import openvino_genai as genai
+
+        session = self._ahead.pop(key, None)
+        if session is None or not _starts(wanted, session):
+            session = Session(genai.ChatHistory())
+        self._ahead[key] = session
+        while len(self._ahead) > self._capacity:
+            self._ahead.popitem(last=False)
+        return session
+
+    def holds(self, key: Hashable, wanted: Sequence[Message], *, ahead: bool = False) -> bool:
         """GenAI has read ``wanted`` whole already, or more of the same conversation (a later question)."""
-        session = self._sessions.get(key)
+        session = (self._ahead if ahead else self._sessions).get(key)
         return (
             session is not None and session.known[: len(wanted)] == list(wanted) and len(session.known) >= len(wanted)
         )
@@ -147,6 +177,7 @@ class Sessions:
     def forget(self, key: Hashable) -> None:
         """On an error GenAI's state for the conversation may be half-updated: it is read again next time."""
         self._sessions.pop(key, None)
+        self._ahead.pop(key, None)
 
     @staticmethod
     def next_piece(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.context_policy import Window, estimate_tokens, fit, in_view
+from engine.context_policy import Window, estimate_tokens, fit, in_view, planned_step
 from engine.conversation import Turn
 from engine.engine import Finished
 from engine.images import image_tokens
@@ -41,6 +41,13 @@ class ConversationMemory:
         """What the model sees before the next question."""
         return [message.turn for message in in_view(self._messages, self.window)]
 
+    def next_view(self) -> list[Turn] | None:
+        """What the model will see after the coming step, once it is planned: read ahead beside ``view``."""
+        planned = planned_step(self._messages, self.window, self.budget, self._system_tokens())
+        if planned is None or planned == self.window:
+            return None
+        return [message.turn for message in in_view(self._messages, planned)]
+
     def add(self, turn: Turn, tokens: int | None = None) -> None:
         """Remember a message; ``tokens`` as the model counted it (``Finished.report``), else estimated."""
         if tokens is None:
@@ -57,9 +64,11 @@ class ConversationMemory:
     def step(self) -> bool:
         """Apply the policy after a message was added; True if the view changed its start (a step)."""
         before = self.window
-        system = estimate_tokens(self.system_prompt) if self.system_prompt else 0
-        self.window = fit(self._messages, self.window, self.budget, system)
+        self.window = fit(self._messages, self.window, self.budget, self._system_tokens())
         return self.window != before
+
+    def _system_tokens(self) -> int:
+        return estimate_tokens(self.system_prompt) if self.system_prompt else 0
 
     def clear(self) -> None:
         self._messages.clear()

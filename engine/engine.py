@@ -486,17 +486,21 @@ class Engine:
             tokens_per_second=(generated - 1) / decode_seconds if decode_seconds > 0 and generated > 1 else None,
         )
 
-    async def prepare(self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None) -> Prepared:
+    async def prepare(
+        self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None, ahead: bool = False
+    ) -> Prepared:
         """Have the model read ``past`` before the conversation's next question comes (a photo sent without a
         question, a step of the context policy, a restart, a new system prompt); returns once it is read,
-        replaced or failed.  ``system_prompt`` as for ``ask``."""
+        replaced or failed.  ``system_prompt`` as for ``ask``.  ``ahead``: ``past`` is the view after the
+        conversation's coming step (engine/context_policy.py ``planned_step``), read beside its current view,
+        which the model's process keeps too, until the step's question takes it over."""
         started = time.monotonic()
         try:
             model = await self._live_model()
         except ModelStoreError as error:
             return Prepared(0, 0.0, str(error))
         settings = self.settings.for_request(system_prompt, None)
-        done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, settings))
+        done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, settings, ahead=ahead))
         if done.error is None:
             self.stats.prepared += 1
         else:

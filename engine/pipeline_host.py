@@ -12,7 +12,9 @@ the language model's part) and are stepped together, one token each per step; a 
 steps.  The engine never mixes the two: a lone job is sent only when no batch runs.
 
 Preparations (``Prepare``) are read only while no job waits, one piece at a time (see engine/conversation.py):
-a question that arrives meanwhile waits for the piece being read, not for the whole preparation.  Text is
+a question that arrives meanwhile waits for the piece being read, not for the whole preparation.  A
+conversation near a step of the context policy has two: its current view, and the view after the step, read
+into a session of its own that the step's question then takes over.  Text is
 cut into pieces sized from the reading speed measured here, so that each takes about ``PIECE_SECONDS``; a
 photo message is one piece, because GenAI encodes and reads an image in one call.
 
@@ -158,7 +160,7 @@ class Host:
         self._arrived: dict[int, float] = {}  # when each job reached this process (by the reader thread)
         self._waiting: deque[Job] = deque()
         self._batch: dict[int, _Batched] = {}
-        self._preparing: OrderedDict[Hashable, Prepare] = OrderedDict()
+        self._preparing: OrderedDict[tuple[Hashable, bool], Prepare] = OrderedDict()  # by conversation, and ahead
         self._pieces: dict[int, int] = {}  # pieces read so far, by preparation
         self._images: dict[str, _Image] = {}
         self._sessions = Sessions()
@@ -186,8 +188,8 @@ class Host:
             self._end_batched(request_id, cancel=True)
         while self._waiting:
             self._send(Done(self._waiting.popleft().request_id))
-        for key in list(self._preparing):
-            self._end_preparation(key)
+        for slot in list(self._preparing):
+            self._end_preparation(slot)
 
     def _send(self, reply: Reply) -> None:
         with self._send_lock:  # GenAI may call a streamer from a thread of its own
@@ -217,13 +219,15 @@ class Host:
             block = False
             if isinstance(command, Job | Prepare):
                 self._keep_images(command.images, command.forget)
-                self._end_preparation(command.key)  # a newer view of the conversation replaces it
+                ahead = isinstance(command, Prepare) and command.ahead
+                self._end_preparation((command.key, ahead))  # a newer view of the conversation replaces it
             if isinstance(command, Job):
                 self._waiting.append(command)
             elif isinstance(command, Prepare):
-                self._preparing[command.key] = command
+                self._preparing[(command.key, command.ahead)] = command
             elif isinstance(command, Drop):
-                self._end_preparation(command.key)
+                self._end_preparation((command.key, False))
+                self._end_preparation((command.key, True))
                 self._sessions.forget(command.key)
             elif isinstance(command, Shutdown):
                 self._stopping = True
@@ -248,9 +252,9 @@ class Host:
                 self._waiting.remove(job)
                 self._finish(Done(request_id))
                 return
-        for key, preparation in self._preparing.items():
+        for slot, preparation in self._preparing.items():
             if preparation.request_id == request_id:
-                self._end_preparation(key)
+                self._end_preparation(slot)
                 return
         if request_id not in self._batch:
             self._cancelled.discard(request_id)
@@ -298,27 +302,30 @@ class Host:
 
     # --- work ahead of questions -----------------------------------------------------------------------------
 
-    def _end_preparation(self, key: Hashable, error: str | None = None) -> None:
-        preparation = self._preparing.pop(key, None)
+    def _end_preparation(self, slot: tuple[Hashable, bool], error: str | None = None) -> None:
+        preparation = self._preparing.pop(slot, None)
         if preparation is not None:
             pieces = self._pieces.pop(preparation.request_id, 0)
             self._finish(Done(preparation.request_id, error=error, pieces=pieces))
 
     def _prepare_piece(self) -> None:
-        key, preparation = next(iter(self._preparing.items()))
+        slot, preparation = next(iter(self._preparing.items()))
+        key, ahead = slot
         wanted = conversation(preparation.settings.system_prompt, preparation.past)
         if any(sha not in self._images for message in wanted for sha in message.images):
-            self._end_preparation(key, error="an image of this conversation is no longer held")
+            self._end_preparation(slot, error="an image of this conversation is no longer held")
             return
         nothing_asked = not any(message.role == "user" for message in wanted)  # GenAI needs a user message
-        if nothing_asked or self._sessions.holds(key, wanted):  # or read already, or overtaken by a question
-            self._end_preparation(key)
+        # read already, or overtaken by a question (the step's question took the view read ahead over)
+        read = self._sessions.holds(key, wanted) or (ahead and self._sessions.holds(key, wanted, ahead=True))
+        if nothing_asked or read:
+            self._end_preparation(slot)
             return
-        session = self._sessions.session(key, wanted)
+        session = self._sessions.ahead(key, wanted) if ahead else self._sessions.session(key, wanted)
         piece = Sessions.next_piece(session, wanted, self._speed.piece_tokens(), self._count, self._tokens.cut)
         if piece is None:
             session.previous = None
-            self._end_preparation(key)
+            self._end_preparation(slot)
             return
         try:
             self._read(session, wanted, piece, preparation.settings)
@@ -326,7 +333,7 @@ class Host:
         except Exception as error:
             log.exception("preparing a conversation failed")
             self._sessions.forget(key)
-            self._end_preparation(key, error=str(error))
+            self._end_preparation(slot, error=str(error))
 
     def _count(self, text: str) -> int:
         return len(self._tokens.ids(text))

@@ -167,12 +167,13 @@ class PipelineProcess:
         return self._submit(request_id, _images([*past, question]), job)
 
     def prepare(
-        self, request_id: int, key: Hashable, past: Sequence[Turn], settings: GenerationSettings
+        self, request_id: int, key: Hashable, past: Sequence[Turn], settings: GenerationSettings, *, ahead: bool
     ) -> asyncio.Queue[Reply]:
-        """Have ``past`` read ahead of the next question; one ``Done`` arrives when it is (or when replaced)."""
+        """Have ``past`` read ahead of the next question (``ahead``: the view after the conversation's coming
+        step); one ``Done`` arrives when it is (or when replaced)."""
 
         def preparation(images: NewImages, forget: tuple[str, ...]) -> Prepare:
-            return Prepare(request_id, key, tuple(turn.message for turn in past), settings, images, forget)
+            return Prepare(request_id, key, tuple(turn.message for turn in past), settings, images, forget, ahead)
 
         return self._submit(request_id, _images(past), preparation)
 

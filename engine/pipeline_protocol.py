@@ -48,7 +48,8 @@ class Job:
 @dataclass(frozen=True)
 class Prepare:
     """Read ``past`` ahead of the conversation's next question, when nobody is waiting; a later Prepare or Job
-    for the same conversation replaces it."""
+    for the same conversation replaces it.  ``ahead``: ``past`` is the view the conversation will have after
+    its coming step, read beside its current one; only a later Prepare of that view replaces it."""
 
     request_id: int
     key: Hashable
@@ -56,6 +57,7 @@ class Prepare:
     settings: GenerationSettings
     images: NewImages = field(default_factory=dict)
     forget: tuple[str, ...] = ()
+    ahead: bool = False
 
 
 @dataclass(frozen=True)

@@ -267,8 +267,11 @@ class RemoteEngine:
             asking.stopped.set()
         return len(self._asking)
 
-    async def prepare(self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None) -> Prepared:
-        """Have the service read ``past`` ahead of the next question, where it offers that (the extension)."""
+    async def prepare(
+        self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None, ahead: bool = False
+    ) -> Prepared:
+        """Have the service read ``past`` ahead of the next question, where it offers that (the extension);
+        ``ahead`` as for the local engine's ``prepare``."""
         if not self.served.extensions:
             return Prepared(0, 0.0, "not offered by the service")
         settings = self.settings.for_request(system_prompt, None)
@@ -276,7 +279,14 @@ class RemoteEngine:
             request_body, past, None, settings, model=self.served.model_id, asker=None, stream=False
         )
         try:
-            answer = await _json(self._client, "POST", "/phi3bot/prepare", json=body, headers=self._headers(key))
+            answer = await _json(
+                self._client,
+                "POST",
+                "/phi3bot/prepare",
+                json=body,
+                headers=self._headers(key),
+                params={"ahead": "true"} if ahead else None,
+            )
         except ServiceUnavailable as error:
             return Prepared(0, 0.0, _described(error))
         if not isinstance(answer, dict):

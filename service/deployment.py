@@ -122,8 +122,10 @@ class ModelReplica:
             async for event in events:
                 yield event
 
-    async def prepare(self, conversation: str, past: Sequence[Turn], system_prompt: str | None) -> Prepared:
-        return await self._engine.prepare(conversation, past, system_prompt=system_prompt)
+    async def prepare(
+        self, conversation: str, past: Sequence[Turn], system_prompt: str | None, ahead: bool = False
+    ) -> Prepared:
+        return await self._engine.prepare(conversation, past, system_prompt=system_prompt, ahead=ahead)
 
     async def forget(self, conversation: str) -> None:
         self._engine.forget(conversation)
@@ -260,9 +262,11 @@ class Replicas:
             yield Finished(text="".join(said), status="failed", error=_described(failure))
             return
 
-    async def prepare(self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None) -> Prepared:
+    async def prepare(
+        self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None, ahead: bool = False
+    ) -> Prepared:
         try:
-            return await self._of(key).prepare.remote(str(key), list(past), system_prompt)
+            return await self._of(key).prepare.remote(str(key), list(past), system_prompt, ahead)
         except RayActorError as error:
             return Prepared(0, 0.0, _described(error))
 

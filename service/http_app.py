@@ -1,10 +1,10 @@
 """The model service's HTTP side: the OpenAI chat-completions protocol (engine/openai_wire.py) over an engine.
 
 ``POST /v1/chat/completions`` (streamed as server-sent events or whole), ``GET /v1/models`` and ``GET /health``
-are the protocol's; ``POST /v1/phi3bot/prepare`` (read a conversation ahead of its next question) and
-``POST /v1/phi3bot/forget`` (a conversation was reset) are this project's extensions.  The engine behind it
-is anything with the local engine's ``ask``, ``prepare`` and ``forget``: the engine itself, or a handle to
-the replica that holds the conversation (service/deployment.py).
+are the protocol's; ``POST /v1/phi3bot/prepare`` (read a conversation ahead of its next question;
+``?ahead=true``: the view after its coming step) and ``POST /v1/phi3bot/forget`` (a conversation was reset) are
+this project's extensions.  The engine behind it is anything with the local engine's ``ask``, ``prepare`` and
+``forget``: the engine itself, or a handle to the replica that holds the conversation (service/deployment.py).
 
 A client that closes the stream stops its answer, as Stop does in the bot: Starlette cancels the response's
 generator when the client goes, and closing the engine's events stops the generation.
@@ -79,7 +79,9 @@ class Answerer(Protocol):
         asker: Hashable | None = None,
     ) -> AsyncIterator[Event]: ...
 
-    async def prepare(self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None) -> Prepared: ...
+    async def prepare(
+        self, key: Hashable, past: Sequence[Turn], *, system_prompt: str | None = None, ahead: bool = False
+    ) -> Prepared: ...
 
     def forget(self, key: Hashable) -> None: ...
 
@@ -253,7 +255,8 @@ def create_app(
         key = request.headers.get(CONVERSATION_HEADER)
         if not key:
             raise WireError("no_conversation")
-        prepared = await engine.prepare(key, turns, system_prompt=wire.system_prompt)
+        ahead = request.query_params.get("ahead") == "true"  # the view after the conversation's coming step
+        prepared = await engine.prepare(key, turns, system_prompt=wire.system_prompt, ahead=ahead)
         return {"pieces": prepared.pieces, "seconds": prepared.seconds, "error": prepared.error}
 
     @app.post("/v1/phi3bot/forget")

@@ -76,6 +76,39 @@ async def test_steps_of_the_policy_are_prepared_and_the_turn_1_photo_is_seen_at_
     assert (answer.report.input_tokens, answer.text) == (reference.report.input_tokens, reference.text)
 
 
+async def test_a_step_read_ahead_changes_no_answer_and_its_question_reads_no_photo_again(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    entry = int4_store[1]
+    image = photo((200, 60, 160))
+
+    async def converse(read_ahead: bool) -> tuple[list[str], list[int], list[int]]:
+        """The answers, and the photo messages read again by each question that followed a step, and by others."""
+        engine = Engine(load(entry), SETTINGS)
+        memory = ConversationMemory(budget=2400, system_prompt=SETTINGS.system_prompt)
+        texts, after_steps, others = [], [], []
+        stepped = False
+        for turn in range(1, 25):
+            words = f"Question {turn}: " + "and what about the shapes, the colours, the light in it? " * 6
+            question = Turn("user", words, (image,) if turn == 1 else ())
+            answer = finished(await collect(engine, "a", memory.view(), question))
+            texts.append(answer.text)
+            (after_steps if stepped else others).append(answer.report.replays)
+            stepped = memory.record(question, answer)
+            next_view = memory.next_view()
+            if read_ahead and next_view is not None:
+                assert (await engine.prepare("a", next_view, ahead=True)).error is None
+        await engine.aclose()
+        return texts, after_steps, others
+
+    plain, plain_after_steps, plain_others = await converse(read_ahead=False)
+    texts, after_steps, others = await converse(read_ahead=True)
+    assert texts == plain, "the same answers, steps included, whether the step's view was read ahead or not"
+    assert len(after_steps) >= 3 and set(plain_after_steps) == {1}, "without, a step's question read the photo again"
+    assert set(after_steps) == {0}, "read ahead, the step's question found its view read, photo and all"
+    assert set(others) == set(plain_others) == {0}
+
+
 async def test_another_chats_question_waits_only_for_the_piece_being_read(
     int4_store: tuple[ModelStore, ModelEntry],
 ) -> None:

@@ -19,7 +19,7 @@ from bot.history import ConversationKey, HistoryStore, OutlineRow, StoredImage, 
 from bot.media.decoding import ImageRejected
 from bot.services import Services
 from engine.backend import Backend
-from engine.context_policy import estimate_tokens, fit, in_view
+from engine.context_policy import estimate_tokens, fit, in_view, planned_step
 from engine.conversation import Turn
 from engine.images import PreparedImage, image_tokens
 
@@ -33,6 +33,7 @@ class View:
     turns: list[Turn]
     tokens: int  # as the context policy counts them (without the system prompt)
     system_prompt: str  # the conversation's persona, or the configured system prompt
+    next_step: list[Turn] | None = None  # what the model sees after the coming step, once it is planned
 
 
 @dataclass(frozen=True)
@@ -64,20 +65,25 @@ async def conversation_view(
     before: int | None = None,
 ) -> View:
     """The messages the model sees before the conversation's next question (or before message ``before``, a
-    question answered again); a step of the policy is stored.  ``system_prompt``: unless the conversation has
-    a persona of its own."""
+    question answered again), and the view after the coming step once the policy has planned it; a step of the
+    policy is stored.  ``system_prompt``: unless the conversation has a persona of its own."""
     persona = await history.persona(key)
     if persona is not None:
         system_prompt = persona
     outline = await history.outline(key)
     rows = [_counted(row, num_crops) for row in outline.rows if before is None or row.id < before]
-    window = fit(rows, outline.window, budget, estimate_tokens(system_prompt) if system_prompt else 0)
+    system_tokens = estimate_tokens(system_prompt) if system_prompt else 0
+    window = fit(rows, outline.window, budget, system_tokens)
     if window != outline.window:
         await history.set_window(key, window)
     shown = in_view(rows, window)
     stored = await history.messages([row.id for row in shown])
-    turns = [await _turn(message, prepare) for message in stored]
-    return View(turns, sum(row.tokens for row in shown), system_prompt)
+    turns = {message.id: await _turn(message, prepare) for message in stored}
+    planned = planned_step(rows, window, budget, system_tokens)
+    next_step = None
+    if planned is not None and planned != window:  # the plan's messages are all in view now
+        next_step = [turns[row.id] for row in in_view(rows, planned)]
+    return View(list(turns.values()), sum(row.tokens for row in shown), system_prompt, next_step)
 
 
 async def _turn(message: StoredMessage, prepare: Prepare) -> Turn:

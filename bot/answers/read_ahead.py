@@ -1,5 +1,6 @@
 """The model reads conversations ahead of their questions, in the background (bot/running/background.py): a
-conversation after each answer or a new persona, and after a start or a new model the ones active lately."""
+conversation after each answer or a new persona (and the view after its coming step, once that is planned),
+and after a start or a new model the ones active lately."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ async def _prepare(services: Services, engine: Backend, key: ConversationKey) ->
     try:
         view = await model_view(services, engine, key)
         await engine.prepare(key, view.turns, system_prompt=view.system_prompt)
+        if view.next_step is not None:  # the coming step of the context policy, read beside the current view
+            await engine.prepare(key, view.next_step, system_prompt=view.system_prompt, ahead=True)
     except Exception:
         log.exception("could not prepare the conversation in chat %s", key.chat_id)
 
