@@ -54,6 +54,7 @@ from bot.running.startup import StartupError, check_directories, connect, reach
 from bot.running.webhook import WebhookServer
 from bot.services import Services
 from bot.settings import Settings
+from engine.backend import Backend
 from engine.engine import SHUTDOWN_GRACE_SECONDS
 from model_store.errors import ModelStoreError
 from model_store.store import ModelStore
@@ -148,14 +149,34 @@ async def _open(application: Application, settings: Settings, heartbeat: Heartbe
         await finish_interrupted(application.bot, history, interrupted)
     ModelStore(settings.store_dir).ensure()
     try:
-        services.engine = await build_engine(settings)
+        services.engine = await build_engine(settings, loaded=False)  # questions are taken while it loads
     except ModelStoreError as error:
         log.warning("no model loaded: %s", texts.store_error(error.reason, error.data))
+    if services.engine is not None:
+        services.background.start(_until_loaded(services, services.engine, heartbeat))
     heartbeat.beat()
     register_handlers(application, services)
     warm_up(services)
     if not settings.admin_user_ids:
         log.warning("ADMIN_USER_IDS is empty: nobody can use /convert, and with no allowlist nobody gets answers")
+
+
+async def _until_loaded(services: Services, engine: Backend, heartbeat: HeartbeatFile) -> None:
+    """The model loads while the bot takes questions (they wait for it, their status shown); one that does not
+    load leaves the bot without a model, as if there were none, and says why.  A model new to this machine then
+    has its speed measured."""
+    try:
+        await engine.loaded()
+    except ModelStoreError as error:
+        log.warning("no model loaded: %s", texts.store_error(error.reason, error.data))
+        if services.engine is engine:  # not replaced meanwhile (an admin's /convert)
+            services.engine = None
+        await engine.aclose()
+        return
+    finally:
+        heartbeat.beat()
+    if services.settings.measure_speed_at_start:
+        await engine.calibrate()  # where this model has never run on this machine, so that estimates are shown
 
 
 def stop_work(application: Application) -> int:
@@ -183,7 +204,7 @@ def _stop(application: Application, shutdown: asyncio.Event, signum: int) -> Non
 
 def _model_loaded(application: Application) -> bool:
     services: Services | None = application.bot_data.get("services")
-    return services is not None and services.engine is not None
+    return services is not None and services.engine is not None and not services.engine.loading
 
 
 async def teardown(application: Application) -> None:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     history_tokens: int | None = Field(default=None, ge=256, le=1_000_000)
     # After a start, conversations active within this many hours are read again in the background; 0 = off.
     warm_up_hours: float = Field(default=1.0, ge=0.0, le=720.0)
+    # A model new to this machine answers three short made-up questions once loaded, so that waits are shown
+    # with estimates from the first photo on; false: estimates start after the first answers.
+    measure_speed_at_start: bool = True
     max_images_per_turn: int = Field(default=4, ge=1, le=10)
     # PDFs and clips become images: at most this many pages or frames per question (fewer if they would not fit
     # in two thirds of the conversation's token budget), and clips up to this long.
@@ -261,6 +264,11 @@ class Settings(BaseSettings):
     @property
     def heartbeat_path(self) -> Path:
         return self.data_dir / "heartbeat"
+
+    @property
+    def speeds_path(self) -> Path:
+        """The model's measured speeds on this machine, kept across restarts (engine/speed_book.py)."""
+        return self.data_dir / "speeds.json"
 
 
 class SettingsError(Exception):

@@ -56,21 +56,27 @@ def bot_settings(api: FakeBotApi, store_root: Path, data_dir: Path, **overrides:
         "draft_interval_seconds": 0.2,
         "kv_cache_gb": 1,
         "system_prompt": "You are a test assistant.",
+        "measure_speed_at_start": False,  # a quiet start: the model answers nothing but what a test asks
     }
     values.update(overrides)
     return load_settings(**values)
 
 
 @asynccontextmanager
-async def running_bot(api: FakeBotApi, settings: Settings, *, long_answers: bool = False) -> AsyncIterator[RunningBot]:
+async def running_bot(
+    api: FakeBotApi, settings: Settings, *, long_answers: bool = False, loaded: bool = True
+) -> AsyncIterator[RunningBot]:
     """``long_answers``: the random-weight model may say <|end|> at any point; tests that need an answer
-    still running (Stop, queue positions, flood control) make it write all MAX_NEW_TOKENS."""
+    still running (Stop, queue positions, flood control) make it write all MAX_NEW_TOKENS.  ``loaded``: yields
+    once the model has loaded, as most tests want it (else at once, the model still loading, as a bot starts)."""
     application = build_application(settings)
     async with application:
         await setup(application)
         services: Services = application.bot_data["services"]
         if long_answers and services.engine is not None:
             services.engine.settings = replace(services.engine.settings, ignore_eos=True)
+        if loaded and services.engine is not None:
+            await services.engine.loaded()
         await application.start()
         assert application.updater is not None
         await application.updater.start_polling(poll_interval=0.0, timeout=1)
@@ -139,7 +145,7 @@ async def wait_answers(api: FakeBotApi, chat: int, count: int, timeout: float = 
 
 def is_status(text: str) -> bool:
     """A text that says what is happening rather than words of an answer (an empty draft shows "Thinking…")."""
-    return text in ("", texts.PLACEHOLDER, texts.THINKING) or text.startswith(("⏳", "👀"))
+    return text in ("", texts.PLACEHOLDER) or text.startswith(("⏳", "👀", texts.THINKING))
 
 
 def answer_drafts(api: FakeBotApi, chat: int) -> list[str]:

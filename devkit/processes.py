@@ -37,6 +37,7 @@ def bot_environment(api: FakeBotApi, store_root: Path, data_dir: Path, **extra: 
         "KV_CACHE_GB": "1",
         "EDIT_INTERVAL_SECONDS": "0.2",
         "LOG_LEVEL": "DEBUG",
+        "MEASURE_SPEED_AT_START": "false",  # a quiet start: the model answers nothing but what a test asks
         **extra,
     }
 

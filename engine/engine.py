@@ -23,26 +23,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from engine.context_policy import MESSAGE_OVERHEAD, default_history_tokens, estimate_tokens, kv_cache_tokens
 from engine.conversation import Turn
 from engine.estimates import Estimate, Sample, Speed, first_text_in_line, together
-from engine.fair_queue import FairQueue, Ticket, TicketCancelled
+from engine.fair_queue import AlreadyQueued, FairQueue, QueueFull, Ticket, TicketCancelled
 from engine.generation import GenerationSettings, Status
-from engine.images import image_tokens
+from engine.images import PreparedImage, image_tokens
 from engine.pipeline_process import LoadedModel
 from engine.pipeline_protocol import Done, Reply, Report, Speech
 from engine.pipeline_protocol import Heard as HeardReply
+from engine.speed_book import SpeedBook, speed_key
 from model_store.errors import ModelStoreError
 from model_store.layout import read_json
 
 log = logging.getLogger(__name__)
 
+CALIBRATION_PHOTO = (1280, 960)  # Telegram's largest photo size, 4:3: what people's photos mostly come as
+CALIBRATION_TOKENS = 16  # enough to measure the writing speed; the answer itself is never shown
+_CALIBRATION = ("calibration",)  # the conversation the speed is measured in: no caller's key is a tuple of a str
 STOP_GRACE_SECONDS = 15.0  # longer than the longest single call GenAI makes here (a 16-crop photo read whole)
 SHUTDOWN_GRACE_SECONDS = 2.0  # at shutdown a process that has not confirmed a stop by then is ended: nobody waits
 
@@ -125,6 +133,7 @@ class _Running:
     batch: list[Estimate] | None = None  # its batch's estimates alone, as it started: what a batched answer teaches
     started: float | None = None  # monotonic time the model took it
     first_text: bool = False  # its first text has come: it no longer slows its batch's reading
+    halted: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first stop
     _overdue: asyncio.TimerHandle | None = None
 
     def request_stop(self, reason: Status, grace: float | None = None) -> None:
@@ -139,6 +148,7 @@ class _Running:
                 self._overdue = loop.call_at(when, self._replace)
         if self.reason is None:
             self.reason = reason
+            self.halted.set()
             self.send_stop()
 
     def send_stop(self) -> None:
@@ -174,6 +184,35 @@ class Serving:
     speech: str | None = None  # the speech model that hears voice questions ("openai/whisper-base, int8"), if loaded
 
 
+class _ReadViews:
+    """Which conversations the model's process has read, as far as the engine can tell (their answers and the
+    views it read ahead, up to two per conversation: now, and after its coming step), so that an estimate
+    counts what it will read again; a conversation not heard of for long is forgotten (read again, as the model's
+    process would have let it go too)."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._capacity = capacity
+        self._views: OrderedDict[Hashable, list[tuple[int | None, tuple[int, ...]]]] = OrderedDict()
+
+    def note(self, key: Hashable, pid: int | None, turns: Sequence[Turn]) -> None:
+        views = [view for view in self._views.pop(key, []) if view[0] == pid][-1:]
+        self._views[key] = [*views, (pid, _signature(turns))]
+        while len(self._views) > self._capacity:
+            self._views.popitem(last=False)
+
+    def unread(self, key: Hashable, pid: int | None, past: Sequence[Turn]) -> Sequence[Turn]:
+        """The turns of ``past`` after the longest part of it read by process ``pid``."""
+        signature = _signature(past)
+        read = [
+            len(seen) for owner, seen in self._views.get(key, []) if owner == pid and signature[: len(seen)] == seen
+        ]
+        return past[max(read, default=0) :]
+
+
+def _signature(turns: Sequence[Turn]) -> tuple[int, ...]:
+    return tuple(hash(turn.message) for turn in turns)
+
+
 @dataclass
 class EngineStats:
     answered: int = 0
@@ -198,8 +237,12 @@ class Engine:
         batch_max: int = 1,
         history_tokens: int | None = None,
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
+        speed_book: SpeedBook | None = None,
     ) -> None:
         self._model = model
+        self._book = speed_book
+        self._saving: asyncio.Task[None] | None = None
+        self._unsaved = False
         self.settings = settings
         self._history_tokens = history_tokens
         self._stop_grace = stop_grace_seconds
@@ -208,8 +251,10 @@ class Engine:
         self._request_ids = itertools.count(1)
         self._restarting = asyncio.Lock()
         self.stats = EngineStats()
-        self.speed = Speed()  # of the model serving now, measured from its answers
+        # of the model serving now, measured from its answers (and kept in the book), and how long it loaded
+        self._speed_key, self.speed, self._load_seconds = self._measured(model)
         self._warmed: int | None = None  # the model process whose first photo answer has been given
+        self._read = _ReadViews()
 
     @property
     def model(self) -> LoadedModel:
@@ -290,7 +335,7 @@ class Engine:
         its turn the model's process writes it down (``Heard``, before any other text) and answers what it heard
         after the question's own text."""
         settings = (settings or self.settings).for_request(system_prompt, seed)
-        alone = self._estimate(question)
+        alone = self._estimate(key, past, question)
         running = _Running(self._stop_grace, alone=alone, estimate=alone)
         ticket = self.queue.enqueue(key, running, owner=asker)
         try:
@@ -302,7 +347,7 @@ class Engine:
                         shown = waiting
                         yield waiting
             async with ticket:
-                running.alone = self._estimate(question)  # with what was measured while it waited
+                running.alone = self._estimate(key, past, question)  # with what was measured while it waited
                 running.estimate = self._batched(running) if ticket.batched else running.alone
                 running.started = time.monotonic()
                 first_text = running.estimate.first_text if running.estimate is not None else None
@@ -320,10 +365,20 @@ class Engine:
     def _image_tokens(self, question: Turn) -> int:
         return sum(image_tokens(image.width, image.height, self._model.num_crops) for image in question.images)
 
-    def _estimate(self, question: Turn) -> Estimate | None:
-        images = self._image_tokens(question)
-        tokens = estimate_tokens(question.text, [images])
-        return self.speed.estimate(tokens, images, self.settings.max_new_tokens)
+    def _estimate(self, key: Hashable, past: Sequence[Turn], question: Turn) -> Estimate | None:
+        """How long the answer takes alone: the question, and the part of the conversation the model's process
+        has not read (all of it after a restart), read with it; while the model loads, what is left of the load
+        as long as the last one took."""
+        unread = [*self._read.unread(key, self._model.pipeline.pid, past), question]
+        images = sum(self._image_tokens(turn) for turn in unread)
+        tokens = sum(estimate_tokens(turn.text, [self._image_tokens(turn)]) for turn in unread)
+        estimate = self.speed.estimate(tokens, images, self.settings.max_new_tokens)
+        if estimate is None or not self.loading:
+            return estimate
+        if self._load_seconds is None:
+            return None
+        left = max(self._load_seconds - (time.monotonic() - self._model.pipeline.started), 0.0)
+        return Estimate(estimate.first_text + left, estimate.whole + left, estimate.work)
 
     def _batched(self, running: _Running) -> Estimate | None:
         """A batched answer's estimate: its first text comes once the prompts of its batch that have shown no
@@ -361,11 +416,12 @@ class Engine:
         place = everyone.index(ticket) - running
         return first_text_in_line(left, known, place, self.queue.batch_max, self.speed.batch_share)
 
-    def _learn(self, question: Turn, finished: Finished) -> None:
+    def _learn(self, question: Turn, finished: Finished, settings: GenerationSettings) -> None:
         """An answer that ran alone, from a conversation the model held (no photo read again), teaches the
         speed; a batched one's timings mix several conversations'.  The first photo answer of a model process is its
         warm-up, as OpenVINO prepares its kernels for the shapes it meets first: far slower than the next ones
-        (benchmarks/progress_estimates.py), so it teaches nothing."""
+        (benchmarks/progress_estimates.py), so it teaches nothing.  One held to fewer tokens than the configured
+        answers says nothing of how long they are."""
         report = finished.report
         if finished.ttft_seconds is None or report.replays or finished.status == "failed":
             return
@@ -380,9 +436,10 @@ class Engine:
             waited_seconds=report.waited_seconds,
             generated_tokens=report.generated_tokens,
             tokens_per_second=finished.tokens_per_second,
-            complete=finished.status == "complete",
+            complete=finished.status == "complete" and settings.max_new_tokens >= self.settings.max_new_tokens,
         )
         self.speed.record(sample)
+        self._keep_speed()
 
     async def _generate(
         self,
@@ -400,10 +457,13 @@ class Engine:
         heard: str | None = None
         for attempt in (1, 2):
             try:
-                model = await self._live_model()
+                model = await self._live_model_for(running)
             except ModelStoreError as error:
                 self.stats.failed += 1
                 yield Finished(text="", status="failed", error=str(error))
+                return
+            if model is None:  # stopped, or out of time, while the model loaded: nothing was asked of it
+                yield self._finish(Done(0), "", running, started, None)
                 return
             request_id = next(self._request_ids)
             replies = model.pipeline.ask(request_id, key, past, question, settings, batched=batched, speech=speech)
@@ -443,16 +503,80 @@ class Engine:
                 continue
             break
         finished = self._finish(done, "".join(parts), running, started, ttft)
+        if done.error is None and not batched:  # a batched answer is read apart from the conversation's chat state
+            self._read.note(key, model.pipeline.pid, [*past, question])
         taught = speech is None  # a spoken question's first text came after its transcription: no measure of speed
         if taught and not batched:
-            self._learn(question, finished)
+            self._learn(question, finished, settings)
         elif taught and running.batch is not None and finished.ttft_seconds is not None and not finished.report.replays:
             self.speed.record_batch(finished.ttft_seconds, running.batch)
+            self._keep_speed()
         yield finished
 
+    async def loaded(self) -> None:
+        """Returns once the model is loaded (at once if it is); raises ``ModelStoreError`` if it does not load."""
+        await self._live_model()
+
+    async def calibrate(self) -> bool:
+        """Where nothing is known of this model's speed on this machine (a new install; another model, CPU or
+        setting), measures it, so that the first photo anyone sends is shown an estimate: two made-up photos of
+        the size Telegram sends, each asked about (a process's first photo warms its kernels up and teaches
+        nothing), then a follow-up, each answer a few tokens long; in the line like anyone's question, so a
+        person asking meanwhile waits for one of them at most.  Returns whether it measured."""
+        first, second = (Turn("user", "What is in this picture?", (_calibration_photo(shade),)) for shade in (0, 1))
+        tokens = self._image_tokens(first)
+        if self.speed.estimate(tokens, tokens, self.settings.max_new_tokens) is not None:
+            return False
+        settings = replace(self.settings, max_new_tokens=CALIBRATION_TOKENS)
+        follow_up = Turn("user", "And which colours are in it?")
+        answer, answer_tokens = "", self.speed.answer_tokens
+        for question in (first, second, follow_up):
+            past = [second, Turn("assistant", answer)] if question is follow_up else []
+            try:
+                async for event in self.ask(_CALIBRATION, past, question, settings=settings):
+                    if isinstance(event, Finished) and event.status != "complete":
+                        log.warning("measuring the model's speed ended early: %s", event.error or event.status)
+                        return False
+                    if isinstance(event, Finished):
+                        answer = event.text
+            except (AlreadyQueued, QueueFull):  # people's questions fill the line: they teach the speed instead
+                return False
+        self.forget(_CALIBRATION)
+        self.speed.answer_tokens = answer_tokens  # a made-up answer says nothing of how long people's answers are
+        self._keep_speed()
+        log.info("measured the model's speed on this machine: %s", self.speed.saved())
+        return True
+
+    @property
+    def loading(self) -> bool:
+        return not self._model.pipeline.loaded
+
+    async def _live_model_for(self, running: _Running) -> LoadedModel | None:
+        """The live model for an answer, or None if the answer was stopped while the model loaded (a stop, or
+        ``timeout_seconds`` spent waiting: a load that hangs holds nobody's question for ever)."""
+        if not self.loading:
+            return await self._live_model()
+        loading = asyncio.ensure_future(self._live_model())
+        halted = asyncio.ensure_future(running.halted.wait())
+        try:
+            await asyncio.wait({loading, halted}, timeout=self.settings.timeout_seconds, return_when="FIRST_COMPLETED")
+        finally:
+            halted.cancel()
+        if loading.done():
+            return loading.result()
+        loading.cancel()  # the load goes on in its thread, for the next question
+        running.request_stop("timeout")  # no-op if it was stopped
+        return None
+
     async def _live_model(self) -> LoadedModel:
-        """The model, in a fresh process if its process died (one restart shared by the waiting requests)."""
+        """The model once loaded, in a fresh process if its process died (one restart shared by the waiting
+        requests)."""
         async with self._restarting:
+            pipeline = self._model.pipeline
+            if pipeline.alive and not pipeline.loaded:
+                await asyncio.to_thread(pipeline.wait_loaded)
+                self._load_seconds = pipeline.load_seconds
+                self._keep_speed()
             if not self._model.pipeline.alive:
                 log.warning("restarting the model process")
                 self._model = await asyncio.to_thread(self._model.restarted)
@@ -503,6 +627,7 @@ class Engine:
         done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, settings, ahead=ahead))
         if done.error is None:
             self.stats.prepared += 1
+            self._read.note(key, model.pipeline.pid, past)
         else:
             log.warning("preparing a conversation failed: %s", done.error)
         return Prepared(done.pieces, time.monotonic() - started, done.error)
@@ -515,7 +640,7 @@ class Engine:
         """Switch models between two requests; the previous one's process is closed and it is returned."""
         async with self.queue.held():
             previous, self._model = self._model, model
-            self.speed = Speed()  # another model, perhaps another precision: its speed is measured anew
+            self._speed_key, self.speed, self._load_seconds = self._measured(model)  # another model's, or nothing
         log.info("now serving %s (%s)", model.entry.source, model.entry.precision)
         await asyncio.to_thread(previous.pipeline.close)
         return previous
@@ -525,6 +650,41 @@ class Engine:
         model, whose dead process would otherwise be restarted for them."""
         self.cancel_all()
         await asyncio.to_thread(self._model.pipeline.close)
+        if self._saving is not None:
+            await self._saving
+
+    def _measured(self, model: LoadedModel) -> tuple[str, Speed, float | None]:
+        """The model's name in the book, what the book says of it on this machine (a small file, read once per
+        model), and how long it took to load: this time once it has, else the last time."""
+        key = speed_key(model.entry.source, model.entry.precision, model.device, model.pipeline.spec.properties)
+        speed, load_seconds = self._book.read(key) if self._book is not None else (Speed(), None)
+        return key, speed, model.pipeline.load_seconds if model.pipeline.loaded else load_seconds
+
+    def _keep_speed(self) -> None:
+        """The book gets the latest figures, written outside the event loop, one write at a time."""
+        if self._book is None:
+            return
+        self._unsaved = True
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.get_running_loop().create_task(self._save_speed(self._book))
+
+    async def _save_speed(self, book: SpeedBook) -> None:
+        while self._unsaved:
+            self._unsaved = False
+            await asyncio.to_thread(book.write, self._speed_key, self.speed.saved(), self._load_seconds)
+
+
+def _calibration_photo(shade: int) -> PreparedImage:
+    """A picture of the size Telegram sends photos in (its longest side 1280 pixels): gradients and a square,
+    so that it is not a blank the model reads differently; each ``shade`` another picture."""
+    width, height = CALIBRATION_PHOTO
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    pixels[..., 1] = np.linspace(255, 0, height, dtype=np.uint8)[:, None]
+    pixels[..., 2] = 60 * shade
+    pixels[height // 4 : height // 2, width // 4 : width // 2] = (240, 200, 40)
+    sha256 = hashlib.sha256(pixels.tobytes()).hexdigest()
+    return PreparedImage(pixels, sha256, width, height, width, height, "calibration")
 
 
 def _lost_before_a_word(done: Done, parts: list[str], running: _Running, model: LoadedModel) -> bool:

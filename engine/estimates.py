@@ -3,8 +3,8 @@
 Why measured: the time to answer a new photo grows several times over from NUM_CROPS=4 to 16
 (benchmarks/crops_cost.py), and the CPU's vector instructions and its other load change it as much; a
 constant would be wrong everywhere but where it was measured.  Nothing numeric is known before the first
-answer; from then on every answer that ran alone (a batched answer's timings mix several conversations')
-refines the figures:
+answer of a model on a machine (engine/speed_book.py keeps the figures across restarts); from then on every
+answer that ran alone (a batched answer's timings mix several conversations') refines the figures:
 
 * encoding photos: seconds per image token (the crops an image is cut into decide both), a running average;
 * reading the prompt: a straight line through the recent answers' (question tokens, seconds to first text
@@ -12,7 +12,7 @@ refines the figures:
   that a per-token rate would miss; with too little spread in the points yet, a rate through zero, and
   nothing for a question far smaller or larger than those measured (a first text follow-up after photos);
 * writing: tokens per second and answer length in tokens, running averages, the length bounded by
-  ``max_new_tokens``;
+  ``max_new_tokens`` (and taken as that until one answer has been measured);
 * batches: a batched answer's time to its first text against the sum of its batch's first texts alone, a
   running average (several photo questions batched start together, after most of that sum; a wait behind a
   batch is unknown until one has been measured).
@@ -20,8 +20,11 @@ refines the figures:
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 SMOOTHING = 0.3  # weight of the newest sample in a running average: a few answers adapt it to a new load
 READING_POINTS = 12  # recent answers the prompt-reading line is fitted through
@@ -52,6 +55,13 @@ class Sample:
     complete: bool  # an answer cut short by a stop says nothing about how long answers are
 
 
+def _positive(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"not a measured figure: {value!r}")
+    return number
+
+
 def _averaged(known: float | None, sample: float) -> float:
     return sample if known is None else (1 - SMOOTHING) * known + SMOOTHING * sample
 
@@ -65,6 +75,26 @@ class Speed:
         self.answer_tokens: float | None = None
         self.batch_share: float | None = None  # a batch's first texts, against reading its prompts one by one
         self._reading: deque[tuple[float, float]] = deque(maxlen=READING_POINTS)  # (question tokens, seconds)
+
+    def saved(self) -> dict[str, Any]:
+        """The figures as plain values (engine/speed_book.py keeps them across restarts)."""
+        return {
+            "vision_seconds_per_image_token": self.vision_seconds_per_image_token,
+            "decode_tokens_per_second": self.decode_tokens_per_second,
+            "answer_tokens": self.answer_tokens,
+            "batch_share": self.batch_share,
+            "reading": [list(point) for point in self._reading],
+        }
+
+    @classmethod
+    def restored(cls, saved: Mapping[str, Any]) -> Speed:
+        """The figures ``saved`` gave; raises TypeError, ValueError or KeyError for values that are not."""
+        speed = cls()
+        for name in ("vision_seconds_per_image_token", "decode_tokens_per_second", "answer_tokens", "batch_share"):
+            value = saved[name]
+            setattr(speed, name, None if value is None else _positive(value))
+        speed._reading.extend((_positive(x), _positive(y)) for x, y in saved["reading"])
+        return speed
 
     def record_batch(self, first_text_seconds: float, batch: list[Estimate]) -> None:
         """A batched answer's time to its first text, against its batch's estimates alone."""
@@ -107,13 +137,14 @@ class Speed:
         """For a question of ``question_tokens`` (images included) bringing ``image_tokens`` of new images;
         None while a figure it needs has not been measured."""
         reading = self.reading_seconds(question_tokens)
-        if reading is None or self.decode_tokens_per_second is None or self.answer_tokens is None:
+        if reading is None or self.decode_tokens_per_second is None:
             return None
         if image_tokens and self.vision_seconds_per_image_token is None:
             return None
         fixed, growing = reading
         work = growing + image_tokens * (self.vision_seconds_per_image_token or 0.0)
-        writing = max(min(self.answer_tokens, max_new_tokens) - 1, 0) / self.decode_tokens_per_second
+        length = self.answer_tokens or max_new_tokens  # as long as allowed, until an answer's length is known
+        writing = max(min(length, max_new_tokens) - 1, 0) / self.decode_tokens_per_second
         return Estimate(fixed + work, fixed + work + writing, work)
 
 

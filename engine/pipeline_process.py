@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -95,7 +96,8 @@ def _images(turns: Sequence[Turn]) -> list[PreparedImage]:
 
 
 class PipelineProcess:
-    """One model loaded in one child process; blocking to create (it waits until the model is loaded)."""
+    """One model in one child process, started at once and loaded there meanwhile: ``wait_loaded`` blocks until
+    it is (the bot takes questions, and shows they are seen, while its model loads)."""
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.spec = spec
@@ -105,22 +107,49 @@ class PipelineProcess:
         )
         self._process.start()
         child_end.close()
+        self.started = time.monotonic()
         self._lock = threading.Lock()  # guards the sinks, the held images and the order of the outbox; held briefly
+        self._loading = threading.Lock()  # one thread waits for the model to load; close waits for that one
         self._sinks: dict[int, Sink] = {}
         self._held = _HeldImages()
         self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: the writer's last
         self._dead: str | None = None
-        try:
-            ready = self._await_ready()
-        except BaseException:
-            self._reap(CLOSE_GRACE_SECONDS)
-            raise
-        self.load_seconds = ready.load_seconds
-        self.hears = ready.hears  # a speech model loaded beside the vision model
+        self.load_seconds: float | None = None  # once loaded
+        self._hears = False
         self._writer = threading.Thread(target=self._write, name="model-commands", daemon=True)
         self._reader = threading.Thread(target=self._read, name="model-replies", daemon=True)
-        self._writer.start()
-        self._reader.start()
+
+    def wait_loaded(self) -> None:
+        """Blocking: returns once the model is loaded; raises ``ModelStoreError`` (and the process is gone) if it
+        never will be."""
+        with self._loading:
+            if self.load_seconds is not None:
+                return
+            if self._dead is not None:
+                raise ModelStoreError("model_process_ended", exitcode=self._process.exitcode)
+            try:
+                ready = self._await_ready()
+            except BaseException:
+                with self._lock:
+                    self._dead = "the model did not load"
+                    orphans, self._sinks = self._sinks, {}
+                self._reap(CLOSE_GRACE_SECONDS)
+                for request_id, sink in orphans.items():  # nothing is sent before the model loads; in case
+                    _deliver(sink, Done(request_id, error=self._dead))
+                raise
+            self._hears = ready.hears
+            self._writer.start()
+            self._reader.start()
+            self.load_seconds = ready.load_seconds
+
+    @property
+    def loaded(self) -> bool:
+        return self.load_seconds is not None
+
+    @property
+    def hears(self) -> bool:
+        """A speech model is loaded beside the vision model (while loading: one is meant to be)."""
+        return self._hears if self.loaded else self.spec.speech is not None
 
     @property
     def pid(self) -> int | None:
@@ -245,7 +274,14 @@ class PipelineProcess:
     def close(self) -> None:
         """Blocking, for seconds at most: open requests are cancelled and end with what they have, and the process
         is told to exit; one that has not exited within ``CLOSE_GRACE_SECONDS`` (stopped, hung, or inside one
-        long GenAI call) is killed, so a shutdown or a swap never waits on it."""
+        long GenAI call) is killed, so a shutdown or a swap never waits on it.  One still loading is killed."""
+        if not self.loaded:
+            self.kill()  # a thread waiting for it to load sees it end, and lets go of the lock
+            with self._loading:
+                if not self.loaded:
+                    self._dead = self._dead or "closed while loading"
+                    self._reap(0)
+                    return
         with self._lock:
             if self._dead is None:
                 for request_id in self._sinks:
@@ -280,20 +316,28 @@ def _deliver(sink: Sink, reply: Reply) -> None:
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A model in its process, loaded or still loading there (``pipeline.wait_loaded``)."""
+
     pipeline: PipelineProcess
     entry: ModelEntry
     device: str
-    load_seconds: float
     num_crops: int = 4  # as GenAI was told (preprocessor_config.json)
 
     def restarted(self) -> LoadedModel:
-        """The same model in a fresh process, after its process died (whose pipe is closed first)."""
+        """The same model in a fresh process, after its process died (whose pipe is closed first); blocking."""
         self.pipeline.close()
         process = PipelineProcess(self.pipeline.spec)
-        return replace(self, pipeline=process, load_seconds=process.load_seconds)
+        process.wait_loaded()
+        return replace(self, pipeline=process)
+
+
+def start_pipeline(spec: PipelineSpec) -> LoadedModel:
+    """The model's process started (``model_store.loader.pipeline_spec`` checked its files); it loads meanwhile."""
+    return LoadedModel(PipelineProcess(spec), spec.entry, spec.device, spec.num_crops)
 
 
 def load_pipeline(spec: PipelineSpec) -> LoadedModel:
-    """Blocking: loads the model (``model_store.loader.pipeline_spec`` checked its files) in a process of its own."""
-    process = PipelineProcess(spec)
-    return LoadedModel(process, spec.entry, spec.device, process.load_seconds, spec.num_crops)
+    """Blocking: the model loaded in a process of its own."""
+    model = start_pipeline(spec)
+    model.pipeline.wait_loaded()
+    return model

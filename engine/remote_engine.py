@@ -307,6 +307,17 @@ class RemoteEngine:
         except httpx.HTTPError as error:
             log.warning("the model service was not told of a reset: %s", _described(error))
 
+    async def loaded(self) -> None:
+        """Nothing loads here: the service loads its model (and says so when asked)."""
+
+    async def calibrate(self) -> bool:
+        """The service measures its own speed: nothing to do here."""
+        return False
+
+    @property
+    def loading(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         """Running answers stop and keep their text; the connections close."""
         self.cancel_all()

@@ -9,8 +9,9 @@ from bot.settings import Settings
 from engine.backend import Backend
 from engine.engine import Engine
 from engine.generation import GenerationSettings
-from engine.pipeline_process import LoadedModel, load_pipeline
+from engine.pipeline_process import LoadedModel, load_pipeline, start_pipeline
 from engine.remote_engine import RemoteEngine, ServedModel, ServiceUnavailable
+from engine.speed_book import SpeedBook
 from model_store.loader import CpuTuning, ModelChoice
 from model_store.store import ModelEntry
 
@@ -56,19 +57,33 @@ def load_model(settings: Settings, entry: ModelEntry | None = None, speech: Mode
     return load_pipeline(model_choice(settings).spec(entry, speech))
 
 
-async def build_engine(settings: Settings, entry: ModelEntry | None = None) -> Backend:
-    """``entry``: a model to serve instead of the one chosen by the store and the settings.  With a model service
-    configured, a client of it, whether or not the service answers yet."""
+def start_model(settings: Settings, entry: ModelEntry | None = None) -> LoadedModel:
+    """Blocking for a moment: picks the model (reading the store), starts its process, and leaves it loading."""
+    return start_pipeline(model_choice(settings).spec(entry))
+
+
+async def build_engine(settings: Settings, entry: ModelEntry | None = None, *, loaded: bool = True) -> Backend:
+    """``entry``: a model to serve instead of the one chosen by the store and the settings.  ``loaded``: returns
+    once the model is loaded (else at once, the model loading meanwhile: ``Engine.loaded``).  With a model
+    service configured, a client of it, whether or not the service answers yet."""
     if settings.model_service_url is not None and entry is None:
         return await _service_client(settings, settings.model_service_url)
-    model = await asyncio.to_thread(load_model, settings, entry)
-    return Engine(
+    model = await asyncio.to_thread(start_model, settings, entry)
+    engine = Engine(
         model,
         generation_settings(settings),
         queue_max=settings.queue_max,
         batch_max=settings.batch_size,
         history_tokens=settings.history_tokens,
+        speed_book=SpeedBook(settings.speeds_path),
     )
+    if loaded:
+        try:
+            await engine.loaded()
+        except BaseException:
+            await engine.aclose()
+            raise
+    return engine
 
 
 async def load_and_swap(

@@ -12,13 +12,14 @@ from dataclasses import replace
 import bot.app
 from bot.settings import Settings
 from bot.terminal.cli import main
-from engine.engine import Engine
+from engine.backend import Backend
+from model_store.store import ModelEntry
 
 _build_engine = bot.app.build_engine
 
 
-async def _never_ending(settings: Settings) -> Engine:
-    engine = await _build_engine(settings)
+async def _never_ending(settings: Settings, entry: ModelEntry | None = None, *, loaded: bool = True) -> Backend:
+    engine = await _build_engine(settings, entry, loaded=loaded)
     engine.settings = replace(engine.settings, ignore_eos=True)
     return engine
 
