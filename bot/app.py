@@ -169,7 +169,7 @@ async def _until_loaded(services: Services, engine: Backend, heartbeat: Heartbea
         await engine.loaded()
     except ModelStoreError as error:
         log.warning("no model loaded: %s", texts.store_error(error.reason, error.data))
-        if services.engine is engine:  # not replaced meanwhile (an admin's /convert)
+        if services.engine is engine:  # not replaced meanwhile (a model swapped in keeps the engine, and loads)
             services.engine = None
         await engine.aclose()
         return

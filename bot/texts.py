@@ -604,6 +604,8 @@ def stats_shown(
         lines += [
             f"Answered: {s.answered}, stopped: {s.cancelled}, timed out: {s.timed_out}, failed: {s.failed}",
             f"Tokens generated: {s.generated_tokens}, busy: {format_elapsed(s.busy_seconds)}",
+            f"Read ahead: {s.prepared} conversations ({s.prepared_steps} of them for a coming step); "
+            f"read again when asked: {s.replays} photo messages",
         ]
         if queue is not None:
             lines.append(f"Queue: {queue.running} answering, {queue.waiting} waiting, {queue.served} served")

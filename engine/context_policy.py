@@ -6,16 +6,17 @@ turn, so each follow-up reads the whole conversation again.  Here the view keeps
 outgrows ``budget`` tokens, then drops the oldest exchanges at once, down to about half the budget; the
 prompt's prefix changes once per step.
 
-Why the step is planned an eighth of the budget early: reading the new view (its pinned photo and a few
-thousand tokens of text) takes far longer than a person takes to type a follow-up.  Once the view passes
-``PLAN_AT`` of the budget, where the next step will start is decided from the messages up to that point
-(``planned_step``) and never moves again, so the new view can be read beside the current one, between
-questions, while the last eighth fills (a few exchanges); the question that crosses the budget is then a plain
-follow-up.  The plan keeps at most three eighths of the budget, so that with the eighth that follows it the
-view after the step holds about half, as a step taken at once would.  A long answer can pass the mark and the
-budget at once; the step then waits one exchange, so that it too is read ahead.
-The plan is a function of the stored messages alone: a conversation read ahead and one that was not step to
-the same view and get the same answer.
+Why the step is planned ahead: reading the new view (its pinned photo and a few thousand tokens of text) takes
+far longer than a person takes to type a follow-up.  Once the view comes within a lead of the budget (an
+eighth of it, or the largest text exchange in view if that is larger: the next one may be as long), where the
+next step will start is decided from the messages up to that point (``planned_step``) and never moves again,
+so the new view can be read beside the current one, between questions, while the lead fills (a few
+exchanges); the question that crosses the budget is then a plain follow-up.  The plan keeps half the budget
+less the lead, so that with the lead that follows it the view after the step holds about half, as a step
+taken at once would.  Only a photo, or a text exchange larger than any before it, can pass the mark and the
+budget at once; its step is taken at once, down to half the budget, and read while the next question is
+typed.  The plan is a function of the stored messages alone: a conversation read ahead and one that was not
+step to the same view and get the same answer.
 
 Why a pinned photo: people keep asking about the photo they sent long after its turn would have been
 dropped.  At each step the latest exchange that carries images (a question with its photo or album, and its
@@ -103,33 +104,28 @@ def _tokens(messages: Sequence[Counted]) -> int:
     return sum(message.tokens for message in messages)
 
 
-PLAN_AT = 7 / 8  # the share of the budget past which the next step is planned, and its view read ahead
+LEAD = 8  # the next step is planned once the view comes within this fraction of the budget (or an exchange) of it
 
 
 def fit(messages: Sequence[Counted], window: Window, budget: int, system_tokens: int = 0) -> Window:
     """The window for the next question: ``window`` itself while the view fits ``budget``; otherwise a step, to
-    the planned window (``planned_step``), or, when that would not fit (an exchange after the plan too large for
-    it), down to half the budget from the whole view.
-
-    An exchange that passes the plan's mark and the budget at once (a long answer) leaves no time to read the
-    plan ahead: the step then waits for the next exchange, the view over the budget by at most an eighth of it.
-    """
+    the planned window (``planned_step``), or, when there was none (the latest exchange passed the mark and the
+    budget at once) or it would not fit (an exchange after the plan too large for it), down to half the budget
+    from the whole view."""
     pinned = _pinned(messages, window)
     groups = _groups(messages, window)
-    total = system_tokens + _tokens(pinned) + sum(_tokens(group) for group in groups)
-    if total <= budget:
+    if system_tokens + _tokens(pinned) + sum(_tokens(group) for group in groups) <= budget:
         return window
     crossing = _plan_crossing(pinned, groups, budget, system_tokens)
-    if crossing == len(groups) and total <= budget + budget // 8:
-        return window
-    planned = planned_step(messages, window, budget, system_tokens)
-    if planned is not None and system_tokens + _tokens(in_view(messages, planned)) <= budget:
-        return planned
+    if crossing is not None and crossing[0] < len(groups):
+        planned = planned_step(messages, window, budget, system_tokens)
+        if planned is not None and system_tokens + _tokens(in_view(messages, planned)) <= budget:
+            return planned
     return _dropped(pinned, groups, budget // 2, system_tokens) or window
 
 
 def planned_step(messages: Sequence[Counted], window: Window, budget: int, system_tokens: int = 0) -> Window | None:
-    """Where the next step will start, once the view has passed ``PLAN_AT`` of the budget (None before; the
+    """Where the next step will start, once the view has come within the lead of the budget (None before; the
     current window itself if nothing can be dropped).  Decided by the exchanges up to the one that passed the
     mark, so later messages never move it."""
     pinned = _pinned(messages, window)
@@ -137,16 +133,23 @@ def planned_step(messages: Sequence[Counted], window: Window, budget: int, syste
     crossing = _plan_crossing(pinned, groups, budget, system_tokens)
     if crossing is None:
         return None
-    return _dropped(pinned, groups[:crossing], int(budget * (PLAN_AT - 1 / 2)), system_tokens) or window
+    count, lead = crossing
+    return _dropped(pinned, groups[:count], max(budget // 2 - lead, 0), system_tokens) or window
 
 
-def _plan_crossing(pinned: list[Counted], groups: list[list[Counted]], budget: int, system_tokens: int) -> int | None:
-    """How many exchanges of the view it takes to pass ``PLAN_AT`` of the budget; None if all of them do not."""
-    total = system_tokens + _tokens(pinned)
+def _plan_crossing(
+    pinned: list[Counted], groups: list[list[Counted]], budget: int, system_tokens: int
+) -> tuple[int, int] | None:
+    """How many exchanges of the view it takes to come within the lead of the budget, and that lead (an eighth of
+    the budget, or the largest of those exchanges without images); None if all of them do not."""
+    total, lead = system_tokens + _tokens(pinned), budget // LEAD
     for count, group in enumerate(groups, 1):
-        total += _tokens(group)
-        if total > budget * PLAN_AT:
-            return count
+        size = _tokens(group)
+        total += size
+        if not any(message.has_images for message in group):  # photos are rare: each is not the next exchange
+            lead = max(lead, size)
+        if total > budget - lead:
+            return count, lead
     return None
 
 

@@ -174,9 +174,11 @@ class Sessions:
             session is not None and session.known[: len(wanted)] == list(wanted) and len(session.known) >= len(wanted)
         )
 
-    def forget(self, key: Hashable) -> None:
-        """On an error GenAI's state for the conversation may be half-updated: it is read again next time."""
-        self._sessions.pop(key, None)
+    def forget(self, key: Hashable, *, ahead: bool = False) -> None:
+        """On an error GenAI's state for the conversation may be half-updated: it is read again next time (only
+        the view after its step, for an error reading that)."""
+        if not ahead:
+            self._sessions.pop(key, None)
         self._ahead.pop(key, None)
 
     @staticmethod

@@ -223,6 +223,7 @@ class EngineStats:
     busy_seconds: float = 0.0
     replays: int = 0
     prepared: int = 0
+    prepared_steps: int = 0  # of those, views after a coming step of the context policy
 
 
 class Engine:
@@ -241,6 +242,7 @@ class Engine:
     ) -> None:
         self._model = model
         self._book = speed_book
+        self._closed = False
         self._saving: asyncio.Task[None] | None = None
         self._unsaved = False
         self.settings = settings
@@ -342,7 +344,7 @@ class Engine:
             shown: Waiting | None = None
             async for position in ticket.changes():
                 if position > 0:
-                    waiting = Waiting(position, self._first_text_seconds(ticket))
+                    waiting = Waiting(position, _plus(self._first_text_seconds(ticket), self._load_left()))
                     if shown is None or _news(shown, waiting):
                         shown = waiting
                         yield waiting
@@ -351,7 +353,7 @@ class Engine:
                 running.estimate = self._batched(running) if ticket.batched else running.alone
                 running.started = time.monotonic()
                 first_text = running.estimate.first_text if running.estimate is not None else None
-                yield Started(first_text, len(question.images))
+                yield Started(_plus(first_text, self._load_left()), len(question.images))
                 generation = self._generate(key, past, question, settings, running, ticket.batched, speech)
                 async with contextlib.aclosing(generation) as events:
                     async for event in events:
@@ -366,19 +368,20 @@ class Engine:
         return sum(image_tokens(image.width, image.height, self._model.num_crops) for image in question.images)
 
     def _estimate(self, key: Hashable, past: Sequence[Turn], question: Turn) -> Estimate | None:
-        """How long the answer takes alone: the question, and the part of the conversation the model's process
-        has not read (all of it after a restart), read with it; while the model loads, what is left of the load
-        as long as the last one took."""
+        """How long the answer takes alone, once the model has loaded: the question, and the part of the
+        conversation the model's process has not read (all of it after a restart), read with it."""
         unread = [*self._read.unread(key, self._model.pipeline.pid, past), question]
         images = sum(self._image_tokens(turn) for turn in unread)
         tokens = sum(estimate_tokens(turn.text, [self._image_tokens(turn)]) for turn in unread)
-        estimate = self.speed.estimate(tokens, images, self.settings.max_new_tokens)
-        if estimate is None or not self.loading:
-            return estimate
+        return self.speed.estimate(tokens, images, self.settings.max_new_tokens)
+
+    def _load_left(self) -> float | None:
+        """Seconds until the model has loaded, as long as its last load took (None when that is not known)."""
+        if not self.loading:
+            return 0.0
         if self._load_seconds is None:
             return None
-        left = max(self._load_seconds - (time.monotonic() - self._model.pipeline.started), 0.0)
-        return Estimate(estimate.first_text + left, estimate.whole + left, estimate.work)
+        return max(self._load_seconds - (time.monotonic() - self._model.pipeline.started), 0.0)
 
     def _batched(self, running: _Running) -> Estimate | None:
         """A batched answer's estimate: its first text comes once the prompts of its batch that have shown no
@@ -407,7 +410,7 @@ class Engine:
             shown = other.job.estimate
             if shown is None:
                 return None
-            began = other.job.started
+            began = other.job.started if not self.loading else None  # nothing runs before the model has loaded
             left.append(max(shown.whole - (now - began if began is not None else 0.0), 0.0))
         waiting = [other.job.alone for other in everyone[running:]]
         known = [estimate for estimate in waiting if estimate is not None]
@@ -522,30 +525,33 @@ class Engine:
         setting), measures it, so that the first photo anyone sends is shown an estimate: two made-up photos of
         the size Telegram sends, each asked about (a process's first photo warms its kernels up and teaches
         nothing), then a follow-up, each answer a few tokens long; in the line like anyone's question, so a
-        person asking meanwhile waits for one of them at most.  Returns whether it measured."""
-        first, second = (Turn("user", "What is in this picture?", (_calibration_photo(shade),)) for shade in (0, 1))
-        tokens = self._image_tokens(first)
-        if self.speed.estimate(tokens, tokens, self.settings.max_new_tokens) is not None:
+        person asking meanwhile waits for one of them at most.  Known means a photo's encoding and the writing
+        speed have been measured here once.  Returns whether it measured."""
+        if self.speed.vision_seconds_per_image_token is not None and self.speed.decode_tokens_per_second is not None:
             return False
+        photos = await asyncio.to_thread(lambda: [_calibration_photo(shade) for shade in (0, 1)])
+        first, second = (Turn("user", "What is in this picture?", (photo,)) for photo in photos)
         settings = replace(self.settings, max_new_tokens=CALIBRATION_TOKENS)
         follow_up = Turn("user", "And which colours are in it?")
         answer, answer_tokens = "", self.speed.answer_tokens
         for question in (first, second, follow_up):
             past = [second, Turn("assistant", answer)] if question is follow_up else []
             try:
-                async for event in self.ask(_CALIBRATION, past, question, settings=settings):
-                    if isinstance(event, Finished) and event.status != "complete":
-                        log.warning("measuring the model's speed ended early: %s", event.error or event.status)
-                        return False
-                    if isinstance(event, Finished):
-                        answer = event.text
+                async with contextlib.aclosing(self.ask(_CALIBRATION, past, question, settings=settings)) as events:
+                    async for event in events:
+                        if isinstance(event, Finished) and event.status != "complete":
+                            log.warning("measuring the model's speed ended early: %s", event.error or event.status)
+                            return False
+                        if isinstance(event, Finished):
+                            answer = event.text
             except (AlreadyQueued, QueueFull):  # people's questions fill the line: they teach the speed instead
                 return False
         self.forget(_CALIBRATION)
         self.speed.answer_tokens = answer_tokens  # a made-up answer says nothing of how long people's answers are
         self._keep_speed()
-        log.info("measured the model's speed on this machine: %s", self.speed.saved())
-        return True
+        measured = self.speed.vision_seconds_per_image_token is not None  # not if batched with people's questions
+        log.info("measured the model's speed on this machine: %s", self.speed.saved() if measured else "not alone")
+        return measured
 
     @property
     def loading(self) -> bool:
@@ -557,6 +563,7 @@ class Engine:
         if not self.loading:
             return await self._live_model()
         loading = asyncio.ensure_future(self._live_model())
+        loading.add_done_callback(_retrieved)
         halted = asyncio.ensure_future(running.halted.wait())
         try:
             await asyncio.wait({loading, halted}, timeout=self.settings.timeout_seconds, return_when="FIRST_COMPLETED")
@@ -564,19 +571,29 @@ class Engine:
             halted.cancel()
         if loading.done():
             return loading.result()
-        loading.cancel()  # the load goes on in its thread, for the next question
-        running.request_stop("timeout")  # no-op if it was stopped
+        loading.cancel()  # it only waits for the load (shielded), which goes on for the next question
+        running.request_stop("timeout")  # nothing if it was stopped
         return None
 
     async def _live_model(self) -> LoadedModel:
         """The model once loaded, in a fresh process if its process died (one restart shared by the waiting
-        requests)."""
+        requests); a model that never loaded is not loaded again: its error is raised every time."""
         async with self._restarting:
-            pipeline = self._model.pipeline
-            if pipeline.alive and not pipeline.loaded:
-                await asyncio.to_thread(pipeline.wait_loaded)
-                self._load_seconds = pipeline.load_seconds
-                self._keep_speed()
+            while not self._model.pipeline.loaded:
+                model = self._model
+                waiting = asyncio.wrap_future(model.pipeline.ready)
+                waiting.add_done_callback(_retrieved)
+                try:
+                    await asyncio.shield(waiting)
+                except ModelStoreError:
+                    if self._model is model:
+                        raise
+                    continue  # another model was swapped in while this one loaded: that one counts
+                if self._model is model:
+                    self._load_seconds = model.pipeline.load_seconds
+                    self._keep_speed()
+            if self._closed:
+                raise ModelStoreError("model_process_ended", exitcode=None)
             if not self._model.pipeline.alive:
                 log.warning("restarting the model process")
                 self._model = await asyncio.to_thread(self._model.restarted)
@@ -627,6 +644,7 @@ class Engine:
         done = await _until_done(model.pipeline.prepare(next(self._request_ids), key, past, settings, ahead=ahead))
         if done.error is None:
             self.stats.prepared += 1
+            self.stats.prepared_steps += ahead
             self._read.note(key, model.pipeline.pid, past)
         else:
             log.warning("preparing a conversation failed: %s", done.error)
@@ -648,6 +666,7 @@ class Engine:
     async def aclose(self) -> None:
         """Running answers stop and keep their text; waiting ones leave the line rather than meet a closed
         model, whose dead process would otherwise be restarted for them."""
+        self._closed = True  # nothing asked after this restarts its process
         self.cancel_all()
         await asyncio.to_thread(self._model.pipeline.close)
         if self._saving is not None:
@@ -672,6 +691,16 @@ class Engine:
         while self._unsaved:
             self._unsaved = False
             await asyncio.to_thread(book.write, self._speed_key, self.speed.saved(), self._load_seconds)
+
+
+def _plus(seconds: float | None, more: float | None) -> float | None:
+    return None if seconds is None or more is None else seconds + more
+
+
+def _retrieved(future: asyncio.Future[object]) -> None:
+    """A wait nobody awaits any more (its asker stopped) keeps its outcome to itself, unlogged."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _calibration_photo(shade: int) -> PreparedImage:

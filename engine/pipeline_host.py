@@ -309,7 +309,9 @@ class Host:
             self._finish(Done(preparation.request_id, error=error, pieces=pieces))
 
     def _prepare_piece(self) -> None:
-        slot, preparation = next(iter(self._preparing.items()))
+        # a view after a coming step is read once nothing more pressing is (a photo sent alone, a new answer)
+        slot = next((slot for slot in self._preparing if not slot[1]), next(iter(self._preparing)))
+        preparation = self._preparing[slot]
         key, ahead = slot
         wanted = conversation(preparation.settings.system_prompt, preparation.past)
         if any(sha not in self._images for message in wanted for sha in message.images):
@@ -332,7 +334,7 @@ class Host:
             self._pieces[preparation.request_id] = self._pieces.get(preparation.request_id, 0) + 1
         except Exception as error:
             log.exception("preparing a conversation failed")
-            self._sessions.forget(key)
+            self._sessions.forget(key, ahead=ahead)
             self._end_preparation(slot, error=str(error))
 
     def _count(self, text: str) -> int:

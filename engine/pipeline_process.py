@@ -15,6 +15,7 @@ used first, bounded in bytes) and tells it what to drop, never an image a reques
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
@@ -109,38 +110,44 @@ class PipelineProcess:
         child_end.close()
         self.started = time.monotonic()
         self._lock = threading.Lock()  # guards the sinks, the held images and the order of the outbox; held briefly
-        self._loading = threading.Lock()  # one thread waits for the model to load; close waits for that one
         self._sinks: dict[int, Sink] = {}
         self._held = _HeldImages()
         self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: the writer's last
         self._dead: str | None = None
-        self.load_seconds: float | None = None  # once loaded
+        self.load_seconds: float | None = None  # from the start of the process to Ready, once loaded
         self._hears = False
         self._writer = threading.Thread(target=self._write, name="model-commands", daemon=True)
         self._reader = threading.Thread(target=self._read, name="model-replies", daemon=True)
+        # one thread waits for the model to load, whoever else waits for it (``ready``, ``wait_loaded``)
+        self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._loader = threading.Thread(target=self._load, name="model-loading", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        try:
+            ready = self._await_ready()
+        except BaseException as error:
+            with self._lock:
+                self._dead = "the model did not load"
+                orphans, self._sinks = self._sinks, {}
+            self._reap(CLOSE_GRACE_SECONDS)
+            for request_id, sink in orphans.items():  # nothing is sent before the model loads; in case
+                _deliver(sink, Done(request_id, error=self._dead))
+            failure = error
+            if not isinstance(error, ModelStoreError):
+                failure = ModelStoreError("load_crashed", source=self.spec.entry.source, error=str(error))
+            self.ready.set_exception(failure)
+            return
+        self._hears = ready.hears
+        self._writer.start()
+        self._reader.start()
+        self.load_seconds = time.monotonic() - self.started
+        self.ready.set_result(None)
 
     def wait_loaded(self) -> None:
         """Blocking: returns once the model is loaded; raises ``ModelStoreError`` (and the process is gone) if it
-        never will be."""
-        with self._loading:
-            if self.load_seconds is not None:
-                return
-            if self._dead is not None:
-                raise ModelStoreError("model_process_ended", exitcode=self._process.exitcode)
-            try:
-                ready = self._await_ready()
-            except BaseException:
-                with self._lock:
-                    self._dead = "the model did not load"
-                    orphans, self._sinks = self._sinks, {}
-                self._reap(CLOSE_GRACE_SECONDS)
-                for request_id, sink in orphans.items():  # nothing is sent before the model loads; in case
-                    _deliver(sink, Done(request_id, error=self._dead))
-                raise
-            self._hears = ready.hears
-            self._writer.start()
-            self._reader.start()
-            self.load_seconds = ready.load_seconds
+        never will be, every time it is asked."""
+        self.ready.result()
 
     @property
     def loaded(self) -> bool:
@@ -275,13 +282,12 @@ class PipelineProcess:
         """Blocking, for seconds at most: open requests are cancelled and end with what they have, and the process
         is told to exit; one that has not exited within ``CLOSE_GRACE_SECONDS`` (stopped, hung, or inside one
         long GenAI call) is killed, so a shutdown or a swap never waits on it.  One still loading is killed."""
+        if not self.ready.done():
+            self.kill()  # the loading thread sees it end, and closes the pipe
+        with contextlib.suppress(ModelStoreError, concurrent.futures.TimeoutError):
+            self.ready.result(timeout=KILL_WAIT_SECONDS + CLOSE_GRACE_SECONDS)
         if not self.loaded:
-            self.kill()  # a thread waiting for it to load sees it end, and lets go of the lock
-            with self._loading:
-                if not self.loaded:
-                    self._dead = self._dead or "closed while loading"
-                    self._reap(0)
-                    return
+            return
         with self._lock:
             if self._dead is None:
                 for request_id in self._sinks:

@@ -1,5 +1,5 @@
-"""The context policy on made-up conversations: a stable prefix, steps of half the budget planned an eighth of the
-budget early, the pinned photo."""
+"""The context policy on made-up conversations: a stable prefix, steps of half the budget planned a lead ahead,
+the pinned photo."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass
 
 from engine.context_policy import (
-    PLAN_AT,
+    LEAD,
     Window,
     default_history_tokens,
     exchanges,
@@ -81,56 +81,59 @@ def test_a_step_drops_the_oldest_exchanges_down_to_half_the_budget() -> None:
     assert all(chat.messages[start - 1].role == "user" for start in starts), "a view starts with a question"
 
 
-def test_each_step_goes_where_it_was_planned_an_eighth_of_the_budget_before() -> None:
+def test_each_step_goes_where_it_was_planned_before_it() -> None:
     chat = Chat(budget=2000)
-    plans: dict[Window, int] = {}  # each plan, and the view's tokens when it was first made
+    plans: set[Window] = set()  # every plan made before a turn
     for number in range(120):
         plan = planned_step(chat.messages, chat.window, chat.budget)
         if plan is not None:
-            plans.setdefault(plan, chat.view_tokens())
+            plans.add(plan)
         window = chat.window
+        texts = [group for group in exchanges(in_view(chat.messages, window)) if not group[0].has_images]
+        longest = max((sum(m.tokens for m in group) for group in texts), default=0)
         # exchanges of different sizes, some far larger than others, and a photo now and then
         chat.turn(question=30 + (number * 37) % 90, answer=40 + (number * 53) % 150, photo=number % 23 == 0)
-        if chat.window != window:
-            assert chat.view_tokens() <= chat.budget
-            if chat.window not in plans:  # only for a photo far past the budget at once, or one that came after
-                # the plan and left it over the budget
-                assert number % 23 == 0
-                assert plan is None or sum(m.tokens for m in in_view(chat.messages, plan)) > chat.budget
-                continue
-            assert plans[chat.window] > chat.budget * PLAN_AT - 300, "planned once the view passed 7/8, not before"
+        if chat.window != window and chat.window not in plans:
+            # only a photo, or a text exchange longer than any in view, passes the mark and the budget at once
+            assert number % 23 == 0 or chat.messages[-2].tokens + chat.messages[-1].tokens > longest
     assert chat.steps >= 8
 
 
-def test_a_plan_never_moves_as_the_last_eighth_fills() -> None:
+def test_a_plan_keeps_half_the_budget_less_its_lead_and_never_moves_as_the_lead_fills() -> None:
     chat = Chat(budget=3000)
     while planned_step(chat.messages, chat.window, chat.budget) is None:
         chat.turn()
     plan = planned_step(chat.messages, chat.window, chat.budget)
     assert plan is not None and plan != chat.window
-    assert sum(m.tokens for m in in_view(chat.messages, plan)) <= chat.budget * 3 // 8, "3/8 of it, read ahead"
+    kept = sum(m.tokens for m in in_view(chat.messages, plan))
+    assert chat.view_tokens() > 3000 - 3000 // LEAD, "planned once within an eighth of the budget"
+    assert kept <= 3000 // 2 - 3000 // LEAD, "half the budget less the lead is read ahead"
+    photo = True
     while chat.steps == 0:
         assert planned_step(chat.messages, chat.window, chat.budget) == plan
-        chat.turn(photo=len(chat.messages) == 60)  # a photo during the last quarter changes no plan
+        chat.turn(question=10 if photo else 30, photo=photo)  # a photo while the lead fills changes no plan
+        photo = False
     assert chat.window == plan
 
 
-def test_an_answer_that_passes_the_budget_at_once_steps_one_exchange_later_to_a_plan_read_meanwhile() -> None:
-    messages = [Msg(i, "user" if i % 2 else "assistant", 100) for i in range(1, 17)]  # 1600 tokens
-    long_answer = [*messages, Msg(17, "user", 50), Msg(18, "assistant", 400)]  # 2050 of 2000: not 1/8 over
-    assert planned_step(messages, Window(), budget=2000) is None, "1600 of 2000 tokens: no plan yet"
-    assert fit(long_answer, Window(), budget=2000) == Window(), "the step waits one exchange"
-    plan = planned_step(long_answer, Window(), budget=2000)
-    assert plan is not None and plan.start is not None and plan.start > 1, "and is planned, to be read ahead"
-    assert fit([*long_answer, Msg(19, "user", 30), Msg(20, "assistant", 40)], Window(), budget=2000) == plan
+def test_a_long_answer_makes_the_lead_longer_so_the_next_one_is_planned_for() -> None:
+    messages = [Msg(1, "user", 50), Msg(2, "assistant", 500)]  # a long answer: more than an eighth of the budget
+    messages += [Msg(i, "user" if i % 2 else "assistant", 100) for i in range(3, 17)]  # 1950 tokens in all
+    assert fit(messages, Window(), budget=2400) == Window()
+    plan = planned_step(messages, Window(), budget=2400)
+    assert plan is not None and plan.start is not None, "1950 of 2400 tokens: within the longest exchange's lead"
+    later = [*messages, Msg(17, "user", 50), Msg(18, "assistant", 500)]  # as long again: 2500 of 2400
+    assert fit(later, Window(), budget=2400) == plan, "the step it takes was planned, and read ahead, before it"
+    assert sum(m.tokens for m in in_view(later, plan)) <= 2400 // 2, "about half the budget after the step"
 
 
-def test_a_photo_far_past_the_budget_steps_at_once_down_to_half_of_it() -> None:
-    messages = [Msg(i, "user" if i % 2 else "assistant", 100) for i in range(1, 11)]  # 1000 tokens
-    photo = [Msg(11, "user", 900, True), Msg(12, "assistant", 100)]
-    window = fit([*messages, *photo], Window(), budget=1500)
-    kept = sum(m.tokens for m in in_view([*messages, *photo], window))
-    assert window == Window(start=11) and kept == 1000, "the photo's exchange alone was kept"
+def test_an_exchange_larger_than_any_before_past_the_budget_at_once_steps_down_to_half_of_it() -> None:
+    messages = [Msg(i, "user" if i % 2 else "assistant", 100) for i in range(1, 11)]  # 5 exchanges, 1000 tokens
+    assert planned_step(messages, Window(), budget=1200) is None, "1000 of 1200: not within an exchange or 1/8"
+    latest = [*messages, Msg(11, "user", 200), Msg(12, "assistant", 200)]  # 1400 of 1200, at once
+    window = fit(latest, Window(), budget=1200)
+    assert window == Window(start=9), "half the budget kept: the latest exchange and the one before it"
+    assert sum(m.tokens for m in in_view(latest, window)) == 600
 
 
 def test_the_latest_exchange_is_never_dropped_even_when_alone_it_is_over_budget() -> None:

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from bot import texts
 from bot.history import ConversationKey
 from devkit.bot_api_server import FakeBotApi
 from devkit.harness import USER, bot_settings, running_bot, stored_answers, wait_answers
@@ -19,6 +22,7 @@ from engine.engine import Engine, Finished, Started
 from engine.estimates import Speed
 from engine.pipeline_process import start_pipeline
 from engine.speed_book import KEPT, SpeedBook, speed_key
+from model_store.errors import ModelStoreError
 from model_store.loader import pipeline_spec
 from model_store.store import ModelEntry, ModelStore
 from tests.test_engine import SETTINGS, collect, finished, load, photo
@@ -71,6 +75,37 @@ async def test_stop_while_the_model_loads_ends_the_answer_at_once(
         api.push_message(USER, "And now?", user_id=USER)
         stored = await stored_answers(bot, ConversationKey(USER), 2, timeout=60)
     assert [m.status for m in stored][2:] == ["complete", "complete"], "the next question is answered once loaded"
+
+
+async def test_a_model_that_does_not_load_is_not_loaded_again_for_each_question(
+    int4_store: tuple[ModelStore, ModelEntry],
+) -> None:
+    engine = Engine(start_pipeline(pipeline_spec(int4_store[1], kv_cache_gb=1)), SETTINGS)
+    pid = engine.model.pipeline.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer ends a load
+    try:
+        with pytest.raises(ModelStoreError):
+            await engine.loaded()
+        for _ in range(2):
+            answer = finished(await collect(engine, "a", [], Turn("user", "Hello?")))
+            assert answer.status == "failed"
+        assert engine.model.pipeline.pid == pid, "no new process was started for them"
+    finally:
+        await engine.aclose()
+
+
+async def test_a_bot_whose_model_does_not_load_says_it_has_none(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> None:
+    settings = bot_settings(api, int4_store[0].root, tmp_path)
+    async with running_bot(api, settings, loaded=False) as bot:
+        engine = bot.services.engine
+        assert isinstance(engine, Engine) and engine.model.pipeline.pid is not None
+        os.kill(engine.model.pipeline.pid, signal.SIGKILL)
+        await api.wait_for(lambda: bot.services.engine is None, 30, "the bot to let the model go")
+        api.push_message(USER, "Hello?", user_id=USER)
+        await api.wait_for(lambda: texts.NO_MODEL in api.visible_text(USER), 10, "the no-model reply")
 
 
 async def test_speeds_measured_by_one_model_process_give_the_next_estimates_from_its_first_question(
@@ -175,8 +210,10 @@ def test_the_book_keeps_each_model_on_each_machine_apart_and_survives_damage(tmp
     assert (read.decode_tokens_per_second, load_seconds) == (7.5, 4.2)
     assert book.read(int8)[0].decode_tokens_per_second is None, "another precision starts from nothing"
     for number in range(KEPT + 5):
-        book.write(f"model {number}", speed.saved(), None)
-    assert len(json.loads(book.path.read_text())) == KEPT and book.read("model 0")[1] is None, "the oldest go"
+        book.write(f"model {number}", speed.saved(), float(number))
+    kept = json.loads(book.path.read_text())
+    assert len(kept) == KEPT and "model 0" not in kept and int4 not in kept, "the oldest go"
+    assert book.read(f"model {KEPT + 4}")[1] == KEPT + 4, "the newest stay"
     book.path.write_text("{not json")
     assert book.read(int4)[0].decode_tokens_per_second is None, "a damaged book is an empty one"
     book.path.write_text(json.dumps({int4: {"speed": {**speed.saved(), "batch_share": -1.0}}}))

@@ -81,8 +81,8 @@ async def conversation_view(
     turns = {message.id: await _turn(message, prepare) for message in stored}
     planned = planned_step(rows, window, budget, system_tokens)
     next_step = None
-    if planned is not None and planned != window:  # the plan's messages are all in view now
-        next_step = [turns[row.id] for row in in_view(rows, planned)]
+    if planned is not None and planned != window:  # the plan's messages are all in view now (unless just deleted)
+        next_step = [turns[row.id] for row in in_view(rows, planned) if row.id in turns]
     return View(list(turns.values()), sum(row.tokens for row in shown), system_prompt, next_step)
 
 
