@@ -7,8 +7,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ import pytest
 from bot import texts
 from bot.history import ConversationKey
 from devkit.bot_api_server import FakeBotApi
-from devkit.harness import USER, bot_settings, running_bot, stored_answers, wait_answers
+from devkit.harness import USER, RunningBot, bot_settings, running_bot, stored_answers
 from engine.conversation import Turn
 from engine.engine import Engine, Finished, Started
 from engine.estimates import Speed
@@ -39,42 +39,52 @@ def held(pid: int | None) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-async def test_a_question_asked_while_the_model_loads_is_shown_at_once_and_answered_once_it_has(
+@asynccontextmanager
+async def loading_bot(
+    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+) -> AsyncIterator[tuple[RunningBot, Engine]]:
+    """The bot as it starts: taking updates while its model still loads."""
+    async with running_bot(api, bot_settings(api, int4_store[0].root, tmp_path), loaded=False) as bot:
+        engine = bot.services.engine
+        assert isinstance(engine, Engine) and engine.loading, "the bot takes updates before its model has loaded"
+        yield bot, engine
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> SpeedBook:
+    return SpeedBook(tmp_path / "speeds.json")
+
+
+async def measured_book(entry: ModelEntry, tmp_path: Path) -> SpeedBook:
+    """A book in which a model process of ``entry`` has measured its speed (and its load) on this machine."""
+    book = SpeedBook(tmp_path / "speeds.json")
+    teacher = Engine(load(entry), SETTINGS, speed_book=book)
+    try:
+        assert await teacher.calibrate()
+    finally:
+        await teacher.aclose()
+    return book
+
+
+async def test_a_question_asked_while_the_model_loads_is_shown_at_once_may_be_stopped_and_is_answered_once_loaded(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path)
-    async with running_bot(api, settings, loaded=False) as bot:
-        engine = bot.services.engine
-        assert isinstance(engine, Engine)
+    async with loading_bot(api, int4_store, tmp_path) as (bot, engine):
         with held(engine.model.pipeline.pid):
-            assert engine.loading, "the bot takes updates before its model has loaded"
             asked = time.monotonic()
             api.push_message(USER, "Are you there?", user_id=USER)
             await api.wait_for(lambda: bool(api.draft_texts(USER)), 10, "a status")
             shown = time.monotonic() - asked
-            heartbeat = json.loads(settings.heartbeat_path.read_text())
+            heartbeat = json.loads(bot.settings.heartbeat_path.read_text())
             assert engine.loading and api.messages(USER) == [], "shown while the model still loads"
             assert not heartbeat["model_loaded"], "the health check tells a loading model from a loaded one"
-        await wait_answers(api, USER, 1)
-    assert shown < 5, shown  # generous for a busy machine: the status comes with the first poll, not after the load
-
-
-async def test_stop_while_the_model_loads_ends_the_answer_at_once(
-    api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
-) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path)
-    async with running_bot(api, settings, loaded=False) as bot:
-        engine = bot.services.engine
-        assert isinstance(engine, Engine)
-        with held(engine.model.pipeline.pid):
-            api.push_message(USER, "Are you there?", user_id=USER)
-            await api.wait_for(lambda: bool(api.draft_texts(USER)), 10, "a status")
             api.push_message(USER, "/stop", user_id=USER)
             stored = await stored_answers(bot, ConversationKey(USER), 1, timeout=10)
             assert engine.loading and [m.status for m in stored] == ["complete", "cancelled"], "ended, unasked"
         api.push_message(USER, "And now?", user_id=USER)
         stored = await stored_answers(bot, ConversationKey(USER), 2, timeout=60)
     assert [m.status for m in stored][2:] == ["complete", "complete"], "the next question is answered once loaded"
+    assert shown < 5, shown  # generous for a busy machine: the status comes with the first poll, not after the load
 
 
 async def test_a_model_that_does_not_load_is_not_loaded_again_for_each_question(
@@ -98,10 +108,8 @@ async def test_a_model_that_does_not_load_is_not_loaded_again_for_each_question(
 async def test_a_bot_whose_model_does_not_load_says_it_has_none(
     api: FakeBotApi, int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
-    settings = bot_settings(api, int4_store[0].root, tmp_path)
-    async with running_bot(api, settings, loaded=False) as bot:
-        engine = bot.services.engine
-        assert isinstance(engine, Engine) and engine.model.pipeline.pid is not None
+    async with loading_bot(api, int4_store, tmp_path) as (bot, engine):
+        assert engine.model.pipeline.pid is not None
         os.kill(engine.model.pipeline.pid, signal.SIGKILL)
         await api.wait_for(lambda: bot.services.engine is None, 30, "the bot to let the model go")
         api.push_message(USER, "Hello?", user_id=USER)
@@ -109,10 +117,9 @@ async def test_a_bot_whose_model_does_not_load_says_it_has_none(
 
 
 async def test_speeds_measured_by_one_model_process_give_the_next_estimates_from_its_first_question(
-    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+    int4_store: tuple[ModelStore, ModelEntry], book: SpeedBook
 ) -> None:
     entry = int4_store[1]
-    book = SpeedBook(tmp_path / "speeds.json")
     first = Engine(load(entry), SETTINGS, speed_book=book)
     for shade in range(3):  # the first photo of a process teaches nothing; then photos and a follow-up
         question = Turn("user", "What is this?", (photo((40, 80 * shade, 200)),))
@@ -133,10 +140,7 @@ async def test_an_estimate_counts_the_conversation_the_model_process_has_not_rea
     int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     entry = int4_store[1]
-    book = SpeedBook(tmp_path / "speeds.json")
-    teacher = Engine(load(entry), SETTINGS, speed_book=book)
-    assert await teacher.calibrate()
-    await teacher.aclose()
+    book = await measured_book(entry, tmp_path)
     engine = Engine(load(entry), SETTINGS, speed_book=book)  # as after a restart: it has read nothing
     past = [Turn("user", "What is this?", (photo((10, 200, 30)),)), Turn("assistant", "A green square.")]
     try:
@@ -154,11 +158,8 @@ async def test_while_the_model_loads_the_estimate_counts_the_rest_of_the_load(
     int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
 ) -> None:
     entry = int4_store[1]
-    book = SpeedBook(tmp_path / "speeds.json")
-    teacher = Engine(load(entry), SETTINGS, speed_book=book)
-    assert await teacher.calibrate()
-    await teacher.aclose()
-    key = speed_key(entry.source, entry.precision, teacher.model.device, teacher.model.pipeline.spec.properties)
+    book = await measured_book(entry, tmp_path)
+    key = speed_key(entry.source, entry.precision, "CPU", pipeline_spec(entry, kv_cache_gb=1).properties)
     speed, load_seconds = book.read(key)
     book.write(key, speed.saved(), 600.0)  # a load that took ten minutes last time
     engine = Engine(start_pipeline(pipeline_spec(entry, kv_cache_gb=1)), SETTINGS, speed_book=book)
@@ -175,11 +176,9 @@ async def test_while_the_model_loads_the_estimate_counts_the_rest_of_the_load(
 
 
 async def test_a_model_new_to_the_machine_measures_its_speed_once(
-    int4_store: tuple[ModelStore, ModelEntry], tmp_path: Path
+    int4_store: tuple[ModelStore, ModelEntry], book: SpeedBook
 ) -> None:
-    entry = int4_store[1]
-    book = SpeedBook(tmp_path / "speeds.json")
-    engine = Engine(load(entry), SETTINGS, speed_book=book)
+    engine = Engine(load(int4_store[1]), SETTINGS, speed_book=book)
     try:
         assert engine.speed.estimate(800, 757, SETTINGS.max_new_tokens) is None
         assert await engine.calibrate(), "nothing was known: measured"
@@ -190,15 +189,14 @@ async def test_a_model_new_to_the_machine_measures_its_speed_once(
         assert engine.stats.answered == 3
     finally:
         await engine.aclose()
-    again = Engine(load(entry), SETTINGS, speed_book=book)
+    again = Engine(load(int4_store[1]), SETTINGS, speed_book=book)
     try:
         assert not await again.calibrate(), "the next process of the same model on this machine reads the book"
     finally:
         await again.aclose()
 
 
-def test_the_book_keeps_each_model_on_each_machine_apart_and_survives_damage(tmp_path: Path) -> None:
-    book = SpeedBook(tmp_path / "speeds.json")
+def test_the_book_keeps_each_model_on_each_machine_apart_and_survives_damage(book: SpeedBook) -> None:
     speed = Speed()
     speed.decode_tokens_per_second = 7.5
     int4 = speed_key("microsoft/Phi-3.5-vision-instruct", "int4", "CPU", {})
