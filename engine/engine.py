@@ -255,7 +255,7 @@ class Engine:
         self.stats = EngineStats()
         # of the model serving now, measured from its answers (and kept in the book), and how long it loaded
         self._speed_key, self.speed, self._load_seconds = self._measured(model)
-        self._warmed: int | None = None  # the model process whose first photo answer has been given
+        self._warmed: int | None = None  # the model process that has read a photo: its kernels are warm
         self._read = _ReadViews()
 
     @property
@@ -369,11 +369,17 @@ class Engine:
 
     def _estimate(self, key: Hashable, past: Sequence[Turn], question: Turn) -> Estimate | None:
         """How long the answer takes alone, once the model has loaded: the question, and the part of the
-        conversation the model's process has not read (all of it after a restart), read with it."""
+        conversation the model's process has not read (all of it after a restart), read with it; the first
+        photo a process reads takes its warm-up too."""
         unread = [*self._read.unread(key, self._model.pipeline.pid, past), question]
         images = sum(self._image_tokens(turn) for turn in unread)
         tokens = sum(estimate_tokens(turn.text, [self._image_tokens(turn)]) for turn in unread)
-        return self.speed.estimate(tokens, images, self.settings.max_new_tokens)
+        estimate = self.speed.estimate(tokens, images, self.settings.max_new_tokens)
+        factor = self.speed.warm_up_factor
+        if estimate is None or not images or factor is None or self._warmed == self._model.pipeline.pid:
+            return estimate
+        longer = estimate.first_text * (factor - 1)
+        return Estimate(estimate.first_text + longer, estimate.whole + longer, estimate.work + longer)
 
     def _load_left(self) -> float | None:
         """Seconds until the model has loaded, as long as its last load took (None when that is not known)."""
@@ -534,6 +540,7 @@ class Engine:
         settings = replace(self.settings, max_new_tokens=CALIBRATION_TOKENS)
         follow_up = Turn("user", "And which colours are in it?")
         answer, answer_tokens = "", self.speed.answer_tokens
+        first_texts: list[float] = []
         for question in (first, second, follow_up):
             past = [second, Turn("assistant", answer)] if question is follow_up else []
             try:
@@ -544,8 +551,11 @@ class Engine:
                             return False
                         if isinstance(event, Finished):
                             answer = event.text
+                            first_texts.append(event.ttft_seconds or 0.0)
             except (AlreadyQueued, QueueFull):  # people's questions fill the line: they teach the speed instead
                 return False
+        if first_texts[0] > first_texts[1] > 0:  # the same photo question, before and after the warm-up
+            self.speed.warm_up_factor = first_texts[0] / first_texts[1]
         self.forget(_CALIBRATION)
         self.speed.answer_tokens = answer_tokens  # a made-up answer says nothing of how long people's answers are
         self._keep_speed()
@@ -646,6 +656,8 @@ class Engine:
             self.stats.prepared += 1
             self.stats.prepared_steps += ahead
             self._read.note(key, model.pipeline.pid, past)
+            if done.pieces and any(turn.images for turn in past):  # it read a photo: the kernels are warm
+                self._warmed = model.pipeline.pid
         else:
             log.warning("preparing a conversation failed: %s", done.error)
         return Prepared(done.pieces, time.monotonic() - started, done.error)

@@ -74,6 +74,8 @@ class Speed:
         self.decode_tokens_per_second: float | None = None
         self.answer_tokens: float | None = None
         self.batch_share: float | None = None  # a batch's first texts, against reading its prompts one by one
+        # a process's first photo (OpenVINO prepares its kernels for the shapes it meets first) against the next
+        self.warm_up_factor: float | None = None
         self._reading: deque[tuple[float, float]] = deque(maxlen=READING_POINTS)  # (question tokens, seconds)
 
     def saved(self) -> dict[str, Any]:
@@ -83,6 +85,7 @@ class Speed:
             "decode_tokens_per_second": self.decode_tokens_per_second,
             "answer_tokens": self.answer_tokens,
             "batch_share": self.batch_share,
+            "warm_up_factor": self.warm_up_factor,
             "reading": [list(point) for point in self._reading],
         }
 
@@ -90,7 +93,8 @@ class Speed:
     def restored(cls, saved: Mapping[str, Any]) -> Speed:
         """The figures ``saved`` gave; raises TypeError, ValueError or KeyError for values that are not."""
         speed = cls()
-        for name in ("vision_seconds_per_image_token", "decode_tokens_per_second", "answer_tokens", "batch_share"):
+        names = ("vision_seconds_per_image_token", "decode_tokens_per_second", "answer_tokens", "batch_share")
+        for name in (*names, "warm_up_factor"):
             value = saved[name]
             setattr(speed, name, None if value is None else _positive(value))
         speed._reading.extend((_positive(x), _positive(y)) for x, y in saved["reading"])
