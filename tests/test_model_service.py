@@ -109,8 +109,9 @@ async def test_stop_closes_the_stream_and_the_service_stops_the_answer(service: 
 
 
 async def test_a_conversation_asks_one_question_at_a_time(service: Service) -> None:
-    service.engine.settings = replace(SETTINGS, max_new_tokens=200)
-    client = await remote(service, replace(SETTINGS, max_new_tokens=200))
+    long = replace(SETTINGS, max_new_tokens=2000)  # still running when the other client asks (it is stopped then)
+    service.engine.settings = long
+    client = await remote(service, long)
     try:
         first = client.ask("chat-3", [], Turn("user", "Tell me a long story."))
         assert isinstance(await anext(first), Started)
